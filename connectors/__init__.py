@@ -1,0 +1,1 @@
+"""Provider connectors and their simulators."""

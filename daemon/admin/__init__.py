@@ -1,0 +1,1 @@
+"""Admin socket: protocol and server."""

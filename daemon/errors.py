@@ -1,0 +1,97 @@
+"""freshd's one error taxonomy, grouped by what the daemon does next.
+
+    FreshdError
+    ├── ConfigError              configuration is invalid: refuse it whole, change nothing
+    ├── StoreUnavailable         PostgreSQL cannot be reached: back off and retry
+    ├── AdminError               a bad admin request: reply with its stable code
+    └── ProviderError            anything a provider said (or failed to say)
+        ├── TransientError       retry later with backoff (timeouts, connection errors, 5xx)
+        │   └── RateLimited      429 / quota: wait `retry_after` seconds, then retry
+        ├── AuthExpired          the access token is stale: refresh once, then retry
+        ├── ReauthRequired       credentials rejected: stop syncing until an operator acts
+        ├── ItemError            this one record is bad: skip it, record why, go on
+        └── PermanentError       the request cannot succeed as asked: fail this entity
+
+Policy code (retries, breaker, job outcome) looks only at these classes.  Each
+connector translates its provider's errors into them in exactly one place
+(`classify`), always with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class FreshdError(Exception):
+    """Base of every error freshd raises on purpose."""
+
+
+class ConfigError(FreshdError):
+    """The configuration is invalid; `where` names the key (and file/line when known)."""
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class StoreUnavailable(FreshdError):
+    """The database cannot be reached or refused the connection."""
+
+
+class AdminError(FreshdError):
+    """A bad admin request. `code` is one of freshd.admin.protocol.ErrorCode."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+class ProviderError(FreshdError):
+    """Something went wrong talking to a provider.
+
+    `status` is the HTTP status when there was one; `code` the provider's own
+    error code (e.g. ``woocommerce_rest_cannot_view``) when it gave one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message)
+
+
+class TransientError(ProviderError):
+    """Worth retrying later: timeouts, connection failures, 5xx."""
+
+
+class RateLimited(TransientError):
+    """The provider asked us to slow down (429 or a quota error)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = 429,
+        code: str | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status, code=code)
+
+
+class AuthExpired(ProviderError):
+    """The access token expired or was rejected in a way a refresh can fix."""
+
+
+class ReauthRequired(ProviderError):
+    """The credentials themselves were rejected; an operator must supply new ones."""
+
+
+class ItemError(ProviderError):
+    """One record cannot be processed (validation, malformed); skip it and go on."""
+
+    def __init__(self, message: str, *, external_id: str | None = None, **kwargs: object) -> None:
+        self.external_id = external_id
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+
+
+class PermanentError(ProviderError):
+    """The request will not succeed if repeated (400, 404 on a listing, ...)."""
