@@ -1,1 +1,6 @@
-"""PostgreSQL store."""
+"""PostgreSQL store: `open_store` / `Store.call` (db), migrations (migrate), and the SQL
+by concern: connections, records (pages + cursors), jobs, activity."""
+
+from freshd.store.db import Connection, Store, open_store
+
+__all__ = ["Connection", "Store", "open_store"]

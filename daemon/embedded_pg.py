@@ -1,0 +1,35 @@
+"""A private PostgreSQL under the state directory when no database URL is configured.
+
+The `pgserver` wheel bundles the server binaries, so a fresh machine needs
+nothing installed.  The server is started (or adopted, if a previous run left
+it up) on a Unix socket inside the data directory and stopped on exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import structlog
+import trio
+
+log = structlog.get_logger(__name__)
+
+
+@asynccontextmanager
+async def open_embedded_postgres(state_dir: Path) -> AsyncIterator[str]:
+    """Start the embedded server; yield its connection URL; stop it on exit."""
+    import pgserver  # imported lazily: only the embedded mode needs it
+
+    pgdata = state_dir / "postgres"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = await trio.to_thread.run_sync(lambda: pgserver.get_server(pgdata, cleanup_mode="stop"))
+    url = str(server.get_uri())
+    log.info("embedded_postgres.started", pgdata=str(pgdata))
+    try:
+        yield url
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(server.cleanup)
+        log.info("embedded_postgres.stopped")

@@ -1,0 +1,197 @@
+"""Sync jobs: their rows, state changes, progress and history.
+
+A job's status moves only forward through the funnel in `set_status`:
+
+    queued ──> running ──> completed | partial | failed | cancelled
+                 │  ^
+                 v  │
+               paused          running ──(daemon died)──> interrupted ──> running
+
+The partial unique index `sync_jobs_one_live` makes "one live job per
+connection" a database fact, not a hope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from freshd.store import records
+from freshd.store.db import Connection
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+LIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.INTERRUPTED})
+FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.PARTIAL, JobStatus.FAILED, JobStatus.CANCELLED})
+
+_ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: FINISHED | {JobStatus.PAUSED, JobStatus.INTERRUPTED},
+    JobStatus.PAUSED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.INTERRUPTED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+}
+
+
+class JobKind(StrEnum):
+    INITIAL = "initial"
+    FULL = "full"
+    INCREMENTAL = "incremental"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: int
+    connection_id: int
+    connection: str
+    kind: JobKind
+    status: JobStatus
+    trigger: str
+    progress: dict[str, dict[str, int | None]]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_SELECT = (
+    "SELECT j.id, j.connection_id, c.name AS connection, j.kind, j.status, j.trigger, j.progress,"
+    " j.created_at, j.started_at, j.finished_at, j.error"
+    " FROM sync_jobs j JOIN connections c ON c.id = j.connection_id"
+)
+
+
+def _job(row: dict[str, Any]) -> JobRow:
+    row["kind"] = JobKind(row["kind"])
+    row["status"] = JobStatus(row["status"])
+    return JobRow(**row)
+
+
+def create_job(conn: Connection, connection_id: int, kind: JobKind, trigger: str) -> tuple[JobRow, bool]:
+    """Queue a job unless the connection already has a live one; return (job, created)."""
+    row = conn.execute(
+        "INSERT INTO sync_jobs (connection_id, kind, status, trigger) VALUES (%s, %s, 'queued', %s)"
+        " ON CONFLICT (connection_id) WHERE status IN ('queued', 'running', 'paused', 'interrupted')"
+        " DO NOTHING RETURNING id",
+        (connection_id, kind.value, trigger),
+    ).fetchone()
+    if row is not None:
+        job = get_job(conn, int(row["id"]))  # type: ignore[call-overload]
+        assert job is not None
+        return job, True
+    live = live_job(conn, connection_id)
+    assert live is not None, "the unique index said a live job exists"
+    return live, False
+
+
+def get_job(conn: Connection, job_id: int) -> JobRow | None:
+    row = conn.execute(f"{_SELECT} WHERE j.id = %s", (job_id,)).fetchone()
+    return _job(dict(row)) if row else None
+
+
+def live_job(conn: Connection, connection_id: int) -> JobRow | None:
+    row = conn.execute(
+        f"{_SELECT} WHERE j.connection_id = %s AND j.status = ANY(%s)",
+        (connection_id, [s.value for s in LIVE]),
+    ).fetchone()
+    return _job(dict(row)) if row else None
+
+
+def list_jobs(
+    conn: Connection, *, connection: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[list[JobRow], int]:
+    where, params = ("WHERE c.name = %s", [connection]) if connection else ("", [])
+    total = conn.execute(
+        f"SELECT count(*) AS n FROM sync_jobs j JOIN connections c ON c.id = j.connection_id {where}", params
+    ).fetchone()
+    rows = conn.execute(f"{_SELECT} {where} ORDER BY j.id DESC LIMIT %s OFFSET %s", [*params, limit, offset])
+    return [_job(dict(row)) for row in rows.fetchall()], int(total["n"]) if total else 0  # type: ignore[call-overload]
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+def set_status(conn: Connection, job_id: int, status: JobStatus, *, error: str | None = None) -> JobRow:
+    """The one funnel for job state changes; an illegal transition raises."""
+    current = conn.execute("SELECT status FROM sync_jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone()
+    if current is None:
+        raise LookupError(f"no job {job_id}")
+    source = JobStatus(current["status"])
+    if status != source and status not in _ALLOWED.get(source, frozenset()):
+        raise IllegalTransition(f"job {job_id}: {source} -> {status}")
+    conn.execute(
+        "UPDATE sync_jobs SET status = %s, error = COALESCE(%s, error),"
+        " started_at = CASE WHEN %s = 'running' THEN COALESCE(started_at, now()) ELSE started_at END,"
+        " finished_at = CASE WHEN %s THEN now() ELSE NULL END"
+        " WHERE id = %s",
+        (status.value, error, status.value, status in FINISHED, job_id),
+    )
+    job = get_job(conn, job_id)
+    assert job is not None
+    return job
+
+
+def commit_pages(
+    conn: Connection,
+    job_id: int,
+    pages: Sequence[records.PageWrite],
+    progress: dict[str, dict[str, int | None]],
+    failures: Sequence[tuple[str, str | None, str]],
+) -> list[records.WriteResult]:
+    """Records, cursors, failures and progress of one or more pages: one transaction."""
+    results = [records.write_page(conn, page) for page in pages]
+    if failures:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO failed_items (job_id, entity, external_id, reason) VALUES (%s, %s, %s, %s)",
+                [(job_id, entity, eid, reason) for entity, eid, reason in failures],
+            )
+    conn.execute("UPDATE sync_jobs SET progress = %s WHERE id = %s", (Jsonb(progress), job_id))
+    return results
+
+
+def save_progress(conn: Connection, job_id: int, progress: dict[str, dict[str, int | None]]) -> None:
+    conn.execute("UPDATE sync_jobs SET progress = %s WHERE id = %s", (Jsonb(progress), job_id))
+
+
+def interrupt_running(conn: Connection) -> list[int]:
+    """At start-up: jobs left 'running' by a daemon that died are 'interrupted' (and resumed)."""
+    rows = conn.execute(
+        "UPDATE sync_jobs SET status = 'interrupted' WHERE status = 'running' RETURNING id"
+    ).fetchall()
+    return [int(row["id"]) for row in rows]  # type: ignore[call-overload]
+
+
+def failed_items(conn: Connection, job_id: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT entity, external_id, reason, created_at FROM failed_items WHERE job_id = %s ORDER BY id",
+        (job_id,),
+    ).fetchall()
+    return [dict(row) for row in rows]
+
+
+def prune_jobs(conn: Connection, *, keep_per_connection: int, max_age: timedelta) -> int:
+    """Cleanup: finished jobs beyond the newest N per connection, or older than max_age."""
+    return conn.execute(
+        "DELETE FROM sync_jobs WHERE id IN ("
+        " SELECT id FROM (SELECT id, status, finished_at,"
+        "   row_number() OVER (PARTITION BY connection_id ORDER BY id DESC) AS rank FROM sync_jobs) j"
+        " WHERE j.status = ANY(%s) AND (j.rank > %s OR j.finished_at < now() - %s))",
+        ([s.value for s in FINISHED], keep_per_connection, max_age),
+    ).rowcount

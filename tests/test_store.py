@@ -1,0 +1,138 @@
+"""The store against a real PostgreSQL: migrations, idempotent page writes, job rules."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import trio
+
+from freshd.connectors.base import StreamSpec
+from freshd.errors import StoreUnavailable
+from freshd.store import connections, jobs, open_store, records
+from freshd.store.jobs import IllegalTransition, JobKind, JobStatus
+from freshd.store.migrate import apply_migrations
+from freshd.sync import encode_record
+from tests.helpers import query
+
+STREAM = StreamSpec("customers", "customers")
+
+
+def page(cid: int, items: list[dict[str, object]], checkpoint: dict[str, object] | None = None,
+         deleted: tuple[str, ...] = ()) -> records.PageWrite:
+    return records.PageWrite(cid, "customers", [encode_record(STREAM, i) for i in items], deleted, checkpoint)
+
+
+async def add_connection(store, name: str = "shop") -> int:  # type: ignore[no-untyped-def]
+    row, created = await store.call(
+        connections.upsert_connection, name=name, tenant="t1", provider="woocommerce",
+        base_url="http://127.0.0.1:1", options={}, credentials={"consumer_key": "k", "consumer_secret": "s"},
+        source="admin",
+    )
+    assert created
+    return int(row.id)
+
+
+async def test_migrations_apply_once_and_are_recorded(database_url: str) -> None:
+    first = await trio.to_thread.run_sync(apply_migrations, database_url)
+    again = await trio.to_thread.run_sync(apply_migrations, database_url)
+    assert [m.version for m in first] == [1]
+    assert again == []
+    assert query(database_url, "SELECT version FROM schema_migrations") == [(1,)]
+
+
+async def test_page_write_is_idempotent_and_skips_unchanged(database_url: str) -> None:
+    async with open_store(database_url) as store:
+        cid = await add_connection(store)
+        items = [{"id": i, "name": f"n{i}"} for i in range(1, 6)]
+        first = await store.call(records.write_page, page(cid, items, {"page": 1}))
+        assert (first.inserted, first.updated, first.unchanged) == (5, 0, 0)
+        # the same page again (a replay after a crash): nothing written
+        replay = await store.call(records.write_page, page(cid, items, {"page": 1}))
+        assert (replay.inserted, replay.updated, replay.unchanged) == (0, 0, 5)
+        # key order does not matter: canonical JSON
+        reordered = [{"name": f"n{i}", "id": i} for i in range(1, 6)]
+        assert (await store.call(records.write_page, page(cid, reordered))).unchanged == 5
+        changed = await store.call(records.write_page, page(cid, [{"id": 3, "name": "changed"}], {"page": 2}))
+        assert (changed.inserted, changed.updated) == (0, 1)
+        assert await store.call(records.load_cursors, cid) == {"customers": {"page": 2}}
+    rows = query(database_url, "SELECT external_id, payload->>'name' FROM records ORDER BY external_id")
+    assert rows == [("1", "n1"), ("2", "n2"), ("3", "changed"), ("4", "n4"), ("5", "n5")]
+
+
+async def test_duplicate_ids_in_one_page_keep_the_last_version(database_url: str) -> None:
+    async with open_store(database_url) as store:
+        cid = await add_connection(store)
+        result = await store.call(records.write_page, page(cid, [{"id": 1, "v": "a"}, {"id": 1, "v": "b"}]))
+        assert result.inserted == 1
+    assert query(database_url, "SELECT payload->>'v' FROM records") == [("b",)]
+
+
+async def test_tombstones_and_resurrection(database_url: str) -> None:
+    async with open_store(database_url) as store:
+        cid = await add_connection(store)
+        await store.call(records.write_page, page(cid, [{"id": 1}, {"id": 2}]))
+        gone = await store.call(records.write_page, page(cid, [], deleted=("2",)))
+        assert gone.deleted == 1
+        assert await store.call(records.count_records) == {cid: 1}
+        back = await store.call(records.write_page, page(cid, [{"id": 2}]))
+        assert back.updated == 1
+        assert await store.call(records.count_records) == {cid: 2}
+
+
+async def test_a_failing_page_write_leaves_no_partial_rows_or_cursor(database_url: str) -> None:
+    async with open_store(database_url) as store:
+        cid = await add_connection(store)
+        await store.call(records.write_page, page(cid, [{"id": 1}], {"page": 1}))
+
+        def half_then_fail(conn):  # type: ignore[no-untyped-def]
+            records.write_page(conn, page(cid, [{"id": 2}], {"page": 2}))
+            conn.execute("SELECT 1/0")
+
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await store.call(half_then_fail)
+        assert await store.call(records.load_cursors, cid) == {"customers": {"page": 1}}
+        assert await store.call(records.count_records) == {cid: 1}
+
+
+async def test_one_live_job_per_connection(database_url: str) -> None:
+    async with open_store(database_url) as store:
+        cid = await add_connection(store)
+        job, created = await store.call(jobs.create_job, cid, JobKind.INITIAL, "add")
+        again, created_again = await store.call(jobs.create_job, cid, JobKind.FULL, "manual")
+        assert created and not created_again and again.id == job.id
+        await store.call(jobs.set_status, job.id, JobStatus.RUNNING)
+        done = await store.call(jobs.set_status, job.id, JobStatus.COMPLETED)
+        assert done.finished_at is not None and done.started_at is not None
+        with pytest.raises(IllegalTransition):
+            await store.call(jobs.set_status, job.id, JobStatus.RUNNING)
+        nxt, created = await store.call(jobs.create_job, cid, JobKind.INCREMENTAL, "manual")
+        assert created and nxt.id != job.id
+
+
+async def test_running_jobs_become_interrupted_at_start(database_url: str) -> None:
+    async with open_store(database_url) as store:
+        cid = await add_connection(store)
+        job, _ = await store.call(jobs.create_job, cid, JobKind.INITIAL, "add")
+        await store.call(jobs.set_status, job.id, JobStatus.RUNNING)
+        assert await store.call(jobs.interrupt_running) == [job.id]
+        assert (await store.call(jobs.get_job, job.id)).status is JobStatus.INTERRUPTED
+
+
+async def test_prune_keeps_the_newest_jobs(database_url: str) -> None:
+    async with open_store(database_url) as store:
+        cid = await add_connection(store)
+        for _ in range(5):
+            job, _ = await store.call(jobs.create_job, cid, JobKind.INCREMENTAL, "manual")
+            await store.call(jobs.set_status, job.id, JobStatus.RUNNING)
+            await store.call(jobs.set_status, job.id, JobStatus.COMPLETED)
+        from datetime import timedelta
+
+        assert await store.call(jobs.prune_jobs, keep_per_connection=2, max_age=timedelta(days=30)) == 3
+        remaining, total = await store.call(jobs.list_jobs)
+        assert total == 2 and [j.id for j in remaining] == [job.id, job.id - 1]
+
+
+async def test_unreachable_database_is_store_unavailable() -> None:
+    with pytest.raises(StoreUnavailable):
+        async with open_store("postgresql://nobody@127.0.0.1:1/none"):
+            pass
