@@ -1,0 +1,182 @@
+"""The supervisor: one actor per connection, each in its own cancel scope.
+
+An actor that crashes (an exception that is not a provider's: a bug) is
+restarted with exponential backoff (1 s doubling to 60 s, with jitter); its
+error and restart count show in status.  The job it was running is marked
+failed with the crash, so a poison page cannot spin a crash loop; the next
+sweep or `freshctl sync` starts over from the committed cursor.  A crash never
+reaches the daemon or the other actors.
+
+`apply(rows)` makes the running actors match the stored connections: starts
+new ones, stops removed ones, and hands changed settings to the running actor.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+
+import structlog
+import trio
+
+from freshd import metrics
+from freshd.actor import ConnectionActor, ConnectionState, ConnectionStatus
+from freshd.connectors.base import ConnectionSettings
+from freshd.messages import ActorMessage, Stop, UpdateSettings
+from freshd.store import Store, jobs
+from freshd.store.connections import ConnectionRow
+from freshd.store.jobs import JobStatus
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_START = 1.0
+BACKOFF_MAX = 60.0
+HEALTHY_AFTER = 300.0  # a run this long resets the backoff
+STOP_TIMEOUT = 5.0
+
+
+def settings_of(row: ConnectionRow) -> ConnectionSettings:
+    return ConnectionSettings(
+        name=row.name, provider=row.provider, base_url=row.base_url, tenant=row.tenant,
+        credentials=dict(row.credentials), options=dict(row.options),
+    )
+
+
+@dataclass
+class _Handle:
+    row: ConnectionRow
+    settings: ConnectionSettings
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    actor: ConnectionActor | None = None
+    restarts: int = 0
+    crash: str | None = None
+    backing_off: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class Supervisor:
+    def __init__(self, store: Store, *, sync_interval: timedelta | None) -> None:
+        self.store = store
+        self.sync_interval = sync_interval
+        self._handles: dict[str, _Handle] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- membership ------------------------------------------------------------------------------
+
+    async def apply(self, rows: list[ConnectionRow]) -> None:
+        wanted = {row.name: row for row in rows}
+        for name in [n for n in self._handles if n not in wanted]:
+            await self.stop(name)
+        for name, row in wanted.items():
+            handle = self._handles.get(name)
+            if handle is None:
+                self.start(row)
+            elif settings_of(row) != handle.settings:
+                handle.row, handle.settings = row, settings_of(row)
+                self.send_nowait(name, UpdateSettings(handle.settings))
+
+    def start(self, row: ConnectionRow) -> None:
+        assert self._nursery is not None, "supervisor is not running"
+        handle = _Handle(row, settings_of(row))
+        self._handles[row.name] = handle
+        self._nursery.start_soon(self._supervise, handle, name=f"actor:{row.name}")
+
+    async def stop(self, name: str) -> None:
+        handle = self._handles.pop(name, None)
+        if handle is None:
+            return
+        if handle.actor is not None and not handle.backing_off:
+            try:
+                handle.actor.mailbox_send.send_nowait(Stop())
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                handle.scope.cancel()
+        else:
+            handle.scope.cancel()
+        with trio.move_on_after(STOP_TIMEOUT):
+            await handle.done.wait()
+        handle.scope.cancel()
+
+    # -- messages and views ------------------------------------------------------------------------
+
+    def send_nowait(self, name: str, message: ActorMessage) -> bool:
+        """Nudge an actor. False if it is not running or its mailbox is full (the store still has it)."""
+        handle = self._handles.get(name)
+        if handle is None or handle.actor is None or handle.backing_off:
+            return False
+        try:
+            handle.actor.mailbox_send.send_nowait(message)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def actor(self, name: str) -> ConnectionActor | None:
+        handle = self._handles.get(name)
+        return handle.actor if handle else None
+
+    def names(self) -> list[str]:
+        return sorted(self._handles)
+
+    def statuses(self) -> list[ConnectionStatus]:
+        out = []
+        for name in sorted(self._handles):
+            handle = self._handles[name]
+            if handle.actor is not None and not handle.backing_off:
+                status = handle.actor.status()
+            else:
+                row = handle.row
+                status = ConnectionStatus(
+                    name=row.name, provider=row.provider, tenant=row.tenant, state=ConnectionState.RESTARTING,
+                    last_success_at=row.last_success_at, next_sync_at=None, error=row.last_error, job_id=None,
+                )
+            if handle.crash and (handle.backing_off or status.error is None):
+                status = replace(status, error=handle.crash)
+            out.append(replace(status, restarts=handle.restarts))
+        return out
+
+    # -- supervision -------------------------------------------------------------------------------
+
+    async def _supervise(self, handle: _Handle) -> None:
+        delay = BACKOFF_START
+        try:
+            with handle.scope:
+                while True:
+                    row = handle.row
+                    actor = ConnectionActor(
+                        self.store, row.id, handle.settings, last_success_at=row.last_success_at,
+                        last_error=row.last_error, sync_interval=self.sync_interval,
+                    )
+                    handle.actor, handle.backing_off = actor, False
+                    started = trio.current_time()
+                    try:
+                        await actor.run()
+                        return  # a clean exit: Stop
+                    except Exception as exc:
+                        handle.restarts += 1
+                        handle.crash = f"actor crashed: {type(exc).__name__}: {exc}"
+                        handle.backing_off = True
+                        metrics.actor_restarts_total.labels(row.provider).inc()
+                        log.error("actor.crashed", connection=row.name, restarts=handle.restarts, exc_info=exc)
+                        await self._fail_running_job(row.id, handle.crash)
+                        if trio.current_time() - started > HEALTHY_AFTER:
+                            delay = BACKOFF_START
+                        await trio.sleep(delay * random.uniform(0.5, 1.0))
+                        delay = min(delay * 2, BACKOFF_MAX)
+                        # pick up what the store knows now (last success, error)
+                        handle.row = replace(handle.row, last_success_at=actor.last_success_at)
+        finally:
+            handle.done.set()
+
+    async def _fail_running_job(self, connection_id: int, error: str) -> None:
+        try:
+            live = await self.store.call(jobs.live_job, connection_id)
+            if live is not None and live.status is JobStatus.RUNNING:
+                await self.store.call(jobs.set_status, live.id, JobStatus.FAILED, error=error)
+        except Exception as exc:  # the store may be the reason for the crash: keep supervising
+            log.warning("actor.crash_bookkeeping_failed", error=str(exc))

@@ -1,0 +1,369 @@
+"""The sync engine: runs one job, entity by entity, from connector pages to committed rows.
+
+Per entity, two tasks in one nursery:
+
+    connector.sync_entity ──emit(page)──> [bounded channel] ──> writer ──> store (one tx per batch)
+
+* The writer commits records, tombstones, the connector's checkpoint, failed
+  items and the job's progress in ONE transaction; when it falls behind it
+  groups the pages already waiting into one transaction (group commit).
+* Pause and cancel take effect in the writer, between two commits: the cursor
+  is saved, nothing half-written.  Pause blocks the writer, and the bounded
+  channel then blocks the connector; cancel stops the connector.
+* A store outage blocks the writer, which retries with backoff: the job waits,
+  nothing is lost, and replayed pages are no-ops (idempotent upsert).
+* An item that cannot be stored (no primary key) is recorded as failed and the
+  job goes on.  A provider error ends that entity; the other entities still run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+import structlog
+import trio
+
+from freshd import metrics
+from freshd.connectors.base import Connector, Page, StreamSpec, SyncMode
+from freshd.errors import ProviderError, ReauthRequired, StoreUnavailable
+from freshd.store import Store, jobs, records
+from freshd.store.jobs import JobKind, JobRow, JobStatus
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH_RECORDS = 2000  # group commit: at most this many records per transaction
+STORE_RETRY_CAP = 30.0
+
+
+class ControlRequest(StrEnum):
+    NONE = "none"
+    PAUSE = "pause"
+    CANCEL = "cancel"
+
+
+@dataclass
+class JobControl:
+    """Set by the actor; read by the writer at page boundaries."""
+
+    request: ControlRequest = ControlRequest.NONE
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def set(self, request: ControlRequest) -> None:
+        self.request = request
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+@dataclass
+class EntityProgress:
+    total: int | None = None
+    processed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    state: str = "pending"  # pending | running | done | failed
+    started: float | None = None  # monotonic
+    rate: float = 0.0  # records/s while running
+
+    def as_json(self) -> dict[str, Any]:
+        return {"total": self.total, "processed": self.processed, "failed": self.failed,
+                "skipped": self.skipped, "state": self.state}
+
+
+@dataclass
+class JobProgress:
+    entities: dict[str, EntityProgress]
+
+    @classmethod
+    def from_json(cls, names: list[str], stored: dict[str, Any]) -> JobProgress:
+        entities = {}
+        for name in names:
+            saved = stored.get(name) or {}
+            entities[name] = EntityProgress(
+                total=saved.get("total"), processed=saved.get("processed", 0),
+                failed=saved.get("failed", 0), skipped=saved.get("skipped", 0),
+                state=saved.get("state", "pending"),
+            )
+        return cls(entities)
+
+    def as_json(self) -> dict[str, Any]:
+        return {name: p.as_json() for name, p in self.entities.items()}
+
+    def percent(self) -> float | None:
+        known = [p for p in self.entities.values() if p.total is not None or p.state == "done"]
+        if not known:
+            return None
+        total = done = 0.0
+        for p in self.entities.values():
+            if p.state == "done":
+                total += 1
+                done += 1
+            elif p.total:
+                total += 1
+                done += min(1.0, (p.processed + p.failed + p.skipped) / p.total)
+            else:
+                total += 1
+        return round(100.0 * done / total, 1) if total else None
+
+    def eta_seconds(self) -> float | None:
+        remaining = 0.0
+        for p in self.entities.values():
+            if p.state in ("done", "failed"):
+                continue
+            if p.total is None or p.rate <= 0:
+                return None
+            remaining += max(0, p.total - p.processed - p.failed - p.skipped) / p.rate
+        return math.ceil(remaining)
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    status: JobStatus
+    error: str | None
+    reauth_required: bool = False
+
+
+def encode_record(stream: StreamSpec, record: Any) -> records.EncodedRecord:
+    """Canonical JSON (sorted keys) and its hash: equal content, equal hash, no rewrite."""
+    if not isinstance(record, dict):
+        raise ValueError(f"record is a {type(record).__name__}, not an object")
+    key = record.get(stream.primary_key)
+    if key is None or key == "":
+        raise ValueError(f"record has no {stream.primary_key!r}")
+    data = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    return records.EncodedRecord(str(key), data.decode(), hashlib.blake2b(data, digest_size=16).digest())
+
+
+class _Cancelled(Exception):
+    """The writer saw a cancel request at a page boundary."""
+
+
+class JobRunner:
+    """Runs one job to an outcome. Owned by the connection's actor."""
+
+    def __init__(
+        self,
+        store: Store,
+        connector: Connector,
+        connection_id: int,
+        job: JobRow,
+        control: JobControl,
+        *,
+        on_progress: Callable[[JobRow, JobProgress], None] | None = None,
+        entities: list[str] | None = None,
+    ) -> None:
+        self.store = store
+        self.connector = connector
+        self.connection_id = connection_id
+        self.job = job
+        self.control = control
+        self.on_progress = on_progress
+        names = entities or [s.name for s in connector.streams]
+        self.progress = JobProgress.from_json(names, job.progress)
+        self.log = log.bind(job=job.id, connection=job.connection)
+
+    async def run(self) -> JobOutcome:
+        provider = self.connector.provider
+        started = time.monotonic()
+        self.job = await self.store.call(jobs.set_status, self.job.id, JobStatus.RUNNING)
+        self.log.info("job.started", kind=self.job.kind.value)
+        mode = SyncMode.INCREMENTAL if self.job.kind is JobKind.INCREMENTAL else SyncMode.FULL
+        cursors = await self.store.call(records.load_cursors, self.connection_id)
+        errors: list[str] = []
+        outcome: JobOutcome | None = None
+        for name, progress in self.progress.entities.items():
+            if progress.state == "done":
+                continue  # a resumed job keeps what it finished before the interruption
+            try:
+                await self._sync_entity(self.connector.stream(name), cursors.get(name), mode, progress)
+            except _Cancelled:
+                outcome = JobOutcome(JobStatus.CANCELLED, "cancelled by request")
+                break
+            except ReauthRequired as exc:
+                progress.state = "failed"
+                outcome = JobOutcome(JobStatus.FAILED, f"{name}: {exc}", reauth_required=True)
+                break
+            except ProviderError as exc:
+                progress.state = "failed"
+                errors.append(f"{name}: {exc}")
+                self.log.warning("job.entity_failed", entity=name, error=str(exc))
+        if outcome is None:
+            failed_entities = [n for n, p in self.progress.entities.items() if p.state == "failed"]
+            items_failed = any(p.failed for p in self.progress.entities.values())
+            if failed_entities and len(failed_entities) == len(self.progress.entities):
+                outcome = JobOutcome(JobStatus.FAILED, "; ".join(errors))
+            elif failed_entities or items_failed:
+                summary = "; ".join(errors) or "some items failed (see freshctl job)"
+                outcome = JobOutcome(JobStatus.PARTIAL, summary)
+            else:
+                outcome = JobOutcome(JobStatus.COMPLETED, None)
+        with trio.CancelScope(shield=True):
+            await self._finish(outcome)
+        metrics.sync_jobs_total.labels(provider, outcome.status.value).inc()
+        metrics.sync_duration_seconds.labels(provider).observe(time.monotonic() - started)
+        self.log.info("job.finished", status=outcome.status.value, error=outcome.error,
+                      seconds=round(time.monotonic() - started, 3))
+        return outcome
+
+    async def _finish(self, outcome: JobOutcome) -> None:
+        await self._with_store_retry(jobs.save_progress, self.job.id, self.progress.as_json())
+        self.job = await self._with_store_retry(jobs.set_status, self.job.id, outcome.status, error=outcome.error)
+        self._notify()
+
+    def _notify(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.job, self.progress)
+
+    async def _sync_entity(
+        self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, progress: EntityProgress
+    ) -> None:
+        progress.state = "running"
+        progress.started = time.monotonic()
+        processed_at_start = progress.processed
+        listing_started = await self.store.call(records.database_now)
+        send, receive = trio.open_memory_channel[Page](max(2, getattr(self.connector, "concurrency", 2)))
+        runner = self
+
+        class Context:
+            async def emit(self, page: Page) -> None:
+                await send.send(page)
+
+            async def known_versions(self, entity: str, field_name: str) -> dict[str, str]:
+                return await runner.store.call(records.known_versions, runner.connection_id, entity, field_name)
+
+            def set_total(self, entity: str, total: int | None) -> None:
+                runner.progress.entities[entity].total = total
+                runner._notify()
+
+        failure: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def produce() -> None:
+                nonlocal failure
+                async with send:
+                    try:
+                        await self.connector.sync_entity(stream, state, mode, Context())
+                    except Exception as exc:
+                        failure = exc  # raised after the pages before it are committed
+
+            nursery.start_soon(produce)
+            try:
+                await self._write(stream, receive, progress, listing_started, processed_at_start)
+            except _Cancelled as exc:
+                failure = exc
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        progress.state = "done"
+        self._notify()
+
+    async def _write(
+        self,
+        stream: StreamSpec,
+        receive: trio.MemoryReceiveChannel[Page],
+        progress: EntityProgress,
+        listing_started: Any,
+        processed_at_start: int,
+    ) -> None:
+        provider = self.connector.provider
+        async with receive:
+            async for first in receive:
+                batch = [first]
+                size = len(first.records)
+                while size < MAX_BATCH_RECORDS:
+                    try:
+                        page = receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    batch.append(page)
+                    size += len(page.records)
+                writes, failures = self._encode(stream, batch, progress)
+                reconcile = any(p.listing_complete for p in batch)
+                results = await self._with_store_retry(
+                    self._commit, writes, failures, progress, listing_started if reconcile else None
+                )
+                changed = sum(r.inserted + r.updated for r in results)
+                progress.processed += size - len(failures)
+                metrics.records_synced_total.labels(provider, stream.name).inc(size - len(failures))
+                elapsed = time.monotonic() - (progress.started or time.monotonic())
+                if elapsed > 0:
+                    progress.rate = (progress.processed - processed_at_start) / elapsed
+                self.log.debug("job.page_committed", entity=stream.name, records=size, changed=changed,
+                               pages=len(batch))
+                self._notify()
+                await self._boundary()
+
+    def _encode(
+        self, stream: StreamSpec, batch: list[Page], progress: EntityProgress
+    ) -> tuple[list[records.PageWrite], list[tuple[str, str | None, str]]]:
+        writes = []
+        failures: list[tuple[str, str | None, str]] = []
+        for page in batch:
+            encoded = []
+            for record in page.records:
+                try:
+                    encoded.append(encode_record(stream, record))
+                except (ValueError, TypeError) as exc:
+                    key = record.get(stream.primary_key) if isinstance(record, dict) else None
+                    failures.append((stream.name, None if key is None else str(key), str(exc)))
+            for external_id, reason in page.failures:
+                failures.append((stream.name, external_id, reason))
+            if page.total is not None:
+                progress.total = page.total
+            writes.append(records.PageWrite(
+                self.connection_id, stream.name, encoded, page.deleted, page.checkpoint,
+                touch_seen=page.full_listing,
+            ))
+        progress.failed += len(failures)
+        return writes, failures
+
+    def _commit(
+        self,
+        conn: Any,
+        writes: list[records.PageWrite],
+        failures: list[tuple[str, str | None, str]],
+        progress: EntityProgress,
+        reconcile_since: Any,
+    ) -> list[records.WriteResult]:
+        results = jobs.commit_pages(conn, self.job.id, writes, self.progress.as_json(), failures)
+        if reconcile_since is not None:
+            gone = records.mark_unseen_deleted(conn, self.connection_id, writes[-1].entity, reconcile_since)
+            if gone:
+                self.log.info("job.reconciled_deletes", entity=writes[-1].entity, deleted=gone)
+        return results
+
+    async def _with_store_retry(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """The job waits out a store outage; every write here is idempotent, so retrying is safe."""
+        delay = 0.5
+        while True:
+            try:
+                return await self.store.call(fn, *args, **kwargs)
+            except StoreUnavailable as exc:
+                self.log.warning("job.store_unavailable", retry_in=delay, error=str(exc))
+                await trio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_CAP)
+
+    async def _boundary(self) -> None:
+        """Between two commits: where pause and cancel take effect."""
+        while True:
+            match self.control.request:
+                case ControlRequest.CANCEL:
+                    raise _Cancelled
+                case ControlRequest.PAUSE:
+                    if self.job.status is not JobStatus.PAUSED:
+                        self.job = await self._with_store_retry(jobs.set_status, self.job.id, JobStatus.PAUSED)
+                        self.log.info("job.paused")
+                        self._notify()
+                    await self.control.changed.wait()
+                case ControlRequest.NONE:
+                    if self.job.status is JobStatus.PAUSED:
+                        self.job = await self._with_store_retry(jobs.set_status, self.job.id, JobStatus.RUNNING)
+                        self.log.info("job.resumed")
+                        self._notify()
+                    return
