@@ -1,0 +1,253 @@
+"""Logging: structlog for freshd's own events, stdlib logging bridged into the same output.
+
+    configure_logging(level, fmt, stream)   once at start (again in tests)
+    register_secret(value)                  mask this string wherever it would be logged
+
+Output:
+
+* ``fmt="json"``, or ``"auto"`` when the stream is not a TTY (journald, files): one JSON object
+  per line with ``timestamp`` (ISO 8601, UTC), ``level``, ``logger``, ``event``, then the
+  bound context (``connection``, ``job`` ...) and the call's own keys.
+* ``fmt="console"``, or ``"auto"`` on a TTY: structlog's readable renderer.
+* Other libraries (hypercorn, psycopg, apscheduler, ``warnings``) log through stdlib logging;
+  their records at WARNING and above (and at or above `level`) come out in the same format,
+  through the same redaction, on the same stream.
+
+Redaction runs last before rendering, on every event:
+
+* a key that looks secret (``password``, ``token``, ``api_key``, ``authorization``,
+  ``consumer_secret``, ``cookie``, ``credentials`` ...; see `is_secret_key`) has its value
+  replaced by ``"[redacted]"``, at any depth in dicts and lists (and ``(name, value)`` pairs,
+  as in header lists);
+* any registered secret (`register_secret`; strings shorter than 4 characters are ignored) is
+  masked wherever it appears in a string value, including the event text and the formatted
+  traceback (``exception``), and in the text of other objects (an exception passed as a value).
+
+Context: use structlog's own contextvars,
+``with structlog.contextvars.bound_contextvars(connection=name, job=job_id): ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+__all__ = ["REDACTED", "configure_logging", "is_secret_key", "redact", "register_secret"]
+
+REDACTED = "[redacted]"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR, "critical": logging.CRITICAL}
+_MIN_SECRET_LENGTH = 4
+_MAX_DEPTH = 10
+
+# -- what counts as secret -------------------------------------------------------------------------------
+
+_SECRET_KEY = re.compile(
+    r"password|passwd|secret|token|api_?key|authorization|credential|cookie|session_?id|private_?key"
+    r"|consumer_key|signature"
+)
+# ... unless the name says it is about the secret, not the secret itself (token_expires_at)
+_NOT_SECRET_SUFFIX = re.compile(r"_(at|in|interval|count|type|url|expires|expiry|kind|source)$")
+_RESERVED = frozenset({"event", "level", "timestamp", "logger", "exception", "exc_info"})
+
+_secrets_lock = threading.Lock()
+_secrets: tuple[str, ...] = ()  # copy-on-write, longest first: readers never take the lock
+
+
+def register_secret(value: str) -> None:
+    """Mask `value` in every later log line (thread-safe; values under 4 characters are ignored)."""
+    global _secrets  # noqa: PLW0603 - one process-wide set, replaced atomically
+    if not isinstance(value, str) or len(value) < _MIN_SECRET_LENGTH:
+        return
+    with _secrets_lock:
+        if value not in _secrets:
+            _secrets = tuple(sorted((*_secrets, value), key=len, reverse=True))
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a key's name says its value is a secret (``consumer_secret``, ``Authorization`` ...)."""
+    key = name.lower().replace("-", "_")
+    return bool(_SECRET_KEY.search(key)) and not _NOT_SECRET_SUFFIX.search(key)
+
+
+def _mask(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _clean(value: Any, secrets: tuple[str, ...], depth: int) -> Any:
+    if isinstance(value, str):
+        return _mask(value, secrets) if secrets else value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth >= _MAX_DEPTH:
+        return REDACTED
+    if isinstance(value, Mapping):
+        return {
+            key: REDACTED if isinstance(key, str) and is_secret_key(key) else _clean(item, secrets, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        items = list(value)
+        if len(items) == 2 and isinstance(items[0], str) and is_secret_key(items[0]):
+            return [items[0], REDACTED]  # a (name, value) pair, e.g. one header
+        return [_clean(item, secrets, depth + 1) for item in items]
+    if secrets:
+        text = str(value)
+        if any(secret in text for secret in secrets):
+            return _mask(text, secrets)
+    return value
+
+
+def redact(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """The structlog processor: secret-looking keys and registered secret values become REDACTED."""
+    secrets = _secrets
+    for key, value in event_dict.items():
+        if key not in _RESERVED and is_secret_key(key):
+            event_dict[key] = REDACTED
+        elif key != "exc_info":
+            event_dict[key] = _clean(value, secrets, 0)
+    return event_dict
+
+
+# -- output ----------------------------------------------------------------------------------------------
+
+
+class _Sink:
+    """One stream, one lock: structlog's and stdlib's lines never interleave mid-line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        with self.lock:
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed or broken stream must not take the daemon down
+
+
+class _Logger:
+    """What structlog wraps: a name and a sink; every level method writes the rendered line."""
+
+    def __init__(self, sink: _Sink, name: str | None) -> None:
+        self.sink = sink
+        self.name = name
+
+    def msg(self, message: str) -> None:
+        self.sink.write(message)
+
+    log = debug = info = warn = warning = error = err = critical = fatal = exception = failure = msg
+
+
+class _LoggerFactory:
+    def __init__(self, sink: _Sink) -> None:
+        self.sink = sink
+
+    def __call__(self, *args: Any) -> _Logger:
+        return _Logger(self.sink, args[0] if args and isinstance(args[0], str) else None)
+
+
+def _add_logger_name(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    if "logger" not in event_dict:
+        event_dict["logger"] = getattr(logger, "name", None) or "freshd"
+    return event_dict
+
+
+_FIRST_KEYS = ("timestamp", "level", "logger", "event", "connection", "job")
+
+
+def _render_json(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+    ordered = {key: event_dict.pop(key) for key in _FIRST_KEYS if key in event_dict}
+    ordered.update(event_dict)
+    return json.dumps(ordered, default=str, ensure_ascii=False)
+
+
+class _StdlibBridge(logging.Handler):
+    """Feeds stdlib records (hypercorn, psycopg, apscheduler) through freshd's processors."""
+
+    def __init__(self, sink: _Sink, processors: Iterable[Processor], level: int) -> None:
+        super().__init__(level)
+        self.sink = sink
+        self.processors = list(processors)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            method = record.levelname.lower()
+            event: Any = {"event": record.getMessage(), "logger": record.name}
+            if record.exc_info:
+                event["exc_info"] = record.exc_info
+            for processor in self.processors:
+                event = processor(None, method, event)
+            self.sink.write(event if isinstance(event, str) else str(event))
+        except Exception:
+            self.handleError(record)
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Set up structlog and the stdlib bridge writing to `stream` (default: the current sys.stderr).
+
+    `level` is one of debug, info, warning, error, critical; `fmt` one of auto, json, console.
+    Calling it again replaces the previous set-up (tests do).
+    """
+    levelno = LEVELS.get(level.lower())
+    if levelno is None:
+        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+    if fmt not in ("auto", "json", "console"):
+        raise ValueError(f"unknown log format {fmt!r}; expected auto, json or console")
+    out = sys.stderr if stream is None else stream
+    sink = _Sink(out)
+    use_json = fmt == "json" or (fmt == "auto" and not _is_tty(out))
+    renderer: Processor = _render_json
+    if not use_json:
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=_is_tty(out), exception_formatter=structlog.dev.plain_traceback
+        )
+    tail: list[Processor] = [
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # before `redact`, so tracebacks are masked too
+        redact,
+        renderer,
+    ]
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            _add_logger_name,
+            structlog.processors.StackInfoRenderer(),
+            *tail,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(levelno),
+        logger_factory=_LoggerFactory(sink),
+        context_class=dict,
+        cache_logger_on_first_use=False,
+    )
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StdlibBridge):
+            root.removeHandler(handler)
+    bridge_level = max(logging.WARNING, levelno)
+    root.addHandler(_StdlibBridge(sink, [structlog.processors.add_log_level, *tail], bridge_level))
+    root.setLevel(bridge_level)
+    logging.captureWarnings(True)
+
