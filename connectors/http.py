@@ -24,7 +24,6 @@ import httpx
 import orjson
 import structlog
 import trio
-
 from freshd import metrics
 from freshd.errors import (
     AuthExpired,
@@ -88,14 +87,16 @@ class RequestGate(Protocol):
 
     async def before_request(self) -> None: ...
 
-    def after_request(self, error: ProviderError | None) -> None: ...
+    def after_request(self, response: httpx.Response | None, error: ProviderError | None) -> None:
+        """Called once per attempt: the response (if any) and what `classify` made of it."""
+        ...
 
 
 class OpenGate:
     async def before_request(self) -> None:
         await trio.lowlevel.checkpoint()
 
-    def after_request(self, error: ProviderError | None) -> None:
+    def after_request(self, response: httpx.Response | None, error: ProviderError | None) -> None:
         pass
 
 
@@ -172,7 +173,7 @@ class ProviderClient:
                 except ValueError as exc:
                     error = TransientError(f"malformed JSON from {self.provider}", status=response.status_code)
                     error.__cause__ = exc
-            self.gate.after_request(error)
+            self.gate.after_request(response, error)
             if error is None:
                 assert response is not None
                 return response, body

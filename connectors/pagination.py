@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
 import trio
+import trio.lowlevel
 
 T = TypeVar("T")
 
@@ -63,7 +64,7 @@ async def fetch_in_order(
         try:
             for number in numbers:
                 while number not in slots:
-                    await trio.sleep(0)  # the starter has not reached it yet
+                    await trio.lowlevel.checkpoint()  # the starter has not reached it yet
                 slot = slots[number]
                 await slot.done.wait()
                 del slots[number]

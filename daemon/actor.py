@@ -25,7 +25,6 @@ from typing import Any
 
 import structlog
 import trio
-
 from freshd.connectors.base import ConnectionSettings, Connector, connector_class
 from freshd.messages import (
     ActorMessage,

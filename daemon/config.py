@@ -529,7 +529,7 @@ def _connections(top: _Reader, providers: Collection[str]) -> tuple[ConnectionCo
 def _check_cron(reader: _Reader, key: str, default: str) -> str:
     expr: str = reader.string(key, default)
     # the scheduler's own reading of crontab syntax (imported late: it pulls in APScheduler)
-    from freshd.scheduler import cron_trigger  # noqa: PLC0415
+    from freshd.scheduler import cron_trigger
 
     try:
         cron_trigger(expr)

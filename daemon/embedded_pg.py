@@ -24,7 +24,9 @@ async def open_embedded_postgres(state_dir: Path) -> AsyncIterator[str]:
 
     pgdata = state_dir / "postgres"
     pgdata.mkdir(parents=True, exist_ok=True)
-    server = await trio.to_thread.run_sync(lambda: pgserver.get_server(pgdata, cleanup_mode="stop"))
+    server = await trio.to_thread.run_sync(
+        lambda: pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+    )
     url = str(server.get_uri())
     log.info("embedded_postgres.started", pgdata=str(pgdata))
     try:

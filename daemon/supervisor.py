@@ -19,7 +19,6 @@ from datetime import timedelta
 
 import structlog
 import trio
-
 from freshd import metrics
 from freshd.actor import ConnectionActor, ConnectionState, ConnectionStatus
 from freshd.connectors.base import ConnectionSettings

@@ -29,7 +29,6 @@ from typing import Any
 import orjson
 import structlog
 import trio
-
 from freshd import metrics
 from freshd.connectors.base import Connector, Page, StreamSpec, SyncMode
 from freshd.errors import ProviderError, ReauthRequired, StoreUnavailable
@@ -157,7 +156,9 @@ class JobRunner:
         *,
         on_progress: Callable[[JobRow, JobProgress], None] | None = None,
         entities: list[str] | None = None,
+        max_batch_records: int = MAX_BATCH_RECORDS,
     ) -> None:
+        self.max_batch_records = max_batch_records
         self.store = store
         self.connector = connector
         self.connection_id = connection_id
@@ -276,7 +277,7 @@ class JobRunner:
             async for first in receive:
                 batch = [first]
                 size = len(first.records)
-                while size < MAX_BATCH_RECORDS:
+                while size < self.max_batch_records:
                     try:
                         page = receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):

@@ -39,7 +39,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
-
 from freshd.connectors.base import (
     ConnectionSettings,
     Connector,
@@ -285,18 +284,18 @@ class WooCommerceConnector(Connector):
 
     async def _diff_by_id(self, stream: StreamSpec, state: dict[str, Any], ctx: SyncContext) -> None:
         """Light listing of (id, modified) for the whole collection, then fetch only what changed."""
-        assert stream.cursor_field
-        params: dict[str, str | int] = {"orderby": "id", "order": "asc", "_fields": f"id,{stream.cursor_field}"}
+        cursor_field = stream.cursor_field or "date_modified_gmt"
+        params: dict[str, str | int] = {"orderby": "id", "order": "asc", "_fields": f"id,{cursor_field}"}
         first = await self._list(stream, {**params, "page": 1})
         seen: dict[str, str] = {}
 
         async def on_page(number: int, listing: _Listing, shifted: bool) -> None:
             for item in listing.records:
                 if "id" in item:
-                    seen[str(item["id"])] = str(item.get(stream.cursor_field))
+                    seen[str(item["id"])] = str(item.get(cursor_field))
 
         complete = await self._paged(stream, params, first, 1, on_page)
-        known = await ctx.known_versions(stream.name, stream.cursor_field)
+        known = await ctx.known_versions(stream.name, cursor_field)
         changed = [eid for eid, version in seen.items() if known.get(eid) != version]
         # a listing that shifted under us may have skipped live ids: never infer deletions from it
         deleted = sorted(set(known) - set(seen), key=int) if complete else []

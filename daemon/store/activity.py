@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 from freshd.store.db import Connection
+from psycopg.types.json import Jsonb
 
 
 def log_activity(

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 from freshd.store.db import Connection
+from psycopg.types.json import Jsonb
 
 
 @dataclass(frozen=True, slots=True)

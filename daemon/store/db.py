@@ -25,11 +25,10 @@ from typing import Concatenate, ParamSpec, TypeVar
 import psycopg
 import structlog
 import trio
-from psycopg.rows import dict_row
-
 from freshd import metrics
 from freshd.errors import StoreUnavailable
 from freshd.store import migrate
+from psycopg.rows import dict_row
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -63,9 +62,9 @@ class Store:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         async with self._limiter:
-            conn = self._idle.pop() if self._idle else None
+            idle = self._idle.pop() if self._idle else None
             try:
-                conn, result = await trio.to_thread.run_sync(self._run, conn, fn, args, kwargs)
+                conn, result = await trio.to_thread.run_sync(self._run, idle, fn, args, kwargs)
             except StoreUnavailable:
                 self._mark(available=False)
                 raise

@@ -19,10 +19,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 from freshd.store import records
 from freshd.store.db import Connection
+from psycopg.types.json import Jsonb
 
 
 class JobStatus(StrEnum):
@@ -132,7 +131,7 @@ def set_status(conn: Connection, job_id: int, status: JobStatus, *, error: str |
     current = conn.execute("SELECT status FROM sync_jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone()
     if current is None:
         raise LookupError(f"no job {job_id}")
-    source = JobStatus(current["status"])
+    source = JobStatus(str(current["status"]))
     if status != source and status not in _ALLOWED.get(source, frozenset()):
         raise IllegalTransition(f"job {job_id}: {source} -> {status}")
     conn.execute(

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
-
 from freshd.errors import StoreUnavailable
 
 SCHEMA = "freshd"

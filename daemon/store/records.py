@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 from freshd.store.db import Connection
+from psycopg.types.json import Jsonb
 
 _UPSERT = """
 INSERT INTO records AS r (connection_id, entity, external_id, payload, content_hash)

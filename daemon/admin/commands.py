@@ -1,0 +1,232 @@
+"""The daemon's side of the admin API: one method per command.
+
+The server (admin/server.py) has already parsed and type-checked the request
+against the schemas in admin/protocol.py; here we apply the daemon's rules
+(known provider, valid URL, config-owned connections are read-only) and
+answer with plain JSON.  A rule broken raises AdminError and changes nothing.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from freshd import __version__
+from freshd.admin.protocol import API_VERSION, ErrorCode, Peer, Request
+from freshd.connectors.base import connector_class
+from freshd.errors import AdminError, ConfigError, StoreUnavailable
+from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
+from freshd.store import connections, jobs, records
+from freshd.store.jobs import JobKind, JobRow, JobStatus
+from freshd.sync import JobProgress
+
+if TYPE_CHECKING:
+    from freshd.app import Daemon
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def job_json(job: JobRow, live: JobProgress | None = None) -> dict[str, Any]:
+    progress = live or JobProgress.from_json(list(job.progress), job.progress)
+    return {
+        "id": job.id,
+        "connection": job.connection,
+        "kind": job.kind.value,
+        "status": job.status.value,
+        "trigger": job.trigger,
+        "progress": {
+            name: {k: v for k, v in p.as_json().items() if k != "state"}
+            for name, p in progress.entities.items()
+        },
+        "percent": 100.0 if job.status is JobStatus.COMPLETED else progress.percent(),
+        "eta_seconds": progress.eta_seconds() if job.status is JobStatus.RUNNING else None,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "error": job.error,
+    }
+
+
+def validate_base_url(url: str) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise AdminError(ErrorCode.BAD_REQUEST, f"base_url must be an http(s) URL with a host, got {url!r}")
+
+
+class DaemonAdmin:
+    """Implements AdminHandler for the running daemon."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "status": self.status,
+            "connections.list": self.connections_list,
+            "connections.show": self.connections_show,
+            "connections.add": self.connections_add,
+            "connections.remove": self.connections_remove,
+            "sync": self.sync,
+            "jobs": self.jobs,
+            "job": self.job,
+            "pause": self.pause,
+            "resume": self.resume,
+            "cancel": self.cancel,
+        }
+
+    async def handle(self, request: Request, peer: Peer) -> Any:
+        command = self._commands.get(request.cmd)
+        if command is None:
+            raise AdminError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {request.cmd!r}")
+        try:
+            return await command(dict(request.args))
+        except StoreUnavailable as exc:
+            raise AdminError(ErrorCode.UNAVAILABLE, f"the database is unavailable: {exc}") from None
+
+    # -- views --------------------------------------------------------------------------------------
+
+    async def _connection_views(self) -> list[dict[str, Any]]:
+        counts = await self.daemon.store.call(records.count_records)
+        ids = {row.name: row.id for row in await self.daemon.store.call(connections.list_connections)}
+        views = []
+        for status in self.daemon.supervisor.statuses():
+            views.append({
+                "name": status.name,
+                "provider": status.provider,
+                "tenant": status.tenant,
+                "state": status.state.value,
+                "last_success_at": iso(status.last_success_at),
+                "next_sync_at": iso(status.next_sync_at),
+                "records": counts.get(ids.get(status.name, -1), 0),
+                "error": status.error,
+                "job_id": status.job_id,
+                "restarts": status.restarts,
+            })
+        return views
+
+    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        store_ok = await self.daemon.store.ping()
+        return {
+            "version": __version__,
+            "api_version": API_VERSION,
+            "started_at": iso(self.daemon.started_at),
+            "metrics_url": self.daemon.metrics_url,
+            "store": {"state": "up" if store_ok else "unavailable"},
+            "connections": await self._connection_views() if store_ok else [],
+        }
+
+    async def connections_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"connections": await self._connection_views()}
+
+    async def _row(self, name: str) -> connections.ConnectionRow:
+        row = await self.daemon.store.call(connections.get_connection, name)
+        if row is None:
+            raise AdminError(ErrorCode.NOT_FOUND, f"no connection named {name!r}")
+        return row
+
+    async def connections_show(self, args: dict[str, Any]) -> dict[str, Any]:
+        row = await self._row(args["name"])
+        view = next((v for v in await self._connection_views() if v["name"] == row.name), {})
+        live = await self.daemon.store.call(jobs.live_job, row.id)
+        return {
+            **view,
+            "name": row.name,
+            "provider": row.provider,
+            "tenant": row.tenant,
+            "base_url": row.base_url,
+            "credential_keys": sorted(row.credentials),
+            "options": row.options,
+            "source": row.source,
+            "created_at": iso(row.created_at),
+            "job": job_json(live, self._live_progress(live)) if live else None,
+        }
+
+    # -- changes ------------------------------------------------------------------------------------
+
+    async def connections_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        name, provider, base_url = args["name"], args["provider"], args["base_url"]
+        try:
+            connector_class(provider)
+        except ConfigError as exc:
+            raise AdminError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        validate_base_url(base_url)
+        if await self.daemon.store.call(connections.get_connection, name) is not None:
+            raise AdminError(ErrorCode.CONFLICT, f"a connection named {name!r} already exists")
+
+        def add(conn: Any) -> tuple[connections.ConnectionRow, JobRow]:
+            row, _ = connections.upsert_connection(
+                conn, name=name, tenant=args.get("tenant") or "default", provider=provider,
+                base_url=base_url, options=dict(args.get("options") or {}),
+                credentials=dict(args["credentials"]), source="admin",
+            )
+            # the initial sync is queued in the same transaction: an added connection is never forgotten
+            job, _ = jobs.create_job(conn, row.id, JobKind.INITIAL, "add")
+            return row, job
+
+        row, job = await self.daemon.store.call(add)
+        self.daemon.supervisor.start(row)
+        self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
+        return {"connection": {"name": row.name, "provider": row.provider, "tenant": row.tenant,
+                               "base_url": row.base_url}, "job_id": job.id}
+
+    async def connections_remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        row = await self._row(args["name"])
+        if row.source == "config":
+            raise AdminError(ErrorCode.CONFLICT,
+                             f"{row.name!r} is defined in the config file: remove it there and reload")
+        await self.daemon.supervisor.stop(row.name)
+        await self.daemon.store.call(connections.delete_connection, row.name)
+        return {"removed": row.name}
+
+    async def sync(self, args: dict[str, Any]) -> dict[str, Any]:
+        row = await self._row(args["name"])
+        kind = JobKind.FULL if args.get("full") else JobKind.INCREMENTAL
+        job, created = await self.daemon.store.call(jobs.create_job, row.id, kind, "manual")
+        self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
+        return {"job_id": job.id, "created": created, "status": job.status.value}
+
+    async def jobs(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("connection"):
+            await self._row(args["connection"])
+        rows, total = await self.daemon.store.call(
+            jobs.list_jobs, connection=args.get("connection"), limit=args.get("limit", 50),
+            offset=args.get("offset", 0),
+        )
+        return {"jobs": [job_json(j, self._live_progress(j)) for j in rows], "total": total}
+
+    async def _job(self, job_id: int) -> JobRow:
+        job = await self.daemon.store.call(jobs.get_job, job_id)
+        if job is None:
+            raise AdminError(ErrorCode.NOT_FOUND, f"no job {job_id}")
+        return job
+
+    async def job(self, args: dict[str, Any]) -> dict[str, Any]:
+        job = await self._job(args["id"])
+        failed = await self.daemon.store.call(jobs.failed_items, job.id)
+        return {**job_json(job, self._live_progress(job)),
+                "failed_items": [{**f, "created_at": iso(f["created_at"])} for f in failed[:100]],
+                "failed_items_total": len(failed)}
+
+    def _live_progress(self, job: JobRow) -> JobProgress | None:
+        actor = self.daemon.supervisor.actor(job.connection)
+        view = actor.job_view() if actor else None
+        return view[1] if view and view[0].id == job.id else None
+
+    async def _control(self, args: dict[str, Any], message: type[PauseJob | ResumeJob | CancelJob]) -> dict[str, Any]:
+        job = await self._job(args["id"])
+        if job.status not in jobs.LIVE:
+            raise AdminError(ErrorCode.CONFLICT, f"job {job.id} is {job.status.value}")
+        if not self.daemon.supervisor.send_nowait(job.connection, message(job.id)):
+            raise AdminError(ErrorCode.UNAVAILABLE, f"connection {job.connection!r} is not running")
+        return {"job_id": job.id, "requested": message.__name__.removesuffix("Job").lower()}
+
+    async def pause(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self._control(args, PauseJob)
+
+    async def resume(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self._control(args, ResumeJob)
+
+    async def cancel(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self._control(args, CancelJob)

@@ -1,0 +1,211 @@
+"""run_daemon(): the root nursery, the start-up order, reload, and the designed shutdown.
+
+Start-up, each step only after the one before it is really ready:
+  1. the store (the configured URL, or an embedded PostgreSQL), migrations applied;
+  2. jobs left 'running' by a daemon that died become 'interrupted' (resumed below);
+  3. config connections written to the store; the supervisor starts one actor each;
+     never-synced connections get their initial sync queued;
+  4. the admin socket, the metrics endpoint, the scheduler;
+  5. READY=1 to systemd.
+
+SIGHUP reloads the config file: an invalid file is refused whole and the
+running configuration stays.  SIGTERM/SIGINT: STOPPING=1, no new work, every
+actor's in-flight commit finishes (store calls are never abandoned), running
+jobs are marked interrupted, and the process exits 0 within the stop deadline.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+from freshd import logs, metrics, systemd
+from freshd.admin.commands import DaemonAdmin
+from freshd.admin.server import serve_admin
+from freshd.config import Config, load_config
+from freshd.embedded_pg import open_embedded_postgres
+from freshd.errors import ConfigError, StoreUnavailable
+from freshd.messages import JobQueued
+from freshd.scheduler import Sweep, add_sweeps, create_scheduler, serve_scheduler
+from freshd.store import Store, activity, connections, jobs, open_store
+from freshd.store.jobs import JobKind
+from freshd.supervisor import Supervisor
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_DEADLINE = 8.0  # systemd's TimeoutStopSec is 15 s; the brief promises exit within 10 s
+
+
+class Daemon:
+    """The running daemon's shared parts, as the admin handler and the sweeps see them."""
+
+    def __init__(self, config: Config, config_path: Path | None, store: Store, supervisor: Supervisor) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.store = store
+        self.supervisor = supervisor
+        self.started_at = datetime.now(UTC)
+        self.metrics_url: str | None = None
+        self.scheduler: Any = None
+
+    # -- connections from the config file ---------------------------------------------------------
+
+    async def apply_config(self, config: Config) -> None:
+        """Make the store and the actors match `config` (at start and on reload)."""
+
+        def write(conn: Any) -> None:
+            wanted = {c.name for c in config.connections if c.enabled}
+            for spec in config.connections:
+                if spec.enabled:
+                    connections.upsert_connection(
+                        conn, name=spec.name, tenant=spec.tenant, provider=spec.provider,
+                        base_url=spec.base_url, options=dict(spec.options),
+                        credentials=dict(spec.credentials), source="config",
+                    )
+            for row in connections.list_connections(conn):
+                if row.source == "config" and row.name not in wanted:
+                    connections.delete_connection(conn, row.name)
+
+        for secret in config.secret_values():
+            logs.register_secret(secret)  # redacted from every log line from now on
+        await self.store.call(write)
+        self.config = config
+        rows = await self.store.call(connections.list_connections)
+        await self.supervisor.apply(rows)
+        await self.queue_never_synced()
+
+    async def queue_never_synced(self) -> None:
+        """A connection that never completed a sync gets one queued: nobody has to remember."""
+        for row in await self.store.call(connections.list_connections):
+            if row.last_success_at is None:
+                job, created = await self.store.call(jobs.create_job, row.id, JobKind.INITIAL, "startup")
+                self.supervisor.send_nowait(row.name, JobQueued(job.id))
+                if created:
+                    log.info("job.queued", connection=row.name, job=job.id, kind="initial")
+
+    async def reload(self) -> None:
+        systemd.reloading()
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("config.reload_refused", error=str(exc))
+        else:
+            await self.apply_config(config)
+            log.info("config.reloaded", connections=len(config.connections))
+        finally:
+            systemd.ready()
+
+    # -- sweeps -------------------------------------------------------------------------------------
+
+    async def sync_sweep(self) -> None:
+        """Queue an incremental sync for every connection whose data is older than the interval."""
+        if not self.config.schedule.scheduled_sync:
+            return
+        interval = timedelta(seconds=self.config.schedule.sync_interval)
+        now = datetime.now(UTC)
+        for row in await self.store.call(connections.list_connections):
+            if row.last_success_at is not None and now - row.last_success_at < interval:
+                continue
+            kind = JobKind.INCREMENTAL if row.last_success_at else JobKind.INITIAL
+            job, _ = await self.store.call(jobs.create_job, row.id, kind, "schedule")
+            self.supervisor.send_nowait(row.name, JobQueued(job.id))
+
+    async def cleanup_sweep(self) -> None:
+        sync = self.config.sync
+        pruned = await self.store.call(
+            jobs.prune_jobs, keep_per_connection=sync.job_history,
+            max_age=timedelta(seconds=sync.job_max_age),
+        )
+        await self.store.call(activity.prune_activity, max_age=timedelta(seconds=sync.job_max_age))
+        log.info("cleanup.done", jobs_pruned=pruned)
+
+    def sweeps(self) -> list[Sweep]:
+        schedule = self.config.schedule
+        return [
+            Sweep("sync", self.sync_sweep, interval=schedule.sync_interval, jitter=schedule.jitter),
+            Sweep("cleanup", self.cleanup_sweep, cron=schedule.cleanup_cron, jitter=schedule.jitter),
+        ]
+
+
+def _connection_snapshot(daemon: Daemon) -> Callable[[], list[tuple[str, str, float | None]]]:
+    def snapshot() -> list[tuple[str, str, float | None]]:
+        return [
+            (s.provider, s.state.value, s.last_success_at.timestamp() if s.last_success_at else None)
+            for s in daemon.supervisor.statuses()
+        ]
+    return snapshot
+
+
+async def _handle_signals(daemon: Daemon, root: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("signal.reload")
+                await daemon.reload()
+                continue
+            log.info("signal.shutdown", signal=signal.Signals(signum).name)
+            systemd.stopping()
+            # the deadline bounds the drain: store calls in flight finish, then everything unwinds
+            root.deadline = trio.current_time() + SHUTDOWN_DEADLINE
+            root.cancel()
+            return
+
+
+async def run_daemon(
+    config: Config,
+    *,
+    config_path: Path | None = None,
+    task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The daemon's whole life. Returns when shut down by a signal (or cancelled)."""
+    async with AsyncExitStack() as stack:
+        systemd.status("starting: opening the store")
+        url = config.database_url
+        if url is None:
+            url = await stack.enter_async_context(open_embedded_postgres(Path(config.state_dir)))
+        try:
+            store = await stack.enter_async_context(open_store(url, max_connections=config.sync.db_threads))
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(f"cannot open the store: {exc}") from exc
+        interrupted = await store.call(jobs.interrupt_running)
+        if interrupted:
+            log.warning("jobs.interrupted", jobs=interrupted)
+
+        async with trio.open_nursery() as root:
+            supervisor = Supervisor(store, sync_interval=timedelta(seconds=config.schedule.sync_interval)
+                                    if config.schedule.scheduled_sync else None)
+            await root.start(supervisor.run)
+            daemon = Daemon(config, config_path, store, supervisor)
+            await daemon.apply_config(config)
+
+            admin = config.admin
+            await root.start(
+                lambda task_status: serve_admin(
+                    Path(admin.socket), DaemonAdmin(daemon), mode=admin.socket_mode, group=admin.group,
+                    request_timeout=admin.request_timeout, task_status=task_status,
+                )
+            )
+            if config.metrics.enabled:
+                metrics.set_connection_snapshot(_connection_snapshot(daemon))
+                daemon.metrics_url = await root.start(metrics.serve_metrics, config.metrics.address)
+
+            scheduler = create_scheduler()
+            add_sweeps(scheduler, daemon.sweeps())
+            daemon.scheduler = scheduler
+            await root.start(serve_scheduler, scheduler)
+            root.start_soon(_handle_signals, daemon, root.cancel_scope)
+            root.start_soon(systemd.serve_watchdog)
+
+            systemd.ready()
+            systemd.status(f"running: {len(supervisor.names())} connections")
+            log.info("daemon.ready", socket=str(admin.socket), metrics=daemon.metrics_url,
+                     connections=len(supervisor.names()))
+            task_status.started(daemon)
+    log.info("daemon.stopped")
+

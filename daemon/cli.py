@@ -1,0 +1,101 @@
+"""`freshd`: the daemon and its tools.
+
+    freshd run [--config PATH]          run the daemon (systemd's ExecStart)
+    freshd check-config [--config PATH] validate a config file and exit
+    freshd migrate [--config PATH]      apply pending database migrations and exit
+    freshd simulate PROVIDER ...        run a provider simulator on loopback
+    freshd demo                         embedded PostgreSQL + simulators + daemon
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import trio
+from freshd import __version__
+from freshd.errors import ConfigError, StoreUnavailable
+
+
+def _load(path: Path | None):  # type: ignore[no-untyped-def]
+    from freshd.config import load_config
+
+    return load_config(path)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from freshd.app import run_daemon
+    from freshd.logs import configure_logging
+
+    config = _load(args.config)
+    configure_logging(config.log.level, config.log.format)
+    trio.run(lambda: run_daemon(config, config_path=args.config))
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(f"ok: {len(config.connections)} connection(s)")
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from freshd.store.migrate import apply_migrations
+
+    config = _load(args.config)
+    if config.database_url is None:
+        print("freshd: no database_url configured (the embedded database migrates itself at start)",
+              file=sys.stderr)
+        return 2
+    applied = apply_migrations(config.database_url)
+    print(f"applied {len(applied)} migration(s)" + "".join(f"\n  {m.version:04d} {m.name}" for m in applied))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from freshd.demo import run_demo
+
+    return run_demo(records=args.records, state_dir=args.state_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "simulate":
+        from freshd.connectors.simulate import main as simulate_main
+
+        return simulate_main(argv[1:])
+
+    parser = argparse.ArgumentParser(prog="freshd", description="Keeps API connections synced into PostgreSQL.")
+    parser.add_argument("--version", action="version", version=f"freshd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("run", _cmd_run, "run the daemon"),
+        ("check-config", _cmd_check_config, "validate the configuration and exit"),
+        ("migrate", _cmd_migrate, "apply pending database migrations and exit"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", type=Path, default=None,
+                         help="TOML config file (default /etc/freshd/freshd.toml if it exists)")
+        cmd.set_defaults(func=func)
+    demo = sub.add_parser("demo", help="embedded PostgreSQL + WooCommerce simulators + the daemon")
+    demo.add_argument("--records", type=int, default=2000, help="records per entity in each simulated store")
+    demo.add_argument("--state-dir", type=Path, default=None)
+    demo.set_defaults(func=_cmd_demo)
+    sub.add_parser("simulate", help="run a provider simulator (freshd simulate --help)")
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"freshd: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"freshd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

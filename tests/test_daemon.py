@@ -1,0 +1,252 @@
+"""The daemon from the outside: a real `run_daemon`, its admin socket, `freshctl`, a simulator, PostgreSQL."""
+
+from __future__ import annotations
+
+import functools
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from freshd.app import Daemon, run_daemon
+from freshd.config import load_config
+from freshd.connectors import base
+from freshd.connectors.base import Connector, Page, StreamSpec, SyncContext, SyncMode
+from freshd.connectors.simulator import serve_asgi
+from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
+
+from tests.helpers import query
+
+CREDS = {"consumer_key": "ck_e2e", "consumer_secret": "cs_e2e"}
+FRESHCTL = [sys.executable, "-m", "freshd.ctl"]
+
+
+def connection_block(name: str, url: str, *, provider: str = "woocommerce") -> str:
+    return (
+        f'[[connections]]\nname = "{name}"\nprovider = "{provider}"\nbase_url = "{url}"\n'
+        f'credentials = {{ consumer_key = "{CREDS["consumer_key"]}", '
+        f'consumer_secret = "{CREDS["consumer_secret"]}" }}\n'
+    )
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    socket: Path
+    config_path: Path
+    database_url: str
+
+    async def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run freshctl in a subprocess, as a user would (without blocking the daemon's loop)."""
+        result = await trio.to_thread.run_sync(functools.partial(
+            subprocess.run, [*FRESHCTL, "--socket", str(self.socket), *args],
+            capture_output=True, text=True, timeout=30,
+        ))
+        if check and result.returncode != 0:
+            raise AssertionError(f"freshctl {args} -> {result.returncode}: {result.stderr}")
+        return result
+
+    async def ctl_json(self, *args: str) -> Any:
+        return json.loads((await self.ctl("--json", *args)).stdout)
+
+    async def wait_job(self, job_id: int) -> dict[str, Any]:
+        with trio.fail_after(60):
+            while True:
+                job = await self.ctl_json("job", str(job_id))
+                if job["status"] in ("completed", "partial", "failed", "cancelled"):
+                    return job  # type: ignore[no-any-return]
+                await trio.sleep(0.1)
+
+
+async def start_daemon(nursery: trio.Nursery, tmp_path: Path, database_url: str, body: str) -> Running:
+    config_path = tmp_path / "freshd.toml"
+    sock = tmp_path / "run" / "admin.sock"
+    config_path.write_text(
+        f'database_url = "{database_url}"\nstate_dir = "{tmp_path}"\n'
+        f'[admin]\nsocket = "{sock}"\n[metrics]\naddress = "127.0.0.1:0"\n[schedule]\nscheduled_sync = false\n'
+        + body
+    )
+    config = load_config(config_path, env={})
+    daemon = await nursery.start(functools.partial(run_daemon, config, config_path=config_path))
+    return Running(daemon, sock, config_path, database_url)
+
+
+@pytest.fixture
+async def simulators(nursery: trio.Nursery) -> AsyncIterator[list[tuple[WooCommerceSimulator, str]]]:
+    out = []
+    for seed in (1, 2):
+        sim = WooCommerceSimulator(records=120, seed=seed, credentials=CREDS)
+        port = await nursery.start(functools.partial(serve_asgi, sim.app, host="127.0.0.1", port=0))
+        out.append((sim, f"http://127.0.0.1:{port}"))
+    yield out
+
+
+async def test_config_connections_sync_at_start_and_show_in_status(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+) -> None:
+    body = connection_block("eu", simulators[0][1]) + connection_block("us", simulators[1][1])
+    running = await start_daemon(nursery, tmp_path, database_url, body)
+    jobs = (await running.ctl_json("jobs"))["jobs"]
+    assert {j["connection"] for j in jobs} == {"eu", "us"} and all(j["kind"] == "initial" for j in jobs)
+    for job in jobs:
+        done = await running.wait_job(job["id"])
+        assert done["status"] == "completed", done
+        assert done["progress"]["customers"] == {"total": 120, "processed": 120, "failed": 0, "skipped": 0}
+        assert done["percent"] == 100.0
+    status = await running.ctl_json("status")
+    assert status["metrics_url"].startswith("http://127.0.0.1:")
+    by_name = {c["name"]: c for c in status["connections"]}
+    assert by_name["eu"]["records"] == 120 + 120 + 12
+    assert by_name["eu"]["state"] == "idle" and by_name["eu"]["last_success_at"]
+    assert {"name", "provider", "tenant", "state", "last_success_at", "next_sync_at", "records", "error"} <= set(
+        by_name["us"])
+    table = (await running.ctl("status")).stdout
+    assert "eu" in table and "us" in table
+
+    # a second sync request while one is live returns the same job
+    first = await running.ctl_json("sync", "eu")
+    second = await running.ctl_json("sync", "eu")
+    assert second["job_id"] == first["job_id"] and second["created"] is False
+    await running.wait_job(first["job_id"])
+
+    # a mutation at the provider shows up after the next incremental sync
+    simulators[0][0].update("customers", 3, first_name="Mutated")
+    job_id = (await running.ctl_json("sync", "eu"))["job_id"]
+    assert (await running.wait_job(job_id))["status"] == "completed"
+    assert query(database_url, "SELECT payload->>'first_name' FROM records r JOIN connections c ON"
+                 " c.id = r.connection_id WHERE c.name = 'eu' AND entity = 'customers' AND external_id = '3'") \
+        == [("Mutated",)]
+
+
+async def test_connections_add_queues_the_initial_sync_and_survives_restart(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+) -> None:
+    async with trio.open_nursery() as first_life:
+        running = await start_daemon(first_life, tmp_path, database_url, "")
+        added = await running.ctl_json(
+            "connections", "add", "shop", "--provider", "woocommerce", "--base-url", simulators[0][1],
+            "--credential", f"consumer_key={CREDS['consumer_key']}",
+            "--credential", f"consumer_secret={CREDS['consumer_secret']}", "--tenant", "acme",
+        )
+        job = await running.wait_job(added["job_id"])
+        assert job["status"] == "completed" and job["kind"] == "initial"
+        shown = await running.ctl_json("connections", "show", "shop")
+        assert shown["tenant"] == "acme" and shown["credential_keys"] == ["consumer_key", "consumer_secret"]
+        assert CREDS["consumer_secret"] not in json.dumps(shown)  # secrets never leave the daemon
+        dup = await running.ctl("connections", "add", "shop", "--provider", "woocommerce", "--base-url",
+                                simulators[0][1], "--credential", "consumer_key=x", check=False)
+        assert dup.returncode == 1 and "already exists" in dup.stderr
+        first_life.cancel_scope.cancel()
+    assert not running.socket.exists()  # the socket goes with the daemon
+
+    # stored connections survive a restart of the daemon, with their data and history
+    again = await start_daemon(nursery, tmp_path, database_url, "")
+    status = await again.ctl_json("status")
+    assert [(c["name"], c["records"]) for c in status["connections"]] == [("shop", 120 + 120 + 12)]
+    assert len((await again.ctl_json("jobs"))["jobs"]) == 1  # synced before: nothing new queued
+
+
+async def test_bad_admin_requests_get_clear_errors_and_change_nothing(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str,
+) -> None:
+    running = await start_daemon(nursery, tmp_path, database_url, "")
+
+    def raw(payload: bytes) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(running.socket))
+            s.sendall(payload)
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return json.loads(data)  # type: ignore[no-any-return]
+
+    async def send(payload: bytes) -> dict[str, Any]:
+        return await trio.to_thread.run_sync(raw, payload)
+
+    assert (await send(b"{not json\n"))["error"]["code"] == "bad_json"
+    assert (await send(b'{"v":1,"id":1,"cmd":"nope","args":{}}\n'))["error"]["code"] == "unknown_command"
+    wrong = await send(b'{"v":1,"id":2,"cmd":"jobs","args":{"limit":"ten"}}\n')
+    assert wrong["error"]["code"] == "bad_request" and "limit" in wrong["error"]["message"]
+    oversize = b'{"v":1,"id":3,"cmd":"status","args":{"x":"' + b"a" * (2 << 20) + b'"}}\n'
+    assert (await send(oversize))["error"]["code"] == "too_large"
+    bad_provider = await running.ctl("connections", "add", "x", "--provider", "nosuch", "--base-url",
+                                     "http://127.0.0.1:1", "--credential", "k=v", check=False)
+    assert bad_provider.returncode == 1 and "valid providers" in bad_provider.stderr
+    bad_url = await running.ctl("connections", "add", "x", "--provider", "woocommerce", "--base-url",
+                                "ftp://nowhere", "--credential", "k=v", check=False)
+    assert bad_url.returncode == 1 and "base_url" in bad_url.stderr
+    missing = await running.ctl("sync", "ghost", check=False)
+    assert missing.returncode == 1 and "ghost" in missing.stderr
+    assert query(database_url, "SELECT count(*) FROM connections") == [(0,)]
+    assert query(database_url, "SELECT count(*) FROM sync_jobs") == [(0,)]
+
+
+async def test_invalid_config_is_refused_on_reload_and_the_old_one_stays(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+) -> None:
+    running = await start_daemon(nursery, tmp_path, database_url, connection_block("eu", simulators[0][1]))
+    text = running.config_path.read_text()
+    running.config_path.write_text(text + connection_block("bad", "not a url"))
+    await running.daemon.reload()
+    assert running.daemon.supervisor.names() == ["eu"]
+    # a valid change is applied: a new connection starts and gets its initial sync
+    running.config_path.write_text(text + connection_block("us", simulators[1][1]))
+    await running.daemon.reload()
+    assert running.daemon.supervisor.names() == ["eu", "us"]
+    jobs = (await running.ctl_json("jobs", "--connection", "us"))["jobs"]
+    assert len(jobs) == 1 and jobs[0]["kind"] == "initial"
+
+
+class _CrashingConnector(Connector):
+    """A connector with a bug: it crashes the first `crashes` times it runs (shared across instances)."""
+
+    provider = "crashy"
+    streams = (StreamSpec("things", "things"),)
+    crashes = 1
+
+    async def sync_entity(self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode,
+                          ctx: SyncContext) -> None:
+        if _CrashingConnector.crashes > 0:
+            _CrashingConnector.crashes -= 1
+            raise RuntimeError("bug in connector")
+        await ctx.emit(Page("things", [{"id": 1}], {"done": True}))
+
+
+async def test_a_crashing_actor_is_restarted_and_others_keep_syncing(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the only fake here: a connector with a bug (nothing real crashes on purpose)
+    monkeypatch.setitem(base._REGISTRY, "crashy", f"{__name__}:_CrashingConnector")
+    monkeypatch.setattr("freshd.supervisor.BACKOFF_START", 0.05)
+    body = connection_block("eu", simulators[0][1]) + connection_block("bad", "http://127.0.0.1:9", provider="crashy")
+    config_path = tmp_path / "freshd.toml"
+    sock = tmp_path / "run" / "admin.sock"
+    config_path.write_text(
+        f'database_url = "{database_url}"\nstate_dir = "{tmp_path}"\n[admin]\nsocket = "{sock}"\n'
+        f'[metrics]\nenabled = false\n[schedule]\nscheduled_sync = false\n' + body)
+    config = load_config(config_path, env={}, providers=("woocommerce", "crashy"))
+    daemon = await nursery.start(functools.partial(run_daemon, config, config_path=config_path))
+    running = Running(daemon, sock, config_path, database_url)
+    with trio.fail_after(30):
+        while True:
+            status = {c["name"]: c for c in (await running.ctl_json("status"))["connections"]}
+            if status["bad"]["restarts"] >= 1 and status["eu"]["last_success_at"]:
+                break
+            await trio.sleep(0.1)
+    assert "bug in connector" in (status["bad"]["error"] or "")
+    bad_jobs = (await running.ctl_json("jobs", "--connection", "bad"))["jobs"]
+    assert bad_jobs[0]["status"] == "failed" and "crashed" in bad_jobs[0]["error"]
+    # after the restart the actor works again: a new sync succeeds
+    job_id = (await running.ctl_json("sync", "bad"))["job_id"]
+    assert (await running.wait_job(job_id))["status"] == "completed"
+    assert sock.is_socket()
