@@ -24,6 +24,7 @@ import httpx
 import orjson
 import structlog
 import trio
+
 from freshd import metrics
 from freshd.errors import (
     AuthExpired,

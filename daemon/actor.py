@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 import trio
+
 from freshd.connectors.base import ConnectionSettings, Connector, connector_class
 from freshd.messages import (
     ActorMessage,

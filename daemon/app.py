@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 import trio
+
 from freshd import logs, metrics, systemd
 from freshd.admin.commands import DaemonAdmin
 from freshd.admin.server import serve_admin

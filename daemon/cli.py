@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import trio
+
 from freshd import __version__
 from freshd.errors import ConfigError, StoreUnavailable
 

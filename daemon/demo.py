@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import trio
+
 from freshd.paths import default_socket_path, default_state_dir
 
 DEMO_CREDENTIALS = {"consumer_key": "ck_demo", "consumer_secret": "cs_demo"}

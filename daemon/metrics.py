@@ -23,19 +23,11 @@ vanish; connections that never synced are left out of the age gauge.
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 import trio
-from freshd import __version__
-from freshd.config import split_host_port
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from hypercorn.typing import (
     ASGIReceiveCallable,
     ASGISendCallable,
@@ -46,6 +38,10 @@ from hypercorn.typing import (
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from freshd import __version__
+from freshd.asgi import serve_asgi
+from freshd.config import split_host_port
 
 __all__ = [
     "REGISTRY",
@@ -200,22 +196,10 @@ async def serve_metrics(
     output, see freshd.logs); no access log.
     """
     host, port = split_host_port(address)
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, sockaddr = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(sockaddr)
-        except OSError as exc:
-            raise OSError(exc.errno, f"metrics: cannot listen on {address}: {exc.strerror}") from exc
-        config = HypercornConfig()
-        config.bind = [f"fd://{os.dup(sock.fileno())}"]  # hypercorn owns (and closes) the copy
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")  # a Logger: hypercorn adds no handler
-        config.graceful_timeout = 1.0
-        config.include_server_header = False
-        async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(functools.partial(serve, _app, config, mode="asgi"))
-            url = f"{binds[0]}/metrics"
-            log.info("metrics.listening", url=url)
-            task_status.started(url)
+
+    def url(bound: int) -> str:
+        where = f"http://{host if ':' not in host else f'[{host}]'}:{bound}/metrics"
+        log.info("metrics.listening", url=where)
+        return where
+
+    await serve_asgi(_app, host, port, report=url, task_status=task_status)

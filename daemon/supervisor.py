@@ -19,6 +19,7 @@ from datetime import timedelta
 
 import structlog
 import trio
+
 from freshd import metrics
 from freshd.actor import ConnectionActor, ConnectionState, ConnectionStatus
 from freshd.connectors.base import ConnectionSettings
@@ -33,6 +34,13 @@ BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
 HEALTHY_AFTER = 300.0  # a run this long resets the backoff
 STOP_TIMEOUT = 5.0
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The first real exception inside trio's nursery exception groups (what a person needs to see)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def settings_of(row: ConnectionRow) -> ConnectionSettings:
@@ -158,7 +166,8 @@ class Supervisor:
                         return  # a clean exit: Stop
                     except Exception as exc:
                         handle.restarts += 1
-                        handle.crash = f"actor crashed: {type(exc).__name__}: {exc}"
+                        root = _root_cause(exc)
+                        handle.crash = f"actor crashed: {type(root).__name__}: {root}"
                         handle.backing_off = True
                         metrics.actor_restarts_total.labels(row.provider).inc()
                         log.error("actor.crashed", connection=row.name, restarts=handle.restarts, exc_info=exc)

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 import structlog
 import trio
+
 from freshd import metrics
 from freshd.connectors.base import Connector, Page, StreamSpec, SyncMode
 from freshd.errors import ProviderError, ReauthRequired, StoreUnavailable

@@ -9,6 +9,7 @@ from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
 import pytest
+
 from freshd import paths
 from freshd.config import (
     Config,

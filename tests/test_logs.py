@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
+
 from freshd.logs import REDACTED, _StdlibBridge, configure_logging, is_secret_key, register_secret
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from freshd import __version__, metrics
 from prometheus_client import REGISTRY as GLOBAL
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from freshd import __version__, metrics
 
 ALLOWED_LABELS = {"provider", "outcome", "entity", "status_class", "state", "version", "le"}
 

@@ -24,6 +24,8 @@ from apscheduler.events import (
     EVENT_JOB_MISSED,
 )
 from apscheduler.schedulers.base import STATE_STOPPED
+from structlog.testing import capture_logs
+
 from freshd.scheduler import (
     Sweep,
     SweepBusy,
@@ -34,7 +36,6 @@ from freshd.scheduler import (
     run_now,
     serve_scheduler,
 )
-from structlog.testing import capture_logs
 
 EPOCH = datetime(2001, 1, 1, tzinfo=UTC)  # a Monday, 00:00 UTC
 CEILING = 10 * 86400  # simulated seconds (fail_after reads the MockClock); the longest window is 8 days

@@ -5,13 +5,13 @@ from __future__ import annotations
 import psycopg
 import pytest
 import trio
+
 from freshd.connectors.base import StreamSpec
 from freshd.errors import StoreUnavailable
 from freshd.store import connections, jobs, open_store, records
 from freshd.store.jobs import IllegalTransition, JobKind, JobStatus
 from freshd.store.migrate import apply_migrations
 from freshd.sync import encode_record
-
 from tests.helpers import query
 
 STREAM = StreamSpec("customers", "customers")

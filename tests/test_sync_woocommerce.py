@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+
 from freshd.connectors.base import ConnectionSettings
 from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.connector import WooCommerceConnector
@@ -16,7 +17,6 @@ from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
 from freshd.store import Store, connections, jobs, open_store
 from freshd.store.jobs import JobKind, JobStatus
 from freshd.sync import ControlRequest, JobControl, JobOutcome, JobRunner
-
 from tests.helpers import query
 
 CREDS = {"consumer_key": "ck_test", "consumer_secret": "cs_test"}

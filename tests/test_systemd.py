@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+
 from freshd import systemd
 
 REPO = Path(__file__).resolve().parent.parent

@@ -39,6 +39,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+
 from freshd.connectors.base import (
     ConnectionSettings,
     Connector,
@@ -337,8 +338,10 @@ class WooCommerceConnector(Connector):
             until = _iso((first.date or datetime.now(UTC)) + timedelta(seconds=1))
         params["modified_before"] = until
         ctx.set_total(stream.name, first.total)
-        # the next window starts a little before this one ends: dates have 1 s resolution
-        advanced = _iso(datetime.fromisoformat(until).replace(tzinfo=UTC) - WINDOW_OVERLAP)
+        # `until` is the server's Date + 1 s (modified_before is strict). A record changed in that
+        # same second, after a page was read, may be unseen: the next window starts a second
+        # before it (modified_after is strict too); re-reading it costs nothing (hash unchanged).
+        advanced = _iso(datetime.fromisoformat(until).replace(tzinfo=UTC) - 2 * WINDOW_OVERLAP)
         full = mode is SyncMode.FULL and not resume
 
         if first.total == 0 or start_page > first.total_pages:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from freshd.store.db import Connection
 from psycopg.types.json import Jsonb
+
+from freshd.store.db import Connection
 
 
 def log_activity(

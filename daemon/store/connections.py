@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from freshd.store.db import Connection
 from psycopg.types.json import Jsonb
+
+from freshd.store.db import Connection
 
 
 @dataclass(frozen=True, slots=True)

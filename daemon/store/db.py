@@ -25,10 +25,11 @@ from typing import Concatenate, ParamSpec, TypeVar
 import psycopg
 import structlog
 import trio
+from psycopg.rows import dict_row
+
 from freshd import metrics
 from freshd.errors import StoreUnavailable
 from freshd.store import migrate
-from psycopg.rows import dict_row
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -19,9 +19,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 from freshd.store import records
 from freshd.store.db import Connection
-from psycopg.types.json import Jsonb
 
 
 class JobStatus(StrEnum):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+
 from freshd.errors import StoreUnavailable
 
 SCHEMA = "freshd"

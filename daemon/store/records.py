@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from freshd.store.db import Connection
 from psycopg.types.json import Jsonb
+
+from freshd.store.db import Connection
 
 _UPSERT = """
 INSERT INTO records AS r (connection_id, entity, external_id, payload, content_hash)

@@ -1,0 +1,271 @@
+"""What every provider simulator shares: serving, routing, fault injection, fake data.
+
+A simulator is a real HTTP server on loopback (hypercorn on the trio loop, see
+freshd.asgi) speaking its provider's real paths, parameters, auth, pagination
+and error bodies.  Each provider module builds a `SimulatorApp` with its routes
+and its own error shape; this module adds the `/_sim/` control endpoints
+(no auth) and fault injection in front of every provider route:
+
+    POST   /_sim/faults  {"status": 429, "count": 3, "retry_after": 2}   next 3 requests get 429
+                         {"status": 503, "count": 5}                       a 5xx burst
+                         {"latency": 0.5}                                  added delay per request
+                         {"malformed": 2}                                  next 2 bodies garbled
+                         {"rate": 5, "burst": 5}                           hard per-client limit -> 429
+    DELETE /_sim/faults                                                    clear all faults
+    GET    /_sim/stats                                                     requests served, by path
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+import trio
+
+from freshd.asgi import serve_asgi
+
+__all__ = ["FakeData", "Faults", "Request", "Response", "SimulatorApp", "serve_asgi"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: dict[str, str]
+    body: bytes
+    scheme: str
+    host: str
+    client: str
+    params: dict[str, str] = field(default_factory=dict)  # from the route pattern
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        for key, value in self.query:
+            if key == name:
+                return value
+        return default
+
+    def json(self) -> Any:
+        return orjson.loads(self.body) if self.body else None
+
+
+@dataclass(slots=True)
+class Response:
+    status: int = 200
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def json(cls, data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:
+        return cls(status, orjson.dumps(data), [("content-type", "application/json; charset=UTF-8"),
+                                                *(headers or [])])
+
+
+ErrorBody = Callable[[int, str, str], Response]  # (status, code, message) -> the provider's error response
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass
+class Faults:
+    """Injected misbehaviour, consumed request by request."""
+
+    status: int | None = None
+    count: int = 0
+    retry_after: float | None = None
+    retry_after_date: bool = False
+    latency: float = 0.0
+    malformed: int = 0
+    rate: float | None = None
+    burst: float = 1.0
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def configure(self, spec: dict[str, Any]) -> None:
+        if "status" in spec:
+            self.status, self.count = int(spec["status"]), int(spec.get("count", 1))
+            self.retry_after = spec.get("retry_after")
+            self.retry_after_date = bool(spec.get("retry_after_date", False))
+        if "latency" in spec:
+            self.latency = float(spec["latency"])
+        if "malformed" in spec:
+            self.malformed = int(spec["malformed"])
+        if "rate" in spec:
+            self.rate, self.burst = float(spec["rate"]), float(spec.get("burst", 1))
+            self._buckets.clear()
+
+    def clear(self) -> None:
+        self.status, self.count, self.latency, self.malformed, self.rate = None, 0, 0.0, 0, None
+        self._buckets.clear()
+
+    def over_rate(self, client: str, now: float) -> float | None:
+        """Token bucket per client: None if allowed, else seconds until a token is back."""
+        if self.rate is None:
+            return None
+        tokens, stamp = self._buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        if tokens < 1:
+            self._buckets[client] = (tokens, now)
+            return (1 - tokens) / self.rate
+        self._buckets[client] = (tokens - 1, now)
+        return None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"status": self.status, "count": self.count, "retry_after": self.retry_after,
+                "latency": self.latency, "malformed": self.malformed, "rate": self.rate, "burst": self.burst}
+
+
+def _retry_after_value(seconds: float, as_date: bool) -> str:
+    if as_date:
+        from email.utils import formatdate
+
+        return formatdate(time.time() + seconds, usegmt=True)
+    return str(max(0, round(seconds)))
+
+
+class SimulatorApp:
+    """A tiny ASGI router with the shared control endpoints and fault layer."""
+
+    def __init__(self, error_body: ErrorBody) -> None:
+        self.error_body = error_body
+        self.faults = Faults()
+        self.stats: Counter[str] = Counter()
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self.route("POST", "/_sim/faults", self._set_faults)
+        self.route("DELETE", "/_sim/faults", self._clear_faults)
+        self.route("GET", "/_sim/faults", self._get_faults)
+        self.route("GET", "/_sim/stats", self._get_stats)
+
+    def route(self, method: str, pattern: str, handler: Handler) -> None:
+        """`pattern` uses {name} for a path segment, e.g. /wp-json/wc/v3/{resource}/{id}."""
+        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "/?$", re.IGNORECASE)
+        self._routes.append((method, regex, handler))
+
+    async def _set_faults(self, request: Request) -> Response:
+        spec = request.json()
+        if not isinstance(spec, dict):
+            return Response.json({"error": "a JSON object is required"}, 400)
+        self.faults.configure(spec)
+        return Response.json(self.faults.as_json())
+
+    async def _clear_faults(self, request: Request) -> Response:
+        self.faults.clear()
+        return Response.json(self.faults.as_json())
+
+    async def _get_faults(self, request: Request) -> Response:
+        return Response.json(self.faults.as_json())
+
+    async def _get_stats(self, request: Request) -> Response:
+        return Response.json({"total": sum(self.stats.values()), "by_path": dict(self.stats)})
+
+    async def dispatch(self, request: Request) -> Response:
+        control = request.path.startswith("/_sim/")
+        if not control:
+            self.stats[request.path] += 1
+            fault = await self._fault(request)
+            if fault is not None:
+                return fault
+        allowed = []
+        for method, regex, handler in self._routes:
+            match = regex.match(request.path)
+            if match:
+                if method != request.method:
+                    allowed.append(method)
+                    continue
+                request.params.update(match.groupdict())
+                response = await handler(request)
+                if not control and self.faults.malformed > 0 and response.status == 200:
+                    self.faults.malformed -= 1
+                    response.body = response.body[: max(1, len(response.body) // 2)] + b"\x00{"
+                return response
+        return self.error_body(404, "rest_no_route", "No route was found matching the URL and request method.")
+
+    async def _fault(self, request: Request) -> Response | None:
+        faults = self.faults
+        if faults.latency:
+            await trio.sleep(faults.latency)
+        wait = faults.over_rate(request.client, trio.current_time())
+        if wait is not None:
+            response = self.error_body(429, "rate_limited", "Too many requests.")
+            response.headers.append(("retry-after", _retry_after_value(wait + 0.999, False)))
+            return response
+        if faults.status is not None and faults.count > 0:
+            faults.count -= 1
+            status = faults.status
+            if faults.count == 0:
+                faults.status = None
+            response = self.error_body(status, "simulated_fault", f"Simulated HTTP {status}.")
+            if faults.retry_after is not None:
+                value = _retry_after_value(faults.retry_after, faults.retry_after_date)
+                response.headers.append(("retry-after", value))
+            return response
+        return None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        client = scope.get("client") or ("?", 0)
+        request = Request(
+            method=scope["method"], path=scope["path"],
+            query=parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True),
+            headers=headers, body=body, scheme=scope.get("scheme", "http"),
+            host=headers.get("host", "127.0.0.1"), client=str(client[0]),
+        )
+        response = await self.dispatch(request)
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+class FakeData:
+    """Deterministic fake people, places and prices from one seed (no Faker needed)."""
+
+    FIRST = ["Ada", "Grace", "Alan", "Linus", "Barbara", "Edsger", "Margaret", "Donald", "Frances", "Ken",
+             "Radia", "Dennis", "Hedy", "John", "Karen", "Niklaus", "Shafi", "Tim", "Sophie", "Yukihiro"]
+    LAST = ["Lovelace", "Hopper", "Turing", "Torvalds", "Liskov", "Dijkstra", "Hamilton", "Knuth", "Allen",
+            "Thompson", "Perlman", "Ritchie", "Lamarr", "Backus", "Jones", "Wirth", "Goldwasser", "Berners-Lee",
+            "Wilson", "Matsumoto"]
+    CITIES = [("Paris", "FR", "75001"), ("Berlin", "DE", "10115"), ("Austin", "US", "73301"),
+              ("Lyon", "FR", "69001"), ("Madrid", "ES", "28001"), ("Leeds", "GB", "LS1 1AA")]
+    WORDS = ["Widget", "Gadget", "Gizmo", "Doohickey", "Sprocket", "Flange", "Bracket", "Lever", "Valve", "Dial"]
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def person(self) -> tuple[str, str]:
+        return self.rng.choice(self.FIRST), self.rng.choice(self.LAST)
+
+    def address(self, first: str, last: str, email: str) -> dict[str, str]:
+        city, country, postcode = self.rng.choice(self.CITIES)
+        return {
+            "first_name": first, "last_name": last, "company": "", "address_1": f"{self.rng.randint(1, 200)} Main St",
+            "address_2": "", "city": city, "state": "", "postcode": postcode, "country": country,
+            "email": email, "phone": f"+33 6 {self.rng.randint(10, 99)} {self.rng.randint(10, 99)} "
+                                     f"{self.rng.randint(10, 99)} {self.rng.randint(10, 99)}",
+        }
+
+    def price(self, low: float = 3, high: float = 400) -> str:
+        return f"{self.rng.uniform(low, high):.2f}"
+
+    def product_name(self) -> str:
+        return f"{self.rng.choice(['Deluxe', 'Basic', 'Pro', 'Mini', 'Ultra'])} {self.rng.choice(self.WORDS)}"

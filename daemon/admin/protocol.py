@@ -1,0 +1,181 @@
+"""The admin protocol, v1: newline-delimited JSON over a Unix stream socket.
+
+    request  {"v": 1, "id": <int|str>, "cmd": "<name>", "args": {...}}
+    reply    {"v": 1, "id": <same>, "ok": true, "result": <json>}
+         or  {"v": 1, "id": <same>, "ok": false, "error": {"code": "<code>", "message": "<one line>"}}
+
+One line is at most MAX_MESSAGE_BYTES.  Every command's arguments are
+declared as data in COMMANDS; `parse_request` checks a line against them and
+raises AdminError with a stable code and a message naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from freshd.errors import AdminError
+
+API_VERSION = 1
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+class ErrorCode(StrEnum):
+    BAD_JSON = "bad_json"
+    TOO_LARGE = "too_large"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_COMMAND = "unknown_command"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    FORBIDDEN = "forbidden"
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The caller, from SO_PEERCRED."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    v: int
+    id: int | str | None
+    cmd: str
+    args: dict[str, Any]
+
+
+# --- argument specs ------------------------------------------------------------------------------
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    kind: str  # "str" | "name" | "bool" | "int" | "str_map" | "object"
+    required: bool = False
+    default: Any = None
+    minimum: int | None = None
+    maximum: int | None = None
+
+
+_NAME = Arg("name", required=True)
+_JOB = {"id": Arg("int", required=True, minimum=1)}
+
+COMMANDS: dict[str, dict[str, Arg]] = {
+    "status": {},
+    "connections.list": {},
+    "connections.show": {"name": _NAME},
+    "connections.add": {
+        "name": _NAME,
+        "provider": Arg("str", required=True),
+        "base_url": Arg("str", required=True),
+        "credentials": Arg("str_map", required=True),
+        "tenant": Arg("name", default="default"),
+        "options": Arg("object", default={}),
+    },
+    "connections.remove": {"name": _NAME},
+    "sync": {"name": _NAME, "full": Arg("bool", default=False), "force": Arg("bool", default=False)},
+    "jobs": {
+        "connection": Arg("name"),
+        "limit": Arg("int", default=50, minimum=1, maximum=1000),
+        "offset": Arg("int", default=0, minimum=0),
+    },
+    "job": _JOB,
+    "pause": _JOB,
+    "resume": _JOB,
+    "cancel": _JOB,
+}
+
+
+def _bad(message: str) -> AdminError:
+    return AdminError(ErrorCode.BAD_REQUEST, message)
+
+
+def _check(cmd: str, field: str, spec: Arg, value: Any) -> Any:
+    where = f"{cmd}: argument {field!r}"
+    match spec.kind:
+        case "str" | "name":
+            if not isinstance(value, str) or not value:
+                raise _bad(f"{where} must be a non-empty string")
+            if spec.kind == "name" and not NAME.match(value):
+                raise _bad(f"{where} must be 1-64 letters, digits, '.', '_' or '-' (got {value!r})")
+        case "bool":
+            if not isinstance(value, bool):
+                raise _bad(f"{where} must be true or false")
+        case "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _bad(f"{where} must be an integer")
+            if spec.minimum is not None and value < spec.minimum:
+                raise _bad(f"{where} must be >= {spec.minimum}")
+            if spec.maximum is not None and value > spec.maximum:
+                raise _bad(f"{where} must be <= {spec.maximum}")
+        case "str_map":
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()
+            ):
+                raise _bad(f"{where} must be an object of string keys to string values")
+        case "object":
+            if not isinstance(value, dict):
+                raise _bad(f"{where} must be an object")
+    return value
+
+
+def parse_request(line: bytes) -> Request:
+    """Decode and validate one request line; raise AdminError (with its code) on anything wrong."""
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise AdminError(ErrorCode.TOO_LARGE, f"request larger than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise AdminError(ErrorCode.BAD_JSON, f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise _bad("a request must be a JSON object")
+    version = data.get("v")
+    if version != API_VERSION:
+        raise AdminError(ErrorCode.UNSUPPORTED_VERSION, f"API version {version!r} is not supported; use {API_VERSION}")
+    request_id = data.get("id")
+    if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, int | str)):
+        raise _bad("'id' must be an integer or a string")
+    cmd = data.get("cmd")
+    if not isinstance(cmd, str):
+        raise _bad("'cmd' must be a string")
+    specs = COMMANDS.get(cmd)
+    if specs is None:
+        raise AdminError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {cmd!r}; known: {', '.join(sorted(COMMANDS))}")
+    raw = data.get("args", {})
+    if not isinstance(raw, dict):
+        raise _bad("'args' must be an object")
+    unknown = sorted(set(raw) - set(specs))
+    if unknown:
+        raise _bad(f"{cmd}: unknown argument(s) {', '.join(map(repr, unknown))}")
+    args: dict[str, Any] = {}
+    for field, spec in specs.items():
+        if field in raw and raw[field] is not None:
+            args[field] = _check(cmd, field, spec, raw[field])
+        elif spec.required:
+            raise _bad(f"{cmd}: missing argument {field!r}")
+        elif spec.default is not None:
+            args[field] = spec.default
+    return Request(API_VERSION, request_id, cmd, args)
+
+
+def ok_reply(request_id: Any, result: Any) -> bytes:
+    return orjson.dumps({"v": API_VERSION, "id": request_id, "ok": True, "result": result}) + b"\n"
+
+
+def error_reply(request_id: Any, code: str, message: str) -> bytes:
+    one_line = " ".join(message.split())
+    return orjson.dumps(
+        {"v": API_VERSION, "id": request_id, "ok": False, "error": {"code": str(code), "message": one_line}}
+    ) + b"\n"

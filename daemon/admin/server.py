@@ -1,0 +1,161 @@
+"""serve_admin(): the admin Unix socket.
+
+One task per client, in the server's nursery (bounded by max_connections).
+Each client sends request lines and gets one reply line per request, in order.
+
+Error handling: malformed JSON, bad arguments and unknown commands get their
+error code and the connection stays usable; an oversize line gets `too_large`
+and the connection is closed (framing is lost).  A handler that exceeds the
+request timeout gets `timeout`; an unexpected exception gets `internal` (logged
+here with its traceback, never sent to the client).  Nothing a client does
+reaches another client or the daemon.
+
+Authorization (SO_PEERCRED): root, the daemon's own uid, and members of the
+admin group may call; everyone else gets `forbidden`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import os
+import pwd
+import socket as stdlib_socket
+import struct
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+import trio
+
+from freshd.admin.protocol import MAX_MESSAGE_BYTES, ErrorCode, Peer, Request, error_reply, ok_reply, parse_request
+from freshd.errors import AdminError
+
+log = structlog.get_logger(__name__)
+
+
+class AdminHandler(Protocol):
+    async def handle(self, request: Request, peer: Peer) -> Any: ...
+
+
+def peer_credentials(sock: trio.socket.SocketType) -> Peer:
+    raw = sock.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Peer(pid, uid, gid)
+
+
+def authorize(peer: Peer, *, admin_gid: int | None) -> None:
+    """Raise `forbidden` unless the peer may administer this daemon."""
+    if peer.uid in (0, os.geteuid()):
+        return
+    if admin_gid is not None:
+        if peer.gid == admin_gid:
+            return
+        with contextlib.suppress(KeyError):
+            if admin_gid in os.getgrouplist(pwd.getpwuid(peer.uid).pw_name, peer.gid):
+                return
+    raise AdminError(ErrorCode.FORBIDDEN, f"uid {peer.uid} may not administer freshd (not root, the daemon's "
+                                          "user, or in its admin group)")
+
+
+def _prepare_path(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            path.unlink(missing_ok=True)  # left by a daemon that died
+            return
+        raise
+    else:
+        raise RuntimeError(f"another freshd is already listening on {path}")
+    finally:
+        probe.close()
+
+
+async def serve_admin(
+    path: Path,
+    handler: AdminHandler,
+    *,
+    mode: int = 0o660,
+    group: str | None = None,
+    request_timeout: float = 30.0,
+    max_connections: int = 64,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    admin_gid = grp.getgrnam(group).gr_gid if group else None
+    _prepare_path(path)
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    slots = trio.Semaphore(max_connections)
+    try:
+        await listener.bind(str(path))
+        os.chmod(path, mode)
+        if admin_gid is not None:
+            os.chown(path, -1, admin_gid)
+        listener.listen(max_connections)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            log.info("admin.listening", socket=str(path))
+            while True:
+                sock, _ = await listener.accept()
+                await slots.acquire()
+                nursery.start_soon(_serve_client, sock, handler, admin_gid, request_timeout, slots)
+    finally:
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # noqa: ASYNC240 - one unlink on the way out
+
+
+async def _serve_client(
+    sock: trio.socket.SocketType, handler: AdminHandler, admin_gid: int | None, request_timeout: float,
+    slots: trio.Semaphore,
+) -> None:
+    stream = trio.SocketStream(sock)
+    try:
+        peer = peer_credentials(sock)
+        buffer = bytearray()
+        while True:
+            newline = buffer.find(b"\n")
+            if newline < 0:
+                if len(buffer) > MAX_MESSAGE_BYTES:
+                    await stream.send_all(error_reply(None, ErrorCode.TOO_LARGE,
+                                                      f"request larger than {MAX_MESSAGE_BYTES} bytes"))
+                    return
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                buffer += chunk
+                continue
+            line, buffer = bytes(buffer[:newline]), buffer[newline + 1:]
+            if line.strip():
+                await stream.send_all(await _answer(line, peer, handler, admin_gid, request_timeout))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+        pass  # the client went away
+    finally:
+        slots.release()
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+
+
+async def _answer(
+    line: bytes, peer: Peer, handler: AdminHandler, admin_gid: int | None, request_timeout: float
+) -> bytes:
+    request_id: Any = None
+    try:
+        request = parse_request(line)
+        request_id = request.id
+        authorize(peer, admin_gid=admin_gid)
+        with trio.fail_after(request_timeout):
+            result = await handler.handle(request, peer)
+        return ok_reply(request_id, result)
+    except AdminError as exc:
+        return error_reply(request_id, exc.code, exc.message)
+    except trio.TooSlowError:
+        return error_reply(request_id, ErrorCode.TIMEOUT, f"no answer within {request_timeout:g} s")
+    except Exception:
+        log.exception("admin.internal_error", peer_uid=peer.uid)
+        return error_reply(request_id, ErrorCode.INTERNAL, "internal error (see the daemon's log)")

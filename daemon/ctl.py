@@ -1,0 +1,249 @@
+"""freshctl: the thin admin client. Tables for people, --json for scripts.
+
+Exit codes: 0 ok; 1 the daemon answered with an error; 2 bad arguments;
+3 the daemon is not reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from freshd.admin.protocol import API_VERSION
+from freshd.paths import default_socket_path
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class Unreachable(Exception):
+    pass
+
+
+class DaemonError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def call(sock_path: Path, cmd: str, args: dict[str, Any], *, timeout: float) -> Any:
+    request = json.dumps({"v": API_VERSION, "id": 1, "cmd": cmd, "args": args}).encode() + b"\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(sock_path))
+            sock.sendall(request)
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise Unreachable(f"freshd is not running (no socket at {sock_path})") from exc
+    except PermissionError as exc:
+        raise Unreachable(f"permission denied on {sock_path}: are you in freshd's admin group?") from exc
+    except TimeoutError as exc:
+        raise DaemonError("timeout", f"no reply from freshd within {timeout:g} s") from exc
+    if not data:
+        raise Unreachable(f"freshd closed the connection at {sock_path}")
+    reply = json.loads(data)
+    if not reply.get("ok"):
+        error = reply.get("error") or {}
+        raise DaemonError(error.get("code", "internal"), error.get("message", "unknown error"))
+    return reply["result"]
+
+
+# --- formatting --------------------------------------------------------------------------------
+
+
+def ago(value: str | None) -> str:
+    if not value:
+        return "-"
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    seconds = (datetime.now(UTC) - moment).total_seconds()
+    future = seconds < 0
+    seconds = abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            text = f"{int(seconds // size)}{unit}"
+            break
+    else:
+        text = f"{int(seconds)}s"
+    return f"in {text}" if future else f"{text} ago"
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def progress_text(job: dict[str, Any]) -> str:
+    parts = []
+    for entity, p in (job.get("progress") or {}).items():
+        total = p.get("total")
+        parts.append(f"{entity} {p['processed']}/{total if total is not None else '?'}"
+                     + (f" ({p['failed']} failed)" if p.get("failed") else ""))
+    return ", ".join(parts) or "-"
+
+
+def show_status(result: dict[str, Any]) -> str:
+    head = (f"freshd {result['version']} (api {result['api_version']}), up since {ago(result['started_at'])}, "
+            f"store {result['store']['state']}, metrics {result.get('metrics_url') or 'off'}")
+    rows = [[c["name"], c["provider"], c["tenant"], c["state"], c["records"], ago(c["last_success_at"]),
+             ago(c["next_sync_at"]), c.get("error") or ""] for c in result["connections"]]
+    return head + "\n\n" + table(["NAME", "PROVIDER", "TENANT", "STATE", "RECORDS", "LAST SUCCESS", "NEXT SYNC",
+                                  "ERROR"], rows)
+
+
+def show_jobs(result: dict[str, Any]) -> str:
+    rows = [[j["id"], j["connection"], j["kind"], j["status"], "-" if j["percent"] is None else f"{j['percent']}%",
+             progress_text(j), ago(j["started_at"]), j.get("error") or ""] for j in result["jobs"]]
+    return table(["ID", "CONNECTION", "KIND", "STATUS", "DONE", "PROGRESS", "STARTED", "ERROR"], rows) + \
+        f"\n({len(result['jobs'])} of {result['total']})"
+
+
+def show_job(job: dict[str, Any]) -> str:
+    lines = [f"job {job['id']}  {job['connection']}  {job['kind']}  {job['status']}"
+             + (f"  {job['percent']}%" if job.get("percent") is not None else "")
+             + (f"  eta {job['eta_seconds']}s" if job.get("eta_seconds") is not None else ""),
+             f"started {ago(job['started_at'])}, finished {ago(job['finished_at'])}"]
+    if job.get("error"):
+        lines.append(f"error: {job['error']}")
+    rows = [[e, p["total"], p["processed"], p["failed"], p["skipped"]] for e, p in job["progress"].items()]
+    lines += ["", table(["ENTITY", "TOTAL", "PROCESSED", "FAILED", "SKIPPED"], rows)]
+    for item in job.get("failed_items") or []:
+        lines.append(f"  failed {item['entity']} {item.get('external_id') or '?'}: {item['reason']}")
+    return "\n".join(lines)
+
+
+def show_connection(c: dict[str, Any]) -> str:
+    keys = ["name", "provider", "tenant", "base_url", "source", "state", "records", "last_success_at",
+            "next_sync_at", "error", "credential_keys", "options", "created_at"]
+    out = [f"{k:16} {c.get(k)}" for k in keys if k in c]
+    if c.get("job"):
+        out.append(f"{'job':16} {c['job']['id']} {c['job']['status']} {progress_text(c['job'])}")
+    return "\n".join(out)
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"{flag} takes KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="freshctl", description="Control a running freshd.")
+    parser.add_argument("--socket", type=Path, default=None, help="admin socket (default: $FRESHD_SOCKET or "
+                                                                   f"{default_socket_path()})")
+    parser.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="the daemon and its connections")
+    conns = sub.add_parser("connections", help="list, show, add, remove connections")
+    csub = conns.add_subparsers(dest="action")
+    csub.add_parser("list")
+    csub.add_parser("show").add_argument("name")
+    add = csub.add_parser("add")
+    add.add_argument("name")
+    add.add_argument("--provider", required=True)
+    add.add_argument("--base-url", required=True)
+    add.add_argument("--credential", action="append", metavar="KEY=VALUE", required=True)
+    add.add_argument("--tenant", default=None)
+    add.add_argument("--option", action="append", metavar="KEY=VALUE")
+    csub.add_parser("remove").add_argument("name")
+    sync = sub.add_parser("sync", help="queue a sync (prints the job id)")
+    sync.add_argument("name")
+    sync.add_argument("--full", action="store_true")
+    sync.add_argument("--force", action="store_true")
+    jobs = sub.add_parser("jobs", help="job history")
+    jobs.add_argument("--connection")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--offset", type=int, default=0)
+    for name in ("job", "pause", "resume", "cancel"):
+        sub.add_parser(name, help=f"{name} a job" if name != "job" else "one job").add_argument("id", type=int)
+    return parser
+
+
+def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, dict[str, Any]]:
+    match args.command:
+        case "status":
+            return "status", {}
+        case "connections":
+            action = args.action or "list"
+            if action == "list":
+                return "connections.list", {}
+            if action in ("show", "remove"):
+                return f"connections.{action}", {"name": args.name}
+            try:
+                credentials = pairs(args.credential, "--credential")
+                options = pairs(args.option, "--option")
+            except argparse.ArgumentTypeError as exc:
+                parser.error(str(exc))
+            return "connections.add", {"name": args.name, "provider": args.provider, "base_url": args.base_url,
+                                       "credentials": credentials, "tenant": args.tenant, "options": options}
+        case "sync":
+            return "sync", {"name": args.name, "full": args.full, "force": args.force}
+        case "jobs":
+            return "jobs", {"connection": args.connection, "limit": args.limit, "offset": args.offset}
+        case _:
+            return args.command, {"id": args.id}
+
+
+def render(cmd: str, result: Any) -> str:
+    match cmd:
+        case "status":
+            return show_status(result)
+        case "connections.list":
+            return show_status({"version": "", "api_version": API_VERSION, "started_at": None, "store": {"state": "up"},
+                                **result}).split("\n\n", 1)[1]
+        case "connections.show":
+            return show_connection(result)
+        case "connections.add":
+            return f"added {result['connection']['name']}; initial sync queued as job {result['job_id']}"
+        case "connections.remove":
+            return f"removed {result['removed']}"
+        case "sync":
+            return str(result["job_id"]) + ("" if result["created"] else f" (already {result['status']})")
+        case "jobs":
+            return show_jobs(result)
+        case "job":
+            return show_job(result)
+        case _:
+            return f"job {result['job_id']}: {result['requested']} requested"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cmd, request_args = request_for(args, parser)
+    request_args = {k: v for k, v in request_args.items() if v is not None}
+    sock_path = args.socket or default_socket_path()
+    try:
+        result = call(sock_path, cmd, request_args, timeout=args.timeout)
+    except Unreachable as exc:
+        print(f"freshctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except DaemonError as exc:
+        print(f"freshctl: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(result, indent=2) if args.json else render(cmd, result))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
