@@ -66,6 +66,13 @@ _TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
 }
 
 
+def _only_cancelled(exc: BaseException) -> bool:
+    """True for trio.Cancelled, also when nurseries wrapped it in (nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionStatus:
     """What `freshctl status` shows for one connection (a frozen record)."""
@@ -216,12 +223,13 @@ class ConnectionActor:
                                on_progress=self._on_progress, entities=self._entities(connector))
             active.progress = runner.progress
             outcome = await runner.run()
-        except trio.Cancelled:
-            # shutdown or Stop: the in-flight commit finished (store calls are not abandoned);
-            # say so in the job's row so the next start resumes it
-            with trio.move_on_after(SHUTDOWN_WRITE_TIMEOUT) as scope:
-                scope.shield = True
-                await self.store.call(self._interrupt, active.job.id)
+        except BaseException as exc:
+            if _only_cancelled(exc):
+                # shutdown or Stop: the in-flight commit finished (store calls are not abandoned);
+                # say so in the job's row so the next start resumes it
+                with trio.move_on_after(SHUTDOWN_WRITE_TIMEOUT) as scope:
+                    scope.shield = True
+                    await self.store.call(self._interrupt, active.job.id)
             raise
         finally:
             if connector is not None:
