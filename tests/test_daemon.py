@@ -119,11 +119,11 @@ async def test_config_connections_sync_at_start_and_show_in_status(
     await running.wait_job(first["job_id"])
 
     # a mutation at the provider shows up after the next incremental sync
-    simulators[0][0].update("customers", 3, first_name="Mutated")
+    simulators[0][0].update("orders", 3, customer_note="Mutated")
     job_id = (await running.ctl_json("sync", "eu"))["job_id"]
     assert (await running.wait_job(job_id))["status"] == "completed"
-    assert query(database_url, "SELECT payload->>'first_name' FROM records r JOIN connections c ON"
-                 " c.id = r.connection_id WHERE c.name = 'eu' AND entity = 'customers' AND external_id = '3'") \
+    assert query(database_url, "SELECT payload->>'customer_note' FROM records r JOIN connections c ON"
+                 " c.id = r.connection_id WHERE c.name = 'eu' AND entity = 'orders' AND external_id = '3'") \
         == [("Mutated",)]
 
 

@@ -48,7 +48,7 @@ async def test_sigterm_mid_sync_exits_cleanly_and_the_job_resumes(
     config = write_config(tmp_path, database_url, f"http://127.0.0.1:{port}")
     command = [sys.executable, "-m", "freshd.cli", "run", "--config", str(config)]
 
-    daemon = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    daemon = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: ASYNC220
     with trio.fail_after(30):
         while committed(database_url) < 200:
             assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
@@ -67,10 +67,10 @@ async def test_sigterm_mid_sync_exits_cleanly_and_the_job_resumes(
     # the next start resumes the same job from the committed page and finishes it
     sim.app.faults.latency = 0
     sim.app.stats.clear()
-    daemon = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
     try:
         with trio.fail_after(60):
-            while query(database_url, "SELECT status FROM sync_jobs") != [("completed",)]:
+            while query(database_url, "SELECT status FROM sync_jobs") != [("completed",)]:  # noqa: ASYNC110
                 await trio.sleep(0.1)
     finally:
         daemon.send_signal(signal.SIGTERM)

@@ -90,7 +90,7 @@ async def test_mutations_show_up_after_the_next_incremental_sync(rig: Rig) -> No
     rig.sim.delete("customers", 7)
     created = rig.sim.create("products", name="Brand new widget")
     with trio.fail_after(60):
-        outcome, runner = await rig.sync(JobKind.INCREMENTAL)
+        outcome, runner = await rig.sync(JobKind.INCREMENTAL, diff_interval=0)  # the customer diff is due
     assert outcome.status is JobStatus.COMPLETED, outcome.error
     assert runner.progress.entities["customers"].processed == 1
     row = query(rig.database_url, "SELECT payload->>'first_name' FROM records WHERE entity='customers'"
@@ -145,3 +145,24 @@ async def test_rejected_credentials_fail_the_job_as_reauth_required(rig: Rig) ->
     await connector.aclose()
     assert outcome.status is JobStatus.FAILED and outcome.reauth_required
     assert "401" in (outcome.error or "")
+
+
+async def test_between_diffs_incremental_customers_fetch_only_new_ones(rig: Rig) -> None:
+    with trio.fail_after(60):
+        await rig.sync(JobKind.INITIAL)
+    rig.sim.update("customers", 5, first_name="Edited")  # seen at the next diff, not now
+    new = rig.sim.create("customers", email="new@example.com")
+    rig.sim.app.stats.clear()
+    with trio.fail_after(60):
+        outcome, runner = await rig.sync(JobKind.INCREMENTAL)
+    assert outcome.status is JobStatus.COMPLETED
+    assert runner.progress.entities["customers"].processed == 1
+    assert rig.sim.app.stats["/wp-json/wc/v3/customers"] == 1  # one request, newest first
+    assert query(rig.database_url, "SELECT payload->>'email' FROM records WHERE entity='customers'"
+                 " AND external_id=%s", str(new["id"])) == [("new@example.com",)]
+    assert query(rig.database_url, "SELECT payload->>'first_name' FROM records WHERE entity='customers'"
+                 " AND external_id='5'") != [("Edited",)]
+    with trio.fail_after(60):
+        await rig.sync(JobKind.INCREMENTAL, diff_interval=0)
+    assert query(rig.database_url, "SELECT payload->>'first_name' FROM records WHERE entity='customers'"
+                 " AND external_id='5'") == [("Edited",)]

@@ -15,10 +15,14 @@ classification, streams, sync.
   the listing while we page through it.  If ``X-WP-Total`` shrinks mid-listing
   (a record left the window, shifting later pages), the window is not
   advanced: the next sync re-reads it, and unchanged records cost nothing.
-* **Customers** have no server-side modified filter.  Incremental sync lists
-  only ``_fields=id,date_modified_gmt`` (WordPress' global field filter), diffs
-  that against what is stored, fetches just the changed ids with ``include=``,
-  and marks ids missing from a complete listing as deleted.
+* **Customers** have no server-side modified filter.  An incremental sync
+  fetches only customers newer than the highest stored id (``orderby=id&order=desc``
+  down to a known id: usually one request).  At most every ``diff_interval``
+  (option, default 6 h) it instead lists ``_fields=id,date_modified_gmt``
+  (WordPress' global field filter) for the whole collection, diffs that
+  against what is stored, fetches just the changed ids with ``include=``, and
+  marks ids missing from a complete listing as deleted.  So new customers are
+  as fresh as orders; edits and deletions of existing ones show within diff_interval.
 * **Full sync** lists everything and, when the listing completed without
   shifting, marks records it did not see as deleted (force-deleted records
   leave no tombstone in WooCommerce).
@@ -62,6 +66,7 @@ from freshd.errors import (
 API_PREFIX = "/wp-json/wc/v3"
 PER_PAGE = 100  # the API's maximum
 WINDOW_OVERLAP = timedelta(seconds=1)  # modified_after is strict and dates have 1 s resolution
+DIFF_INTERVAL = 6 * 3600.0  # seconds between two full customer diffs (option `diff_interval`)
 
 
 # --- auth --------------------------------------------------------------------------------------
@@ -205,6 +210,9 @@ class WooCommerceConnector(Connector):
         if not base.endswith(API_PREFIX):
             base += API_PREFIX
         self.concurrency = int(settings.options.get("page_concurrency", 4))
+        # customers have no server-side modified filter: the full (id, modified) diff runs at most
+        # this often; incremental syncs in between fetch only new customers
+        self.diff_interval = float(settings.options.get("diff_interval", DIFF_INTERVAL))
         self.client = client or ProviderClient(
             self.provider, base + "/", classify=classify, auth=build_auth(settings),
             max_connections=max(self.concurrency, 1) + 1,
@@ -228,10 +236,12 @@ class WooCommerceConnector(Connector):
         self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
     ) -> None:
         if stream.cursor_param is None:
-            if mode is SyncMode.FULL or not state:
+            if mode is SyncMode.FULL or not state or state.get("phase") == "full":
                 await self._full_by_id(stream, state, ctx)
-            else:
+            elif self._diff_due(state):
                 await self._diff_by_id(stream, state, ctx)
+            else:
+                await self._new_ids(stream, state, ctx)
         else:
             await self._window(stream, state, mode, ctx)
 
@@ -271,11 +281,15 @@ class WooCommerceConnector(Connector):
             await ctx.emit(Page(stream.name, [], {"phase": "done", "full_at": started}, total=first.total))
             return
 
+        max_id = int(resume.get("max_id", 0)) if resume else 0
+
         async def on_page(number: int, listing: _Listing, shifted: bool) -> None:
+            nonlocal max_id
+            max_id = max([max_id, *(int(r["id"]) for r in listing.records if isinstance(r.get("id"), int))])
             last = number == first.total_pages
             checkpoint = (
-                {"phase": "done", "full_at": started} if last
-                else {"phase": "full", "page": number, "started": started}
+                {"phase": "done", "full_at": started, "diffed_at": started, "max_id": max_id} if last
+                else {"phase": "full", "page": number, "started": started, "max_id": max_id}
             )
             # reconciliation needs the whole listing in this run: a resumed one is partial
             await ctx.emit(Page(stream.name, listing.records, checkpoint, total=first.total,
@@ -301,7 +315,8 @@ class WooCommerceConnector(Connector):
         # a listing that shifted under us may have skipped live ids: never infer deletions from it
         deleted = sorted(set(known) - set(seen), key=int) if complete else []
         ctx.set_total(stream.name, len(changed))
-        checkpoint = {"phase": "done", "diffed_at": _iso(first.date or datetime.now(UTC))}
+        checkpoint = {"phase": "done", "diffed_at": _iso(first.date or datetime.now(UTC)),
+                      "max_id": max((int(i) for i in seen), default=int(state.get("max_id", 0)))}
         chunks = [changed[i:i + PER_PAGE] for i in range(0, len(changed), PER_PAGE)]
 
         async def fetch(index: int) -> _Listing:
@@ -317,6 +332,30 @@ class WooCommerceConnector(Connector):
             await fetch_in_order(fetch, range(len(chunks)), consume, concurrency=self.concurrency)
         else:
             await ctx.emit(Page(stream.name, [], checkpoint, deleted=deleted))
+
+    def _diff_due(self, state: dict[str, Any]) -> bool:
+        last = state.get("diffed_at") or state.get("full_at")
+        if not last or "max_id" not in state:
+            return True
+        age = datetime.now(UTC) - datetime.fromisoformat(last).replace(tzinfo=UTC)
+        return age.total_seconds() >= self.diff_interval
+
+    async def _new_ids(self, stream: StreamSpec, state: dict[str, Any], ctx: SyncContext) -> None:
+        """Between two diffs: only customers created since, newest first, down to a known id."""
+        max_id = int(state["max_id"])
+        newest = max_id
+        page = 1
+        while True:
+            listing = await self._list(stream, {"orderby": "id", "order": "desc", "page": page})
+            fresh = [r for r in listing.records if isinstance(r.get("id"), int) and r["id"] > max_id]
+            newest = max([newest, *(r["id"] for r in fresh)])
+            done = len(fresh) < len(listing.records) or page >= listing.total_pages
+            # the watermark moves only once every new id is stored (the listing runs downwards)
+            checkpoint = {**state, "max_id": newest} if done else None
+            await ctx.emit(Page(stream.name, fresh, checkpoint))
+            if done:
+                return
+            page += 1
 
     async def _window(
         self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext

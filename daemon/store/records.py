@@ -22,7 +22,7 @@ from freshd.store.db import Connection
 _UPSERT = """
 INSERT INTO records AS r (connection_id, entity, external_id, payload, content_hash)
 SELECT %(cid)s, %(entity)s, t.eid, t.payload::jsonb, t.h
-FROM unnest(%(eids)s::text[], %(payloads)s::text[], %(hashes)s::bytea[]) AS t(eid, payload, h)
+FROM unnest(%(eids)b::text[], %(payloads)b::text[], %(hashes)b::bytea[]) AS t(eid, payload, h)
 ON CONFLICT (connection_id, entity, external_id) DO UPDATE
     SET payload = excluded.payload,
         content_hash = excluded.content_hash,
