@@ -1,0 +1,108 @@
+"""The WooCommerce simulator speaks the real protocol: a plain httpx client, no freshd code."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import httpx
+import pytest
+import trio
+
+from freshd.connectors.simulator import serve_asgi
+from freshd.connectors.woocommerce.connector import OAuth1
+from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
+
+KEY, SECRET = "ck_sim", "cs_sim"
+
+
+@pytest.fixture
+async def sim(nursery: trio.Nursery) -> AsyncIterator[tuple[WooCommerceSimulator, str]]:
+    simulator = WooCommerceSimulator(records=250, seed=11, credentials={"consumer_key": KEY, "consumer_secret": SECRET})
+    port = await nursery.start(functools.partial(serve_asgi, simulator.app, "127.0.0.1", 0))
+    yield simulator, f"http://127.0.0.1:{port}/wp-json/wc/v3"
+
+
+async def test_pagination_headers_and_links(sim: tuple[WooCommerceSimulator, str]) -> None:
+    _, base = sim
+    async with httpx.AsyncClient(auth=(KEY, SECRET)) as client:
+        r = await client.get(f"{base}/customers", params={"per_page": 100, "page": 2, "orderby": "id"})
+    assert r.status_code == 200
+    assert r.headers["x-wp-total"] == "250" and r.headers["x-wp-totalpages"] == "3"
+    assert [c["id"] for c in r.json()] == list(range(101, 201))
+    links = r.headers["link"]
+    assert 'rel="next"' in links and 'rel="prev"' in links and "page=3" in links
+
+
+async def test_per_page_over_100_is_rest_invalid_param(sim: tuple[WooCommerceSimulator, str]) -> None:
+    _, base = sim
+    async with httpx.AsyncClient(auth=(KEY, SECRET)) as client:
+        r = await client.get(f"{base}/orders", params={"per_page": 101})
+    body = r.json()
+    assert r.status_code == 400 and body["code"] == "rest_invalid_param"
+    assert body["data"]["status"] == 400 and "per_page" in body["data"]["params"]
+
+
+async def test_auth_variants(sim: tuple[WooCommerceSimulator, str]) -> None:
+    _, base = sim
+    async with httpx.AsyncClient() as client:
+        anonymous = await client.get(f"{base}/products")
+        assert anonymous.status_code == 401 and anonymous.json()["code"] == "woocommerce_rest_cannot_view"
+        wrong = await client.get(f"{base}/products", auth=("ck_nope", SECRET))
+        assert wrong.json()["message"] == "Consumer key is invalid."
+        query = await client.get(f"{base}/products", params={"consumer_key": KEY, "consumer_secret": SECRET})
+        assert query.status_code == 200
+        signed = await client.get(f"{base}/products", params={"per_page": 5}, auth=OAuth1(KEY, SECRET))
+        assert signed.status_code == 200 and len(signed.json()) == 5
+        bad_sig = await client.get(f"{base}/products", auth=OAuth1(KEY, "cs_wrong"))
+        assert bad_sig.json()["message"] == "Invalid signature - provided signature does not match."
+        # replaying a signed URL reuses its nonce
+        replay = await client.get(signed.request.url)
+        assert replay.status_code == 401 and "nonce" in replay.json()["message"]
+
+
+async def test_modified_after_gmt_and_local_time(sim: tuple[WooCommerceSimulator, str]) -> None:
+    simulator, base = sim
+    changed = simulator.update("orders", 42, customer_note="x")
+    moment = datetime.fromisoformat(changed["date_modified_gmt"])
+    one_hour_later = (moment + timedelta(hours=1)).isoformat()
+    params = {"modified_after": one_hour_later, "orderby": "modified", "order": "asc"}
+    async with httpx.AsyncClient(auth=(KEY, SECRET)) as client:
+        gmt = await client.get(f"{base}/orders", params={**params, "dates_are_gmt": "true"})
+        local = await client.get(f"{base}/orders", params=params)
+    # read as GMT, an hour after the change excludes it; read as site time (UTC+2) it is an hour before
+    assert 42 not in [o["id"] for o in gmt.json()]
+    assert 42 in [o["id"] for o in local.json()]
+
+
+async def test_fields_include_and_errors(sim: tuple[WooCommerceSimulator, str]) -> None:
+    _, base = sim
+    async with httpx.AsyncClient(auth=(KEY, SECRET)) as client:
+        light = await client.get(f"{base}/customers", params={"_fields": "id,date_modified_gmt", "per_page": 3})
+        assert all(set(c) == {"id", "date_modified_gmt"} for c in light.json())
+        picked = await client.get(f"{base}/customers", params={"include": "9,3,5", "orderby": "include"})
+        assert [c["id"] for c in picked.json()] == [9, 3, 5]
+        missing = await client.get(f"{base}/customers/99999")
+        assert missing.status_code == 404 and missing.json()["message"] == "Invalid ID."
+        no_route = await client.get(f"{base}/nothing-here")
+        assert no_route.status_code == 404 and no_route.json()["code"] == "rest_no_route"
+        too_many = await client.post(f"{base}/products/batch", json={"create": [{"name": "x"}] * 101})
+        assert too_many.status_code == 413
+        assert too_many.json()["code"] == "woocommerce_rest_request_entity_too_large"
+
+
+async def test_faults_429_with_retry_after_then_recovery(sim: tuple[WooCommerceSimulator, str]) -> None:
+    _, base = sim
+    root = base.split("/wp-json")[0]
+    async with httpx.AsyncClient(auth=(KEY, SECRET)) as client:
+        await client.post(f"{root}/_sim/faults", json={"status": 429, "count": 2, "retry_after": 3})
+        first = await client.get(f"{base}/products")
+        second = await client.get(f"{base}/products")
+        third = await client.get(f"{base}/products")
+        await client.post(f"{root}/_sim/faults", json={"malformed": 1})
+        garbled = await client.get(f"{base}/products")
+    assert [first.status_code, second.status_code, third.status_code] == [429, 429, 200]
+    assert first.headers["retry-after"] == "3"
+    with pytest.raises(ValueError):
+        garbled.json()
