@@ -72,6 +72,9 @@ class Daemon:
             for row in connections.list_connections(conn):
                 if row.source == "config" and row.name not in wanted:
                     connections.delete_connection(conn, row.name)
+                    activity.log_activity(conn, "connection.removed", f"connection {row.name} left the config file")
+            activity.log_activity(conn, "config.applied", f"configuration applied: {len(wanted)} connection(s)",
+                                  details={"connections": sorted(wanted), "source": str(config.source)})
 
         for secret in config.secret_values():
             logs.register_secret(secret)  # redacted from every log line from now on

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import Any
 
 import structlog
 import trio
@@ -24,7 +25,7 @@ from freshd import metrics
 from freshd.actor import ConnectionActor, ConnectionState, ConnectionStatus
 from freshd.connectors.base import ConnectionSettings
 from freshd.messages import ActorMessage, Stop, UpdateSettings
-from freshd.store import Store, jobs
+from freshd.store import Store, activity, jobs
 from freshd.store.connections import ConnectionRow
 from freshd.store.jobs import JobStatus
 
@@ -183,8 +184,14 @@ class Supervisor:
 
     async def _fail_running_job(self, connection_id: int, error: str) -> None:
         try:
-            live = await self.store.call(jobs.live_job, connection_id)
-            if live is not None and live.status is JobStatus.RUNNING:
-                await self.store.call(jobs.set_status, live.id, JobStatus.FAILED, error=error)
+            def record(conn: Any) -> None:
+                live = jobs.live_job(conn, connection_id)
+                failed = live is not None and live.status is JobStatus.RUNNING
+                if failed and live is not None:
+                    jobs.set_status(conn, live.id, JobStatus.FAILED, error=error)
+                activity.log_activity(conn, "actor.crashed", error, connection_id=connection_id,
+                                      job_id=live.id if failed and live is not None else None)
+
+            await self.store.call(record)
         except Exception as exc:  # the store may be the reason for the crash: keep supervising
             log.warning("actor.crash_bookkeeping_failed", error=str(exc))

@@ -33,7 +33,7 @@ import trio
 from freshd import metrics
 from freshd.connectors.base import Connector, Page, StreamSpec, SyncMode
 from freshd.errors import ProviderError, ReauthRequired, StoreUnavailable
-from freshd.store import Store, jobs, records
+from freshd.store import Store, activity, jobs, records
 from freshd.store.jobs import JobKind, JobRow, JobStatus
 
 log = structlog.get_logger(__name__)
@@ -214,8 +214,17 @@ class JobRunner:
         return outcome
 
     async def _finish(self, outcome: JobOutcome) -> None:
-        await self._with_store_retry(jobs.save_progress, self.job.id, self.progress.as_json())
-        self.job = await self._with_store_retry(jobs.set_status, self.job.id, outcome.status, error=outcome.error)
+        def finish(conn: Any) -> JobRow:
+            jobs.save_progress(conn, self.job.id, self.progress.as_json())
+            job = jobs.set_status(conn, self.job.id, outcome.status, error=outcome.error)
+            activity.log_activity(
+                conn, f"job.{outcome.status.value}", f"{job.kind.value} sync {outcome.status.value}",
+                connection_id=self.connection_id, job_id=job.id,
+                details={"progress": self.progress.as_json(), "error": outcome.error},
+            )
+            return job
+
+        self.job = await self._with_store_retry(finish)
         self._notify()
 
     def _notify(self) -> None:

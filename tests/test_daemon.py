@@ -145,6 +145,10 @@ async def test_connections_add_queues_the_initial_sync_and_survives_restart(
         dup = await running.ctl("connections", "add", "shop", "--provider", "woocommerce", "--base-url",
                                 simulators[0][1], "--credential", "consumer_key=x", check=False)
         assert dup.returncode == 1 and "already exists" in dup.stderr
+        audit = query(database_url, "SELECT kind, details::text FROM activity_log ORDER BY id")
+        assert [k for k, _ in audit if k in ("connection.added", "job.completed")] == \
+            ["connection.added", "job.completed"]
+        assert all(CREDS["consumer_secret"] not in str(details) for _, details in audit)
         first_life.cancel_scope.cancel()
     assert not running.socket.exists()  # the socket goes with the daemon
 
@@ -251,6 +255,7 @@ async def test_a_crashing_actor_is_restarted_and_others_keep_syncing(
     assert "bug in connector" in (status["bad"]["error"] or "")
     bad_jobs = (await running.ctl_json("jobs", "--connection", "bad"))["jobs"]
     assert bad_jobs[0]["status"] == "failed" and "crashed" in bad_jobs[0]["error"]
+    assert query(database_url, "SELECT count(*) FROM activity_log WHERE kind = 'actor.crashed'") == [(1,)]
     # after the restart the actor works again: a new sync succeeds
     job_id = (await running.ctl_json("sync", "bad"))["job_id"]
     assert (await running.wait_job(job_id))["status"] == "completed"

@@ -18,7 +18,7 @@ from freshd.admin.protocol import API_VERSION, ErrorCode, Peer, Request
 from freshd.connectors.base import connector_class
 from freshd.errors import AdminError, ConfigError, StoreUnavailable
 from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
-from freshd.store import connections, jobs, records
+from freshd.store import activity, connections, jobs, records
 from freshd.store.jobs import JobKind, JobRow, JobStatus
 from freshd.sync import JobProgress
 
@@ -163,6 +163,10 @@ class DaemonAdmin:
             )
             # the initial sync is queued in the same transaction: an added connection is never forgotten
             job, _ = jobs.create_job(conn, row.id, JobKind.INITIAL, "add")
+            activity.log_activity(conn, "connection.added", f"connection {name} added over the admin socket",
+                                  connection_id=row.id, job_id=job.id,
+                                  details={"provider": provider, "tenant": row.tenant,
+                                           "credential_keys": sorted(row.credentials)})
             return row, job
 
         row, job = await self.daemon.store.call(add)
@@ -177,7 +181,13 @@ class DaemonAdmin:
             raise AdminError(ErrorCode.CONFLICT,
                              f"{row.name!r} is defined in the config file: remove it there and reload")
         await self.daemon.supervisor.stop(row.name)
-        await self.daemon.store.call(connections.delete_connection, row.name)
+
+        def remove(conn: Any) -> None:
+            connections.delete_connection(conn, row.name)
+            activity.log_activity(conn, "connection.removed", f"connection {row.name} removed over the admin socket",
+                                  details={"provider": row.provider, "tenant": row.tenant})
+
+        await self.daemon.store.call(remove)
         return {"removed": row.name}
 
     async def sync(self, args: dict[str, Any]) -> dict[str, Any]:
