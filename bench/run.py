@@ -1,4 +1,4 @@
-"""Run every benchmark in bench/ and print its figures (./dev bench)."""
+"""Run every benchmark in bench/ with its defaults and print its figures (./dev bench)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["sync_woocommerce.py"]
+BENCHMARKS = ["sync_woocommerce.py", "kill_test.py"]
 
 if __name__ == "__main__":
     failed = 0
     for name in BENCHMARKS:
         print(f"== {name}", flush=True)
-        failed |= subprocess.run([sys.executable, str(HERE / name), *sys.argv[1:]], check=False).returncode
+        failed |= subprocess.run([sys.executable, str(HERE / name)], check=False).returncode
     sys.exit(failed)

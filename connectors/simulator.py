@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +135,8 @@ class SimulatorApp:
         self.error_body = error_body
         self.faults = Faults()
         self.stats: Counter[str] = Counter()
+        # the most recent requests (path, query), for tests that check what a client asked for
+        self.requests: deque[tuple[str, dict[str, str]]] = deque(maxlen=10_000)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self.route("POST", "/_sim/faults", self._set_faults)
         self.route("DELETE", "/_sim/faults", self._clear_faults)
@@ -167,6 +169,7 @@ class SimulatorApp:
         control = request.path.startswith("/_sim/")
         if not control:
             self.stats[request.path] += 1
+            self.requests.append((request.path, dict(request.query)))
             fault = await self._fault(request)
             if fault is not None:
                 return fault
