@@ -237,8 +237,8 @@ class ConnectionActor:
                     await connector.aclose()
         self.active = None
         success = outcome.status in (JobStatus.COMPLETED, JobStatus.PARTIAL)
-        await self.store.call(connections.record_outcome, self.connection_id, success=success,
-                              error=outcome.error)
+        await self.store.call_retrying(connections.record_outcome, self.connection_id, success=success,
+                                      error=outcome.error)
         if success:
             self.last_success_at = datetime.now(UTC)
             self.error = outcome.error

@@ -24,6 +24,7 @@ import trio
 from freshd import metrics
 from freshd.actor import ConnectionActor, ConnectionState, ConnectionStatus
 from freshd.connectors.base import ConnectionSettings
+from freshd.errors import StoreUnavailable
 from freshd.messages import ActorMessage, Stop, UpdateSettings
 from freshd.store import Store, activity, jobs
 from freshd.store.connections import ConnectionRow
@@ -172,7 +173,10 @@ class Supervisor:
                         handle.backing_off = True
                         metrics.actor_restarts_total.labels(row.provider).inc()
                         log.error("actor.crashed", connection=row.name, restarts=handle.restarts, exc_info=exc)
-                        await self._fail_running_job(row.id, handle.crash)
+                        if not isinstance(root, StoreUnavailable):
+                            # a bug: fail the job so a poison page cannot loop; a database outage
+                            # leaves it running, and the restarted actor resumes it from its cursor
+                            await self._fail_running_job(row.id, handle.crash)
                         if trio.current_time() - started > HEALTHY_AFTER:
                             delay = BACKOFF_START
                         await trio.sleep(delay * random.uniform(0.5, 1.0))

@@ -32,14 +32,13 @@ import trio
 
 from freshd import metrics
 from freshd.connectors.base import Connector, Page, StreamSpec, SyncMode
-from freshd.errors import ProviderError, ReauthRequired, StoreUnavailable
+from freshd.errors import ProviderError, ReauthRequired
 from freshd.store import Store, activity, jobs, records
 from freshd.store.jobs import JobKind, JobRow, JobStatus
 
 log = structlog.get_logger(__name__)
 
 MAX_BATCH_RECORDS = 2000  # group commit: at most this many records per transaction
-STORE_RETRY_CAP = 30.0
 
 
 class ControlRequest(StrEnum):
@@ -173,10 +172,10 @@ class JobRunner:
     async def run(self) -> JobOutcome:
         provider = self.connector.provider
         started = time.monotonic()
-        self.job = await self.store.call(jobs.set_status, self.job.id, JobStatus.RUNNING)
+        self.job = await self.store.call_retrying(jobs.set_status, self.job.id, JobStatus.RUNNING)
         self.log.info("job.started", kind=self.job.kind.value)
         mode = SyncMode.INCREMENTAL if self.job.kind is JobKind.INCREMENTAL else SyncMode.FULL
-        cursors = await self.store.call(records.load_cursors, self.connection_id)
+        cursors = await self.store.call_retrying(records.load_cursors, self.connection_id)
         errors: list[str] = []
         outcome: JobOutcome | None = None
         for name, progress in self.progress.entities.items():
@@ -224,7 +223,7 @@ class JobRunner:
             )
             return job
 
-        self.job = await self._with_store_retry(finish)
+        self.job = await self.store.call_retrying(finish)
         self._notify()
 
     def _notify(self) -> None:
@@ -237,7 +236,7 @@ class JobRunner:
         progress.state = "running"
         progress.started = time.monotonic()
         processed_at_start = progress.processed
-        listing_started = await self.store.call(records.database_now)
+        listing_started = await self.store.call_retrying(records.database_now)
         send, receive = trio.open_memory_channel[Page](max(2, getattr(self.connector, "concurrency", 2)))
         runner = self
 
@@ -246,7 +245,9 @@ class JobRunner:
                 await send.send(page)
 
             async def known_versions(self, entity: str, field_name: str) -> dict[str, str]:
-                return await runner.store.call(records.known_versions, runner.connection_id, entity, field_name)
+                versions: dict[str, str] = await runner.store.call_retrying(
+                    records.known_versions, runner.connection_id, entity, field_name)
+                return versions
 
             def set_total(self, entity: str, total: int | None) -> None:
                 runner.progress.entities[entity].total = total
@@ -296,7 +297,7 @@ class JobRunner:
                     size += len(page.records)
                 writes, failures = self._encode(stream, batch, progress)
                 reconcile = any(p.listing_complete for p in batch)
-                results = await self._with_store_retry(
+                results = await self.store.call_retrying(
                     self._commit, writes, failures, progress, listing_started if reconcile else None
                 )
                 changed = sum(r.inserted + r.updated for r in results)
@@ -349,17 +350,6 @@ class JobRunner:
                 self.log.info("job.reconciled_deletes", entity=writes[-1].entity, deleted=gone)
         return results
 
-    async def _with_store_retry(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """The job waits out a store outage; every write here is idempotent, so retrying is safe."""
-        delay = 0.5
-        while True:
-            try:
-                return await self.store.call(fn, *args, **kwargs)
-            except StoreUnavailable as exc:
-                self.log.warning("job.store_unavailable", retry_in=delay, error=str(exc))
-                await trio.sleep(delay)
-                delay = min(delay * 2, STORE_RETRY_CAP)
-
     async def _boundary(self) -> None:
         """Between two commits: where pause and cancel take effect."""
         while True:
@@ -368,13 +358,13 @@ class JobRunner:
                     raise _Cancelled
                 case ControlRequest.PAUSE:
                     if self.job.status is not JobStatus.PAUSED:
-                        self.job = await self._with_store_retry(jobs.set_status, self.job.id, JobStatus.PAUSED)
+                        self.job = await self.store.call_retrying(jobs.set_status, self.job.id, JobStatus.PAUSED)
                         self.log.info("job.paused")
                         self._notify()
                     await self.control.changed.wait()
                 case ControlRequest.NONE:
                     if self.job.status is JobStatus.PAUSED:
-                        self.job = await self._with_store_retry(jobs.set_status, self.job.id, JobStatus.RUNNING)
+                        self.job = await self.store.call_retrying(jobs.set_status, self.job.id, JobStatus.RUNNING)
                         self.log.info("job.resumed")
                         self._notify()
                     return

@@ -86,7 +86,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     daemon = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
     try:
         with trio.fail_after(60):
-            while [status for _, status in state(database_url)[2]] != ["completed"]:  # noqa: ASYNC110
+            while [status for _, status in state(database_url)[2]] != ["completed"]:
                 await trio.sleep(0.1)
     finally:
         daemon.send_signal(signal.SIGTERM)

@@ -70,7 +70,7 @@ async def test_sigterm_mid_sync_exits_cleanly_and_the_job_resumes(
     daemon = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
     try:
         with trio.fail_after(60):
-            while query(database_url, "SELECT status FROM sync_jobs") != [("completed",)]:  # noqa: ASYNC110
+            while query(database_url, "SELECT status FROM sync_jobs") != [("completed",)]:
                 await trio.sleep(0.1)
     finally:
         daemon.send_signal(signal.SIGTERM)

@@ -39,6 +39,7 @@ log = structlog.get_logger(__name__)
 Connection = psycopg.Connection[dict[str, object]]
 
 CONNECT_TIMEOUT = 5
+RETRY_CAP = 30.0
 
 
 class Store:
@@ -75,6 +76,23 @@ class Store:
             else:
                 self._idle.append(conn)
             return result
+
+    async def call_retrying(
+        self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`call`, waiting out a database outage with backoff (0.5 s doubling to 30 s) until cancelled.
+
+        For writes that must not be lost to a blip (job progress, outcomes): every one of
+        them is idempotent, so a retry after an ambiguous failure is safe.
+        """
+        delay = 0.5
+        while True:
+            try:
+                return await self.call(fn, *args, **kwargs)
+            except StoreUnavailable as exc:
+                log.warning("store.retrying", retry_in=delay, error=str(exc))
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_CAP)
 
     def _run(
         self,
