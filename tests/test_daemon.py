@@ -260,3 +260,45 @@ async def test_a_crashing_actor_is_restarted_and_others_keep_syncing(
     job_id = (await running.ctl_json("sync", "bad"))["job_id"]
     assert (await running.wait_job(job_id))["status"] == "completed"
     assert sock.is_socket()
+
+
+async def test_pause_resume_and_cancel_through_freshctl(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+) -> None:
+    sim, url = simulators[0]
+    sim.app.faults.latency = 0.1  # slow enough to steer
+    running = await start_daemon(nursery, tmp_path, database_url, connection_block("eu", url) +
+                                 'options = { page_concurrency = 1 }\n')
+    job_id = (await running.ctl_json("jobs"))["jobs"][0]["id"]
+
+    def stored() -> int:
+        return int(query(database_url, "SELECT count(*) FROM records")[0][0])  # type: ignore[call-overload]
+
+    with trio.fail_after(30):
+        while stored() < 100:
+            await trio.sleep(0.02)
+    assert (await running.ctl_json("pause", str(job_id)))["requested"] == "pause"
+    with trio.fail_after(30):
+        while (await running.ctl_json("job", str(job_id)))["status"] != "paused":
+            await trio.sleep(0.05)
+    paused_at = stored()
+    await trio.sleep(0.5)
+    assert stored() == paused_at  # nothing moves while paused
+    status = {c["name"]: c for c in (await running.ctl_json("status"))["connections"]}
+    assert status["eu"]["state"] == "paused"
+    await running.ctl_json("resume", str(job_id))
+    sim.app.faults.latency = 0
+    done = await running.wait_job(job_id)
+    assert done["status"] == "completed" and stored() == 120 + 120 + 12
+
+    # cancel: takes effect at a page boundary and keeps what was committed
+    sim.app.faults.latency = 0.1
+    full = (await running.ctl_json("sync", "eu", "--full"))["job_id"]
+    with trio.fail_after(30):
+        while (await running.ctl_json("job", str(full)))["status"] != "running":
+            await trio.sleep(0.02)
+    await running.ctl_json("cancel", str(full))
+    cancelled = await running.wait_job(full)
+    assert cancelled["status"] == "cancelled" and stored() == 252
+    again = await running.ctl("cancel", str(full), check=False)
+    assert again.returncode == 1 and "cancelled" in again.stderr  # a finished job cannot be steered
