@@ -36,6 +36,7 @@ from freshd.messages import (
     Stop,
     UpdateSettings,
 )
+from freshd.slots import SyncSlots
 from freshd.store import Store, connections, jobs
 from freshd.store.jobs import JobRow, JobStatus
 from freshd.sync import ControlRequest, JobControl, JobProgress, JobRunner
@@ -105,8 +106,10 @@ class ConnectionActor:
         last_success_at: datetime | None,
         last_error: str | None,
         sync_interval: timedelta | None,
+        slots: SyncSlots,
     ) -> None:
         self.store = store
+        self.slots = slots
         self.connection_id = connection_id
         self.settings = settings
         self.sync_interval = sync_interval
@@ -215,6 +218,16 @@ class ConnectionActor:
                 self.change_state(state)
 
     async def _run_job(self, active: ActiveJob) -> None:
+        # the job stays 'queued' until the daemon's and the tenant's caps let it run
+        async with self.slots.hold(self.settings.tenant):
+            await self._run_held_job(active)
+
+    async def _run_held_job(self, active: ActiveJob) -> None:
+        if active.control.request is ControlRequest.CANCEL:  # cancelled while it waited for a slot
+            await self.store.call_retrying(jobs.set_status, active.job.id, JobStatus.CANCELLED,
+                                           error="cancelled by request")
+            self.active = None
+            return
         self.change_state(ConnectionState.SYNCING)
         connector: Connector | None = None
         try:

@@ -34,6 +34,7 @@ from freshd.embedded_pg import open_embedded_postgres
 from freshd.errors import ConfigError, StoreUnavailable
 from freshd.messages import JobQueued
 from freshd.scheduler import Sweep, add_sweeps, create_scheduler, serve_scheduler
+from freshd.slots import SyncSlots
 from freshd.store import Store, activity, connections, jobs, open_store
 from freshd.store.jobs import JobKind
 from freshd.supervisor import Supervisor
@@ -182,7 +183,10 @@ async def run_daemon(
             log.warning("jobs.interrupted", jobs=interrupted)
 
         async with trio.open_nursery() as root:
-            supervisor = Supervisor(store, sync_interval=timedelta(seconds=config.schedule.sync_interval)
+            slots = SyncSlots(max_running=config.sync.max_running,
+                              tenant_max_running=config.sync.tenant_max_running)
+            supervisor = Supervisor(store, slots=slots,
+                                    sync_interval=timedelta(seconds=config.schedule.sync_interval)
                                     if config.schedule.scheduled_sync else None)
             await root.start(supervisor.run)
             daemon = Daemon(config, config_path, store, supervisor)

@@ -145,6 +145,8 @@ class SyncConfig:
     db_threads: int = 4
     job_history: int = 10  # jobs kept per connection
     job_max_age: float = 30 * 86400.0
+    max_running: int = 20  # syncs running at once in this daemon
+    tenant_max_running: int = 5  # ... and per tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,12 +603,15 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         )
 
     sync = top.table("sync")
-    sync.check_keys(("page_concurrency", "db_threads", "job_history", "job_max_age"))
+    sync.check_keys(("page_concurrency", "db_threads", "job_history", "job_max_age", "max_running",
+                     "tenant_max_running"))
     sync_config = SyncConfig(
         page_concurrency=sync.integer("page_concurrency", _SYNC.page_concurrency, minimum=1),
         db_threads=sync.integer("db_threads", _SYNC.db_threads, minimum=1),
         job_history=sync.integer("job_history", _SYNC.job_history, minimum=1),
         job_max_age=sync.duration("job_max_age", _SYNC.job_max_age),
+        max_running=sync.integer("max_running", _SYNC.max_running, minimum=1),
+        tenant_max_running=sync.integer("tenant_max_running", _SYNC.tenant_max_running, minimum=1),
     )
 
     return Config(

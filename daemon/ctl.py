@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--force", action="store_true")
     jobs = sub.add_parser("jobs", help="job history")
     jobs.add_argument("--connection")
+    jobs.add_argument("--tenant")
+    jobs.add_argument("--status", help="queued, running, paused, completed, partial, failed, cancelled, interrupted")
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--offset", type=int, default=0)
     for name in ("job", "pause", "resume", "cancel"):
@@ -199,7 +201,8 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
         case "sync":
             return "sync", {"name": args.name, "full": args.full, "force": args.force}
         case "jobs":
-            return "jobs", {"connection": args.connection, "limit": args.limit, "offset": args.offset}
+            return "jobs", {"connection": args.connection, "tenant": args.tenant, "status": args.status,
+                            "limit": args.limit, "offset": args.offset}
         case _:
             return args.command, {"id": args.id}
 

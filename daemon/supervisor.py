@@ -26,6 +26,7 @@ from freshd.actor import ConnectionActor, ConnectionState, ConnectionStatus
 from freshd.connectors.base import ConnectionSettings
 from freshd.errors import StoreUnavailable
 from freshd.messages import ActorMessage, Stop, UpdateSettings
+from freshd.slots import SyncSlots
 from freshd.store import Store, activity, jobs
 from freshd.store.connections import ConnectionRow
 from freshd.store.jobs import JobStatus
@@ -65,8 +66,9 @@ class _Handle:
 
 
 class Supervisor:
-    def __init__(self, store: Store, *, sync_interval: timedelta | None) -> None:
+    def __init__(self, store: Store, *, sync_interval: timedelta | None, slots: SyncSlots | None = None) -> None:
         self.store = store
+        self.slots = slots or SyncSlots(max_running=20, tenant_max_running=5)
         self.sync_interval = sync_interval
         self._handles: dict[str, _Handle] = {}
         self._nursery: trio.Nursery | None = None
@@ -159,7 +161,7 @@ class Supervisor:
                     row = handle.row
                     actor = ConnectionActor(
                         self.store, row.id, handle.settings, last_success_at=row.last_success_at,
-                        last_error=row.last_error, sync_interval=self.sync_interval,
+                        last_error=row.last_error, sync_interval=self.sync_interval, slots=self.slots,
                     )
                     handle.actor, handle.backing_off = actor, False
                     started = trio.current_time()

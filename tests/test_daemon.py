@@ -302,3 +302,29 @@ async def test_pause_resume_and_cancel_through_freshctl(
     assert cancelled["status"] == "cancelled" and stored() == 252
     again = await running.ctl("cancel", str(full), check=False)
     assert again.returncode == 1 and "cancelled" in again.stderr  # a finished job cannot be steered
+
+
+async def test_tenant_cap_queues_jobs_fairly_and_jobs_filter(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+) -> None:
+    for sim, _ in simulators:
+        sim.app.faults.latency = 0.05
+    body = ("[sync]\ntenant_max_running = 1\n" + connection_block("first", simulators[0][1])
+            + 'tenant = "acme"\n' + connection_block("second", simulators[1][1]) + 'tenant = "acme"\n')
+    running = await start_daemon(nursery, tmp_path, database_url, body)
+    saw_one_running_one_queued = False
+    with trio.fail_after(60):
+        while True:
+            jobs = {j["connection"]: j["status"] for j in (await running.ctl_json("jobs"))["jobs"]}
+            if sorted(jobs.values()) == ["queued", "running"]:
+                saw_one_running_one_queued = True
+            if all(s == "completed" for s in jobs.values()):
+                break
+            assert list(jobs.values()).count("running") <= 1  # the tenant's cap holds
+            await trio.sleep(0.02)
+    assert saw_one_running_one_queued
+    assert (await running.ctl_json("jobs", "--tenant", "acme"))["total"] == 2
+    assert (await running.ctl_json("jobs", "--tenant", "other"))["total"] == 0
+    assert (await running.ctl_json("jobs", "--status", "completed"))["total"] == 2
+    bad = await running.ctl("jobs", "--status", "sleeping", check=False)
+    assert bad.returncode == 1 and "valid:" in bad.stderr

@@ -200,8 +200,13 @@ class DaemonAdmin:
     async def jobs(self, args: dict[str, Any]) -> dict[str, Any]:
         if args.get("connection"):
             await self._row(args["connection"])
+        status = args.get("status")
+        if status is not None and status not in {s.value for s in JobStatus}:
+            raise AdminError(ErrorCode.BAD_REQUEST, f"jobs: unknown status {status!r}; valid: "
+                             f"{', '.join(s.value for s in JobStatus)}")
         rows, total = await self.daemon.store.call(
-            jobs.list_jobs, connection=args.get("connection"), limit=args.get("limit", 50),
+            jobs.list_jobs, connection=args.get("connection"), tenant=args.get("tenant"),
+            status=JobStatus(status) if status else None, limit=args.get("limit", 50),
             offset=args.get("offset", 0),
         )
         return {"jobs": [job_json(j, self._live_progress(j)) for j in rows], "total": total}

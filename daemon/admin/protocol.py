@@ -88,6 +88,8 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     "sync": {"name": _NAME, "full": Arg("bool", default=False), "force": Arg("bool", default=False)},
     "jobs": {
         "connection": Arg("name"),
+        "tenant": Arg("name"),
+        "status": Arg("str"),
         "limit": Arg("int", default=50, minimum=1, maximum=1000),
         "offset": Arg("int", default=0, minimum=0),
     },

@@ -113,9 +113,23 @@ def live_job(conn: Connection, connection_id: int) -> JobRow | None:
 
 
 def list_jobs(
-    conn: Connection, *, connection: str | None = None, limit: int = 50, offset: int = 0
+    conn: Connection,
+    *,
+    connection: str | None = None,
+    tenant: str | None = None,
+    status: JobStatus | None = None,
+    limit: int = 50,
+    offset: int = 0,
 ) -> tuple[list[JobRow], int]:
-    where, params = ("WHERE c.name = %s", [connection]) if connection else ("", [])
+    """Newest first, filtered; returns one page and the total that matched."""
+    filters: list[str] = []
+    params: list[Any] = []
+    for clause, value in (("c.name = %s", connection), ("c.tenant = %s", tenant),
+                          ("j.status = %s", status.value if status else None)):
+        if value is not None:
+            filters.append(clause)
+            params.append(value)
+    where = f"WHERE {' AND '.join(filters)}" if filters else ""
     total = conn.execute(
         f"SELECT count(*) AS n FROM sync_jobs j JOIN connections c ON c.id = j.connection_id {where}", params
     ).fetchone()
