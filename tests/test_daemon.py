@@ -328,3 +328,42 @@ async def test_tenant_cap_queues_jobs_fairly_and_jobs_filter(
     assert (await running.ctl_json("jobs", "--status", "completed"))["total"] == 2
     bad = await running.ctl("jobs", "--status", "sleeping", check=False)
     assert bad.returncode == 1 and "valid:" in bad.stderr
+
+
+async def test_a_provider_that_disappears_mid_sync_ends_the_job_and_admin_stays_responsive(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str,
+) -> None:
+    sim = WooCommerceSimulator(records=0, customers=3000, seed=4, credentials=CREDS)
+    sim.app.faults.latency = 0.05
+    # served in a scope of its own, so the test can pull the plug
+    provider = trio.CancelScope()
+
+    async def serve_until_pulled(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        with provider:
+            await serve_asgi(sim.app, "127.0.0.1", 0, task_status=task_status)
+
+    port = await nursery.start(serve_until_pulled)
+    running = await start_daemon(nursery, tmp_path, database_url,
+                                 connection_block("gone", f"http://127.0.0.1:{port}")
+                                 + 'options = { entities = ["customers"], page_concurrency = 1 }\n')
+    job_id = (await running.ctl_json("jobs"))["jobs"][0]["id"]
+    with trio.fail_after(30):
+        while int(query(database_url, "SELECT count(*) FROM records")[0][0]) < 300:  # type: ignore[call-overload]
+            await trio.sleep(0.02)
+    provider.cancel()  # the provider vanishes: connections refused from now on
+    latencies = []
+    with trio.fail_after(60):  # never hangs: retries run out and the job ends
+        while True:
+            started = trio.current_time()
+            job = await running.ctl_json("job", str(job_id))
+            latencies.append(trio.current_time() - started)
+            if job["status"] not in ("queued", "running"):
+                break
+            await trio.sleep(0.1)
+    assert job["status"] == "failed" and "cannot reach" in job["error"]
+    stored = int(query(database_url, "SELECT count(*) FROM records")[0][0])  # type: ignore[call-overload]
+    assert stored >= 300  # what was committed stays
+    status = {c["name"]: c for c in (await running.ctl_json("status"))["connections"]}
+    assert status["gone"]["state"] == "error" and "cannot reach" in status["gone"]["error"]
+    # the admin socket answered throughout (a freshctl process each time, start-up included)
+    assert max(latencies) < 2.0, latencies
