@@ -40,6 +40,7 @@ from freshd.slots import SyncSlots
 from freshd.store import Store, connections, jobs
 from freshd.store.jobs import JobRow, JobStatus
 from freshd.sync import ControlRequest, JobControl, JobProgress, JobRunner
+from freshd.watch import ProgressHub
 
 log = structlog.get_logger(__name__)
 
@@ -107,9 +108,11 @@ class ConnectionActor:
         last_error: str | None,
         sync_interval: timedelta | None,
         slots: SyncSlots,
+        hub: ProgressHub | None = None,
     ) -> None:
         self.store = store
         self.slots = slots
+        self.hub = hub
         self.connection_id = connection_id
         self.settings = settings
         self.sync_interval = sync_interval
@@ -210,6 +213,8 @@ class ConnectionActor:
         nursery.start_soon(self._run_job, self.active)
 
     def _on_progress(self, job: JobRow, progress: JobProgress) -> None:
+        if self.hub is not None:
+            self.hub.publish(job, progress)
         if self.active is not None:
             self.active.job = job
             self.active.progress = progress

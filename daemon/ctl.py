@@ -10,6 +10,7 @@ import argparse
 import json
 import socket
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,67 @@ def call(sock_path: Path, cmd: str, args: dict[str, Any], *, timeout: float) -> 
         error = reply.get("error") or {}
         raise DaemonError(error.get("code", "internal"), error.get("message", "unknown error"))
     return reply["result"]
+
+
+def stream(sock_path: Path, cmd: str, args: dict[str, Any], *, timeout: float) -> Iterator[Any]:
+    """A subscription: yield each event until the daemon's final reply."""
+    request = json.dumps({"v": API_VERSION, "id": 1, "cmd": cmd, "args": args}).encode() + b"\n"
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(str(sock_path))
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise Unreachable(f"freshd is not running (no socket at {sock_path})") from exc
+    with sock, sock.makefile("rb") as lines:
+        sock.sendall(request)
+        sock.settimeout(None)  # a watch lasts as long as the job
+        for line in lines:
+            frame = json.loads(line)
+            if "event" in frame:
+                yield frame["event"]
+            elif not frame.get("ok"):
+                error = frame.get("error") or {}
+                raise DaemonError(error.get("code", "internal"), error.get("message", "unknown error"))
+            else:
+                return
+
+
+def bar(fraction: float, width: int = 24) -> str:
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def watch_lines(job: dict[str, Any]) -> list[str]:
+    eta = f" eta {job['eta_seconds']}s" if job.get("eta_seconds") is not None else ""
+    lines = [f"job {job['id']} {job['connection']} {job['kind']} {job['status']}"
+             + (f" {job['percent']}%" if job.get("percent") is not None else "") + eta]
+    for entity, p in job["progress"].items():
+        total = p.get("total")
+        done = p["processed"] + p["failed"] + p["skipped"]
+        fraction = done / total if total else (1.0 if job["status"] == "completed" else 0.0)
+        lines.append(f"  {entity:14} {bar(fraction)} {done}/{total if total is not None else '?'}"
+                     f"  {p.get('rate', 0):,.0f} rec/s" + (f"  {p['failed']} failed" if p["failed"] else ""))
+    return lines
+
+
+def run_watch(sock_path: Path, args: dict[str, Any], *, as_json: bool, timeout: float) -> None:
+    tty = sys.stdout.isatty() and not as_json
+    drawn: dict[int, list[str]] = {}
+    height = 0
+    for event in stream(sock_path, "watch", args, timeout=timeout):
+        job = event["job"]
+        if as_json:
+            print(json.dumps(event), flush=True)
+            continue
+        drawn[job["id"]] = watch_lines(job)
+        if tty:  # redraw the block in place
+            block = [line for lines in drawn.values() for line in lines]
+            sys.stdout.write("\x1b[F\x1b[K" * height + "\n".join(block) + "\n")
+            height = len(block)
+            sys.stdout.flush()
+        else:
+            print(drawn[job["id"]][0] + " | " + "; ".join(line.strip() for line in drawn[job["id"]][1:]),
+                  flush=True)
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -176,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--status", help="queued, running, paused, completed, partial, failed, cancelled, interrupted")
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--offset", type=int, default=0)
+    watch = sub.add_parser("watch", help="live progress of a job (or --all), streamed by the daemon")
+    watch.add_argument("id", type=int, nargs="?")
+    watch.add_argument("--all", action="store_true")
     for name in ("job", "pause", "resume", "cancel"):
         sub.add_parser(name, help=f"{name} a job" if name != "job" else "one job").add_argument("id", type=int)
     return parser
@@ -200,6 +265,10 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
                                        "credentials": credentials, "tenant": args.tenant, "options": options}
         case "sync":
             return "sync", {"name": args.name, "full": args.full, "force": args.force}
+        case "watch":
+            if args.id is None and not args.all:
+                parser.error("watch needs a job id or --all")
+            return "watch", {"id": args.id, "all": args.all or None}
         case "jobs":
             return "jobs", {"connection": args.connection, "tenant": args.tenant, "status": args.status,
                             "limit": args.limit, "offset": args.offset}
@@ -237,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     request_args = {k: v for k, v in request_args.items() if v is not None}
     sock_path = args.socket or default_socket_path()
     try:
+        if cmd == "watch":
+            run_watch(sock_path, request_args, as_json=args.json, timeout=args.timeout)
+            return EXIT_OK
         result = call(sock_path, cmd, request_args, timeout=args.timeout)
     except Unreachable as exc:
         print(f"freshctl: {exc}", file=sys.stderr)

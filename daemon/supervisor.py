@@ -30,6 +30,7 @@ from freshd.slots import SyncSlots
 from freshd.store import Store, activity, jobs
 from freshd.store.connections import ConnectionRow
 from freshd.store.jobs import JobStatus
+from freshd.watch import ProgressHub
 
 log = structlog.get_logger(__name__)
 
@@ -66,9 +67,17 @@ class _Handle:
 
 
 class Supervisor:
-    def __init__(self, store: Store, *, sync_interval: timedelta | None, slots: SyncSlots | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        sync_interval: timedelta | None,
+        slots: SyncSlots | None = None,
+        hub: ProgressHub | None = None,
+    ) -> None:
         self.store = store
         self.slots = slots or SyncSlots(max_running=20, tenant_max_running=5)
+        self.hub = hub or ProgressHub()
         self.sync_interval = sync_interval
         self._handles: dict[str, _Handle] = {}
         self._nursery: trio.Nursery | None = None
@@ -162,6 +171,7 @@ class Supervisor:
                     actor = ConnectionActor(
                         self.store, row.id, handle.settings, last_success_at=row.last_success_at,
                         last_error=row.last_error, sync_interval=self.sync_interval, slots=self.slots,
+                        hub=self.hub,
                     )
                     handle.actor, handle.backing_off = actor, False
                     started = trio.current_time()

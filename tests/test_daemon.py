@@ -367,3 +367,25 @@ async def test_a_provider_that_disappears_mid_sync_ends_the_job_and_admin_stays_
     assert status["gone"]["state"] == "error" and "cannot reach" in status["gone"]["error"]
     # the admin socket answered throughout (a freshctl process each time, start-up included)
     assert max(latencies) < 2.0, latencies
+
+
+async def test_watch_streams_progress_until_the_job_ends(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+) -> None:
+    sim, url = simulators[0]
+    sim.app.faults.latency = 0.05
+    running = await start_daemon(nursery, tmp_path, database_url, connection_block("eu", url)
+                                 + 'options = { page_concurrency = 1 }\n')
+    job_id = (await running.ctl_json("jobs"))["jobs"][0]["id"]
+    with trio.fail_after(60):  # a subscription that ends by itself when the job ends
+        streamed = await running.ctl("--json", "watch", str(job_id))
+    events = [json.loads(line)["job"] for line in streamed.stdout.splitlines()]
+    assert len(events) >= 3 and {e["id"] for e in events} == {job_id}
+    processed = [sum(p["processed"] for p in e["progress"].values()) for e in events]
+    assert processed == sorted(processed)  # progress only moves forward
+    assert events[-1]["status"] == "completed" and processed[-1] == 120 + 120 + 12
+    # the human form: a progress bar per entity
+    table = await running.ctl("watch", str(job_id))
+    assert "customers" in table.stdout and "[########################]" in table.stdout
+    missing = await running.ctl("watch", "999", check=False)
+    assert missing.returncode == 1 and "no job 999" in missing.stderr

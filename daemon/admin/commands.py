@@ -9,7 +9,7 @@ answer with plain JSON.  A rule broken raises AdminError and changes nothing.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ def job_json(job: JobRow, live: JobProgress | None = None) -> dict[str, Any]:
         "status": job.status.value,
         "trigger": job.trigger,
         "progress": {
-            name: {k: v for k, v in p.as_json().items() if k != "state"}
+            name: {**{k: v for k, v in p.as_json().items() if k != "state"}, "rate": round(p.rate, 1)}
             for name, p in progress.entities.items()
         },
         "percent": 100.0 if job.status is JobStatus.COMPLETED else progress.percent(),
@@ -74,6 +74,7 @@ class DaemonAdmin:
             "pause": self.pause,
             "resume": self.resume,
             "cancel": self.cancel,
+            "watch": self.watch,
         }
 
     async def handle(self, request: Request, peer: Peer) -> Any:
@@ -245,3 +246,33 @@ class DaemonAdmin:
 
     async def cancel(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self._control(args, CancelJob)
+
+    # -- live progress ------------------------------------------------------------------------------
+
+    async def watch(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Subscribe to progress: one job until it ends, or (`all`) every job until the client leaves."""
+        job_id = args.get("id")
+        if job_id is None and not args.get("all"):
+            raise AdminError(ErrorCode.BAD_REQUEST, "watch: give a job id or all=true")
+        if job_id is not None:
+            await self._job(job_id)  # not_found before the stream starts
+        return self._watch(job_id)
+
+    async def _watch(self, job_id: int | None) -> AsyncIterator[dict[str, Any]]:
+        # subscribe first, then take the snapshot: no update can fall between the two
+        with self.daemon.supervisor.hub.subscribe() as updates:
+            if job_id is not None:
+                snapshot = [await self._job(job_id)]
+            else:
+                snapshot = [j for j in (await self.daemon.store.call(jobs.list_jobs, limit=1000))[0]
+                            if j.status in jobs.LIVE]
+            for job in snapshot:
+                yield {"job": job_json(job, self._live_progress(job))}
+                if job_id is not None and job.status in jobs.FINISHED:
+                    return
+            async for job, progress in updates:
+                if job_id is not None and job.id != job_id:
+                    continue
+                yield {"job": job_json(job, progress)}
+                if job_id is not None and job.status in jobs.FINISHED:
+                    return

@@ -3,6 +3,7 @@
     request  {"v": 1, "id": <int|str>, "cmd": "<name>", "args": {...}}
     reply    {"v": 1, "id": <same>, "ok": true, "result": <json>}
          or  {"v": 1, "id": <same>, "ok": false, "error": {"code": "<code>", "message": "<one line>"}}
+    stream   {"v": 1, "id": <same>, "event": <json>} ... then a final reply (subscriptions: `watch`)
 
 One line is at most MAX_MESSAGE_BYTES.  Every command's arguments are
 declared as data in COMMANDS; `parse_request` checks a line against them and
@@ -94,6 +95,8 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "offset": Arg("int", default=0, minimum=0),
     },
     "job": _JOB,
+    # a subscription: event frames {"v", "id", "event": {...}} until the job ends or the client leaves
+    "watch": {"id": Arg("int", minimum=1), "all": Arg("bool", default=False)},
     "pause": _JOB,
     "resume": _JOB,
     "cancel": _JOB,
@@ -181,3 +184,7 @@ def error_reply(request_id: Any, code: str, message: str) -> bytes:
     return orjson.dumps(
         {"v": API_VERSION, "id": request_id, "ok": False, "error": {"code": str(code), "message": one_line}}
     ) + b"\n"
+
+
+def event_frame(request_id: Any, event: Any) -> bytes:
+    return orjson.dumps({"v": API_VERSION, "id": request_id, "event": event}) + b"\n"

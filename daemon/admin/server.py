@@ -23,13 +23,23 @@ import os
 import pwd
 import socket as stdlib_socket
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 import trio
 
-from freshd.admin.protocol import MAX_MESSAGE_BYTES, ErrorCode, Peer, Request, error_reply, ok_reply, parse_request
+from freshd.admin.protocol import (
+    MAX_MESSAGE_BYTES,
+    ErrorCode,
+    Peer,
+    Request,
+    error_reply,
+    event_frame,
+    ok_reply,
+    parse_request,
+)
 from freshd.errors import AdminError
 
 log = structlog.get_logger(__name__)
@@ -132,7 +142,11 @@ async def _serve_client(
                 continue
             line, buffer = bytes(buffer[:newline]), buffer[newline + 1:]
             if line.strip():
-                await stream.send_all(await _answer(line, peer, handler, admin_gid, request_timeout))
+                answer = await _answer(line, peer, handler, admin_gid, request_timeout)
+                if isinstance(answer, bytes):
+                    await stream.send_all(answer)
+                else:
+                    await _stream_events(stream, *answer)
     except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
         pass  # the client went away
     finally:
@@ -141,9 +155,21 @@ async def _serve_client(
             await stream.aclose()
 
 
+async def _stream_events(stream: trio.SocketStream, request_id: Any, events: AsyncIterator[Any]) -> None:
+    """A subscription: one frame per event, then a final reply; ends early if the client leaves."""
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        try:
+            async for event in events:
+                await stream.send_all(event_frame(request_id, event))
+        except AdminError as exc:
+            await stream.send_all(error_reply(request_id, exc.code, exc.message))
+            return
+    await stream.send_all(ok_reply(request_id, {"end": True}))
+
+
 async def _answer(
     line: bytes, peer: Peer, handler: AdminHandler, admin_gid: int | None, request_timeout: float
-) -> bytes:
+) -> bytes | tuple[Any, AsyncIterator[Any]]:
     request_id: Any = None
     try:
         request = parse_request(line)
@@ -151,6 +177,8 @@ async def _answer(
         authorize(peer, admin_gid=admin_gid)
         with trio.fail_after(request_timeout):
             result = await handler.handle(request, peer)
+        if hasattr(result, "__aiter__"):
+            return request_id, result  # a subscription: streamed by the caller, no timeout
         return ok_reply(request_id, result)
     except AdminError as exc:
         return error_reply(request_id, exc.code, exc.message)
