@@ -214,10 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    f"{default_socket_path()})")
     parser.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
     parser.add_argument("--timeout", type=float, default=30.0)
+    # `--json` may also follow the command (`freshctl status --json`); SUPPRESS keeps the global value
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the daemon's JSON")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+
+    def sub_add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return add_parser(name, parents=[common], **kwargs)
+
+    sub.add_parser = sub_add_parser  # type: ignore[method-assign]
     sub.add_parser("status", help="the daemon and its connections")
     conns = sub.add_parser("connections", help="list, show, add, remove connections")
     csub = conns.add_subparsers(dest="action")
+    add_connection_parser = csub.add_parser
+    csub.add_parser = lambda name, **kw: add_connection_parser(name, parents=[common], **kw)  # type: ignore[method-assign]
     csub.add_parser("list")
     csub.add_parser("show").add_argument("name")
     add = csub.add_parser("add")
