@@ -85,11 +85,11 @@ class Daemon:
         await self.supervisor.apply(rows)
         await self.queue_never_synced()
 
-    async def queue_never_synced(self) -> None:
+    async def queue_never_synced(self, trigger: str = "startup") -> None:
         """A connection that never completed a sync gets one queued: nobody has to remember."""
         for row in await self.store.call(connections.list_connections):
             if row.last_success_at is None:
-                job, created = await self.store.call(jobs.create_job, row.id, JobKind.INITIAL, "startup")
+                job, created = await self.store.call(jobs.create_job, row.id, JobKind.INITIAL, trigger)
                 self.supervisor.send_nowait(row.name, JobQueued(job.id))
                 if created:
                     log.info("job.queued", connection=row.name, job=job.id, kind="initial")
@@ -121,6 +121,13 @@ class Daemon:
             job, _ = await self.store.call(jobs.create_job, row.id, kind, "schedule")
             self.supervisor.send_nowait(row.name, JobQueued(job.id))
 
+    async def health_sweep(self) -> None:
+        """Cheap checks: the store answers, and connections that never completed a sync get one."""
+        if await self.store.ping():
+            await self.queue_never_synced("health")
+        systemd.status(f"running: {len(self.supervisor.names())} connections, store "
+                       f"{'up' if self.store.available else 'unavailable'}")
+
     async def cleanup_sweep(self) -> None:
         sync = self.config.sync
         pruned = await self.store.call(
@@ -134,6 +141,7 @@ class Daemon:
         schedule = self.config.schedule
         return [
             Sweep("sync", self.sync_sweep, interval=schedule.sync_interval, jitter=schedule.jitter),
+            Sweep("health", self.health_sweep, interval=schedule.health_interval, jitter=schedule.jitter),
             Sweep("cleanup", self.cleanup_sweep, cron=schedule.cleanup_cron, jitter=schedule.jitter),
         ]
 

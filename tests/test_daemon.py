@@ -390,3 +390,21 @@ async def test_watch_streams_progress_until_the_job_ends(
     assert "customers" in table.stdout and "[########################]" in table.stdout
     missing = await running.ctl("watch", "999", check=False)
     assert missing.returncode == 1 and "no job 999" in missing.stderr
+
+
+async def test_health_sweep_retriggers_a_connection_that_never_synced(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+) -> None:
+    sim, url = simulators[0]
+    sim.app.faults.configure({"status": 503, "count": 1000})  # the provider is down at first
+    running = await start_daemon(nursery, tmp_path, database_url, connection_block("late", url)
+                                 + 'options = { entities = ["products"] }\n')
+    first = (await running.ctl_json("jobs"))["jobs"][0]
+    assert (await running.wait_job(first["id"]))["status"] == "failed"
+    sim.app.faults.clear()
+    await running.daemon.health_sweep()  # what the scheduler runs every health_interval
+    jobs = (await running.ctl_json("jobs"))["jobs"]
+    assert len(jobs) == 2 and jobs[0]["trigger"] == "health"
+    assert (await running.wait_job(jobs[0]["id"]))["status"] == "completed"
+    await running.daemon.health_sweep()  # synced once: nothing more to trigger
+    assert (await running.ctl_json("jobs"))["total"] == 2
