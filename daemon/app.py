@@ -28,7 +28,7 @@ import trio
 
 from freshd import logs, metrics, systemd
 from freshd.admin.commands import DaemonAdmin
-from freshd.admin.server import serve_admin
+from freshd.admin.server import AccessRules, serve_admin
 from freshd.config import Config, load_config
 from freshd.embedded_pg import open_embedded_postgres
 from freshd.errors import ConfigError, StoreUnavailable
@@ -204,6 +204,7 @@ async def run_daemon(
             await root.start(
                 lambda task_status: serve_admin(
                     Path(admin.socket), DaemonAdmin(daemon), mode=admin.socket_mode, group=admin.group,
+                    rules=AccessRules.from_config(admin.group, admin.tenants),
                     request_timeout=admin.request_timeout, task_status=task_status,
                 )
             )

@@ -103,11 +103,21 @@ class Credentials(FrozenDict[str, str]):
 
 
 @dataclass(frozen=True, slots=True)
+class TenantAccess:
+    """Unix users and groups who may see and act on one tenant's connections and jobs."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class AdminConfig:
     socket: Path = field(default_factory=paths.default_socket_path)
     socket_mode: int = 0o660  # written as the octal string "0660"
     group: str | None = None  # the socket's group (None: the daemon's primary group)
     request_timeout: float = 30.0
+    # [admin.tenants.NAME] users = [...], groups = [...]: tenant-scoped callers
+    tenants: FrozenDict[str, TenantAccess] = field(default_factory=FrozenDict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +420,13 @@ class _Reader:
         return normalized
 
 
+def _string_list(reader: _Reader, key: str) -> tuple[str, ...]:
+    value = reader._typed(key, list, "a list of strings", [])
+    if not all(isinstance(item, str) and item for item in value):
+        reader.fail(key, "expected a list of non-empty strings")
+    return tuple(value)
+
+
 # -- sections ------------------------------------------------------------------------------------------
 
 _TOP_KEYS = (
@@ -552,12 +569,19 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
     runtime_dir = Path(top.string("runtime_dir", str(paths.default_runtime_dir(env))))
 
     admin = top.table("admin")
-    admin.check_keys(("socket", "socket_mode", "group", "request_timeout"))
+    admin.check_keys(("socket", "socket_mode", "group", "request_timeout", "tenants"))
+    tenants_table = admin.table("tenants")
+    tenants: dict[str, TenantAccess] = {}
+    for tenant in tenants_table.data:
+        access = tenants_table.table(tenant)
+        access.check_keys(("users", "groups"))
+        tenants[tenant] = TenantAccess(users=_string_list(access, "users"), groups=_string_list(access, "groups"))
     admin_config = AdminConfig(
         socket=Path(admin.string("socket", str(runtime_dir / paths.SOCKET_NAME))),
         socket_mode=_socket_mode(admin, "socket_mode"),
         group=admin.string("group", None),
         request_timeout=admin.duration("request_timeout", 30.0),
+        tenants=FrozenDict(tenants),
     )
 
     metrics = top.table("metrics")

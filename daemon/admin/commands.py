@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from freshd import __version__
-from freshd.admin.protocol import API_VERSION, ErrorCode, Peer, Request
+from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Request
 from freshd.connectors.base import connector_class
 from freshd.errors import AdminError, ConfigError, StoreUnavailable
 from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
@@ -62,7 +62,7 @@ class DaemonAdmin:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+        self._commands: dict[str, Callable[[dict[str, Any], Caller], Awaitable[Any]]] = {
             "status": self.status,
             "connections.list": self.connections_list,
             "connections.show": self.connections_show,
@@ -77,22 +77,24 @@ class DaemonAdmin:
             "watch": self.watch,
         }
 
-    async def handle(self, request: Request, peer: Peer) -> Any:
+    async def handle(self, request: Request, caller: Caller) -> Any:
         command = self._commands.get(request.cmd)
         if command is None:
             raise AdminError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {request.cmd!r}")
         try:
-            return await command(dict(request.args))
+            return await command(dict(request.args), caller)
         except StoreUnavailable as exc:
             raise AdminError(ErrorCode.UNAVAILABLE, f"the database is unavailable: {exc}") from None
 
     # -- views --------------------------------------------------------------------------------------
 
-    async def _connection_views(self) -> list[dict[str, Any]]:
+    async def _connection_views(self, caller: Caller) -> list[dict[str, Any]]:
         counts = await self.daemon.store.call(records.count_records)
         ids = {row.name: row.id for row in await self.daemon.store.call(connections.list_connections)}
         views = []
         for status in self.daemon.supervisor.statuses():
+            if not caller.sees(status.tenant):
+                continue
             views.append({
                 "name": status.name,
                 "provider": status.provider,
@@ -107,7 +109,7 @@ class DaemonAdmin:
             })
         return views
 
-    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def status(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         store_ok = await self.daemon.store.ping()
         return {
             "version": __version__,
@@ -115,21 +117,21 @@ class DaemonAdmin:
             "started_at": iso(self.daemon.started_at),
             "metrics_url": self.daemon.metrics_url,
             "store": {"state": "up" if store_ok else "unavailable"},
-            "connections": await self._connection_views() if store_ok else [],
+            "connections": await self._connection_views(caller) if store_ok else [],
         }
 
-    async def connections_list(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"connections": await self._connection_views()}
+    async def connections_list(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return {"connections": await self._connection_views(caller)}
 
-    async def _row(self, name: str) -> connections.ConnectionRow:
+    async def _row(self, name: str, caller: Caller) -> connections.ConnectionRow:
         row = await self.daemon.store.call(connections.get_connection, name)
-        if row is None:
+        if row is None or not caller.sees(row.tenant):  # another tenant's connection does not exist for you
             raise AdminError(ErrorCode.NOT_FOUND, f"no connection named {name!r}")
         return row
 
-    async def connections_show(self, args: dict[str, Any]) -> dict[str, Any]:
-        row = await self._row(args["name"])
-        view = next((v for v in await self._connection_views() if v["name"] == row.name), {})
+    async def connections_show(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        row = await self._row(args["name"], caller)
+        view = next((v for v in await self._connection_views(caller) if v["name"] == row.name), {})
         live = await self.daemon.store.call(jobs.live_job, row.id)
         return {
             **view,
@@ -146,8 +148,15 @@ class DaemonAdmin:
 
     # -- changes ------------------------------------------------------------------------------------
 
-    async def connections_add(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def connections_add(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         name, provider, base_url = args["name"], args["provider"], args["base_url"]
+        tenant = args.get("tenant")
+        if caller.tenants is not None:
+            if tenant in (None, "default") and len(caller.tenants) == 1:
+                tenant = next(iter(caller.tenants))  # a one-tenant caller adds to its tenant
+            if tenant not in caller.tenants:
+                raise AdminError(ErrorCode.FORBIDDEN, f"you may add connections to tenant(s) "
+                                 f"{', '.join(sorted(caller.tenants))} only")
         try:
             connector_class(provider)
         except ConfigError as exc:
@@ -158,7 +167,7 @@ class DaemonAdmin:
 
         def add(conn: Any) -> tuple[connections.ConnectionRow, JobRow]:
             row, _ = connections.upsert_connection(
-                conn, name=name, tenant=args.get("tenant") or "default", provider=provider,
+                conn, name=name, tenant=tenant or "default", provider=provider,
                 base_url=base_url, options=dict(args.get("options") or {}),
                 credentials=dict(args["credentials"]), source="admin",
             )
@@ -176,8 +185,8 @@ class DaemonAdmin:
         return {"connection": {"name": row.name, "provider": row.provider, "tenant": row.tenant,
                                "base_url": row.base_url}, "job_id": job.id}
 
-    async def connections_remove(self, args: dict[str, Any]) -> dict[str, Any]:
-        row = await self._row(args["name"])
+    async def connections_remove(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        row = await self._row(args["name"], caller)
         if row.source == "config":
             raise AdminError(ErrorCode.CONFLICT,
                              f"{row.name!r} is defined in the config file: remove it there and reload")
@@ -191,35 +200,35 @@ class DaemonAdmin:
         await self.daemon.store.call(remove)
         return {"removed": row.name}
 
-    async def sync(self, args: dict[str, Any]) -> dict[str, Any]:
-        row = await self._row(args["name"])
+    async def sync(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        row = await self._row(args["name"], caller)
         kind = JobKind.FULL if args.get("full") else JobKind.INCREMENTAL
         job, created = await self.daemon.store.call(jobs.create_job, row.id, kind, "manual")
         self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
         return {"job_id": job.id, "created": created, "status": job.status.value}
 
-    async def jobs(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def jobs(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         if args.get("connection"):
-            await self._row(args["connection"])
+            await self._row(args["connection"], caller)
         status = args.get("status")
         if status is not None and status not in {s.value for s in JobStatus}:
             raise AdminError(ErrorCode.BAD_REQUEST, f"jobs: unknown status {status!r}; valid: "
                              f"{', '.join(s.value for s in JobStatus)}")
         rows, total = await self.daemon.store.call(
-            jobs.list_jobs, connection=args.get("connection"), tenant=args.get("tenant"),
+            jobs.list_jobs, connection=args.get("connection"), tenant=args.get("tenant"), tenants=caller.tenants,
             status=JobStatus(status) if status else None, limit=args.get("limit", 50),
             offset=args.get("offset", 0),
         )
         return {"jobs": [job_json(j, self._live_progress(j)) for j in rows], "total": total}
 
-    async def _job(self, job_id: int) -> JobRow:
+    async def _job(self, job_id: int, caller: Caller) -> JobRow:
         job = await self.daemon.store.call(jobs.get_job, job_id)
-        if job is None:
+        if job is None or not caller.sees(job.tenant):
             raise AdminError(ErrorCode.NOT_FOUND, f"no job {job_id}")
         return job
 
-    async def job(self, args: dict[str, Any]) -> dict[str, Any]:
-        job = await self._job(args["id"])
+    async def job(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        job = await self._job(args["id"], caller)
         failed = await self.daemon.store.call(jobs.failed_items, job.id)
         return {**job_json(job, self._live_progress(job)),
                 "failed_items": [{**f, "created_at": iso(f["created_at"])} for f in failed[:100]],
@@ -230,48 +239,50 @@ class DaemonAdmin:
         view = actor.job_view() if actor else None
         return view[1] if view and view[0].id == job.id else None
 
-    async def _control(self, args: dict[str, Any], message: type[PauseJob | ResumeJob | CancelJob]) -> dict[str, Any]:
-        job = await self._job(args["id"])
+    async def _control(
+        self, args: dict[str, Any], caller: Caller, message: type[PauseJob | ResumeJob | CancelJob]
+    ) -> dict[str, Any]:
+        job = await self._job(args["id"], caller)
         if job.status not in jobs.LIVE:
             raise AdminError(ErrorCode.CONFLICT, f"job {job.id} is {job.status.value}")
         if not self.daemon.supervisor.send_nowait(job.connection, message(job.id)):
             raise AdminError(ErrorCode.UNAVAILABLE, f"connection {job.connection!r} is not running")
         return {"job_id": job.id, "requested": message.__name__.removesuffix("Job").lower()}
 
-    async def pause(self, args: dict[str, Any]) -> dict[str, Any]:
-        return await self._control(args, PauseJob)
+    async def pause(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return await self._control(args, caller, PauseJob)
 
-    async def resume(self, args: dict[str, Any]) -> dict[str, Any]:
-        return await self._control(args, ResumeJob)
+    async def resume(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return await self._control(args, caller, ResumeJob)
 
-    async def cancel(self, args: dict[str, Any]) -> dict[str, Any]:
-        return await self._control(args, CancelJob)
+    async def cancel(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return await self._control(args, caller, CancelJob)
 
     # -- live progress ------------------------------------------------------------------------------
 
-    async def watch(self, args: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def watch(self, args: dict[str, Any], caller: Caller) -> AsyncIterator[dict[str, Any]]:
         """Subscribe to progress: one job until it ends, or (`all`) every job until the client leaves."""
         job_id = args.get("id")
         if job_id is None and not args.get("all"):
             raise AdminError(ErrorCode.BAD_REQUEST, "watch: give a job id or all=true")
         if job_id is not None:
-            await self._job(job_id)  # not_found before the stream starts
-        return self._watch(job_id)
+            await self._job(job_id, caller)  # not_found before the stream starts
+        return self._watch(job_id, caller)
 
-    async def _watch(self, job_id: int | None) -> AsyncIterator[dict[str, Any]]:
+    async def _watch(self, job_id: int | None, caller: Caller) -> AsyncIterator[dict[str, Any]]:
         # subscribe first, then take the snapshot: no update can fall between the two
         with self.daemon.supervisor.hub.subscribe() as updates:
             if job_id is not None:
-                snapshot = [await self._job(job_id)]
+                snapshot = [await self._job(job_id, caller)]
             else:
-                snapshot = [j for j in (await self.daemon.store.call(jobs.list_jobs, limit=1000))[0]
-                            if j.status in jobs.LIVE]
+                snapshot = [j for j in (await self.daemon.store.call(jobs.list_jobs, tenants=caller.tenants,
+                                                                      limit=1000))[0] if j.status in jobs.LIVE]
             for job in snapshot:
                 yield {"job": job_json(job, self._live_progress(job))}
                 if job_id is not None and job.status in jobs.FINISHED:
                     return
             async for job, progress in updates:
-                if job_id is not None and job.id != job_id:
+                if (job_id is not None and job.id != job_id) or not caller.sees(job.tenant):
                     continue
                 yield {"job": job_json(job, progress)}
                 if job_id is not None and job.status in jobs.FINISHED:

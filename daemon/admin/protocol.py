@@ -49,6 +49,17 @@ class Peer:
 
 
 @dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, and what they may see: `tenants` None means every tenant (an administrator)."""
+
+    peer: Peer
+    tenants: frozenset[str] | None = None
+
+    def sees(self, tenant: str) -> bool:
+        return self.tenants is None or tenant in self.tenants
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     v: int
     id: int | str | None

@@ -23,7 +23,8 @@ import os
 import pwd
 import socket as stdlib_socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +33,7 @@ import trio
 
 from freshd.admin.protocol import (
     MAX_MESSAGE_BYTES,
+    Caller,
     ErrorCode,
     Peer,
     Request,
@@ -46,7 +48,7 @@ log = structlog.get_logger(__name__)
 
 
 class AdminHandler(Protocol):
-    async def handle(self, request: Request, peer: Peer) -> Any: ...
+    async def handle(self, request: Request, caller: Caller) -> Any: ...
 
 
 def peer_credentials(sock: trio.socket.SocketType) -> Peer:
@@ -55,18 +57,51 @@ def peer_credentials(sock: trio.socket.SocketType) -> Peer:
     return Peer(pid, uid, gid)
 
 
-def authorize(peer: Peer, *, admin_gid: int | None) -> None:
-    """Raise `forbidden` unless the peer may administer this daemon."""
+@dataclass(frozen=True, slots=True)
+class AccessRules:
+    """Resolved at start: the admin group, and tenant -> (user names, group ids)."""
+
+    admin_gid: int | None = None
+    tenants: Mapping[str, tuple[frozenset[str], frozenset[int]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, admin_group: str | None, tenants: Mapping[str, Any]) -> AccessRules:
+        resolved = {}
+        for tenant, access in tenants.items():
+            gids = set()
+            for name in access.groups:
+                try:
+                    gids.add(grp.getgrnam(name).gr_gid)
+                except KeyError:
+                    log.warning("admin.unknown_group", tenant=tenant, group=name)
+            resolved[tenant] = (frozenset(access.users), frozenset(gids))
+        return cls(grp.getgrnam(admin_group).gr_gid if admin_group else None, resolved)
+
+
+def _groups_of(peer: Peer) -> tuple[str | None, set[int]]:
+    try:
+        name = pwd.getpwuid(peer.uid).pw_name
+    except KeyError:
+        return None, {peer.gid}
+    return name, {peer.gid, *os.getgrouplist(name, peer.gid)}
+
+
+def authorize(peer: Peer, rules: AccessRules) -> Caller:
+    """The one place that decides who may call: everything, some tenants, or `forbidden`.
+
+    Root, the daemon's own uid and members of the admin group see every tenant; users or
+    groups mapped to tenants (config `[admin.tenants.NAME]`) see those tenants only.
+    """
     if peer.uid in (0, os.geteuid()):
-        return
-    if admin_gid is not None:
-        if peer.gid == admin_gid:
-            return
-        with contextlib.suppress(KeyError):
-            if admin_gid in os.getgrouplist(pwd.getpwuid(peer.uid).pw_name, peer.gid):
-                return
-    raise AdminError(ErrorCode.FORBIDDEN, f"uid {peer.uid} may not administer freshd (not root, the daemon's "
-                                          "user, or in its admin group)")
+        return Caller(peer)
+    name, gids = _groups_of(peer)
+    if rules.admin_gid is not None and rules.admin_gid in gids:
+        return Caller(peer)
+    tenants = frozenset(t for t, (users, groups) in rules.tenants.items() if name in users or gids & groups)
+    if tenants:
+        return Caller(peer, tenants)
+    raise AdminError(ErrorCode.FORBIDDEN, f"uid {peer.uid} may not use freshd's admin socket (not root, the "
+                                          "daemon's user, in its admin group, or mapped to a tenant)")
 
 
 def _prepare_path(path: Path) -> None:
@@ -93,11 +128,13 @@ async def serve_admin(
     *,
     mode: int = 0o660,
     group: str | None = None,
+    rules: AccessRules | None = None,
     request_timeout: float = 30.0,
     max_connections: int = 64,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     admin_gid = grp.getgrnam(group).gr_gid if group else None
+    rules = rules or AccessRules(admin_gid)
     _prepare_path(path)
     listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     slots = trio.Semaphore(max_connections)
@@ -113,7 +150,7 @@ async def serve_admin(
             while True:
                 sock, _ = await listener.accept()
                 await slots.acquire()
-                nursery.start_soon(_serve_client, sock, handler, admin_gid, request_timeout, slots)
+                nursery.start_soon(_serve_client, sock, handler, rules, request_timeout, slots)
     finally:
         listener.close()
         with contextlib.suppress(FileNotFoundError):
@@ -121,7 +158,7 @@ async def serve_admin(
 
 
 async def _serve_client(
-    sock: trio.socket.SocketType, handler: AdminHandler, admin_gid: int | None, request_timeout: float,
+    sock: trio.socket.SocketType, handler: AdminHandler, rules: AccessRules, request_timeout: float,
     slots: trio.Semaphore,
 ) -> None:
     stream = trio.SocketStream(sock)
@@ -142,7 +179,7 @@ async def _serve_client(
                 continue
             line, buffer = bytes(buffer[:newline]), buffer[newline + 1:]
             if line.strip():
-                answer = await _answer(line, peer, handler, admin_gid, request_timeout)
+                answer = await _answer(line, peer, handler, rules, request_timeout)
                 if isinstance(answer, bytes):
                     await stream.send_all(answer)
                 else:
@@ -168,15 +205,15 @@ async def _stream_events(stream: trio.SocketStream, request_id: Any, events: Asy
 
 
 async def _answer(
-    line: bytes, peer: Peer, handler: AdminHandler, admin_gid: int | None, request_timeout: float
+    line: bytes, peer: Peer, handler: AdminHandler, rules: AccessRules, request_timeout: float
 ) -> bytes | tuple[Any, AsyncIterator[Any]]:
     request_id: Any = None
     try:
         request = parse_request(line)
         request_id = request.id
-        authorize(peer, admin_gid=admin_gid)
+        caller = authorize(peer, rules)
         with trio.fail_after(request_timeout):
-            result = await handler.handle(request, peer)
+            result = await handler.handle(request, caller)
         if hasattr(result, "__aiter__"):
             return request_id, result  # a subscription: streamed by the caller, no timeout
         return ok_reply(request_id, result)

@@ -13,7 +13,7 @@ connection" a database fact, not a hope.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -58,6 +58,7 @@ class JobRow:
     id: int
     connection_id: int
     connection: str
+    tenant: str
     kind: JobKind
     status: JobStatus
     trigger: str
@@ -70,7 +71,7 @@ class JobRow:
 
 
 _SELECT = (
-    "SELECT j.id, j.connection_id, c.name AS connection, j.kind, j.status, j.trigger, j.progress,"
+    "SELECT j.id, j.connection_id, c.name AS connection, c.tenant, j.kind, j.status, j.trigger, j.progress,"
     " j.created_at, j.started_at, j.finished_at, j.error"
     " FROM sync_jobs j JOIN connections c ON c.id = j.connection_id"
 )
@@ -117,6 +118,7 @@ def list_jobs(
     *,
     connection: str | None = None,
     tenant: str | None = None,
+    tenants: Collection[str] | None = None,
     status: JobStatus | None = None,
     limit: int = 50,
     offset: int = 0,
@@ -129,6 +131,9 @@ def list_jobs(
         if value is not None:
             filters.append(clause)
             params.append(value)
+    if tenants is not None:  # a tenant-scoped caller sees only these
+        filters.append("c.tenant = ANY(%s)")
+        params.append(list(tenants))
     where = f"WHERE {' AND '.join(filters)}" if filters else ""
     total = conn.execute(
         f"SELECT count(*) AS n FROM sync_jobs j JOIN connections c ON c.id = j.connection_id {where}", params
