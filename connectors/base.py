@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
-from freshd.errors import ConfigError
+from freshd.errors import ConfigError, PermanentError
 
 
 class SyncMode(StrEnum):
@@ -98,6 +98,10 @@ class Connector(ABC):
     async def sync_entity(
         self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
     ) -> None: ...
+
+    async def fetch_items(self, stream: StreamSpec, ids: Sequence[str], ctx: SyncContext) -> None:
+        """Fetch these records again by id (`freshctl retry`); ids gone at the provider go in `deleted`."""
+        raise PermanentError(f"{self.provider} cannot fetch {stream.name} by id")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the connector's HTTP client."""

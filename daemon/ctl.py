@@ -252,8 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="live progress of a job (or --all), streamed by the daemon")
     watch.add_argument("id", type=int, nargs="?")
     watch.add_argument("--all", action="store_true")
-    for name in ("job", "pause", "resume", "cancel"):
-        sub.add_parser(name, help=f"{name} a job" if name != "job" else "one job").add_argument("id", type=int)
+    for name, text in (("job", "one job"), ("pause", "pause a job at the next page boundary"),
+                       ("resume", "resume a paused job"), ("cancel", "cancel a job (keeps what was committed)"),
+                       ("retry", "fetch again, by id, the items a job recorded as failed")):
+        sub.add_parser(name, help=text).add_argument("id", type=int)
     return parser
 
 
@@ -306,6 +308,8 @@ def render(cmd: str, result: Any) -> str:
             return show_jobs(result)
         case "job":
             return show_job(result)
+        case "retry":
+            return f"{result['job_id']} (retrying {result['items']} failed item(s) of job {result['retry_of']})"
         case _:
             return f"job {result['job_id']}: {result['requested']} requested"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,6 +129,10 @@ class JobOutcome:
     reauth_required: bool = False
 
 
+# a JSON \u0000 escape: preceded by an even number of backslashes (an odd run would be literal text)
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def encode_record(stream: StreamSpec, record: Any) -> records.EncodedRecord:
     """Canonical JSON (sorted keys) and its hash: equal content, equal hash, no rewrite."""
     if not isinstance(record, dict):
@@ -136,6 +141,9 @@ def encode_record(stream: StreamSpec, record: Any) -> records.EncodedRecord:
     if key is None or key == "":
         raise ValueError(f"record has no {stream.primary_key!r}")
     data = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    if b"\\u0000" in data and _NUL_ESCAPE.search(data):
+        # PostgreSQL's jsonb cannot hold NUL: left in, it would fail the whole page, not just this item
+        raise ValueError("record contains a NUL character (\\u0000), which PostgreSQL cannot store")
     return records.EncodedRecord(str(key), data.decode(), hashlib.blake2b(data, digest_size=16).digest())
 
 
@@ -176,12 +184,16 @@ class JobRunner:
         self.log.info("job.started", kind=self.job.kind.value)
         mode = SyncMode.INCREMENTAL if self.job.kind is JobKind.INCREMENTAL else SyncMode.FULL
         cursors = await self.store.call_retrying(records.load_cursors, self.connection_id)
+        retry_ids = await self._retry_ids() if self.job.kind is JobKind.RETRY else None
         errors: list[str] = []
         outcome: JobOutcome | None = None
         for name, progress in self.progress.entities.items():
             if progress.state == "done":
                 continue  # a resumed job keeps what it finished before the interruption
             try:
+                if retry_ids is not None:
+                    await self._retry_entity(self.connector.stream(name), retry_ids.get(name, ([], 0)), progress)
+                    continue
                 await self._sync_entity(self.connector.stream(name), cursors.get(name), mode, progress)
             except _Cancelled:
                 outcome = JobOutcome(JobStatus.CANCELLED, "cancelled by request")
@@ -230,8 +242,35 @@ class JobRunner:
         if self.on_progress is not None:
             self.on_progress(self.job, self.progress)
 
+    async def _retry_ids(self) -> dict[str, tuple[list[str], int]]:
+        """entity -> (failed ids to fetch again, failed items without an id, which cannot be)."""
+        failed = await self.store.call_retrying(jobs.failed_items, self.job.retry_of or 0)
+        out: dict[str, tuple[list[str], int]] = {}
+        for item in failed:
+            ids, anonymous = out.get(item["entity"], ([], 0))
+            if item["external_id"] is None:
+                anonymous += 1
+            elif item["external_id"] not in ids:
+                ids.append(item["external_id"])
+            out[item["entity"]] = (ids, anonymous)
+        return out
+
+    async def _retry_entity(self, stream: StreamSpec, work: tuple[list[str], int], progress: EntityProgress) -> None:
+        ids, anonymous = work
+        progress.total = len(ids) + anonymous
+        progress.skipped += anonymous  # no id to fetch it by
+        if ids:
+            await self._sync_entity(stream, None, SyncMode.INCREMENTAL, progress, retry_ids=ids)
+        progress.state = "done"
+
     async def _sync_entity(
-        self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, progress: EntityProgress
+        self,
+        stream: StreamSpec,
+        state: dict[str, Any] | None,
+        mode: SyncMode,
+        progress: EntityProgress,
+        *,
+        retry_ids: list[str] | None = None,
     ) -> None:
         progress.state = "running"
         progress.started = time.monotonic()
@@ -260,7 +299,10 @@ class JobRunner:
                 nonlocal failure
                 async with send:
                     try:
-                        await self.connector.sync_entity(stream, state, mode, Context())
+                        if retry_ids is not None:
+                            await self.connector.fetch_items(stream, retry_ids, Context())
+                        else:
+                            await self.connector.sync_entity(stream, state, mode, Context())
                     except Exception as exc:
                         failure = exc  # raised after the pages before it are committed
 

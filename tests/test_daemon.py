@@ -408,3 +408,31 @@ async def test_health_sweep_retriggers_a_connection_that_never_synced(
     assert (await running.wait_job(jobs[0]["id"]))["status"] == "completed"
     await running.daemon.health_sweep()  # synced once: nothing more to trigger
     assert (await running.ctl_json("jobs"))["total"] == 2
+
+
+async def test_a_bad_item_fails_alone_and_retry_fetches_it_again(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+) -> None:
+    sim, url = simulators[0]
+    sim.update("customers", 7, first_name="Null\x00Byte")  # PostgreSQL's jsonb cannot store NUL
+    running = await start_daemon(nursery, tmp_path, database_url, connection_block("eu", url))
+    first_id = (await running.ctl_json("jobs"))["jobs"][0]["id"]
+    first = await running.wait_job(first_id)
+    assert first["status"] == "partial"  # the item failed, the job went on
+    assert first["progress"]["customers"]["failed"] == 1 and first["progress"]["customers"]["processed"] == 119
+    detail = await running.ctl_json("job", str(first_id))
+    assert [(f["entity"], f["external_id"]) for f in detail["failed_items"]] == [("customers", "7")]
+    assert "NUL" in detail["failed_items"][0]["reason"]
+
+    sim.update("customers", 7, first_name="Fixed")  # the shop's data is repaired
+    sim.app.stats.clear()
+    retry = await running.ctl_json("retry", str(first_id))
+    assert retry["retry_of"] == first_id and retry["items"] == 1
+    done = await running.wait_job(retry["job_id"])
+    assert done["status"] == "completed" and done["kind"] == "retry"
+    assert done["progress"]["customers"]["processed"] == 1
+    assert sim.app.stats["/wp-json/wc/v3/customers"] == 1  # one request: just that id
+    assert query(database_url, "SELECT payload->>'first_name' FROM records WHERE entity = 'customers'"
+                 " AND external_id = '7'") == [("Fixed",)]
+    again = await running.ctl("retry", str(retry["job_id"]), check=False)
+    assert again.returncode == 1 and "no failed items" in again.stderr

@@ -35,9 +35,9 @@ async def add_connection(store, name: str = "shop") -> int:  # type: ignore[no-u
 async def test_migrations_apply_once_and_are_recorded(database_url: str) -> None:
     first = await trio.to_thread.run_sync(apply_migrations, database_url)
     again = await trio.to_thread.run_sync(apply_migrations, database_url)
-    assert [m.version for m in first] == [1]
+    assert [m.version for m in first] == [1, 2]
     assert again == []
-    assert query(database_url, "SELECT version FROM schema_migrations") == [(1,)]
+    assert query(database_url, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,)]
 
 
 async def test_page_write_is_idempotent_and_skips_unchanged(database_url: str) -> None:

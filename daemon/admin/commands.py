@@ -48,6 +48,7 @@ def job_json(job: JobRow, live: JobProgress | None = None) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "error": job.error,
+        "retry_of": job.retry_of,
     }
 
 
@@ -75,6 +76,7 @@ class DaemonAdmin:
             "resume": self.resume,
             "cancel": self.cancel,
             "watch": self.watch,
+            "retry": self.retry,
         }
 
     async def handle(self, request: Request, caller: Caller) -> Any:
@@ -257,6 +259,21 @@ class DaemonAdmin:
 
     async def cancel(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         return await self._control(args, caller, CancelJob)
+
+    async def retry(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Queue a job that fetches again, by id, the items `job` recorded as failed."""
+        job = await self._job(args["id"], caller)
+        if job.status in jobs.LIVE:
+            raise AdminError(ErrorCode.CONFLICT, f"job {job.id} is {job.status.value}: retry it once it has ended")
+        failed = await self.daemon.store.call(jobs.failed_items, job.id)
+        if not failed:
+            raise AdminError(ErrorCode.CONFLICT, f"job {job.id} has no failed items to retry")
+        retry, created = await self.daemon.store.call(jobs.create_job, job.connection_id, JobKind.RETRY,
+                                                      "manual", retry_of=job.id)
+        if not created:
+            raise AdminError(ErrorCode.CONFLICT, f"connection {job.connection!r} already has live job {retry.id}")
+        self.daemon.supervisor.send_nowait(job.connection, JobQueued(retry.id))
+        return {"job_id": retry.id, "retry_of": job.id, "items": len(failed)}
 
     # -- live progress ------------------------------------------------------------------------------
 

@@ -111,6 +111,7 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     "pause": _JOB,
     "resume": _JOB,
     "cancel": _JOB,
+    "retry": _JOB,
 }
 
 

@@ -14,7 +14,7 @@ connection" a database fact, not a hope.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -51,6 +51,7 @@ class JobKind(StrEnum):
     INITIAL = "initial"
     FULL = "full"
     INCREMENTAL = "incremental"
+    RETRY = "retry"  # fetch again the items another job recorded as failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +68,12 @@ class JobRow:
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
-    extra: dict[str, Any] = field(default_factory=dict)
+    retry_of: int | None = None
 
 
 _SELECT = (
     "SELECT j.id, j.connection_id, c.name AS connection, c.tenant, j.kind, j.status, j.trigger, j.progress,"
-    " j.created_at, j.started_at, j.finished_at, j.error"
+    " j.created_at, j.started_at, j.finished_at, j.error, j.retry_of"
     " FROM sync_jobs j JOIN connections c ON c.id = j.connection_id"
 )
 
@@ -83,13 +84,15 @@ def _job(row: dict[str, Any]) -> JobRow:
     return JobRow(**row)
 
 
-def create_job(conn: Connection, connection_id: int, kind: JobKind, trigger: str) -> tuple[JobRow, bool]:
+def create_job(
+    conn: Connection, connection_id: int, kind: JobKind, trigger: str, *, retry_of: int | None = None
+) -> tuple[JobRow, bool]:
     """Queue a job unless the connection already has a live one; return (job, created)."""
     row = conn.execute(
-        "INSERT INTO sync_jobs (connection_id, kind, status, trigger) VALUES (%s, %s, 'queued', %s)"
+        "INSERT INTO sync_jobs (connection_id, kind, status, trigger, retry_of) VALUES (%s, %s, 'queued', %s, %s)"
         " ON CONFLICT (connection_id) WHERE status IN ('queued', 'running', 'paused', 'interrupted')"
         " DO NOTHING RETURNING id",
-        (connection_id, kind.value, trigger),
+        (connection_id, kind.value, trigger, retry_of),
     ).fetchone()
     if row is not None:
         job = get_job(conn, int(row["id"]))  # type: ignore[call-overload]
