@@ -8,6 +8,8 @@ PostgreSQL (in its own virtualenv, bench/.venv-dlt, created on first use).
 Figures printed:
   freshd  initial sync records/s (job started_at -> finished_at), peak RSS of the daemon (VmHWM)
   freshd  no-op incremental sync of the unchanged connection: seconds
+  freshd  full re-sync records/s without and with a `freshctl watch` subscriber (progress cost)
+  freshd  seconds from `freshctl connections add` to the first records stored
   dlt     records/s (wall time of pipeline.run), peak RSS of its process
 
 Usage: .venv/bin/python bench/sync_woocommerce.py [--records 100000] [--skip-dlt]
@@ -156,11 +158,36 @@ def bench_freshd(db: str, base_url: str, records: int, work: Path) -> dict[str, 
         job_id = freshctl(sock, "sync", "bench")["job_id"]
         incremental = wait_job(sock, job_id)
         rss = peak_rss_mb(daemon.pid)
+        # progress reporting cost: the same full sync without, then with, a watcher attached
+        unwatched = wait_job(sock, freshctl(sock, "sync", "bench", "--full")["job_id"])
+        watched_id = freshctl(sock, "sync", "bench", "--full")["job_id"]
+        with process([str(BIN / "freshctl"), "--socket", str(sock), "--json", "watch", str(watched_id)],
+                     stdout=subprocess.PIPE) as watcher:
+            watched = wait_job(sock, watched_id)
+            events = len(watcher.communicate(timeout=60)[0].splitlines())
+        # time from `connections add` to the first records stored
+        added = time.perf_counter()
+        freshctl(sock, "connections", "add", "bench2", "--provider", "woocommerce", "--base-url", base_url,
+                 "--credential", f"consumer_key={CREDS['consumer_key']}",
+                 "--credential", f"consumer_secret={CREDS['consumer_secret']}")
+        first_records = None
+        with psycopg.connect(db) as conn:
+            while time.perf_counter() - added < 60:
+                row = conn.execute("SELECT count(*) FROM freshd.records r JOIN freshd.connections c"
+                                   " ON c.id = r.connection_id WHERE c.name = 'bench2'").fetchone()
+                if row and row[0]:
+                    first_records = time.perf_counter() - added
+                    break
+                time.sleep(0.005)
     return {
         "records_per_s": records / seconds(initial),
         "initial_s": seconds(initial),
         "noop_incremental_s": seconds(incremental),
         "peak_rss_mb": rss,
+        "full_unwatched_per_s": records / seconds(unwatched),
+        "full_watched_per_s": records / seconds(watched),
+        "watch_events": events,
+        "add_to_first_records_s": first_records if first_records is not None else float("nan"),
     }
 
 
@@ -224,6 +251,10 @@ def main() -> int:
         print(f"freshd: {result['records_per_s']:,.0f} records/s ({result['initial_s']:.2f} s), "
               f"peak RSS {result['peak_rss_mb']:.0f} MB, no-op incremental {result['noop_incremental_s']:.2f} s",
               flush=True)
+        print(f"freshd full re-sync: {result['full_unwatched_per_s']:,.0f} records/s unwatched, "
+              f"{result['full_watched_per_s']:,.0f} records/s with `freshctl watch` attached "
+              f"({result['watch_events']} progress events); connections add -> first records stored: "
+              f"{result['add_to_first_records_s']:.3f} s", flush=True)
         if not args.skip_dlt:
             with fresh_database(server) as db:
                 dlt = bench_dlt(db, base_url, args.records, work)

@@ -40,6 +40,7 @@ from freshd.store.jobs import JobKind, JobRow, JobStatus
 log = structlog.get_logger(__name__)
 
 MAX_BATCH_RECORDS = 2000  # group commit: at most this many records per transaction
+PROGRESS_LOG_EVERY = 5.0  # seconds between two job.progress log lines of one job
 
 
 class ControlRequest(StrEnum):
@@ -176,6 +177,7 @@ class JobRunner:
         names = entities or [s.name for s in connector.streams]
         self.progress = JobProgress.from_json(names, job.progress)
         self.log = log.bind(job=job.id, connection=job.connection)
+        self._logged_at = time.monotonic()
 
     async def run(self) -> JobOutcome:
         provider = self.connector.provider
@@ -241,6 +243,12 @@ class JobRunner:
     def _notify(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self.job, self.progress)
+        # the progress a watcher sees is logged too, at most every PROGRESS_LOG_EVERY seconds
+        now = time.monotonic()
+        if now - self._logged_at >= PROGRESS_LOG_EVERY:
+            self._logged_at = now
+            self.log.info("job.progress", status=self.job.status.value, percent=self.progress.percent(),
+                          eta_seconds=self.progress.eta_seconds(), progress=self.progress.as_json())
 
     async def _retry_ids(self) -> dict[str, tuple[list[str], int]]:
         """entity -> (failed ids to fetch again, failed items without an id, which cannot be)."""
@@ -276,12 +284,19 @@ class JobRunner:
         progress.started = time.monotonic()
         processed_at_start = progress.processed
         listing_started = await self.store.call_retrying(records.database_now)
-        send, receive = trio.open_memory_channel[Page](max(2, getattr(self.connector, "concurrency", 2)))
+        concurrency = int(getattr(self.connector, "concurrency", 2))
+        # page_concurrency = 1 is lockstep: emit returns once the page is committed, so nothing is
+        # fetched ahead and a crash loses at most the one page in flight
+        lockstep = concurrency <= 1
+        send, receive = trio.open_memory_channel[tuple[Page, trio.Event | None]](0 if lockstep else concurrency)
         runner = self
 
         class Context:
             async def emit(self, page: Page) -> None:
-                await send.send(page)
+                committed = trio.Event() if lockstep else None
+                await send.send((page, committed))
+                if committed is not None:
+                    await committed.wait()
 
             async def known_versions(self, entity: str, field_name: str) -> dict[str, str]:
                 versions: dict[str, str] = await runner.store.call_retrying(
@@ -320,22 +335,24 @@ class JobRunner:
     async def _write(
         self,
         stream: StreamSpec,
-        receive: trio.MemoryReceiveChannel[Page],
+        receive: trio.MemoryReceiveChannel[tuple[Page, trio.Event | None]],
         progress: EntityProgress,
         listing_started: Any,
         processed_at_start: int,
     ) -> None:
         provider = self.connector.provider
         async with receive:
-            async for first in receive:
+            async for first, first_committed in receive:
                 batch = [first]
+                committed = [first_committed]
                 size = len(first.records)
                 while size < self.max_batch_records:
                     try:
-                        page = receive.receive_nowait()
+                        page, page_committed = receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     batch.append(page)
+                    committed.append(page_committed)
                     size += len(page.records)
                 writes, failures = self._encode(stream, batch, progress)
                 reconcile = any(p.listing_complete for p in batch)
@@ -351,6 +368,9 @@ class JobRunner:
                 self.log.debug("job.page_committed", entity=stream.name, records=size, changed=changed,
                                pages=len(batch))
                 self._notify()
+                for event in committed:
+                    if event is not None:
+                        event.set()
                 await self._boundary()
 
     def _encode(

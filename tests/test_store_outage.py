@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import socket
 from pathlib import Path
 
 import psycopg
+import pytest
 import trio
 from psycopg.conninfo import conninfo_to_dict
 
@@ -31,8 +34,12 @@ def kill_backends(database_url: str) -> int:
 
 
 async def test_connections_killed_mid_sync_the_job_waits_and_completes(
-    nursery: trio.Nursery, tmp_path: Path, database_url: str,
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    systemd_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # stands in for systemd's
+    systemd_socket.bind(str(tmp_path / "notify"))
+    systemd_socket.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
     sim = WooCommerceSimulator(records=0, customers=RECORDS, seed=9, credentials={"consumer_key": "k",
                                                                                  "consumer_secret": "s"})
     sim.app.faults.latency = 0.05
@@ -64,3 +71,11 @@ async def test_connections_killed_mid_sync_the_job_waits_and_completes(
     assert daemon.store.available and metrics.store_up._value.get() == 1  # recovered
     assert query(database_url, "SELECT count(*), count(DISTINCT external_id) FROM records") == [(RECORDS, RECORDS)]
     assert daemon.supervisor.statuses()[0].restarts == 0  # waited out, no crash
+    told = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            told.append(systemd_socket.recv(4096).decode())
+    systemd_socket.close()
+    assert "READY=1" in told
+    assert any("STATUS=degraded: the database is unavailable" in m for m in told)
+    assert any("STATUS=running: store recovered" in m for m in told)

@@ -27,7 +27,7 @@ import structlog
 import trio
 from psycopg.rows import dict_row
 
-from freshd import metrics
+from freshd import metrics, systemd
 from freshd.errors import StoreUnavailable
 from freshd.store import migrate
 
@@ -129,8 +129,10 @@ class Store:
             metrics.store_up.set(1 if available else 0)
             if available:
                 log.info("store.recovered")
+                systemd.status("running: store recovered")
             else:
                 log.warning("store.unavailable")
+                systemd.status("degraded: the database is unavailable, retrying")
 
     async def ping(self) -> bool:
         try:
