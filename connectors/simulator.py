@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 import orjson
 import trio
 
-from freshd.asgi import serve_asgi
+from freshd.asgi import acknowledge_lifespan, serve_asgi
 
 __all__ = ["FakeData", "Faults", "Request", "Response", "SimulatorApp", "serve_asgi"]
 
@@ -211,13 +211,8 @@ class SimulatorApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await acknowledge_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         body = b""

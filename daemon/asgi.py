@@ -21,6 +21,17 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 
+async def acknowledge_lifespan(receive: Any, send: Any) -> None:
+    """Answer hypercorn's lifespan startup/shutdown (our apps hold no app-level resources)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def serve_asgi(
     app: Any,
     host: str = "127.0.0.1",

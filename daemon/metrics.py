@@ -40,7 +40,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from freshd import __version__
-from freshd.asgi import serve_asgi
+from freshd.asgi import acknowledge_lifespan, serve_asgi
 from freshd.config import split_host_port
 
 __all__ = [
@@ -160,13 +160,8 @@ _prometheus_app = make_asgi_app(REGISTRY)
 async def _app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     """`/metrics` from prometheus_client; 404 elsewhere; lifespan acknowledged, so hypercorn is quiet."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await acknowledge_lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     if scope["path"] == "/metrics":
