@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--status", help="queued, running, paused, completed, partial, failed, cancelled, interrupted")
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--offset", type=int, default=0)
+    sub.add_parser("health", help="health figures; exit 0 when healthy, 1 otherwise")
+    sub.add_parser("schedule", help="the periodic sweeps and their next run")
+    sub.add_parser("trigger", help="run a sweep now").add_argument("sweep")
     watch = sub.add_parser("watch", help="live progress of a job (or --all), streamed by the daemon")
     watch.add_argument("id", type=int, nargs="?")
     watch.add_argument("--all", action="store_true")
@@ -278,6 +281,10 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
                                        "credentials": credentials, "tenant": args.tenant, "options": options}
         case "sync":
             return "sync", {"name": args.name, "full": args.full, "force": args.force}
+        case "health" | "schedule":
+            return args.command, {}
+        case "trigger":
+            return "trigger", {"sweep": args.sweep}
         case "watch":
             if args.id is None and not args.all:
                 parser.error("watch needs a job id or --all")
@@ -308,6 +315,23 @@ def render(cmd: str, result: Any) -> str:
             return show_jobs(result)
         case "job":
             return show_job(result)
+        case "health":
+            syncs = result["syncs"]
+            rate = "-" if syncs["success_rate"] is None else f"{100 * syncs['success_rate']:.1f}%"
+            age = result["oldest_data_age_seconds"]
+            lines = [f"{'healthy' if result['healthy'] else 'UNHEALTHY'}: store {result['store']}, "
+                     f"scheduler {result['scheduler']}",
+                     f"syncs: {syncs['total']} finished, {syncs['successful']} successful ({rate}), "
+                     f"{syncs['active']} active",
+                     "connections: " + (", ".join(f"{n} {s}" for s, n in sorted(result["connections"].items()))
+                                        or "none"),
+                     f"oldest data: {'-' if age is None else f'{age}s'}"]
+            return "\n".join(lines + [f"  problem: {p}" for p in result["problems"]])
+        case "schedule":
+            return table(["SWEEP", "SCHEDULE", "NEXT RUN", "RUNNING"],
+                         [[w["id"], w["trigger"], ago(w["next_run_time"]), w["running"]] for w in result["sweeps"]])
+        case "trigger":
+            return f"sweep {result['sweep']} started"
         case "retry":
             return f"{result['job_id']} (retrying {result['items']} failed item(s) of job {result['retry_of']})"
         case _:
@@ -332,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"freshctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(json.dumps(result, indent=2) if args.json else render(cmd, result))
+    if cmd == "health" and not result["healthy"]:
+        return EXIT_ERROR  # for scripts and monitoring: the figures above say why
     return EXIT_OK
 
 

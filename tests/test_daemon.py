@@ -436,3 +436,34 @@ async def test_a_bad_item_fails_alone_and_retry_fetches_it_again(
                  " AND external_id = '7'") == [("Fixed",)]
     again = await running.ctl("retry", str(retry["job_id"]), check=False)
     assert again.returncode == 1 and "no failed items" in again.stderr
+
+
+async def test_health_schedule_and_trigger(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+) -> None:
+    good, bad = simulators
+    bad[0].app.faults.configure({"status": 503, "count": 10_000})
+    running = await start_daemon(nursery, tmp_path, database_url, connection_block("ok", good[1])
+                                 + connection_block("down", bad[1]) + 'options = { entities = ["products"] }\n')
+    for job in (await running.ctl_json("jobs"))["jobs"]:
+        await running.wait_job(job["id"])
+    health = await running.ctl("health", check=False)
+    assert health.returncode == 1 and "UNHEALTHY" in health.stdout and "down: error" in health.stdout
+    figures = json.loads((await running.ctl("--json", "health", check=False)).stdout)
+    assert figures["store"] == "up" and figures["scheduler"] == "running"
+    assert figures["syncs"] == {"total": 2, "successful": 1, "success_rate": 0.5, "active": 0}
+    assert figures["connections"] == {"idle": 1, "error": 1} and figures["oldest_data_age_seconds"] is not None
+
+    sweeps = {s["id"]: s for s in (await running.ctl_json("schedule"))["sweeps"]}
+    assert set(sweeps) == {"sync", "health", "cleanup"} and sweeps["health"]["next_run_time"]
+    # the provider is back; the health sweep, run now, re-queues the connection that never synced
+    bad[0].app.faults.clear()
+    assert (await running.ctl_json("trigger", "health"))["started"] is True
+    with trio.fail_after(30):
+        while (await running.ctl_json("jobs", "--connection", "down"))["total"] < 2:
+            await trio.sleep(0.05)
+    retried = (await running.ctl_json("jobs", "--connection", "down"))["jobs"][0]
+    assert (await running.wait_job(retried["id"]))["status"] == "completed"
+    assert (await running.ctl("health")).returncode == 0
+    unknown = await running.ctl("trigger", "nope", check=False)
+    assert unknown.returncode == 1 and "valid sweeps" in unknown.stderr

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from freshd import __version__
+from freshd import __version__, scheduler
 from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Request
 from freshd.connectors.base import connector_class
 from freshd.errors import AdminError, ConfigError, StoreUnavailable
@@ -77,6 +77,9 @@ class DaemonAdmin:
             "cancel": self.cancel,
             "watch": self.watch,
             "retry": self.retry,
+            "health": self.health,
+            "schedule": self.schedule,
+            "trigger": self.trigger,
         }
 
     async def handle(self, request: Request, caller: Caller) -> Any:
@@ -274,6 +277,51 @@ class DaemonAdmin:
             raise AdminError(ErrorCode.CONFLICT, f"connection {job.connection!r} already has live job {retry.id}")
         self.daemon.supervisor.send_nowait(job.connection, JobQueued(retry.id))
         return {"job_id": retry.id, "retry_of": job.id, "items": len(failed)}
+
+    # -- health and sweeps ---------------------------------------------------------------------------
+
+    async def health(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """The figures monitoring wants, and a verdict: healthy unless something needs a person."""
+        store_ok = await self.daemon.store.ping()
+        scheduler_ok = bool(self.daemon.scheduler is not None and self.daemon.scheduler.running)
+        statuses = [s for s in self.daemon.supervisor.statuses() if caller.sees(s.tenant)]
+        by_state: dict[str, int] = {}
+        for status in statuses:
+            by_state[status.state.value] = by_state.get(status.state.value, 0) + 1
+        stats = await self.daemon.store.call(jobs.job_stats) if store_ok else {}
+        now = datetime.now(UTC)
+        ages = [(now - s.last_success_at).total_seconds() for s in statuses if s.last_success_at]
+        problems = [] if store_ok else ["the database is unavailable"]
+        if not scheduler_ok:
+            problems.append("the scheduler is not running")
+        problems += [f"{s.name}: {s.state.value}" + (f" ({s.error})" if s.error else "") for s in statuses
+                     if s.state.value in ("error", "reauth_required", "restarting")]
+        total = stats.get("total", 0)
+        return {
+            "healthy": not problems,
+            "problems": problems,
+            "store": "up" if store_ok else "unavailable",
+            "scheduler": "running" if scheduler_ok else "stopped",
+            "syncs": {"total": total, "successful": stats.get("successful", 0),
+                      "success_rate": round(stats.get("successful", 0) / total, 4) if total else None,
+                      "active": stats.get("active", 0)},
+            "connections": by_state,
+            "oldest_data_age_seconds": round(max(ages)) if ages else None,
+        }
+
+    async def schedule(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return {"sweeps": scheduler.describe(self.daemon.scheduler) if self.daemon.scheduler else []}
+
+    async def trigger(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        if caller.tenants is not None:
+            raise AdminError(ErrorCode.FORBIDDEN, "sweeps act on every tenant: only administrators may trigger them")
+        try:
+            await scheduler.run_now(self.daemon.scheduler, args["sweep"])
+        except KeyError as exc:
+            raise AdminError(ErrorCode.NOT_FOUND, str(exc.args[0])) from None
+        except scheduler.SweepBusy:
+            raise AdminError(ErrorCode.CONFLICT, f"sweep {args['sweep']!r} is already running") from None
+        return {"sweep": args["sweep"], "started": True}
 
     # -- live progress ------------------------------------------------------------------------------
 

@@ -112,6 +112,9 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     "resume": _JOB,
     "cancel": _JOB,
     "retry": _JOB,
+    "health": {},
+    "schedule": {},
+    "trigger": {"sweep": _NAME},
 }
 
 

@@ -217,3 +217,15 @@ def prune_jobs(conn: Connection, *, keep_per_connection: int, max_age: timedelta
         " WHERE j.status = ANY(%s) AND (j.rank > %s OR j.finished_at < now() - %s))",
         ([s.value for s in FINISHED], keep_per_connection, max_age),
     ).rowcount
+
+
+def job_stats(conn: Connection) -> dict[str, int]:
+    """For `freshctl health`: finished jobs, the successful ones, and the live ones."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE status = ANY(%s)) AS total,"
+        " count(*) FILTER (WHERE status IN ('completed', 'partial')) AS successful,"
+        " count(*) FILTER (WHERE status = ANY(%s)) AS active FROM sync_jobs",
+        ([s.value for s in FINISHED], [s.value for s in LIVE]),
+    ).fetchone()
+    assert row is not None
+    return {k: int(v) for k, v in row.items()}  # type: ignore[call-overload]
