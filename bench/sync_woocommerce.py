@@ -155,12 +155,12 @@ def bench_freshd(db: str, base_url: str, records: int, work: Path) -> dict[str, 
         stored = freshctl(sock, "status")["connections"][0]["records"]
         assert stored == records, f"stored {stored} of {records}"
         # the minimum gap between syncs does not apply to a benchmark: force it
-        job_id = freshctl(sock, "sync", "bench")["job_id"]
+        job_id = freshctl(sock, "sync", "bench", "--force")["job_id"]
         incremental = wait_job(sock, job_id)
         rss = peak_rss_mb(daemon.pid)
         # progress reporting cost: the same full sync without, then with, a watcher attached
-        unwatched = wait_job(sock, freshctl(sock, "sync", "bench", "--full")["job_id"])
-        watched_id = freshctl(sock, "sync", "bench", "--full")["job_id"]
+        unwatched = wait_job(sock, freshctl(sock, "sync", "bench", "--full", "--force")["job_id"])
+        watched_id = freshctl(sock, "sync", "bench", "--full", "--force")["job_id"]
         with process([str(BIN / "freshctl"), "--socket", str(sock), "--json", "watch", str(watched_id)],
                      stdout=subprocess.PIPE) as watcher:
             watched = wait_job(sock, watched_id)

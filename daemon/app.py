@@ -33,6 +33,7 @@ from freshd.config import Config, load_config
 from freshd.embedded_pg import open_embedded_postgres
 from freshd.errors import ConfigError, StoreUnavailable
 from freshd.messages import JobQueued
+from freshd.policies.staleness import Staleness, Verdict
 from freshd.scheduler import Sweep, add_sweeps, create_scheduler, serve_scheduler
 from freshd.slots import SyncSlots
 from freshd.store import Store, activity, connections, jobs, open_store
@@ -108,14 +109,22 @@ class Daemon:
 
     # -- sweeps -------------------------------------------------------------------------------------
 
+    @property
+    def staleness(self) -> Staleness:
+        s = self.config.staleness
+        return Staleness(fresh_below=s.fresh_below, stale_after=s.stale_after, min_gap=s.min_gap)
+
     async def sync_sweep(self) -> None:
-        """Queue an incremental sync for every connection whose data is older than the interval."""
+        """Queue a sync for every connection whose data is no longer fresh (and past the minimum gap)."""
         if not self.config.schedule.scheduled_sync:
             return
-        interval = timedelta(seconds=self.config.schedule.sync_interval)
+        policy = self.staleness
         now = datetime.now(UTC)
+        started = await self.store.call(jobs.last_started)
         for row in await self.store.call(connections.list_connections):
-            if row.last_success_at is not None and now - row.last_success_at < interval:
+            decision = policy.decide(now=now, last_success_at=row.last_success_at,
+                                     last_started_at=started.get(row.id), scheduled=True)
+            if decision.verdict is not Verdict.SYNC:
                 continue
             kind = JobKind.INCREMENTAL if row.last_success_at else JobKind.INITIAL
             job, _ = await self.store.call(jobs.create_job, row.id, kind, "schedule")

@@ -122,7 +122,7 @@ async def test_a_tenant_user_sees_and_acts_on_its_tenant_only(nursery: trio.Nurs
         for name, tenant, port in (("acme-shop", "acme", sims[0]), ("globex-shop", "globex", sims[1])))
     config_path.write_text(
         f'database_url = "{database_url}"\nstate_dir = "{home}"\n[admin]\nsocket = "{sock}"\n'
-        f'[admin.tenants.acme]\nusers = ["nobody"]\n[metrics]\nenabled = false\n'
+        f'[admin.tenants.acme]\nusers = ["nobody"]\n[metrics]\nenabled = false\n[staleness]\nmin_gap = "0s"\n'
         f'[schedule]\nscheduled_sync = false\n' + connections)
     await nursery.start(functools.partial(run_daemon, load_config(config_path, env={}), config_path=config_path))
     os.chmod(home, 0o755)

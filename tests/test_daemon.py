@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +65,16 @@ class Running:
                 await trio.sleep(0.1)
 
 
-async def start_daemon(nursery: trio.Nursery, tmp_path: Path, database_url: str, body: str) -> Running:
+async def start_daemon(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, body: str, *, min_gap: str = "0s"
+) -> Running:
+    """A daemon on a config file; min_gap 0 by default, so tests may sync again at once."""
     config_path = tmp_path / "freshd.toml"
     sock = tmp_path / "run" / "admin.sock"
     config_path.write_text(
         f'database_url = "{database_url}"\nstate_dir = "{tmp_path}"\n'
         f'[admin]\nsocket = "{sock}"\n[metrics]\naddress = "127.0.0.1:0"\n[schedule]\nscheduled_sync = false\n'
+        f'[staleness]\nmin_gap = "{min_gap}"\n'
         + body
     )
     config = load_config(config_path, env={})
@@ -243,7 +247,7 @@ async def test_a_crashing_actor_is_restarted_and_others_keep_syncing(
     sock = tmp_path / "run" / "admin.sock"
     config_path.write_text(
         f'database_url = "{database_url}"\nstate_dir = "{tmp_path}"\n[admin]\nsocket = "{sock}"\n'
-        f'[metrics]\nenabled = false\n[schedule]\nscheduled_sync = false\n' + body)
+        f'[metrics]\nenabled = false\n[schedule]\nscheduled_sync = false\n[staleness]\nmin_gap = "0s"\n' + body)
     config = load_config(config_path, env={}, providers=("woocommerce", "crashy"))
     daemon = await nursery.start(functools.partial(run_daemon, config, config_path=config_path))
     running = Running(daemon, sock, config_path, database_url)
@@ -467,3 +471,25 @@ async def test_health_schedule_and_trigger(
     assert (await running.ctl("health")).returncode == 0
     unknown = await running.ctl("trigger", "nope", check=False)
     assert unknown.returncode == 1 and "valid sweeps" in unknown.stderr
+
+
+async def test_minimum_gap_defers_manual_syncs_unless_forced_and_status_shows_freshness(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+) -> None:
+    running = await start_daemon(nursery, tmp_path, database_url, connection_block("eu", simulators[0][1]),
+                                 min_gap="5m")
+    first = (await running.ctl_json("jobs"))["jobs"][0]
+    await running.wait_job(first["id"])
+    soon = await running.ctl("sync", "eu", check=False)
+    assert soon.returncode == 1 and "minimum gap is 5m00s" in soon.stderr and "--force" in soon.stderr
+    forced = await running.ctl_json("sync", "eu", "--force")
+    assert forced["created"] is True
+    await running.wait_job(forced["job_id"])
+    assert query(database_url, "SELECT count(*) FROM activity_log WHERE kind = 'sync.forced'") == [(1,)]
+    view = (await running.ctl_json("status"))["connections"][0]
+    assert view["stale"] is False and 0 <= view["data_age_seconds"] < 60
+    # the scheduled sweep skips fresh data: no new job
+    running.daemon.config = replace(running.daemon.config, schedule=replace(running.daemon.config.schedule,
+                                                                            scheduled_sync=True))
+    await running.daemon.sync_sweep()
+    assert (await running.ctl_json("jobs"))["total"] == 2

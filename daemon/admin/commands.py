@@ -13,17 +13,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from freshd import __version__, scheduler
 from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Request
 from freshd.connectors.base import connector_class
 from freshd.errors import AdminError, ConfigError, StoreUnavailable
 from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
+from freshd.policies.staleness import Verdict
 from freshd.store import activity, connections, jobs, records
 from freshd.store.jobs import JobKind, JobRow, JobStatus
 from freshd.sync import JobProgress
 
 if TYPE_CHECKING:
     from freshd.app import Daemon
+
+log = structlog.get_logger(__name__)
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -96,17 +101,23 @@ class DaemonAdmin:
     async def _connection_views(self, caller: Caller) -> list[dict[str, Any]]:
         counts = await self.daemon.store.call(records.count_records)
         ids = {row.name: row.id for row in await self.daemon.store.call(connections.list_connections)}
+        started = await self.daemon.store.call(jobs.last_started)
+        policy, now = self.daemon.staleness, datetime.now(UTC)
         views = []
         for status in self.daemon.supervisor.statuses():
             if not caller.sees(status.tenant):
                 continue
+            last_started = started.get(ids.get(status.name, -1))
+            scheduled = self.daemon.config.schedule.scheduled_sync
             views.append({
+                "data_age_seconds": round(policy.age(now, status.last_success_at)) if status.last_success_at else None,
+                "stale": policy.is_stale(now, status.last_success_at),
                 "name": status.name,
                 "provider": status.provider,
                 "tenant": status.tenant,
                 "state": status.state.value,
                 "last_success_at": iso(status.last_success_at),
-                "next_sync_at": iso(status.next_sync_at),
+                "next_sync_at": iso(policy.due_at(status.last_success_at, last_started)) if scheduled else None,
                 "records": counts.get(ids.get(status.name, -1), 0),
                 "error": status.error,
                 "job_id": status.job_id,
@@ -208,6 +219,21 @@ class DaemonAdmin:
     async def sync(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         row = await self._row(args["name"], caller)
         kind = JobKind.FULL if args.get("full") else JobKind.INCREMENTAL
+        live = await self.daemon.store.call(jobs.live_job, row.id)
+        if live is not None:  # one sync per connection: the existing job is the answer
+            return {"job_id": live.id, "created": False, "status": live.status.value}
+        force = bool(args.get("force"))
+        last_started = (await self.daemon.store.call(jobs.last_started)).get(row.id)
+        decision = self.daemon.staleness.decide(now=datetime.now(UTC), last_success_at=row.last_success_at,
+                                                last_started_at=last_started, scheduled=False, force=force)
+        if decision.verdict is Verdict.DEFER_GAP:
+            raise AdminError(ErrorCode.CONFLICT, f"{row.name}: {decision.reason}; retry after "
+                             f"{iso(decision.retry_at)} or use --force")
+        if force:
+            log.warning("sync.forced", connection=row.name, peer_uid=caller.peer.uid)
+            await self.daemon.store.call(activity.log_activity, "sync.forced",
+                                         f"sync of {row.name} forced by uid {caller.peer.uid}",
+                                         connection_id=row.id)
         job, created = await self.daemon.store.call(jobs.create_job, row.id, kind, "manual")
         self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
         return {"job_id": job.id, "created": created, "status": job.status.value}

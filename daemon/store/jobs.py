@@ -229,3 +229,11 @@ def job_stats(conn: Connection) -> dict[str, int]:
     ).fetchone()
     assert row is not None
     return {k: int(v) for k, v in row.items()}  # type: ignore[call-overload]
+
+
+def last_started(conn: Connection) -> dict[int, datetime]:
+    """connection id -> when its latest job started (or was queued): for the minimum gap."""
+    rows = conn.execute(
+        "SELECT connection_id, max(COALESCE(started_at, created_at)) AS at FROM sync_jobs GROUP BY connection_id"
+    ).fetchall()
+    return {int(row["connection_id"]): row["at"] for row in rows}  # type: ignore[call-overload, misc]

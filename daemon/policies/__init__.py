@@ -1,0 +1,1 @@
+"""Per-connection policies: pure decisions the actor and the sweeps consult."""
