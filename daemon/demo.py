@@ -29,6 +29,11 @@ level = "info"
 sync_interval = "1m"    # short, so the demo shows incremental syncs picking up changes
 jitter = "5s"
 
+[staleness]             # demo scale: data is "fresh" for 30 s rather than 2 h
+fresh_below = "30s"
+stale_after = "5m"
+min_gap = "20s"
+
 [metrics]
 address = "127.0.0.1:0"
 
