@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
+from freshd.connectors.http import Classify, ProviderClient, TokenHeader, bearer, classify_http
 from freshd.errors import ConfigError, PermanentError
+from freshd.policies.gate import ConnectionPolicies, limits_for
+from freshd.policies.ratelimit import Rate
+from freshd.policies.tokens import Token
 
 
 class SyncMode(StrEnum):
@@ -80,19 +84,62 @@ class SyncContext(Protocol):
 
 
 class Connector(ABC):
-    """Base class: a provider module declares `provider` and `streams` and implements sync_entity."""
+    """Base class: a provider module declares `provider` and `streams` and implements sync_entity.
+
+    Policies: the connection's actor passes `policies` (gate: breaker and rate
+    limits; tokens: the shared token refresher; retry settings).  Every HTTP
+    client a connector uses must come from `http_client()`, so nothing bypasses
+    them.  Built without policies (tests, benchmarks), a connector gets its own
+    from the provider's `rate_limits` defaults and the connection's options.
+    """
 
     provider: ClassVar[str]
     streams: ClassVar[tuple[StreamSpec, ...]]
+    # operation -> usage plan; "default" covers operations without their own (None: unlimited
+    # until the provider says otherwise)
+    rate_limits: ClassVar[Mapping[str, Rate]] = {}
 
-    def __init__(self, settings: ConnectionSettings) -> None:
+    def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.settings = settings
+        self.policies = policies or ConnectionPolicies.standalone(
+            self.provider, self.rate_limits, settings.options, name=settings.name)
+
+    @classmethod  # noqa: B027 - an optional hook
+    def validate_settings(cls, settings: ConnectionSettings) -> None:
+        """Raise ConfigError (naming the option) if `settings` cannot work; called by config load and
+        `connections add` before anything is stored, so bad input changes nothing."""
 
     def stream(self, name: str) -> StreamSpec:
         for spec in self.streams:
             if spec.name == name:
                 return spec
         raise KeyError(name)
+
+    def http_client(
+        self,
+        base_url: str,
+        *,
+        classify: Classify = classify_http,
+        auth: Any = None,
+        headers: dict[str, str] | None = None,
+        token_header: TokenHeader | None = None,
+        max_connections: int = 8,
+        timeout: float = 30.0,
+    ) -> ProviderClient:
+        """An HTTP client behind this connection's policies.
+
+        With `token_header`, requests carry the connection's access token (from
+        `refresh_token`, refreshed ahead of expiry) in the header(s) it returns.
+        """
+        uses_tokens = token_header is not None
+        return ProviderClient(
+            self.provider, base_url, classify=classify, auth=auth, headers=headers,
+            max_connections=max_connections, timeout=timeout,
+            retry=self.policies.retry, gate=self.policies.gate,
+            tokens=self.policies.tokens if uses_tokens else None,
+            refresh=self.refresh_token if uses_tokens else None,
+            token_header=token_header or bearer,
+        )
 
     @abstractmethod
     async def sync_entity(
@@ -103,6 +150,33 @@ class Connector(ABC):
         """Fetch these records again by id (`freshctl retry`); ids gone at the provider go in `deleted`."""
         raise PermanentError(f"{self.provider} cannot fetch {stream.name} by id")
 
+    async def refresh_token(self, current: Token | None) -> Token:
+        """OAuth-style providers: get a new access token (raise ReauthRequired if the grant is refused).
+
+        Called by the connection's TokenRefresher only (single-flight, persisted before use);
+        `current` is the token being replaced (its refresh_token may be newer than the credentials').
+        """
+        raise PermanentError(f"{self.provider} has no token refresh")
+
+    @property
+    def uses_tokens(self) -> bool:
+        return type(self).refresh_token is not Connector.refresh_token
+
+    async def ensure_token(self) -> bool:
+        """The token sweep: refresh if the token expires within the buffer. True if it refreshed."""
+        if not self.uses_tokens or not self.policies.tokens.due():
+            return False
+        before = self.policies.tokens.refreshes
+        await self.policies.tokens.valid(self.refresh_token)
+        return self.policies.tokens.refreshes > before
+
+    async def probe(self) -> None:
+        """The health sweep's cheap call (one small request); raises the taxonomy's errors.
+
+        A connector without one raises NotImplementedError; the sweep then skips it.
+        """
+        raise NotImplementedError
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the connector's HTTP client."""
 
@@ -110,6 +184,11 @@ class Connector(ABC):
 # provider name -> "module:Class"; imported on first use so the daemon loads only what it runs.
 _REGISTRY = {
     "woocommerce": "freshd.connectors.woocommerce.connector:WooCommerceConnector",
+    "odoo": "freshd.connectors.odoo.connector:OdooConnector",
+    "orion": "freshd.connectors.orion.connector:OrionConnector",
+    "amazon_sp": "freshd.connectors.amazon_sp.connector:AmazonSPConnector",
+    "powens": "freshd.connectors.powens.connector:PowensConnector",
+    "rest": "freshd.connectors.rest.connector:RestConnector",
 }
 
 
@@ -127,3 +206,10 @@ def connector_class(provider: str) -> type[Connector]:
     module, _, name = target.partition(":")
     cls: type[Connector] = getattr(importlib.import_module(module), name)
     return cls
+
+
+def check_settings(settings: ConnectionSettings) -> None:
+    """Everything that can be checked before a connection is stored: raises ConfigError naming the option."""
+    cls = connector_class(settings.provider)
+    limits_for(cls.rate_limits, settings.options)
+    cls.validate_settings(settings)

@@ -1,23 +1,24 @@
 """The one door to a provider: every HTTP request a connector makes goes through here.
 
 `ProviderClient.request` is the choke point where the connection's policies
-apply (retries now; the rate limiter and circuit breaker hook in at `gate`),
+apply: the access token (freshd.policies.tokens), the breaker and rate limits
+(`gate`, freshd.policies.gate) and retries,
 where request metrics are counted, and where responses are classified into
 freshd's error taxonomy by the provider's own `classify` function.
 
 Error handling: timeouts and connection errors become TransientError; a
 response goes through `classify` (the provider's one mapping table).
-TransientError (incl. RateLimited) is retried with exponential backoff and full
-jitter, honouring Retry-After; everything else is raised at once.
+TransientError is retried with exponential backoff and full jitter (3 attempts);
+RateLimited waits out Retry-After (the gate holds every request of the
+connection back, not just this one) for up to 8 attempts; CircuitOpen, AuthExpired
+after its one refresh, and everything else are raised at once.
 """
 
 from __future__ import annotations
 
-import email.utils
-import random
+import functools
+import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
@@ -28,31 +29,19 @@ import trio
 from freshd import metrics
 from freshd.errors import (
     AuthExpired,
+    CircuitOpen,
     PermanentError,
     ProviderError,
     RateLimited,
     TransientError,
 )
+from freshd.policies.ratelimit import parse_retry_after
+from freshd.policies.retry import RetryPolicy
+from freshd.policies.tokens import Refresh, Token, TokenRefresher
 
 log = structlog.get_logger(__name__)
 
 Classify = Callable[[httpx.Response], ProviderError | None]
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """RFC 9110 Retry-After: delay-seconds or an HTTP-date. None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def classify_http(response: httpx.Response) -> ProviderError | None:
@@ -70,39 +59,52 @@ def classify_http(response: httpx.Response) -> ProviderError | None:
     return PermanentError(message, status=status)
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    attempts: int = 3
-    base: float = 1.0
-    cap: float = 30.0
-
-    def delay(self, attempt: int, error: TransientError) -> float:
-        if isinstance(error, RateLimited) and error.retry_after is not None:
-            return error.retry_after
-        # full jitter: uniform(0, min(cap, base * 2**attempt))
-        return random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
-
-
 class RequestGate(Protocol):
-    """What a connection's policies do around each request (rate limit, breaker)."""
+    """What a connection's policies do around each request (breaker, rate limits).
 
-    async def before_request(self) -> None: ...
+    `limit` names the operation's rate-limit bucket (None: the connection's default).
+    """
 
-    def after_request(self, response: httpx.Response | None, error: ProviderError | None) -> None:
+    async def before_request(self, limit: str | None = None) -> None: ...
+
+    def after_request(
+        self, response: httpx.Response | None, error: ProviderError | None, limit: str | None = None
+    ) -> None:
         """Called once per attempt: the response (if any) and what `classify` made of it."""
         ...
 
 
 class OpenGate:
-    async def before_request(self) -> None:
+    async def before_request(self, limit: str | None = None) -> None:
         await trio.lowlevel.checkpoint()
 
-    def after_request(self, response: httpx.Response | None, error: ProviderError | None) -> None:
+    def after_request(
+        self, response: httpx.Response | None, error: ProviderError | None, limit: str | None = None
+    ) -> None:
         pass
 
 
+TokenHeader = Callable[[Token], dict[str, str]]
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every client: building one costs milliseconds and ~100 KB,
+    which thousands of connections' probes and syncs would otherwise pay each time."""
+    return ssl.create_default_context()
+
+
+def bearer(token: Token) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token.access_token}"}
+
+
 class ProviderClient:
-    """An httpx.AsyncClient with the connection's policies wrapped around every request."""
+    """An httpx.AsyncClient with the connection's policies wrapped around every request.
+
+    With `refresh` (the provider's token request) each request carries a token
+    from `tokens` (refreshed ahead of expiry, single-flight) in `token_header`;
+    an AuthExpired answer refreshes once and resends once.
+    """
 
     def __init__(
         self,
@@ -116,12 +118,18 @@ class ProviderClient:
         max_connections: int = 8,
         retry: RetryPolicy | None = None,
         gate: RequestGate | None = None,
+        tokens: TokenRefresher | None = None,
+        refresh: Refresh | None = None,
+        token_header: TokenHeader = bearer,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.provider = provider
         self.classify = classify
         self.retry = retry or RetryPolicy()
         self.gate: RequestGate = gate or OpenGate()
+        self.refresh = refresh
+        self.tokens = tokens if tokens is not None else (TokenRefresher(provider=provider) if refresh else None)
+        self.token_header = token_header
         self._client = httpx.AsyncClient(
             base_url=base_url,
             auth=auth,
@@ -130,28 +138,41 @@ class ProviderClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
             follow_redirects=False,
+            verify=_tls_context(),
         )
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def request(self, method: str, url: str, *, limit: str | None = None, **kwargs: Any) -> httpx.Response:
         """Send with retries; return a response `classify` accepted, or raise its error."""
-        response, _ = await self._send(method, url, decode=None, **kwargs)
+        response, _ = await self._send(method, url, decode=None, limit=limit, **kwargs)
         return response
 
-    async def get_json(self, url: str, **kwargs: Any) -> tuple[Any, httpx.Response]:
+    async def get_json(self, url: str, *, limit: str | None = None, **kwargs: Any) -> tuple[Any, httpx.Response]:
         """GET and decode JSON; a malformed body counts as transient (retried)."""
-        response, body = await self._send("GET", url, decode=orjson.loads, **kwargs)
+        response, body = await self._send("GET", url, decode=orjson.loads, limit=limit, **kwargs)
+        return body, response
+
+    async def request_json(
+        self, method: str, url: str, *, limit: str | None = None, **kwargs: Any
+    ) -> tuple[Any, httpx.Response]:
+        """Any method, JSON body decoded (JSON-RPC POSTs, token requests)."""
+        response, body = await self._send(method, url, decode=orjson.loads, limit=limit, **kwargs)
         return body, response
 
     async def _send(
-        self, method: str, url: str, *, decode: Callable[[bytes], Any] | None, **kwargs: Any
+        self, method: str, url: str, *, decode: Callable[[bytes], Any] | None, limit: str | None, **kwargs: Any
     ) -> tuple[httpx.Response, Any]:
         attempt = 0
+        refreshed = False
         while True:
             attempt += 1
-            await self.gate.before_request()
+            token: Token | None = None
+            if self.refresh is not None and self.tokens is not None:
+                token = await self.tokens.valid(self.refresh)
+                kwargs["headers"] = {**(kwargs.get("headers") or {}), **self.token_header(token)}
+            await self.gate.before_request(limit)
             error: ProviderError | None
             response: httpx.Response | None = None
             try:
@@ -164,6 +185,9 @@ class ProviderClient:
                 error = TransientError(f"cannot reach {self.provider}: {type(exc).__name__}")
                 error.__cause__ = exc
                 metrics.provider_requests_total.labels(self.provider, "error").inc()
+            except BaseException:
+                self.gate.after_request(None, None, limit)  # cancelled: the attempt reports nothing bad
+                raise
             else:
                 metrics.provider_requests_total.labels(self.provider, f"{response.status_code // 100}xx").inc()
                 error = self.classify(response)
@@ -174,11 +198,19 @@ class ProviderClient:
                 except ValueError as exc:
                     error = TransientError(f"malformed JSON from {self.provider}", status=response.status_code)
                     error.__cause__ = exc
-            self.gate.after_request(response, error)
+            self.gate.after_request(response, error, limit)
             if error is None:
                 assert response is not None
                 return response, body
-            if not isinstance(error, TransientError) or attempt >= self.retry.attempts:
+            if isinstance(error, AuthExpired) and token is not None and not refreshed:
+                # one refresh and one resend per request; a second AuthExpired is raised as is
+                assert self.tokens is not None and self.refresh is not None
+                refreshed = True
+                attempt -= 1
+                await self.tokens.after_rejection(token, self.refresh)
+                continue
+            if not isinstance(error, TransientError) or isinstance(error, CircuitOpen) \
+                    or self.retry.gives_up(attempt, error):
                 raise error
             delay = self.retry.delay(attempt, error)
             log.info("provider.retry", provider=self.provider, attempt=attempt, delay=round(delay, 2),

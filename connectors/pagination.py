@@ -13,11 +13,13 @@ look at its class.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 import trio
 import trio.lowlevel
+
+from freshd.errors import PermanentError
 
 T = TypeVar("T")
 
@@ -77,3 +79,30 @@ async def fetch_in_order(
             nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
+
+
+class LoopGuard:
+    """Stops a listing whose provider keeps handing back a cursor (or a page) it already gave.
+
+    `cursor(token)` for next-token/next-link paging; `page(ids)` for offset paging,
+    where a loop shows as the same non-empty page of ids twice.  Raises
+    PermanentError: retrying the same listing would loop again.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._cursors: set[Hashable] = set()
+        self._pages: set[tuple[str, ...]] = set()
+
+    def cursor(self, token: Hashable) -> None:
+        if token in self._cursors:
+            raise PermanentError(f"{self.what}: pagination loop (cursor {str(token)[:40]!r} came back)")
+        self._cursors.add(token)
+
+    def page(self, ids: Sequence[object]) -> None:
+        if not ids:
+            return
+        key = tuple(str(i) for i in ids)
+        if key in self._pages:
+            raise PermanentError(f"{self.what}: pagination loop (the same page of {len(ids)} records came back)")
+        self._pages.add(key)

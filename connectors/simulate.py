@@ -5,15 +5,37 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from freshd.connectors.simulator import serve_asgi
-from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
 
-SIMULATORS = {"woocommerce": WooCommerceSimulator}
+# provider -> "module:Class"; every class takes (records=, seed=, credentials=), has `.app` and
+# `random_changes(count)` (creates, updates and deletes, deterministic for the seed)
+SIMULATORS = {
+    "woocommerce": "freshd.connectors.woocommerce.simulator:WooCommerceSimulator",
+    "odoo": "freshd.connectors.odoo.simulator:OdooSimulator",
+    "orion": "freshd.connectors.orion.simulator:OrionSimulator",
+    "amazon_sp": "freshd.connectors.amazon_sp.simulator:AmazonSPSimulator",
+    "powens": "freshd.connectors.powens.simulator:PowensSimulator",
+    "rest": "freshd.connectors.rest.simulator:GenericRestSimulator",
+}
+
+
+async def run_churn(changes: Callable[[int], object], per_second: float) -> None:
+    """Keep changing a simulator's records, `per_second` changes a second on average, until cancelled."""
+    while True:
+        await trio.sleep(1.0 / per_second)
+        changes(1)
+
+
+def simulator_class(provider: str) -> Any:
+    module, _, name = SIMULATORS[provider].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 async def run_simulator(
@@ -28,11 +50,11 @@ async def run_simulator(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one simulator until cancelled; reports the port it listens on."""
-    sim: Any = SIMULATORS[provider](records=records, seed=seed, credentials=credentials)
+    sim: Any = simulator_class(provider)(records=records, seed=seed, credentials=credentials)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(functools.partial(serve_asgi, sim.app, host, port))
         if churn > 0:
-            nursery.start_soon(sim.run_churn, churn)
+            nursery.start_soon(run_churn, sim.random_changes, churn)
         task_status.started(bound)
 
 

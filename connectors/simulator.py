@@ -11,6 +11,11 @@ and its own error shape; this module adds the `/_sim/` control endpoints
                          {"latency": 0.5}                                  added delay per request
                          {"malformed": 2}                                  next 2 bodies garbled
                          {"rate": 5, "burst": 5}                           hard per-client limit -> 429
+                         {"timeout": 2}                                    next 2 requests hang (client times out)
+                         {"loop": true}                                    listings ignore their page/cursor
+                                                                           (a pagination loop)
+                         {"expire_tokens": true}                           every issued access token expires
+                         {"revoke_tokens": true}                           refresh grants are refused too
     DELETE /_sim/faults                                                    clear all faults
     GET    /_sim/stats                                                     requests served, by path
 """
@@ -84,6 +89,8 @@ class Faults:
     malformed: int = 0
     rate: float | None = None
     burst: float = 1.0
+    timeouts: int = 0
+    loop: bool = False  # provider handlers consult it: serve the first page whatever was asked
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def configure(self, spec: dict[str, Any]) -> None:
@@ -98,9 +105,14 @@ class Faults:
         if "rate" in spec:
             self.rate, self.burst = float(spec["rate"]), float(spec.get("burst", 1))
             self._buckets.clear()
+        if "timeout" in spec:
+            self.timeouts = int(spec["timeout"])
+        if "loop" in spec:
+            self.loop = bool(spec["loop"])
 
     def clear(self) -> None:
         self.status, self.count, self.latency, self.malformed, self.rate = None, 0, 0.0, 0, None
+        self.timeouts, self.loop = 0, False
         self._buckets.clear()
 
     def over_rate(self, client: str, now: float) -> float | None:
@@ -117,7 +129,8 @@ class Faults:
 
     def as_json(self) -> dict[str, Any]:
         return {"status": self.status, "count": self.count, "retry_after": self.retry_after,
-                "latency": self.latency, "malformed": self.malformed, "rate": self.rate, "burst": self.burst}
+                "latency": self.latency, "malformed": self.malformed, "rate": self.rate, "burst": self.burst,
+                "timeout": self.timeouts, "loop": self.loop}
 
 
 def _retry_after_value(seconds: float, as_date: bool) -> str:
@@ -138,6 +151,8 @@ class SimulatorApp:
         # the most recent requests (path, query), for tests that check what a client asked for
         self.requests: deque[tuple[str, dict[str, str]]] = deque(maxlen=10_000)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        # provider hooks for the token faults: "expire_tokens", "revoke_tokens" -> callable
+        self.actions: dict[str, Callable[[], None]] = {}
         self.route("POST", "/_sim/faults", self._set_faults)
         self.route("DELETE", "/_sim/faults", self._clear_faults)
         self.route("GET", "/_sim/faults", self._get_faults)
@@ -152,6 +167,11 @@ class SimulatorApp:
         spec = request.json()
         if not isinstance(spec, dict):
             return Response.json({"error": "a JSON object is required"}, 400)
+        for action in ("expire_tokens", "revoke_tokens"):
+            if spec.pop(action, False):
+                if action not in self.actions:
+                    return Response.json({"error": f"{action} is not supported by this simulator"}, 400)
+                self.actions[action]()
         self.faults.configure(spec)
         return Response.json(self.faults.as_json())
 
@@ -192,6 +212,9 @@ class SimulatorApp:
         faults = self.faults
         if faults.latency:
             await trio.sleep(faults.latency)
+        if faults.timeouts > 0:
+            faults.timeouts -= 1
+            await trio.sleep(3600)  # the client's timeout ends it
         wait = faults.over_rate(request.client, trio.current_time())
         if wait is not None:
             response = self.error_body(429, "rate_limited", "Too many requests.")

@@ -18,24 +18,32 @@ missed nudge loses nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any
 
 import structlog
 import trio
 
+from freshd import logs
 from freshd.connectors.base import ConnectionSettings, Connector, connector_class
+from freshd.errors import CircuitOpen, ProviderError, ReauthRequired
 from freshd.messages import (
     ActorMessage,
     CancelJob,
     JobQueued,
     PauseJob,
+    Probe,
+    RefreshToken,
     ResumeJob,
     Stop,
     UpdateSettings,
 )
+from freshd.policies.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from freshd.policies.gate import ConnectionGate, ConnectionPolicies, RateGroups, limits_for
+from freshd.policies.retry import RetryPolicy
+from freshd.policies.tokens import Token, TokenRefresher
 from freshd.slots import SyncSlots
 from freshd.store import Store, connections, jobs
 from freshd.store.jobs import JobRow, JobStatus
@@ -48,6 +56,15 @@ MAILBOX_SIZE = 64
 SHUTDOWN_WRITE_TIMEOUT = 3.0
 
 
+class Lookup(Enum):
+    """The actor's live job is not known yet: ask the store."""
+
+    TOKEN = "lookup"
+
+
+LOOKUP = Lookup.TOKEN
+
+
 class ConnectionState(StrEnum):
     IDLE = "idle"
     SYNCING = "syncing"
@@ -58,11 +75,14 @@ class ConnectionState(StrEnum):
 
 
 _TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
-    ConnectionState.IDLE: frozenset({ConnectionState.SYNCING, ConnectionState.PAUSED}),
+    # IDLE/ERROR -> REAUTH_REQUIRED: the token sweep or a probe found the grant refused
+    ConnectionState.IDLE: frozenset({ConnectionState.SYNCING, ConnectionState.PAUSED,
+                                     ConnectionState.REAUTH_REQUIRED}),
     ConnectionState.SYNCING: frozenset({ConnectionState.IDLE, ConnectionState.PAUSED, ConnectionState.ERROR,
                                         ConnectionState.REAUTH_REQUIRED}),
     ConnectionState.PAUSED: frozenset({ConnectionState.SYNCING, ConnectionState.IDLE, ConnectionState.ERROR}),
-    ConnectionState.ERROR: frozenset({ConnectionState.SYNCING, ConnectionState.IDLE, ConnectionState.PAUSED}),
+    ConnectionState.ERROR: frozenset({ConnectionState.SYNCING, ConnectionState.IDLE, ConnectionState.PAUSED,
+                                      ConnectionState.REAUTH_REQUIRED}),
     ConnectionState.REAUTH_REQUIRED: frozenset({ConnectionState.IDLE}),
     ConnectionState.RESTARTING: frozenset(set(ConnectionState)),
 }
@@ -88,6 +108,21 @@ class ConnectionStatus:
     error: str | None
     job_id: int | None
     restarts: int = 0
+    breaker: BreakerState = BreakerState.CLOSED
+    breaker_retry_at: float | None = None  # epoch seconds: when an open breaker lets a probe through
+    rate_limit: str | None = None  # the default bucket's current rate ("2/s burst 2"), None: unlimited
+    token_expires_at: float | None = None  # epoch seconds, for OAuth-style connections
+    health: str | None = None  # the last probe's verdict: "ok" or why not
+    probed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    """The daemon-wide policy knobs (from [policies]); per-connection options refine the rates."""
+
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    token_refresh_buffer: float = 600.0
 
 
 @dataclass
@@ -109,10 +144,19 @@ class ConnectionActor:
         sync_interval: timedelta | None,
         slots: SyncSlots,
         hub: ProgressHub | None = None,
+        policy: PolicySettings | None = None,
+        rate_groups: RateGroups | None = None,
+        tokens: dict[str, Any] | None = None,
+        probe_limiter: trio.CapacityLimiter | None = None,
+        live_job: JobRow | Lookup | None = LOOKUP,
     ) -> None:
+        self._live_job = live_job
         self.store = store
         self.slots = slots
         self.hub = hub
+        self.policy = policy or PolicySettings()
+        self.rate_groups = rate_groups or RateGroups()
+        self.probe_limiter = probe_limiter or trio.CapacityLimiter(1)
         self.connection_id = connection_id
         self.settings = settings
         self.sync_interval = sync_interval
@@ -123,6 +167,45 @@ class ConnectionActor:
         self.mailbox_send, self._mailbox = trio.open_memory_channel[ActorMessage](MAILBOX_SIZE)
         self.log = log.bind(connection=settings.name)
         self._wake = trio.Event()
+        self.health: str | None = None
+        self.probed_at: datetime | None = None
+        self._probing = False
+        self._refreshing = False
+        self.policies = self._build_policies(
+            TokenRefresher(provider=settings.provider, initial=Token.from_json(tokens) if tokens else None,
+                           persist=self._persist_token, buffer=self.policy.token_refresh_buffer),
+            CircuitBreaker(self.policy.breaker, connection=settings.name, provider=settings.provider))
+
+    # -- policies --------------------------------------------------------------------------------
+
+    def _build_policies(self, tokens: TokenRefresher, breaker: CircuitBreaker) -> ConnectionPolicies:
+        """The gate (breaker, rate limits) and token refresher every request of this connection passes."""
+        settings = self.settings
+        for value in settings.credentials.values():
+            logs.register_secret(value)
+        rates, pinned = limits_for(connector_class(settings.provider).rate_limits, settings.options)
+        group_name = settings.options.get("rate_group") or settings.tenant
+        group = self.rate_groups.bucket(str(group_name))
+        gate = ConnectionGate(settings.provider, rates, pinned=pinned, groups=[group] if group else [],
+                              breaker=breaker)
+        return ConnectionPolicies(gate, tokens, self.policy.retry)
+
+    async def _persist_token(self, token: Token) -> None:
+        # before the new token is used: a rotated single-use refresh token must not be lost
+        logs.register_secret(token.access_token)
+        if token.refresh_token:
+            logs.register_secret(token.refresh_token)
+        await self.store.call_retrying(connections.save_tokens, self.store.keyring, self.connection_id,
+                                       token.as_json())
+
+    def _new_settings(self, settings: ConnectionSettings) -> None:
+        credentials_changed = settings.credentials != self.settings.credentials
+        self.settings = settings
+        tokens = self.policies.tokens
+        if credentials_changed:  # new credentials: the old token (and a refused grant) are forgotten
+            tokens = TokenRefresher(provider=settings.provider, persist=self._persist_token,
+                                    buffer=self.policy.token_refresh_buffer)
+        self.policies = self._build_policies(tokens, self.policies.gate.breaker)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -144,10 +227,17 @@ class ConnectionActor:
         if self.sync_interval is not None and self.state is not ConnectionState.REAUTH_REQUIRED:
             base = self.last_success_at or datetime.now(UTC)
             next_sync = base + self.sync_interval if self.last_success_at else base
+        breaker = self.policies.gate.breaker.status()
+        rate = self.policies.gate.bucket(None).rate
+        token = self.policies.tokens.token
         return ConnectionStatus(
             name=self.settings.name, provider=self.settings.provider, tenant=self.settings.tenant,
             state=self.state, last_success_at=self.last_success_at, next_sync_at=next_sync,
             error=self.error, job_id=self.active.job.id if self.active else None,
+            breaker=breaker.state, breaker_retry_at=breaker.retry_at,
+            rate_limit=rate.describe() if rate else None,
+            token_expires_at=token.expires_at if token else None,
+            health=self.health, probed_at=self.probed_at,
         )
 
     def job_view(self) -> tuple[JobRow, JobProgress] | None:
@@ -159,7 +249,9 @@ class ConnectionActor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            live = await self.store.call(jobs.live_job, self.connection_id)
+            live = self._live_job
+            if isinstance(live, Lookup):
+                live = await self.store.call(jobs.live_job, self.connection_id)
             task_status.started()
             if live is not None:
                 if live.status is JobStatus.PAUSED:
@@ -194,13 +286,85 @@ class ConnectionActor:
                         else:
                             self.active.control.set(ControlRequest.CANCEL)
                     case UpdateSettings(settings):
-                        self.settings = settings  # the next job builds its connector from these
+                        self._new_settings(settings)  # the next job builds its connector from these
                         if self.state is ConnectionState.REAUTH_REQUIRED:
+                            self.error = None
                             self.change_state(ConnectionState.IDLE)
+                    case RefreshToken():
+                        if not self._refreshing and self.policies.tokens.reauth_required is None:
+                            self._refreshing = True
+                            nursery.start_soon(self._refresh_token)
+                    case Probe():
+                        if not self._probing and self.active is None \
+                                and self.state is not ConnectionState.REAUTH_REQUIRED:
+                            self._probing = True
+                            nursery.start_soon(self._probe)
                     case Stop():
                         nursery.cancel_scope.cancel()
                     case _:
                         self.log.debug("actor.ignored", message=repr(message))
+
+    def _connector(self) -> Connector:
+        return connector_class(self.settings.provider)(self.settings, policies=self.policies)
+
+    async def _refresh_token(self) -> None:
+        """The token sweep: refresh ahead of expiry, through the same single-flight refresher as syncs."""
+        try:
+            cls = connector_class(self.settings.provider)
+            if cls.refresh_token is Connector.refresh_token or not self.policies.tokens.due():
+                return  # the common case, decided without building a connector
+            connector = self._connector()
+            try:
+                if await connector.ensure_token():
+                    self.log.info("token.sweep_refreshed")
+            finally:
+                with trio.CancelScope(shield=True):
+                    await connector.aclose()
+        except ReauthRequired as exc:
+            self._needs_reauth(str(exc))
+        except ProviderError as exc:
+            self.log.warning("token.sweep_failed", error=str(exc))  # retried by the next sweep or sync
+        finally:
+            self._refreshing = False
+
+    async def _probe(self) -> None:
+        """The health sweep's cheap call; through the gate, so an open breaker gets its one probe."""
+        try:
+            async with self.probe_limiter:
+                connector = self._connector()
+                try:
+                    await connector.probe()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await connector.aclose()
+        except NotImplementedError:
+            self.health = None
+        except CircuitOpen as exc:
+            self.health = f"circuit open: {exc}"
+        except ReauthRequired as exc:
+            self.health = f"credentials rejected: {exc}"
+            self._needs_reauth(str(exc))
+        except ProviderError as exc:
+            if self.health is None or self.health == "ok":
+                self.log.warning("connection.unhealthy", error=str(exc))  # once, not every sweep
+            self.health = f"unhealthy: {exc}"
+        else:
+            if self.health not in (None, "ok"):
+                self.log.info("connection.healthy_again")
+            self.health = "ok"
+        finally:
+            self.probed_at = datetime.now(UTC)
+            self._probing = False
+
+    def _needs_reauth(self, reason: str) -> None:
+        if self.state is ConnectionState.REAUTH_REQUIRED or self.active is not None:
+            return
+        self.error = self._reauth_message(reason)
+        self.change_state(ConnectionState.REAUTH_REQUIRED, reason=reason)
+
+    def _reauth_message(self, reason: str) -> str:
+        return (f"re-authentication required: {reason}. Fix it with `freshctl connections set-credential "
+                f"{self.settings.name} KEY=VALUE ...`; syncs resume once the credentials change.")
 
     def _is_active(self, job_id: int) -> bool:
         return self.active is not None and self.active.job.id == job_id
@@ -236,7 +400,7 @@ class ConnectionActor:
         self.change_state(ConnectionState.SYNCING)
         connector: Connector | None = None
         try:
-            connector = connector_class(self.settings.provider)(self.settings)
+            connector = self._connector()
             runner = JobRunner(self.store, connector, self.connection_id, active.job, active.control,
                                on_progress=self._on_progress, entities=self._entities(connector))
             active.progress = runner.progress
@@ -260,10 +424,10 @@ class ConnectionActor:
         if success:
             self.last_success_at = datetime.now(UTC)
             self.error = outcome.error
+            self.health = "ok"  # a sync that went through says as much as a probe
             self.change_state(ConnectionState.IDLE)
         elif outcome.reauth_required:
-            self.error = f"re-authentication required: {outcome.error}. Fix the credentials with " \
-                f"`freshctl connections add {self.settings.name} ...` (same name) to resume."
+            self.error = self._reauth_message(outcome.error or "credentials rejected")
             self.change_state(ConnectionState.REAUTH_REQUIRED, reason=outcome.error)
         elif outcome.status is JobStatus.CANCELLED:
             self.change_state(ConnectionState.IDLE)

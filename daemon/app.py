@@ -27,14 +27,19 @@ import structlog
 import trio
 
 from freshd import logs, metrics, systemd
+from freshd.actor import ConnectionState, PolicySettings
 from freshd.admin.commands import DaemonAdmin
 from freshd.admin.server import AccessRules, serve_admin
 from freshd.config import Config, load_config
 from freshd.embedded_pg import open_embedded_postgres
 from freshd.errors import ConfigError, StoreUnavailable
-from freshd.messages import JobQueued
+from freshd.messages import JobQueued, Probe, RefreshToken
+from freshd.policies.breaker import BreakerState
+from freshd.policies.gate import RateGroups
+from freshd.policies.ratelimit import Rate
 from freshd.policies.staleness import Staleness, Verdict
 from freshd.scheduler import Sweep, add_sweeps, create_scheduler, serve_scheduler
+from freshd.secrets import load_keyring
 from freshd.slots import SyncSlots
 from freshd.store import Store, activity, connections, jobs, open_store
 from freshd.store.jobs import JobKind
@@ -43,6 +48,19 @@ from freshd.supervisor import Supervisor
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_DEADLINE = 8.0  # systemd's TimeoutStopSec is 15 s; the brief promises exit within 10 s
+
+
+def policy_settings(config: Config) -> PolicySettings:
+    p = config.policies
+    return PolicySettings(
+        breaker=p.breaker,
+        retry=p.retry,
+        token_refresh_buffer=p.token_refresh_buffer,
+    )
+
+
+def rate_groups(config: Config) -> dict[str, Rate]:
+    return {name: Rate.parse(group.rate, group.burst) for name, group in config.policies.rate_groups.items()}
 
 
 class Daemon:
@@ -67,11 +85,11 @@ class Daemon:
             for spec in config.connections:
                 if spec.enabled:
                     connections.upsert_connection(
-                        conn, name=spec.name, tenant=spec.tenant, provider=spec.provider,
+                        conn, self.store.keyring, name=spec.name, tenant=spec.tenant, provider=spec.provider,
                         base_url=spec.base_url, options=dict(spec.options),
                         credentials=dict(spec.credentials), source="config",
                     )
-            for row in connections.list_connections(conn):
+            for row in connections.list_connections(conn, self.store.keyring):
                 if row.source == "config" and row.name not in wanted:
                     connections.delete_connection(conn, row.name)
                     activity.log_activity(conn, "connection.removed", f"connection {row.name} left the config file")
@@ -82,18 +100,19 @@ class Daemon:
             logs.register_secret(secret)  # redacted from every log line from now on
         await self.store.call(write)
         self.config = config
-        rows = await self.store.call(connections.list_connections)
+        self.supervisor.policy = policy_settings(config)
+        self.supervisor.rate_groups.configure(rate_groups(config))
+        rows = await self.store.call(connections.list_connections, self.store.keyring)
         await self.supervisor.apply(rows)
         await self.queue_never_synced()
 
     async def queue_never_synced(self, trigger: str = "startup") -> None:
         """A connection that never completed a sync gets one queued: nobody has to remember."""
-        for row in await self.store.call(connections.list_connections):
-            if row.last_success_at is None:
-                job, created = await self.store.call(jobs.create_job, row.id, JobKind.INITIAL, trigger)
-                self.supervisor.send_nowait(row.name, JobQueued(job.id))
-                if created:
-                    log.info("job.queued", connection=row.name, job=job.id, kind="initial")
+        states = await self.store.call(connections.list_sync_states)
+        never = {s.id: s.name for s in states if s.last_success_at is None}
+        queued = await self.store.call(jobs.create_jobs, [(cid, JobKind.INITIAL) for cid in never], trigger)
+        for cid, job_id in queued.items():
+            self.supervisor.send_nowait(never[cid], JobQueued(job_id))
 
     async def reload(self) -> None:
         systemd.reloading()
@@ -115,27 +134,50 @@ class Daemon:
         return Staleness(fresh_below=s.fresh_below, stale_after=s.stale_after, min_gap=s.min_gap)
 
     async def sync_sweep(self) -> None:
-        """Queue a sync for every connection whose data is no longer fresh (and past the minimum gap)."""
+        """Queue a sync for every connection whose data is no longer fresh (and past the minimum gap).
+
+        One read and one write transaction for the whole fleet; the queued jobs then start as the
+        daemon's and tenants' caps allow, so 10,000 due connections never start in the same second.
+        """
         if not self.config.schedule.scheduled_sync:
             return
         policy = self.staleness
         now = datetime.now(UTC)
         started = await self.store.call(jobs.last_started)
-        for row in await self.store.call(connections.list_connections):
-            decision = policy.decide(now=now, last_success_at=row.last_success_at,
-                                     last_started_at=started.get(row.id), scheduled=True)
-            if decision.verdict is not Verdict.SYNC:
-                continue
-            kind = JobKind.INCREMENTAL if row.last_success_at else JobKind.INITIAL
-            job, _ = await self.store.call(jobs.create_job, row.id, kind, "schedule")
-            self.supervisor.send_nowait(row.name, JobQueued(job.id))
+        due: dict[int, tuple[str, JobKind]] = {}
+        for state in await self.store.call(connections.list_sync_states):
+            decision = policy.decide(now=now, last_success_at=state.last_success_at,
+                                     last_started_at=started.get(state.id), scheduled=True)
+            if decision.verdict is Verdict.SYNC:
+                due[state.id] = (state.name, JobKind.INCREMENTAL if state.last_success_at else JobKind.INITIAL)
+        queued = await self.store.call(jobs.create_jobs, [(cid, kind) for cid, (_, kind) in due.items()],
+                                       "schedule")
+        for cid, job_id in queued.items():
+            self.supervisor.send_nowait(due[cid][0], JobQueued(job_id))
+        log.info("sync.sweep", due=len(due), queued=len(queued))
 
     async def health_sweep(self) -> None:
-        """Cheap checks: the store answers, and connections that never completed a sync get one."""
+        """Cheap checks, for a fleet of thousands: the store answers; connections that never
+        completed a sync get one; and only connections with a sign of trouble (an error, a breaker
+        not closed, stale data, a failed probe) make their provider's cheap call.  A connection
+        whose last sync succeeded within the staleness window is healthy by that sync."""
         if await self.store.ping():
             await self.queue_never_synced("health")
+        policy, now = self.staleness, datetime.now(UTC)
+        probed = 0
+        for status in self.supervisor.statuses():
+            troubled = (status.state is ConnectionState.ERROR or status.breaker is not BreakerState.CLOSED
+                        or status.health not in (None, "ok") or policy.is_stale(now, status.last_success_at))
+            if troubled and status.state in (ConnectionState.IDLE, ConnectionState.ERROR):
+                probed += self.supervisor.send_nowait(status.name, Probe())
+        log.info("health.sweep", connections=len(self.supervisor.names()), probed=probed)
         systemd.status(f"running: {len(self.supervisor.names())} connections, store "
                        f"{'up' if self.store.available else 'unavailable'}")
+
+    async def token_sweep(self) -> None:
+        """Every actor refreshes its access token if it expires within the buffer (single-flight)."""
+        sent = self.supervisor.broadcast_nowait(RefreshToken())
+        log.debug("tokens.sweep", connections=sent)
 
     async def cleanup_sweep(self) -> None:
         sync = self.config.sync
@@ -151,6 +193,7 @@ class Daemon:
         return [
             Sweep("sync", self.sync_sweep, interval=schedule.sync_interval, jitter=schedule.jitter),
             Sweep("health", self.health_sweep, interval=schedule.health_interval, jitter=schedule.jitter),
+            Sweep("tokens", self.token_sweep, interval=schedule.token_interval, jitter=schedule.jitter),
             Sweep("cleanup", self.cleanup_sweep, cron=schedule.cleanup_cron, jitter=schedule.jitter),
         ]
 
@@ -191,10 +234,17 @@ async def run_daemon(
         url = config.database_url
         if url is None:
             url = await stack.enter_async_context(open_embedded_postgres(Path(config.state_dir)))
+        keyring, key_paths = load_keyring(config.secrets.key_files, config.secrets.credential,
+                                          Path(config.state_dir))
         try:
-            store = await stack.enter_async_context(open_store(url, max_connections=config.sync.db_threads))
+            store = await stack.enter_async_context(
+                open_store(url, max_connections=config.sync.db_threads, keyring=keyring))
         except StoreUnavailable as exc:
             raise StoreUnavailable(f"cannot open the store: {exc}") from exc
+        resealed = await store.call(connections.reseal_all, keyring)
+        if resealed:
+            log.info("secrets.resealed", connections=resealed, key=keyring.current.hex(),
+                     keys=[str(p) for p in key_paths])
         interrupted = await store.call(jobs.interrupt_running)
         if interrupted:
             log.warning("jobs.interrupted", jobs=interrupted)
@@ -204,7 +254,8 @@ async def run_daemon(
                               tenant_max_running=config.sync.tenant_max_running)
             supervisor = Supervisor(store, slots=slots,
                                     sync_interval=timedelta(seconds=config.schedule.sync_interval)
-                                    if config.schedule.scheduled_sync else None)
+                                    if config.schedule.scheduled_sync else None,
+                                    policy=policy_settings(config), rate_groups=RateGroups(rate_groups(config)))
             await root.start(supervisor.run)
             daemon = Daemon(config, config_path, store, supervisor)
             await daemon.apply_config(config)

@@ -60,6 +60,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(records=args.records, state_dir=args.state_dir)
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from freshd.secrets import generate_key_file
+
+    try:
+        generate_key_file(args.path)
+    except FileExistsError:
+        print(f"freshd: {args.path} exists; a key file is never overwritten", file=sys.stderr)
+        return 1
+    print(f"wrote a new key to {args.path} (mode 0600). To rotate: list it first in [secrets] key_files,"
+          " keep the old ones after it, restart; the daemon re-seals everything with the new key.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "simulate":
@@ -84,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--state-dir", type=Path, default=None)
     demo.set_defaults(func=_cmd_demo)
     sub.add_parser("simulate", help="run a provider simulator (freshd simulate --help)")
+    keygen = sub.add_parser("keygen", help="write a new secrets key file (for [secrets] key_files)")
+    keygen.add_argument("path", type=Path)
+    keygen.set_defaults(func=_cmd_keygen)
     args = parser.parse_args(argv)
     try:
         result: int = args.func(args)

@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 
 from freshd import paths
 from freshd.errors import ConfigError
+from freshd.policies.breaker import BreakerSettings
+from freshd.policies.retry import RetryPolicy
 
 __all__ = [
     "DEFAULT_PROVIDERS",
@@ -160,6 +162,27 @@ class SyncConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretsConfig:
+    # newest first: the first key seals, every key opens (rotation: put the new file in front)
+    key_files: tuple[Path, ...] = ()
+    credential: str | None = None  # a systemd credential name (LoadCredential=), read from $CREDENTIALS_DIRECTORY
+
+
+@dataclass(frozen=True, slots=True)
+class RateGroupConfig:
+    rate: str  # "10/min"
+    burst: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoliciesConfig:
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    token_refresh_buffer: float = 600.0
+    rate_groups: FrozenDict[str, RateGroupConfig] = field(default_factory=FrozenDict)
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionConfig:
     name: str
     provider: str
@@ -181,6 +204,8 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    policies: PoliciesConfig = field(default_factory=PoliciesConfig)
     connections: tuple[ConnectionConfig, ...] = ()
     source: Path | None = None  # the file it was read from (None: defaults only)
 
@@ -431,7 +456,7 @@ def _string_list(reader: _Reader, key: str) -> tuple[str, ...]:
 
 _TOP_KEYS = (
     "database_url", "state_dir", "runtime_dir", "admin", "metrics", "log", "schedule", "staleness",
-    "sync", "connections",
+    "sync", "secrets", "policies", "connections",
 )
 _METRICS, _SCHEDULE, _STALENESS, _SYNC = MetricsConfig(), ScheduleConfig(), StalenessConfig(), SyncConfig()
 _CONNECTION_KEYS = ("name", "provider", "base_url", "tenant", "credentials", "options", "enabled")
@@ -511,7 +536,7 @@ def _connection(reader: _Reader, providers: Collection[str]) -> ConnectionConfig
         if not isinstance(value, str):
             creds.fail(key, f"credential values must be strings, got {_describe(value, show=False)}")
     options = reader.table("options")
-    return ConnectionConfig(
+    spec = ConnectionConfig(
         name=name,
         provider=provider,
         base_url=base_url,
@@ -520,6 +545,17 @@ def _connection(reader: _Reader, providers: Collection[str]) -> ConnectionConfig
         options=_freeze(options.data, reader, "options"),
         enabled=reader.boolean("enabled", True),
     )
+    if provider in DEFAULT_PROVIDERS:
+        # the provider's own checks (option kinds, rate limits): imported late, only for providers in use
+        from freshd.connectors.base import ConnectionSettings, check_settings
+
+        try:
+            check_settings(ConnectionSettings(name, provider, base_url, tenant, dict(spec.credentials),
+                                              dict(options.data)))
+        except ConfigError as exc:
+            raise ConfigError(str(exc).removeprefix(f"{exc.where}: ") if exc.where else str(exc),
+                              where=reader.where(reader.path(exc.where or "options"))) from None
+    return spec
 
 
 def _connections(top: _Reader, providers: Collection[str]) -> tuple[ConnectionConfig, ...]:
@@ -638,6 +674,54 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         tenant_max_running=sync.integer("tenant_max_running", _SYNC.tenant_max_running, minimum=1),
     )
 
+    secrets = top.table("secrets")
+    secrets.check_keys(("key_files", "credential"))
+    secrets_config = SecretsConfig(
+        key_files=tuple(Path(p) for p in _string_list(secrets, "key_files")),
+        credential=secrets.string("credential", None),
+    )
+
+    policies = top.table("policies")
+    policies.check_keys(("breaker", "retry", "token_refresh_buffer", "rate_groups"))
+    breaker = policies.table("breaker")
+    breaker.check_keys(("failure_threshold", "cooldown", "max_cooldown"))
+    breaker_config = BreakerSettings(
+        failure_threshold=breaker.integer("failure_threshold", 5, minimum=1),
+        cooldown=breaker.duration("cooldown", 60.0),
+        max_cooldown=breaker.duration("max_cooldown", 1800.0),
+    )
+    if breaker_config.max_cooldown < breaker_config.cooldown:
+        breaker.fail("max_cooldown", "must be at least as long as cooldown")
+    retry = policies.table("retry")
+    retry.check_keys(("attempts", "base", "cap", "rate_limited_attempts"))
+    retry_config = RetryPolicy(
+        attempts=retry.integer("attempts", 3, minimum=1),
+        base=retry.duration("base", 1.0),
+        cap=retry.duration("cap", 30.0),
+        rate_limited_attempts=retry.integer("rate_limited_attempts", 8, minimum=1),
+    )
+    groups = policies.table("rate_groups")
+    group_configs: dict[str, RateGroupConfig] = {}
+    for group in groups.data:
+        table = groups.table(group)
+        table.check_keys(("rate", "burst"))
+        if not table.has("rate"):
+            table.fail("rate", "missing required key 'rate' (e.g. \"10/min\")")
+        rate_text: str = table.string("rate", None)
+        burst = table._typed("burst", (int, float), "a number", 1)
+        from freshd.policies.ratelimit import Rate
+
+        try:
+            Rate.parse(rate_text, float(burst))
+        except ValueError as exc:
+            table.fail("rate" if "burst" not in str(exc) else "burst", str(exc))
+        group_configs[group] = RateGroupConfig(rate_text, float(burst))
+    policies_config = PoliciesConfig(
+        breaker=breaker_config, retry=retry_config,
+        token_refresh_buffer=policies.duration("token_refresh_buffer", 600.0, positive=False),
+        rate_groups=FrozenDict(group_configs),
+    )
+
     return Config(
         database_url=database_url,
         state_dir=state_dir,
@@ -648,6 +732,8 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         schedule=schedule_config,
         staleness=staleness_config,
         sync=sync_config,
+        secrets=secrets_config,
+        policies=policies_config,
         connections=_connections(top, providers),
         source=source,
     )

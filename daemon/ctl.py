@@ -159,10 +159,10 @@ def progress_text(job: dict[str, Any]) -> str:
 def show_status(result: dict[str, Any]) -> str:
     head = (f"freshd {result['version']} (api {result['api_version']}), up since {ago(result['started_at'])}, "
             f"store {result['store']['state']}, metrics {result.get('metrics_url') or 'off'}")
-    rows = [[c["name"], c["provider"], c["tenant"], c["state"], c["records"], ago(c["last_success_at"]),
-             ago(c["next_sync_at"]), c.get("error") or ""] for c in result["connections"]]
-    return head + "\n\n" + table(["NAME", "PROVIDER", "TENANT", "STATE", "RECORDS", "LAST SUCCESS", "NEXT SYNC",
-                                  "ERROR"], rows)
+    rows = [[c["name"], c["provider"], c["tenant"], c["state"], c.get("breaker", "-"), c["records"],
+             ago(c["last_success_at"]), ago(c["next_sync_at"]), c.get("error") or ""] for c in result["connections"]]
+    return head + "\n\n" + table(["NAME", "PROVIDER", "TENANT", "STATE", "BREAKER", "RECORDS", "LAST SUCCESS",
+                                  "NEXT SYNC", "ERROR"], rows)
 
 
 def show_jobs(result: dict[str, Any]) -> str:
@@ -188,7 +188,8 @@ def show_job(job: dict[str, Any]) -> str:
 
 def show_connection(c: dict[str, Any]) -> str:
     keys = ["name", "provider", "tenant", "base_url", "source", "state", "records", "last_success_at",
-            "next_sync_at", "error", "credential_keys", "options", "created_at"]
+            "next_sync_at", "error", "breaker", "breaker_retry_at", "rate_limit", "token_expires_at", "health",
+            "probed_at", "credential_keys", "options", "created_at"]
     out = [f"{k:16} {c.get(k)}" for k in keys if k in c]
     if c.get("job"):
         out.append(f"{'job':16} {c['job']['id']} {c['job']['status']} {progress_text(c['job'])}")
@@ -206,6 +207,14 @@ def pairs(values: list[str] | None, flag: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(f"{flag} takes KEY=VALUE, got {item!r}")
         out[key] = value
     return out
+
+
+def option_value(text: str) -> Any:
+    """`--option` values: JSON when they read as JSON (5, true, ["a"], {"kind": "bearer"}), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,8 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--base-url", required=True)
     add.add_argument("--credential", action="append", metavar="KEY=VALUE", required=True)
     add.add_argument("--tenant", default=None)
-    add.add_argument("--option", action="append", metavar="KEY=VALUE")
+    add.add_argument("--option", action="append", metavar="KEY=VALUE",
+                     help="a provider option; VALUE is read as JSON if it is JSON (5, true, [..], {..}), else as text")
     csub.add_parser("remove").add_argument("name")
+    setcred = csub.add_parser("set-credential", help="new credential values (re-authentication); KEY= removes one")
+    setcred.add_argument("name")
+    setcred.add_argument("credential", nargs="+", metavar="KEY=VALUE")
     sync = sub.add_parser("sync", help="queue a sync (prints the job id)")
     sync.add_argument("name")
     sync.add_argument("--full", action="store_true")
@@ -272,9 +285,15 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
                 return "connections.list", {}
             if action in ("show", "remove"):
                 return f"connections.{action}", {"name": args.name}
+            if action == "set-credential":
+                try:
+                    return "connections.set_credential", {"name": args.name,
+                                                          "credentials": pairs(args.credential, "KEY=VALUE")}
+                except argparse.ArgumentTypeError as exc:
+                    parser.error(str(exc))
             try:
                 credentials = pairs(args.credential, "--credential")
-                options = pairs(args.option, "--option")
+                options = {key: option_value(value) for key, value in pairs(args.option, "--option").items()}
             except argparse.ArgumentTypeError as exc:
                 parser.error(str(exc))
             return "connections.add", {"name": args.name, "provider": args.provider, "base_url": args.base_url,
@@ -309,6 +328,9 @@ def render(cmd: str, result: Any) -> str:
             return f"added {result['connection']['name']}; initial sync queued as job {result['job_id']}"
         case "connections.remove":
             return f"removed {result['removed']}"
+        case "connections.set_credential":
+            return (f"credentials of {result['name']} updated ({', '.join(result['credential_keys'])}); "
+                    f"sync queued as job {result['job_id']}")
         case "sync":
             return str(result["job_id"]) + ("" if result["created"] else f" (already {result['status']})")
         case "jobs":

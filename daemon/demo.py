@@ -1,24 +1,66 @@
 """`freshd demo`: the whole thing on one machine with nothing installed.
 
-Starts two WooCommerce simulators on loopback (records that keep changing),
-writes a real config file naming them, and runs the daemon on an embedded
-PostgreSQL with that file, so `freshctl` (no flags), SIGHUP reloads and the
-metrics endpoint all work exactly as in production.
+Starts one simulator per demo connection on loopback (records that keep
+changing), writes a real config file naming them, and runs the daemon on an
+embedded PostgreSQL with that file, so `freshctl` (no flags), SIGHUP reloads and
+the metrics endpoint all work exactly as in production.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from freshd.paths import default_socket_path, default_state_dir
 
 DEMO_CREDENTIALS = {"consumer_key": "ck_demo", "consumer_secret": "cs_demo"}
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConnection:
+    name: str
+    provider: str
+    tenant: str
+    seed: int
+    credentials: dict[str, str]  # what the simulator accepts and the connection presents
+    options: dict[str, Any] = field(default_factory=dict)
+    path: str = ""  # appended to the simulator's root URL
+
+
+DEMO_CONNECTIONS = (
+    DemoConnection("shop-eu", "woocommerce", "acme", 1, DEMO_CREDENTIALS),
+    DemoConnection("shop-us", "woocommerce", "acme", 2, DEMO_CREDENTIALS),
+    DemoConnection("amazon-us", "amazon_sp", "acme", 3,
+                   {"refresh_token": "Atzr|demo", "client_id": "amzn1.application-oa2-client.demo",
+                    "client_secret": "amzn1.oa2-cs.v1.demo"},
+                   # the simulator serves Login with Amazon on the same host
+                   options={"marketplace_ids": ["ATVPDKIKX0DER"], "token_url": "/auth/o2/token",
+                            "report_poll_interval": 1}),
+    # a CRM no connector knows, declared in options for the generic REST connector
+    DemoConnection("crm", "rest", "acme", 4,
+                   {"client_id": "demo-client", "client_secret": "demo-secret", "refresh_token": "demo-refresh"},
+                   options={
+                       "auth": {"kind": "oauth2_refresh", "token_url": "/oauth/token"},
+                       "streams": [
+                           {"name": "contacts", "path": "api/v1/page/contacts", "records_path": "data",
+                            "paginator": {"kind": "page_number", "size": 100,
+                                          "total_pages_path": "meta.total_pages"},
+                            "cursor_field": "updated_at", "incremental_param": "updated_since", "lookback": 1},
+                           {"name": "deals", "path": "api/v1/cursor/deals", "records_path": "results",
+                            "paginator": {"kind": "cursor", "next_path": "paging.next_cursor",
+                                          "size_param": "limit"},
+                            "cursor_field": "updated_at", "incremental_param": "updated_since", "lookback": 1},
+                       ],
+                   }),
+)
 
 _CONFIG = """\
 # Written by `freshd demo`. A real freshd config file: edit it and send SIGHUP to reload.
@@ -40,14 +82,24 @@ address = "127.0.0.1:0"
 {connections}
 """
 
-_CONNECTION = """\
-[[connections]]
-name = "{name}"
-provider = "woocommerce"
-base_url = "http://127.0.0.1:{port}"
-tenant = "{tenant}"
-credentials = {{ consumer_key = "ck_demo", consumer_secret = "cs_demo" }}
-"""
+
+
+def _toml(value: Any) -> str:
+    """A TOML inline value (json's strings, numbers and arrays are valid TOML ones)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _connection_block(spec: DemoConnection, port: int) -> str:
+    lines = ["[[connections]]", f"name = {_toml(spec.name)}", f"provider = {_toml(spec.provider)}",
+             f"base_url = {_toml(f'http://127.0.0.1:{port}{spec.path}')}", f"tenant = {_toml(spec.tenant)}",
+             f"credentials = {_toml(spec.credentials)}"]
+    if spec.options:
+        lines.append(f"options = {_toml(spec.options)}")
+    return "\n".join(lines) + "\n"
 
 
 async def _demo(records: int, state_dir: Path) -> None:
@@ -55,15 +107,14 @@ async def _demo(records: int, state_dir: Path) -> None:
     from freshd.config import load_config
     from freshd.connectors.simulate import run_simulator
 
-    stores = [("shop-eu", "acme", 1), ("shop-us", "acme", 2)]
     async with trio.open_nursery() as nursery:
         blocks = []
-        for name, tenant, seed in stores:
+        for spec in DEMO_CONNECTIONS:
             port = await nursery.start(functools.partial(
-                run_simulator, "woocommerce", host="127.0.0.1", port=0, records=records, seed=seed,
-                credentials=DEMO_CREDENTIALS, churn=1.0,
+                run_simulator, spec.provider, host="127.0.0.1", port=0, records=records, seed=spec.seed,
+                credentials=spec.credentials, churn=1.0,
             ))
-            blocks.append(_CONNECTION.format(name=name, port=port, tenant=tenant))
+            blocks.append(_connection_block(spec, port))
         config_path = state_dir / "demo.toml"
         config_path.write_text(_CONFIG.format(connections="\n".join(blocks)), encoding="utf-8")
         config = load_config(config_path, env={**os.environ, "FRESHD_STATE_DIR": str(state_dir)})
@@ -78,7 +129,8 @@ async def _demo(records: int, state_dir: Path) -> None:
         socket = default_socket_path()
         extra = "" if Path(config.admin.socket) == socket else f" --socket {config.admin.socket}"
         print(
-            f"\nfreshd demo is running: {len(stores)} WooCommerce stores syncing into an embedded PostgreSQL.\n"
+            f"\nfreshd demo is running: {len(DEMO_CONNECTIONS)} connections "
+            f"({', '.join(sorted({c.provider for c in DEMO_CONNECTIONS}))}) syncing into an embedded PostgreSQL.\n"
             f"  config:   {config_path}\n"
             f"  metrics:  {daemon.metrics_url}\n"
             f"  try:      {ctl}{extra} status\n"

@@ -6,7 +6,8 @@
     ├── AdminError               a bad admin request: reply with its stable code
     └── ProviderError            anything a provider said (or failed to say)
         ├── TransientError       retry later with backoff (timeouts, connection errors, 5xx)
-        │   └── RateLimited      429 / quota: wait `retry_after` seconds, then retry
+        │   ├── RateLimited      429 / quota: wait `retry_after` seconds, then retry
+        │   └── CircuitOpen      the connection's breaker is open: fail fast, probe later
         ├── AuthExpired          the access token is stale: refresh once, then retry
         ├── ReauthRequired       credentials rejected: stop syncing until an operator acts
         ├── ItemError            this one record is bad: skip it, record why, go on
@@ -75,6 +76,14 @@ class RateLimited(TransientError):
     ) -> None:
         self.retry_after = retry_after
         super().__init__(message, status=status, code=code)
+
+
+class CircuitOpen(TransientError):
+    """The connection's circuit breaker is open: no request was sent."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class AuthExpired(ProviderError):

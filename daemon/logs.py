@@ -58,18 +58,77 @@ _SECRET_KEY = re.compile(
 _NOT_SECRET_SUFFIX = re.compile(r"_(at|in|interval|count|type|url|expires|expiry|kind|source)$")
 _RESERVED = frozenset({"event", "level", "timestamp", "logger", "exception", "exc_info"})
 
-_secrets_lock = threading.Lock()
-_secrets: tuple[str, ...] = ()  # copy-on-write, longest first: readers never take the lock
+class _SecretSet:
+    """Registered secret values, found in a text by their first 12 characters.
+
+    A fleet registers tens of thousands of values (credentials, rotating tokens), and
+    providers give them common prefixes (``cs_``, ``Atza|``): scanning a text once with a
+    dict lookup per position costs O(len(text)), where trying every value would cost
+    O(values) per logged string.  The few values shorter than the prefix are tried one by
+    one.  Copy-on-write: readers never take the lock.
+    """
+
+    PREFIX = 12
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_prefix: dict[str, tuple[str, ...]] = {}  # longest first within a prefix
+        self.short: tuple[str, ...] = ()  # longest first
+        self.count = 0
+
+    def add(self, value: str) -> None:
+        with self.lock:
+            if len(value) < self.PREFIX:
+                if value not in self.short:
+                    self.short = tuple(sorted((*self.short, value), key=len, reverse=True))
+                    self.count += 1
+                return
+            prefix = value[:self.PREFIX]
+            known = self.by_prefix.get(prefix, ())
+            if value in known:
+                return
+            by_prefix = dict(self.by_prefix)
+            by_prefix[prefix] = tuple(sorted((*known, value), key=len, reverse=True))
+            self.by_prefix = by_prefix
+            self.count += 1
+
+    def mask(self, text: str) -> str:
+        by_prefix, short, width = self.by_prefix, self.short, self.PREFIX
+        masked = text
+        if by_prefix and len(text) >= width:
+            out: list[str] = []
+            start = i = 0
+            end = len(text) - width + 1
+            while i < end:
+                candidates = by_prefix.get(text[i:i + width])
+                if candidates is not None:
+                    found = next((c for c in candidates if text.startswith(c, i)), None)
+                    if found is not None:
+                        out.append(text[start:i])
+                        out.append(REDACTED)
+                        i = start = i + len(found)
+                        continue
+                i += 1
+            if out:
+                out.append(text[start:])
+                masked = "".join(out)
+        for secret in short:
+            if secret in masked:
+                masked = masked.replace(secret, REDACTED)
+        return masked
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+_secrets = _SecretSet()
 
 
 def register_secret(value: str) -> None:
     """Mask `value` in every later log line (thread-safe; values under 4 characters are ignored)."""
-    global _secrets  # noqa: PLW0603 - one process-wide set, replaced atomically
     if not isinstance(value, str) or len(value) < _MIN_SECRET_LENGTH:
         return
-    with _secrets_lock:
-        if value not in _secrets:
-            _secrets = tuple(sorted((*_secrets, value), key=len, reverse=True))
+    _secrets.add(value)
 
 
 def is_secret_key(name: str) -> bool:
@@ -78,16 +137,9 @@ def is_secret_key(name: str) -> bool:
     return bool(_SECRET_KEY.search(key)) and not _NOT_SECRET_SUFFIX.search(key)
 
 
-def _mask(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-def _clean(value: Any, secrets: tuple[str, ...], depth: int) -> Any:
+def _clean(value: Any, secrets: _SecretSet, depth: int) -> Any:
     if isinstance(value, str):
-        return _mask(value, secrets) if secrets else value
+        return secrets.mask(value) if secrets else value
     if value is None or isinstance(value, bool | int | float):
         return value
     if depth >= _MAX_DEPTH:
@@ -104,8 +156,9 @@ def _clean(value: Any, secrets: tuple[str, ...], depth: int) -> Any:
         return [_clean(item, secrets, depth + 1) for item in items]
     if secrets:
         text = str(value)
-        if any(secret in text for secret in secrets):
-            return _mask(text, secrets)
+        masked = secrets.mask(text)
+        if masked is not text:
+            return masked
     return value
 
 

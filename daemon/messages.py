@@ -42,8 +42,18 @@ class UpdateSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RefreshToken:
+    """The token sweep: refresh the access token if it expires within the buffer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """The health sweep: make the connector's cheap call (an open breaker's probe, when due)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """Finish the current page, mark the job interrupted, and exit."""
 
 
-ActorMessage = JobQueued | PauseJob | ResumeJob | CancelJob | UpdateSettings | Stop
+ActorMessage = JobQueued | PauseJob | ResumeJob | CancelJob | UpdateSettings | RefreshToken | Probe | Stop

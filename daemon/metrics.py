@@ -11,6 +11,11 @@
     freshd_store_up                                       gauge    1 when PostgreSQL answers
     freshd_build_info{version}                            gauge    always 1
     freshd_actor_restarts_total{provider}                 counter
+    freshd_rate_limit_wait_seconds_total{provider}        counter  time requests waited for a token
+    freshd_rate_limited_total{provider}                   counter  429s / quota errors received
+    freshd_circuit_breaker_transitions_total{provider,state} counter
+    freshd_circuits_open{provider}                        gauge    breakers open or half-open
+    freshd_token_refreshes_total{provider,outcome}        counter  outcome: ok, failed, rejected
 
 Labels never name a connection: a fleet of thousands of connections must not mean thousands
 of series.  Per-connection detail is the admin socket's job (``freshctl status``).
@@ -41,21 +46,25 @@ from prometheus_client.registry import Collector
 
 from freshd import __version__
 from freshd.asgi import acknowledge_lifespan, serve_asgi
-from freshd.config import split_host_port
 
 __all__ = [
     "REGISTRY",
     "ConnectionSnapshot",
     "actor_restarts_total",
+    "breaker_transitions_total",
     "build_info",
+    "circuits_open",
     "db_write_seconds",
     "provider_requests_total",
+    "rate_limit_wait_seconds_total",
+    "rate_limited_total",
     "records_synced_total",
     "serve_metrics",
     "set_connection_snapshot",
     "store_up",
     "sync_duration_seconds",
     "sync_jobs_total",
+    "token_refreshes_total",
 ]
 
 log = structlog.get_logger(__name__)
@@ -91,6 +100,27 @@ build_info.labels(__version__).set(1)
 actor_restarts_total = Counter(
     "freshd_actor_restarts_total", "Connection actors restarted by the supervisor after a crash.",
     ["provider"], registry=REGISTRY,
+)
+
+rate_limit_wait_seconds_total = Counter(
+    "freshd_rate_limit_wait_seconds_total", "Seconds requests spent waiting for the rate limiter.",
+    ["provider"], registry=REGISTRY,
+)
+rate_limited_total = Counter(
+    "freshd_rate_limited_total", "Responses that said slow down (429, quota errors).",
+    ["provider"], registry=REGISTRY,
+)
+breaker_transitions_total = Counter(
+    "freshd_circuit_breaker_transitions_total", "Circuit breaker state changes, by the state entered.",
+    ["provider", "state"], registry=REGISTRY,
+)
+circuits_open = Gauge(
+    "freshd_circuits_open", "Connections whose circuit breaker is open or half-open.",
+    ["provider"], registry=REGISTRY,
+)
+token_refreshes_total = Counter(
+    "freshd_token_refreshes_total", "Access token refreshes, by outcome (ok, failed, rejected).",
+    ["provider", "outcome"], registry=REGISTRY,
 )
 
 # -- computed at scrape time -----------------------------------------------------------------------------
@@ -190,6 +220,8 @@ async def serve_metrics(
     through `task_status`.  Hypercorn logs through stdlib logging (WARNING+ reaches the
     output, see freshd.logs); no access log.
     """
+    from freshd.config import split_host_port  # config imports the policies, which import metrics
+
     host, port = split_host_port(address)
 
     def url(bound: int) -> str:

@@ -22,14 +22,15 @@ import structlog
 import trio
 
 from freshd import metrics
-from freshd.actor import ConnectionActor, ConnectionState, ConnectionStatus
+from freshd.actor import LOOKUP, ConnectionActor, ConnectionState, ConnectionStatus, Lookup, PolicySettings
 from freshd.connectors.base import ConnectionSettings
 from freshd.errors import StoreUnavailable
 from freshd.messages import ActorMessage, Stop, UpdateSettings
+from freshd.policies.gate import RateGroups
 from freshd.slots import SyncSlots
 from freshd.store import Store, activity, jobs
 from freshd.store.connections import ConnectionRow
-from freshd.store.jobs import JobStatus
+from freshd.store.jobs import JobRow, JobStatus
 from freshd.watch import ProgressHub
 
 log = structlog.get_logger(__name__)
@@ -38,6 +39,7 @@ BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
 HEALTHY_AFTER = 300.0  # a run this long resets the backoff
 STOP_TIMEOUT = 5.0
+PROBES_AT_ONCE = 32  # health probes in flight across all connections
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -64,6 +66,7 @@ class _Handle:
     crash: str | None = None
     backing_off: bool = False
     done: trio.Event = field(default_factory=trio.Event)
+    live_job: JobRow | Lookup | None = LOOKUP  # known at start; a restarted actor looks again
 
 
 class Supervisor:
@@ -74,10 +77,15 @@ class Supervisor:
         sync_interval: timedelta | None,
         slots: SyncSlots | None = None,
         hub: ProgressHub | None = None,
+        policy: PolicySettings | None = None,
+        rate_groups: RateGroups | None = None,
     ) -> None:
         self.store = store
         self.slots = slots or SyncSlots(max_running=20, tenant_max_running=5)
         self.hub = hub or ProgressHub()
+        self.policy = policy or PolicySettings()  # for actors started from now on
+        self.rate_groups = rate_groups or RateGroups()
+        self.probe_limiter = trio.CapacityLimiter(PROBES_AT_ONCE)
         self.sync_interval = sync_interval
         self._handles: dict[str, _Handle] = {}
         self._nursery: trio.Nursery | None = None
@@ -94,17 +102,19 @@ class Supervisor:
         wanted = {row.name: row for row in rows}
         for name in [n for n in self._handles if n not in wanted]:
             await self.stop(name)
+        # new actors get their live job from one query, not one each (a fleet starts in one go)
+        live = await self.store.call(jobs.live_jobs) if any(n not in self._handles for n in wanted) else {}
         for name, row in wanted.items():
             handle = self._handles.get(name)
             if handle is None:
-                self.start(row)
+                self.start(row, live_job=live.get(row.id))
             elif settings_of(row) != handle.settings:
                 handle.row, handle.settings = row, settings_of(row)
                 self.send_nowait(name, UpdateSettings(handle.settings))
 
-    def start(self, row: ConnectionRow) -> None:
+    def start(self, row: ConnectionRow, *, live_job: JobRow | Lookup | None = LOOKUP) -> None:
         assert self._nursery is not None, "supervisor is not running"
-        handle = _Handle(row, settings_of(row))
+        handle = _Handle(row, settings_of(row), live_job=live_job)
         self._handles[row.name] = handle
         self._nursery.start_soon(self._supervise, handle, name=f"actor:{row.name}")
 
@@ -140,6 +150,10 @@ class Supervisor:
         handle = self._handles.get(name)
         return handle.actor if handle else None
 
+    def broadcast_nowait(self, message: ActorMessage) -> int:
+        """The same nudge to every running actor; returns how many took it."""
+        return sum(self.send_nowait(name, message) for name in list(self._handles))
+
     def names(self) -> list[str]:
         return sorted(self._handles)
 
@@ -171,8 +185,10 @@ class Supervisor:
                     actor = ConnectionActor(
                         self.store, row.id, handle.settings, last_success_at=row.last_success_at,
                         last_error=row.last_error, sync_interval=self.sync_interval, slots=self.slots,
-                        hub=self.hub,
+                        hub=self.hub, policy=self.policy, rate_groups=self.rate_groups, tokens=row.tokens,
+                        probe_limiter=self.probe_limiter, live_job=handle.live_job,
                     )
+                    handle.live_job = LOOKUP
                     handle.actor, handle.backing_off = actor, False
                     started = trio.current_time()
                     try:

@@ -319,7 +319,10 @@ class JobRunner:
                         else:
                             await self.connector.sync_entity(stream, state, mode, Context())
                     except Exception as exc:
-                        failure = exc  # raised after the pages before it are committed
+                        # raised after the pages before it are committed; a cancel the writer saw
+                        # wins over the closed channel it causes here
+                        if failure is None:
+                            failure = exc
 
             nursery.start_soon(produce)
             try:

@@ -100,7 +100,7 @@ def _without_source(config: Config) -> Config:
 
 
 # keys the example documents without a fixed default: they depend on the machine
-_MACHINE_KEYS = {"database_url", "state_dir", "runtime_dir", "socket", "group"}
+_MACHINE_KEYS = {"database_url", "state_dir", "runtime_dir", "socket", "group", "key_files", "credential"}
 
 
 def test_documented_example_states_the_defaults(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_documented_example_states_the_defaults(tmp_path: Path) -> None:
             uncommented += 1
         else:
             lines.append(line)
-    assert uncommented == 21  # every key of every section but the machine-dependent ones
+    assert uncommented == 29  # every key of every section but the machine-dependent ones
     assert _without_source(load_config(write(tmp_path, "\n".join(lines)), env=ENV)) == defaults
 
 
@@ -173,6 +173,8 @@ def test_full_file(tmp_path: Path) -> None:
         provider = "odoo"
         base_url = "http://odoo.local:8069/"
         enabled = false
+        options = {{ database = "acme", username = "api@acme.example" }}
+        credentials = {{ api_key = "k-odoo" }}
         """), env=ENV)
     assert config.database_url == "postgresql://freshd:pw-s3cret@db.internal/freshd"
     assert config.state_dir == Path("/srv/freshd")
@@ -198,9 +200,9 @@ def test_full_file(tmp_path: Path) -> None:
     # options go to the store as JSON: still a dict to json
     assert json.loads(json.dumps(dict(shop.options))) == {
         "per_page": 50, "entities": ["orders", "products"], "nested": {"a": 1}}
-    assert (erp.tenant, erp.enabled, erp.credentials) == ("default", False, {})
+    assert (erp.tenant, erp.enabled, erp.options["database"]) == ("default", False, "acme")
     assert config.connection("erp") is erp
-    assert config.secret_values() == {"ck_live_0123456789", "cs_live_abcdefghij", "pw-s3cret"}
+    assert config.secret_values() == {"ck_live_0123456789", "cs_live_abcdefghij", "pw-s3cret", "k-odoo"}
 
 
 def test_config_is_frozen_and_hashable(tmp_path: Path) -> None:

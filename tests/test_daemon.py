@@ -459,7 +459,7 @@ async def test_health_schedule_and_trigger(
     assert figures["connections"] == {"idle": 1, "error": 1} and figures["oldest_data_age_seconds"] is not None
 
     sweeps = {s["id"]: s for s in (await running.ctl_json("schedule"))["sweeps"]}
-    assert set(sweeps) == {"sync", "health", "cleanup"} and sweeps["health"]["next_run_time"]
+    assert set(sweeps) == {"sync", "health", "tokens", "cleanup"} and sweeps["health"]["next_run_time"]
     # the provider is back; the health sweep, run now, re-queues the connection that never synced
     bad[0].app.faults.clear()
     assert (await running.ctl_json("trigger", "health"))["started"] is True

@@ -159,3 +159,16 @@ def test_unknown_level_or_format_refused() -> None:
         configure_logging("loud", "json", io.StringIO())
     with pytest.raises(ValueError):
         configure_logging("info", "xml", io.StringIO())
+
+
+def test_a_fleet_of_secrets_with_common_prefixes_is_masked(out: io.StringIO) -> None:
+    """Thousands of tokens sharing a provider prefix (Amazon's `Atza|`), and short ones too."""
+    tokens = [f"Atza|IwEBI{n:05d}{secret()}" for n in range(3000)]
+    for token in tokens:
+        register_secret(token)
+    register_secret("pin42")
+    register_secret(tokens[7][:20])  # a value that is a prefix of another: the longer one wins
+    structlog.get_logger("freshd.x").info("t", a=f"x{tokens[7]}y{tokens[2999]}", b="pin42!", c=tokens[7][:20])
+    line = lines(out)[-1]
+    assert line["a"] == f"x{REDACTED}y{REDACTED}"
+    assert line["b"] == f"{REDACTED}!" and line["c"] == REDACTED

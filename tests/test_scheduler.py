@@ -384,3 +384,36 @@ def test_sweep_declarations_are_validated() -> None:
         add_sweeps(make_scheduler(), [Sweep("x", ok, interval=1), Sweep("x", ok, interval=2)])
     with pytest.raises(TypeError, match="not an async function"):
         make_scheduler().add_job(blocking, "interval", seconds=5)
+
+
+async def test_the_daemons_sweeps_run_on_their_configured_schedule(autojump_clock: trio.testing.MockClock) -> None:
+    """The daemon's own sweep table (Daemon.sweeps) from a config: one simulated day."""
+    from freshd.app import Daemon
+    from freshd.config import Config, ScheduleConfig
+
+    calls: dict[str, list[float]] = {"sync": [], "health": [], "tokens": [], "cleanup": []}
+
+    class Recording(Daemon):
+        async def sync_sweep(self) -> None:
+            calls["sync"].append(elapsed(mock_now()))
+
+        async def health_sweep(self) -> None:
+            calls["health"].append(elapsed(mock_now()))
+
+        async def token_sweep(self) -> None:
+            calls["tokens"].append(elapsed(mock_now()))
+
+        async def cleanup_sweep(self) -> None:
+            calls["cleanup"].append(elapsed(mock_now()))
+
+    config = Config(schedule=ScheduleConfig(jitter=0.0))  # the defaults: 2 h, 15 min, 1 h, 02:00
+    daemon = Recording(config, None, None, None)  # type: ignore[arg-type]
+    scheduler = make_scheduler()
+    add_sweeps(scheduler, daemon.sweeps())
+    with trio.fail_after(CEILING):
+        async with serving(scheduler):
+            await trio.sleep_until(86400 + 1)
+    assert calls["sync"] == approx_list([7200.0 * k for k in range(1, 13)])
+    assert len(calls["health"]) == 96 and calls["health"][0] == pytest.approx(900.0)
+    assert calls["tokens"] == approx_list([3600.0 * k for k in range(1, 25)])
+    assert calls["cleanup"] == approx_list([2 * 3600.0])

@@ -24,7 +24,7 @@ def page(cid: int, items: list[dict[str, object]], checkpoint: dict[str, object]
 
 async def add_connection(store, name: str = "shop") -> int:  # type: ignore[no-untyped-def]
     row, created = await store.call(
-        connections.upsert_connection, name=name, tenant="t1", provider="woocommerce",
+        connections.upsert_connection, store.keyring, name=name, tenant="t1", provider="woocommerce",
         base_url="http://127.0.0.1:1", options={}, credentials={"consumer_key": "k", "consumer_secret": "s"},
         source="admin",
     )
@@ -35,9 +35,9 @@ async def add_connection(store, name: str = "shop") -> int:  # type: ignore[no-u
 async def test_migrations_apply_once_and_are_recorded(database_url: str) -> None:
     first = await trio.to_thread.run_sync(apply_migrations, database_url)
     again = await trio.to_thread.run_sync(apply_migrations, database_url)
-    assert [m.version for m in first] == [1, 2]
+    assert [m.version for m in first] == [1, 2, 3]
     assert again == []
-    assert query(database_url, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,)]
+    assert query(database_url, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,)]
 
 
 async def test_page_write_is_idempotent_and_skips_unchanged(database_url: str) -> None:

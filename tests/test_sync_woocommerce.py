@@ -57,7 +57,7 @@ async def rig(database_url: str, nursery: trio.Nursery) -> AsyncIterator[Rig]:
     port = await nursery.start(functools.partial(serve_asgi, sim.app, host="127.0.0.1", port=0))
     async with open_store(database_url) as store:
         row, _ = await store.call(
-            connections.upsert_connection, name="shop", tenant="t", provider="woocommerce",
+            connections.upsert_connection, store.keyring, name="shop", tenant="t", provider="woocommerce",
             base_url=f"http://127.0.0.1:{port}", options={}, credentials=CREDS, source="admin",
         )
         yield Rig(sim, f"http://127.0.0.1:{port}", store, database_url, row.id)

@@ -52,8 +52,7 @@ from freshd.connectors.base import (
     SyncContext,
     SyncMode,
 )
-from freshd.connectors.http import ProviderClient, parse_retry_after
-from freshd.connectors.pagination import fetch_in_order
+from freshd.connectors.pagination import LoopGuard, fetch_in_order
 from freshd.errors import (
     ConfigError,
     PermanentError,
@@ -62,6 +61,8 @@ from freshd.errors import (
     ReauthRequired,
     TransientError,
 )
+from freshd.policies.gate import ConnectionPolicies
+from freshd.policies.ratelimit import parse_retry_after
 
 API_PREFIX = "/wp-json/wc/v3"
 PER_PAGE = 100  # the API's maximum
@@ -204,8 +205,10 @@ class WooCommerceConnector(Connector):
     provider = "woocommerce"
     streams = (CUSTOMERS, ORDERS, PRODUCTS)
 
-    def __init__(self, settings: ConnectionSettings, *, client: ProviderClient | None = None) -> None:
-        super().__init__(settings)
+    def __init__(
+        self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None,
+    ) -> None:
+        super().__init__(settings, policies=policies)
         base = settings.base_url.rstrip("/")
         if not base.endswith(API_PREFIX):
             base += API_PREFIX
@@ -213,10 +216,11 @@ class WooCommerceConnector(Connector):
         # customers have no server-side modified filter: the full (id, modified) diff runs at most
         # this often; incremental syncs in between fetch only new customers
         self.diff_interval = float(settings.options.get("diff_interval", DIFF_INTERVAL))
-        self.client = client or ProviderClient(
-            self.provider, base + "/", classify=classify, auth=build_auth(settings),
-            max_connections=max(self.concurrency, 1) + 1,
-        )
+        self.client = self.http_client(base + "/", classify=classify, auth=build_auth(settings),
+                                       max_connections=max(self.concurrency, 1) + 1)
+
+    async def probe(self) -> None:
+        await self.client.get_json("customers", params={"per_page": 1, "_fields": "id"})
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -255,12 +259,14 @@ class WooCommerceConnector(Connector):
     ) -> bool:
         """Hand pages start_page..N to on_page in order; return False if the listing shifted."""
         shifted = False
+        guard = LoopGuard(f"WooCommerce {stream.path}")
 
         async def fetch(number: int) -> _Listing:
             return first if number == 1 else await self._list(stream, {**params, "page": number})
 
         async def consume(number: int, listing: _Listing) -> None:
             nonlocal shifted
+            guard.page([r.get("id") for r in listing.records])
             if listing.total != first.total:
                 shifted = True
             await on_page(number, listing, shifted)

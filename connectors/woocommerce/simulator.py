@@ -32,7 +32,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
-import trio
 
 from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
 
@@ -221,7 +220,34 @@ class WooCommerceSimulator:
             return record
         return self.update(resource, rid, status="trash")
 
-    def mutate(self, count: int) -> dict[str, int]:
+    # --- the test contract (tests/rig.py SimulatorUnderTest) -------------------------------------
+
+    token_requests = 0  # API keys: no token endpoint
+
+    def count(self, entity: str) -> int:
+        """Live records a complete sync ends with (trashed orders/products are tombstones)."""
+        coll = self.collections[entity]
+        return sum(1 for rid in coll.by_id if coll.statuses.get(rid) != "trash")
+
+    def mutate(self, entity: str) -> dict[str, str | None]:
+        """One create, one update, one delete (customers are removed, the others trashed)."""
+        coll = self.collections[entity]
+        live = [rid for rid in coll.by_id if coll.statuses.get(rid) != "trash"]
+        updated, deleted = live[0], live[-1]
+        field = {"customers": "first_name", "orders": "customer_note", "products": "short_description"}[entity]
+        self.update(entity, updated, **{field: f"changed {self._now().isoformat()}"})
+        self.delete(entity, deleted)
+        created = self.create(entity)
+        return {"created": str(created["id"]), "updated": str(updated), "deleted": str(deleted)}
+
+    def corrupt(self, entity: str) -> str:
+        coll = self.collections[entity]
+        rid = coll.by_id[len(coll.by_id) // 2]
+        field = {"customers": "last_name", "orders": "customer_note", "products": "name"}[entity]
+        self.update(entity, rid, **{field: "bad\u0000byte"})
+        return str(rid)
+
+    def random_changes(self, count: int) -> dict[str, int]:
         """Apply `count` random creates, updates and deletes (deterministic for the seed)."""
         done = {"created": 0, "updated": 0, "deleted": 0}
         rng = self.fake.rng
@@ -246,13 +272,6 @@ class WooCommerceSimulator:
                 done["deleted"] += 1
         return done
 
-    async def run_churn(self, per_second: float) -> None:
-        """Keep changing records, `per_second` changes a second on average, until cancelled."""
-        if per_second <= 0:
-            return
-        while True:
-            await trio.sleep(1.0 / per_second)
-            self.mutate(1)
 
     # --- auth ------------------------------------------------------------------------------------
 
@@ -365,6 +384,8 @@ class WooCommerceSimulator:
         per_page = self._int_param(request, "per_page", 10, 1, 100)
         page = self._int_param(request, "page", 1, 1)
         offset = self._int_param(request, "offset", -1, 0)
+        if self.app.faults.loop:  # the fault: every page asked for is the first one
+            page, offset = 1, -1
         order = (request.arg("order") or ("asc" if customers else "desc")).lower()
         if order not in ("asc", "desc"):
             raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): order",
@@ -540,7 +561,7 @@ class WooCommerceSimulator:
 
     async def _mutate_endpoint(self, request: Request) -> Response:
         body = request.json() or {}
-        return Response.json(self.mutate(int(body.get("count", 1))))
+        return Response.json(self.random_changes(int(body.get("count", 1))))
 
     async def _state_endpoint(self, request: Request) -> Response:
         return Response.json(self.counts())

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from freshd import __version__, scheduler
+from freshd import __version__, logs, scheduler
 from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Request
-from freshd.connectors.base import connector_class
+from freshd.connectors.base import ConnectionSettings, check_settings
 from freshd.errors import AdminError, ConfigError, StoreUnavailable
 from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
 from freshd.policies.staleness import Verdict
@@ -74,6 +74,7 @@ class DaemonAdmin:
             "connections.show": self.connections_show,
             "connections.add": self.connections_add,
             "connections.remove": self.connections_remove,
+            "connections.set_credential": self.connections_set_credential,
             "sync": self.sync,
             "jobs": self.jobs,
             "job": self.job,
@@ -100,7 +101,8 @@ class DaemonAdmin:
 
     async def _connection_views(self, caller: Caller) -> list[dict[str, Any]]:
         counts = await self.daemon.store.call(records.count_records)
-        ids = {row.name: row.id for row in await self.daemon.store.call(connections.list_connections)}
+        rows = await self.daemon.store.call(connections.list_connections, self.daemon.store.keyring)
+        ids = {row.name: row.id for row in rows}
         started = await self.daemon.store.call(jobs.last_started)
         policy, now = self.daemon.staleness, datetime.now(UTC)
         views = []
@@ -122,6 +124,14 @@ class DaemonAdmin:
                 "error": status.error,
                 "job_id": status.job_id,
                 "restarts": status.restarts,
+                "breaker": status.breaker.value,
+                "breaker_retry_at": iso(datetime.fromtimestamp(status.breaker_retry_at, UTC))
+                if status.breaker_retry_at else None,
+                "rate_limit": status.rate_limit,
+                "token_expires_at": iso(datetime.fromtimestamp(status.token_expires_at, UTC))
+                if status.token_expires_at else None,
+                "health": status.health,
+                "probed_at": iso(status.probed_at),
             })
         return views
 
@@ -140,7 +150,7 @@ class DaemonAdmin:
         return {"connections": await self._connection_views(caller)}
 
     async def _row(self, name: str, caller: Caller) -> connections.ConnectionRow:
-        row = await self.daemon.store.call(connections.get_connection, name)
+        row = await self.daemon.store.call(connections.get_connection, name, self.daemon.store.keyring)
         if row is None or not caller.sees(row.tenant):  # another tenant's connection does not exist for you
             raise AdminError(ErrorCode.NOT_FOUND, f"no connection named {name!r}")
         return row
@@ -173,17 +183,18 @@ class DaemonAdmin:
             if tenant not in caller.tenants:
                 raise AdminError(ErrorCode.FORBIDDEN, f"you may add connections to tenant(s) "
                                  f"{', '.join(sorted(caller.tenants))} only")
+        validate_base_url(base_url)
         try:
-            connector_class(provider)
+            check_settings(ConnectionSettings(name, provider, base_url, tenant or "default",
+                                              dict(args["credentials"]), dict(args.get("options") or {})))
         except ConfigError as exc:
             raise AdminError(ErrorCode.BAD_REQUEST, str(exc)) from None
-        validate_base_url(base_url)
-        if await self.daemon.store.call(connections.get_connection, name) is not None:
+        if await self.daemon.store.call(connections.get_connection, name, self.daemon.store.keyring) is not None:
             raise AdminError(ErrorCode.CONFLICT, f"a connection named {name!r} already exists")
 
         def add(conn: Any) -> tuple[connections.ConnectionRow, JobRow]:
             row, _ = connections.upsert_connection(
-                conn, name=name, tenant=tenant or "default", provider=provider,
+                conn, self.daemon.store.keyring, name=name, tenant=tenant or "default", provider=provider,
                 base_url=base_url, options=dict(args.get("options") or {}),
                 credentials=dict(args["credentials"]), source="admin",
             )
@@ -200,6 +211,36 @@ class DaemonAdmin:
         self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
         return {"connection": {"name": row.name, "provider": row.provider, "tenant": row.tenant,
                                "base_url": row.base_url}, "job_id": job.id}
+
+    async def connections_set_credential(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """New credential values (re-authentication): merged, sealed, tokens cleared, a sync queued."""
+        row = await self._row(args["name"], caller)
+        changes: dict[str, str | None] = {k: (v or None) for k, v in args["credentials"].items()}
+        merged = {k: v for k, v in {**row.credentials, **changes}.items() if v is not None}
+        try:
+            check_settings(ConnectionSettings(row.name, row.provider, row.base_url, row.tenant, merged,
+                                              dict(row.options)))
+        except ConfigError as exc:
+            raise AdminError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        kind = JobKind.INCREMENTAL if row.last_success_at else JobKind.INITIAL
+        keyring = self.daemon.store.keyring
+
+        def update(conn: Any) -> tuple[connections.ConnectionRow, JobRow]:
+            stored = connections.set_credentials(conn, keyring, row.name, changes)
+            job, _ = jobs.create_job(conn, stored.id, kind, "credentials")
+            activity.log_activity(conn, "connection.credentials_set",
+                                  f"credentials of {row.name} changed by uid {caller.peer.uid}",
+                                  connection_id=stored.id, job_id=job.id,
+                                  details={"keys": sorted(changes)})  # names only, never values
+            return stored, job
+
+        stored, job = await self.daemon.store.call(update)
+        for value in stored.credentials.values():
+            logs.register_secret(value)
+        await self.daemon.supervisor.apply(
+            await self.daemon.store.call(connections.list_connections, keyring))
+        self.daemon.supervisor.send_nowait(stored.name, JobQueued(job.id))
+        return {"name": stored.name, "credential_keys": sorted(stored.credentials), "job_id": job.id}
 
     async def connections_remove(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         row = await self._row(args["name"], caller)

@@ -97,6 +97,8 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "options": Arg("object", default={}),
     },
     "connections.remove": {"name": _NAME},
+    # merged into the stored credentials ("" removes a key); clears tokens, ends reauth_required
+    "connections.set_credential": {"name": _NAME, "credentials": Arg("str_map", required=True)},
     "sync": {"name": _NAME, "full": Arg("bool", default=False), "force": Arg("bool", default=False)},
     "jobs": {
         "connection": Arg("name"),

@@ -29,6 +29,7 @@ from psycopg.rows import dict_row
 
 from freshd import metrics, systemd
 from freshd.errors import StoreUnavailable
+from freshd.secrets import Keyring
 from freshd.store import migrate
 
 P = ParamSpec("P")
@@ -45,8 +46,10 @@ RETRY_CAP = 30.0
 class Store:
     """Opened by :func:`open_store`; shared by every actor."""
 
-    def __init__(self, url: str, *, max_connections: int) -> None:
+    def __init__(self, url: str, *, max_connections: int, keyring: Keyring | None = None) -> None:
         self.url = url
+        # seals credentials and tokens (freshd.secrets); an in-memory key when none is given (tests)
+        self.keyring = keyring or Keyring.ephemeral()
         self._limiter = trio.CapacityLimiter(max_connections)
         self._idle: list[Connection] = []
         self._closed = False
@@ -152,9 +155,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 @asynccontextmanager
-async def open_store(url: str, *, max_connections: int = 4, apply_migrations: bool = True) -> AsyncIterator[Store]:
+async def open_store(
+    url: str, *, max_connections: int = 4, apply_migrations: bool = True, keyring: Keyring | None = None,
+) -> AsyncIterator[Store]:
     """Open the store, apply pending migrations, and close every connection on exit."""
-    store = Store(url, max_connections=max_connections)
+    store = Store(url, max_connections=max_connections, keyring=keyring)
     try:
         if apply_migrations:
             await trio.to_thread.run_sync(migrate.apply_migrations, url)

@@ -103,9 +103,33 @@ def create_job(
     return live, False
 
 
+def create_jobs(conn: Connection, wanted: list[tuple[int, JobKind]], trigger: str) -> dict[int, int]:
+    """Many connections' jobs in one transaction (the sweeps): connection id -> live job id."""
+    if not wanted:
+        return {}
+    ids = [cid for cid, _ in wanted]
+    conn.execute(
+        "INSERT INTO sync_jobs (connection_id, kind, status, trigger)"
+        " SELECT cid, kind, 'queued', %s FROM unnest(%s::bigint[], %s::text[]) AS w(cid, kind)"
+        " ON CONFLICT (connection_id) WHERE status IN ('queued', 'running', 'paused', 'interrupted') DO NOTHING",
+        (trigger, ids, [kind.value for _, kind in wanted]),
+    )
+    rows = conn.execute(
+        "SELECT connection_id, id FROM sync_jobs WHERE connection_id = ANY(%s) AND status = ANY(%s)",
+        (ids, [s.value for s in LIVE]),
+    ).fetchall()
+    return {int(r["connection_id"]): int(r["id"]) for r in rows}  # type: ignore[call-overload]
+
+
 def get_job(conn: Connection, job_id: int) -> JobRow | None:
     row = conn.execute(f"{_SELECT} WHERE j.id = %s", (job_id,)).fetchone()
     return _job(dict(row)) if row else None
+
+
+def live_jobs(conn: Connection) -> dict[int, JobRow]:
+    """Every connection's live job, in one query (the supervisor starting a fleet)."""
+    rows = conn.execute(f"{_SELECT} WHERE j.status = ANY(%s)", ([s.value for s in LIVE],)).fetchall()
+    return {job.connection_id: job for job in (_job(dict(row)) for row in rows)}
 
 
 def live_job(conn: Connection, connection_id: int) -> JobRow | None:
