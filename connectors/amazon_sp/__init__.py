@@ -1,0 +1,1 @@
+"""amazon_sp connector."""
