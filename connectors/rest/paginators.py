@@ -1,0 +1,285 @@
+"""Paginators: one small state machine per paginator kind (settings in config.py).
+
+A `Pager` holds one listing's position.  The connector asks it what to request
+(`ask`), hands it each response (`advance`, the one transition: it moves the
+position on or sets `done`), and checkpoints `position()` with every page so
+an interrupted listing resumes (`restore`) at the next request.  Every pager
+feeds its `LoopGuard`: page and offset paging by the ids of each page (the same
+page twice is a loop), cursor and link paging by the token or URL (one that
+comes back is a loop); either raises PermanentError.
+
+End of a listing, by kind:
+
+    page_number   an empty page; else the total-pages count, else the total records, when the
+                  API gives them; else a short page (only if the page size is sent)
+    offset        an empty page; else the total records; else a short page
+    cursor        no next token (absent, null or "")
+    link_header   no rel="next" link
+    none          after the first response
+
+Short-page ends trust the server to return `size` records per page: set the size
+no larger than the API's maximum, or configure a total.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from freshd.connectors.pagination import LoopGuard
+from freshd.connectors.rest.config import (
+    CursorPaging,
+    LinkHeaderPaging,
+    NoPaging,
+    OffsetPaging,
+    PageNumberPaging,
+    PaginatorConfig,
+    dig,
+)
+from freshd.errors import PermanentError
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """The next request: `url` to GET as given (a followed link) or None for the stream's path,
+    with the paging `params` (added to the stream's own, unless `url` is given)."""
+
+    url: str | None
+    params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PageRead:
+    """One response, as a pager needs it."""
+
+    records: Sequence[Any]
+    ids: Sequence[str]
+    body: Any
+    headers: httpx.Headers
+    url: httpx.URL  # where it came from: relative links resolve against it
+
+
+def _read_int(page: PageRead, header: str | None, path: str | None) -> int | None:
+    """A count the API reports (header or body path); None when absent or unreadable."""
+    raw: Any = None
+    if header is not None:
+        raw = page.headers.get(header)
+    elif path is not None:
+        try:
+            raw = dig(page.body, path)
+        except KeyError:
+            raw = None
+    if isinstance(raw, bool) or raw is None:
+        return None
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+class Pager(ABC):
+    """One listing's position.  `total` is the listing's size when the API says."""
+
+    def __init__(self, guard: LoopGuard) -> None:
+        self.guard = guard
+        self.done = False
+        self.total: int | None = None
+
+    @abstractmethod
+    def ask(self) -> Ask: ...
+
+    @abstractmethod
+    def advance(self, page: PageRead) -> None: ...
+
+    @abstractmethod
+    def position(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def restore(self, position: Mapping[str, Any]) -> None: ...
+
+
+def _size(param: str | None, size: int) -> dict[str, str]:
+    return {param: str(size)} if param else {}
+
+
+class PageNumberPager(Pager):
+    def __init__(self, config: PageNumberPaging, guard: LoopGuard) -> None:
+        super().__init__(guard)
+        self.config = config
+        self.page = config.start
+
+    def ask(self) -> Ask:
+        return Ask(None, {self.config.page_param: str(self.page), **_size(self.config.size_param, self.config.size)})
+
+    def advance(self, page: PageRead) -> None:
+        c = self.config
+        self.guard.page(page.ids)
+        pages = _read_int(page, c.total_pages_header, c.total_pages_path)
+        self.total = _read_int(page, c.total_header, c.total_path)
+        read = self.page - c.start + 1  # pages read so far
+        if not page.records:
+            self.done = True
+        elif pages is not None:
+            self.done = read >= pages
+        elif self.total is not None and c.size_param:
+            self.done = read * c.size >= self.total
+        elif c.size_param:
+            self.done = len(page.records) < c.size
+        if not self.done:
+            self.page += 1
+
+    def position(self) -> dict[str, Any]:
+        return {"page": self.page}
+
+    def restore(self, position: Mapping[str, Any]) -> None:
+        self.page = int(position["page"])
+
+
+class OffsetPager(Pager):
+    def __init__(self, config: OffsetPaging, guard: LoopGuard) -> None:
+        super().__init__(guard)
+        self.config = config
+        self.offset = 0
+
+    def ask(self) -> Ask:
+        return Ask(None, {self.config.offset_param: str(self.offset), self.config.limit_param: str(self.config.limit)})
+
+    def advance(self, page: PageRead) -> None:
+        self.guard.page(page.ids)
+        self.total = _read_int(page, self.config.total_header, self.config.total_path)
+        # move by what came back, not by the limit asked: a server that caps the limit skips nothing
+        self.offset += len(page.records)
+        if not page.records:
+            self.done = True
+        elif self.total is not None:
+            self.done = self.offset >= self.total
+        else:
+            self.done = len(page.records) < self.config.limit
+
+    def position(self) -> dict[str, Any]:
+        return {"offset": self.offset}
+
+    def restore(self, position: Mapping[str, Any]) -> None:
+        self.offset = int(position["offset"])
+
+
+class CursorPager(Pager):
+    def __init__(self, config: CursorPaging, guard: LoopGuard) -> None:
+        super().__init__(guard)
+        self.config = config
+        self.token: str | None = None
+
+    def ask(self) -> Ask:
+        params = _size(self.config.size_param, self.config.size)
+        if self.token is not None:
+            params[self.config.cursor_param] = self.token
+        return Ask(None, params)
+
+    def advance(self, page: PageRead) -> None:
+        raw: Any
+        if self.config.next_header is not None:
+            raw = page.headers.get(self.config.next_header)
+        else:
+            assert self.config.next_path is not None
+            try:
+                raw = dig(page.body, self.config.next_path)
+            except KeyError:
+                raw = None
+        if raw is None or raw == "" or raw is False:
+            self.done = True
+            return
+        token = str(raw)
+        self.guard.cursor(token)
+        self.token = token
+
+    def position(self) -> dict[str, Any]:
+        return {"cursor": self.token}
+
+    def restore(self, position: Mapping[str, Any]) -> None:
+        token = position.get("cursor")
+        self.token = None if token is None else str(token)
+
+
+# RFC 8288: `<uri>; param=value; param="value", <uri2>; ...` (commas may sit inside <> and quotes)
+_LINK = re.compile(r'<([^>]*)>((?:\s*;\s*[^;,="]+(?:=(?:"[^"]*"|[^;,]*))?)*)')
+_LINK_PARAM = re.compile(r';\s*([^;,="\s]+)\s*(?:=\s*(?:"([^"]*)"|([^;,]*)))?')
+
+
+def links(header: str) -> list[tuple[str, set[str]]]:
+    """(target, rel values) for each link of a Link header."""
+    found = []
+    for match in _LINK.finditer(header):
+        rels: set[str] = set()
+        for param in _LINK_PARAM.finditer(match.group(2)):
+            if param.group(1).lower() == "rel":
+                rels.update((param.group(2) or param.group(3) or "").lower().split())
+        found.append((match.group(1).strip(), rels))
+    return found
+
+
+class LinkHeaderPager(Pager):
+    def __init__(self, config: LinkHeaderPaging, guard: LoopGuard, origin: httpx.URL) -> None:
+        super().__init__(guard)
+        self.config = config
+        self.origin = origin
+        self.next_url: str | None = None
+
+    def ask(self) -> Ask:
+        if self.next_url is None:
+            return Ask(None, _size(self.config.size_param, self.config.size))
+        return Ask(self.next_url, {})
+
+    def advance(self, page: PageRead) -> None:
+        target = next((url for url, rels in links(page.headers.get("link", ""))
+                       if self.config.rel.lower() in rels), None)
+        if not target:
+            self.done = True
+            return
+        url = page.url.join(target)
+        if (url.scheme, url.host, url.port) != (self.origin.scheme, self.origin.host, self.origin.port):
+            # the connection's credentials go to base_url's origin only
+            raise PermanentError(f"rel={self.config.rel!r} link points to another origin ({url.scheme}://{url.host})")
+        self.guard.cursor(str(url))
+        self.next_url = str(url)
+
+    def position(self) -> dict[str, Any]:
+        return {"url": self.next_url}
+
+    def restore(self, position: Mapping[str, Any]) -> None:
+        url = position.get("url")
+        self.next_url = None if url is None else str(url)
+
+
+class SinglePager(Pager):
+    def ask(self) -> Ask:
+        return Ask(None, {})
+
+    def advance(self, page: PageRead) -> None:
+        self.done = True
+
+    def position(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, position: Mapping[str, Any]) -> None:
+        pass
+
+
+def start_pager(config: PaginatorConfig, guard: LoopGuard, *, origin: httpx.URL) -> Pager:
+    """A fresh state machine for one listing (`origin`: the only origin links may point to)."""
+    match config:
+        case PageNumberPaging():
+            return PageNumberPager(config, guard)
+        case OffsetPaging():
+            return OffsetPager(config, guard)
+        case CursorPaging():
+            return CursorPager(config, guard)
+        case LinkHeaderPaging():
+            return LinkHeaderPager(config, guard, origin)
+        case NoPaging():
+            return SinglePager(guard)
+    raise AssertionError(f"no pager for {config!r}")
