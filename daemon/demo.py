@@ -44,6 +44,9 @@ DEMO_CONNECTIONS = (
                    # the simulator serves Login with Amazon on the same host
                    options={"marketplace_ids": ["ATVPDKIKX0DER"], "token_url": "/auth/o2/token",
                             "report_poll_interval": 1}),
+    # the simulator's database and login are "demo" and "api@example.com"; only the key is a secret
+    DemoConnection("erp", "odoo", "acme", 5, {"api_key": "odoo-demo-key"},
+                   options={"database": "demo", "username": "api@example.com"}),
     # a CRM no connector knows, declared in options for the generic REST connector
     DemoConnection("crm", "rest", "acme", 4,
                    {"client_id": "demo-client", "client_secret": "demo-secret", "refresh_token": "demo-refresh"},

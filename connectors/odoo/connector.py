@@ -1,0 +1,353 @@
+"""Odoo external API: partners, sale orders, products, over JSON-RPC or the JSON-2 API.
+
+Sections, in the order every provider module keeps them: auth, error
+classification, streams, sync.
+
+* **Transport** (option ``api``): ``jsonrpc`` (default; every version):
+  ``POST /jsonrpc`` ``common.authenticate(db, login, key, {})`` once for the uid,
+  then stateless ``object.execute_kw(db, uid, key, model, method, args,
+  kwargs)``.  ``json2`` (Odoo 19+): ``POST /json/2/<model>/<method>`` with
+  ``Authorization: bearer <API key>``, ``X-Odoo-Database``, named parameters.
+  Options ``database`` and ``username`` (the login; JSON-RPC only), credential
+  ``api_key`` (or ``password``).
+* **Errors**: JSON-RPC answers HTTP 200 with an ``error`` envelope; JSON-2
+  answers 4xx/5xx with ``{name, message}``.  Both go through one `classify` on
+  the exception ``name``: AccessDenied / 401 -> ReauthRequired, AccessError,
+  ValidationError, UserError, MissingError, 422 -> PermanentError, session
+  expiry, serialization failures, 502/503/504 -> TransientError, 429 ->
+  RateLimited.  An unknown exception name is PermanentError (Odoo raised it on
+  purpose); an envelope that is neither result nor error is TransientError.
+* **Streams**: ``partners`` (res.partner), ``sale_orders`` (sale.order),
+  ``products`` (product.product), each with a default field list (option
+  ``fields = {partners = [...]}`` overrides; ``search_read`` without fields
+  would send every computed and binary field).  Many2one values are stored as
+  Odoo sends them, ``[id, "name"]``.
+* **Paging and cursor**: keyset on ``(write_date, id)`` with
+  ``order='write_date asc, id asc'``, ``limit`` = ``page_size`` (default 500) and
+  the domain ``write_date > w OR (write_date = w AND id > i)``.  Plain
+  ``offset`` paging over a live table skips a record each time an earlier one
+  is modified mid-listing (it moves to the end and everything shifts left);
+  the keyset cannot.  The checkpoint after each page is the last (w, i), so a
+  job resumes exactly after the committed page.  An incremental sync starts
+  ``lookback`` (default 60 s) before the watermark: ``write_date`` is the writing
+  transaction's start time, so a long transaction can commit a record dated
+  before one we already read.
+* **Archived and deleted records**: archived records (``active = False``) are
+  synced with ``context.active_test = False`` and kept with ``active: false``.
+  Hard deletes leave no trace in Odoo: a full sync (complete keyset listing)
+  marks unseen records deleted, and an incremental sync does an id-only
+  reconciliation (``search`` for ids, 5,000 a call) at most every
+  ``reconcile_interval`` (default 6 h).  A partial listing never deletes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+
+from freshd.connectors.base import (
+    ConnectionSettings,
+    Connector,
+    Page,
+    StreamSpec,
+    SyncContext,
+    SyncMode,
+)
+from freshd.connectors.http import classify_http
+from freshd.connectors.pagination import LoopGuard
+from freshd.errors import (
+    ConfigError,
+    PermanentError,
+    ProviderError,
+    RateLimited,
+    ReauthRequired,
+    TransientError,
+)
+from freshd.policies.gate import ConnectionPolicies
+from freshd.policies.ratelimit import parse_retry_after
+
+PAGE_SIZE = 500
+ID_CHUNK = 5000
+LOOKBACK = 60.0
+RECONCILE_INTERVAL = 6 * 3600.0
+APIS = ("jsonrpc", "json2")
+
+# --- auth --------------------------------------------------------------------------------------------
+
+
+def _credentials(settings: ConnectionSettings) -> tuple[str, str, str]:
+    """(database, login, key).  The database and login are identifiers, not secrets: options
+    (so logs keep them readable), or credentials for configurations that keep them there."""
+    creds, options = settings.credentials, settings.options
+    database = str(options.get("database") or creds.get("database") or "")
+    login = str(options.get("username") or creds.get("username") or "")
+    key = creds.get("api_key") or creds.get("password") or ""
+    needed = {"database": database, "api_key (or password)": key}
+    if settings.options.get("api", "jsonrpc") == "jsonrpc":
+        needed["username"] = login
+    missing = [k for k, v in needed.items() if not v]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)} (options: database, username; credential: api_key)",
+                          where=f"connection {settings.name}")
+    return database, login, key
+
+
+# --- error classification --------------------------------------------------------------------------
+
+_REJECTED = ("odoo.exceptions.AccessDenied", "werkzeug.exceptions.Unauthorized")
+_TRANSIENT = ("odoo.http.SessionExpiredException", "psycopg2.errors.SerializationFailure",
+              "psycopg2.extensions.TransactionRollbackError", "psycopg2.OperationalError",
+              "odoo.exceptions.ConcurrencyError", "werkzeug.exceptions.ServiceUnavailable")
+
+
+def classify_error(name: str, message: str, *, status: int | None, code: Any = None) -> ProviderError:
+    """One Odoo exception (by its module.Class name) -> freshd's taxonomy."""
+    text = f"Odoo {name}: {message}"
+    if name in _REJECTED or status == 401:
+        return ReauthRequired(text, status=status, code=name)
+    if name == "psycopg2.OperationalError" and "does not exist" in message:
+        return ReauthRequired(text, status=status, code=name)  # a wrong database name: fix the settings
+    if name in _TRANSIENT or code == 100 or "Session Expired" in message:
+        return TransientError(text, status=status, code=name)
+    return PermanentError(text, status=status, code=name)
+
+
+def classify(response: httpx.Response) -> ProviderError | None:
+    """HTTP status first (JSON-2, proxies), then the JSON-RPC envelope inside an HTTP 200."""
+    status = response.status_code
+    if status >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if status == 429:
+            return RateLimited(f"Odoo 429: {response.text[:200]}",
+                               retry_after=parse_retry_after(response.headers.get("retry-after")))
+        if isinstance(body, dict) and isinstance(body.get("name"), str):
+            if status >= 500 and body["name"] not in _REJECTED:
+                return TransientError(f"Odoo {status} {body['name']}: {body.get('message')}", status=status)
+            return classify_error(body["name"], str(body.get("message") or ""), status=status)
+        return classify_http(response)
+    head = response.content[:120]
+    if b'"result"' in head or not head.lstrip().startswith(b'{"jsonrpc"'):
+        return None  # a result (or a JSON-2 body, which has no envelope)
+    try:
+        body = orjson.loads(response.content)
+    except ValueError:
+        return None  # the client's JSON decoding reports it (retried)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        data = error.get("data") or {}
+        return classify_error(str(data.get("name") or "odoo.exceptions.UserError"),
+                              str(data.get("message") or error.get("message") or ""), status=status,
+                              code=error.get("code"))
+    if isinstance(body, dict) and "result" in body:
+        return None
+    return TransientError("Odoo: a JSON-RPC answer with neither result nor error", status=status)
+
+
+# --- streams ------------------------------------------------------------------------------------------
+
+PARTNERS = StreamSpec("partners", "res.partner", cursor_field="write_date", cursor_param="write_date")
+SALE_ORDERS = StreamSpec("sale_orders", "sale.order", cursor_field="write_date", cursor_param="write_date")
+PRODUCTS = StreamSpec("products", "product.product", cursor_field="write_date", cursor_param="write_date")
+
+DEFAULT_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "partners": ("name", "display_name", "email", "phone", "is_company", "parent_id", "street", "city", "zip",
+                 "country_id", "vat", "ref", "lang", "active", "customer_rank", "supplier_rank", "comment",
+                 "create_date", "write_date"),
+    "sale_orders": ("name", "partner_id", "date_order", "state", "amount_untaxed", "amount_tax", "amount_total",
+                    "currency_id", "user_id", "client_order_ref", "invoice_status", "note", "create_date",
+                    "write_date"),
+    "products": ("name", "display_name", "default_code", "barcode", "list_price", "standard_price",
+                 "product_tmpl_id", "categ_id", "uom_id", "type", "active", "qty_available", "description_sale",
+                 "create_date", "write_date"),
+}
+
+
+def _odoo_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _parse_odoo_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
+# --- sync -----------------------------------------------------------------------------------------------
+
+
+class OdooConnector(Connector):
+    provider = "odoo"
+    streams = (PARTNERS, SALE_ORDERS, PRODUCTS)
+
+    def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
+        self.validate_settings(settings)
+        super().__init__(settings, policies=policies)
+        options = settings.options
+        self.api = str(options.get("api", "jsonrpc"))
+        self.database, self.login, self._key = _credentials(settings)
+        self.page_size = int(options.get("page_size", PAGE_SIZE))
+        self.lookback = float(options.get("lookback", LOOKBACK))
+        self.reconcile_interval = float(options.get("reconcile_interval", RECONCILE_INTERVAL))
+        self.fields = {name: list(options.get("fields", {}).get(name) or DEFAULT_FIELDS[name])
+                       for name in DEFAULT_FIELDS}
+        headers = {"Authorization": f"bearer {self._key}", "X-Odoo-Database": self.database} \
+            if self.api == "json2" else None
+        self.client = self.http_client(settings.base_url.rstrip("/") + "/", classify=classify, headers=headers,
+                                       max_connections=2)
+        self._uid: int | None = None
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def validate_settings(cls, settings: ConnectionSettings) -> None:
+        options = settings.options
+        where = f"connection {settings.name}: options"
+        api = options.get("api", "jsonrpc")
+        if api not in APIS:
+            raise ConfigError(f"unknown api {api!r}; valid: {', '.join(APIS)}", where=f"{where}.api")
+        for key in ("page_size", "lookback", "reconcile_interval"):
+            value = options.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+                raise ConfigError(f"expected a number above zero, got {value!r}", where=f"{where}.{key}")
+        fields = options.get("fields", {})
+        if not isinstance(fields, Mapping) or any(k not in DEFAULT_FIELDS for k in fields):
+            raise ConfigError(f"expected a table of stream = [field, ...] for {', '.join(DEFAULT_FIELDS)}",
+                              where=f"{where}.fields")
+        _credentials(settings)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # -- calls ----------------------------------------------------------------------------------------
+
+    async def _rpc(self, service: str, method: str, args: list[Any]) -> Any:
+        body, _ = await self.client.request_json(
+            "POST", "jsonrpc", json={"jsonrpc": "2.0", "method": "call",
+                                     "params": {"service": service, "method": method, "args": args},
+                                     "id": next(self._ids)})
+        return body["result"]
+
+    async def _uid_for_calls(self) -> int:
+        if self._uid is None:
+            uid = await self._rpc("common", "authenticate", [self.database, self.login, self._key, {}])
+            if not isinstance(uid, int) or isinstance(uid, bool):
+                raise ReauthRequired(f"Odoo refused the login {self.login!r} on database {self.database!r} "
+                                     "(authenticate returned false): check the username and API key")
+            self._uid = uid
+        return self._uid
+
+    async def call(self, model: str, method: str, subject: Any, **kwargs: Any) -> Any:
+        """One ORM method: `subject` is the domain (search*) or the ids (read).
+
+        JSON-RPC passes it positionally, as every Odoo version's signature takes it (the
+        parameter was `args` before 17.0, `domain` since); JSON-2 names it (`domain` / `ids`).
+        """
+        if self.api == "json2":
+            named = {"ids" if method == "read" else "domain": subject, **kwargs}
+            body, _ = await self.client.request_json("POST", f"json/2/{model}/{method}", json=named)
+            return body
+        uid = await self._uid_for_calls()
+        return await self._rpc("object", "execute_kw",
+                               [self.database, uid, self._key, model, method, [subject], kwargs])
+
+    async def probe(self) -> None:
+        await self.call("res.partner", "search", [], limit=1)
+
+    # -- listing ----------------------------------------------------------------------------------------
+
+    async def sync_entity(
+        self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
+    ) -> None:
+        state = state or {}
+        if mode is SyncMode.INCREMENTAL and state.get("phase") != "listing" and self._reconcile_due(state):
+            await self._reconcile_ids(stream, state, ctx)
+            state = {**state, "reconciled_at": _odoo_time(datetime.now(UTC))}
+        await self._keyset(stream, state, mode, ctx)
+
+    async def _keyset(self, stream: StreamSpec, state: dict[str, Any], mode: SyncMode, ctx: SyncContext) -> None:
+        """Records by (write_date, id) from the cursor on; each page's checkpoint is its last key."""
+        resume = state.get("phase") == "listing" and state.get("mode") == mode.value
+        full = mode is SyncMode.FULL or not state.get("since")
+        if resume:
+            since, after_id = state.get("position_date"), int(state.get("position_id", 0))
+        elif full:
+            since, after_id = None, 0
+        else:
+            start = _parse_odoo_time(state["since"]) - timedelta(seconds=self.lookback)
+            since, after_id = _odoo_time(start), 0
+        context = {"active_test": False}
+        base: list[Any] = [] if full or since is None else [["write_date", ">=", since]]
+        total = await self.call(stream.path, "search_count", base, context=context)
+        ctx.set_total(stream.name, int(total))
+        guard = LoopGuard(f"Odoo {stream.path}")
+        watermark = state.get("since") if not full else None
+        listing_started = state.get("listing_started") if resume else _odoo_time(datetime.now(UTC))
+        keep = {k: v for k, v in state.items() if k in ("reconciled_at",)}
+        while True:
+            domain: list[Any] = []
+            if since is not None:
+                domain = ["|", ["write_date", ">", since], "&", ["write_date", "=", since], ["id", ">", after_id]]
+            rows = await self.call(stream.path, "search_read", domain, fields=self.fields[stream.name],
+                                   limit=self.page_size, order="write_date asc, id asc", context=context)
+            if not isinstance(rows, list):
+                raise TransientError(f"Odoo {stream.path}: expected a list of records, got {type(rows).__name__}")
+            guard.page([r.get("id") for r in rows])
+            done = len(rows) < self.page_size
+            if rows:
+                last = rows[-1]
+                since, after_id = last.get("write_date"), int(last.get("id", 0))
+                guard.cursor((since, after_id))
+                if isinstance(since, str) and (watermark is None or since > watermark):
+                    watermark = since
+            if done:
+                # the next incremental sync starts from the newest write_date seen (minus the lookback)
+                checkpoint = {**keep, "phase": "done", "since": watermark or listing_started}
+            else:
+                checkpoint = {**keep, "phase": "listing", "mode": mode.value, "position_date": since,
+                              "position_id": after_id, "since": watermark, "listing_started": listing_started}
+            # a full listing read whole in this run (not resumed) may mark unseen records deleted
+            await ctx.emit(Page(stream.name, rows, checkpoint, total=int(total), full_listing=full,
+                                listing_complete=full and done and not resume))
+            if done:
+                return
+
+    def _reconcile_due(self, state: dict[str, Any]) -> bool:
+        last = state.get("reconciled_at")
+        if not last:
+            return True
+        return (datetime.now(UTC) - _parse_odoo_time(last)).total_seconds() >= self.reconcile_interval
+
+    async def _reconcile_ids(self, stream: StreamSpec, state: dict[str, Any], ctx: SyncContext) -> None:
+        """Every id Odoo still has (archived included); stored ids it no longer has are deleted."""
+        seen: set[str] = set()
+        after = 0
+        guard = LoopGuard(f"Odoo {stream.path} ids")
+        while True:
+            ids = await self.call(stream.path, "search", [["id", ">", after]], limit=ID_CHUNK,
+                                  order="id asc", context={"active_test": False})
+            if not isinstance(ids, list):
+                raise TransientError(f"Odoo {stream.path}: expected a list of ids")
+            guard.page(ids)
+            seen.update(str(i) for i in ids)
+            if len(ids) < ID_CHUNK:
+                break
+            after = int(ids[-1])
+        known = await ctx.known_versions(stream.name, "write_date")
+        gone = sorted(set(known) - seen, key=int)
+        if gone:
+            await ctx.emit(Page(stream.name, [], None, deleted=gone))
+
+    async def fetch_items(self, stream: StreamSpec, ids: Sequence[str], ctx: SyncContext) -> None:
+        """`freshctl retry`: read by id; ids Odoo no longer has become tombstones."""
+        wanted = [int(i) for i in ids if str(i).isdigit()]
+        for start in range(0, len(wanted), self.page_size):
+            chunk = wanted[start:start + self.page_size]
+            rows = await self.call(stream.path, "read", chunk, fields=self.fields[stream.name],
+                                   context={"active_test": False})
+            found = {str(r.get("id")) for r in rows}
+            await ctx.emit(Page(stream.name, rows, None, deleted=[str(i) for i in chunk if str(i) not in found]))

@@ -1,0 +1,504 @@
+"""An Odoo simulator: the external API over JSON-RPC (`/jsonrpc`) and JSON-2 (`/json/2/<model>/<method>`).
+
+Faithful to what a client sees (API_FACTS §3):
+
+* ``POST /jsonrpc`` with ``{"jsonrpc": "2.0", "method": "call", "params": {"service", "method", "args"}, "id"}``:
+  ``common.version()``, ``common.authenticate(db, login, key, {})`` (the uid, or ``false``),
+  ``common.login(db, login, key)``, and ``object.execute_kw(db, uid, key, model, method, args,
+  kwargs)``, stateless (credentials on every call).  Errors come back with HTTP **200** and
+  ``{"error": {"code": 200, "message": "Odoo Server Error", "data": {"name":
+  "odoo.exceptions.AccessDenied", "message", "arguments", "context", "debug"}}}``.
+* ``POST /json/2/<model>/<method>`` (Odoo 19): ``Authorization: bearer <API key>``, optional
+  ``X-Odoo-Database``, named parameters in the body; errors are HTTP 4xx/5xx with
+  ``{name, message, arguments, context, debug}`` (401 "Invalid apikey", 422 for an unknown
+  parameter).  ``GET /web/version``.
+* Models ``res.partner``, ``sale.order``, ``product.product`` with the usual fields; many2one
+  values as ``[id, "display name"]``; datetimes as naive UTC ``"YYYY-MM-DD HH:MM:SS"``;
+  ``write_date`` moves on every change.  Methods: ``search_read``, ``search``,
+  ``search_count``, ``read``, ``fields_get``.  Domains in prefix notation (``&``, ``|``, ``!``;
+  ``=``, ``!=``, ``>``, ``>=``, ``<``, ``<=``, ``in``, ``not in``, ``ilike``); ``order`` as
+  ``"field [asc|desc], ..."``; ``offset``/``limit``; archived records (``active = False``) hidden
+  unless ``context.active_test`` is false or the domain names ``active``.
+
+Known deviations: one database; no access rights beyond "the right key"; ``ilike`` is a plain
+case-insensitive substring; unknown fields in ``fields`` are ignored rather than refused.
+
+Lists scan a (write_date, id) or id index from the domain's lower bound on its leading field,
+so keyset paging over 100,000 records stays cheap.
+"""
+
+from __future__ import annotations
+
+import bisect
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
+
+MODELS = ("res.partner", "sale.order", "product.product")
+ORDER_STATES = ("draft", "sent", "sale", "done", "cancel")
+SERVER_VERSION = "19.0"
+UID = 2  # the API user's id (1 is OdooBot/superuser)
+
+
+def _fmt(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class OdooError(Exception):
+    """An Odoo exception as the server serializes it (`name` is module.Class)."""
+
+    def __init__(self, name: str, message: str, *, status: int = 200, code: int = 200) -> None:
+        super().__init__(message)
+        self.name, self.message, self.status, self.code = name, message, status, code
+
+    def data(self) -> dict[str, Any]:
+        return {"name": self.name, "message": self.message, "arguments": [self.message], "context": {},
+                "debug": f"Traceback (most recent call last):\n  ...\n{self.name}: {self.message}\n"}
+
+
+def error_body(status: int, code: str, message: str) -> Response:
+    """Errors outside the RPC layer (faults, unknown routes): werkzeug-style JSON."""
+    name = {404: "werkzeug.exceptions.NotFound", 429: "werkzeug.exceptions.TooManyRequests"}.get(
+        status, "werkzeug.exceptions.InternalServerError" if status >= 500 else "werkzeug.exceptions.BadRequest")
+    return Response.json({"name": name, "message": message, "arguments": [message], "context": {},
+                          "debug": ""}, status)
+
+
+# --- domains ------------------------------------------------------------------------------------------
+
+
+def _term_ok(record: dict[str, Any], term: list[Any]) -> bool:
+    field, op, value = term
+    have = record.get(field)
+    if isinstance(have, list) and len(have) == 2 and isinstance(have[0], int):
+        have = have[0]  # many2one compares by id
+    if have is False:
+        have = None if op not in ("=", "!=") else have
+    match op:
+        case "=":
+            return bool(have == value or (value is False and have in (None, False)))
+        case "!=":
+            return bool(have != value)
+        case ">" | ">=" | "<" | "<=":
+            if have is None or value is None or value is False:
+                return False
+            if op == ">":
+                return bool(have > value)
+            if op == ">=":
+                return bool(have >= value)
+            return bool(have < value) if op == "<" else bool(have <= value)
+        case "in":
+            return have in value
+        case "not in":
+            return have not in value
+        case "ilike":
+            return isinstance(have, str) and str(value).lower() in have.lower()
+    raise OdooError("builtins.ValueError", f"Invalid leaf {term!r}")
+
+
+def _parse(domain: list[Any], pos: int = 0) -> tuple[Any, int]:
+    """Prefix notation -> a tree ("&"|"|", a, b) / ("!", a) / term; implicit "&" between top-level items."""
+    item = domain[pos]
+    if item in ("&", "|"):
+        left, pos = _parse(domain, pos + 1)
+        right, pos = _parse(domain, pos)
+        return (item, left, right), pos
+    if item == "!":
+        inner, pos = _parse(domain, pos + 1)
+        return ("!", inner), pos
+    if not isinstance(item, list | tuple) or len(item) != 3:
+        raise OdooError("builtins.ValueError", f"Invalid domain term {item!r}")
+    return list(item), pos + 1
+
+
+def parse_domain(domain: Any) -> Any:
+    if not isinstance(domain, list):
+        raise OdooError("builtins.ValueError", f"Invalid domain {domain!r}")
+    if not domain:
+        return None
+    trees, pos = [], 0
+    while pos < len(domain):
+        tree, pos = _parse(domain, pos)
+        trees.append(tree)
+    tree = trees[0]
+    for more in trees[1:]:
+        tree = ("&", tree, more)
+    return tree
+
+
+def matches(tree: Any, record: dict[str, Any]) -> bool:
+    if tree is None:
+        return True
+    if isinstance(tree, tuple):
+        if tree[0] == "&":
+            return matches(tree[1], record) and matches(tree[2], record)
+        if tree[0] == "|":
+            return matches(tree[1], record) or matches(tree[2], record)
+        return not matches(tree[1], record)
+    return _term_ok(record, tree)
+
+
+def lower_bound(tree: Any, field: str) -> Any:
+    """A value every matching record's `field` is >= to (None: no bound), for index scans."""
+    if tree is None:
+        return None
+    if isinstance(tree, tuple):
+        if tree[0] == "&":
+            bounds = [b for b in (lower_bound(tree[1], field), lower_bound(tree[2], field)) if b is not None]
+            return max(bounds) if bounds else None
+        if tree[0] == "|":
+            left, right = lower_bound(tree[1], field), lower_bound(tree[2], field)
+            return None if left is None or right is None else min(left, right)
+        return None
+    name, op, value = tree
+    return value if name == field and op in (">", ">=", "=") and value not in (None, False) else None
+
+
+def mentions(tree: Any, field: str) -> bool:
+    if tree is None:
+        return False
+    if isinstance(tree, tuple):
+        return any(mentions(t, field) for t in tree[1:])
+    return bool(tree[0] == field)
+
+
+# --- the simulator --------------------------------------------------------------------------------------
+
+
+class OdooSimulator:
+    def __init__(
+        self,
+        records: int = 100,
+        seed: int = 1,
+        credentials: dict[str, str] | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        creds = credentials or {}
+        self.database = creds.get("database", "demo")
+        self.login = creds.get("username", "api@example.com")
+        self.api_key = creds.get("api_key") or creds.get("password") or "odoo-demo-key"
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.fake = FakeData(seed)
+        self.token_requests = 0  # API keys: no token endpoint
+        self.docs: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in MODELS}
+        self.by_write: dict[str, list[tuple[str, int]]] = {m: [] for m in MODELS}
+        self.ids: dict[str, list[int]] = {m: [] for m in MODELS}
+        self.next_id = dict.fromkeys(MODELS, 1)
+        self._last: dict[str, list[dict[str, Any]]] = {}  # the loop fault replays these
+        self._seed({"res.partner": records, "sale.order": records, "product.product": max(records // 10, 1)})
+        self.app = SimulatorApp(error_body)
+        self.app.route("POST", "/jsonrpc", self._jsonrpc)
+        self.app.route("POST", "/json/2/{model}/{method}", self._json2)
+        self.app.route("GET", "/web/version", self._version)
+
+    # --- data ------------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return self.clock().astimezone(UTC).replace(microsecond=0)
+
+    def _put(self, model: str, record: dict[str, Any]) -> None:
+        rid = record["id"]
+        old = self.docs[model].get(rid)
+        if old is not None:
+            self.by_write[model].remove((old["write_date"], rid))
+        else:
+            bisect.insort(self.ids[model], rid)
+        self.docs[model][rid] = record
+        bisect.insort(self.by_write[model], (record["write_date"], rid))
+        self.next_id[model] = max(self.next_id[model], rid + 1)
+
+    def _seed(self, counts: dict[str, int]) -> None:
+        now = self._now()
+        start = now - timedelta(days=365)
+        for model in MODELS:
+            step = timedelta(days=360) / max(counts[model], 1)
+            for i in range(counts[model]):
+                created = start + step * i
+                written = min(created + timedelta(seconds=self.fake.rng.randint(0, 20 * 86400)),
+                              now - timedelta(minutes=1))
+                self._put(model, self._make(model, self.next_id[model], created, written))
+
+    def _partner_name(self, pid: int) -> str:
+        partner = self.docs["res.partner"].get(pid)
+        return str(partner["name"]) if partner else f"Partner {pid}"
+
+    def _make(self, model: str, rid: int, created: datetime, written: datetime) -> dict[str, Any]:
+        rng = self.fake.rng
+        common = {"id": rid, "create_date": _fmt(created), "write_date": _fmt(written),
+                  "create_uid": [UID, "API User"], "write_uid": [UID, "API User"]}
+        if model == "res.partner":
+            first, last = self.fake.person()
+            company = rng.random() < 0.2
+            city, country, zipcode = rng.choice(FakeData.CITIES)
+            name = f"{last} {rng.choice(['SA', 'GmbH', 'Ltd', 'Inc'])}" if company else f"{first} {last}"
+            return {**common, "name": name, "display_name": name, "is_company": company, "active": True,
+                    "email": f"{first}.{last}.{rid}@example.com".lower(), "phone": f"+33 1 {rng.randint(10, 99)} "
+                    f"{rng.randint(10, 99)} {rng.randint(10, 99)} {rng.randint(10, 99)}",
+                    "street": f"{rng.randint(1, 200)} Main St", "city": city, "zip": zipcode,
+                    "country_id": [rng.randint(1, 250), country], "parent_id": False,
+                    "lang": "en_US", "vat": False, "ref": f"C{rid:06d}", "customer_rank": rng.randint(0, 9),
+                    "supplier_rank": 0, "comment": "<p>Imported from the simulator.</p>"}
+        if model == "sale.order":
+            pid = rng.randint(1, max(1, self.next_id["res.partner"] - 1))
+            amount = round(rng.uniform(10, 2000), 2)
+            return {**common, "name": f"S{rid:05d}", "display_name": f"S{rid:05d}",
+                    "partner_id": [pid, self._partner_name(pid)], "date_order": _fmt(created),
+                    "state": rng.choice(ORDER_STATES), "amount_untaxed": round(amount / 1.2, 2),
+                    "amount_tax": round(amount - amount / 1.2, 2), "amount_total": amount,
+                    "currency_id": [1, "EUR"], "user_id": [UID, "API User"], "client_order_ref": False,
+                    "invoice_status": rng.choice(["no", "to invoice", "invoiced"]), "note": "<p></p>"}
+        name = self.fake.product_name()
+        price = float(self.fake.price())
+        return {**common, "name": name, "display_name": f"[P{rid:05d}] {name}", "default_code": f"P{rid:05d}",
+                "barcode": f"{rng.randint(10**12, 10**13 - 1)}", "list_price": price,
+                "standard_price": round(price * 0.6, 2), "active": True, "type": "consu",
+                "product_tmpl_id": [rid, name], "categ_id": [1, "All"], "uom_id": [1, "Units"],
+                "qty_available": rng.randint(0, 500), "description_sale": False}
+
+    # --- the test contract (tests/rig.py) ----------------------------------------------------------
+
+    ENTITY_MODELS = {"partners": "res.partner", "sale_orders": "sale.order", "products": "product.product"}
+
+    def _model(self, entity: str) -> str:
+        return self.ENTITY_MODELS.get(entity, entity)
+
+    def count(self, entity: str) -> int:
+        return len(self.docs[self._model(entity)])  # archived records are synced too (active: false)
+
+    def create(self, model: str, **fields: Any) -> dict[str, Any]:
+        now = self._now()
+        record = {**self._make(model, self.next_id[model], now, now), **fields}
+        self._put(model, record)
+        return record
+
+    def write(self, model: str, rid: int, **fields: Any) -> dict[str, Any]:
+        record = {**self.docs[model][rid], **fields, "write_date": _fmt(self._now())}
+        self._put(model, record)
+        return record
+
+    def unlink(self, model: str, rid: int) -> None:
+        record = self.docs[model].pop(rid)
+        self.by_write[model].remove((record["write_date"], rid))
+        self.ids[model].remove(rid)
+
+    def mutate(self, entity: str) -> dict[str, str | None]:
+        model = self._model(entity)
+        ids = self.ids[model]
+        updated, deleted = ids[0], ids[-1]
+        field = {"res.partner": "phone", "sale.order": "client_order_ref",
+                 "product.product": "description_sale"}[model]
+        self.write(model, updated, **{field: f"changed {self._now().isoformat()}"})
+        self.unlink(model, deleted)
+        created = self.create(model)
+        return {"created": str(created["id"]), "updated": str(updated), "deleted": str(deleted)}
+
+    def corrupt(self, entity: str) -> str:
+        model = self._model(entity)
+        rid = self.ids[model][len(self.ids[model]) // 2]
+        self.write(model, rid, name="bad\u0000byte")
+        return str(rid)
+
+    def random_changes(self, count: int) -> dict[str, int]:
+        done = {"created": 0, "updated": 0, "deleted": 0}
+        rng = self.fake.rng
+        for _ in range(count):
+            model = rng.choice(MODELS)
+            roll = rng.random()
+            if roll < 0.2 or not self.ids[model]:
+                self.create(model)
+                done["created"] += 1
+            elif roll < 0.9:
+                rid = rng.choice(self.ids[model])
+                if model == "sale.order":
+                    self.write(model, rid, state=rng.choice(ORDER_STATES))
+                elif model == "res.partner":
+                    self.write(model, rid, active=rng.random() > 0.1)
+                else:
+                    self.write(model, rid, qty_available=rng.randint(0, 500))
+                done["updated"] += 1
+            else:
+                self.unlink(model, rng.choice(self.ids[model]))
+                done["deleted"] += 1
+        return done
+
+    # --- the ORM ------------------------------------------------------------------------------------
+
+    def _scan(self, model: str, tree: Any, order: str) -> Iterator[dict[str, Any]]:
+        """Records in `order`, starting at the domain's lower bound when the index allows."""
+        docs = self.docs[model]
+        keys = [part.strip().split() for part in order.split(",") if part.strip()] or [["id"]]
+        spec = [(k[0], (k[1].lower() if len(k) > 1 else "asc")) for k in keys]
+        if spec == [("write_date", "asc"), ("id", "asc")]:
+            index = self.by_write[model]
+            bound = lower_bound(tree, "write_date")
+            start = bisect.bisect_left(index, (bound, -1)) if bound is not None else 0
+            return (docs[rid] for _, rid in index[start:])
+        if spec == [("id", "asc")]:
+            bound = lower_bound(tree, "id")
+            ids = self.ids[model]
+            start = bisect.bisect_left(ids, bound) if isinstance(bound, int) else 0
+            return (docs[rid] for rid in ids[start:])
+        for _name, direction in spec:
+            if direction not in ("asc", "desc"):
+                raise OdooError("builtins.ValueError", f"Invalid order {order!r}")
+        rows = list(docs.values())
+        for name, direction in reversed(spec):
+            rows.sort(key=lambda r, n=name: (r.get(n) is None or r.get(n) is False, r.get(n) or ""),  # type: ignore[misc]
+                      reverse=direction == "desc")
+        return iter(rows)
+
+    def _select(self, model: str, domain: Any, *, offset: int, limit: int | None, order: str,
+                context: dict[str, Any]) -> Iterable[dict[str, Any]]:
+        if model not in self.docs:
+            raise OdooError("builtins.KeyError", repr(model))
+        tree = parse_domain(domain)
+        active_test = context.get("active_test", True) and not mentions(tree, "active")
+        found = 0
+        for record in self._scan(model, tree, order or "id asc"):
+            if active_test and record.get("active") is False:
+                continue
+            if not matches(tree, record):
+                continue
+            found += 1
+            if found <= offset:
+                continue
+            yield record
+            if limit is not None and found - offset >= limit:
+                return
+
+    @staticmethod
+    def _fields(record: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
+        if not fields:
+            return dict(record)
+        return {"id": record["id"], **{f: record[f] for f in fields if f in record}}
+
+    def execute(self, model: str, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        context = kwargs.get("context") or {}
+        allowed = {"search_read": {"domain", "fields", "offset", "limit", "order", "context"},
+                   "search": {"domain", "offset", "limit", "order", "context"},
+                   "search_count": {"domain", "limit", "context"},
+                   "read": {"ids", "fields", "context"},
+                   "fields_get": {"attributes", "allfields", "context"}}.get(method)
+        if allowed is None:
+            raise OdooError("builtins.AttributeError",
+                            f"The method '{method}' does not exist on the model '{model}'")
+        unknown = set(kwargs) - allowed
+        if unknown:
+            raise OdooError("builtins.TypeError", f"{method}() got an unexpected keyword argument "
+                            f"'{sorted(unknown)[0]}'", status=422)
+        names = {"search_read": ["domain", "fields", "offset", "limit", "order"],
+                 "search": ["domain", "offset", "limit", "order"], "search_count": ["domain"],
+                 "read": ["ids", "fields"], "fields_get": ["allfields", "attributes"]}[method]
+        params = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k != "context"}
+        if method == "fields_get":
+            sample = next(iter(self.docs[model].values()), {"id": 0})
+            return {f: {"type": "many2one" if isinstance(v, list) else type(v).__name__, "string": f}
+                    for f, v in sample.items()}
+        if method == "read":
+            ids = params.get("ids") or []
+            return [self._fields(self.docs[model][i], params.get("fields")) for i in ids if i in self.docs[model]]
+        offset = int(params.get("offset") or 0)
+        limit = params.get("limit")
+        limit = int(limit) if limit not in (None, False, 0) else None
+        selected = self._select(model, params.get("domain") or [], offset=0 if method == "search_count" else offset,
+                                limit=None if method == "search_count" else limit,
+                                order=str(params.get("order") or ""), context=context)
+        if method == "search_count":
+            return sum(1 for _ in selected)
+        if method == "search":
+            return [r["id"] for r in selected]
+        rows = [self._fields(r, params.get("fields")) for r in selected]
+        if self.app.faults.loop and rows:
+            # the fault: whatever position was asked, the first page comes back again
+            rows = self._last.setdefault(f"{model}/{method}", rows)
+        return rows
+
+    # --- JSON-RPC -------------------------------------------------------------------------------------
+
+    def _rpc_reply(self, rid: Any, result: Any) -> Response:
+        # "result" first, as Odoo writes it: clients may sniff it before parsing
+        return Response(200, b'{"jsonrpc": "2.0", "id": ' + orjson.dumps(rid) + b', "result": '
+                        + orjson.dumps(result) + b"}", [("content-type", "application/json")])
+
+    def _rpc_error(self, rid: Any, exc: OdooError) -> Response:
+        return Response.json({"jsonrpc": "2.0", "id": rid,
+                              "error": {"code": exc.code, "message": "Odoo Server Error" if exc.code == 200 else
+                                        exc.message, "data": exc.data()}})
+
+    def _check(self, db: Any, uid: Any, key: Any) -> None:
+        if db != self.database:
+            raise OdooError("psycopg2.OperationalError", f'database "{db}" does not exist')
+        if uid != UID or key != self.api_key:
+            raise OdooError("odoo.exceptions.AccessDenied", "Access Denied")
+
+    async def _jsonrpc(self, request: Request) -> Response:
+        try:
+            body = request.json()
+        except ValueError:
+            return self._rpc_error(None, OdooError("werkzeug.exceptions.BadRequest", "Invalid JSON data"))
+        rid = body.get("id") if isinstance(body, dict) else None
+        try:
+            params = body.get("params") or {}
+            service, method, args = params.get("service"), params.get("method"), params.get("args") or []
+            if service == "common":
+                if method == "version":
+                    return self._rpc_reply(rid, self._version_info())
+                if method in ("authenticate", "login"):
+                    db, login, key = args[0], args[1], args[2]
+                    ok = db == self.database and login == self.login and key == self.api_key
+                    return self._rpc_reply(rid, UID if ok else False)
+            if service == "object" and method == "execute_kw":
+                if len(args) < 6:
+                    raise OdooError("builtins.TypeError", "execute_kw() missing required positional arguments")
+                db, uid, key, model, orm_method, orm_args = args[:6]
+                kwargs = args[6] if len(args) > 6 else {}
+                self._check(db, uid, key)
+                return self._rpc_reply(rid, self.execute(model, orm_method, list(orm_args), dict(kwargs)))
+            raise OdooError("builtins.NameError", f"service {service!r} method {method!r} not found", code=404)
+        except OdooError as exc:
+            return self._rpc_error(rid, exc)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            return self._rpc_error(rid, OdooError(f"builtins.{type(exc).__name__}", str(exc)))
+
+    # --- JSON-2 -----------------------------------------------------------------------------------------
+
+    async def _json2(self, request: Request) -> Response:
+        try:
+            auth = request.headers.get("authorization", "")
+            scheme, _, key = auth.partition(" ")
+            if scheme.lower() != "bearer" or key != self.api_key:
+                raise OdooError("werkzeug.exceptions.Unauthorized", "Invalid apikey", status=401)
+            db = request.headers.get("x-odoo-database")
+            if db is not None and db != self.database:
+                raise OdooError("werkzeug.exceptions.NotFound", f"database {db!r} not found", status=404)
+            try:
+                body = request.json() or {}
+            except ValueError:
+                raise OdooError("werkzeug.exceptions.BadRequest", "Invalid JSON data", status=400) from None
+            if not isinstance(body, dict):
+                raise OdooError("werkzeug.exceptions.BadRequest", "expected a JSON object", status=400)
+            result = self.execute(request.params["model"], request.params["method"], [], body)
+            return Response(200, orjson.dumps(result), [("content-type", "application/json; charset=utf-8")])
+        except OdooError as exc:
+            status = exc.status if exc.status != 200 else (
+                403 if exc.name.endswith(("AccessError", "AccessDenied")) else 422 if "ValueError" in exc.name
+                else 500)
+            return Response.json(exc.data(), status)
+
+    def _version_info(self) -> dict[str, Any]:
+        return {"server_version": SERVER_VERSION, "server_version_info": [19, 0, 0, "final", 0, ""],
+                "server_serie": SERVER_VERSION, "protocol_version": 1}
+
+    async def _version(self, request: Request) -> Response:
+        return Response.json({"version": SERVER_VERSION, "version_info": [19, 0, 0, "final", 0, ""]})
+
+    def new_api_key(self) -> str:
+        """Rotate the key (tests of rejected credentials)."""
+        self.api_key = secrets.token_hex(20)
+        return self.api_key

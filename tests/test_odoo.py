@@ -1,0 +1,180 @@
+"""Odoo: both transports end to end, the error envelope, and the keyset under a live table."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from freshd.connectors.base import ConnectionSettings, Page, SyncMode
+from freshd.connectors.odoo.connector import OdooConnector, classify, classify_error
+from freshd.connectors.odoo.simulator import OdooSimulator
+from freshd.connectors.simulator import serve_asgi
+from freshd.errors import ConfigError, PermanentError, RateLimited, ReauthRequired, TransientError
+from freshd.store.jobs import JobKind, JobStatus
+from tests.rig import Rig, open_rig
+
+CREDS = {"database": "acme", "username": "api@acme.example", "api_key": "0d1f2e3c4b5a69788796"}
+
+
+def settings_fn(**options: Any) -> Any:
+    return lambda url: ConnectionSettings(
+        "erp", "odoo", url, credentials={"api_key": CREDS["api_key"]},
+        options={"database": CREDS["database"], "username": CREDS["username"], "page_size": 40, **options})
+
+
+async def completed(rig: Rig, kind: JobKind = JobKind.INITIAL, **options: Any) -> Any:
+    with trio.fail_after(30):
+        outcome, runner = await rig.sync(kind, **options)
+    assert outcome.status is JobStatus.COMPLETED, outcome.error
+    return runner
+
+
+class Collect:
+    """A sync context that keeps the pages and runs `after_first` once the first page is in."""
+
+    def __init__(self, after_first: Any = None) -> None:
+        self.pages: list[Page] = []
+        self.after_first = after_first
+
+    async def emit(self, page: Page) -> None:
+        self.pages.append(page)
+        if self.after_first is not None:
+            self.after_first()
+            self.after_first = None
+
+    async def known_versions(self, entity: str, field: str) -> dict[str, str]:
+        return {}
+
+    def set_total(self, entity: str, total: int | None) -> None:
+        pass
+
+
+@pytest.mark.parametrize("api", ["jsonrpc", "json2"])
+async def test_both_transports_sync_everything_and_pick_up_changes(database_url: str, api: str) -> None:
+    sim = OdooSimulator(records=90, seed=3, credentials=CREDS)
+    sim.write("res.partner", sim.ids["res.partner"][5], active=False)  # archived: synced, kept inactive
+    async with open_rig(database_url, sim, settings_fn(api=api)) as rig:
+        await completed(rig)
+        for entity in ("partners", "sale_orders", "products"):
+            assert rig.live(entity) == sim.count(entity)
+        archived = rig.record("partners", str(sim.ids["res.partner"][5]))
+        assert archived is not None and archived[0]["active"] is False
+        changed = sim.mutate("partners")
+        sim.app.requests.clear()
+        runner = await completed(rig, JobKind.INCREMENTAL)
+        # the incremental listing reads from the cursor on, not the whole table
+        assert runner.progress.entities["partners"].processed < 10
+        updated = rig.record("partners", str(changed["updated"]))
+        assert updated is not None and str(updated[0]["phone"]).startswith("changed")
+        assert rig.record("partners", str(changed["created"])) is not None
+        deleted = rig.record("partners", str(changed["deleted"]))
+        assert deleted is not None and deleted[1] is not None  # the id reconciliation found the hard delete
+    paths = {path for path, _ in sim.app.requests}
+    if api == "json2":
+        assert paths and all(p.startswith("/json/2/") for p in paths)
+    else:
+        assert paths == {"/jsonrpc"}
+
+
+async def test_a_record_modified_mid_listing_is_not_skipped(nursery: trio.Nursery) -> None:
+    # Offset paging skips one record here: a record already read moves to the end, the rest shift left.
+    sim = OdooSimulator(records=120, seed=8, credentials=CREDS)
+    port = await nursery.start(functools.partial(serve_asgi, sim.app, "127.0.0.1", 0))
+    connector = OdooConnector(settings_fn()(f"http://127.0.0.1:{port}"))
+    first = sim.ids["res.partner"][0]
+    ctx = Collect(after_first=lambda: sim.write("res.partner", first, phone="moved"))
+    with trio.fail_after(20):
+        await connector.sync_entity(connector.stream("partners"), None, SyncMode.FULL, ctx)
+    await connector.aclose()
+    seen = {str(r["id"]) for p in ctx.pages for r in p.records}
+    assert seen == {str(i) for i in sim.ids["res.partner"]}
+    assert ctx.pages[-1].listing_complete
+
+
+async def test_a_resumed_listing_continues_after_the_committed_page(nursery: trio.Nursery) -> None:
+    sim = OdooSimulator(records=120, seed=9, credentials=CREDS)
+    port = await nursery.start(functools.partial(serve_asgi, sim.app, "127.0.0.1", 0))
+    connector = OdooConnector(settings_fn()(f"http://127.0.0.1:{port}"))
+    ctx = Collect()
+    await connector.sync_entity(connector.stream("partners"), None, SyncMode.FULL, ctx)
+    middle = ctx.pages[1].checkpoint
+    assert middle is not None and middle["phase"] == "listing"
+    resumed = Collect()
+    await connector.sync_entity(connector.stream("partners"), middle, SyncMode.FULL, resumed)
+    await connector.aclose()
+    before = [str(r["id"]) for p in ctx.pages[:2] for r in p.records]
+    after = [str(r["id"]) for p in resumed.pages for r in p.records]
+    assert not set(before) & set(after)
+    assert sorted(before + after, key=int) == sorted((str(i) for i in sim.ids["res.partner"]), key=int)
+    assert not resumed.pages[-1].listing_complete  # a resumed listing never marks deletions
+
+
+@pytest.mark.parametrize("api", ["jsonrpc", "json2"])
+async def test_a_wrong_key_is_reauth_required(database_url: str, api: str) -> None:
+    sim = OdooSimulator(records=10, seed=1, credentials=CREDS)
+    sim.new_api_key()
+    async with open_rig(database_url, sim, settings_fn(api=api)) as rig:
+        with trio.fail_after(30):
+            outcome, _ = await rig.sync(JobKind.INITIAL)
+    assert outcome.status is JobStatus.FAILED and outcome.reauth_required
+    assert sum(1 for path, _ in sim.app.requests) <= 2  # refused once, not retried
+
+
+def test_the_error_envelope_and_statuses_map_to_the_taxonomy() -> None:
+    def rpc_error(name: str, message: str = "boom", code: int = 200) -> httpx.Response:
+        return httpx.Response(200, json={"jsonrpc": "2.0", "id": 1, "error": {
+            "code": code, "message": "Odoo Server Error", "data": {"name": name, "message": message}}})
+
+    assert isinstance(classify(rpc_error("odoo.exceptions.AccessDenied")), ReauthRequired)
+    assert isinstance(classify(rpc_error("odoo.exceptions.ValidationError")), PermanentError)
+    assert isinstance(classify(rpc_error("odoo.exceptions.MissingError")), PermanentError)
+    assert isinstance(classify(rpc_error("psycopg2.errors.SerializationFailure")), TransientError)
+    assert isinstance(classify(rpc_error("odoo.http.SessionExpiredException", code=100)), TransientError)
+    assert isinstance(classify(rpc_error("something.Unknown")), PermanentError)  # raised on purpose
+    assert classify(httpx.Response(200, json={"jsonrpc": "2.0", "id": 1, "result": [1, 2]})) is None
+    assert classify(httpx.Response(200, json=[{"id": 1}])) is None  # JSON-2 bodies have no envelope
+    assert isinstance(classify(httpx.Response(200, json={"jsonrpc": "2.0", "id": 1})), TransientError)
+    json2 = {"name": "odoo.exceptions.AccessDenied", "message": "bad key", "arguments": [], "context": {},
+             "debug": ""}
+    assert isinstance(classify(httpx.Response(401, json=json2)), ReauthRequired)
+    assert isinstance(classify(httpx.Response(422, json={**json2, "name": "odoo.exceptions.UserError"})),
+                      PermanentError)
+    assert isinstance(classify(httpx.Response(503, json={**json2, "name": "odoo.exceptions.UserError"})),
+                      TransientError)
+    limited = classify(httpx.Response(429, headers={"Retry-After": "7"}, text="slow down"))
+    assert isinstance(limited, RateLimited) and limited.retry_after == 7
+    assert isinstance(classify_error("psycopg2.OperationalError", 'database "x" does not exist', status=200),
+                      ReauthRequired)  # a wrong database name: the operator fixes the settings
+    assert isinstance(classify_error("psycopg2.OperationalError", "server closed the connection", status=200),
+                      TransientError)
+
+
+async def test_an_unknown_model_fails_the_entity_not_the_connection(database_url: str) -> None:
+    sim = OdooSimulator(records=20, seed=2, credentials=CREDS)
+    del sim.docs["product.product"]  # a database without the module that brings products
+    async with open_rig(database_url, sim, settings_fn()) as rig:
+        with trio.fail_after(30):
+            outcome, _ = await rig.sync(JobKind.INITIAL)
+        assert not outcome.reauth_required
+        assert rig.live("partners") == sim.count("partners")
+
+
+def test_settings_name_what_is_missing_or_wrong() -> None:
+    def check(credentials: dict[str, str], **options: Any) -> str:
+        with pytest.raises(ConfigError) as caught:
+            OdooConnector.validate_settings(ConnectionSettings("erp", "odoo", "http://x", credentials=credentials,
+                                                               options=options))
+        return str(caught.value)
+
+    assert "missing database (" in check({"api_key": "k"}, username="u")
+    assert "missing username (" in check({"api_key": "k"}, database="d")
+    assert "missing api_key (or password) (" in check({}, database="d", api="json2")  # JSON-2: no login
+    assert "unknown api" in check({"api_key": "k"}, database="d", username="u", api="xmlrpc")
+    assert "page_size" in check({"api_key": "k"}, database="d", username="u", page_size=0)
+    assert "fields" in check({"api_key": "k"}, database="d", username="u", fields={"invoices": ["name"]})
+    # database and login may also sit with the credentials (older configurations)
+    OdooConnector.validate_settings(ConnectionSettings("erp", "odoo", "http://x", credentials=CREDS))
