@@ -290,3 +290,32 @@ class FakeData:
 
     def product_name(self) -> str:
         return f"{self.rng.choice(['Deluxe', 'Basic', 'Pro', 'Mini', 'Ultra'])} {self.rng.choice(self.WORDS)}"
+
+
+def random_churn(
+    rng: random.Random,
+    count: int,
+    resources: tuple[str, ...] | list[str],
+    *,
+    ids: Callable[[str], list[Any]],
+    create: Callable[[str], object],
+    update: Callable[[str, Any], object],
+    delete: Callable[[str, Any], object],
+) -> dict[str, int]:
+    """`count` random changes (20 % creates, 70 % updates, 10 % deletes), deterministic for `rng`:
+    the demo's churn for simulators whose resources are plain id-keyed collections."""
+    done = {"created": 0, "updated": 0, "deleted": 0}
+    for _ in range(count):
+        resource = rng.choice(resources)
+        existing = ids(resource)
+        roll = rng.random()
+        if roll < 0.2 or not existing:
+            create(resource)
+            done["created"] += 1
+        elif roll < 0.9:
+            update(resource, rng.choice(existing))
+            done["updated"] += 1
+        else:
+            delete(resource, rng.choice(existing))
+            done["deleted"] += 1
+    return done

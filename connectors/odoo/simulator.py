@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp, random_churn
 
 MODELS = ("res.partner", "sale.order", "product.product")
 ORDER_STATES = ("draft", "sent", "sale", "done", "cancel")
@@ -305,27 +305,18 @@ class OdooSimulator:
         return str(rid)
 
     def random_changes(self, count: int) -> dict[str, int]:
-        done = {"created": 0, "updated": 0, "deleted": 0}
         rng = self.fake.rng
-        for _ in range(count):
-            model = rng.choice(MODELS)
-            roll = rng.random()
-            if roll < 0.2 or not self.ids[model]:
-                self.create(model)
-                done["created"] += 1
-            elif roll < 0.9:
-                rid = rng.choice(self.ids[model])
-                if model == "sale.order":
-                    self.write(model, rid, state=rng.choice(ORDER_STATES))
-                elif model == "res.partner":
-                    self.write(model, rid, active=rng.random() > 0.1)
-                else:
-                    self.write(model, rid, qty_available=rng.randint(0, 500))
-                done["updated"] += 1
+
+        def update(model: str, rid: int) -> None:
+            if model == "sale.order":
+                self.write(model, rid, state=rng.choice(ORDER_STATES))
+            elif model == "res.partner":
+                self.write(model, rid, active=rng.random() > 0.1)
             else:
-                self.unlink(model, rng.choice(self.ids[model]))
-                done["deleted"] += 1
-        return done
+                self.write(model, rid, qty_available=rng.randint(0, 500))
+
+        return random_churn(rng, count, MODELS, ids=lambda m: self.ids[m], create=self.create, update=update,
+                            delete=self.unlink)
 
     # --- the ORM ------------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp, random_churn
 
 PREFIX = "/api/v1"
 RESOURCES = ("contacts", "deals", "tickets")
@@ -210,21 +210,10 @@ class GenericRestSimulator:
         return str(rid)
 
     def random_changes(self, count: int) -> dict[str, int]:
-        done = {"created": 0, "updated": 0, "deleted": 0}
         rng = self.fake.rng
-        for _ in range(count):
-            resource = rng.choice(RESOURCES)
-            roll = rng.random()
-            if roll < 0.2 or not self.docs[resource]:
-                self.create(resource)
-                done["created"] += 1
-            elif roll < 0.9:
-                self.update(resource, rng.choice(list(self.docs[resource])), owner_id=rng.randint(1, 12))
-                done["updated"] += 1
-            else:
-                self.delete(resource, rng.choice(list(self.docs[resource])))
-                done["deleted"] += 1
-        return done
+        return random_churn(rng, count, RESOURCES, ids=lambda r: list(self.docs[r]), create=self.create,
+                            update=lambda r, rid: self.update(r, rid, owner_id=rng.randint(1, 12)),
+                            delete=self.delete)
 
 
     def expire_tokens(self) -> None:

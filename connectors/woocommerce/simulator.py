@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp, random_churn
 
 PREFIX = "/wp-json/wc/v3"
 SITE_TZ = timezone(timedelta(hours=2))
@@ -249,28 +249,18 @@ class WooCommerceSimulator:
 
     def random_changes(self, count: int) -> dict[str, int]:
         """Apply `count` random creates, updates and deletes (deterministic for the seed)."""
-        done = {"created": 0, "updated": 0, "deleted": 0}
         rng = self.fake.rng
-        for _ in range(count):
-            resource = rng.choice(RESOURCES)
-            coll = self.collections[resource]
-            roll = rng.random()
-            if roll < 0.2 or not coll.by_id:
-                self.create(resource)
-                done["created"] += 1
-            elif roll < 0.9:
-                rid = rng.choice(coll.by_id)
-                if resource == "customers":
-                    self.update(resource, rid, first_name=self.fake.person()[0])
-                elif resource == "orders":
-                    self.update(resource, rid, status=rng.choice(ORDER_STATUSES))
-                else:
-                    self.update(resource, rid, stock_quantity=rng.randint(0, 500))
-                done["updated"] += 1
+
+        def update(resource: str, rid: int) -> None:
+            if resource == "customers":
+                self.update(resource, rid, first_name=self.fake.person()[0])
+            elif resource == "orders":
+                self.update(resource, rid, status=rng.choice(ORDER_STATUSES))
             else:
-                self.delete(resource, rng.choice(coll.by_id), force=resource == "customers")
-                done["deleted"] += 1
-        return done
+                self.update(resource, rid, stock_quantity=rng.randint(0, 500))
+
+        return random_churn(rng, count, RESOURCES, ids=lambda r: self.collections[r].by_id, create=self.create,
+                            update=update, delete=lambda r, rid: self.delete(r, rid, force=r == "customers"))
 
 
     # --- auth ------------------------------------------------------------------------------------
