@@ -1,0 +1,1 @@
+"""Orion Advisor API (wealth management): clients, accounts, AUM history."""

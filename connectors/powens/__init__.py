@@ -1,0 +1,1 @@
+"""Powens open banking: connections, accounts, transactions."""
