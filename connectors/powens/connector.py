@@ -1,0 +1,277 @@
+"""Powens (formerly Budget Insight) API v2.0: a user's bank connections, accounts and transactions.
+
+Sections, in the order every provider module keeps them: auth, error
+classification, streams, sync.
+
+* **Auth**: a permanent user token (credential ``access_token``) as
+  ``Authorization: Bearer``.  Permanent tokens do not expire, so there is no
+  refresh: a 401 means the token was revoked or replaced (``/auth/renew``) and
+  the connection goes ``reauth_required`` until a new one is set.
+* **Errors**: ``{"code", "description", "message"}`` bodies.  401 and the
+  user-action codes -> ReauthRequired; 429 -> RateLimited; 5xx, 409 and the
+  transient codes (``websiteUnavailable``, ``bug``, ``tooManySync``,
+  ``rateLimiting``) -> TransientError; other 4xx -> PermanentError.  Unknown
+  codes fall back on the HTTP status.
+* **Bank connection states** (``connections`` stream): a state that needs the
+  bank customer (``SCARequired``, ``wrongpass``, ``webauthRequired``,
+  ``actionNeeded``, ``passwordExpired``, ``additionalInformationNeeded``,
+  ``decoupled``) is recorded on the job as a failure naming the bank connection and
+  Powens' message, and the other connections' data still syncs; when *every*
+  bank connection needs the customer, nothing new can arrive and the freshd
+  connection goes ``reauth_required`` with those messages.  Transient states
+  (``rateLimiting``, ``websiteUnavailable``, ``bug``, ``validating``) are
+  Powens' to retry: logged, not failures.  Unknown states are recorded, never fatal.
+* **Streams**: ``connections`` and ``accounts`` are small and listed whole
+  each sync (a complete listing marks vanished ones deleted; ``accounts`` asks
+  ``all`` so deleted accounts come back with ``deleted`` set and become
+  tombstones).  ``transactions`` is incremental: ``last_update`` (rows updated
+  after it) with ``all`` so deleted rows arrive with ``deleted`` set and become
+  tombstones; ``limit`` (max 1000) / ``offset`` until a short page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+
+from freshd.connectors.base import ConnectionSettings, Connector, Page, StreamSpec, SyncContext, SyncMode
+from freshd.connectors.http import classify_http
+from freshd.connectors.pagination import LoopGuard
+from freshd.errors import (
+    ConfigError,
+    PermanentError,
+    ProviderError,
+    RateLimited,
+    ReauthRequired,
+    TransientError,
+)
+from freshd.policies.gate import ConnectionPolicies
+from freshd.policies.ratelimit import parse_retry_after
+
+log = structlog.get_logger(__name__)
+
+PAGE_SIZE = 1000  # the documented maximum
+LOOKBACK = 60.0
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+# bank connection states and error codes (API_FACTS §5.6)
+USER_ACTION = frozenset({"SCARequired", "webauthRequired", "additionalInformationNeeded", "decoupled",
+                         "actionNeeded", "passwordExpired", "wrongpass"})
+TRANSIENT = frozenset({"rateLimiting", "websiteUnavailable", "bug", "validating", "tooManySync"})
+
+# --- auth --------------------------------------------------------------------------------------------
+
+REAUTH_HINT = "set a new user token with `freshctl connections set-credential {name} access_token=...`"
+
+
+# --- error classification --------------------------------------------------------------------------
+
+
+def classify(response: httpx.Response) -> ProviderError | None:
+    status = response.status_code
+    if status < 400:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    code = body.get("code") if isinstance(body, dict) and isinstance(body.get("code"), str) else None
+    if code is None:
+        return classify_http(response)
+    text = f"Powens {status} {code}: {body.get('message') or body.get('description') or ''}".rstrip(": ")
+    if status == 401:
+        return ReauthRequired(f"{text}; the user token was refused", status=status, code=code)
+    if status == 429 or code == "rateLimiting":
+        return RateLimited(text, retry_after=parse_retry_after(response.headers.get("retry-after")),
+                           status=status)
+    if code in USER_ACTION:
+        return ReauthRequired(text, status=status, code=code)
+    if code in TRANSIENT or status >= 500 or status == 409:
+        return TransientError(text, status=status, code=code)
+    return PermanentError(text, status=status, code=code)
+
+
+# --- streams ------------------------------------------------------------------------------------------
+
+CONNECTIONS = StreamSpec("connections", "users/me/connections", records_path="connections")
+ACCOUNTS = StreamSpec("accounts", "users/me/accounts", records_path="accounts", cursor_field="last_update")
+TRANSACTIONS = StreamSpec("transactions", "users/me/transactions", records_path="transactions",
+                          cursor_field="last_update", cursor_param="last_update", paginator="offset")
+
+
+def _parse(text: str) -> datetime:
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def _fmt(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+# --- sync -----------------------------------------------------------------------------------------------
+
+
+class PowensConnector(Connector):
+    provider = "powens"
+    streams = (CONNECTIONS, ACCOUNTS, TRANSACTIONS)
+
+    def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
+        self.validate_settings(settings)
+        super().__init__(settings, policies=policies)
+        options = settings.options
+        self.page_size = int(options.get("page_size", PAGE_SIZE))
+        self.lookback = float(options.get("lookback", LOOKBACK))
+        self.client = self.http_client(
+            settings.base_url.rstrip("/") + "/", classify=self._classify, max_connections=2,
+            headers={"Authorization": f"Bearer {settings.credentials['access_token']}"})
+
+    @classmethod
+    def validate_settings(cls, settings: ConnectionSettings) -> None:
+        where = f"connection {settings.name}"
+        if not settings.credentials.get("access_token"):
+            raise ConfigError("missing credential access_token (a permanent Powens user token)", where=where)
+        page_size = settings.options.get("page_size")
+        if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int)
+                                      or not 1 <= page_size <= PAGE_SIZE):
+            raise ConfigError(f"expected a whole number from 1 to {PAGE_SIZE}, got {page_size!r}",
+                              where=f"{where}: options.page_size")
+        lookback = settings.options.get("lookback")
+        if lookback is not None and (isinstance(lookback, bool) or not isinstance(lookback, int | float)
+                                     or lookback < 0):
+            raise ConfigError(f"expected seconds (0 or more), got {lookback!r}", where=f"{where}: options.lookback")
+
+    def _classify(self, response: httpx.Response) -> ProviderError | None:
+        error = classify(response)
+        if isinstance(error, ReauthRequired) and error.status == 401:
+            return ReauthRequired(f"{error}: {REAUTH_HINT.format(name=self.settings.name)}",
+                                  status=error.status, code=error.code)
+        return error
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def probe(self) -> None:
+        await self.client.get_json(CONNECTIONS.path)
+
+    async def sync_entity(
+        self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
+    ) -> None:
+        if stream.name == CONNECTIONS.name:
+            await self._sync_connections(ctx)
+        elif stream.name == ACCOUNTS.name:
+            await self._sync_accounts(ctx)
+        elif stream.name == TRANSACTIONS.name:
+            await self._sync_transactions(state or {}, mode, ctx)
+        else:
+            raise PermanentError(f"powens has no stream {stream.name!r}")
+
+    # -- bank connections and accounts: small, listed whole ------------------------------------------
+
+    async def _sync_connections(self, ctx: SyncContext) -> None:
+        body, _ = await self.client.get_json(CONNECTIONS.path)
+        rows = _records(body, "connections")
+        needs_customer: list[str] = []
+        failures: list[tuple[str | None, str]] = []
+        for row in rows:
+            state = row.get("state")
+            if state is None:
+                continue
+            what = f"bank connection {row.get('id')}: {state}"
+            if row.get("error_message"):
+                what += f" ({row['error_message']})"
+            if state in USER_ACTION:
+                needs_customer.append(what)
+                failures.append((None, f"{what}: the bank customer must act (Powens webview) before it syncs again"))
+            elif state in TRANSIENT:
+                log.info("powens.connection_retrying", connection=self.settings.name, bank_connection=row.get("id"),
+                         state=state)
+            else:
+                failures.append((None, f"{what}: unknown state, recorded"))
+        await ctx.emit(Page(CONNECTIONS.name, rows, None, total=len(rows), failures=failures,
+                            full_listing=True, listing_complete=True))
+        if rows and len(needs_customer) == len(rows):
+            raise ReauthRequired("every Powens bank connection needs the bank customer: " + "; ".join(needs_customer),
+                                 code="user_action")
+
+    async def _sync_accounts(self, ctx: SyncContext) -> None:
+        try:
+            body, _ = await self.client.get_json(ACCOUNTS.path, params={"all": ""})
+        except PermanentError as exc:
+            if exc.code != "noAccount":
+                raise
+            body = {"accounts": []}  # Powens answers 400 noAccount for a user without accounts
+        rows = _records(body, "accounts")
+        live = [r for r in rows if not r.get("deleted")]
+        gone = [str(r.get("id")) for r in rows if r.get("deleted")]
+        await ctx.emit(Page(ACCOUNTS.name, live, None, deleted=gone, total=len(live), full_listing=True,
+                            listing_complete=True))
+
+    # -- transactions: incremental by last_update ----------------------------------------------------
+
+    async def _sync_transactions(self, state: dict[str, Any], mode: SyncMode, ctx: SyncContext) -> None:
+        resume = state.get("phase") == "listing" and state.get("mode") == mode.value
+        if resume:
+            since, offset = state.get("listing_since"), int(state.get("offset", 0))
+            started, watermark = state["listing_started"], state.get("watermark")
+        else:
+            previous = state.get("since") if mode is SyncMode.INCREMENTAL else None
+            since = _fmt(_parse(previous) - timedelta(seconds=self.lookback)) if previous else None
+            offset, started, watermark = 0, _fmt(datetime.now(UTC)), previous
+        guard = LoopGuard("Powens transactions")
+        while True:
+            params: dict[str, Any] = {"limit": self.page_size, "offset": offset, "all": ""}
+            if since is not None:
+                params["last_update"] = since
+            body, _ = await self.client.get_json(TRANSACTIONS.path, params=params)
+            rows = _records(body, "transactions")
+            guard.page([r.get("id") for r in rows])
+            offset += len(rows)
+            for row in rows:
+                stamp = row.get("last_update")
+                if isinstance(stamp, str) and (watermark is None or stamp > watermark):
+                    watermark = stamp
+            done = len(rows) < self.page_size
+            if done:
+                # Offset paging over a live list can shift rows past us; the next sync starts
+                # no later than this listing did, so anything updated meanwhile is read again.
+                newest = min(watermark, started) if watermark else started
+                checkpoint: dict[str, Any] = {"phase": "done", "since": newest}
+            else:
+                checkpoint = {"phase": "listing", "mode": mode.value, "listing_since": since, "offset": offset,
+                              "listing_started": started, "watermark": watermark}
+            total = body.get("total") if isinstance(body, dict) and isinstance(body.get("total"), int) else None
+            await ctx.emit(Page(TRANSACTIONS.name, [r for r in rows if not r.get("deleted")], checkpoint,
+                                deleted=[str(r.get("id")) for r in rows if r.get("deleted")], total=total))
+            if done:
+                return
+
+    async def fetch_items(self, stream: StreamSpec, ids: Sequence[str], ctx: SyncContext) -> None:
+        """`freshctl retry` for transactions: by id; gone or deleted ones become tombstones."""
+        if stream.name != TRANSACTIONS.name:
+            await super().fetch_items(stream, ids, ctx)
+            return
+        found: list[Mapping[str, Any]] = []
+        gone: list[str] = []
+        for tid in ids:
+            try:
+                row, _ = await self.client.get_json(f"{TRANSACTIONS.path}/{tid}")
+            except PermanentError as exc:
+                if exc.status != 404:
+                    raise
+                gone.append(str(tid))
+                continue
+            if isinstance(row, dict) and not row.get("deleted"):
+                found.append(row)
+            else:
+                gone.append(str(tid))
+        await ctx.emit(Page(TRANSACTIONS.name, found, None, deleted=gone))
+
+
+def _records(body: Any, key: str) -> list[dict[str, Any]]:
+    rows = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(rows, list):
+        raise TransientError(f"Powens: expected {{{key!r}: [...]}} in the answer")
+    return [r for r in rows if isinstance(r, dict)]
