@@ -47,6 +47,10 @@ DEMO_CONNECTIONS = (
     # the simulator's database and login are "demo" and "api@example.com"; only the key is a secret
     DemoConnection("erp", "odoo", "acme", 5, {"api_key": "odoo-demo-key"},
                    options={"database": "demo", "username": "api@example.com"}),
+    # a partner app: the password once, then single-use refresh tokens (persisted at each rotation)
+    DemoConnection("wealth", "orion", "acme", 7,
+                   {"username": "advisor@demo", "password": "orion-demo-password", "client_id": "1234",
+                    "client_secret": "d3m0-5ecret"}, path="/api"),
     # a permanent user token; the simulator serves the API under /2.0 like the real host
     DemoConnection("bank", "powens", "acme", 6, {"access_token": "powens-demo-token"}, path="/2.0"),
     # a CRM no connector knows, declared in options for the generic REST connector

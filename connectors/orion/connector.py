@@ -1,0 +1,337 @@
+"""Orion Advisor API (Orion Connect): clients (households), accounts, and AUM history per client.
+
+Sections, in the order every provider module keeps them: auth, error
+classification, streams, sync.
+
+* **Auth**: ``GET /v1/Security/Token`` with Basic ``username:password`` gives a
+  session token (10 h) sent as ``Authorization: Session <token>``.  Partner apps
+  (credentials ``client_id`` + ``client_secret``, sent as headers) also get a
+  refresh token; the next refresh is the same GET with ``Authorization: Bearer
+  <refresh_token>``.  Refresh tokens are **single use**: each answer carries the
+  next one, which the TokenRefresher persists before the new session is used.
+  A refused refresh token falls back to the password when there is one; a
+  refused password is ReauthRequired.
+* **Errors**: Orion declares no error schema.  401 on a data call -> AuthExpired
+  (one refresh, one resend); on the token call -> ReauthRequired.  429 ->
+  RateLimited; 5xx -> TransientError; other 4xx -> PermanentError.
+* **Streams**: ``clients`` (``/Portfolio/Clients``: no edited-date filter, so
+  listed whole each sync, which also finds deletions), ``accounts``
+  (``/Portfolio/Accounts`` with ``editedStartDate`` for incremental syncs and a
+  full listing at least every ``accounts_full_interval``), ``aum_history``
+  (``/Portfolio/Clients/{id}/AumOverTime`` per stored client: daily points,
+  re-pulled from ``aum_lookback_days`` before the last sync because AUM gets
+  restated).  Lists are bare arrays paged with ``$top``/``$skip`` until a short page.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from freshd.connectors.base import ConnectionSettings, Connector, Page, StreamSpec, SyncContext, SyncMode
+from freshd.connectors.http import classify_http
+from freshd.connectors.pagination import LoopGuard, fetch_in_order
+from freshd.errors import (
+    ConfigError,
+    PermanentError,
+    ProviderError,
+    RateLimited,
+    ReauthRequired,
+    TransientError,
+)
+from freshd.policies.gate import ConnectionPolicies
+from freshd.policies.tokens import Token
+
+PAGE_SIZE = 1000
+TOKEN_LIFETIME = 36000.0
+ACCOUNTS_LOOKBACK = 300.0
+ACCOUNTS_FULL_INTERVAL = 86400.0
+AUM_LOOKBACK_DAYS = 7
+AUM_HISTORY_DAYS = 730
+AUM_CONCURRENCY = 4
+PAGING = ("odata", "plain")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+# --- auth --------------------------------------------------------------------------------------------
+
+
+def session_header(token: Token) -> dict[str, str]:
+    return {"Authorization": f"Session {token.access_token}"}
+
+
+# --- error classification --------------------------------------------------------------------------
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict):
+        return str(body.get("Message") or body.get("message") or body)[:200]
+    return str(body)[:200]
+
+
+def classify(response: httpx.Response) -> ProviderError | None:
+    """Data calls: the generic status mapping, with Orion's message (and correlation id) kept."""
+    error = classify_http(response)
+    if error is None:
+        return None
+    correlation = response.headers.get("x-oas-correlationid")
+    text = f"Orion {response.status_code}: {_message(response)}" + (f" (correlation {correlation})"
+                                                                     if correlation else "")
+    if isinstance(error, RateLimited):
+        return error  # keeps its Retry-After
+    return type(error)(text, status=error.status, code=error.code)
+
+
+def classify_token(response: httpx.Response) -> ProviderError | None:
+    """The token call: refused credentials are not something a retry fixes."""
+    if response.status_code in (400, 401, 403):
+        return ReauthRequired(f"Orion refused the credentials ({response.status_code}): {_message(response)}",
+                              status=response.status_code, code="token_refused")
+    return classify(response)
+
+
+# --- streams ------------------------------------------------------------------------------------------
+
+CLIENTS = StreamSpec("clients", "Portfolio/Clients", cursor_field="editedDate", paginator="offset")
+ACCOUNTS = StreamSpec("accounts", "Portfolio/Accounts", cursor_field="editedDate", cursor_param="editedStartDate",
+                      paginator="offset")
+AUM_HISTORY = StreamSpec("aum_history", "Portfolio/Clients/{id}/AumOverTime", cursor_field="asOfDate")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime(TIME_FORMAT)
+
+
+def _parse(text: str) -> datetime:
+    return datetime.strptime(text[:19], TIME_FORMAT).replace(tzinfo=UTC)
+
+
+# --- sync -----------------------------------------------------------------------------------------------
+
+
+class OrionConnector(Connector):
+    provider = "orion"
+    streams = (CLIENTS, ACCOUNTS, AUM_HISTORY)
+
+    def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
+        self.validate_settings(settings)
+        super().__init__(settings, policies=policies)
+        options = settings.options
+        self.page_size = int(options.get("page_size", PAGE_SIZE))
+        self.paging = str(options.get("paging", "odata"))
+        self.accounts_lookback = float(options.get("accounts_lookback", ACCOUNTS_LOOKBACK))
+        self.accounts_full_interval = float(options.get("accounts_full_interval", ACCOUNTS_FULL_INTERVAL))
+        self.aum_lookback_days = int(options.get("aum_lookback_days", AUM_LOOKBACK_DAYS))
+        self.aum_history_days = int(options.get("aum_history_days", AUM_HISTORY_DAYS))
+        base = settings.base_url.rstrip("/") + "/"
+        creds = settings.credentials
+        partner = {"client_id": creds["client_id"], "client_secret": creds["client_secret"]} \
+            if creds.get("client_id") else {}
+        self._partner = partner
+        self.client = self.http_client(base, classify=classify, token_header=session_header, max_connections=4)
+        self.auth = self.http_client(base, classify=classify_token, max_connections=1)
+
+    @classmethod
+    def validate_settings(cls, settings: ConnectionSettings) -> None:
+        creds, options = settings.credentials, settings.options
+        where = f"connection {settings.name}"
+        has_password = bool(creds.get("username") and creds.get("password"))
+        if not has_password and not creds.get("refresh_token"):
+            raise ConfigError("missing credentials: username and password (or a partner refresh_token)",
+                              where=where)
+        if bool(creds.get("client_id")) != bool(creds.get("client_secret")):
+            raise ConfigError("client_id and client_secret go together (partner apps)", where=where)
+        if creds.get("refresh_token") and not creds.get("client_id"):
+            raise ConfigError("a refresh_token needs the partner client_id and client_secret", where=where)
+        if options.get("paging", "odata") not in PAGING:
+            raise ConfigError(f"unknown paging {options.get('paging')!r}; valid: {', '.join(PAGING)}",
+                              where=f"{where}: options.paging")
+        for key in ("page_size", "accounts_lookback", "accounts_full_interval", "aum_lookback_days",
+                    "aum_history_days"):
+            value = options.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+                                      or (key == "page_size" and not 1 <= value <= 5000)):
+                raise ConfigError(f"expected a number of 0 or more{' (1 to 5000)' if key == 'page_size' else ''}, "
+                                  f"got {value!r}", where=f"{where}: options.{key}")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.auth.aclose()
+
+    # -- tokens ---------------------------------------------------------------------------------------
+
+    async def refresh_token(self, current: Token | None) -> Token:
+        creds = self.settings.credentials
+        refresh = (current.refresh_token if current is not None else None) or creds.get("refresh_token")
+        if refresh and self._partner:
+            try:
+                return await self._token({"Authorization": f"Bearer {refresh}"})
+            except ReauthRequired:
+                if not (creds.get("username") and creds.get("password")):
+                    raise ReauthRequired("Orion refused the refresh token (used already, or revoked) and no "
+                                         "password is configured: set a new one with `freshctl connections "
+                                         f"set-credential {self.settings.name} refresh_token=...`") from None
+        basic = base64.b64encode(f"{creds['username']}:{creds['password']}".encode()).decode()
+        try:
+            return await self._token({"Authorization": f"Basic {basic}"})
+        except ReauthRequired as exc:
+            raise ReauthRequired(f"{exc}: set the current password with `freshctl connections set-credential "
+                                 f"{self.settings.name} password=...`", status=exc.status, code=exc.code) from None
+
+    async def _token(self, authorization: dict[str, str]) -> Token:
+        body, _ = await self.auth.get_json("v1/Security/Token", headers={**authorization, **self._partner},
+                                           limit="token")
+        if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            raise TransientError("Orion: no access_token in the token answer")
+        try:
+            lifetime = float(body.get("expires_in", TOKEN_LIFETIME))
+        except (TypeError, ValueError):
+            lifetime = TOKEN_LIFETIME
+        # the refresh token just used is spent: keep the new one (None when Basic gave none)
+        return Token(body["access_token"], time.time() + lifetime, body.get("refresh_token") or None)
+
+    async def probe(self) -> None:
+        await self._list(CLIENTS.path, 0, 1)
+
+    # -- listing ----------------------------------------------------------------------------------------
+
+    async def _list(self, path: str, skip: int, top: int, **params: Any) -> list[dict[str, Any]]:
+        names = ("$top", "$skip") if self.paging == "odata" else ("top", "skip")
+        body, _ = await self.client.get_json(f"v1/{path}", params={names[0]: top, names[1]: skip, **params})
+        if not isinstance(body, list):
+            raise TransientError(f"Orion {path}: expected a JSON array, got {type(body).__name__}")
+        return [r for r in body if isinstance(r, dict)]
+
+    async def sync_entity(
+        self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
+    ) -> None:
+        state = state or {}
+        if stream.name == CLIENTS.name:
+            await self._listing(CLIENTS, state, ctx, full=True, mode=mode)
+        elif stream.name == ACCOUNTS.name:
+            full = mode is SyncMode.FULL or not state.get("since") or self._accounts_full_due(state)
+            await self._listing(ACCOUNTS, state, ctx, full=full, mode=mode)
+        elif stream.name == AUM_HISTORY.name:
+            await self._aum(state, mode, ctx)
+        else:
+            raise PermanentError(f"orion has no stream {stream.name!r}")
+
+    def _accounts_full_due(self, state: dict[str, Any]) -> bool:
+        last = state.get("full_at")
+        return not last or (datetime.now(UTC) - _parse(last)).total_seconds() >= self.accounts_full_interval
+
+    async def _listing(self, stream: StreamSpec, state: dict[str, Any], ctx: SyncContext, *, full: bool,
+                       mode: SyncMode) -> None:
+        """$top/$skip pages in id order until a short page; each checkpoint says where to resume."""
+        resume = state.get("phase") == "listing" and state.get("mode") == mode.value
+        if resume:
+            full, skip = bool(state.get("full")), int(state.get("skip", 0))
+            since, started, watermark = state.get("listing_since"), state["listing_started"], state.get("watermark")
+        else:
+            skip, started, watermark = 0, _now(), state.get("since")
+            since = None if full or not watermark else \
+                (_parse(watermark) - timedelta(seconds=self.accounts_lookback)).strftime(TIME_FORMAT)
+        keep = {"full_at": state["full_at"]} if state.get("full_at") else {}
+        params = {"editedStartDate": since} if since else {}
+        guard = LoopGuard(f"Orion {stream.path}")
+        while True:
+            rows = await self._list(stream.path, skip, self.page_size, **params)
+            guard.page([r.get("id") for r in rows])
+            skip += len(rows)
+            for row in rows:
+                edited = row.get("editedDate")
+                if isinstance(edited, str) and (watermark is None or edited[:19] > watermark):
+                    watermark = edited[:19]
+            done = len(rows) < self.page_size
+            if done:
+                # offset paging over a live list: the next sync starts no later than this listing did
+                newest = min(watermark, started) if watermark else started
+                checkpoint = {**keep, "phase": "done", "since": newest}
+                if full and not resume:
+                    checkpoint["full_at"] = started
+            else:
+                checkpoint = {**keep, "phase": "listing", "mode": mode.value, "full": full, "skip": skip,
+                              "listing_since": since, "listing_started": started, "watermark": watermark}
+            await ctx.emit(Page(stream.name, rows, checkpoint, full_listing=full,
+                                listing_complete=full and done and not resume))
+            if done:
+                return
+
+    # -- AUM over time ------------------------------------------------------------------------------------
+
+    async def _aum(self, state: dict[str, Any], mode: SyncMode, ctx: SyncContext) -> None:
+        """Daily AUM points for every stored client, a few clients at a time, handed on in id order."""
+        today = datetime.now(UTC).date()
+        resume = state.get("phase") == "listing" and state.get("mode") == mode.value
+        if resume:
+            start, end, after = date.fromisoformat(state["start"]), date.fromisoformat(state["end"]), \
+                int(state["after"])
+        full = not resume and (mode is SyncMode.FULL or not state.get("through"))
+        if not resume:
+            start = today - timedelta(days=self.aum_history_days) if full else \
+                date.fromisoformat(state["through"]) - timedelta(days=self.aum_lookback_days)
+            end, after = today, 0
+        clients = sorted(int(c) for c in (await ctx.known_versions(CLIENTS.name, "id")) if c.isdigit())
+        todo = [c for c in clients if c > after]
+        ctx.set_total(AUM_HISTORY.name, None)
+        if not todo:
+            await ctx.emit(Page(AUM_HISTORY.name, [], {"phase": "done", "through": end.isoformat()},
+                                full_listing=full, listing_complete=full))
+            return
+        params = {"startDate": start.isoformat(), "endDate": end.isoformat(), "interval": "D"}
+
+        async def fetch(index: int) -> list[dict[str, Any]] | None:
+            cid = todo[index]
+            try:
+                body, _ = await self.client.get_json(f"v1/Portfolio/Clients/{cid}/AumOverTime", params=params)
+            except PermanentError as exc:
+                if exc.status == 404:
+                    return None  # removed since the clients listing: the next one tombstones it
+                raise
+            if not isinstance(body, list):
+                raise TransientError(f"Orion AumOverTime for client {cid}: expected a JSON array")
+            return [_aum_record(cid, point) for point in body if isinstance(point, dict)]
+
+        async def consume(index: int, records: list[dict[str, Any]] | None) -> None:
+            last_one = index == len(todo) - 1
+            checkpoint = {"phase": "done", "through": end.isoformat()} if last_one else \
+                {"phase": "listing", "mode": mode.value, "start": start.isoformat(), "end": end.isoformat(),
+                 "after": todo[index]}
+            await ctx.emit(Page(AUM_HISTORY.name, records or [], checkpoint, full_listing=full,
+                                listing_complete=full and last_one))
+
+        await fetch_in_order(fetch, range(len(todo)), consume, concurrency=AUM_CONCURRENCY)
+
+    async def fetch_items(self, stream: StreamSpec, ids: Sequence[str], ctx: SyncContext) -> None:
+        """`freshctl retry` for clients and accounts: by id; 404s become tombstones."""
+        if stream.name not in (CLIENTS.name, ACCOUNTS.name):
+            await super().fetch_items(stream, ids, ctx)
+            return
+        found: list[dict[str, Any]] = []
+        gone: list[str] = []
+        for rid in ids:
+            try:
+                body, _ = await self.client.get_json(f"v1/{stream.path}/{rid}")
+            except PermanentError as exc:
+                if exc.status != 404:
+                    raise
+                gone.append(str(rid))
+                continue
+            if isinstance(body, dict):
+                found.append(body)
+        await ctx.emit(Page(stream.name, found, None, deleted=gone))
+
+
+def _aum_record(client_id: int, point: dict[str, Any]) -> dict[str, Any]:
+    """One point per client and day: the id says which (Orion's own `id` is the entity's)."""
+    day = str(point.get("asOfDate", ""))[:10]
+    return {**point, "id": f"{client_id}:{day}", "entityId": point.get("id"), "clientId": client_id}
+
