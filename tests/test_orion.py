@@ -133,7 +133,7 @@ async def test_incremental_accounts_by_edited_date_and_aum_from_the_lookback(dat
     sim = OrionSimulator(records=60, seed=4, credentials=CREDS, history_days=40, clock=lambda: now[0])
     now[0] += timedelta(minutes=10)
     sim.update_account(1, managementStyle="Income")  # the newest edit the first sync sees
-    async with open_rig(database_url, sim, settings_fn(aum_lookback_days=3)) as rig:
+    async with open_rig(database_url, sim, settings_fn(aum_lookback_days=3, aum_interval=0)) as rig:
         await completed(rig)
         assert rig.live("aum_history") == sim.count("aum_history")
         now[0] += timedelta(hours=1)
@@ -150,6 +150,18 @@ async def test_incremental_accounts_by_edited_date_and_aum_from_the_lookback(dat
         assert len(aum) == 60 and all(q["interval"] == "D" for q in aum)
         start = datetime.fromisoformat(aum[0]["startDate"]).date()
         assert (now[0].date() - start).days <= 4  # the re-pulled window, not the 40 days
+
+
+async def test_aum_is_pulled_once_per_interval(database_url: str) -> None:
+    sim = OrionSimulator(records=10, seed=6, credentials=CREDS, history_days=3)
+    async with open_rig(database_url, sim, settings_fn()) as rig:
+        await completed(rig)
+        sim.app.requests.clear()
+        await completed(rig, JobKind.INCREMENTAL)  # within aum_interval (6 h) of the first pull
+        assert not [p for p, _ in sim.app.requests if p.endswith("/AumOverTime")]
+        await completed(rig, JobKind.FULL)  # a full sync always pulls
+        assert len([p for p, _ in sim.app.requests if p.endswith("/AumOverTime")]) == 10
+        assert rig.live("aum_history") == sim.count("aum_history")
 
 
 async def test_plain_paging_option_sends_top_and_skip(database_url: str) -> None:

@@ -54,6 +54,7 @@ ACCOUNTS_FULL_INTERVAL = 86400.0
 AUM_LOOKBACK_DAYS = 7
 AUM_HISTORY_DAYS = 730
 AUM_CONCURRENCY = 4
+AUM_INTERVAL = 6 * 3600.0
 PAGING = ("odata", "plain")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
@@ -131,6 +132,7 @@ class OrionConnector(Connector):
         self.accounts_full_interval = float(options.get("accounts_full_interval", ACCOUNTS_FULL_INTERVAL))
         self.aum_lookback_days = int(options.get("aum_lookback_days", AUM_LOOKBACK_DAYS))
         self.aum_history_days = int(options.get("aum_history_days", AUM_HISTORY_DAYS))
+        self.aum_interval = float(options.get("aum_interval", AUM_INTERVAL))
         base = settings.base_url.rstrip("/") + "/"
         creds = settings.credentials
         partner = {"client_id": creds["client_id"], "client_secret": creds["client_secret"]} \
@@ -155,7 +157,7 @@ class OrionConnector(Connector):
             raise ConfigError(f"unknown paging {options.get('paging')!r}; valid: {', '.join(PAGING)}",
                               where=f"{where}: options.paging")
         for key in ("page_size", "accounts_lookback", "accounts_full_interval", "aum_lookback_days",
-                    "aum_history_days"):
+                    "aum_history_days", "aum_interval"):
             value = options.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0
                                       or (key == "page_size" and not 1 <= value <= 5000)):
@@ -271,6 +273,10 @@ class OrionConnector(Connector):
         """Daily AUM points for every stored client, a few clients at a time, handed on in id order."""
         today = datetime.now(UTC).date()
         resume = state.get("phase") == "listing" and state.get("mode") == mode.value
+        pulled = state.get("pulled_at")
+        if mode is SyncMode.INCREMENTAL and not resume and pulled and \
+                (datetime.now(UTC) - _parse(pulled)).total_seconds() < self.aum_interval:
+            return  # daily figures: one pull per aum_interval is enough (one request per client)
         if resume:
             start, end, after = date.fromisoformat(state["start"]), date.fromisoformat(state["end"]), \
                 int(state["after"])
@@ -282,8 +288,10 @@ class OrionConnector(Connector):
         clients = sorted(int(c) for c in (await ctx.known_versions(CLIENTS.name, "id")) if c.isdigit())
         todo = [c for c in clients if c > after]
         ctx.set_total(AUM_HISTORY.name, None)
+        done = {"phase": "done", "through": end.isoformat(), "pulled_at": state.get("pulled_at") if resume
+                else _now()}
         if not todo:
-            await ctx.emit(Page(AUM_HISTORY.name, [], {"phase": "done", "through": end.isoformat()},
+            await ctx.emit(Page(AUM_HISTORY.name, [], done,
                                 full_listing=full, listing_complete=full))
             return
         params = {"startDate": start.isoformat(), "endDate": end.isoformat(), "interval": "D"}
@@ -302,9 +310,9 @@ class OrionConnector(Connector):
 
         async def consume(index: int, records: list[dict[str, Any]] | None) -> None:
             last_one = index == len(todo) - 1
-            checkpoint = {"phase": "done", "through": end.isoformat()} if last_one else \
+            checkpoint = done if last_one else \
                 {"phase": "listing", "mode": mode.value, "start": start.isoformat(), "end": end.isoformat(),
-                 "after": todo[index]}
+                 "after": todo[index], "pulled_at": done["pulled_at"]}
             await ctx.emit(Page(AUM_HISTORY.name, records or [], checkpoint, full_listing=full,
                                 listing_complete=full and last_one))
 
