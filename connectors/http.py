@@ -154,6 +154,16 @@ class ProviderClient:
         response, body = await self._send("GET", url, decode=orjson.loads, limit=limit, **kwargs)
         return body, response
 
+    async def get_json_if_found(self, url: str, *, limit: str | None = None, **kwargs: Any) -> Any | None:
+        """GET one resource by id: its decoded body, or None when the provider says 404 (gone)."""
+        try:
+            body, _ = await self.get_json(url, limit=limit, **kwargs)
+        except PermanentError as exc:
+            if exc.status != 404:
+                raise
+            return None
+        return body
+
     async def request_json(
         self, method: str, url: str, *, limit: str | None = None, **kwargs: Any
     ) -> tuple[Any, httpx.Response]:

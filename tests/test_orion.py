@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from freshd.connectors.base import ConnectionSettings
+from freshd.connectors.base import ConnectionSettings, Page
 from freshd.connectors.orion.connector import OrionConnector, classify, classify_token
 from freshd.connectors.orion.simulator import OrionSimulator
 from freshd.connectors.simulator import serve_asgi
@@ -185,3 +185,28 @@ def test_settings_are_checked() -> None:
     assert "needs the partner" in check({"refresh_token": "r"})
     assert "unknown paging" in check(CREDS, paging="cursor")
     assert "page_size" in check(CREDS, page_size=0)
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.pages: list[Page] = []
+
+    async def emit(self, page: Page) -> None:
+        self.pages.append(page)
+
+    async def known_versions(self, entity: str, field: str) -> dict[str, str]:
+        return {}
+
+    def set_total(self, entity: str, total: int | None) -> None:
+        pass
+
+
+async def test_retry_fetches_by_id_and_tombstones_the_missing(served: tuple[OrionSimulator, str]) -> None:
+    sim, base = served
+    sim.delete_client(3)
+    connector = OrionConnector(settings_fn()(base))
+    ctx = Collect()
+    await connector.fetch_items(connector.stream("clients"), ["1", "3"], ctx)
+    await connector.aclose()
+    (page,) = ctx.pages
+    assert [r["id"] for r in page.records] == [1] and list(page.deleted) == ["3"]

@@ -326,15 +326,11 @@ class OrionConnector(Connector):
         found: list[dict[str, Any]] = []
         gone: list[str] = []
         for rid in ids:
-            try:
-                body, _ = await self.client.get_json(f"v1/{stream.path}/{rid}")
-            except PermanentError as exc:
-                if exc.status != 404:
-                    raise
-                gone.append(str(rid))
-                continue
+            body = await self.client.get_json_if_found(f"v1/{stream.path}/{rid}")
             if isinstance(body, dict):
                 found.append(body)
+            else:
+                gone.append(str(rid))
         await ctx.emit(Page(stream.name, found, None, deleted=gone))
 
 

@@ -256,13 +256,7 @@ class PowensConnector(Connector):
         found: list[Mapping[str, Any]] = []
         gone: list[str] = []
         for tid in ids:
-            try:
-                row, _ = await self.client.get_json(f"{TRANSACTIONS.path}/{tid}")
-            except PermanentError as exc:
-                if exc.status != 404:
-                    raise
-                gone.append(str(tid))
-                continue
+            row = await self.client.get_json_if_found(f"{TRANSACTIONS.path}/{tid}")
             if isinstance(row, dict) and not row.get("deleted"):
                 found.append(row)
             else:
