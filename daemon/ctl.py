@@ -139,6 +139,12 @@ def ago(value: str | None) -> str:
     return f"in {text}" if future else f"{text} ago"
 
 
+def due(value: str | None) -> str:
+    """A next-sync time: in the past means due (the next sync sweep queues it), not "ago"."""
+    text = ago(value)
+    return f"due ({text.removesuffix(' ago')} overdue)" if text.endswith(" ago") else text
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
@@ -160,7 +166,7 @@ def show_status(result: dict[str, Any]) -> str:
     head = (f"freshd {result['version']} (api {result['api_version']}), up since {ago(result['started_at'])}, "
             f"store {result['store']['state']}, metrics {result.get('metrics_url') or 'off'}")
     rows = [[c["name"], c["provider"], c["tenant"], c["state"], c.get("breaker", "-"), c["records"],
-             ago(c["last_success_at"]), ago(c["next_sync_at"]), c.get("error") or ""] for c in result["connections"]]
+             ago(c["last_success_at"]), due(c["next_sync_at"]), c.get("error") or ""] for c in result["connections"]]
     return head + "\n\n" + table(["NAME", "PROVIDER", "TENANT", "STATE", "BREAKER", "RECORDS", "LAST SUCCESS",
                                   "NEXT SYNC", "ERROR"], rows)
 
