@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import trio
 
-from freshd.connectors.base import ConnectionSettings, Connector, connector_class
+from freshd.connectors.base import ConnectionSettings, Connector, Page, connector_class
 from freshd.connectors.simulator import SimulatorApp, serve_asgi
 from freshd.policies.gate import ConnectionPolicies
 from freshd.store import Store, connections, jobs, open_store
@@ -129,3 +129,19 @@ async def open_rig(
             )
             yield Rig(sim, url, store, database_url, row.id, built, policies)
         nursery.cancel_scope.cancel()
+
+
+class CollectPages:
+    """A SyncContext for calling a connector directly: keeps the pages, knows no stored versions."""
+
+    def __init__(self) -> None:
+        self.pages: list[Page] = []
+
+    async def emit(self, page: Page) -> None:
+        self.pages.append(page)
+
+    async def known_versions(self, entity: str, field: str) -> dict[str, str]:
+        return {}
+
+    def set_total(self, entity: str, total: int | None) -> None:
+        pass

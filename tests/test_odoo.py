@@ -15,7 +15,7 @@ from freshd.connectors.odoo.simulator import OdooSimulator
 from freshd.connectors.simulator import serve_asgi
 from freshd.errors import ConfigError, PermanentError, RateLimited, ReauthRequired, TransientError
 from freshd.store.jobs import JobKind, JobStatus
-from tests.rig import Rig, open_rig
+from tests.rig import CollectPages, Rig, open_rig
 
 CREDS = {"database": "acme", "username": "api@acme.example", "api_key": "0d1f2e3c4b5a69788796"}
 
@@ -33,24 +33,18 @@ async def completed(rig: Rig, kind: JobKind = JobKind.INITIAL, **options: Any) -
     return runner
 
 
-class Collect:
-    """A sync context that keeps the pages and runs `after_first` once the first page is in."""
+class Collect(CollectPages):
+    """Runs `after_first` once the first page is in (a change made mid-listing)."""
 
     def __init__(self, after_first: Any = None) -> None:
-        self.pages: list[Page] = []
+        super().__init__()
         self.after_first = after_first
 
     async def emit(self, page: Page) -> None:
-        self.pages.append(page)
+        await super().emit(page)
         if self.after_first is not None:
             self.after_first()
             self.after_first = None
-
-    async def known_versions(self, entity: str, field: str) -> dict[str, str]:
-        return {}
-
-    def set_total(self, entity: str, total: int | None) -> None:
-        pass
 
 
 @pytest.mark.parametrize("api", ["jsonrpc", "json2"])

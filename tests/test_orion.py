@@ -12,13 +12,13 @@ import httpx
 import pytest
 import trio
 
-from freshd.connectors.base import ConnectionSettings, Page
+from freshd.connectors.base import ConnectionSettings
 from freshd.connectors.orion.connector import OrionConnector, classify, classify_token
 from freshd.connectors.orion.simulator import OrionSimulator
 from freshd.connectors.simulator import serve_asgi
 from freshd.errors import AuthExpired, ConfigError, PermanentError, RateLimited, ReauthRequired, TransientError
 from freshd.store.jobs import JobKind, JobStatus
-from tests.rig import Rig, open_rig
+from tests.rig import CollectPages, Rig, open_rig
 
 CREDS = {"username": "advisor@acme.example", "password": "pw-orion", "client_id": "4321",
          "client_secret": "0e9d8c7b-1111-2222-3333-444455556666"}
@@ -187,25 +187,12 @@ def test_settings_are_checked() -> None:
     assert "page_size" in check(CREDS, page_size=0)
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.pages: list[Page] = []
-
-    async def emit(self, page: Page) -> None:
-        self.pages.append(page)
-
-    async def known_versions(self, entity: str, field: str) -> dict[str, str]:
-        return {}
-
-    def set_total(self, entity: str, total: int | None) -> None:
-        pass
-
 
 async def test_retry_fetches_by_id_and_tombstones_the_missing(served: tuple[OrionSimulator, str]) -> None:
     sim, base = served
     sim.delete_client(3)
     connector = OrionConnector(settings_fn()(base))
-    ctx = Collect()
+    ctx = CollectPages()
     await connector.fetch_items(connector.stream("clients"), ["1", "3"], ctx)
     await connector.aclose()
     (page,) = ctx.pages

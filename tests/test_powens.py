@@ -11,13 +11,13 @@ import httpx
 import pytest
 import trio
 
-from freshd.connectors.base import ConnectionSettings, Page
+from freshd.connectors.base import ConnectionSettings
 from freshd.connectors.powens.connector import PowensConnector, classify
 from freshd.connectors.powens.simulator import PowensSimulator
 from freshd.connectors.simulator import serve_asgi
 from freshd.errors import ConfigError, PermanentError, RateLimited, ReauthRequired, TransientError
 from freshd.store.jobs import JobKind, JobStatus
-from tests.rig import Rig, open_rig
+from tests.rig import CollectPages, Rig, open_rig
 
 CREDS = {"access_token": "powens-test-token"}
 
@@ -151,25 +151,12 @@ def test_settings_are_checked() -> None:
     assert "lookback" in check(CREDS, lookback="soon")
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.pages: list[Page] = []
-
-    async def emit(self, page: Page) -> None:
-        self.pages.append(page)
-
-    async def known_versions(self, entity: str, field: str) -> dict[str, str]:
-        return {}
-
-    def set_total(self, entity: str, total: int | None) -> None:
-        pass
-
 
 async def test_retry_fetches_by_id_and_tombstones_deleted_and_missing(served: tuple[PowensSimulator, str]) -> None:
     sim, base = served
     sim.delete_transaction(2)
     connector = PowensConnector(ConnectionSettings("bank", "powens", base, credentials=CREDS))
-    ctx = Collect()
+    ctx = CollectPages()
     await connector.fetch_items(connector.stream("transactions"), ["1", "2", "999"], ctx)
     await connector.aclose()
     (page,) = ctx.pages
