@@ -12,12 +12,15 @@ import httpx
 import pytest
 import trio
 
-from freshd.connectors.base import ConnectionSettings
+from freshd.connectors.base import ConnectionSettings, SyncMode
 from freshd.connectors.orion.connector import OrionConnector, classify, classify_token
-from freshd.connectors.orion.simulator import OrionSimulator
-from freshd.connectors.simulator import serve_asgi
+from freshd.connectors.orion.simulator import OrionSimulator, error_body
+from freshd.connectors.simulator import Request, Response, SimulatorApp, serve_asgi
 from freshd.errors import AuthExpired, ConfigError, PermanentError, RateLimited, ReauthRequired, TransientError
+from freshd.policies.gate import ConnectionPolicies
+from freshd.policies.tokens import Token, TokenRefresher
 from freshd.store.jobs import JobKind, JobStatus
+from tests.helpers import query
 from tests.rig import CollectPages, Rig, open_rig
 
 CREDS = {"username": "advisor@acme.example", "password": "pw-orion", "client_id": "4321",
@@ -30,9 +33,9 @@ def settings_fn(credentials: dict[str, str] | None = None, **options: Any) -> An
                                           credentials=credentials or CREDS, options={"page_size": 25, **options})
 
 
-async def completed(rig: Rig, kind: JobKind = JobKind.INITIAL) -> Any:
+async def completed(rig: Rig, kind: JobKind = JobKind.INITIAL, options: dict[str, Any] | None = None) -> Any:
     with trio.fail_after(30):
-        outcome, runner = await rig.sync(kind)
+        outcome, runner = await rig.sync(kind, **(options or {}))
     assert outcome.status is JobStatus.COMPLETED, outcome.error
     return runner
 
@@ -42,6 +45,14 @@ async def served(nursery: trio.Nursery) -> AsyncIterator[tuple[OrionSimulator, s
     sim = OrionSimulator(records=30, seed=3, credentials=CREDS, history_days=40)
     port = await nursery.start(functools.partial(serve_asgi, sim.app, "127.0.0.1", 0))
     yield sim, f"http://127.0.0.1:{port}/api"
+
+
+def query_cursor(rig: Rig, entity: str) -> dict[str, Any]:
+    rows = query(rig.database_url, "SELECT state FROM cursors WHERE connection_id = %s AND entity = %s",
+                 rig.connection_id, entity)
+    state = rows[0][0]
+    assert isinstance(state, dict)
+    return state
 
 
 def basic(user: str, password: str) -> str:
@@ -129,7 +140,7 @@ async def test_revoked_access_is_reauth_required_without_a_loop(database_url: st
 
 
 async def test_incremental_accounts_by_edited_date_and_aum_from_the_lookback(database_url: str) -> None:
-    now = [datetime.now(UTC) - timedelta(hours=2)]
+    now = [datetime.now(UTC) - timedelta(days=3)]  # created well before the pull: not new to AUM
     sim = OrionSimulator(records=60, seed=4, credentials=CREDS, history_days=40, clock=lambda: now[0])
     now[0] += timedelta(minutes=10)
     sim.update_account(1, managementStyle="Income")  # the newest edit the first sync sees
@@ -144,8 +155,9 @@ async def test_incremental_accounts_by_edited_date_and_aum_from_the_lookback(dat
         assert asked and all("editedStartDate" in q and q["$top"] == "25" for q in asked)
         # the created and the updated account (and account 1 again: inside the 5-minute lookback)
         assert 2 <= runner.progress.entities["accounts"].processed <= 3
-        updated = rig.record("accounts", str(changed["updated"]))
-        assert updated is not None and updated[0]["editedDate"] == sim.accounts[int(changed["updated"])]["editedDate"]
+        updated_id = str(changed["updated"])
+        updated = rig.record("accounts", updated_id)
+        assert updated is not None and updated[0]["editedDate"] == sim.accounts[int(updated_id)]["editedDate"]
         aum = [q for p, q in sim.app.requests if p.endswith("/AumOverTime")]
         assert len(aum) == 60 and all(q["interval"] == "D" for q in aum)
         start = datetime.fromisoformat(aum[0]["startDate"]).date()
@@ -185,7 +197,7 @@ def test_settings_are_checked() -> None:
     assert "needs the partner" in check({"refresh_token": "r"})
     assert "unknown paging" in check(CREDS, paging="cursor")
     assert "page_size" in check(CREDS, page_size=0)
-
+    assert "aum_full_interval" in check(CREDS, aum_full_interval=-1)
 
 
 async def test_retry_fetches_by_id_and_tombstones_the_missing(served: tuple[OrionSimulator, str]) -> None:
@@ -197,3 +209,161 @@ async def test_retry_fetches_by_id_and_tombstones_the_missing(served: tuple[Orio
     await connector.aclose()
     (page,) = ctx.pages
     assert [r["id"] for r in page.records] == [1] and list(page.deleted) == ["3"]
+
+
+def persisting_policies(saved: list[Token]) -> ConnectionPolicies:
+    """Policies shared across jobs like the daemon's actor keeps them, persisting every new token."""
+    async def persist(token: Token) -> None:
+        saved.append(token)
+
+    return ConnectionPolicies.standalone("orion", OrionConnector.rate_limits, {}, name="wealth",
+                                         tokens=TokenRefresher(provider="orion", persist=persist))
+
+
+async def test_an_expired_session_is_refreshed_once_with_the_rotated_refresh_token(database_url: str) -> None:
+    sim = OrionSimulator(records=30, seed=7, credentials=CREDS, history_days=3)
+    saved: list[Token] = []
+    async with open_rig(database_url, sim, settings_fn(), policies=persisting_policies(saved)) as rig:
+        await completed(rig)
+        assert dict(sim.grants) == {"password": 1}  # one session for the whole job
+        assert [t.refresh_token for t in saved] == list(sim.refresh_tokens)  # persisted before use
+        sim.expire_tokens()  # the session still looks valid to the client: Orion says 401
+        await completed(rig, JobKind.INCREMENTAL)
+        assert dict(sim.grants) == {"password": 1, "refresh_token": 1}  # exactly one refresh
+        assert len(saved) == 2 and sim.refresh_tokens == {saved[-1].refresh_token}  # the new one is kept
+        assert saved[0].refresh_token != saved[1].refresh_token
+
+
+async def test_revoked_access_with_shared_policies_stops_and_stays_stopped(database_url: str) -> None:
+    sim = OrionSimulator(records=10, seed=8, credentials=CREDS, history_days=3)
+    async with open_rig(database_url, sim, settings_fn(), policies=persisting_policies([])) as rig:
+        await completed(rig)
+        sim.revoke_tokens()
+        sim.app.requests.clear()
+        for _ in range(2):
+            with trio.fail_after(30):
+                outcome, _ = await rig.sync(JobKind.INCREMENTAL)
+            assert outcome.status is JobStatus.FAILED and outcome.reauth_required
+            assert "set-credential wealth password=" in (outcome.error or "")
+    token_calls = [q for p, q in sim.app.requests if p.lower().endswith("/security/token")]
+    # the refresh token, then the password, each refused once; the second job asks nothing (sticky)
+    assert len(token_calls) == 2 and sim.token_requests == 1
+
+
+async def test_a_client_deleted_mid_listing_shifts_no_one_into_a_false_delete(database_url: str) -> None:
+    sim = OrionSimulator(records=60, seed=9, credentials=CREDS, history_days=2)
+    async with open_rig(database_url, sim, settings_fn()) as rig:
+        await completed(rig)
+
+        def delete_first_during_page_two(path: str, skip: int) -> None:
+            if path.endswith("/Portfolio/Clients") and skip > 0 and 1 in sim.clients:
+                sim.delete_client(1)  # every later row moves up one: a plain $skip=25 would miss client 26
+
+        sim.on_page = delete_first_during_page_two
+        await completed(rig, JobKind.FULL)
+        sim.on_page = None
+        live = {str(c) for c in sim.clients}
+        stored = {str(c) for c in range(1, 61) if (r := rig.record("clients", str(c))) and r[1] is None}
+        assert live <= stored, "no client was skipped, so none is falsely deleted"
+        assert "1" in stored, "a shifted listing does not reconcile deletions"
+        await completed(rig, JobKind.FULL)  # a clean listing does
+        record = rig.record("clients", "1")
+        assert record is not None and record[1] is not None
+        assert rig.live("clients") == sim.count("clients")
+
+
+async def test_a_shifted_accounts_listing_keeps_its_cursor(database_url: str) -> None:
+    sim = OrionSimulator(records=30, seed=10, credentials=CREDS, history_days=2)
+    async with open_rig(database_url, sim, settings_fn()) as rig:
+        await completed(rig)
+        cursor = query_cursor(rig, "accounts")
+
+        def delete_during_page_two(path: str, skip: int) -> None:
+            if path.endswith("/Portfolio/Accounts") and skip > 0 and 2 in sim.accounts:
+                del sim.accounts[2]
+
+        sim.on_page = delete_during_page_two
+        await completed(rig, JobKind.FULL)
+        after = query_cursor(rig, "accounts")
+        assert after["since"] <= cursor["since"] and after.get("full_at") == cursor.get("full_at")
+
+
+async def test_a_new_client_gets_its_whole_aum_history(database_url: str) -> None:
+    now = [datetime.now(UTC) - timedelta(days=20)]
+    sim = OrionSimulator(records=12, seed=11, credentials=CREDS, history_days=30, clock=lambda: now[0])
+    async with open_rig(database_url, sim, settings_fn(aum_interval=0)) as rig:
+        await completed(rig)
+        now[0] = datetime.now(UTC)
+        sim.history_days = 60  # an onboarded household arrives with imported history
+        new = sim.create_client()
+        sim.app.requests.clear()
+        await completed(rig, JobKind.INCREMENTAL)
+        starts = {p.split("/")[-2]: q["startDate"] for p, q in sim.app.requests if p.endswith("/AumOverTime")}
+        origin = (datetime.now(UTC).date() - timedelta(days=730)).isoformat()
+        assert starts.pop(str(new["id"])) == origin
+        assert starts and all(s > origin for s in starts.values())  # the others: the lookback only
+        stored = query(rig.database_url, "SELECT count(*) FROM records WHERE connection_id = %s AND entity ="
+                       " 'aum_history' AND payload ->> 'clientId' = %s", rig.connection_id, str(new["id"]))
+        assert stored[0][0] == 61
+
+
+async def test_a_periodic_full_aum_pull_keeps_the_origin_and_drops_gone_clients(database_url: str) -> None:
+    sim = OrionSimulator(records=8, seed=12, credentials=CREDS, history_days=5)
+    async with open_rig(database_url, sim, settings_fn(aum_interval=0, aum_full_interval=0,
+                                                       aum_history_days=10)) as rig:
+        await completed(rig)
+        origin = query_cursor(rig, "aum_history")["origin"]
+        sim.delete_client(3)
+        sim.app.requests.clear()
+        await completed(rig, JobKind.INCREMENTAL, options={"aum_history_days": 2})
+        starts = {q["startDate"] for p, q in sim.app.requests if p.endswith("/AumOverTime")}
+        assert starts == {origin}  # the first pull's start, whatever aum_history_days says now
+        assert rig.live("aum_history") == sim.count("aum_history")  # client 3's points are tombstoned
+
+
+class Clients(CollectPages):
+    async def known_versions(self, entity: str, field: str) -> dict[str, str]:
+        return {"1": "2020-01-01T00:00:00"} if entity == "clients" else {}
+
+
+@pytest.fixture
+async def odd_orion(nursery: trio.Nursery) -> AsyncIterator[str]:
+    """An Orion that sends a non-object list item and an AUM point without its day."""
+    app = SimulatorApp(error_body)
+
+    async def token(request: Request) -> Response:
+        return Response.json({"access_token": "t", "expires_in": 36000.0})
+
+    async def clients(request: Request) -> Response:
+        rows: list[Any] = [{"id": 1}, "junk", {"id": 3}, {"id": 4}]
+        skip, top = int(request.arg("$skip") or "0"), int(request.arg("$top") or "5000")
+        return Response.json(rows[skip:skip + top])
+
+    async def aum(request: Request) -> Response:
+        return Response.json([{"id": 1, "grouping": 0, "asOfDate": "2026-01-02T00:00:00", "value": 5.0},
+                              {"id": 1, "grouping": 0, "value": 6.0}])
+
+    app.route("GET", "/api/v1/Security/Token", token)
+    app.route("GET", "/api/v1/Portfolio/Clients", clients)
+    app.route("GET", "/api/v1/Portfolio/Clients/{id}/AumOverTime", aum)
+    port = await nursery.start(functools.partial(serve_asgi, app, "127.0.0.1", 0))
+    yield f"http://127.0.0.1:{port}/api"
+
+
+async def test_a_non_object_item_neither_ends_the_listing_nor_shifts_it(odd_orion: str) -> None:
+    connector = OrionConnector(settings_fn(page_size=3)(odd_orion))
+    ctx = CollectPages()
+    await connector.sync_entity(connector.stream("clients"), None, SyncMode.FULL, ctx)
+    await connector.aclose()
+    assert [list(p.records) for p in ctx.pages] == [[{"id": 1}, "junk", {"id": 3}], [{"id": 4}]]
+    assert ctx.pages[-1].listing_complete  # the engine records "junk" as a failed item
+
+
+async def test_an_aum_point_without_its_day_is_a_failed_item(odd_orion: str) -> None:
+    connector = OrionConnector(settings_fn()(odd_orion))
+    ctx = Clients()
+    await connector.sync_entity(connector.stream("aum_history"), None, SyncMode.FULL, ctx)
+    await connector.aclose()
+    (page,) = ctx.pages
+    assert [r["id"] for r in page.records] == ["1:2026-01-02"]
+    assert [i for i, _ in page.failures] == [None] and "asOfDate" in page.failures[0][1]

@@ -19,8 +19,11 @@ classification, streams, sync.
   (``/Portfolio/Accounts`` with ``editedStartDate`` for incremental syncs and a
   full listing at least every ``accounts_full_interval``), ``aum_history``
   (``/Portfolio/Clients/{id}/AumOverTime`` per stored client: daily points,
-  re-pulled from ``aum_lookback_days`` before the last sync because AUM gets
-  restated).  Lists are bare arrays paged with ``$top``/``$skip`` until a short page.
+  re-pulled from ``aum_lookback_days`` before the last pull because AUM gets
+  restated; new clients and, at least every ``aum_full_interval``, everyone
+  from the first pull's start).  Lists are bare arrays paged with
+  ``$top``/``$skip`` until a short page; pages overlap by one row, so rows that
+  come or go mid-listing are noticed and deletions are not inferred from it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
+import structlog
 
 from freshd.connectors.base import ConnectionSettings, Connector, Page, StreamSpec, SyncContext, SyncMode
 from freshd.connectors.http import classify_http
@@ -47,6 +51,8 @@ from freshd.errors import (
 from freshd.policies.gate import ConnectionPolicies
 from freshd.policies.tokens import Token
 
+log = structlog.get_logger(__name__)
+
 PAGE_SIZE = 1000
 TOKEN_LIFETIME = 36000.0
 ACCOUNTS_LOOKBACK = 300.0
@@ -55,6 +61,7 @@ AUM_LOOKBACK_DAYS = 7
 AUM_HISTORY_DAYS = 730
 AUM_CONCURRENCY = 4
 AUM_INTERVAL = 6 * 3600.0
+AUM_FULL_INTERVAL = 7 * 86400.0
 PAGING = ("odata", "plain")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
@@ -133,6 +140,7 @@ class OrionConnector(Connector):
         self.aum_lookback_days = int(options.get("aum_lookback_days", AUM_LOOKBACK_DAYS))
         self.aum_history_days = int(options.get("aum_history_days", AUM_HISTORY_DAYS))
         self.aum_interval = float(options.get("aum_interval", AUM_INTERVAL))
+        self.aum_full_interval = float(options.get("aum_full_interval", AUM_FULL_INTERVAL))
         base = settings.base_url.rstrip("/") + "/"
         creds = settings.credentials
         partner = {"client_id": creds["client_id"], "client_secret": creds["client_secret"]} \
@@ -157,7 +165,7 @@ class OrionConnector(Connector):
             raise ConfigError(f"unknown paging {options.get('paging')!r}; valid: {', '.join(PAGING)}",
                               where=f"{where}: options.paging")
         for key in ("page_size", "accounts_lookback", "accounts_full_interval", "aum_lookback_days",
-                    "aum_history_days", "aum_interval"):
+                    "aum_history_days", "aum_interval", "aum_full_interval"):
             value = options.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0
                                       or (key == "page_size" and not 1 <= value <= 5000)):
@@ -205,12 +213,14 @@ class OrionConnector(Connector):
 
     # -- listing ----------------------------------------------------------------------------------------
 
-    async def _list(self, path: str, skip: int, top: int, **params: Any) -> list[dict[str, Any]]:
+    async def _list(self, path: str, skip: int, top: int, **params: Any) -> list[Any]:
+        """One page, as Orion sent it: a non-object item still counts toward the page's length
+        (the engine records it as a failed item), so it cannot end the listing early."""
         names = ("$top", "$skip") if self.paging == "odata" else ("top", "skip")
         body, _ = await self.client.get_json(f"v1/{path}", params={names[0]: top, names[1]: skip, **params})
         if not isinstance(body, list):
             raise TransientError(f"Orion {path}: expected a JSON array, got {type(body).__name__}")
-        return [r for r in body if isinstance(r, dict)]
+        return body
 
     async def sync_entity(
         self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
@@ -219,102 +229,158 @@ class OrionConnector(Connector):
         if stream.name == CLIENTS.name:
             await self._listing(CLIENTS, state, ctx, full=True, mode=mode)
         elif stream.name == ACCOUNTS.name:
-            full = mode is SyncMode.FULL or not state.get("since") or self._accounts_full_due(state)
+            full = mode is SyncMode.FULL or not state.get("since") or \
+                self._due(state.get("full_at"), self.accounts_full_interval)
             await self._listing(ACCOUNTS, state, ctx, full=full, mode=mode)
         elif stream.name == AUM_HISTORY.name:
             await self._aum(state, mode, ctx)
         else:
             raise PermanentError(f"orion has no stream {stream.name!r}")
 
-    def _accounts_full_due(self, state: dict[str, Any]) -> bool:
-        last = state.get("full_at")
-        return not last or (datetime.now(UTC) - _parse(last)).total_seconds() >= self.accounts_full_interval
+    def _due(self, stamp: str | None, interval: float) -> bool:
+        return not stamp or (datetime.now(UTC) - _parse(stamp)).total_seconds() >= interval
 
     async def _listing(self, stream: StreamSpec, state: dict[str, Any], ctx: SyncContext, *, full: bool,
                        mode: SyncMode) -> None:
-        """$top/$skip pages in id order until a short page; each checkpoint says where to resume."""
+        """$top/$skip pages until a short page; each checkpoint says where to resume.
+
+        Pages after the first start one row early: that row must be the last one of the page
+        before.  If it is not, rows came or went before our offset (or the order is unstable)
+        and a row may have been skipped, so the listing does not reconcile deletions and the
+        cursor does not move past what this listing may have missed.
+        """
         resume = state.get("phase") == "listing" and state.get("mode") == mode.value
         if resume:
-            full, skip = bool(state.get("full")), int(state.get("skip", 0))
+            full, offset = bool(state.get("full")), int(state.get("skip", 0))
             since, started, watermark = state.get("listing_since"), state["listing_started"], state.get("watermark")
+            last_id, shifted = state.get("last_id"), bool(state.get("shifted"))
         else:
-            skip, started, watermark = 0, _now(), state.get("since")
+            offset, started, watermark, last_id, shifted = 0, _now(), state.get("since"), None, False
             since = None if full or not watermark else \
                 (_parse(watermark) - timedelta(seconds=self.accounts_lookback)).strftime(TIME_FORMAT)
+        previous = state.get("since")
         keep = {"full_at": state["full_at"]} if state.get("full_at") else {}
         params = {"editedStartDate": since} if since else {}
         guard = LoopGuard(f"Orion {stream.path}")
         while True:
-            rows = await self._list(stream.path, skip, self.page_size, **params)
-            guard.page([r.get("id") for r in rows])
-            skip += len(rows)
+            overlap = offset > 0 and last_id is not None
+            ask = offset - 1 if overlap else offset
+            raw = await self._list(stream.path, ask, self.page_size, **params)
+            guard.page([_id(r) for r in raw])
+            offset = ask + len(raw)
+            rows = raw
+            if overlap:
+                if raw and _id(raw[0]) == last_id:
+                    rows = raw[1:]
+                elif not shifted:
+                    shifted = True
+                    log.warning("orion.listing_shifted", connection=self.settings.name, stream=stream.name,
+                                offset=ask, expected=last_id, got=_id(raw[0]) if raw else None)
+            if raw:
+                last_id = _id(raw[-1])
             for row in rows:
-                edited = row.get("editedDate")
+                edited = row.get("editedDate") if isinstance(row, dict) else None
                 if isinstance(edited, str) and (watermark is None or edited[:19] > watermark):
                     watermark = edited[:19]
-            done = len(rows) < self.page_size
+            done = len(raw) < self.page_size
             if done:
-                # offset paging over a live list: the next sync starts no later than this listing did
+                # offset paging over a live list: the next sync starts no later than this listing did,
+                # and a shifted listing starts where this one did (its rows may have been skipped)
                 newest = min(watermark, started) if watermark else started
+                if shifted and previous:
+                    newest = min(newest, previous)
                 checkpoint = {**keep, "phase": "done", "since": newest}
-                if full and not resume:
+                if full and not resume and not shifted:
                     checkpoint["full_at"] = started
             else:
-                checkpoint = {**keep, "phase": "listing", "mode": mode.value, "full": full, "skip": skip,
-                              "listing_since": since, "listing_started": started, "watermark": watermark}
+                checkpoint = {**keep, "phase": "listing", "mode": mode.value, "full": full, "skip": offset,
+                              "last_id": last_id, "shifted": shifted, "listing_since": since,
+                              "listing_started": started, "watermark": watermark}
             await ctx.emit(Page(stream.name, rows, checkpoint, full_listing=full,
-                                listing_complete=full and done and not resume))
+                                listing_complete=full and done and not resume and not shifted))
             if done:
                 return
 
     # -- AUM over time ------------------------------------------------------------------------------------
 
     async def _aum(self, state: dict[str, Any], mode: SyncMode, ctx: SyncContext) -> None:
-        """Daily AUM points for every stored client, a few clients at a time, handed on in id order."""
-        today = datetime.now(UTC).date()
-        resume = state.get("phase") == "listing" and state.get("mode") == mode.value
-        pulled = state.get("pulled_at")
-        if mode is SyncMode.INCREMENTAL and not resume and pulled and \
-                (datetime.now(UTC) - _parse(pulled)).total_seconds() < self.aum_interval:
-            return  # daily figures: one pull per aum_interval is enough (one request per client)
-        if resume:
-            start, end, after = date.fromisoformat(state["start"]), date.fromisoformat(state["end"]), \
-                int(state["after"])
-        full = not resume and (mode is SyncMode.FULL or not state.get("through"))
-        if not resume:
-            start = today - timedelta(days=self.aum_history_days) if full else \
-                date.fromisoformat(state["through"]) - timedelta(days=self.aum_lookback_days)
-            end, after = today, 0
-        clients = sorted(int(c) for c in (await ctx.known_versions(CLIENTS.name, "id")) if c.isdigit())
-        todo = [c for c in clients if c > after]
-        ctx.set_total(AUM_HISTORY.name, None)
-        done = {"phase": "done", "through": end.isoformat(), "pulled_at": state.get("pulled_at") if resume
-                else _now()}
-        if not todo:
-            await ctx.emit(Page(AUM_HISTORY.name, [], done,
-                                full_listing=full, listing_complete=full))
-            return
-        params = {"startDate": start.isoformat(), "endDate": end.isoformat(), "interval": "D"}
+        """Daily AUM points for every stored client, a few clients at a time, handed on in id order.
 
-        async def fetch(index: int) -> list[dict[str, Any]] | None:
+        A pull reads every client once.  A *full* pull (full syncs, the first pull, and at least
+        every `aum_full_interval`) reads from the origin (the first pull's start, kept in the state,
+        so history is never dropped) and then marks points it did not see deleted (clients gone,
+        restated history).  Other pulls re-read the last `aum_lookback_days`, except for clients
+        created since the last pull, whose whole history is read.
+        """
+        today = datetime.now(UTC).date()
+        if state.get("phase") == "listing" and state.get("mode") == mode.value and isinstance(state.get("plan"),
+                                                                                                  dict):
+            plan, resume = dict(state["plan"]), True
+        else:
+            resume = False
+            through = state.get("through")
+            origin = state.get("origin") or (today - timedelta(days=self.aum_history_days)).isoformat()
+            full = mode is SyncMode.FULL or not through or self._due(state.get("full_at"), self.aum_full_interval)
+            if not full and not self._due(state.get("pulled_at"), self.aum_interval):
+                return  # daily figures: one pull per aum_interval is enough (one request per client)
+            start = origin if full or not through else \
+                max(origin, (date.fromisoformat(through) - timedelta(days=self.aum_lookback_days)).isoformat())
+            # clients created from the day before the last pull on are new to AUM: their whole history
+            new_since = (date.fromisoformat(through) - timedelta(days=1)).isoformat() if through else None
+            plan = {"origin": origin, "start": start, "end": today.isoformat(), "full": full, "after": 0,
+                    "new_since": new_since, "pulled_at": _now()}
+        created = await ctx.known_versions(CLIENTS.name, "createdDate")
+        if not created and not state.get("through"):
+            return  # no clients stored yet (their stream failed?): a pull now would record nothing
+        todo = sorted(int(c) for c in created if c.isdigit() and int(c) > int(plan["after"]))
+        ctx.set_total(AUM_HISTORY.name, None)
+        full = bool(plan["full"])
+        complete = full and not resume  # only a pull read whole in this run may infer deletions
+        done: dict[str, Any] = {"phase": "done", "origin": plan["origin"], "through": plan["end"],
+                                "pulled_at": plan["pulled_at"]}
+        if complete:
+            done["full_at"] = plan["pulled_at"]
+        elif state.get("full_at"):
+            done["full_at"] = state["full_at"]
+        if not todo:
+            await ctx.emit(Page(AUM_HISTORY.name, [], done, full_listing=full, listing_complete=complete))
+            return
+        new_since = plan.get("new_since")
+
+        def window(cid: int) -> dict[str, str]:
+            stamp = created.get(str(cid), "")
+            new = bool(new_since) and stamp[:10] >= str(new_since) and stamp[:4].isdigit()
+            first = plan["origin"] if new else plan["start"]
+            return {"startDate": first, "endDate": plan["end"], "interval": "D"}
+
+        async def fetch(index: int) -> Page | None:
             cid = todo[index]
             try:
-                body, _ = await self.client.get_json(f"v1/Portfolio/Clients/{cid}/AumOverTime", params=params)
+                body, _ = await self.client.get_json(f"v1/Portfolio/Clients/{cid}/AumOverTime", params=window(cid))
             except PermanentError as exc:
                 if exc.status == 404:
-                    return None  # removed since the clients listing: the next one tombstones it
+                    return None  # removed since the clients listing: the next full pull tombstones its points
                 raise
             if not isinstance(body, list):
                 raise TransientError(f"Orion AumOverTime for client {cid}: expected a JSON array")
-            return [_aum_record(cid, point) for point in body if isinstance(point, dict)]
+            records, failures = [], []
+            for point in body:
+                day = str(point.get("asOfDate") or "")[:10] if isinstance(point, dict) else ""
+                if len(day) == 10 and day[:4].isdigit():
+                    records.append(_aum_record(cid, day, point))
+                else:  # without its day a point has no id; the rest of the client's points still count
+                    failures.append((None, f"client {cid}: AUM point without a valid asOfDate: {str(point)[:100]}"))
+            return Page(AUM_HISTORY.name, records, None, failures=failures)
 
-        async def consume(index: int, records: list[dict[str, Any]] | None) -> None:
+        async def consume(index: int, fetched: Page | None) -> None:
             last_one = index == len(todo) - 1
             checkpoint = done if last_one else \
-                {"phase": "listing", "mode": mode.value, "start": start.isoformat(), "end": end.isoformat(),
-                 "after": todo[index], "pulled_at": done["pulled_at"]}
-            await ctx.emit(Page(AUM_HISTORY.name, records or [], checkpoint, full_listing=full,
-                                listing_complete=full and last_one))
+                {"phase": "listing", "mode": mode.value, "plan": {**plan, "after": todo[index]},
+                 "origin": plan["origin"],
+                 **{k: state[k] for k in ("through", "full_at", "pulled_at") if state.get(k)}}
+            await ctx.emit(Page(AUM_HISTORY.name, fetched.records if fetched else [], checkpoint,
+                                failures=fetched.failures if fetched else (), full_listing=full,
+                                listing_complete=complete and last_one))
 
         await fetch_in_order(fetch, range(len(todo)), consume, concurrency=AUM_CONCURRENCY)
 
@@ -334,8 +400,14 @@ class OrionConnector(Connector):
         await ctx.emit(Page(stream.name, found, None, deleted=gone))
 
 
-def _aum_record(client_id: int, point: dict[str, Any]) -> dict[str, Any]:
-    """One point per client and day: the id says which (Orion's own `id` is the entity's)."""
-    day = str(point.get("asOfDate", ""))[:10]
-    return {**point, "id": f"{client_id}:{day}", "entityId": point.get("id"), "clientId": client_id}
+def _id(row: Any) -> Any:
+    return row.get("id") if isinstance(row, dict) else None
+
+
+def _aum_record(client_id: int, day: str, point: dict[str, Any]) -> dict[str, Any]:
+    """One point per client and day (and grouping, if Orion ever sends one other than 0): the id says
+    which.  Orion's own `id` is the entity's, kept as `entityId`."""
+    grouping = point.get("grouping")
+    suffix = f":{grouping}" if grouping not in (None, 0, "0") else ""
+    return {**point, "id": f"{client_id}:{day}{suffix}", "entityId": point.get("id"), "clientId": client_id}
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -68,6 +69,9 @@ class OrionSimulator:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.fake = FakeData(seed)
         self.token_requests = 0  # tokens issued (Basic or refresh)
+        self.grants: Counter[str] = Counter()  # tokens issued by grant: "password", "refresh_token"
+        # a test hook: called with (path, skip) before a listing page is served (to change data mid-listing)
+        self.on_page: Callable[[str, int], None] | None = None
         self.sessions: dict[str, float] = {}  # access token -> expiry (time.time())
         self.refresh_tokens: set[str] = set()  # the ones still unused
         self.clients: dict[int, dict[str, Any]] = {}
@@ -229,10 +233,11 @@ class OrionSimulator:
 
     # --- HTTP ------------------------------------------------------------------------------------
 
-    def _issue(self, partner: bool) -> Response:
+    def _issue(self, partner: bool, grant: str) -> Response:
         token = secrets.token_urlsafe(32)
         self.sessions[token] = time.time() + TOKEN_LIFETIME
         self.token_requests += 1
+        self.grants[grant] += 1
         body: dict[str, Any] = {"access_token": token, "expires_in": TOKEN_LIFETIME}
         if partner:
             refresh = secrets.token_urlsafe(24)
@@ -253,14 +258,14 @@ class OrionSimulator:
                 return error_body(400, "", "Malformed Basic authorization.")
             if (user, password) != (self.username, self.password):
                 return error_body(401, "", "Authorization has been denied for this request.")
-            return self._issue(partner)
+            return self._issue(partner, "password")
         if scheme.lower() == "bearer" and request.method == "GET":
             if not partner:
                 return error_body(401, "", "A refresh token needs the partner client_id and client_secret.")
             if value not in self.refresh_tokens:
                 return error_body(401, "", "Invalid or already used refresh token.")
             self.refresh_tokens.discard(value)  # single use
-            return self._issue(partner)
+            return self._issue(partner, "refresh_token")
         return error_body(401, "", "Authorization has been denied for this request.")
 
     def _check(self, request: Request) -> Response | None:
@@ -269,7 +274,8 @@ class OrionSimulator:
             return error_body(401, "", "Authorization has been denied for this request.")
         return None
 
-    def _page(self, request: Request, rows: list[dict[str, Any]]) -> Response:
+    def _page(self, request: Request, select: Callable[[], list[dict[str, Any]]]) -> Response:
+        """One $top/$skip (or top/skip) slice of what `select` lists, in id order."""
         try:
             top = int(request.arg("$top") or request.arg("top") or 5000)
             skip = int(request.arg("$skip") or request.arg("skip") or 0)
@@ -277,15 +283,16 @@ class OrionSimulator:
             return error_body(400, "", "The request is invalid: $top and $skip must be integers.")
         if self.app.faults.loop:
             skip = 0  # the fault: whatever was asked, the first page again
-        return Response.json(rows[skip:skip + top])
+        if self.on_page is not None:
+            self.on_page(request.path, skip)
+        return Response.json(select()[skip:skip + top])
 
     async def _clients(self, request: Request) -> Response:
         if (refused := self._check(request)) is not None:
             return refused
         active = request.arg("isActive")
-        rows = [c for _, c in sorted(self.clients.items())
-                if active is None or c["isActive"] == (active.lower() == "true")]
-        return self._page(request, rows)
+        return self._page(request, lambda: [c for _, c in sorted(self.clients.items())
+                                            if active is None or c["isActive"] == (active.lower() == "true")])
 
     async def _client(self, request: Request) -> Response:
         if (refused := self._check(request)) is not None:
@@ -305,9 +312,9 @@ class OrionSimulator:
             end_at = datetime.fromisoformat(end).strftime("%Y-%m-%dT%H:%M:%S") if end else None
         except ValueError:
             return error_body(400, "", "The request is invalid: editedStartDate must be a date-time.")
-        rows = [a for _, a in sorted(self.accounts.items())
-                if (start_at is None or a["editedDate"] >= start_at) and (end_at is None or a["editedDate"] <= end_at)]
-        return self._page(request, rows)
+        return self._page(request, lambda: [
+            a for _, a in sorted(self.accounts.items())
+            if (start_at is None or a["editedDate"] >= start_at) and (end_at is None or a["editedDate"] <= end_at)])
 
     async def _account(self, request: Request) -> Response:
         if (refused := self._check(request)) is not None:
