@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
+from freshd import logs
 from freshd.connectors.http import Classify, ProviderClient, TokenHeader, bearer, classify_http
 from freshd.errors import ConfigError, PermanentError
 from freshd.policies.gate import ConnectionPolicies, limits_for
@@ -69,8 +70,14 @@ class Page:
     failures: Sequence[tuple[str | None, str]] = ()
     # pages of a full listing refresh every row's last_seen_at ...
     full_listing: bool = False
-    # ... and its last page, if the listing completed, marks unseen rows deleted
+    # ... and its last page, if the listing completed, marks unseen rows deleted; the engine
+    # checks the evidence first (rows seen against `total`) and holds large deletions
     listing_complete: bool = False
+    # ids the connector found missing from a listing it diffed against the store itself
+    # (deletions inferred, not reported): checked like a full listing's, from the counts below
+    inferred_deleted: Sequence[str] = ()
+    listing_seen: int | None = None  # distinct ids that listing returned
+    listing_total: int | None = None  # the provider's own count for it
 
 
 class SyncContext(Protocol):
@@ -101,6 +108,8 @@ class Connector(ABC):
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.settings = settings
+        for value in settings.credentials.values():
+            logs.register_secret(value)  # masked in logs and in every error text (freshd.logs.scrub)
         self.policies = policies or ConnectionPolicies.standalone(
             self.provider, self.rate_limits, settings.options, name=settings.name)
 
@@ -125,6 +134,7 @@ class Connector(ABC):
         token_header: TokenHeader | None = None,
         max_connections: int = 8,
         timeout: float = 30.0,
+        max_response_bytes: int | None = None,
     ) -> ProviderClient:
         """An HTTP client behind this connection's policies.
 
@@ -135,7 +145,8 @@ class Connector(ABC):
         return ProviderClient(
             self.provider, base_url, classify=classify, auth=auth, headers=headers,
             max_connections=max_connections, timeout=timeout,
-            retry=self.policies.retry, gate=self.policies.gate,
+            retry=self.policies.retry, gate=self.policies.gate, limits=self.policies.limits,
+            max_response_bytes=max_response_bytes,
             tokens=self.policies.tokens if uses_tokens else None,
             refresh=self.refresh_token if uses_tokens else None,
             token_header=token_header or bearer,
@@ -212,4 +223,9 @@ def check_settings(settings: ConnectionSettings) -> None:
     """Everything that can be checked before a connection is stored: raises ConfigError naming the option."""
     cls = connector_class(settings.provider)
     limits_for(cls.rate_limits, settings.options)
+    concurrency = settings.options.get("page_concurrency")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                    or not 1 <= concurrency <= 32):
+        raise ConfigError(f"option page_concurrency must be an integer from 1 to 32, got {concurrency!r}",
+                          where=f"connection {settings.name}")
     cls.validate_settings(settings)

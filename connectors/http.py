@@ -8,6 +8,11 @@ freshd's error taxonomy by the provider's own `classify` function.
 
 Error handling: timeouts and connection errors become TransientError; a
 response goes through `classify` (the provider's one mapping table).
+Every attempt is bounded (freshd.policies.limits): a deadline from sending to the
+last body byte (TransientError when it passes), a body size checked as bytes arrive
+and once decompressed (ResponseTooLarge), and a Retry-After longer than
+`max_retry_after` fails the request (PermanentError "asked to wait N s") instead of
+being waited out.  Every wait is a trio checkpoint: cancel and pause interrupt it.
 TransientError is retried with exponential backoff and full jitter (3 attempts);
 RateLimited waits out Retry-After (the gate holds every request of the
 connection back, not just this one) for up to 8 attempts; CircuitOpen, AuthExpired
@@ -18,7 +23,10 @@ from __future__ import annotations
 
 import functools
 import ssl
-from collections.abc import Callable
+import zlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import httpx
@@ -26,15 +34,17 @@ import orjson
 import structlog
 import trio
 
-from freshd import metrics
+from freshd import logs, metrics
 from freshd.errors import (
     AuthExpired,
     CircuitOpen,
     PermanentError,
     ProviderError,
     RateLimited,
+    ResponseTooLarge,
     TransientError,
 )
+from freshd.policies.limits import ProviderLimits
 from freshd.policies.ratelimit import parse_retry_after
 from freshd.policies.retry import RetryPolicy
 from freshd.policies.tokens import Refresh, Token, TokenRefresher
@@ -57,6 +67,16 @@ def classify_http(response: httpx.Response) -> ProviderError | None:
     if status == 401:
         return AuthExpired(message, status=status)
     return PermanentError(message, status=status)
+
+
+def redirected(response: httpx.Response) -> PermanentError:
+    """A 3xx: freshd follows no redirects (credentials must not travel to another host), so a moved
+    API is a configuration matter, said as such rather than as a body that is not JSON."""
+    location = response.headers.get("location", "")
+    target = httpx.URL(location).copy_with(query=None) if location else "nowhere"
+    return PermanentError(f"HTTP {response.status_code} redirect to {str(target)[:200]}: freshd does not follow "
+                          "redirects; check the connection's base_url (https? trailing path?)",
+                          status=response.status_code)
 
 
 class RequestGate(Protocol):
@@ -122,10 +142,15 @@ class ProviderClient:
         refresh: Refresh | None = None,
         token_header: TokenHeader = bearer,
         transport: httpx.AsyncBaseTransport | None = None,
+        limits: ProviderLimits | None = None,
+        max_response_bytes: int | None = None,
     ) -> None:
         self.provider = provider
         self.classify = classify
         self.retry = retry or RetryPolicy()
+        self.limits = limits or ProviderLimits()
+        self.max_response_bytes = max_response_bytes or self.limits.max_response_bytes
+        self._clock_skewed = False
         self.gate: RequestGate = gate or OpenGate()
         self.refresh = refresh
         self.tokens = tokens if tokens is not None else (TokenRefresher(provider=provider) if refresh else None)
@@ -133,7 +158,8 @@ class ProviderClient:
         self._client = httpx.AsyncClient(
             base_url=base_url,
             auth=auth,
-            headers={"User-Agent": "freshd/0.1", **(headers or {})},
+            # only encodings _read_body can inflate with a bound on the output
+            headers={"User-Agent": "freshd/0.1", "Accept-Encoding": "gzip, deflate", **(headers or {})},
             timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
@@ -143,6 +169,30 @@ class ProviderClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    def server_time(self, response: httpx.Response) -> datetime:
+        """The provider's clock from its Date header, to bound a listing window; our clock when the
+        header is missing, unreadable, or further from ours than `max_clock_skew` (logged once, counted)."""
+        now = datetime.now(UTC)
+        header = response.headers.get("date")
+        try:
+            stated = parsedate_to_datetime(header).astimezone(UTC) if header else None
+        except (TypeError, ValueError):
+            stated = None
+        if stated is None:
+            return now
+        skew = (stated - now).total_seconds()
+        if abs(skew) > self.limits.max_clock_skew:
+            metrics.provider_clock_skew_total.labels(self.provider).inc()
+            if not self._clock_skewed:
+                self._clock_skewed = True
+                log.warning("provider.clock_skew", provider=self.provider, date=header[:40] if header else None,
+                            skew_seconds=round(skew), limit=self.limits.max_clock_skew)
+            return now
+        if self._clock_skewed:
+            self._clock_skewed = False
+            log.info("provider.clock_recovered", provider=self.provider)
+        return stated
 
     async def request(self, method: str, url: str, *, limit: str | None = None, **kwargs: Any) -> httpx.Response:
         """Send with retries; return a response `classify` accepted, or raise its error."""
@@ -171,6 +221,35 @@ class ProviderClient:
         response, body = await self._send(method, url, decode=orjson.loads, limit=limit, **kwargs)
         return body, response
 
+    async def _attempt(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request, its body read whole, within the deadline and the size limit."""
+        deadline = self.limits.request_deadline
+        with trio.move_on_after(deadline):
+            async with self._client.stream(method, url, **kwargs) as streamed:
+                body = await _read_body(streamed, self.max_response_bytes, self.provider)
+            headers = [(k, v) for k, v in streamed.headers.multi_items()
+                       if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+            return httpx.Response(streamed.status_code, headers=headers, content=body, request=streamed.request)
+        metrics.provider_responses_refused_total.labels(self.provider, "deadline").inc()
+        raise TransientError(f"no complete response from {self.provider} within {deadline:g} s "
+                             "(policies.limits.request_deadline)")
+
+    def _refuse_long_wait(
+        self, response: httpx.Response | None, error: RateLimited
+    ) -> tuple[tuple[httpx.Response | None, ProviderError], ProviderError]:
+        """A Retry-After beyond max_retry_after: the connection holds back for max_retry_after at
+        most (what the gate is told), and this request fails rather than wait."""
+        cap = self.limits.max_retry_after
+        metrics.provider_responses_refused_total.labels(self.provider, "retry_after_too_long").inc()
+        capped = None if response is None else httpx.Response(response.status_code, request=response.request, headers=[
+            *((k, v) for k, v in response.headers.multi_items() if k.lower() != "retry-after"),
+            ("retry-after", str(int(cap))),
+        ])
+        refused = PermanentError(
+            f"{self.provider} asked to wait {error.retry_after or 0:.0f} s before the next request (more than "
+            f"policies.limits.max_retry_after, {cap:g} s): not waited out", status=429, code=error.code)
+        return (capped, RateLimited(str(error), retry_after=cap, code=error.code)), refused
+
     async def _send(
         self, method: str, url: str, *, decode: Callable[[bytes], Any] | None, limit: str | None, **kwargs: Any
     ) -> tuple[httpx.Response, Any]:
@@ -186,7 +265,12 @@ class ProviderClient:
             error: ProviderError | None
             response: httpx.Response | None = None
             try:
-                response = await self._client.request(method, url, **kwargs)
+                response = await self._attempt(method, url, **kwargs)
+            except ResponseTooLarge as exc:
+                error = exc
+                metrics.provider_responses_refused_total.labels(self.provider, "too_large").inc()
+            except TransientError as exc:  # the request deadline passed
+                error = exc
             except httpx.TimeoutException as exc:
                 error = TransientError(f"timeout talking to {self.provider}: {type(exc).__name__}")
                 error.__cause__ = exc
@@ -201,6 +285,12 @@ class ProviderClient:
             else:
                 metrics.provider_requests_total.labels(self.provider, f"{response.status_code // 100}xx").inc()
                 error = self.classify(response)
+                if error is None and 300 <= response.status_code < 400:
+                    error = redirected(response)
+            # what the gate learns from this attempt: a Retry-After beyond the limit is capped there
+            told: tuple[httpx.Response | None, ProviderError | None] = (response, error)
+            if isinstance(error, RateLimited) and (error.retry_after or 0) > self.limits.max_retry_after:
+                told, error = self._refuse_long_wait(response, error)
             body: Any = None
             if error is None and response is not None and decode is not None:
                 try:
@@ -208,10 +298,13 @@ class ProviderClient:
                 except ValueError as exc:
                     error = TransientError(f"malformed JSON from {self.provider}", status=response.status_code)
                     error.__cause__ = exc
-            self.gate.after_request(response, error, limit)
+            self.gate.after_request(*told, limit)
             if error is None:
                 assert response is not None
                 return response, body
+            # error texts quote what the provider said, which may echo our credentials (query-string
+            # auth in an echoed URL): scrubbed here, before anything stores, logs or returns them
+            error.args = (logs.scrub(str(error)),)
             if isinstance(error, AuthExpired) and token is not None and not refreshed:
                 # one refresh and one resend per request; a second AuthExpired is raised as is
                 assert self.tokens is not None and self.refresh is not None
@@ -226,3 +319,46 @@ class ProviderClient:
             log.info("provider.retry", provider=self.provider, attempt=attempt, delay=round(delay, 2),
                      error=str(error))
             await trio.sleep(delay)
+
+
+async def _read_body(response: httpx.Response, limit: int, provider: str) -> bytes:
+    """The body, inflated (gzip, deflate) with the output bounded at every step: an endless body
+    or a gzip bomb is refused as it arrives, never held whole."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ResponseTooLarge(f"{provider} response declares {int(declared)} bytes, more than "
+                               f"policies.limits.max_response_bytes ({limit})", status=response.status_code)
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
+        raise PermanentError(f"{provider} sent Content-Encoding {encoding[:30]!r}, which was not asked for",
+                             status=response.status_code)
+    inflate = None if encoding in ("identity", "") else zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib
+    body = bytearray()
+    received = 0
+    async for chunk in _raw_chunks(response):
+        received += len(chunk)
+        if received > limit:
+            raise ResponseTooLarge(f"{provider} response larger than policies.limits.max_response_bytes "
+                                   f"({limit} bytes): refused", status=response.status_code)
+        if inflate is None:
+            body += chunk
+            continue
+        pending = chunk
+        try:
+            while pending:
+                body += inflate.decompress(pending, limit + 1 - len(body))
+                if len(body) > limit:
+                    raise ResponseTooLarge(f"{provider} response inflates past policies.limits.max_response_bytes "
+                                           f"({limit} bytes): refused", status=response.status_code)
+                pending = inflate.unconsumed_tail
+        except zlib.error as exc:
+            raise TransientError(f"{provider} sent a corrupt {encoding} body", status=response.status_code) from exc
+    return bytes(body)
+
+
+async def _raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    if response.is_stream_consumed:  # built in memory (httpx.MockTransport in tests): already whole
+        yield response.content
+        return
+    async for chunk in response.aiter_raw():
+        yield chunk

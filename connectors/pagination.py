@@ -13,11 +13,11 @@ look at its class.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 import trio
-import trio.lowlevel
 
 from freshd.errors import PermanentError
 
@@ -40,11 +40,11 @@ async def fetch_in_order(
     *,
     concurrency: int = 4,
 ) -> None:
-    numbers = list(numbers)
-    if not numbers:
-        return
+    # the numbers are never listed up front: a provider claiming ten million pages costs nothing
+    # until they are fetched, one window at a time
     window = trio.Semaphore(max(1, concurrency))
-    slots: dict[int, _Slot[T]] = {}
+    # fetches in the order they started (at most `concurrency` at once): the consumer's queue
+    send, receive = trio.open_memory_channel[tuple[int, _Slot[T]]](math.inf)
     failure: BaseException | None = None
 
     async def fetch_into(number: int, slot: _Slot[T]) -> None:
@@ -56,24 +56,23 @@ async def fetch_in_order(
             slot.done.set()
 
     async def start_fetches(nursery: trio.Nursery) -> None:
-        for number in numbers:
-            await window.acquire()
-            slots[number] = slot = _Slot[T]()
-            nursery.start_soon(fetch_into, number, slot)
+        async with send:
+            for number in numbers:
+                await window.acquire()
+                slot = _Slot[T]()
+                send.send_nowait((number, slot))
+                nursery.start_soon(fetch_into, number, slot)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(start_fetches, nursery)
         try:
-            for number in numbers:
-                while number not in slots:
-                    await trio.lowlevel.checkpoint()  # the starter has not reached it yet
-                slot = slots[number]
-                await slot.done.wait()
-                del slots[number]
-                if slot.error is not None:
-                    raise slot.error
-                await consume(number, slot.value)  # type: ignore[arg-type]
-                window.release()
+            async with receive:
+                async for number, slot in receive:
+                    await slot.done.wait()
+                    if slot.error is not None:
+                        raise slot.error
+                    await consume(number, slot.value)  # type: ignore[arg-type]
+                    window.release()
         except Exception as exc:
             failure = exc
             nursery.cancel_scope.cancel()
@@ -100,9 +99,10 @@ class LoopGuard:
         self._cursors.add(token)
 
     def page(self, ids: Sequence[object]) -> None:
-        if not ids:
+        # items without an id say nothing about a loop (they are failed items of their own)
+        key = tuple(str(i) for i in ids if i is not None)
+        if not key:
             return
-        key = tuple(str(i) for i in ids)
         if key in self._pages:
             raise PermanentError(f"{self.what}: pagination loop (the same page of {len(ids)} records came back)")
         self._pages.add(key)

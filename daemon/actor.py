@@ -27,8 +27,8 @@ import structlog
 import trio
 
 from freshd import logs
-from freshd.connectors.base import ConnectionSettings, Connector, connector_class
-from freshd.errors import CircuitOpen, ProviderError, ReauthRequired
+from freshd.connectors.base import ConnectionSettings, Connector, check_settings, connector_class
+from freshd.errors import CircuitOpen, ConfigError, ProviderError, ReauthRequired
 from freshd.messages import (
     ActorMessage,
     CancelJob,
@@ -42,12 +42,13 @@ from freshd.messages import (
 )
 from freshd.policies.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from freshd.policies.gate import ConnectionGate, ConnectionPolicies, RateGroups, limits_for
+from freshd.policies.limits import ProviderLimits
 from freshd.policies.retry import RetryPolicy
 from freshd.policies.tokens import Token, TokenRefresher
 from freshd.slots import SyncSlots
 from freshd.store import Store, connections, jobs
 from freshd.store.jobs import JobRow, JobStatus
-from freshd.sync import ControlRequest, JobControl, JobProgress, JobRunner
+from freshd.sync import MAX_DELETE_SHARE, ControlRequest, JobControl, JobOutcome, JobProgress, JobRunner
 from freshd.watch import ProgressHub
 
 log = structlog.get_logger(__name__)
@@ -123,6 +124,8 @@ class PolicySettings:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     token_refresh_buffer: float = 600.0
+    limits: ProviderLimits = field(default_factory=ProviderLimits)
+    max_delete_share: float = MAX_DELETE_SHARE
 
 
 @dataclass
@@ -188,7 +191,7 @@ class ConnectionActor:
         group = self.rate_groups.bucket(str(group_name))
         gate = ConnectionGate(settings.provider, rates, pinned=pinned, groups=[group] if group else [],
                               breaker=breaker)
-        return ConnectionPolicies(gate, tokens, self.policy.retry)
+        return ConnectionPolicies(gate, tokens, self.policy.retry, self.policy.limits)
 
     async def _persist_token(self, token: Token) -> None:
         # before the new token is used: a rotated single-use refresh token must not be lost
@@ -400,9 +403,19 @@ class ConnectionActor:
         self.change_state(ConnectionState.SYNCING)
         connector: Connector | None = None
         try:
-            connector = self._connector()
+            try:
+                check_settings(self.settings)
+                connector = self._connector()
+            except ConfigError as exc:
+                # settings stored by an older version (or edited in the database) that cannot work:
+                # the job fails saying so, instead of the actor crash-looping with the job queued
+                outcome = JobOutcome(JobStatus.FAILED, f"invalid connection settings: {exc}")
+                await self.store.call_retrying(jobs.set_status, active.job.id, JobStatus.FAILED, error=outcome.error)
+                self.log.error("connection.invalid_settings", error=str(exc))
+                return await self._after_job(outcome)
             runner = JobRunner(self.store, connector, self.connection_id, active.job, active.control,
-                               on_progress=self._on_progress, entities=self._entities(connector))
+                               on_progress=self._on_progress, entities=self._entities(connector),
+                               max_delete_share=self.policy.max_delete_share)
             active.progress = runner.progress
             outcome = await runner.run()
         except BaseException as exc:
@@ -417,6 +430,9 @@ class ConnectionActor:
             if connector is not None:
                 with trio.CancelScope(shield=True):
                     await connector.aclose()
+        await self._after_job(outcome)
+
+    async def _after_job(self, outcome: JobOutcome) -> None:
         self.active = None
         success = outcome.status in (JobStatus.COMPLETED, JobStatus.PARTIAL)
         await self.store.call_retrying(connections.record_outcome, self.connection_id, success=success,

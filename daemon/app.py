@@ -56,6 +56,8 @@ def policy_settings(config: Config) -> PolicySettings:
         breaker=p.breaker,
         retry=p.retry,
         token_refresh_buffer=p.token_refresh_buffer,
+        limits=p.limits,
+        max_delete_share=config.sync.max_delete_share,
     )
 
 

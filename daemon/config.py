@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 from freshd import paths
 from freshd.errors import ConfigError
 from freshd.policies.breaker import BreakerSettings
+from freshd.policies.limits import ProviderLimits
 from freshd.policies.retry import RetryPolicy
 
 __all__ = [
@@ -159,6 +160,8 @@ class SyncConfig:
     job_max_age: float = 30 * 86400.0
     max_running: int = 20  # syncs running at once in this daemon
     tenant_max_running: int = 5  # ... and per tenant
+    # a reconciliation deleting more than this share of an entity is held until confirmed
+    max_delete_share: float = 0.10
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,7 @@ class PoliciesConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     token_refresh_buffer: float = 600.0
     rate_groups: FrozenDict[str, RateGroupConfig] = field(default_factory=FrozenDict)
+    limits: ProviderLimits = field(default_factory=ProviderLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +449,13 @@ class _Reader:
         return normalized
 
 
+def _share(table: _Reader, key: str, default: float) -> float:
+    value = float(table._typed(key, (int, float), "a number between 0 and 1", default))
+    if not 0 <= value <= 1:
+        table.fail(key, f"must be between 0 and 1 (a share: 0.1 is 10 %), got {value:g}")
+    return value
+
+
 def _string_list(reader: _Reader, key: str) -> tuple[str, ...]:
     value = reader._typed(key, list, "a list of strings", [])
     if not all(isinstance(item, str) and item for item in value):
@@ -664,7 +675,7 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
 
     sync = top.table("sync")
     sync.check_keys(("page_concurrency", "db_threads", "job_history", "job_max_age", "max_running",
-                     "tenant_max_running"))
+                     "tenant_max_running", "max_delete_share"))
     sync_config = SyncConfig(
         page_concurrency=sync.integer("page_concurrency", _SYNC.page_concurrency, minimum=1),
         db_threads=sync.integer("db_threads", _SYNC.db_threads, minimum=1),
@@ -672,6 +683,7 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         job_max_age=sync.duration("job_max_age", _SYNC.job_max_age),
         max_running=sync.integer("max_running", _SYNC.max_running, minimum=1),
         tenant_max_running=sync.integer("tenant_max_running", _SYNC.tenant_max_running, minimum=1),
+        max_delete_share=_share(sync, "max_delete_share", _SYNC.max_delete_share),
     )
 
     secrets = top.table("secrets")
@@ -682,7 +694,7 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
     )
 
     policies = top.table("policies")
-    policies.check_keys(("breaker", "retry", "token_refresh_buffer", "rate_groups"))
+    policies.check_keys(("breaker", "retry", "token_refresh_buffer", "rate_groups", "limits"))
     breaker = policies.table("breaker")
     breaker.check_keys(("failure_threshold", "cooldown", "max_cooldown"))
     breaker_config = BreakerSettings(
@@ -699,6 +711,15 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         base=retry.duration("base", 1.0),
         cap=retry.duration("cap", 30.0),
         rate_limited_attempts=retry.integer("rate_limited_attempts", 8, minimum=1),
+    )
+    limits = policies.table("limits")
+    limits.check_keys(("request_deadline", "max_retry_after", "max_response_bytes", "max_clock_skew"))
+    default_limits = ProviderLimits()
+    limits_config = ProviderLimits(
+        request_deadline=limits.duration("request_deadline", default_limits.request_deadline),
+        max_retry_after=limits.duration("max_retry_after", default_limits.max_retry_after),
+        max_response_bytes=limits.integer("max_response_bytes", default_limits.max_response_bytes, minimum=65536),
+        max_clock_skew=limits.duration("max_clock_skew", default_limits.max_clock_skew),
     )
     groups = policies.table("rate_groups")
     group_configs: dict[str, RateGroupConfig] = {}
@@ -720,6 +741,7 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         breaker=breaker_config, retry=retry_config,
         token_refresh_buffer=policies.duration("token_refresh_buffer", 600.0, positive=False),
         rate_groups=FrozenDict(group_configs),
+        limits=limits_config,
     )
 
     return Config(

@@ -199,6 +199,9 @@ def show_connection(c: dict[str, Any]) -> str:
     out = [f"{k:16} {c.get(k)}" for k in keys if k in c]
     if c.get("job"):
         out.append(f"{'job':16} {c['job']['id']} {c['job']['status']} {progress_text(c['job'])}")
+    for held in c.get("held_deletions") or []:
+        out.append(f"{'held deletions':16} {held['entity']}: {held['count']} of {held['live']} records (job "
+                   f"{held['job_id']}); apply: freshctl sync {c['name']} --full --confirm-deletes")
     return "\n".join(out)
 
 
@@ -262,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("name")
     sync.add_argument("--full", action="store_true")
     sync.add_argument("--force", action="store_true")
+    sync.add_argument("--confirm-deletes", action="store_true",
+                      help="with --full: apply deletions held for being over [sync] max_delete_share "
+                           "(see `connections show`), once this listing is complete")
     jobs = sub.add_parser("jobs", help="job history")
     jobs.add_argument("--connection")
     jobs.add_argument("--tenant")
@@ -305,7 +311,8 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             return "connections.add", {"name": args.name, "provider": args.provider, "base_url": args.base_url,
                                        "credentials": credentials, "tenant": args.tenant, "options": options}
         case "sync":
-            return "sync", {"name": args.name, "full": args.full, "force": args.force}
+            return "sync", {"name": args.name, "full": args.full, "force": args.force,
+                            "confirm_deletes": args.confirm_deletes}
         case "health" | "schedule":
             return args.command, {}
         case "trigger":

@@ -12,6 +12,7 @@
         ├── ReauthRequired       credentials rejected: stop syncing until an operator acts
         ├── ItemError            this one record is bad: skip it, record why, go on
         └── PermanentError       the request cannot succeed as asked: fail this entity
+            └── ResponseTooLarge a body over policies.limits.max_response_bytes (as sent or inflated)
 
 Policy code (retries, breaker, job outcome) looks only at these classes.  Each
 connector translates its provider's errors into them in exactly one place
@@ -104,3 +105,7 @@ class ItemError(ProviderError):
 
 class PermanentError(ProviderError):
     """The request will not succeed if repeated (400, 404 on a listing, ...)."""
+
+
+class ResponseTooLarge(PermanentError):
+    """A response body larger than the configured limit, as received or once decompressed."""

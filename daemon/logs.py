@@ -29,18 +29,20 @@ Context: use structlog's own contextvars,
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["REDACTED", "configure_logging", "is_secret_key", "redact", "register_secret"]
+__all__ = ["REDACTED", "configure_logging", "is_secret_key", "redact", "register_secret", "scrub", "scrub_json"]
 
 REDACTED = "[redacted]"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -124,11 +126,26 @@ class _SecretSet:
 _secrets = _SecretSet()
 
 
+def scrub_json(value: Any) -> Any:
+    """A JSON-able value with secret-looking keys and registered secrets masked (activity details)."""
+    return _clean(value, _secrets, 0)
+
+
 def register_secret(value: str) -> None:
-    """Mask `value` in every later log line (thread-safe; values under 4 characters are ignored)."""
+    """Mask `value` in every later log line and scrubbed text (thread-safe; values under 4 characters
+    are ignored), in the forms a provider may echo it back: as is, percent-encoded (a query string,
+    form or path) and base64 (an Authorization header)."""
     if not isinstance(value, str) or len(value) < _MIN_SECRET_LENGTH:
         return
-    _secrets.add(value)
+    for form in {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value),
+                 urllib.parse.quote(value, safe="/"), base64.b64encode(value.encode()).decode()}:
+        _secrets.add(form)
+
+
+def scrub(text: str) -> str:
+    """`text` with every registered secret masked: for error texts before they are stored, logged
+    or returned (a provider that echoes the request URL echoes its query-string credentials)."""
+    return _secrets.mask(text) if _secrets and text else text
 
 
 def is_secret_key(name: str) -> bool:

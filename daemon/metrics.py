@@ -16,6 +16,11 @@
     freshd_circuit_breaker_transitions_total{provider,state} counter
     freshd_circuits_open{provider}                        gauge    breakers open or half-open
     freshd_token_refreshes_total{provider,outcome}        counter  outcome: ok, failed, rejected
+    freshd_reconciliations_refused_total{provider,reason} counter  reason: incomplete (the listing did not
+                                                                   account for the provider's total), held
+                                                                   (too large a share, needs confirmation)
+    freshd_provider_clock_skew_total{provider}            counter  provider clocks refused as a cursor source
+    freshd_provider_responses_refused_total{provider,reason} counter  too_large, retry_after_too_long, deadline
 
 Labels never name a connection: a fleet of thousands of connections must not mean thousands
 of series.  Per-connection detail is the admin socket's job (``freshctl status``).
@@ -55,9 +60,12 @@ __all__ = [
     "build_info",
     "circuits_open",
     "db_write_seconds",
+    "provider_clock_skew_total",
     "provider_requests_total",
+    "provider_responses_refused_total",
     "rate_limit_wait_seconds_total",
     "rate_limited_total",
+    "reconciliations_refused_total",
     "records_synced_total",
     "serve_metrics",
     "set_connection_snapshot",
@@ -121,6 +129,22 @@ circuits_open = Gauge(
 token_refreshes_total = Counter(
     "freshd_token_refreshes_total", "Access token refreshes, by outcome (ok, failed, rejected).",
     ["provider", "outcome"], registry=REGISTRY,
+)
+
+reconciliations_refused_total = Counter(
+    "freshd_reconciliations_refused_total",
+    "Deletions not inferred from a listing: incomplete evidence, or held for confirmation.",
+    ["provider", "reason"], registry=REGISTRY,
+)
+provider_clock_skew_total = Counter(
+    "freshd_provider_clock_skew_total",
+    "Provider Date headers too far from our clock to bound a cursor (our clock was used).",
+    ["provider"], registry=REGISTRY,
+)
+provider_responses_refused_total = Counter(
+    "freshd_provider_responses_refused_total",
+    "Provider responses refused: body too large, Retry-After too long, request deadline passed.",
+    ["provider", "reason"], registry=REGISTRY,
 )
 
 # -- computed at scrape time -----------------------------------------------------------------------------

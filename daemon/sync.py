@@ -40,6 +40,8 @@ from freshd.store.jobs import JobKind, JobRow, JobStatus
 log = structlog.get_logger(__name__)
 
 MAX_BATCH_RECORDS = 2000  # group commit: at most this many records per transaction
+INTERRUPT_GRACE = 1.0  # seconds a pause or cancel waits for a page boundary before interrupting
+MAX_DELETE_SHARE = 0.10  # a reconciliation deleting more of an entity than this is held for confirmation
 PROGRESS_LOG_EVERY = 5.0  # seconds between two job.progress log lines of one job
 
 
@@ -148,8 +150,45 @@ def encode_record(stream: StreamSpec, record: Any) -> records.EncodedRecord:
     return records.EncodedRecord(str(key), data.decode(), hashlib.blake2b(data, digest_size=16).digest())
 
 
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """One reconciliation to run in a commit: records.reconcile's evidence arguments."""
+
+    entity: str
+    evidence: dict[str, Any]
+
+
+class _ListingEvidence:
+    """What one entity's run has seen of a full listing, to check before deletions are inferred."""
+
+    def __init__(self, entity: str, started: Any) -> None:
+        self.entity = entity
+        self.started = started
+        self.unstored = 0  # items of the listing that could not be stored (still seen)
+
+    def add(self, batch: list[Page], failures: list[tuple[str, str | None, str]]) -> None:
+        if any(p.full_listing for p in batch):
+            self.unstored += len(failures)
+
+    def reconciliations(self, batch: list[Page], progress: EntityProgress) -> list[_Check]:
+        checks = []
+        for page in batch:
+            if page.listing_complete:
+                expected = page.total if page.total is not None else progress.total
+                checks.append(_Check(self.entity, {"seen_since": self.started, "expected": expected,
+                                                   "unstored": self.unstored}))
+            if page.inferred_deleted:
+                checks.append(_Check(self.entity, {"gone_ids": list(page.inferred_deleted),
+                                                   "seen": page.listing_seen, "expected": page.listing_total}))
+        return checks
+
+
 class _Cancelled(Exception):
-    """The writer saw a cancel request at a page boundary."""
+    """Cancel was requested: the entity's fetches and waits were interrupted, its commits kept."""
+
+
+class _Paused(Exception):
+    """Pause was requested: the entity's fetches and waits were interrupted, its commits kept."""
 
 
 class JobRunner:
@@ -166,8 +205,13 @@ class JobRunner:
         on_progress: Callable[[JobRow, JobProgress], None] | None = None,
         entities: list[str] | None = None,
         max_batch_records: int = MAX_BATCH_RECORDS,
+        max_delete_share: float = MAX_DELETE_SHARE,
     ) -> None:
         self.max_batch_records = max_batch_records
+        self.max_delete_share = max_delete_share
+        # what made the job partial without failing an entity (deletions not inferred, or held)
+        self.warnings: list[str] = []
+        self._parked = False  # the writer waits at a page boundary (paused in place)
         self.store = store
         self.connector = connector
         self.connection_id = connection_id
@@ -196,7 +240,15 @@ class JobRunner:
                 if retry_ids is not None:
                     await self._retry_entity(self.connector.stream(name), retry_ids.get(name, ([], 0)), progress)
                     continue
-                await self._sync_entity(self.connector.stream(name), cursors.get(name), mode, progress)
+                while True:
+                    try:
+                        await self._sync_entity(self.connector.stream(name), cursors.get(name), mode, progress)
+                        break
+                    except _Paused:
+                        # the fetches in flight were dropped; resumed, the entity goes on from its
+                        # committed cursor (a cancel while paused raises _Cancelled here)
+                        await self._wait_while_paused()
+                        cursors = await self.store.call_retrying(records.load_cursors, self.connection_id)
             except _Cancelled:
                 outcome = JobOutcome(JobStatus.CANCELLED, "cancelled by request")
                 break
@@ -213,8 +265,8 @@ class JobRunner:
             items_failed = any(p.failed for p in self.progress.entities.values())
             if failed_entities and len(failed_entities) == len(self.progress.entities):
                 outcome = JobOutcome(JobStatus.FAILED, "; ".join(errors))
-            elif failed_entities or items_failed:
-                summary = "; ".join(errors) or "some items failed (see freshctl job)"
+            elif failed_entities or items_failed or self.warnings:
+                summary = "; ".join([*errors, *self.warnings]) or "some items failed (see freshctl job)"
                 outcome = JobOutcome(JobStatus.PARTIAL, summary)
             else:
                 outcome = JobOutcome(JobStatus.COMPLETED, None)
@@ -308,6 +360,7 @@ class JobRunner:
                 runner._notify()
 
         failure: BaseException | None = None
+        interrupted = ControlRequest.NONE
         async with trio.open_nursery() as nursery:
 
             async def produce() -> None:
@@ -319,17 +372,38 @@ class JobRunner:
                         else:
                             await self.connector.sync_entity(stream, state, mode, Context())
                     except Exception as exc:
-                        # raised after the pages before it are committed; a cancel the writer saw
-                        # wins over the closed channel it causes here
+                        # raised after the pages before it are committed
                         if failure is None:
                             failure = exc
 
+            async def watch_control() -> None:
+                """Pause and cancel take effect at the next page boundary; if none comes within
+                INTERRUPT_GRACE (the entity waits out a Retry-After, a request trickles, the rate
+                limiter holds it), they interrupt the waits and requests in flight.  A commit in
+                flight still finishes (store calls are not abandoned): the cursor is what was committed."""
+                nonlocal interrupted
+                while True:
+                    changed = self.control.changed
+                    if self._interrupt_wanted():
+                        await trio.sleep(INTERRUPT_GRACE)
+                        if self._interrupt_wanted():  # no page boundary came in time
+                            interrupted = self.control.request
+                            nursery.cancel_scope.cancel()
+                            return
+                        continue
+                    await changed.wait()
+
             nursery.start_soon(produce)
+            nursery.start_soon(watch_control)
             try:
                 await self._write(stream, receive, progress, listing_started, processed_at_start)
-            except _Cancelled as exc:
-                failure = exc
-                nursery.cancel_scope.cancel()
+            except _Cancelled:
+                interrupted = ControlRequest.CANCEL
+            nursery.cancel_scope.cancel()  # written to the end (or cancelled at a boundary): stop watching
+        if interrupted is ControlRequest.CANCEL:
+            raise _Cancelled
+        if interrupted is ControlRequest.PAUSE:
+            raise _Paused
         if failure is not None:
             raise failure
         progress.state = "done"
@@ -344,6 +418,7 @@ class JobRunner:
         processed_at_start: int,
     ) -> None:
         provider = self.connector.provider
+        evidence = _ListingEvidence(stream.name, listing_started)
         async with receive:
             async for first, first_committed in receive:
                 batch = [first]
@@ -358,13 +433,20 @@ class JobRunner:
                     committed.append(page_committed)
                     size += len(page.records)
                 writes, failures = self._encode(stream, batch, progress)
-                reconcile = any(p.listing_complete for p in batch)
-                results = await self.store.call_retrying(
-                    self._commit, writes, failures, progress, listing_started if reconcile else None
-                )
+                evidence.add(batch, failures)
+                stored = sum(len(w.records) for w in writes)
+                # counted before the commit, so the progress it saves includes this batch
+                progress.processed += stored
+                try:
+                    results, checks = await self.store.call_retrying(
+                        self._commit, writes, failures, evidence.reconciliations(batch, progress))
+                except BaseException:
+                    progress.processed -= stored  # not committed
+                    raise
+                for check in checks:
+                    self._after_reconciliation(check)
                 changed = sum(r.inserted + r.updated for r in results)
-                progress.processed += size - len(failures)
-                metrics.records_synced_total.labels(provider, stream.name).inc(size - len(failures))
+                metrics.records_synced_total.labels(provider, stream.name).inc(stored)
                 elapsed = time.monotonic() - (progress.started or time.monotonic())
                 if elapsed > 0:
                     progress.rate = (progress.processed - processed_at_start) / elapsed
@@ -405,18 +487,49 @@ class JobRunner:
         conn: Any,
         writes: list[records.PageWrite],
         failures: list[tuple[str, str | None, str]],
-        progress: EntityProgress,
-        reconcile_since: Any,
-    ) -> list[records.WriteResult]:
+        checks: list[_Check],
+    ) -> tuple[list[records.WriteResult], list[records.Reconciliation]]:
         results = jobs.commit_pages(conn, self.job.id, writes, self.progress.as_json(), failures)
-        if reconcile_since is not None:
-            gone = records.mark_unseen_deleted(conn, self.connection_id, writes[-1].entity, reconcile_since)
-            if gone:
-                self.log.info("job.reconciled_deletes", entity=writes[-1].entity, deleted=gone)
-        return results
+        done = [records.reconcile(conn, self.connection_id, check.entity, **check.evidence,
+                                  max_share=self.max_delete_share, confirmed=self.job.confirm_deletes,
+                                  job_id=self.job.id) for check in checks]
+        return results, done
+
+    def _after_reconciliation(self, check: records.Reconciliation) -> None:
+        """Log and count what a reconciliation did; anything short of 'applied' makes the job partial."""
+        provider, name = self.connector.provider, check.entity
+        match check.outcome:
+            case "applied":
+                if check.gone:
+                    self.log.info("job.reconciled_deletes", entity=name, deleted=check.gone, live=check.live)
+                return
+            case "incomplete":
+                reason = (f"{name}: listing incomplete, no deletions inferred (saw {check.seen} of "
+                          f"{check.expected} records the provider reported)")
+            case _:
+                reason = (f"{name}: held {check.gone} deletions of {check.live} records "
+                          f"({check.share:.0%} > {self.max_delete_share:.0%}); review, then apply with "
+                          f"`freshctl sync {self.job.connection} --full --confirm-deletes`")
+        metrics.reconciliations_refused_total.labels(provider, check.outcome).inc()
+        self.log.warning("job.reconciliation_refused", entity=name, outcome=check.outcome, seen=check.seen,
+                         expected=check.expected, gone=check.gone, live=check.live)
+        self.warnings.append(reason)
+
+    def _interrupt_wanted(self) -> bool:
+        """A pause or cancel waits, and the writer is not parked at a page boundary for it."""
+        return self.control.request is not ControlRequest.NONE and not self._parked
 
     async def _boundary(self) -> None:
-        """Between two commits: where pause and cancel take effect."""
+        """Between two commits: cancel ends the entity; pause holds the writer here (the bounded
+        channel then holds the connector) until resume or cancel."""
+        self._parked = True
+        try:
+            await self._wait_while_paused()
+        finally:
+            self._parked = False
+
+    async def _wait_while_paused(self) -> None:
+        """Paused: say so, wait for resume (return) or cancel (raise _Cancelled)."""
         while True:
             match self.control.request:
                 case ControlRequest.CANCEL:

@@ -466,7 +466,9 @@ class AmazonSPConnector(Connector):
                                        token_header=_access_token_header)
         self.lwa = self.http_client("", classify=classify_lwa, headers=agent)
         # presigned report document URLs: no access token, S3's own errors
-        self.downloads = self.http_client("", classify=classify_http, headers=agent, timeout=120.0)
+        # report documents are files, not pages: allowed 8 times a page's size limit
+        self.downloads = self.http_client("", classify=classify_http, headers=agent, timeout=120.0,
+                                          max_response_bytes=8 * self.policies.limits.max_response_bytes)
 
     @classmethod
     def validate_settings(cls, settings: ConnectionSettings) -> None:

@@ -39,7 +39,6 @@ import urllib.parse
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -185,17 +184,62 @@ class _Listing:
     total: int
     total_pages: int
     date: datetime | None
+    failures: tuple[tuple[str | None, str], ...] = ()  # items that are no WooCommerce record
 
 
-def _http_date(response: httpx.Response) -> datetime | None:
+def _split_items(items: list[Any]) -> tuple[list[dict[str, Any]], tuple[tuple[str | None, str], ...]]:
+    """Records with a WooCommerce id (a positive integer), and why the other items are not records:
+    one bad item is a failed item, never a crash nor a reason to doubt the rest of the page."""
+    records: list[dict[str, Any]] = []
+    failures: list[tuple[str | None, str]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            failures.append((None, f"item is a JSON {type(item).__name__}, not an object"))
+            continue
+        rid = item.get("id")
+        if isinstance(rid, int) and not isinstance(rid, bool) and rid > 0:
+            records.append(item)
+        elif rid is None:
+            failures.append((None, "record has no 'id'"))
+        else:
+            failures.append((str(rid)[:100], f"id {str(rid)[:40]!r} is not a WooCommerce id (a positive integer)"))
+    return records, tuple(failures)
+
+
+def _paging_headers(response: httpx.Response, per_page: int) -> tuple[int, int]:
+    """X-WP-Total and X-WP-TotalPages, checked: paging (and any deletion inferred from it) rests on them.
+
+    Missing headers (a proxy that strips them) would make every listing look like one page; a
+    page count that cannot come from the total (0 or negative pages for records, millions of
+    pages for a few records) is refused before anything is paged.  A page count lower than the
+    total implies is let through: the engine then sees the listing fall short of the total.
+    """
+    raw_total, raw_pages = response.headers.get("x-wp-total"), response.headers.get("x-wp-totalpages")
+    if raw_total is None or raw_pages is None:
+        raise PermanentError("WooCommerce sent no X-WP-Total/X-WP-TotalPages headers, so its listings cannot be "
+                             "paged reliably (does a proxy strip them?)")
     try:
-        return parsedate_to_datetime(response.headers["date"]).astimezone(UTC)
-    except (KeyError, TypeError, ValueError):
-        return None
+        total, pages = int(raw_total), int(raw_pages)
+    except ValueError:
+        raise TransientError(f"WooCommerce: unreadable paging headers X-WP-Total {raw_total[:20]!r}, "
+                             f"X-WP-TotalPages {raw_pages[:20]!r}") from None
+    implied = -(-total // per_page) if total > 0 else 0
+    if total < 0 or pages < 0 or (total > 0 and pages == 0) or pages > implied + 1:
+        raise TransientError(f"WooCommerce paging headers disagree: X-WP-Total {total} at {per_page} per page "
+                             f"is {implied} page(s), X-WP-TotalPages says {pages}")
+    return total, pages
 
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat()
+
+
+def _stored_max_id(state: dict[str, Any]) -> int:
+    """The highest customer id stored (0: unknown); a checkpoint another version wrote oddly is 0."""
+    try:
+        return max(0, int(state.get("max_id", 0)))
+    except (TypeError, ValueError):
+        return 0
 
 
 # --- sync --------------------------------------------------------------------------------------
@@ -219,6 +263,17 @@ class WooCommerceConnector(Connector):
         self.client = self.http_client(base + "/", classify=classify, auth=build_auth(settings),
                                        max_connections=max(self.concurrency, 1) + 1)
 
+    @classmethod
+    def validate_settings(cls, settings: ConnectionSettings) -> None:
+        auth = settings.options.get("auth")
+        if auth is not None and auth not in ("basic", "query", "oauth1"):
+            raise ConfigError(f"option auth must be one of basic, query, oauth1, got {auth!r}",
+                              where=f"connection {settings.name}")
+        interval = settings.options.get("diff_interval", DIFF_INTERVAL)
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
+            raise ConfigError(f"option diff_interval must be a number of seconds >= 0, got {interval!r}",
+                              where=f"connection {settings.name}")
+
     async def probe(self) -> None:
         await self.client.get_json("customers", params={"per_page": 1, "_fields": "id"})
 
@@ -229,12 +284,9 @@ class WooCommerceConnector(Connector):
         body, response = await self.client.get_json(stream.path, params={"per_page": PER_PAGE, **params})
         if not isinstance(body, list):
             raise TransientError(f"WooCommerce {stream.path}: expected a JSON list, got {type(body).__name__}")
-        try:
-            total = int(response.headers.get("x-wp-total", len(body)))
-            total_pages = int(response.headers.get("x-wp-totalpages", 1))
-        except ValueError as exc:
-            raise TransientError("WooCommerce: unreadable X-WP-Total headers") from exc
-        return _Listing(body, total, total_pages, _http_date(response))
+        total, total_pages = _paging_headers(response, int(params.get("per_page", PER_PAGE)))
+        records, failures = _split_items(body)
+        return _Listing(records, total, total_pages, self.client.server_time(response), failures)
 
     async def sync_entity(
         self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
@@ -291,14 +343,14 @@ class WooCommerceConnector(Connector):
 
         async def on_page(number: int, listing: _Listing, shifted: bool) -> None:
             nonlocal max_id
-            max_id = max([max_id, *(int(r["id"]) for r in listing.records if isinstance(r.get("id"), int))])
+            max_id = max([max_id, *(r["id"] for r in listing.records)])
             last = number == first.total_pages
             checkpoint = (
                 {"phase": "done", "full_at": started, "diffed_at": started, "max_id": max_id} if last
                 else {"phase": "full", "page": number, "started": started, "max_id": max_id}
             )
             # reconciliation needs the whole listing in this run: a resumed one is partial
-            await ctx.emit(Page(stream.name, listing.records, checkpoint, total=first.total,
+            await ctx.emit(Page(stream.name, listing.records, checkpoint, total=first.total, failures=listing.failures,
                                 full_listing=True, listing_complete=last and not shifted and not resume))
 
         await self._paged(stream, params, first, start_page, on_page)
@@ -309,20 +361,22 @@ class WooCommerceConnector(Connector):
         params: dict[str, str | int] = {"orderby": "id", "order": "asc", "_fields": f"id,{cursor_field}"}
         first = await self._list(stream, {**params, "page": 1})
         seen: dict[str, str] = {}
+        unusable: list[tuple[str | None, str]] = []  # items listed that are no record (still in the total)
 
         async def on_page(number: int, listing: _Listing, shifted: bool) -> None:
+            unusable.extend(listing.failures)
             for item in listing.records:
-                if "id" in item:
-                    seen[str(item["id"])] = str(item.get(cursor_field))
+                seen[str(item["id"])] = str(item.get(cursor_field))
 
         complete = await self._paged(stream, params, first, 1, on_page)
         known = await ctx.known_versions(stream.name, cursor_field)
         changed = [eid for eid, version in seen.items() if known.get(eid) != version]
-        # a listing that shifted under us may have skipped live ids: never infer deletions from it
-        deleted = sorted(set(known) - set(seen), key=int) if complete else []
+        # a listing that shifted under us may have skipped live ids: never infer deletions from it;
+        # the engine checks the others against the listing's total
+        gone = sorted(set(known) - set(seen)) if complete else []
         ctx.set_total(stream.name, len(changed))
         checkpoint = {"phase": "done", "diffed_at": _iso(first.date or datetime.now(UTC)),
-                      "max_id": max((int(i) for i in seen), default=int(state.get("max_id", 0)))}
+                      "max_id": max((int(i) for i in seen), default=_stored_max_id(state))}
         chunks = [changed[i:i + PER_PAGE] for i in range(0, len(changed), PER_PAGE)]
 
         async def fetch(index: int) -> _Listing:
@@ -332,33 +386,36 @@ class WooCommerceConnector(Connector):
         async def consume(index: int, listing: _Listing) -> None:
             last = index == len(chunks) - 1
             await ctx.emit(Page(stream.name, listing.records, checkpoint if last else None,
-                                deleted=deleted if last else ()))
+                                failures=(*listing.failures, *unusable) if last else listing.failures,
+                                **(inferred if last else {})))
 
+        inferred: dict[str, Any] = {"inferred_deleted": gone, "listing_seen": len(seen) + len(unusable),
+                                    "listing_total": first.total}
         if chunks:
             await fetch_in_order(fetch, range(len(chunks)), consume, concurrency=self.concurrency)
         else:
-            await ctx.emit(Page(stream.name, [], checkpoint, deleted=deleted))
+            await ctx.emit(Page(stream.name, [], checkpoint, failures=unusable, **inferred))
 
     def _diff_due(self, state: dict[str, Any]) -> bool:
         last = state.get("diffed_at") or state.get("full_at")
-        if not last or "max_id" not in state:
+        if not last or _stored_max_id(state) == 0:
             return True
         age = datetime.now(UTC) - datetime.fromisoformat(last).replace(tzinfo=UTC)
         return age.total_seconds() >= self.diff_interval
 
     async def _new_ids(self, stream: StreamSpec, state: dict[str, Any], ctx: SyncContext) -> None:
         """Between two diffs: only customers created since, newest first, down to a known id."""
-        max_id = int(state["max_id"])
+        max_id = _stored_max_id(state)
         newest = max_id
         page = 1
         while True:
             listing = await self._list(stream, {"orderby": "id", "order": "desc", "page": page})
-            fresh = [r for r in listing.records if isinstance(r.get("id"), int) and r["id"] > max_id]
+            fresh = [r for r in listing.records if r["id"] > max_id]
             newest = max([newest, *(r["id"] for r in fresh)])
             done = len(fresh) < len(listing.records) or page >= listing.total_pages
             # the watermark moves only once every new id is stored (the listing runs downwards)
             checkpoint = {**state, "max_id": newest} if done else None
-            await ctx.emit(Page(stream.name, fresh, checkpoint))
+            await ctx.emit(Page(stream.name, fresh, checkpoint))  # bad items: reported by full listings and diffs
             if done:
                 return
             page += 1
@@ -368,8 +425,9 @@ class WooCommerceConnector(Connector):
         for start in range(0, len(ids), PER_PAGE):
             chunk = list(ids[start:start + PER_PAGE])
             listing = await self._list(stream, {"include": ",".join(chunk), "orderby": "include", "page": 1})
-            found = {str(r.get("id")) for r in listing.records}
-            await ctx.emit(Page(stream.name, listing.records, None, deleted=[i for i in chunk if i not in found]))
+            found = {str(r["id"]) for r in listing.records}
+            await ctx.emit(Page(stream.name, listing.records, None, deleted=[i for i in chunk if i not in found],
+                                failures=listing.failures))
 
     async def _window(
         self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
@@ -410,8 +468,9 @@ class WooCommerceConnector(Connector):
             else:
                 checkpoint = {"phase": "window", "mode": mode.value, "since": since, "until": until,
                               "page": number}
-            deleted = [str(r["id"]) for r in listing.records if r.get("status") == "trash" and "id" in r]
+            deleted = [str(r["id"]) for r in listing.records if r.get("status") == "trash"]
             await ctx.emit(Page(stream.name, listing.records, checkpoint, deleted=deleted, total=first.total,
+                                failures=listing.failures,
                                 full_listing=full, listing_complete=full and last and not shifted))
 
         await self._paged(stream, params, first, start_page, on_page)

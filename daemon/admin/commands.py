@@ -54,6 +54,7 @@ def job_json(job: JobRow, live: JobProgress | None = None) -> dict[str, Any]:
         "finished_at": iso(job.finished_at),
         "error": job.error,
         "retry_of": job.retry_of,
+        "confirm_deletes": job.confirm_deletes,
     }
 
 
@@ -159,8 +160,11 @@ class DaemonAdmin:
         row = await self._row(args["name"], caller)
         view = next((v for v in await self._connection_views(caller) if v["name"] == row.name), {})
         live = await self.daemon.store.call(jobs.live_job, row.id)
+        held = await self.daemon.store.call(jobs.held_deletions, row.id)
         return {
             **view,
+            # reconciliations over [sync] max_delete_share, waiting for `sync --full --confirm-deletes`
+            "held_deletions": [{**h, "held_at": iso(h["held_at"])} for h in held],
             "name": row.name,
             "provider": row.provider,
             "tenant": row.tenant,
@@ -260,6 +264,10 @@ class DaemonAdmin:
     async def sync(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         row = await self._row(args["name"], caller)
         kind = JobKind.FULL if args.get("full") else JobKind.INCREMENTAL
+        confirm_deletes = bool(args.get("confirm_deletes"))
+        if confirm_deletes and kind is not JobKind.FULL:
+            raise AdminError(ErrorCode.BAD_REQUEST, "--confirm-deletes applies to a full sync only "
+                             "(deletions are inferred from a complete listing): add --full")
         live = await self.daemon.store.call(jobs.live_job, row.id)
         if live is not None:  # one sync per connection: the existing job is the answer
             return {"job_id": live.id, "created": False, "status": live.status.value}
@@ -275,7 +283,13 @@ class DaemonAdmin:
             await self.daemon.store.call(activity.log_activity, "sync.forced",
                                          f"sync of {row.name} forced by uid {caller.peer.uid}",
                                          connection_id=row.id)
-        job, created = await self.daemon.store.call(jobs.create_job, row.id, kind, "manual")
+        if confirm_deletes:
+            log.warning("sync.confirm_deletes", connection=row.name, peer_uid=caller.peer.uid)
+            await self.daemon.store.call(activity.log_activity, "sync.confirm_deletes",
+                                         f"full sync of {row.name} allowed to apply held deletions by uid "
+                                         f"{caller.peer.uid}", connection_id=row.id)
+        job, created = await self.daemon.store.call(jobs.create_job, row.id, kind, "manual",
+                                                    confirm_deletes=confirm_deletes)
         self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
         return {"job_id": job.id, "created": created, "status": job.status.value}
 

@@ -99,7 +99,9 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     "connections.remove": {"name": _NAME},
     # merged into the stored credentials ("" removes a key); clears tokens, ends reauth_required
     "connections.set_credential": {"name": _NAME, "credentials": Arg("str_map", required=True)},
-    "sync": {"name": _NAME, "full": Arg("bool", default=False), "force": Arg("bool", default=False)},
+    # confirm_deletes: this (full) sync may apply a reconciliation over [sync] max_delete_share
+    "sync": {"name": _NAME, "full": Arg("bool", default=False), "force": Arg("bool", default=False),
+             "confirm_deletes": Arg("bool", default=False)},
     "jobs": {
         "connection": Arg("name"),
         "tenant": Arg("name"),

@@ -32,6 +32,7 @@ import httpx
 from freshd import metrics
 from freshd.errors import CircuitOpen, ConfigError, ProviderError, RateLimited
 from freshd.policies.breaker import BreakerSettings, CircuitBreaker
+from freshd.policies.limits import ProviderLimits
 from freshd.policies.ratelimit import Rate, TokenBucket, read_rate_signal
 from freshd.policies.retry import RetryPolicy
 from freshd.policies.tokens import TokenRefresher
@@ -167,6 +168,7 @@ class ConnectionPolicies:
     gate: ConnectionGate
     tokens: TokenRefresher
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    limits: ProviderLimits = field(default_factory=ProviderLimits)
 
     @classmethod
     def standalone(

@@ -7,6 +7,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from freshd import logs
 from freshd.store.db import Connection
 
 
@@ -21,7 +22,7 @@ def log_activity(
 ) -> None:
     conn.execute(
         "INSERT INTO activity_log (connection_id, job_id, kind, message, details) VALUES (%s, %s, %s, %s, %s)",
-        (connection_id, job_id, kind, message, Jsonb(details or {})),
+        (connection_id, job_id, kind, logs.scrub(message), Jsonb(logs.scrub_json(details or {}))),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from freshd import logs
 from freshd.secrets import Keyring
 from freshd.store.db import Connection
 
@@ -191,4 +192,5 @@ def record_outcome(conn: Connection, connection_id: int, *, success: bool, error
             (connection_id,),
         )
     else:
-        conn.execute("UPDATE connections SET last_error = %s WHERE id = %s", (error, connection_id))
+        conn.execute("UPDATE connections SET last_error = %s WHERE id = %s",
+                     (None if error is None else logs.scrub(error), connection_id))

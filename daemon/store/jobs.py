@@ -21,6 +21,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from freshd import logs
 from freshd.store import records
 from freshd.store.db import Connection
 
@@ -69,11 +70,12 @@ class JobRow:
     finished_at: datetime | None
     error: str | None
     retry_of: int | None = None
+    confirm_deletes: bool = False  # may apply a reconciliation over the delete-share limit
 
 
 _SELECT = (
     "SELECT j.id, j.connection_id, c.name AS connection, c.tenant, j.kind, j.status, j.trigger, j.progress,"
-    " j.created_at, j.started_at, j.finished_at, j.error, j.retry_of"
+    " j.created_at, j.started_at, j.finished_at, j.error, j.retry_of, j.confirm_deletes"
     " FROM sync_jobs j JOIN connections c ON c.id = j.connection_id"
 )
 
@@ -85,14 +87,16 @@ def _job(row: dict[str, Any]) -> JobRow:
 
 
 def create_job(
-    conn: Connection, connection_id: int, kind: JobKind, trigger: str, *, retry_of: int | None = None
+    conn: Connection, connection_id: int, kind: JobKind, trigger: str, *, retry_of: int | None = None,
+    confirm_deletes: bool = False,
 ) -> tuple[JobRow, bool]:
     """Queue a job unless the connection already has a live one; return (job, created)."""
     row = conn.execute(
-        "INSERT INTO sync_jobs (connection_id, kind, status, trigger, retry_of) VALUES (%s, %s, 'queued', %s, %s)"
+        "INSERT INTO sync_jobs (connection_id, kind, status, trigger, retry_of, confirm_deletes)"
+        " VALUES (%s, %s, 'queued', %s, %s, %s)"
         " ON CONFLICT (connection_id) WHERE status IN ('queued', 'running', 'paused', 'interrupted')"
         " DO NOTHING RETURNING id",
-        (connection_id, kind.value, trigger, retry_of),
+        (connection_id, kind.value, trigger, retry_of, confirm_deletes),
     ).fetchone()
     if row is not None:
         job = get_job(conn, int(row["id"]))  # type: ignore[call-overload]
@@ -186,7 +190,7 @@ def set_status(conn: Connection, job_id: int, status: JobStatus, *, error: str |
         " started_at = CASE WHEN %s = 'running' THEN COALESCE(started_at, now()) ELSE started_at END,"
         " finished_at = CASE WHEN %s THEN now() ELSE NULL END"
         " WHERE id = %s",
-        (status.value, error, status.value, status in FINISHED, job_id),
+        (status.value, None if error is None else logs.scrub(error), status.value, status in FINISHED, job_id),
     )
     job = get_job(conn, job_id)
     assert job is not None
@@ -261,3 +265,12 @@ def last_started(conn: Connection) -> dict[int, datetime]:
         "SELECT connection_id, max(COALESCE(started_at, created_at)) AS at FROM sync_jobs GROUP BY connection_id"
     ).fetchall()
     return {int(row["connection_id"]): row["at"] for row in rows}  # type: ignore[call-overload, misc]
+
+
+def held_deletions(conn: Connection, connection_id: int) -> list[dict[str, Any]]:
+    """Reconciliations held for confirmation (too large a share of the entity), oldest first."""
+    rows = conn.execute(
+        "SELECT entity, job_id, count, live, held_at FROM held_deletions WHERE connection_id = %s"
+        " ORDER BY held_at, entity", (connection_id,),
+    ).fetchall()
+    return [dict(row) for row in rows]

@@ -112,13 +112,89 @@ def database_now(conn: Connection) -> Any:
     return conn.execute("SELECT now() AS now").fetchone()["now"]  # type: ignore[index]
 
 
-def mark_unseen_deleted(conn: Connection, connection_id: int, entity: str, seen_since: Any) -> int:
-    """After a *complete* listing: records it did not touch are gone at the provider."""
-    return conn.execute(
-        "UPDATE records SET deleted_at = now() WHERE connection_id = %s AND entity = %s"
-        " AND deleted_at IS NULL AND last_seen_at < %s",
-        (connection_id, entity, seen_since),
-    ).rowcount
+# a handful of deletions is never held, whatever share of a small entity it is
+MIN_HELD_DELETIONS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """What one reconciliation found and did: deletions inferred from a listing, checked first."""
+
+    entity: str
+    seen: int  # distinct live records the listing touched (or the connector counted)
+    expected: int | None  # the provider's own total for the listing, when it gave one
+    gone: int  # records the evidence says are gone
+    live: int  # live records before
+    outcome: str  # "applied" | "held" (share over the limit, unconfirmed) | "incomplete" (evidence short)
+
+    @property
+    def share(self) -> float:
+        return self.gone / self.live if self.live else 0.0
+
+
+def reconcile(
+    conn: Connection,
+    connection_id: int,
+    entity: str,
+    *,
+    seen_since: Any = None,
+    gone_ids: Sequence[str] = (),
+    seen: int | None = None,
+    expected: int | None = None,
+    unstored: int = 0,
+    max_share: float,
+    confirmed: bool,
+    job_id: int | None,
+) -> Reconciliation:
+    """Mark records deleted that a *complete* listing did not return, if the evidence holds.
+
+    Either `seen_since` (a full listing touched every row it returned since then: the unseen
+    ones are gone) or `gone_ids` (the connector diffed a listing of `seen` ids itself).  The
+    listing must account for the provider's own total (`expected`: rows seen, plus the
+    `unstored` items it returned that could not be stored), or nothing is inferred.  A
+    reconciliation deleting more than `max_share` of the live records is held for
+    confirmation (`held_deletions`) unless `confirmed` (or it deletes MIN_HELD_DELETIONS or fewer).
+    """
+    if seen_since is not None:
+        row = conn.execute(
+            # seen: every row the listing touched, including those it just tombstoned (trash)
+            "SELECT count(*) FILTER (WHERE deleted_at IS NULL AND last_seen_at < %s) AS gone,"
+            " count(*) FILTER (WHERE last_seen_at >= %s) AS seen, count(*) FILTER (WHERE deleted_at IS NULL) AS live"
+            " FROM records WHERE connection_id = %s AND entity = %s",
+            (seen_since, seen_since, connection_id, entity),
+        ).fetchone()
+        assert row is not None
+        gone, live, seen = int(row["gone"]), int(row["live"]), int(row["seen"])  # type: ignore[call-overload]
+        where, param = "last_seen_at < %s", seen_since
+    else:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE external_id = ANY(%s)) AS gone, count(*) AS live"
+            " FROM records WHERE connection_id = %s AND entity = %s AND deleted_at IS NULL",
+            (list(gone_ids), connection_id, entity),
+        ).fetchone()
+        assert row is not None
+        gone, live = int(row["gone"]), int(row["live"])  # type: ignore[call-overload]
+        where, param = "external_id = ANY(%s)", list(gone_ids)
+    seen = seen or 0
+    result = Reconciliation(entity, seen, expected, gone, live, "applied")
+    if expected is not None and seen + unstored < expected:
+        return Reconciliation(entity, seen, expected, gone, live, "incomplete")
+    if gone > MIN_HELD_DELETIONS and live and gone / live > max_share and not confirmed:
+        conn.execute(
+            "INSERT INTO held_deletions (connection_id, entity, job_id, count, live) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (connection_id, entity) DO UPDATE SET job_id = excluded.job_id, count = excluded.count,"
+            " live = excluded.live, held_at = now()",
+            (connection_id, entity, job_id, gone, live),
+        )
+        return Reconciliation(entity, seen, expected, gone, live, "held")
+    if gone:
+        conn.execute(
+            f"UPDATE records SET deleted_at = now() WHERE connection_id = %s AND entity = %s"
+            f" AND deleted_at IS NULL AND {where}",
+            (connection_id, entity, param),
+        )
+    conn.execute("DELETE FROM held_deletions WHERE connection_id = %s AND entity = %s", (connection_id, entity))
+    return result
 
 
 def known_versions(conn: Connection, connection_id: int, entity: str, field: str) -> dict[str, str]:
