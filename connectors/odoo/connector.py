@@ -327,6 +327,9 @@ class OdooConnector(Connector):
         seen: set[str] = set()
         after = 0
         guard = LoopGuard(f"Odoo {stream.path} ids")
+        # counted first: a record deleted while the ids are listed makes the listing fall short of
+        # the count, and the engine then infers no deletion from it
+        total = await self.call(stream.path, "search_count", [], context={"active_test": False})
         while True:
             ids = await self.call(stream.path, "search", [["id", ">", after]], limit=ID_CHUNK,
                                   order="id asc", context={"active_test": False})
@@ -338,9 +341,10 @@ class OdooConnector(Connector):
                 break
             after = int(ids[-1])
         known = await ctx.known_versions(stream.name, "write_date")
-        gone = sorted(set(known) - seen, key=int)
+        gone = sorted(set(known) - seen)
         if gone:
-            await ctx.emit(Page(stream.name, [], None, deleted=gone))
+            await ctx.emit(Page(stream.name, [], None, inferred_deleted=gone, listing_seen=len(seen),
+                                listing_total=int(total) if isinstance(total, int) else None))
 
     async def fetch_items(self, stream: StreamSpec, ids: Sequence[str], ctx: SyncContext) -> None:
         """`freshctl retry`: read by id; ids Odoo no longer has become tombstones."""
