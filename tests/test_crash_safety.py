@@ -66,6 +66,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     for kill in range(KILLS):
         _, committed_page, _ = state(database_url)
         seen_before = len(sim.app.requests)
+        sock.unlink(missing_ok=True)  # the killed daemon's, as the next one would remove it
         daemon = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
         if kill % 2:
             # every other kill lands mid-sync whatever the start-up costs on a busy machine
