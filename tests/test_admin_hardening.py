@@ -1,0 +1,108 @@
+"""Issue 9: nobody who can reach the admin socket locks the others out; a bad socket path is
+refused in one line (and never deleted); another tenant's connection names stay hidden."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from freshd.app import run_daemon
+from freshd.config import load_config
+
+NOBODY = 65534
+STRANGER = 65533  # a uid with no account: forbidden, but it can still hold connections
+STATUS = b'{"v": 1, "id": 1, "cmd": "status", "args": {}}\n'
+WATCH_ALL = b'{"v": 1, "id": 1, "cmd": "watch", "args": {"all": true}}\n'
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other uids")
+
+
+@pytest.fixture
+def home() -> AsyncIterator[Path]:
+    """A directory other uids can traverse (pytest's tmp_path lives under a 0700 parent)."""
+    path = Path(tempfile.mkdtemp(prefix="freshd-hardening-"))
+    os.chmod(path, 0o755)
+    yield path  # type: ignore[misc]
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_config(home: Path, database_url: str, admin: str = "", body: str = "") -> Path:
+    config_path = home / "freshd.toml"
+    config_path.write_text(
+        f'database_url = "{database_url}"\nstate_dir = "{home}"\n'
+        f'[admin]\nsocket = "{home / "run" / "admin.sock"}"\nsocket_mode = "0666"\n{admin}'
+        f'[admin.tenants.acme]\nusers = ["nobody"]\n'
+        '[metrics]\nenabled = false\n[schedule]\nscheduled_sync = false\n' + body)
+    return config_path
+
+
+async def start(nursery: trio.Nursery, home: Path, database_url: str, admin: str, body: str = "") -> Path:
+    config_path = write_config(home, database_url, admin, body)
+    await nursery.start(functools.partial(run_daemon, load_config(config_path, env={}), config_path=config_path))
+    return home / "run" / "admin.sock"
+
+
+async def connect(sock: Path) -> trio.SocketStream:
+    return await trio.open_unix_socket(str(sock))
+
+
+async def read_line(stream: trio.SocketStream) -> bytes:
+    """One reply line, or b"" if the daemon closed the connection first."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def request(sock: Path, line: bytes = STATUS) -> dict[str, Any]:
+    stream = await connect(sock)
+    async with stream:
+        await stream.send_all(line)
+        return json.loads(await read_line(stream))  # type: ignore[no-any-return]
+
+
+# -- item 12: connection names of other tenants ---------------------------------------------------------
+
+
+CLIENT = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode() + b"\\n")
+data = b""
+while not data.endswith(b"\\n"):
+    data += s.recv(65536)
+print(data.decode().strip())
+"""
+
+
+@needs_root
+async def test_connections_add_does_not_reveal_another_tenants_connection(
+    nursery: trio.Nursery, home: Path, database_url: str,
+) -> None:
+    body = ('[[connections]]\nname = "globex-shop"\nprovider = "woocommerce"\nbase_url = "http://127.0.0.1:1"\n'
+            'tenant = "globex"\ncredentials = { consumer_key = "k", consumer_secret = "s" }\n')
+    sock = await start(nursery, home, database_url, "", body)
+    add = json.dumps({"v": 1, "id": 1, "cmd": "connections.add", "args": {
+        "name": "globex-shop", "provider": "woocommerce", "base_url": "http://127.0.0.1:2",
+        "credentials": {"consumer_key": "k", "consumer_secret": "s"}}})
+    with trio.fail_after(20):
+        out = await trio.to_thread.run_sync(functools.partial(
+            subprocess.run, ["/usr/bin/python3", "-c", CLIENT, str(sock), add], user=NOBODY,
+            capture_output=True, text=True, timeout=15, check=True))
+        as_tenant = json.loads(out.stdout)
+        assert as_tenant["error"]["code"] == "conflict"
+        assert as_tenant["error"]["message"] == "that connection name is not available; choose another"
+        as_root = await request(sock, add.encode() + b"\n")  # who can see it gets the precise answer
+        assert as_root["error"] == {"code": "conflict", "message": "a connection named 'globex-shop' already exists"}
