@@ -29,7 +29,7 @@ import trio
 from freshd import logs, metrics, systemd
 from freshd.actor import ConnectionState, PolicySettings
 from freshd.admin.commands import DaemonAdmin
-from freshd.admin.server import AccessRules, serve_admin
+from freshd.admin.server import AccessRules, prepare_socket_path, serve_admin
 from freshd.config import Config, load_config
 from freshd.embedded_pg import open_embedded_postgres
 from freshd.errors import ConfigError, StoreUnavailable
@@ -229,6 +229,8 @@ async def run_daemon(
     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon's whole life. Returns when shut down by a signal (or cancelled)."""
+    # an unusable socket path is refused before anything starts (no store change, no sync)
+    prepare_socket_path(Path(config.admin.socket))
     async with AsyncExitStack() as stack:
         systemd.status("starting: opening the store")
         url = config.database_url

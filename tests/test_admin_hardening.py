@@ -7,7 +7,10 @@ import functools
 import json
 import os
 import shutil
+import socket
+import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -72,6 +75,94 @@ async def request(sock: Path, line: bytes = STATUS) -> dict[str, Any]:
     async with stream:
         await stream.send_all(line)
         return json.loads(await read_line(stream))  # type: ignore[no-any-return]
+
+
+# -- item 7: the socket path at start-up -----------------------------------------------------------------
+
+
+async def run_freshd(config_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "freshd.cli", "run", "--config", str(config_path)]
+    return await trio.to_thread.run_sync(functools.partial(
+        subprocess.run, command, capture_output=True, text=True, timeout=20,
+        env={**os.environ, "FRESHD_LOG_LEVEL": "error", **(env or {})}))
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("freshd: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+async def test_a_regular_file_at_freshd_socket_survives_start_up(home: Path, database_url: str) -> None:
+    (home / "data").mkdir()
+    precious = home / "data" / "notes.txt"
+    precious.write_text("keep me")
+    result = await run_freshd(write_config(home, database_url), {"FRESHD_SOCKET": str(precious)})
+    assert_one_line_error(result, str(precious), "not a socket")
+    assert precious.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("kind", ["read_only", "under_a_file"])
+async def test_an_unusable_socket_dir_is_one_line_not_a_traceback(home: Path, database_url: str, kind: str) -> None:
+    if kind == "read_only":
+        target = home / "ro"
+        target.mkdir()
+        mounted = await trio.run_process(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(target)],
+                                         check=False, capture_stdout=True, capture_stderr=True)
+        if mounted.returncode != 0:
+            pytest.skip("cannot mount a read-only tmpfs here (root sees every plain directory as writable)")
+        sock, reason = target / "admin.sock", "not writable"
+    else:
+        (home / "file").write_text("")
+        target, sock, reason = home / "file", home / "file" / "sub" / "admin.sock", "Not a directory"
+    try:
+        result = await run_freshd(write_config(home, database_url), {"FRESHD_SOCKET": str(sock)})
+    finally:
+        if kind == "read_only":
+            await trio.run_process(["umount", str(target)])
+    assert_one_line_error(result, str(target), reason)
+
+
+@needs_root
+async def test_a_socket_dir_another_user_made_in_tmp_is_refused(home: Path, database_url: str) -> None:
+    from freshd.admin.server import prepare_socket_path
+    from freshd.errors import StartupError
+
+    shared = home / "tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp: anyone may create the directory first
+    taken = shared / "freshd-0"
+    taken.mkdir(mode=0o700)
+    os.chown(taken, NOBODY, NOBODY)
+    result = await run_freshd(write_config(home, database_url), {"FRESHD_SOCKET": str(taken / "admin.sock")})
+    assert_one_line_error(result, str(taken), f"uid {NOBODY}")
+
+    loose = shared / "loose"
+    loose.mkdir()
+    os.chmod(loose, 0o755)  # ours, but others may look in: not for a socket in /tmp
+    result = await run_freshd(write_config(home, database_url), {"FRESHD_SOCKET": str(loose / "admin.sock")})
+    assert_one_line_error(result, str(loose), "0700")
+
+    fresh = shared / "fresh" / "admin.sock"
+    prepare_socket_path(fresh)  # created private
+    assert stat.S_IMODE(fresh.parent.stat().st_mode) == 0o700
+
+    # freshctl will not hand anything to a socket in a directory another user made
+    with socket.socket(socket.AF_UNIX) as impostor:
+        impostor.bind(str(taken / "admin.sock"))
+        impostor.listen(1)
+        impostor.setblocking(False)
+        ctl = await trio.to_thread.run_sync(functools.partial(
+            subprocess.run, [sys.executable, "-m", "freshd.ctl", "--socket", str(taken / "admin.sock"), "status"],
+            capture_output=True, text=True, timeout=20))
+        assert ctl.returncode == 3 and "refusing to connect" in ctl.stderr and f"uid {NOBODY}" in ctl.stderr
+        with pytest.raises(BlockingIOError):
+            impostor.accept()  # nobody connected
+    with pytest.raises(StartupError):
+        prepare_socket_path(taken / "admin.sock")
 
 
 # -- item 12: connection names of other tenants ---------------------------------------------------------

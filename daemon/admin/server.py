@@ -22,6 +22,7 @@ import grp
 import os
 import pwd
 import socket as stdlib_socket
+import stat
 import struct
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 import structlog
 import trio
 
+from freshd import paths
 from freshd.admin.protocol import (
     MAX_MESSAGE_BYTES,
     Caller,
@@ -42,7 +44,7 @@ from freshd.admin.protocol import (
     ok_reply,
     parse_request,
 )
-from freshd.errors import AdminError
+from freshd.errors import AdminError, StartupError
 
 log = structlog.get_logger(__name__)
 
@@ -104,20 +106,50 @@ def authorize(peer: Peer, rules: AccessRules) -> Caller:
                                           "daemon's user, in its admin group, or mapped to a tenant)")
 
 
-def _prepare_path(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() and not path.is_symlink():
+def prepare_socket_path(path: Path) -> None:
+    """Make `path` ready to bind, or raise StartupError saying why it cannot be.
+
+    The directory is created if missing (mode 0700 inside a shared directory like /tmp,
+    where it must also be ours and private, or another user could take our place).
+    Only a socket left by a daemon that died is ever removed: anything else at `path`
+    is refused, never deleted.
+    """
+    directory = path.parent
+    shared = paths.in_shared_dir(directory)
+    try:
+        directory.mkdir(mode=0o700 if shared else 0o777, parents=True, exist_ok=True)
+        info = directory.lstat()
+    except OSError as exc:
+        raise StartupError(f"cannot use {directory} for the admin socket: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise StartupError(f"cannot use {directory} for the admin socket: not a directory")
+    if info.st_uid not in (os.geteuid(), 0) or (shared and info.st_uid != os.geteuid()):
+        raise StartupError(f"refusing {directory} for the admin socket: it belongs to uid {info.st_uid}, "
+                           f"not to freshd's uid {os.geteuid()}; remove it or choose another runtime_dir")
+    if shared and stat.S_IMODE(info.st_mode) & 0o077:
+        raise StartupError(f"refusing {directory} for the admin socket: mode "
+                           f"{stat.S_IMODE(info.st_mode):04o} lets other users in; it must be 0700")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StartupError(f"cannot create the admin socket in {directory}: not writable")
+    try:
+        existing = path.lstat()
+    except FileNotFoundError:
         return
+    except OSError as exc:
+        raise StartupError(f"cannot use {path} for the admin socket: {exc.strerror or exc}") from None
+    if not stat.S_ISSOCK(existing.st_mode):
+        raise StartupError(f"refusing {path} for the admin socket: it exists and is not a socket "
+                           "(it is left alone; remove it or choose another path)")
     probe = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
     except OSError as exc:
         if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            path.unlink(missing_ok=True)  # left by a daemon that died
+            path.unlink(missing_ok=True)  # a socket left by a daemon that died
             return
-        raise
+        raise StartupError(f"cannot use {path} for the admin socket: {exc.strerror or exc}") from None
     else:
-        raise RuntimeError(f"another freshd is already listening on {path}")
+        raise StartupError(f"another freshd is already listening on {path}")
     finally:
         probe.close()
 
@@ -135,14 +167,19 @@ async def serve_admin(
 ) -> None:
     admin_gid = grp.getgrnam(group).gr_gid if group else None
     rules = rules or AccessRules(admin_gid)
-    _prepare_path(path)
+    prepare_socket_path(path)
     listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     slots = trio.Semaphore(max_connections)
+    bound = False
     try:
-        await listener.bind(str(path))
-        os.chmod(path, mode)
-        if admin_gid is not None:
-            os.chown(path, -1, admin_gid)
+        try:
+            await listener.bind(str(path))
+            bound = True
+            os.chmod(path, mode)
+            if admin_gid is not None:
+                os.chown(path, -1, admin_gid)
+        except OSError as exc:
+            raise StartupError(f"cannot create the admin socket {path}: {exc.strerror or exc}") from None
         listener.listen(max_connections)
         async with trio.open_nursery() as nursery:
             task_status.started()
@@ -153,8 +190,9 @@ async def serve_admin(
                 nursery.start_soon(_serve_client, sock, handler, rules, request_timeout, slots)
     finally:
         listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # noqa: ASYNC240 - one unlink on the way out
+        if bound:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # noqa: ASYNC240 - one unlink on the way out
 
 
 async def _serve_client(
