@@ -267,7 +267,9 @@ async def run_daemon(
                 lambda task_status: serve_admin(
                     Path(admin.socket), DaemonAdmin(daemon), mode=admin.socket_mode, group=admin.group,
                     rules=AccessRules.from_config(admin.group, admin.tenants),
-                    request_timeout=admin.request_timeout, task_status=task_status,
+                    request_timeout=admin.request_timeout, idle_timeout=admin.idle_timeout,
+                    max_connections=admin.max_connections,
+                    max_connections_per_uid=admin.max_connections_per_uid, task_status=task_status,
                 )
             )
             if config.metrics.enabled:

@@ -3,6 +3,7 @@ refused in one line (and never deleted); another tenant's connection names stay 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -75,6 +76,106 @@ async def request(sock: Path, line: bytes = STATUS) -> dict[str, Any]:
     async with stream:
         await stream.send_all(line)
         return json.loads(await read_line(stream))  # type: ignore[no-any-return]
+
+
+HOLDER = """
+import json, socket, sys
+held, answers = [], []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(0.3)
+    try:
+        answers.append(json.loads(s.recv(65536)))  # refused at once
+    except socket.timeout:
+        answers.append(None)  # admitted: the daemon waits for a request
+    held.append(s)
+print(json.dumps(answers), flush=True)
+sys.stdin.read()  # hold the connections until the test lets go
+"""
+
+
+@contextlib.asynccontextmanager
+async def hold_connections(sock: Path, uid: int, count: int) -> AsyncIterator[list[Any]]:
+    """`count` idle connections opened by `uid`: yields, per connection, the refusal or None."""
+    process = await trio.lowlevel.open_process(
+        ["/usr/bin/python3", "-c", HOLDER, str(sock), str(count)], user=uid,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        out = b""
+        while not out.endswith(b"\n"):
+            chunk = await process.stdout.receive_some(65536)
+            assert chunk, "the holder died"
+            out += chunk
+        yield json.loads(out)
+    finally:
+        if process.stdin is not None:
+            await process.stdin.aclose()
+        with trio.move_on_after(5):
+            await process.wait()
+        process.kill()
+
+
+# -- item 5: lock-outs -----------------------------------------------------------------------------------
+
+
+async def test_idle_clients_cannot_lock_out_status(nursery: trio.Nursery, home: Path, database_url: str) -> None:
+    sock = await start(nursery, home, database_url,
+                       'max_connections = 6\nmax_connections_per_uid = 2\nidle_timeout = "1s"\n')
+    with trio.fail_after(10):
+        idle = [await connect(sock) for _ in range(6)]
+        for stream in idle[:3]:
+            await stream.send_all(b'{"v": 1, "id": 1, "cmd": "sta')  # a partial line, never finished
+        refused = await request(sock)  # every seat taken: refused at once, not left waiting
+        assert refused["error"]["code"] == "unavailable"
+        for stream in idle:  # the idle and the dripping: both cut off after idle_timeout
+            closing = json.loads(await read_line(stream))
+            assert closing["error"]["code"] == "timeout"
+            assert await stream.receive_some(65536) == b""
+        status = await request(sock)
+        assert status["ok"] is True
+
+
+async def test_vanished_watch_clients_free_their_seats_at_once(
+    nursery: trio.Nursery, home: Path, database_url: str,
+) -> None:
+    sock = await start(nursery, home, database_url, 'max_connections = 6\nmax_connections_per_uid = 2\n')
+    with trio.fail_after(10):
+        watchers = [await connect(sock) for _ in range(6)]
+        for stream in watchers:
+            await stream.send_all(WATCH_ALL)  # no job runs: no event will ever be sent to them
+        await trio.sleep(0.3)
+        for stream in watchers:
+            await stream.aclose()
+    with trio.fail_after(3):  # well inside the 60 s idle timeout: only hang-up detection frees them
+        while (status := await request(sock)).get("error", {}).get("code") == "unavailable":
+            await trio.sleep(0.05)
+        assert status["ok"] is True
+
+
+@needs_root
+async def test_one_user_cannot_take_every_connection(nursery: trio.Nursery, home: Path, database_url: str) -> None:
+    sock = await start(nursery, home, database_url, 'max_connections = 8\nmax_connections_per_uid = 2\n')
+    with trio.fail_after(15):
+        async with hold_connections(sock, NOBODY, 3) as answers:
+            assert answers[:2] == [None, None]
+            assert answers[2]["error"]["code"] == "unavailable"
+            assert "the most one user may" in answers[2]["error"]["message"]
+            assert (await request(sock))["ok"] is True
+
+
+@needs_root
+async def test_other_users_filling_the_socket_cannot_lock_out_root(
+    nursery: trio.Nursery, home: Path, database_url: str,
+) -> None:
+    sock = await start(nursery, home, database_url, 'max_connections = 8\nmax_connections_per_uid = 2\n')
+    with trio.fail_after(20):
+        async with hold_connections(sock, NOBODY, 2) as tenant, hold_connections(sock, STRANGER, 2) as stranger:
+            assert tenant == [None, None] and stranger == [None, None]  # 8 - 4 reserved: all taken
+            async with hold_connections(sock, STRANGER - 1, 1) as third:
+                assert third[0]["error"]["code"] == "unavailable"
+                assert "every admin connection is taken" in third[0]["error"]["message"]
+            status = await request(sock)  # root: a reserved seat
+            assert status["ok"] is True
 
 
 # -- item 7: the socket path at start-up -----------------------------------------------------------------
