@@ -13,7 +13,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import trio
 
 from freshd.app import run_daemon
 from freshd.config import load_config
+from freshd.errors import ConfigError
 
 NOBODY = 65534
 STRANGER = 65533  # a uid with no account: forbidden, but it can still hold connections
@@ -32,11 +33,11 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as 
 
 
 @pytest.fixture
-def home() -> AsyncIterator[Path]:
+def home() -> Iterator[Path]:
     """A directory other uids can traverse (pytest's tmp_path lives under a 0700 parent)."""
     path = Path(tempfile.mkdtemp(prefix="freshd-hardening-"))
     os.chmod(path, 0o755)
-    yield path  # type: ignore[misc]
+    yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -176,6 +177,16 @@ async def test_other_users_filling_the_socket_cannot_lock_out_root(
                 assert "every admin connection is taken" in third[0]["error"]["message"]
             status = await request(sock)  # root: a reserved seat
             assert status["ok"] is True
+
+
+def test_a_per_uid_cap_that_leaves_root_no_seat_is_refused(home: Path) -> None:
+    config_path = home / "freshd.toml"
+    config_path.write_text('[admin]\nmax_connections = 8\nmax_connections_per_uid = 5\n')
+    with pytest.raises(ConfigError, match=r"admin.max_connections_per_uid: must be at most .* 4, got 5"):
+        load_config(config_path, env={})
+    config_path.write_text('[admin]\nidle_timeout = "0s"\n')
+    with pytest.raises(ConfigError, match=r"admin\.idle_timeout: must be longer than zero"):
+        load_config(config_path, env={})
 
 
 # -- item 7: the socket path at start-up -----------------------------------------------------------------

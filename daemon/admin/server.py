@@ -163,7 +163,7 @@ def prepare_socket_path(path: Path) -> None:
     shared = paths.in_shared_dir(directory)
     try:
         directory.mkdir(mode=0o700 if shared else 0o777, parents=True, exist_ok=True)
-        info = directory.lstat()
+        info = directory.lstat() if shared else directory.stat()  # in /tmp, a link is someone's trap
     except OSError as exc:
         raise StartupError(f"cannot use {directory} for the admin socket: {exc.strerror or exc}") from None
     if not stat.S_ISDIR(info.st_mode):
