@@ -190,7 +190,11 @@ def prepare_socket_path(path: Path) -> None:
         probe.connect(str(path))
     except OSError as exc:
         if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            path.unlink(missing_ok=True)  # a socket left by a daemon that died
+            try:
+                path.unlink(missing_ok=True)  # a socket left by a daemon that died
+            except OSError as unlink_error:
+                raise StartupError(f"cannot remove the stale socket {path}: "
+                                   f"{unlink_error.strerror or unlink_error}") from None
             return
         raise StartupError(f"cannot use {path} for the admin socket: {exc.strerror or exc}") from None
     else:
