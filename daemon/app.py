@@ -29,7 +29,7 @@ import trio
 from freshd import logs, metrics, systemd
 from freshd.actor import ConnectionState, PolicySettings
 from freshd.admin.commands import DaemonAdmin
-from freshd.admin.server import AccessRules, serve_admin
+from freshd.admin.server import AccessRules, prepare_socket_path, serve_admin
 from freshd.config import Config, load_config
 from freshd.embedded_pg import open_embedded_postgres
 from freshd.errors import ConfigError, StoreUnavailable
@@ -231,6 +231,8 @@ async def run_daemon(
     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon's whole life. Returns when shut down by a signal (or cancelled)."""
+    # an unusable socket path is refused before anything starts (no store change, no sync)
+    prepare_socket_path(Path(config.admin.socket))
     async with AsyncExitStack() as stack:
         systemd.status("starting: opening the store")
         url = config.database_url
@@ -267,7 +269,9 @@ async def run_daemon(
                 lambda task_status: serve_admin(
                     Path(admin.socket), DaemonAdmin(daemon), mode=admin.socket_mode, group=admin.group,
                     rules=AccessRules.from_config(admin.group, admin.tenants),
-                    request_timeout=admin.request_timeout, task_status=task_status,
+                    request_timeout=admin.request_timeout, idle_timeout=admin.idle_timeout,
+                    max_connections=admin.max_connections,
+                    max_connections_per_uid=admin.max_connections_per_uid, task_status=task_status,
                 )
             )
             if config.metrics.enabled:

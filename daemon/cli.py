@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from freshd import __version__
-from freshd.errors import ConfigError, StoreUnavailable
+from freshd.errors import ConfigError, FreshdError, StartupError, StoreUnavailable
 
 
 def _load(path: Path | None):  # type: ignore[no-untyped-def]
@@ -31,7 +31,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     configure_logging(config.log.level, config.log.format)
-    trio.run(lambda: run_daemon(config, config_path=args.config))
+    try:
+        trio.run(lambda: run_daemon(config, config_path=args.config))
+    except BaseExceptionGroup as group:
+        # a start-up failure inside the daemon's nursery arrives wrapped: report it like the others
+        sole: BaseException = group
+        while isinstance(sole, BaseExceptionGroup) and len(sole.exceptions) == 1:
+            sole = sole.exceptions[0]
+        if isinstance(sole, FreshdError):
+            raise sole from None
+        raise
     return 0
 
 
@@ -107,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"freshd: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, StartupError) as exc:
         print(f"freshd: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -113,12 +113,18 @@ class TenantAccess:
     groups: tuple[str, ...] = ()
 
 
+ADMIN_RESERVED_CONNECTIONS = 4  # admin seats only root and the daemon's uid may take: `status` always gets in
+
+
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     socket: Path = field(default_factory=paths.default_socket_path)
     socket_mode: int = 0o660  # written as the octal string "0660"
     group: str | None = None  # the socket's group (None: the daemon's primary group)
     request_timeout: float = 30.0
+    idle_timeout: float = 60.0  # a client with no complete request line for this long is closed
+    max_connections: int = 64
+    max_connections_per_uid: int = 16  # root and the daemon's uid are not capped (and have reserved seats)
     # [admin.tenants.NAME] users = [...], groups = [...]: tenant-scoped callers
     tenants: FrozenDict[str, TenantAccess] = field(default_factory=FrozenDict)
 
@@ -616,7 +622,8 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
     runtime_dir = Path(top.string("runtime_dir", str(paths.default_runtime_dir(env))))
 
     admin = top.table("admin")
-    admin.check_keys(("socket", "socket_mode", "group", "request_timeout", "tenants"))
+    admin.check_keys(("socket", "socket_mode", "group", "request_timeout", "idle_timeout", "max_connections",
+                      "max_connections_per_uid", "tenants"))
     tenants_table = admin.table("tenants")
     tenants: dict[str, TenantAccess] = {}
     for tenant in tenants_table.data:
@@ -628,8 +635,15 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         socket_mode=_socket_mode(admin, "socket_mode"),
         group=admin.string("group", None),
         request_timeout=admin.duration("request_timeout", 30.0),
+        idle_timeout=admin.duration("idle_timeout", 60.0),
+        max_connections=admin.integer("max_connections", 64, minimum=ADMIN_RESERVED_CONNECTIONS + 1),
+        max_connections_per_uid=admin.integer("max_connections_per_uid", 16, minimum=1),
         tenants=FrozenDict(tenants),
     )
+    others = admin_config.max_connections - ADMIN_RESERVED_CONNECTIONS  # the seats anyone may take
+    if admin_config.max_connections_per_uid > others:
+        admin.fail("max_connections_per_uid", f"must be at most max_connections - {ADMIN_RESERVED_CONNECTIONS} "
+                   f"(the seats kept for root), {others}, got {admin_config.max_connections_per_uid}")
 
     metrics = top.table("metrics")
     metrics.check_keys(("address", "enabled"))

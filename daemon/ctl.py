@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from freshd.admin.protocol import API_VERSION
-from freshd.paths import default_socket_path
+from freshd.paths import default_socket_path, untrusted_socket_dir
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -31,8 +31,15 @@ class DaemonError(Exception):
         super().__init__(message)
 
 
+def check_socket_dir(sock_path: Path) -> None:
+    """Refuse a socket in a /tmp directory someone else made: what we send (credentials) would be theirs."""
+    if (problem := untrusted_socket_dir(sock_path)) is not None:
+        raise Unreachable(f"refusing to connect: {problem}")
+
+
 def call(sock_path: Path, cmd: str, args: dict[str, Any], *, timeout: float) -> Any:
     request = json.dumps({"v": API_VERSION, "id": 1, "cmd": cmd, "args": args}).encode() + b"\n"
+    check_socket_dir(sock_path)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
@@ -62,6 +69,7 @@ def call(sock_path: Path, cmd: str, args: dict[str, Any], *, timeout: float) -> 
 def stream(sock_path: Path, cmd: str, args: dict[str, Any], *, timeout: float) -> Iterator[Any]:
     """A subscription: yield each event until the daemon's final reply."""
     request = json.dumps({"v": API_VERSION, "id": 1, "cmd": cmd, "args": args}).encode() + b"\n"
+    check_socket_dir(sock_path)
     try:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)

@@ -3,6 +3,7 @@
     FreshdError
     ├── ConfigError              configuration is invalid: refuse it whole, change nothing
     ├── StoreUnavailable         PostgreSQL cannot be reached: back off and retry
+    ├── StartupError             the daemon cannot run here (e.g. its socket path): say why, exit 1
     ├── AdminError               a bad admin request: reply with its stable code
     └── ProviderError            anything a provider said (or failed to say)
         ├── TransientError       retry later with backoff (timeouts, connection errors, 5xx)
@@ -36,6 +37,10 @@ class ConfigError(FreshdError):
 
 class StoreUnavailable(FreshdError):
     """The database cannot be reached or refused the connection."""
+
+
+class StartupError(FreshdError):
+    """The daemon cannot start where it was told to (an unusable admin socket path); one line says why."""
 
 
 class AdminError(FreshdError):

@@ -9,11 +9,16 @@ daemon that `freshd run` (or the demo) started as the same user:
   ``$XDG_STATE_HOME/freshd`` (or ``~/.local/state/freshd``).
 
 ``FRESHD_SOCKET`` and ``FRESHD_STATE_DIR`` override both.
+
+``/tmp/freshd-<uid>`` is a name any local user could take first: a socket
+directory inside a shared, world-writable directory must be ours (the daemon
+also wants it private, mode 0700), or credentials would go to a stranger.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -56,3 +61,33 @@ def default_socket_path(env: Mapping[str, str] | None = None) -> Path:
     if value := env.get("FRESHD_SOCKET"):
         return Path(value)
     return default_runtime_dir(env) / SOCKET_NAME
+
+
+def in_shared_dir(directory: Path) -> bool:
+    """True when `directory` sits in a world-writable, sticky directory (/tmp): anyone may have made it."""
+    try:
+        mode = directory.parent.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & stat.S_IWOTH and mode & stat.S_ISVTX)
+
+
+def untrusted_socket_dir(socket_path: Path) -> str | None:
+    """Why a client must not talk through `socket_path`, or None.
+
+    Only a directory in a shared place like /tmp is suspect: there it must be a real
+    directory owned by us (or root), never one another user created first.
+    """
+    directory = socket_path.parent
+    if not in_shared_dir(directory):
+        return None
+    try:
+        info = directory.lstat()
+    except OSError:
+        return None  # nothing there: the caller reports "not running"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{directory} is not a directory (a link or file someone else may have made)"
+    if info.st_uid not in (os.geteuid(), 0):
+        return (f"{directory} belongs to uid {info.st_uid}, not to you: another user may have created it "
+                "to receive what you send; remove it and restart freshd")
+    return None

@@ -193,7 +193,10 @@ class DaemonAdmin:
                                               dict(args["credentials"]), dict(args.get("options") or {})))
         except ConfigError as exc:
             raise AdminError(ErrorCode.BAD_REQUEST, str(exc)) from None
-        if await self.daemon.store.call(connections.get_connection, name, self.daemon.store.keyring) is not None:
+        existing = await self.daemon.store.call(connections.get_connection, name, self.daemon.store.keyring)
+        if existing is not None:
+            if not caller.sees(existing.tenant):  # names are global, but whose it is stays hidden
+                raise AdminError(ErrorCode.CONFLICT, "that connection name is not available; choose another")
             raise AdminError(ErrorCode.CONFLICT, f"a connection named {name!r} already exists")
 
         def add(conn: Any) -> tuple[connections.ConnectionRow, JobRow]:

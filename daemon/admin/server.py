@@ -1,7 +1,14 @@
 """serve_admin(): the admin Unix socket.
 
-One task per client, in the server's nursery (bounded by max_connections).
-Each client sends request lines and gets one reply line per request, in order.
+One task per client, in the server's nursery. Each client sends request lines
+and gets one reply line per request, in order.
+
+Limits (so no user can lock the others out): at most `max_connections` clients,
+`max_connections_per_uid` of them per uid, and the last ADMIN_RESERVED_CONNECTIONS
+seats for root and the daemon's uid only. Over a limit, a new connection gets
+one `unavailable` line and is closed; it never waits. A client with no complete
+request line within `idle_timeout` is closed (`timeout`), and so is one that
+stops reading replies for as long. A `watch` whose client hangs up ends at once.
 
 Error handling: malformed JSON, bad arguments and unknown commands get their
 error code and the connection stays usable; an oversize line gets `too_large`
@@ -22,6 +29,7 @@ import grp
 import os
 import pwd
 import socket as stdlib_socket
+import stat
 import struct
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +39,7 @@ from typing import Any, Protocol
 import structlog
 import trio
 
+from freshd import paths
 from freshd.admin.protocol import (
     MAX_MESSAGE_BYTES,
     Caller,
@@ -42,7 +51,8 @@ from freshd.admin.protocol import (
     ok_reply,
     parse_request,
 )
-from freshd.errors import AdminError
+from freshd.config import ADMIN_RESERVED_CONNECTIONS
+from freshd.errors import AdminError, StartupError, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -104,20 +114,91 @@ def authorize(peer: Peer, rules: AccessRules) -> Caller:
                                           "daemon's user, in its admin group, or mapped to a tenant)")
 
 
-def _prepare_path(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() and not path.is_symlink():
+REFUSAL_GRACE = 1.0  # a refused client gets this long to send its request before the close
+
+
+class Seats:
+    """Who holds the admin connections: a total, a cap per uid, and a few kept for root and the daemon.
+
+    Nobody waits for a seat: over a limit, the connection is refused at once. Root and the
+    daemon's own uid have no per-uid cap (they own the daemon anyway) and may take the
+    reserved seats, so no other user, however many connections it opens, locks them out.
+    """
+
+    def __init__(self, total: int, per_uid: int, reserved: int = ADMIN_RESERVED_CONNECTIONS) -> None:
+        self.total = total
+        self.per_uid = per_uid
+        self.reserved = min(reserved, total - 1)
+        self.in_use = 0
+        self._by_uid: dict[int, int] = {}
+
+    def take_nowait(self, uid: int) -> str | None:
+        """Take a seat for `uid`: None if taken, else why not (one line for the client)."""
+        privileged = uid in (0, os.geteuid())
+        held = self._by_uid.get(uid, 0)
+        if not privileged and held >= self.per_uid:
+            return f"uid {uid} already has {held} admin connections open, the most one user may; close some"
+        if self.in_use >= (self.total if privileged else self.total - self.reserved):
+            return "every admin connection is taken; try again later"
+        self.in_use += 1
+        self._by_uid[uid] = held + 1
+        return None
+
+    def release(self, uid: int) -> None:
+        self.in_use -= 1
+        held = self._by_uid.pop(uid) - 1
+        if held:
+            self._by_uid[uid] = held
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make `path` ready to bind, or raise StartupError saying why it cannot be.
+
+    The directory is created if missing (mode 0700 inside a shared directory like /tmp,
+    where it must also be ours and private, or another user could take our place).
+    Only a socket left by a daemon that died is ever removed: anything else at `path`
+    is refused, never deleted.
+    """
+    directory = path.parent
+    shared = paths.in_shared_dir(directory)
+    try:
+        directory.mkdir(mode=0o700 if shared else 0o777, parents=True, exist_ok=True)
+        info = directory.lstat() if shared else directory.stat()  # in /tmp, a link is someone's trap
+    except OSError as exc:
+        raise StartupError(f"cannot use {directory} for the admin socket: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise StartupError(f"cannot use {directory} for the admin socket: not a directory")
+    if info.st_uid not in (os.geteuid(), 0) or (shared and info.st_uid != os.geteuid()):
+        raise StartupError(f"refusing {directory} for the admin socket: it belongs to uid {info.st_uid}, "
+                           f"not to freshd's uid {os.geteuid()}; remove it or choose another runtime_dir")
+    if shared and stat.S_IMODE(info.st_mode) & 0o077:
+        raise StartupError(f"refusing {directory} for the admin socket: mode "
+                           f"{stat.S_IMODE(info.st_mode):04o} lets other users in; it must be 0700")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StartupError(f"cannot create the admin socket in {directory}: not writable")
+    try:
+        existing = path.lstat()
+    except FileNotFoundError:
         return
+    except OSError as exc:
+        raise StartupError(f"cannot use {path} for the admin socket: {exc.strerror or exc}") from None
+    if not stat.S_ISSOCK(existing.st_mode):
+        raise StartupError(f"refusing {path} for the admin socket: it exists and is not a socket "
+                           "(it is left alone; remove it or choose another path)")
     probe = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
     except OSError as exc:
         if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            path.unlink(missing_ok=True)  # left by a daemon that died
+            try:
+                path.unlink(missing_ok=True)  # a socket left by a daemon that died
+            except OSError as unlink_error:
+                raise StartupError(f"cannot remove the stale socket {path}: "
+                                   f"{unlink_error.strerror or unlink_error}") from None
             return
-        raise
+        raise StartupError(f"cannot use {path} for the admin socket: {exc.strerror or exc}") from None
     else:
-        raise RuntimeError(f"another freshd is already listening on {path}")
+        raise StartupError(f"another freshd is already listening on {path}")
     finally:
         probe.close()
 
@@ -130,78 +211,182 @@ async def serve_admin(
     group: str | None = None,
     rules: AccessRules | None = None,
     request_timeout: float = 30.0,
+    idle_timeout: float = 60.0,
     max_connections: int = 64,
+    max_connections_per_uid: int = 16,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     admin_gid = grp.getgrnam(group).gr_gid if group else None
     rules = rules or AccessRules(admin_gid)
-    _prepare_path(path)
+    prepare_socket_path(path)
     listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    slots = trio.Semaphore(max_connections)
+    seats = Seats(max_connections, max_connections_per_uid)
+    service = _Service(handler, rules, request_timeout, idle_timeout, seats)
+    bound = False
     try:
-        await listener.bind(str(path))
-        os.chmod(path, mode)
-        if admin_gid is not None:
-            os.chown(path, -1, admin_gid)
+        try:
+            await listener.bind(str(path))
+            bound = True
+            os.chmod(path, mode)
+            if admin_gid is not None:
+                os.chown(path, -1, admin_gid)
+        except OSError as exc:
+            raise StartupError(f"cannot create the admin socket {path}: {exc.strerror or exc}") from None
         listener.listen(max_connections)
         async with trio.open_nursery() as nursery:
             task_status.started()
             log.info("admin.listening", socket=str(path))
             while True:
+                # never wait here for a seat: one busy user must not stall everyone's accept
                 sock, _ = await listener.accept()
-                await slots.acquire()
-                nursery.start_soon(_serve_client, sock, handler, rules, request_timeout, slots)
+                try:
+                    peer = peer_credentials(sock)
+                except OSError:
+                    sock.close()
+                    continue
+                refusal = seats.take_nowait(peer.uid)
+                if refusal is not None:
+                    log.debug("admin.refused", peer_uid=peer.uid, reason=refusal)
+                    nursery.start_soon(_refuse, sock, refusal)
+                else:
+                    nursery.start_soon(_serve_client, sock, peer, service)
     finally:
         listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # noqa: ASYNC240 - one unlink on the way out
+        if bound:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # noqa: ASYNC240 - one unlink on the way out
 
 
-async def _serve_client(
-    sock: trio.socket.SocketType, handler: AdminHandler, rules: AccessRules, request_timeout: float,
-    slots: trio.Semaphore,
-) -> None:
+# the client went away, or stopped reading for longer than the idle timeout
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ConnectionError)
+
+
+async def _refuse(sock: trio.socket.SocketType, message: str) -> None:
+    """One `unavailable` line, then close; the client's request is read first (briefly) so the
+    close does not reset the connection before the client has read why."""
+    stream = trio.SocketStream(sock)
+    with trio.move_on_after(REFUSAL_GRACE), contextlib.suppress(*_GONE, OSError):
+        await stream.send_all(error_reply(None, ErrorCode.UNAVAILABLE, message))
+        await stream.receive_some(65536)
+    with contextlib.suppress(Exception):
+        await stream.aclose()
+
+
+async def _send(stream: trio.SocketStream, data: bytes, seconds: float) -> None:
+    with trio.fail_after(seconds):  # a client that stops reading does not keep its seat forever
+        await stream.send_all(data)
+
+
+async def _next_request(stream: trio.SocketStream, buffer: bytearray) -> bytes | None:
+    """The next non-blank line (its newline removed), or None when the client has finished."""
+    while True:
+        newline = buffer.find(b"\n")
+        if newline < 0:
+            if len(buffer) > MAX_MESSAGE_BYTES:
+                raise AdminError(ErrorCode.TOO_LARGE, f"request larger than {MAX_MESSAGE_BYTES} bytes")
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return None
+            buffer += chunk
+            continue
+        line = bytes(buffer[:newline])
+        del buffer[:newline + 1]
+        if line.strip():
+            return line
+
+
+@dataclass(frozen=True, slots=True)
+class _Service:
+    """What every client's task shares."""
+
+    handler: AdminHandler
+    rules: AccessRules
+    request_timeout: float
+    idle_timeout: float
+    seats: Seats
+
+
+async def _serve_client(sock: trio.socket.SocketType, peer: Peer, service: _Service) -> None:
+    idle_timeout = service.idle_timeout
     stream = trio.SocketStream(sock)
     try:
-        peer = peer_credentials(sock)
         buffer = bytearray()
         while True:
-            newline = buffer.find(b"\n")
-            if newline < 0:
-                if len(buffer) > MAX_MESSAGE_BYTES:
-                    await stream.send_all(error_reply(None, ErrorCode.TOO_LARGE,
-                                                      f"request larger than {MAX_MESSAGE_BYTES} bytes"))
-                    return
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                buffer += chunk
-                continue
-            line, buffer = bytes(buffer[:newline]), buffer[newline + 1:]
-            if line.strip():
-                answer = await _answer(line, peer, handler, rules, request_timeout)
-                if isinstance(answer, bytes):
-                    await stream.send_all(answer)
-                else:
-                    await _stream_events(stream, *answer)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
-        pass  # the client went away
+            # one deadline for the whole line: an idle client and one dripping bytes both lose their seat
+            line: bytes | None = None
+            with trio.move_on_after(idle_timeout) as idle:
+                try:
+                    line = await _next_request(stream, buffer)
+                except AdminError as exc:
+                    await _send(stream, error_reply(None, exc.code, exc.message), idle_timeout)
+                    return  # framing is lost
+            if idle.cancelled_caught:
+                await _send(stream, error_reply(None, ErrorCode.TIMEOUT,
+                                                f"no request within {idle_timeout:g} s; closing"), 1.0)
+                return
+            if line is None:
+                return
+            answer = await _answer(line, peer, service.handler, service.rules, service.request_timeout)
+            if isinstance(answer, bytes):
+                await _send(stream, answer, idle_timeout)
+            elif not await _stream_events(stream, buffer, idle_timeout, *answer):
+                return
+    except _GONE:
+        pass
     finally:
-        slots.release()
+        service.seats.release(peer.uid)
         with contextlib.suppress(Exception):
             await stream.aclose()
 
 
-async def _stream_events(stream: trio.SocketStream, request_id: Any, events: AsyncIterator[Any]) -> None:
-    """A subscription: one frame per event, then a final reply; ends early if the client leaves."""
+async def _stream_events(
+    stream: trio.SocketStream, buffer: bytearray, send_timeout: float, request_id: Any, events: AsyncIterator[Any]
+) -> bool:
+    """A subscription: one frame per event, then a final reply. Returns False if the client left.
+
+    The socket is read meanwhile: a client that hangs up ends its subscription at once, even
+    when no event is due (its seat would otherwise stay taken until the next event). Lines it
+    sends during the subscription wait in `buffer` for their turn.
+    """
+    gone = False
+
+    async def end_on_hangup(scope: trio.CancelScope) -> None:
+        nonlocal gone
+        try:
+            while len(buffer) <= MAX_MESSAGE_BYTES:  # past that, the main loop answers too_large
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    gone = True
+                    break
+                buffer.extend(chunk)
+        except _GONE:
+            gone = True
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(end_on_hangup, nursery.cancel_scope)
+        try:
+            await _send_events(stream, send_timeout, request_id, events)
+        except _GONE:
+            gone = True
+        nursery.cancel_scope.cancel()
+    return not gone
+
+
+async def _send_events(stream: trio.SocketStream, send_timeout: float, request_id: Any,
+                       events: AsyncIterator[Any]) -> None:
     async with contextlib.aclosing(events):  # type: ignore[type-var]
         try:
             async for event in events:
-                await stream.send_all(event_frame(request_id, event))
+                await _send(stream, event_frame(request_id, event), send_timeout)
         except AdminError as exc:
-            await stream.send_all(error_reply(request_id, exc.code, exc.message))
+            await _send(stream, error_reply(request_id, exc.code, exc.message), send_timeout)
             return
-    await stream.send_all(ok_reply(request_id, {"end": True}))
+        except StoreUnavailable as exc:
+            await _send(stream, error_reply(request_id, ErrorCode.UNAVAILABLE,
+                                            f"the database is unavailable: {exc}"), send_timeout)
+            return
+    await _send(stream, ok_reply(request_id, {"end": True}), send_timeout)
 
 
 async def _answer(
