@@ -3,6 +3,7 @@
     FreshdError
     ├── ConfigError              configuration is invalid: refuse it whole, change nothing
     ├── StoreUnavailable         PostgreSQL cannot be reached: back off and retry
+    ├── Fenced                   this member lost the connection's lease: stop, write nothing more
     ├── StartupError             the daemon cannot run here (e.g. its socket path): say why, exit 1
     ├── AdminError               a bad admin request: reply with its stable code
     └── ProviderError            anything a provider said (or failed to say)
@@ -41,6 +42,10 @@ class StoreUnavailable(FreshdError):
 
 class StartupError(FreshdError):
     """The daemon cannot start where it was told to (an unusable admin socket path); one line says why."""
+
+
+class Fenced(FreshdError):
+    """A write for a connection whose lease this member no longer holds (scale-out): refused whole."""
 
 
 class AdminError(FreshdError):

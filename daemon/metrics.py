@@ -21,6 +21,12 @@
                                                                    (too large a share, needs confirmation)
     freshd_provider_clock_skew_total{provider}            counter  provider clocks refused as a cursor source
     freshd_provider_responses_refused_total{provider,reason} counter  too_large, retry_after_too_long, deadline
+    freshd_cluster_members_alive                          gauge    daemons heart-beating on this database
+    freshd_cluster_leases_held                            gauge    connections this member runs
+    freshd_cluster_leases_lost_total                      counter  leases this member could not renew
+    freshd_cluster_fencing_rejections_total               counter  writes refused: the lease was gone
+    freshd_cluster_handovers_total{direction}             counter  given (to a member that joined), taken
+    freshd_cluster_takeover_seconds                       histogram  lease expiry to take-over (dead owner)
 
 Labels never name a connection: a fleet of thousands of connections must not mean thousands
 of series.  Per-connection detail is the admin socket's job (``freshctl status``).
@@ -59,7 +65,13 @@ __all__ = [
     "breaker_transitions_total",
     "build_info",
     "circuits_open",
+    "cluster_handovers_total",
+    "cluster_leases_held",
+    "cluster_leases_lost_total",
+    "cluster_members_alive",
+    "cluster_takeover_seconds",
     "db_write_seconds",
+    "fencing_rejections_total",
     "provider_clock_skew_total",
     "provider_requests_total",
     "provider_responses_refused_total",
@@ -146,6 +158,21 @@ provider_responses_refused_total = Counter(
     "Provider responses refused: body too large, Retry-After too long, request deadline passed.",
     ["provider", "reason"], registry=REGISTRY,
 )
+
+cluster_members_alive = Gauge("freshd_cluster_members_alive", "Daemons heart-beating on this database.",
+                              registry=REGISTRY)
+cluster_leases_held = Gauge("freshd_cluster_leases_held", "Connections whose lease this member holds.",
+                            registry=REGISTRY)
+cluster_leases_lost_total = Counter("freshd_cluster_leases_lost_total",
+                                    "Leases this member could not renew (expired or taken over).", registry=REGISTRY)
+fencing_rejections_total = Counter("freshd_cluster_fencing_rejections_total",
+                                   "Writes refused because the writer no longer held the lease.", registry=REGISTRY)
+cluster_handovers_total = Counter("freshd_cluster_handovers_total",
+                                  "Connections handed over: given to a member that should run them, or taken.",
+                                  ["direction"], registry=REGISTRY)
+cluster_takeover_seconds = Histogram(
+    "freshd_cluster_takeover_seconds", "From a dead owner's lease expiry to its take-over by this member.",
+    registry=REGISTRY, buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120))
 
 # -- computed at scrape time -----------------------------------------------------------------------------
 

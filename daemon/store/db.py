@@ -17,9 +17,11 @@ the next call opens a fresh one.  Callers decide whether to retry.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
 import psycopg
@@ -28,7 +30,7 @@ import trio
 from psycopg.rows import dict_row
 
 from freshd import metrics, systemd
-from freshd.errors import StoreUnavailable
+from freshd.errors import Fenced, StoreUnavailable
 from freshd.secrets import Keyring
 from freshd.store import migrate
 
@@ -43,6 +45,28 @@ CONNECT_TIMEOUT = 5
 RETRY_CAP = 30.0
 
 
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """What a connection's writes are checked against: this member still holds this lease epoch."""
+
+    connection_id: int
+    member: str
+    epoch: int
+
+
+def check_fence(conn: Connection, fence: Fence) -> None:
+    """First statement of every fenced transaction.  FOR SHARE: a take-over (which bumps the epoch)
+    waits for this transaction, so the write lands before it or not at all."""
+    row = conn.execute(
+        "SELECT 1 FROM leases WHERE connection_id = %s AND owner = %s AND epoch = %s FOR SHARE",
+        (fence.connection_id, fence.member, fence.epoch),
+    ).fetchone()
+    if row is None:
+        metrics.fencing_rejections_total.inc()
+        raise Fenced(f"member {fence.member} no longer holds connection {fence.connection_id}'s lease "
+                     f"(epoch {fence.epoch}): write refused")
+
+
 class Store:
     """Opened by :func:`open_store`; shared by every actor."""
 
@@ -54,6 +78,15 @@ class Store:
         self._idle: list[Connection] = []
         self._closed = False
         self.available = True
+        self._fence: Fence | None = None
+
+    def fenced(self, fence: Fence) -> Store:
+        """This store, with every call's transaction first checking `fence` (the connection's lease
+        epoch): a member that lost the lease writes nothing, whatever it was doing.  A view sharing
+        the pool, the limiter and the keyring."""
+        view = copy.copy(self)
+        view._fence = fence
+        return view
 
     async def call(
         self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
@@ -112,6 +145,8 @@ class Store:
                 )
             started = time.perf_counter()
             with conn.transaction():
+                if self._fence is not None:
+                    check_fence(conn, self._fence)
                 result = fn(conn, *args, **kwargs)
             metrics.db_write_seconds.observe(time.perf_counter() - started)
             return conn, result

@@ -1,0 +1,213 @@
+"""Membership and leases: which connections this daemon runs when several share one database.
+
+`Membership.serve` registers this daemon (a member) and then, every `renew_interval`, runs one
+lease round in one transaction (freshd.store.cluster.lease_round): heartbeat on the database
+clock, renew the leases it holds (scoped by owner AND epoch), give back the connections another
+member should run, take the ones that are its own and free or expired.  Who should run a
+connection is decided by rendezvous (highest-random-weight) hashing of the connection over the
+live members' stable names, so a member joining or leaving moves only its share; a member is
+handed connections only once it has been alive for `handover` (a flapping member causes no
+churn).  The supervisor runs exactly the connections this member holds, each actor writing
+through a store fenced by its lease epoch (freshd.store.db.Fence).
+
+A member that cannot renew before its leases' deadline, measured on its own monotonic clock
+from the start of the last successful round, stops every actor at once: it does not wait to be
+told (a SIGSTOPped daemon that wakes up finds its deadline passed).  Its in-flight requests
+are cancelled; any write it still attempts is refused by the fence.
+
+Error handling: a round that fails (database down) is retried at the next interval; the leases
+run out after `lease_ttl` and the actors stop; the next successful round takes them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from freshd import __version__, metrics
+from freshd.errors import StoreUnavailable
+from freshd.store import Store, cluster
+from freshd.store.connections import ConnectionRow
+from freshd.store.db import Fence
+
+log = structlog.get_logger(__name__)
+
+DEADLINE_MARGIN = 1.0  # seconds the local lease deadline keeps ahead of the database's expiry
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    member_name: str | None = None  # stable across restarts; default: host + admin socket path
+    lease_ttl: float = 10.0
+    handover: float = 10.0  # a joining member is handed connections once up this long
+
+    @property
+    def renew_interval(self) -> float:
+        return self.lease_ttl / 4
+
+
+def default_member_name(socket_path: str) -> str:
+    return f"{socket.gethostname()}:{socket_path}"
+
+
+def rendezvous_owner(connection_id: int, names: Iterable[str]) -> str | None:
+    """The member name with the highest hash weight for this connection (None: no member)."""
+    best: tuple[int, str] | None = None
+    for name in names:
+        weight = int.from_bytes(hashlib.blake2b(f"{name}\0{connection_id}".encode(), digest_size=8).digest(), "big")
+        if best is None or (weight, name) > best:
+            best = (weight, name)
+    return None if best is None else best[1]
+
+
+def _pid_gone(host: str, pid: int) -> bool:
+    """Is an earlier daemon on this host certainly not running any more?"""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return pid == os.getpid()  # our own pid reused by this very process: that daemon is gone
+
+
+# what the daemon gives the membership: the connections that exist, and how to run exactly a set
+# of them (the ids in the second argument are stopped at once, not at a committed cursor: their
+# lease is gone, and any write they attempted would be refused anyway)
+LoadRows = Callable[[], Awaitable[list[ConnectionRow]]]
+RunOwned = Callable[[list[tuple[ConnectionRow, Fence]], set[int]], Awaitable[None]]
+
+
+@dataclass
+class Membership:
+    store: Store
+    settings: ClusterSettings
+    name: str
+    load_rows: LoadRows
+    run_owned: RunOwned
+    id: str = ""
+    held: dict[int, int] = field(default_factory=dict)  # connection id -> epoch
+    owners: dict[int, str | None] = field(default_factory=dict)  # every connection's owner (member id)
+    members: list[cluster.Member] = field(default_factory=list)
+    deadline: float = 0.0  # trio clock: our leases are good until then
+    _wake: trio.Event = field(default_factory=trio.Event)
+    _rows: dict[int, ConnectionRow] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.id = self.id or f"{self.name}#{secrets.token_hex(4)}"
+
+    # -- what others ask ------------------------------------------------------------------------------
+
+    def owns(self, connection_id: int) -> bool:
+        return connection_id in self.held and trio.current_time() < self.deadline
+
+    def owner_of(self, connection_id: int) -> str | None:
+        return self.id if connection_id in self.held else self.owners.get(connection_id)
+
+    def wake(self) -> None:
+        """Run a round now (a connection was added or removed)."""
+        self._wake.set()
+
+    def alive_members(self) -> list[cluster.Member]:
+        return [m for m in self.members if m.alive]
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        ttl = self.settings.lease_ttl
+        released = await self.store.call(
+            cluster.register, self.id, name=self.name, host=socket.gethostname(), pid=os.getpid(),
+            version=__version__, ttl=ttl, predecessor_dead=_pid_gone)
+        log.info("cluster.joined", member=self.id, released_from=released or None, lease_ttl=ttl)
+        await self._round()  # the first round before we say we are ready: our connections run
+        task_status.started()
+        try:
+            while True:
+                wait = self.settings.renew_interval
+                if self.held:  # wake up no later than our deadline
+                    wait = max(0.0, min(wait, self.deadline - trio.current_time()))
+                with trio.move_on_after(wait):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                # first: past our deadline (the database was unreachable, or this process was
+                # stopped), nothing of ours may run a moment longer, whatever the next round says
+                if self.held and trio.current_time() >= self.deadline:
+                    await self._lose(list(self.held), "the leases could not be renewed in time")
+                try:
+                    await self._round()
+                except StoreUnavailable as exc:
+                    log.warning("cluster.round_failed", error=str(exc))
+        finally:
+            with trio.move_on_after(2.0) as scope:  # a clean leave frees our leases at once
+                scope.shield = True
+                try:
+                    await self.run_owned([], set())
+                    await self.store.call(cluster.leave, self.id)
+                    log.info("cluster.left", member=self.id)
+                except StoreUnavailable:
+                    pass
+
+    async def _round(self) -> None:
+        started = trio.current_time()
+        by_id = {row.id: row for row in await self.load_rows()}
+        self._rows = by_id
+        self.members = await self.store.call(cluster.members, self.settings.lease_ttl)
+        eligible = {m.name for m in self.members
+                    if m.alive and (m.age >= self.settings.handover or m.id == self.id)}
+        eligible.add(self.name)
+        wanted = {cid for cid in by_id if rendezvous_owner(cid, eligible) == self.name}
+        # give back what a member that has been up long enough should now run (its hand-over)
+        settled = {m.name for m in self.members if m.alive and m.age >= self.settings.handover} | {self.name}
+        release = {cid for cid in self.held
+                   if cid not in by_id or rendezvous_owner(cid, settled) != self.name}
+        if release:
+            await self._stop(release, abrupt=False)  # their jobs are interrupted at a committed cursor first
+        outcome = await self.store.call(
+            cluster.lease_round, self.id, ttl=self.settings.lease_ttl, held=dict(self.held), wanted=wanted,
+            release=release)
+        if not await self.store.call(cluster.heartbeat, self.id):
+            await self._lose(list(self.held), "this member was declared gone")
+            raise StoreUnavailable("this member's row is gone: re-registering")
+        self.deadline = started + self.settings.lease_ttl - DEADLINE_MARGIN
+        for cid in release:
+            if cid in self.held:
+                metrics.cluster_handovers_total.labels("given").inc()
+                log.info("cluster.handed_over", connection_id=cid)
+        if outcome.lost:
+            metrics.cluster_leases_lost_total.inc(len(outcome.lost))
+            log.warning("cluster.leases_lost", connections=outcome.lost[:20], count=len(outcome.lost))
+            await self._stop(outcome.lost, abrupt=True)
+        for cid, late in outcome.took_over.items():
+            metrics.cluster_handovers_total.labels("taken").inc()
+            metrics.cluster_takeover_seconds.observe(max(0.0, late))
+            log.info("cluster.took_over", connection_id=cid, expired_for=round(late, 2))
+        self.held = {**outcome.renewed, **outcome.acquired}
+        self.owners = outcome.owners
+        metrics.cluster_members_alive.set(len(self.alive_members()))
+        metrics.cluster_leases_held.set(len(self.held))
+        owned = [(by_id[cid], Fence(cid, self.id, epoch)) for cid, epoch in self.held.items() if cid in by_id]
+        await self.run_owned(owned, set())
+
+    async def _stop(self, connection_ids: Iterable[int], *, abrupt: bool) -> None:
+        stopping = set(connection_ids)
+        # from the rows of the last round: stopping must not wait for a database that may be down
+        keep = [(row, Fence(cid, self.id, self.held[cid])) for cid, row in self._rows.items()
+                if cid in self.held and cid not in stopping]
+        await self.run_owned(keep, stopping if abrupt else set())
+
+    async def _lose(self, connection_ids: list[int], why: str) -> None:
+        log.warning("cluster.stopping_actors", reason=why, connections=len(connection_ids))
+        metrics.cluster_leases_lost_total.inc(len(connection_ids))
+        for cid in connection_ids:
+            self.held.pop(cid, None)
+        metrics.cluster_leases_held.set(len(self.held))
+        await self._stop(connection_ids, abrupt=True)
