@@ -9,9 +9,13 @@ Start-up, each step only after the one before it is really ready:
   5. READY=1 to systemd.
 
 SIGHUP reloads the config file: an invalid file is refused whole and the
-running configuration stays.  SIGTERM/SIGINT: STOPPING=1, no new work, every
-actor's in-flight commit finishes (store calls are never abandoned), running
-jobs are marked interrupted, and the process exits 0 within the stop deadline.
+running configuration stays.  A reload that finds the database unavailable
+is deferred and retried with backoff (`config.reload_deferred`) by the reload
+task, so signals keep being handled meanwhile; a newer SIGHUP replaces it.
+
+SIGTERM/SIGINT: STOPPING=1, no new work, every actor's in-flight commit
+finishes (store calls are never abandoned), running jobs are marked
+interrupted, and the process exits 0 within the stop deadline.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from freshd.supervisor import Supervisor
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_DEADLINE = 8.0  # systemd's TimeoutStopSec is 15 s; the brief promises exit within 10 s
+RELOAD_RETRY_START = 1.0  # a reload deferred by a database outage: 1 s doubling to 30 s
+RELOAD_RETRY_MAX = 30.0
 
 
 def policy_settings(config: Config) -> PolicySettings:
@@ -74,6 +80,7 @@ class Daemon:
         self.started_at = datetime.now(UTC)
         self.metrics_url: str | None = None
         self.scheduler: Any = None
+        self._reload_wanted = trio.Event()  # set by SIGHUP; one pending reload, the newest wins
 
     # -- connections from the config file ---------------------------------------------------------
 
@@ -114,16 +121,61 @@ class Daemon:
         for cid, job_id in queued.items():
             self.supervisor.send_nowait(never[cid], JobQueued(job_id))
 
-    async def reload(self) -> None:
-        systemd.reloading()
+    def load_for_reload(self) -> Config | None:
+        """The config file read afresh, or None (logged) if it is invalid: the running one stays."""
         try:
-            config = load_config(self.config_path)
+            return load_config(self.config_path)
         except ConfigError as exc:
             log.error("config.reload_refused", error=str(exc))
-        else:
-            await self.apply_config(config)
-            log.info("config.reloaded", connections=len(config.connections))
+            return None
+
+    async def reload(self) -> None:
+        """One reload attempt; raises StoreUnavailable if the database cannot take it (nothing is lost:
+        `apply_config` is idempotent, so the attempt can simply be made again)."""
+        systemd.reloading()
+        try:
+            if (config := self.load_for_reload()) is not None:
+                await self.apply_config(config)
+                log.info("config.reloaded", connections=len(config.connections))
         finally:
+            systemd.ready()
+
+    def request_reload_nowait(self) -> None:
+        """SIGHUP: ask the reload task for a reload (a pending one is replaced by this newer one)."""
+        self._reload_wanted.set()
+
+    async def serve_reloads(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Applies requested reloads one at a time, apart from the signal handler, so a database outage
+        defers a reload (retried with backoff until the store answers) instead of blocking SIGTERM
+        or killing the daemon."""
+        task_status.started()
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted = trio.Event()
+            systemd.reloading()
+            config = self.load_for_reload()
+            delay, attempts = RELOAD_RETRY_START, 0
+            while config is not None:
+                try:
+                    await self.apply_config(config)
+                except StoreUnavailable as exc:
+                    attempts += 1
+                    if attempts == 1:  # once, not at every retry
+                        log.warning("config.reload_deferred", retry_in=delay, error=str(exc),
+                                    reason="the database is unavailable; the running configuration stays")
+                        systemd.ready()  # not stuck 'reloading': the old configuration keeps running
+                        systemd.status("degraded: config reload deferred, the database is unavailable")
+                    else:
+                        log.debug("config.reload_retry_failed", attempts=attempts, retry_in=delay, error=str(exc))
+                    with trio.move_on_after(delay):
+                        await self._reload_wanted.wait()
+                    if self._reload_wanted.is_set():
+                        break  # a newer SIGHUP: read the file again instead
+                    delay = min(delay * 2, RELOAD_RETRY_MAX)
+                else:
+                    log.info("config.reloaded", connections=len(config.connections),
+                             **({"deferred_attempts": attempts} if attempts else {}))
+                    break
             systemd.ready()
 
     # -- sweeps -------------------------------------------------------------------------------------
@@ -212,7 +264,7 @@ async def _handle_signals(daemon: Daemon, root: trio.CancelScope) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 log.info("signal.reload")
-                await daemon.reload()
+                daemon.request_reload_nowait()  # applied by serve_reloads: never blocks this loop
                 continue
             log.info("signal.shutdown", signal=signal.Signals(signum).name)
             systemd.stopping()
@@ -276,6 +328,7 @@ async def run_daemon(
             add_sweeps(scheduler, daemon.sweeps())
             daemon.scheduler = scheduler
             await root.start(serve_scheduler, scheduler)
+            await root.start(daemon.serve_reloads)
             root.start_soon(_handle_signals, daemon, root.cancel_scope)
             root.start_soon(systemd.serve_watchdog)
 
