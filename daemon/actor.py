@@ -28,7 +28,7 @@ import trio
 
 from freshd import logs
 from freshd.connectors.base import ConnectionSettings, Connector, connector_class
-from freshd.errors import CircuitOpen, ProviderError, ReauthRequired
+from freshd.errors import CircuitOpen, ProviderError, ReauthRequired, StoreUnavailable
 from freshd.messages import (
     ActorMessage,
     CancelJob,
@@ -409,9 +409,21 @@ class ConnectionActor:
             if _only_cancelled(exc):
                 # shutdown or Stop: the in-flight commit finished (store calls are not abandoned);
                 # say so in the job's row so the next start resumes it
+                # (bounded: Store.call cancels the statement at this deadline, e.g. behind a row lock)
+                problem: str | None = None
                 with trio.move_on_after(SHUTDOWN_WRITE_TIMEOUT) as scope:
                     scope.shield = True
-                    await self.store.call(self._interrupt, active.job.id)
+                    try:
+                        await self.store.call(self._interrupt, active.job.id)
+                    except StoreUnavailable as store_exc:
+                        problem = str(store_exc)
+                if scope.cancelled_caught:
+                    problem = f"the database did not answer within {SHUTDOWN_WRITE_TIMEOUT:g} s"
+                if problem is not None:
+                    # the next start marks the job interrupted and resumes it all the same
+                    self.log.warning("job.interrupt_not_recorded", job=active.job.id, error=problem,
+                                     detail="the final write did not complete; the job stays 'running' "
+                                            "in the store until the next start interrupts it")
             raise
         finally:
             if connector is not None:

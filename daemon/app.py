@@ -52,6 +52,7 @@ from freshd.supervisor import Supervisor
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_DEADLINE = 8.0  # systemd's TimeoutStopSec is 15 s; the brief promises exit within 10 s
+STORE_STOP_DEADLINE = 6.0  # final database writes on shutdown: leaves 2 s to unwind and exit
 RELOAD_RETRY_START = 1.0  # a reload deferred by a database outage: 1 s doubling to 30 s
 RELOAD_RETRY_MAX = 30.0
 
@@ -268,8 +269,11 @@ async def _handle_signals(daemon: Daemon, root: trio.CancelScope) -> None:
                 continue
             log.info("signal.shutdown", signal=signal.Signals(signum).name)
             systemd.stopping()
-            # the deadline bounds the drain: store calls in flight finish, then everything unwinds
+            # the deadline bounds the drain: store calls in flight finish, then everything unwinds;
+            # shielded final writes (jobs marked interrupted, outcomes) get until STORE_STOP_DEADLINE,
+            # then their statements are cancelled server-side, even behind a lock held forever
             root.deadline = trio.current_time() + SHUTDOWN_DEADLINE
+            daemon.store.set_stop_deadline(trio.current_time() + STORE_STOP_DEADLINE)
             root.cancel()
             return
 
@@ -290,7 +294,9 @@ async def run_daemon(
                                           Path(config.state_dir))
         try:
             store = await stack.enter_async_context(
-                open_store(url, max_connections=config.sync.db_threads, keyring=keyring))
+                open_store(url, max_connections=config.sync.db_threads, keyring=keyring,
+                           statement_timeout=config.store.statement_timeout,
+                           lock_timeout=config.store.lock_timeout))
         except StoreUnavailable as exc:
             raise StoreUnavailable(f"cannot open the store: {exc}") from exc
         resealed = await store.call(connections.reseal_all, keyring)

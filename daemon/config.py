@@ -162,6 +162,14 @@ class SyncConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    # server-side bounds on every store statement and lock wait (PostgreSQL statement_timeout,
+    # lock_timeout): a database hanging on a lock cannot hold a sync, an admin request or shutdown
+    statement_timeout: float = 30.0
+    lock_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class SecretsConfig:
     # newest first: the first key seals, every key opens (rotation: put the new file in front)
     key_files: tuple[Path, ...] = ()
@@ -204,6 +212,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     policies: PoliciesConfig = field(default_factory=PoliciesConfig)
     connections: tuple[ConnectionConfig, ...] = ()
@@ -456,9 +465,10 @@ def _string_list(reader: _Reader, key: str) -> tuple[str, ...]:
 
 _TOP_KEYS = (
     "database_url", "state_dir", "runtime_dir", "admin", "metrics", "log", "schedule", "staleness",
-    "sync", "secrets", "policies", "connections",
+    "sync", "store", "secrets", "policies", "connections",
 )
 _METRICS, _SCHEDULE, _STALENESS, _SYNC = MetricsConfig(), ScheduleConfig(), StalenessConfig(), SyncConfig()
+_STORE = StoreConfig()
 _CONNECTION_KEYS = ("name", "provider", "base_url", "tenant", "credentials", "options", "enabled")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -674,6 +684,13 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         tenant_max_running=sync.integer("tenant_max_running", _SYNC.tenant_max_running, minimum=1),
     )
 
+    store = top.table("store")
+    store.check_keys(("statement_timeout", "lock_timeout"))
+    store_config = StoreConfig(
+        statement_timeout=store.duration("statement_timeout", _STORE.statement_timeout),
+        lock_timeout=store.duration("lock_timeout", _STORE.lock_timeout),
+    )
+
     secrets = top.table("secrets")
     secrets.check_keys(("key_files", "credential"))
     secrets_config = SecretsConfig(
@@ -732,6 +749,7 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         schedule=schedule_config,
         staleness=staleness_config,
         sync=sync_config,
+        store=store_config,
         secrets=secrets_config,
         policies=policies_config,
         connections=_connections(top, providers),

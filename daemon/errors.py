@@ -3,6 +3,7 @@
     FreshdError
     ├── ConfigError              configuration is invalid: refuse it whole, change nothing
     ├── StoreUnavailable         PostgreSQL cannot be reached: back off and retry
+    │   └── StoreTimeout         it did not answer in time (statement/lock timeout, stop deadline)
     ├── AdminError               a bad admin request: reply with its stable code
     └── ProviderError            anything a provider said (or failed to say)
         ├── TransientError       retry later with backoff (timeouts, connection errors, 5xx)
@@ -35,6 +36,11 @@ class ConfigError(FreshdError):
 
 class StoreUnavailable(FreshdError):
     """The database cannot be reached or refused the connection."""
+
+
+class StoreTimeout(StoreUnavailable):
+    """The database did not answer within a timeout (a statement or lock wait was cancelled
+    server-side, so nothing of the call was committed); retried like an outage."""
 
 
 class AdminError(FreshdError):

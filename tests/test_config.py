@@ -118,7 +118,7 @@ def test_documented_example_states_the_defaults(tmp_path: Path) -> None:
             uncommented += 1
         else:
             lines.append(line)
-    assert uncommented == 29  # every key of every section but the machine-dependent ones
+    assert uncommented == 31  # every key of every section but the machine-dependent ones
     assert _without_source(load_config(write(tmp_path, "\n".join(lines)), env=ENV)) == defaults
 
 
@@ -433,3 +433,11 @@ def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
 def test_connection_config_direct_construction() -> None:
     spec = ConnectionConfig(name="a", provider="odoo", base_url="https://x.io")
     assert spec.tenant == "default" and spec.enabled and dict(spec.credentials) == {}
+
+
+def test_store_timeouts_are_configurable_and_checked(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[store]\nstatement_timeout = "5s"\nlock_timeout = "500ms"\n'), env=ENV)
+    assert (config.store.statement_timeout, config.store.lock_timeout) == (5.0, 0.5)
+    assert load_config(write(tmp_path, ""), env=ENV).store.statement_timeout == 30.0
+    with pytest.raises(ConfigError, match=r"store\.statement_timeout"):
+        load_config(write(tmp_path, '[store]\nstatement_timeout = "soon"\n'), env=ENV)

@@ -158,3 +158,72 @@ async def test_sighup_while_the_database_is_down_defers_the_reload_and_the_daemo
     assert "Traceback" not in daemon.log()
     reloaded = [e for e in daemon.events() if e.get("event") == "config.reloaded"]
     assert reloaded and reloaded[-1]["deferred_attempts"] >= 1
+
+
+# -- item 8: store calls bounded when the database hangs on a lock ------------------------------------------
+
+
+def lock_waiters(database_url: str) -> int:
+    """Backends of this database (other than ours) waiting for a lock."""
+    dbname = conninfo_to_dict(database_url)["dbname"]
+    rows = query(database_url, "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
+                 " AND pid <> pg_backend_pid()", dbname)
+    return int(rows[0][0])  # type: ignore[call-overload]
+
+
+async def test_shutdown_while_a_row_lock_is_held_forever_exits_within_the_deadline(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str,
+) -> None:
+    sim = WooCommerceSimulator(records=0, customers=1500, seed=3, credentials=CREDS)
+    sim.app.faults.latency = 0.1  # the sync is still running when the lock is taken
+    port = await nursery.start(functools.partial(serve_asgi, sim.app, "127.0.0.1", 0))
+    config = write_config(tmp_path, database_url, connection_block(
+        "shop", f"http://127.0.0.1:{port}", 'options = { entities = ["customers"], page_concurrency = 1 }\n'))
+    async with running(config, tmp_path) as daemon:
+        with trio.fail_after(30):
+            while int(query(database_url, "SELECT count(*) FROM records")[0][0]) < 200:  # type: ignore[call-overload]
+                await trio.sleep(0.05)
+        # another session (an operator's forgotten transaction) locks the job's row and never lets go
+        with psycopg.connect(database_url, options="-c search_path=freshd,public") as holder:
+            holder.execute("SELECT id FROM sync_jobs FOR UPDATE")
+            with trio.fail_after(10):
+                while lock_waiters(database_url) == 0:  # the sync's next progress write waits on it
+                    await trio.sleep(0.05)
+            daemon.proc.send_signal(signal.SIGTERM)
+            started = trio.current_time()
+            code = await trio.to_thread.run_sync(functools.partial(daemon.proc.wait, 15))
+            elapsed = trio.current_time() - started
+            assert lock_waiters(database_url) == 0  # its statements were cancelled, not left waiting
+            holder.rollback()
+    assert code == 0, daemon.log()
+    assert elapsed < 12, elapsed
+    events = daemon.events()
+    assert any(e.get("event") == "job.interrupt_not_recorded" and "final write did not complete" in e["detail"]
+               for e in events), daemon.log()
+    assert any(e.get("event") == "daemon.stopped" for e in events)
+
+
+async def test_an_admin_command_blocked_by_a_lock_answers_timeout_within_request_timeout(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str,
+) -> None:
+    sim = WooCommerceSimulator(records=5, seed=1, credentials=CREDS)
+    port = await nursery.start(functools.partial(serve_asgi, sim.app, "127.0.0.1", 0))
+    config = write_config(tmp_path, database_url, connection_block("eu", f"http://127.0.0.1:{port}"))
+    async with running(config, tmp_path) as daemon:  # request_timeout = "3s"
+        with trio.fail_after(30):
+            while query(database_url, "SELECT status FROM sync_jobs") != [("completed",)]:
+                await trio.sleep(0.05)
+        with psycopg.connect(database_url, options="-c search_path=freshd,public") as holder:
+            holder.execute("SELECT id FROM connections WHERE name = 'eu' FOR UPDATE")  # new jobs wait on it
+            started = trio.current_time()
+            answer = await daemon.ctl("sync", "eu")
+            elapsed = trio.current_time() - started
+            assert answer.returncode != 0 and "no answer within 3 s" in answer.stderr, answer
+            assert elapsed < 3 + 1.5, elapsed  # freshctl's own start-up included
+            with trio.fail_after(2):  # the blocked statement was cancelled server-side, not left waiting
+                while lock_waiters(database_url) > 0:
+                    await trio.sleep(0.05)
+            holder.rollback()
+        assert query(database_url, "SELECT count(*) FROM sync_jobs") == [(1,)]  # nothing was half-done
+        assert (await daemon.ctl_json("status"))["store"]["state"] == "up"  # a lock is not an outage
+        assert await daemon.stop() == 0
