@@ -72,6 +72,9 @@ class ConnectionState(StrEnum):
     ERROR = "error"  # the last sync failed; the next one may succeed
     REAUTH_REQUIRED = "reauth_required"  # credentials rejected: no sync until they change
     RESTARTING = "restarting"  # set by the supervisor while the actor backs off after a crash
+    # no actor at all: the connection's rows are kept, nothing syncs (set by the supervisor)
+    DISABLED = "disabled"  # `enabled = false` in the config file
+    DETACHED = "detached"  # left the config file; `freshctl connections remove NAME --purge` deletes it
 
 
 _TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
@@ -85,6 +88,8 @@ _TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
                                       ConnectionState.REAUTH_REQUIRED}),
     ConnectionState.REAUTH_REQUIRED: frozenset({ConnectionState.IDLE}),
     ConnectionState.RESTARTING: frozenset(set(ConnectionState)),
+    ConnectionState.DISABLED: frozenset(),  # never an actor's state: a parked connection has none
+    ConnectionState.DETACHED: frozenset(),
 }
 
 

@@ -86,10 +86,20 @@ class Daemon:
     # -- connections from the config file ---------------------------------------------------------
 
     async def apply_config(self, config: Config) -> None:
-        """Make the store and the actors match `config` (at start and on reload)."""
+        """Make the store and the actors match `config` (at start and on reload).
 
-        def write(conn: Any) -> None:
-            wanted = {c.name for c in config.connections if c.enabled}
+        A connection's data is never deleted by omission: one disabled in the file (`enabled =
+        false`) or gone from it (detached) is stopped and parked with every row kept, and resumes
+        from its stored cursors when enabled again.  Only `purge = true` on a disabled entry
+        deletes it (and says so in the activity log and the daemon log).
+        """
+        in_file = {spec.name: spec for spec in config.connections}
+        before = {status.name: status.state for status in self.supervisor.statuses()}
+        for spec in config.connections:
+            if not spec.enabled and spec.purge:
+                await self.supervisor.stop(spec.name)  # no actor writes to rows being deleted
+
+        def write(conn: Any) -> tuple[dict[str, ConnectionState], dict[str, dict[str, Any]]]:
             for spec in config.connections:
                 if spec.enabled:
                     connections.upsert_connection(
@@ -97,27 +107,60 @@ class Daemon:
                         base_url=spec.base_url, options=dict(spec.options),
                         credentials=dict(spec.credentials), source="config",
                     )
+            parked: dict[str, ConnectionState] = {}
+            purged: dict[str, dict[str, Any]] = {}
             for row in connections.list_connections(conn, self.store.keyring):
-                if row.source == "config" and row.name not in wanted:
-                    connections.delete_connection(conn, row.name)
-                    activity.log_activity(conn, "connection.removed", f"connection {row.name} left the config file")
-            activity.log_activity(conn, "config.applied", f"configuration applied: {len(wanted)} connection(s)",
-                                  details={"connections": sorted(wanted), "source": str(config.source)})
+                entry = in_file.get(row.name)
+                if entry is None and row.source == "config":
+                    parked[row.name] = ConnectionState.DETACHED
+                elif entry is not None and not entry.enabled and entry.purge:
+                    counts = connections.purge_connection(conn, row.name) or {}
+                    purged[row.name] = {**counts, "provider": row.provider, "tenant": row.tenant}
+                    activity.log_activity(conn, "connection.purged",
+                                          f"connection {row.name} and its data purged (purge = true in the config)",
+                                          details={"name": row.name, "by": "config", **purged[row.name]})
+                elif entry is not None and not entry.enabled:
+                    parked[row.name] = ConnectionState.DISABLED
+                else:
+                    continue
+                if row.name in parked and before.get(row.name) is not parked[row.name]:  # once, when it happens
+                    state = parked[row.name]
+                    why = "left the config file" if state is ConnectionState.DETACHED else "is disabled in the config"
+                    activity.log_activity(conn, f"connection.{state.value}",
+                                          f"connection {row.name} {why}: stopped, its data is kept",
+                                          connection_id=row.id)
+            enabled = sorted(name for name, spec in in_file.items() if spec.enabled)
+            activity.log_activity(conn, "config.applied", f"configuration applied: {len(enabled)} connection(s)",
+                                  details={"connections": enabled, "parked": {n: s.value for n, s in parked.items()},
+                                           "purged": sorted(purged), "source": str(config.source)})
+            return parked, purged
 
         for secret in config.secret_values():
             logs.register_secret(secret)  # redacted from every log line from now on
-        await self.store.call(write)
+        parked, purged = await self.store.call(write)
+        for name, what in purged.items():
+            self.supervisor.forget(name)
+            log.warning("connection.purged", connection=name, by="config (purge = true)", **what)
+        for name, state in parked.items():
+            if before.get(name) is state:
+                continue  # said once, when it happened
+            if state is ConnectionState.DETACHED:
+                log.warning("connection.detached", connection=name,
+                            message=f"connection {name} left the config file; its data is kept; "
+                                    f"`freshctl connections remove {name} --purge` deletes it")
+            else:
+                log.info("connection.disabled", connection=name, message="stopped; its data is kept")
         self.config = config
         self.supervisor.policy = policy_settings(config)
         self.supervisor.rate_groups.configure(rate_groups(config))
         rows = await self.store.call(connections.list_connections, self.store.keyring)
-        await self.supervisor.apply(rows)
+        await self.supervisor.apply(rows, parked=parked)
         await self.queue_never_synced()
 
     async def queue_never_synced(self, trigger: str = "startup") -> None:
         """A connection that never completed a sync gets one queued: nobody has to remember."""
         states = await self.store.call(connections.list_sync_states)
-        never = {s.id: s.name for s in states if s.last_success_at is None}
+        never = {s.id: s.name for s in states if s.last_success_at is None and not self.supervisor.parked(s.name)}
         queued = await self.store.call(jobs.create_jobs, [(cid, JobKind.INITIAL) for cid in never], trigger)
         for cid, job_id in queued.items():
             self.supervisor.send_nowait(never[cid], JobQueued(job_id))
@@ -199,6 +242,8 @@ class Daemon:
         started = await self.store.call(jobs.last_started)
         due: dict[int, tuple[str, JobKind]] = {}
         for state in await self.store.call(connections.list_sync_states):
+            if self.supervisor.parked(state.name):
+                continue  # disabled or detached: kept, not synced
             decision = policy.decide(now=now, last_success_at=state.last_success_at,
                                      last_started_at=started.get(state.id), scheduled=True)
             if decision.verdict is Verdict.SYNC:

@@ -198,7 +198,8 @@ class ConnectionConfig:
     tenant: str = "default"
     credentials: Credentials = field(default_factory=Credentials, repr=False)
     options: FrozenDict[str, Any] = field(default_factory=FrozenDict)
-    enabled: bool = True
+    enabled: bool = True  # false: stopped, its stored data kept (resumes from its cursors when true again)
+    purge: bool = False  # with enabled = false: delete its stored data (records, cursors, jobs) on load
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,7 +470,7 @@ _TOP_KEYS = (
 )
 _METRICS, _SCHEDULE, _STALENESS, _SYNC = MetricsConfig(), ScheduleConfig(), StalenessConfig(), SyncConfig()
 _STORE = StoreConfig()
-_CONNECTION_KEYS = ("name", "provider", "base_url", "tenant", "credentials", "options", "enabled")
+_CONNECTION_KEYS = ("name", "provider", "base_url", "tenant", "credentials", "options", "enabled", "purge")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -554,7 +555,11 @@ def _connection(reader: _Reader, providers: Collection[str]) -> ConnectionConfig
         credentials=Credentials(creds.data),
         options=_freeze(options.data, reader, "options"),
         enabled=reader.boolean("enabled", True),
+        purge=reader.boolean("purge", False),
     )
+    if spec.purge and spec.enabled:
+        reader.fail("purge", "purge = true deletes the connection's stored data (records, cursors, jobs); "
+                             "it needs enabled = false on the same entry")
     if provider in DEFAULT_PROVIDERS:
         # the provider's own checks (option kinds, rate limits): imported late, only for providers in use
         from freshd.connectors.base import ConnectionSettings, check_settings

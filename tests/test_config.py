@@ -441,3 +441,12 @@ def test_store_timeouts_are_configurable_and_checked(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, ""), env=ENV).store.statement_timeout == 30.0
     with pytest.raises(ConfigError, match=r"store\.statement_timeout"):
         load_config(write(tmp_path, '[store]\nstatement_timeout = "soon"\n'), env=ENV)
+
+
+def test_purge_needs_enabled_false_on_the_same_connection(tmp_path: Path) -> None:
+    disabled = WOO.replace('name = "shop-eu"', 'name = "shop-eu"\nenabled = false\npurge = true')
+    (spec,) = load_config(write(tmp_path, disabled), env=ENV).connections
+    assert (spec.enabled, spec.purge) == (False, True)
+    assert load_config(write(tmp_path, WOO), env=ENV).connections[0].purge is False
+    err = error_of(tmp_path, WOO.replace('name = "shop-eu"', 'name = "shop-eu"\npurge = true'))
+    assert "connections[0].purge" in str(err) and "needs enabled = false" in str(err)
