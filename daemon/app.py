@@ -150,6 +150,10 @@ class Daemon:
                                     f"`freshctl connections remove {name} --purge` deletes it")
             else:
                 log.info("connection.disabled", connection=name, message="stopped; its data is kept")
+        for name, state in before.items():
+            if state in (ConnectionState.DISABLED, ConnectionState.DETACHED) and name not in parked \
+                    and name not in purged and (entry := in_file.get(name)) is not None and entry.enabled:
+                log.info("connection.resumed", connection=name, was=state.value)
         self.config = config
         self.supervisor.policy = policy_settings(config)
         self.supervisor.rate_groups.configure(rate_groups(config))
