@@ -28,7 +28,7 @@ import trio
 
 from freshd import logs
 from freshd.connectors.base import ConnectionSettings, Connector, check_settings, connector_class
-from freshd.errors import CircuitOpen, ConfigError, ProviderError, ReauthRequired
+from freshd.errors import CircuitOpen, ConfigError, ProviderError, ReauthRequired, StoreUnavailable
 from freshd.messages import (
     ActorMessage,
     CancelJob,
@@ -73,6 +73,9 @@ class ConnectionState(StrEnum):
     ERROR = "error"  # the last sync failed; the next one may succeed
     REAUTH_REQUIRED = "reauth_required"  # credentials rejected: no sync until they change
     RESTARTING = "restarting"  # set by the supervisor while the actor backs off after a crash
+    # no actor at all: the connection's rows are kept, nothing syncs (set by the supervisor)
+    DISABLED = "disabled"  # `enabled = false` in the config file
+    DETACHED = "detached"  # left the config file; `freshctl connections remove NAME --purge` deletes it
 
 
 _TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
@@ -86,6 +89,8 @@ _TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
                                       ConnectionState.REAUTH_REQUIRED}),
     ConnectionState.REAUTH_REQUIRED: frozenset({ConnectionState.IDLE}),
     ConnectionState.RESTARTING: frozenset(set(ConnectionState)),
+    ConnectionState.DISABLED: frozenset(),  # never an actor's state: a parked connection has none
+    ConnectionState.DETACHED: frozenset(),
 }
 
 
@@ -422,9 +427,21 @@ class ConnectionActor:
             if _only_cancelled(exc):
                 # shutdown or Stop: the in-flight commit finished (store calls are not abandoned);
                 # say so in the job's row so the next start resumes it
+                # (bounded: Store.call cancels the statement at this deadline, e.g. behind a row lock)
+                problem: str | None = None
                 with trio.move_on_after(SHUTDOWN_WRITE_TIMEOUT) as scope:
                     scope.shield = True
-                    await self.store.call(self._interrupt, active.job.id)
+                    try:
+                        await self.store.call(self._interrupt, active.job.id)
+                    except StoreUnavailable as store_exc:
+                        problem = str(store_exc)
+                if scope.cancelled_caught:
+                    problem = f"the database did not answer within {SHUTDOWN_WRITE_TIMEOUT:g} s"
+                if problem is not None:
+                    # the next start marks the job interrupted and resumes it all the same
+                    self.log.warning("job.interrupt_not_recorded", job=active.job.id, error=problem,
+                                     detail="the final write did not complete; the job stays 'running' "
+                                            "in the store until the next start interrupts it")
             raise
         finally:
             if connector is not None:

@@ -9,9 +9,13 @@ Start-up, each step only after the one before it is really ready:
   5. READY=1 to systemd.
 
 SIGHUP reloads the config file: an invalid file is refused whole and the
-running configuration stays.  SIGTERM/SIGINT: STOPPING=1, no new work, every
-actor's in-flight commit finishes (store calls are never abandoned), running
-jobs are marked interrupted, and the process exits 0 within the stop deadline.
+running configuration stays.  A reload that finds the database unavailable
+is deferred and retried with backoff (`config.reload_deferred`) by the reload
+task, so signals keep being handled meanwhile; a newer SIGHUP replaces it.
+
+SIGTERM/SIGINT: STOPPING=1, no new work, every actor's in-flight commit
+finishes (store calls are never abandoned), running jobs are marked
+interrupted, and the process exits 0 within the stop deadline.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ from freshd.supervisor import Supervisor
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_DEADLINE = 8.0  # systemd's TimeoutStopSec is 15 s; the brief promises exit within 10 s
+STORE_STOP_DEADLINE = 6.0  # final database writes on shutdown: leaves 2 s to unwind and exit
+RELOAD_RETRY_START = 1.0  # a reload deferred by a database outage: 1 s doubling to 30 s
+RELOAD_RETRY_MAX = 30.0
 
 
 def policy_settings(config: Config) -> PolicySettings:
@@ -76,14 +83,25 @@ class Daemon:
         self.started_at = datetime.now(UTC)
         self.metrics_url: str | None = None
         self.scheduler: Any = None
+        self._reload_wanted = trio.Event()  # set by SIGHUP; one pending reload, the newest wins
 
     # -- connections from the config file ---------------------------------------------------------
 
     async def apply_config(self, config: Config) -> None:
-        """Make the store and the actors match `config` (at start and on reload)."""
+        """Make the store and the actors match `config` (at start and on reload).
 
-        def write(conn: Any) -> None:
-            wanted = {c.name for c in config.connections if c.enabled}
+        A connection's data is never deleted by omission: one disabled in the file (`enabled =
+        false`) or gone from it (detached) is stopped and parked with every row kept, and resumes
+        from its stored cursors when enabled again.  Only `purge = true` on a disabled entry
+        deletes it (and says so in the activity log and the daemon log).
+        """
+        in_file = {spec.name: spec for spec in config.connections}
+        before = {status.name: status.state for status in self.supervisor.statuses()}
+        for spec in config.connections:
+            if not spec.enabled and spec.purge:
+                await self.supervisor.stop(spec.name)  # no actor writes to rows being deleted
+
+        def write(conn: Any) -> tuple[dict[str, ConnectionState], dict[str, dict[str, Any]]]:
             for spec in config.connections:
                 if spec.enabled:
                     connections.upsert_connection(
@@ -91,41 +109,123 @@ class Daemon:
                         base_url=spec.base_url, options=dict(spec.options),
                         credentials=dict(spec.credentials), source="config",
                     )
+            parked: dict[str, ConnectionState] = {}
+            purged: dict[str, dict[str, Any]] = {}
             for row in connections.list_connections(conn, self.store.keyring):
-                if row.source == "config" and row.name not in wanted:
-                    connections.delete_connection(conn, row.name)
-                    activity.log_activity(conn, "connection.removed", f"connection {row.name} left the config file")
-            activity.log_activity(conn, "config.applied", f"configuration applied: {len(wanted)} connection(s)",
-                                  details={"connections": sorted(wanted), "source": str(config.source)})
+                entry = in_file.get(row.name)
+                if entry is None and row.source == "config":
+                    parked[row.name] = ConnectionState.DETACHED
+                elif entry is not None and not entry.enabled and entry.purge:
+                    counts = connections.purge_connection(conn, row.name) or {}
+                    purged[row.name] = {**counts, "provider": row.provider, "tenant": row.tenant}
+                    activity.log_activity(conn, "connection.purged",
+                                          f"connection {row.name} and its data purged (purge = true in the config)",
+                                          details={"name": row.name, "by": "config", **purged[row.name]})
+                elif entry is not None and not entry.enabled:
+                    parked[row.name] = ConnectionState.DISABLED
+                else:
+                    continue
+                if row.name in parked and before.get(row.name) is not parked[row.name]:  # once, when it happens
+                    state = parked[row.name]
+                    why = "left the config file" if state is ConnectionState.DETACHED else "is disabled in the config"
+                    activity.log_activity(conn, f"connection.{state.value}",
+                                          f"connection {row.name} {why}: stopped, its data is kept",
+                                          connection_id=row.id)
+            enabled = sorted(name for name, spec in in_file.items() if spec.enabled)
+            activity.log_activity(conn, "config.applied", f"configuration applied: {len(enabled)} connection(s)",
+                                  details={"connections": enabled, "parked": {n: s.value for n, s in parked.items()},
+                                           "purged": sorted(purged), "source": str(config.source)})
+            return parked, purged
 
         for secret in config.secret_values():
             logs.register_secret(secret)  # redacted from every log line from now on
-        await self.store.call(write)
+        parked, purged = await self.store.call(write)
+        for name, what in purged.items():
+            self.supervisor.forget(name)
+            log.warning("connection.purged", connection=name, by="config (purge = true)", **what)
+        for name, state in parked.items():
+            if before.get(name) is state:
+                continue  # said once, when it happened
+            if state is ConnectionState.DETACHED:
+                log.warning("connection.detached", connection=name,
+                            message=f"connection {name} left the config file; its data is kept; "
+                                    f"`freshctl connections remove {name} --purge` deletes it")
+            else:
+                log.info("connection.disabled", connection=name, message="stopped; its data is kept")
+        for name, state in before.items():
+            if state in (ConnectionState.DISABLED, ConnectionState.DETACHED) and name not in parked \
+                    and name not in purged and (entry := in_file.get(name)) is not None and entry.enabled:
+                log.info("connection.resumed", connection=name, was=state.value)
         self.config = config
         self.supervisor.policy = policy_settings(config)
         self.supervisor.rate_groups.configure(rate_groups(config))
         rows = await self.store.call(connections.list_connections, self.store.keyring)
-        await self.supervisor.apply(rows)
+        await self.supervisor.apply(rows, parked=parked)
         await self.queue_never_synced()
 
     async def queue_never_synced(self, trigger: str = "startup") -> None:
         """A connection that never completed a sync gets one queued: nobody has to remember."""
         states = await self.store.call(connections.list_sync_states)
-        never = {s.id: s.name for s in states if s.last_success_at is None}
+        never = {s.id: s.name for s in states if s.last_success_at is None and not self.supervisor.parked(s.name)}
         queued = await self.store.call(jobs.create_jobs, [(cid, JobKind.INITIAL) for cid in never], trigger)
         for cid, job_id in queued.items():
             self.supervisor.send_nowait(never[cid], JobQueued(job_id))
 
-    async def reload(self) -> None:
-        systemd.reloading()
+    def load_for_reload(self) -> Config | None:
+        """The config file read afresh, or None (logged) if it is invalid: the running one stays."""
         try:
-            config = load_config(self.config_path)
+            return load_config(self.config_path)
         except ConfigError as exc:
             log.error("config.reload_refused", error=str(exc))
-        else:
-            await self.apply_config(config)
-            log.info("config.reloaded", connections=len(config.connections))
+            return None
+
+    async def reload(self) -> None:
+        """One reload attempt; raises StoreUnavailable if the database cannot take it (nothing is lost:
+        `apply_config` is idempotent, so the attempt can simply be made again)."""
+        systemd.reloading()
+        try:
+            if (config := self.load_for_reload()) is not None:
+                await self.apply_config(config)
+                log.info("config.reloaded", connections=len(config.connections))
         finally:
+            systemd.ready()
+
+    def request_reload_nowait(self) -> None:
+        """SIGHUP: ask the reload task for a reload (a pending one is replaced by this newer one)."""
+        self._reload_wanted.set()
+
+    async def serve_reloads(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Applies requested reloads one at a time, apart from the signal handler, so a database outage
+        defers a reload (retried with backoff until the store answers) instead of blocking SIGTERM
+        or killing the daemon."""
+        task_status.started()
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted = trio.Event()
+            systemd.reloading()
+            config = self.load_for_reload()
+            delay, attempts = RELOAD_RETRY_START, 0
+            while config is not None:
+                try:
+                    await self.apply_config(config)
+                except StoreUnavailable as exc:
+                    attempts += 1
+                    if attempts == 1:  # once, not at every retry
+                        log.warning("config.reload_deferred", retry_in=delay, error=str(exc),
+                                    reason="the database is unavailable; the running configuration stays")
+                        systemd.ready()  # not stuck 'reloading': the old configuration keeps running
+                        systemd.status("degraded: config reload deferred, the database is unavailable")
+                    else:
+                        log.debug("config.reload_retry_failed", attempts=attempts, retry_in=delay, error=str(exc))
+                    with trio.move_on_after(delay):
+                        await self._reload_wanted.wait()
+                    if self._reload_wanted.is_set():
+                        break  # a newer SIGHUP: read the file again instead
+                    delay = min(delay * 2, RELOAD_RETRY_MAX)
+                else:
+                    log.info("config.reloaded", connections=len(config.connections),
+                             **({"deferred_attempts": attempts} if attempts else {}))
+                    break
             systemd.ready()
 
     # -- sweeps -------------------------------------------------------------------------------------
@@ -148,6 +248,8 @@ class Daemon:
         started = await self.store.call(jobs.last_started)
         due: dict[int, tuple[str, JobKind]] = {}
         for state in await self.store.call(connections.list_sync_states):
+            if self.supervisor.parked(state.name):
+                continue  # disabled or detached: kept, not synced
             decision = policy.decide(now=now, last_success_at=state.last_success_at,
                                      last_started_at=started.get(state.id), scheduled=True)
             if decision.verdict is Verdict.SYNC:
@@ -214,12 +316,15 @@ async def _handle_signals(daemon: Daemon, root: trio.CancelScope) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 log.info("signal.reload")
-                await daemon.reload()
+                daemon.request_reload_nowait()  # applied by serve_reloads: never blocks this loop
                 continue
             log.info("signal.shutdown", signal=signal.Signals(signum).name)
             systemd.stopping()
-            # the deadline bounds the drain: store calls in flight finish, then everything unwinds
+            # the deadline bounds the drain: store calls in flight finish, then everything unwinds;
+            # shielded final writes (jobs marked interrupted, outcomes) get until STORE_STOP_DEADLINE,
+            # then their statements are cancelled server-side, even behind a lock held forever
             root.deadline = trio.current_time() + SHUTDOWN_DEADLINE
+            daemon.store.set_stop_deadline(trio.current_time() + STORE_STOP_DEADLINE)
             root.cancel()
             return
 
@@ -242,7 +347,9 @@ async def run_daemon(
                                           Path(config.state_dir))
         try:
             store = await stack.enter_async_context(
-                open_store(url, max_connections=config.sync.db_threads, keyring=keyring))
+                open_store(url, max_connections=config.sync.db_threads, keyring=keyring,
+                           statement_timeout=config.store.statement_timeout,
+                           lock_timeout=config.store.lock_timeout))
         except StoreUnavailable as exc:
             raise StoreUnavailable(f"cannot open the store: {exc}") from exc
         resealed = await store.call(connections.reseal_all, keyring)
@@ -282,6 +389,7 @@ async def run_daemon(
             add_sweeps(scheduler, daemon.sweeps())
             daemon.scheduler = scheduler
             await root.start(serve_scheduler, scheduler)
+            await root.start(daemon.serve_reloads)
             root.start_soon(_handle_signals, daemon, root.cancel_scope)
             root.start_soon(systemd.serve_watchdog)
 

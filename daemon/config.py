@@ -171,6 +171,14 @@ class SyncConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    # server-side bounds on every store statement and lock wait (PostgreSQL statement_timeout,
+    # lock_timeout): a database hanging on a lock cannot hold a sync, an admin request or shutdown
+    statement_timeout: float = 30.0
+    lock_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class SecretsConfig:
     # newest first: the first key seals, every key opens (rotation: put the new file in front)
     key_files: tuple[Path, ...] = ()
@@ -200,7 +208,8 @@ class ConnectionConfig:
     tenant: str = "default"
     credentials: Credentials = field(default_factory=Credentials, repr=False)
     options: FrozenDict[str, Any] = field(default_factory=FrozenDict)
-    enabled: bool = True
+    enabled: bool = True  # false: stopped, its stored data kept (resumes from its cursors when true again)
+    purge: bool = False  # with enabled = false: delete its stored data (records, cursors, jobs) on load
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +223,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     policies: PoliciesConfig = field(default_factory=PoliciesConfig)
     connections: tuple[ConnectionConfig, ...] = ()
@@ -473,10 +483,11 @@ def _string_list(reader: _Reader, key: str) -> tuple[str, ...]:
 
 _TOP_KEYS = (
     "database_url", "state_dir", "runtime_dir", "admin", "metrics", "log", "schedule", "staleness",
-    "sync", "secrets", "policies", "connections",
+    "sync", "store", "secrets", "policies", "connections",
 )
 _METRICS, _SCHEDULE, _STALENESS, _SYNC = MetricsConfig(), ScheduleConfig(), StalenessConfig(), SyncConfig()
-_CONNECTION_KEYS = ("name", "provider", "base_url", "tenant", "credentials", "options", "enabled")
+_STORE = StoreConfig()
+_CONNECTION_KEYS = ("name", "provider", "base_url", "tenant", "credentials", "options", "enabled", "purge")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -561,7 +572,11 @@ def _connection(reader: _Reader, providers: Collection[str]) -> ConnectionConfig
         credentials=Credentials(creds.data),
         options=_freeze(options.data, reader, "options"),
         enabled=reader.boolean("enabled", True),
+        purge=reader.boolean("purge", False),
     )
+    if spec.purge and spec.enabled:
+        reader.fail("purge", "purge = true deletes the connection's stored data (records, cursors, jobs); "
+                             "it needs enabled = false on the same entry")
     if provider in DEFAULT_PROVIDERS:
         # the provider's own checks (option kinds, rate limits): imported late, only for providers in use
         from freshd.connectors.base import ConnectionSettings, check_settings
@@ -700,6 +715,13 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         max_delete_share=_share(sync, "max_delete_share", _SYNC.max_delete_share),
     )
 
+    store = top.table("store")
+    store.check_keys(("statement_timeout", "lock_timeout"))
+    store_config = StoreConfig(
+        statement_timeout=store.duration("statement_timeout", _STORE.statement_timeout),
+        lock_timeout=store.duration("lock_timeout", _STORE.lock_timeout),
+    )
+
     secrets = top.table("secrets")
     secrets.check_keys(("key_files", "credential"))
     secrets_config = SecretsConfig(
@@ -768,6 +790,7 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         schedule=schedule_config,
         staleness=staleness_config,
         sync=sync_config,
+        store=store_config,
         secrets=secrets_config,
         policies=policies_config,
         connections=_connections(top, providers),

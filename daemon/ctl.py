@@ -265,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--tenant", default=None)
     add.add_argument("--option", action="append", metavar="KEY=VALUE",
                      help="a provider option; VALUE is read as JSON if it is JSON (5, true, [..], {..}), else as text")
-    csub.add_parser("remove").add_argument("name")
+    remove = csub.add_parser("remove", help="delete a connection and all its data (needs --purge)")
+    remove.add_argument("name")
+    remove.add_argument("--purge", action="store_true",
+                        help="yes, delete its records, cursors and jobs (a detached or disabled connection's too)")
     setcred = csub.add_parser("set-credential", help="new credential values (re-authentication); KEY= removes one")
     setcred.add_argument("name")
     setcred.add_argument("credential", nargs="+", metavar="KEY=VALUE")
@@ -303,8 +306,10 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             action = args.action or "list"
             if action == "list":
                 return "connections.list", {}
-            if action in ("show", "remove"):
-                return f"connections.{action}", {"name": args.name}
+            if action == "remove":
+                return "connections.remove", {"name": args.name, "purge": args.purge}
+            if action == "show":
+                return "connections.show", {"name": args.name}
             if action == "set-credential":
                 try:
                     return "connections.set_credential", {"name": args.name,
@@ -348,7 +353,9 @@ def render(cmd: str, result: Any) -> str:
         case "connections.add":
             return f"added {result['connection']['name']}; initial sync queued as job {result['job_id']}"
         case "connections.remove":
-            return f"removed {result['removed']}"
+            gone = result.get("purged") or {}
+            return (f"removed {result['removed']}: purged {gone.get('records', 0)} records, "
+                    f"{gone.get('cursors', 0)} cursors, {gone.get('jobs', 0)} jobs")
         case "connections.set_credential":
             return (f"credentials of {result['name']} updated ({', '.join(result['credential_keys'])}); "
                     f"sync queued as job {result['job_id']}")

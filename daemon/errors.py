@@ -3,6 +3,7 @@
     FreshdError
     ├── ConfigError              configuration is invalid: refuse it whole, change nothing
     ├── StoreUnavailable         PostgreSQL cannot be reached: back off and retry
+    │   └── StoreTimeout         it did not answer in time (statement/lock timeout, stop deadline)
     ├── Fenced                   this member lost the connection's lease: stop, write nothing more
     ├── StartupError             the daemon cannot run here (e.g. its socket path): say why, exit 1
     ├── AdminError               a bad admin request: reply with its stable code
@@ -46,6 +47,11 @@ class StartupError(FreshdError):
 
 class Fenced(FreshdError):
     """A write for a connection whose lease this member no longer holds (scale-out): refused whole."""
+
+
+class StoreTimeout(StoreUnavailable):
+    """The database did not answer within a timeout (a statement or lock wait was cancelled
+    server-side, so nothing of the call was committed); retried like an outage."""
 
 
 class AdminError(FreshdError):

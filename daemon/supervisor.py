@@ -9,11 +9,14 @@ reaches the daemon or the other actors.
 
 `apply(rows)` makes the running actors match the stored connections: starts
 new ones, stops removed ones, and hands changed settings to the running actor.
+Parked connections (disabled in the config file, or detached: gone from it)
+keep their rows and show in status, but run no actor.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -88,6 +91,7 @@ class Supervisor:
         self.probe_limiter = trio.CapacityLimiter(PROBES_AT_ONCE)
         self.sync_interval = sync_interval
         self._handles: dict[str, _Handle] = {}
+        self._parked: dict[str, tuple[ConnectionRow, ConnectionState]] = {}  # no actor, rows kept
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -98,8 +102,13 @@ class Supervisor:
 
     # -- membership ------------------------------------------------------------------------------
 
-    async def apply(self, rows: list[ConnectionRow]) -> None:
-        wanted = {row.name: row for row in rows}
+    async def apply(self, rows: list[ConnectionRow], *, parked: Mapping[str, ConnectionState] | None = None) -> None:
+        """Run an actor for each row but the parked ones (`parked`: name -> DISABLED or DETACHED;
+        None keeps the names parked so far, for callers that only changed a row)."""
+        if parked is None:
+            parked = {name: state for name, (_, state) in self._parked.items()}
+        self._parked = {row.name: (row, parked[row.name]) for row in rows if row.name in parked}
+        wanted = {row.name: row for row in rows if row.name not in parked}
         for name in [n for n in self._handles if n not in wanted]:
             await self.stop(name)
         # new actors get their live job from one query, not one each (a fleet starts in one go)
@@ -111,6 +120,15 @@ class Supervisor:
             elif settings_of(row) != handle.settings:
                 handle.row, handle.settings = row, settings_of(row)
                 self.send_nowait(name, UpdateSettings(handle.settings))
+
+    def parked(self, name: str) -> ConnectionState | None:
+        """DISABLED or DETACHED if `name` is kept without an actor, else None."""
+        entry = self._parked.get(name)
+        return entry[1] if entry else None
+
+    def forget(self, name: str) -> None:
+        """A purged connection: no longer shown."""
+        self._parked.pop(name, None)
 
     def start(self, row: ConnectionRow, *, live_job: JobRow | Lookup | None = LOOKUP) -> None:
         assert self._nursery is not None, "supervisor is not running"
@@ -159,7 +177,16 @@ class Supervisor:
 
     def statuses(self) -> list[ConnectionStatus]:
         out = []
-        for name in sorted(self._handles):
+        for name in sorted([*self._handles, *self._parked]):
+            if name in self._parked:
+                row, state = self._parked[name]
+                hint = (f"left the config file; its data is kept; `freshctl connections remove {name} --purge` "
+                        "deletes it") if state is ConnectionState.DETACHED else None
+                out.append(ConnectionStatus(
+                    name=row.name, provider=row.provider, tenant=row.tenant, state=state,
+                    last_success_at=row.last_success_at, next_sync_at=None, error=hint, job_id=None,
+                ))
+                continue
             handle = self._handles[name]
             if handle.actor is not None and not handle.backing_off:
                 status = handle.actor.status()

@@ -118,7 +118,7 @@ def test_documented_example_states_the_defaults(tmp_path: Path) -> None:
             uncommented += 1
         else:
             lines.append(line)
-    assert uncommented == 37  # every key of every section but the machine-dependent ones
+    assert uncommented == 39  # every key of every section but the machine-dependent ones
     assert _without_source(load_config(write(tmp_path, "\n".join(lines)), env=ENV)) == defaults
 
 
@@ -433,3 +433,20 @@ def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
 def test_connection_config_direct_construction() -> None:
     spec = ConnectionConfig(name="a", provider="odoo", base_url="https://x.io")
     assert spec.tenant == "default" and spec.enabled and dict(spec.credentials) == {}
+
+
+def test_store_timeouts_are_configurable_and_checked(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[store]\nstatement_timeout = "5s"\nlock_timeout = "500ms"\n'), env=ENV)
+    assert (config.store.statement_timeout, config.store.lock_timeout) == (5.0, 0.5)
+    assert load_config(write(tmp_path, ""), env=ENV).store.statement_timeout == 30.0
+    with pytest.raises(ConfigError, match=r"store\.statement_timeout"):
+        load_config(write(tmp_path, '[store]\nstatement_timeout = "soon"\n'), env=ENV)
+
+
+def test_purge_needs_enabled_false_on_the_same_connection(tmp_path: Path) -> None:
+    disabled = WOO.replace('name = "shop-eu"', 'name = "shop-eu"\nenabled = false\npurge = true')
+    (spec,) = load_config(write(tmp_path, disabled), env=ENV).connections
+    assert (spec.enabled, spec.purge) == (False, True)
+    assert load_config(write(tmp_path, WOO), env=ENV).connections[0].purge is False
+    err = error_of(tmp_path, WOO.replace('name = "shop-eu"', 'name = "shop-eu"\npurge = true'))
+    assert "connections[0].purge" in str(err) and "needs enabled = false" in str(err)

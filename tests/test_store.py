@@ -136,3 +136,23 @@ async def test_unreachable_database_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         async with open_store("postgresql://nobody@127.0.0.1:1/none"):
             pass
+
+
+async def test_a_statement_behind_a_lock_held_forever_is_a_store_timeout_naming_the_limit(database_url: str) -> None:
+    from freshd.errors import StoreTimeout
+
+    async with open_store(database_url, statement_timeout=1.0, lock_timeout=0.5) as store:
+        cid = await add_connection(store)
+        with psycopg.connect(database_url, options="-c search_path=freshd,public") as holder:
+            holder.execute("SELECT id FROM connections WHERE id = %s FOR UPDATE", (cid,))
+            with trio.fail_after(5):
+                with pytest.raises(StoreTimeout, match=r"did not grant a lock within 0.5 s \(lock_timeout\)"):
+                    await store.call(connections.record_outcome, cid, success=True, error=None)
+                # the caller's own deadline cancels the statement server-side: fail_after is honoured
+                with pytest.raises(trio.TooSlowError), trio.fail_after(0.2):
+                    await store.call(lambda conn: conn.execute("SELECT pg_sleep(3)"))
+            holder.rollback()
+        assert store.available  # a timeout is not an outage
+        await store.call(connections.record_outcome, cid, success=True, error=None)  # the store works on
+        with trio.fail_after(5), pytest.raises(StoreTimeout, match=r"did not answer within 1 s \(statement_timeout\)"):
+            await store.call(lambda conn: conn.execute("SELECT pg_sleep(3)"))

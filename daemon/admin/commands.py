@@ -111,7 +111,8 @@ class DaemonAdmin:
             if not caller.sees(status.tenant):
                 continue
             last_started = started.get(ids.get(status.name, -1))
-            scheduled = self.daemon.config.schedule.scheduled_sync
+            # a parked (disabled, detached) connection has no next sync
+            scheduled = self.daemon.config.schedule.scheduled_sync and not self.daemon.supervisor.parked(status.name)
             views.append({
                 "data_age_seconds": round(policy.age(now, status.last_success_at)) if status.last_success_at else None,
                 "stale": policy.is_stale(now, status.last_success_at),
@@ -222,6 +223,7 @@ class DaemonAdmin:
     async def connections_set_credential(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """New credential values (re-authentication): merged, sealed, tokens cleared, a sync queued."""
         row = await self._row(args["name"], caller)
+        self._require_active(row.name)
         changes: dict[str, str | None] = {k: (v or None) for k, v in args["credentials"].items()}
         merged = {k: v for k, v in {**row.credentials, **changes}.items() if v is not None}
         try:
@@ -250,22 +252,47 @@ class DaemonAdmin:
         return {"name": stored.name, "credential_keys": sorted(stored.credentials), "job_id": job.id}
 
     async def connections_remove(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Delete a connection and all its data: an explicit act only (`purge`), and never for a
+        connection the config file still runs.  Refused requests change nothing."""
         row = await self._row(args["name"], caller)
-        if row.source == "config":
+        spec = self.daemon.config.connection(row.name)
+        if spec is not None and spec.enabled:
             raise AdminError(ErrorCode.CONFLICT,
-                             f"{row.name!r} is defined in the config file: remove it there and reload")
-        await self.daemon.supervisor.stop(row.name)
+                             f"{row.name!r} is enabled in the config file: set enabled = false there (or remove "
+                             f"it) and reload first; its data is kept until purged")
+        if not args.get("purge"):
+            raise AdminError(ErrorCode.BAD_REQUEST,
+                             f"removing {row.name!r} deletes its data (records, cursors, jobs); "
+                             f"repeat with --purge to do that")
+        await self.daemon.supervisor.stop(row.name)  # no actor writes to rows being deleted
+        who = f"uid {caller.peer.uid}"
 
-        def remove(conn: Any) -> None:
-            connections.delete_connection(conn, row.name)
-            activity.log_activity(conn, "connection.removed", f"connection {row.name} removed over the admin socket",
-                                  details={"provider": row.provider, "tenant": row.tenant})
+        def purge(conn: Any) -> dict[str, int] | None:
+            counts = connections.purge_connection(conn, row.name)
+            if counts is not None:
+                activity.log_activity(conn, "connection.purged",
+                                      f"connection {row.name} and its data purged over the admin socket by {who}",
+                                      details={"name": row.name, "provider": row.provider, "tenant": row.tenant,
+                                               "by": who, **counts})
+            return counts
 
-        await self.daemon.store.call(remove)
-        return {"removed": row.name}
+        counts = await self.daemon.store.call(purge)
+        if counts is None:
+            raise AdminError(ErrorCode.NOT_FOUND, f"no connection named {row.name!r}")  # purged meanwhile
+        self.daemon.supervisor.forget(row.name)
+        log.warning("connection.purged", connection=row.name, by=who, **counts)
+        return {"removed": row.name, "purged": counts}
+
+    def _require_active(self, name: str) -> None:
+        state = self.daemon.supervisor.parked(name)
+        if state is not None:
+            how = ("enable it in the config file and reload" if state.value == "disabled"
+                   else "add it to the config file again and reload")
+            raise AdminError(ErrorCode.CONFLICT, f"connection {name!r} is {state.value}: it does not sync; {how}")
 
     async def sync(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         row = await self._row(args["name"], caller)
+        self._require_active(row.name)
         kind = JobKind.FULL if args.get("full") else JobKind.INCREMENTAL
         confirm_deletes = bool(args.get("confirm_deletes"))
         if confirm_deletes and kind is not JobKind.FULL:
@@ -350,6 +377,7 @@ class DaemonAdmin:
     async def retry(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """Queue a job that fetches again, by id, the items `job` recorded as failed."""
         job = await self._job(args["id"], caller)
+        self._require_active(job.connection)
         if job.status in jobs.LIVE:
             raise AdminError(ErrorCode.CONFLICT, f"job {job.id} is {job.status.value}: retry it once it has ended")
         failed = await self.daemon.store.call(jobs.failed_items, job.id)

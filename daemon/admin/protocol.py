@@ -96,7 +96,8 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "tenant": Arg("name", default="default"),
         "options": Arg("object", default={}),
     },
-    "connections.remove": {"name": _NAME},
+    # deletes the connection's data (records, cursors, jobs): refused without purge = true
+    "connections.remove": {"name": _NAME, "purge": Arg("bool", default=False)},
     # merged into the stored credentials ("" removes a key); clears tokens, ends reauth_required
     "connections.set_credential": {"name": _NAME, "credentials": Arg("str_map", required=True)},
     # confirm_deletes: this (full) sync may apply a reconciliation over [sync] max_delete_share

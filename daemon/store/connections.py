@@ -181,8 +181,22 @@ def upsert_connection(
     return stored, bool(row["created"])
 
 
-def delete_connection(conn: Connection, name: str) -> bool:
-    return conn.execute("DELETE FROM connections WHERE name = %s", (name,)).rowcount > 0
+def purge_connection(conn: Connection, name: str) -> dict[str, int] | None:
+    """Delete a connection and everything synced for it (records, cursors, jobs cascade); returns
+    what went, or None if there is no such connection.  Only ever an explicit act (`--purge`,
+    `purge = true`): callers log it in the activity log and the daemon log."""
+    found = conn.execute("SELECT id FROM connections WHERE name = %s FOR UPDATE", (name,)).fetchone()
+    if found is None:
+        return None
+    counts = conn.execute(
+        "SELECT (SELECT count(*) FROM records WHERE connection_id = %(id)s) AS records,"
+        " (SELECT count(*) FROM cursors WHERE connection_id = %(id)s) AS cursors,"
+        " (SELECT count(*) FROM sync_jobs WHERE connection_id = %(id)s) AS jobs",
+        {"id": found["id"]},
+    ).fetchone()
+    assert counts is not None
+    conn.execute("DELETE FROM connections WHERE id = %s", (found["id"],))
+    return {key: int(value) for key, value in counts.items()}  # type: ignore[call-overload]
 
 
 def record_outcome(conn: Connection, connection_id: int, *, success: bool, error: str | None) -> None:

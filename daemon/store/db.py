@@ -13,16 +13,27 @@ modules by concern (connections, records, jobs, activity).
 Error handling: psycopg's OperationalError (server gone, connection refused,
 admin shutdown) becomes ``StoreUnavailable`` and the connection is dropped;
 the next call opens a fresh one.  Callers decide whether to retry.
+
+Timeouts: every connection carries a server-side ``statement_timeout`` and
+``lock_timeout`` ([store] in the config, 30 s); a statement stopped by either
+becomes ``StoreTimeout`` (a StoreUnavailable: retried the same way).  A call
+whose caller is cancelled (an admin request's timeout, shutdown) has its
+statement cancelled server-side, and at shutdown ``set_stop_deadline`` bounds
+even shielded final writes, so a lock held forever by another session cannot
+hold the daemon past its stop deadline.
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import functools
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import psycopg
 import structlog
@@ -30,7 +41,7 @@ import trio
 from psycopg.rows import dict_row
 
 from freshd import metrics, systemd
-from freshd.errors import Fenced, StoreUnavailable
+from freshd.errors import Fenced, StoreTimeout, StoreUnavailable
 from freshd.secrets import Keyring
 from freshd.store import migrate
 
@@ -43,6 +54,20 @@ Connection = psycopg.Connection[dict[str, object]]
 
 CONNECT_TIMEOUT = 5
 RETRY_CAP = 30.0
+CANCEL_TIMEOUT = 2.0  # a cancel request the server does not acknowledge in this time is given up
+STATEMENT_TIMEOUT = 30.0  # [store] statement_timeout and lock_timeout (seconds)
+LOCK_TIMEOUT = 30.0
+
+
+class _InFlight:
+    """One call on its worker thread: the connection it uses, what it returned or raised."""
+
+    def __init__(self, conn: Connection | None) -> None:
+        self.conn = conn  # set by the worker thread once connected
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.cancel_requested = False
+        self.done = trio.Event()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +95,20 @@ def check_fence(conn: Connection, fence: Fence) -> None:
 class Store:
     """Opened by :func:`open_store`; shared by every actor."""
 
-    def __init__(self, url: str, *, max_connections: int, keyring: Keyring | None = None) -> None:
+    def __init__(
+        self, url: str, *, max_connections: int, keyring: Keyring | None = None,
+        statement_timeout: float = STATEMENT_TIMEOUT, lock_timeout: float = LOCK_TIMEOUT,
+    ) -> None:
         self.url = url
         # seals credentials and tokens (freshd.secrets); an in-memory key when none is given (tests)
         self.keyring = keyring or Keyring.ephemeral()
+        self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
         self._limiter = trio.CapacityLimiter(max_connections)
         self._idle: list[Connection] = []
         self._closed = False
+        self._stop_deadline = math.inf
+        self._waiters: set[trio.CancelScope] = set()
         self.available = True
         self._fence: Fence | None = None
 
@@ -95,28 +127,96 @@ class Store:
 
         Not abandoned on cancellation: a commit in flight finishes (or fails)
         before the caller sees ``Cancelled``, so "committed" is never ambiguous
-        from the caller's side.
+        from the caller's side.  But the caller's deadline holds: when its
+        scope is cancelled (a `fail_after`, shutdown) while the statement waits
+        (a lock held by another session, a slow query), the statement is
+        cancelled server-side, the transaction rolls back, and the caller sees
+        ``Cancelled``.  Every statement also obeys the server-side
+        ``statement_timeout``/``lock_timeout``, reported as ``StoreTimeout``.
         """
         if self._closed:
             raise StoreUnavailable("the store is closed")
         async with self._limiter:
-            idle = self._idle.pop() if self._idle else None
+            if trio.current_time() >= self._stop_deadline:
+                raise StoreTimeout("the daemon is stopping and its stop deadline for database writes has passed")
+            call = _InFlight(self._idle.pop() if self._idle else None)
             try:
-                conn, result = await trio.to_thread.run_sync(self._run, idle, fn, args, kwargs)
-            except StoreUnavailable:
+                await self._wait(call, functools.partial(self._run, call, fn, args, kwargs))
+            finally:
+                self._release(call)
+            if isinstance(call.error, StoreTimeout):
+                raise call.error  # the database answered (too late): not an outage
+            if isinstance(call.error, StoreUnavailable):
                 self._mark(available=False)
-                raise
+                raise call.error
+            if call.error is not None:
+                raise call.error
             self._mark(available=True)
-            if self._closed:
-                conn.close()
-            else:
-                self._idle.append(conn)
-            return result
+            return cast(T, call.result)
+
+    async def _wait(self, call: _InFlight, work: Callable[[], None]) -> None:
+        """Run `work` on a worker thread and wait until it ends, whatever happens.
+
+        If the caller is cancelled, or the stop deadline passes, first, the statement is cancelled
+        server-side so the thread ends promptly even behind a lock held forever; the caller then
+        sees ``Cancelled`` (or ``StoreTimeout`` for the stop deadline) unless the call went through.
+        """
+        token = trio.lowlevel.current_trio_token()
+        context = contextvars.copy_context()
+        trio.lowlevel.start_thread_soon(functools.partial(context.run, work),
+                                        lambda _: token.run_sync_soon(call.done.set))
+        waiter = trio.CancelScope(deadline=self._stop_deadline)
+        self._waiters.add(waiter)
+        try:
+            with waiter:
+                try:
+                    await call.done.wait()
+                except trio.Cancelled:
+                    with trio.CancelScope(shield=True):
+                        await self._cancel_statement(call)
+                        await call.done.wait()
+                    if call.error is not None:
+                        raise  # nothing was committed: the caller's scope takes it from here
+                    # it went through after all: the caller gets its result (and Cancelled at its next checkpoint)
+        finally:
+            self._waiters.discard(waiter)
+        if waiter.cancelled_caught and call.error is not None:
+            call.error = StoreTimeout(
+                f"the daemon is stopping and the database did not answer before the stop deadline: {call.error}")
+
+    async def _cancel_statement(self, call: _InFlight) -> None:
+        conn = call.conn
+        if conn is None or call.done.is_set():
+            return  # still connecting (bounded by CONNECT_TIMEOUT) or already over
+        call.cancel_requested = True
+        try:
+            await trio.to_thread.run_sync(functools.partial(conn.cancel_safe, timeout=CANCEL_TIMEOUT))
+        except Exception as exc:  # the thread still ends, by statement_timeout at worst
+            log.warning("store.cancel_failed", error=_one_line(exc))
+
+    def _release(self, call: _InFlight) -> None:
+        """Back to the idle list if reusable; a connection whose statement we cancelled is closed
+        (a late cancel request must never hit the next call's statement)."""
+        conn = call.conn
+        if conn is None or conn.closed:
+            return
+        if conn.broken or call.cancel_requested or self._closed:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    def set_stop_deadline(self, deadline: float) -> None:
+        """Shutdown: no store call outlives `deadline` (trio time), shielded final writes included;
+        a statement still running then is cancelled server-side and its caller gets StoreTimeout."""
+        self._stop_deadline = min(self._stop_deadline, deadline)
+        for waiter in self._waiters:
+            waiter.deadline = min(waiter.deadline, deadline)
 
     async def call_retrying(
         self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """`call`, waiting out a database outage with backoff (0.5 s doubling to 30 s) until cancelled.
+        """`call`, waiting out a database outage with backoff (0.5 s doubling to 30 s) until cancelled
+        (or until the stop deadline, when retrying is pointless).
 
         For writes that must not be lost to a blip (job progress, outcomes): every one of
         them is idempotent, so a retry after an ambiguous failure is safe.
@@ -126,40 +226,58 @@ class Store:
             try:
                 return await self.call(fn, *args, **kwargs)
             except StoreUnavailable as exc:
+                if trio.current_time() + delay >= self._stop_deadline:
+                    raise
                 log.warning("store.retrying", retry_in=delay, error=str(exc))
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_CAP)
 
+    def _connect(self) -> Connection:
+        # server-side bounds on every statement and lock wait: a hung database cannot hold a
+        # worker thread (and the caller) longer than this
+        options = (f"-c search_path=freshd,public -c statement_timeout={round(self.statement_timeout * 1000)}"
+                   f" -c lock_timeout={round(self.lock_timeout * 1000)}")
+        return psycopg.connect(self.url, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT, options=options)
+
     def _run(
         self,
-        conn: Connection | None,
+        call: _InFlight,
         fn: Callable[..., T],
         args: tuple[object, ...],
         kwargs: dict[str, object],
-    ) -> tuple[Connection, T]:
+    ) -> None:
+        """On the worker thread: never raises; the outcome goes into `call`."""
+        conn = call.conn
         try:
             if conn is None or conn.closed or conn.broken:
-                conn = psycopg.connect(
-                    self.url, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT,
-                    options="-c search_path=freshd,public",
-                )
+                conn = call.conn = self._connect()
             started = time.perf_counter()
             with conn.transaction():
                 if self._fence is not None:
                     check_fence(conn, self._fence)
-                result = fn(conn, *args, **kwargs)
+                call.result = fn(conn, *args, **kwargs)
             metrics.db_write_seconds.observe(time.perf_counter() - started)
-            return conn, result
+        except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
+            # the server stopped the statement; the transaction rolled back, the connection is fine
+            call.error = StoreTimeout(self._timeout_message(call, exc))
+            call.error.__cause__ = exc
         except psycopg.OperationalError as exc:
             if conn is not None:
                 conn.close()
-            raise StoreUnavailable(f"database unavailable: {_one_line(exc)}") from exc
-        except BaseException:
+            call.error = StoreUnavailable(f"database unavailable: {_one_line(exc)}")
+            call.error.__cause__ = exc
+        except BaseException as exc:
             # A statement error leaves the transaction rolled back; the connection is reusable
-            # unless it broke, in which case the next call reconnects.
-            if conn is not None and conn.broken:
-                conn.close()
-            raise
+            # unless it broke (then `_release` closes it and the next call reconnects).
+            call.error = exc
+
+    def _timeout_message(self, call: _InFlight, exc: psycopg.Error) -> str:
+        if call.cancel_requested:
+            return f"cancelled at the caller's deadline: {_one_line(exc)}"
+        if isinstance(exc, psycopg.errors.LockNotAvailable):
+            return f"the database did not grant a lock within {self.lock_timeout:g} s (lock_timeout): {_one_line(exc)}"
+        return (f"the database did not answer within {self.statement_timeout:g} s (statement_timeout): "
+                f"{_one_line(exc)}")
 
     def _mark(self, *, available: bool) -> None:
         if available != self.available:
@@ -192,9 +310,11 @@ def _one_line(exc: BaseException) -> str:
 @asynccontextmanager
 async def open_store(
     url: str, *, max_connections: int = 4, apply_migrations: bool = True, keyring: Keyring | None = None,
+    statement_timeout: float = STATEMENT_TIMEOUT, lock_timeout: float = LOCK_TIMEOUT,
 ) -> AsyncIterator[Store]:
     """Open the store, apply pending migrations, and close every connection on exit."""
-    store = Store(url, max_connections=max_connections, keyring=keyring)
+    store = Store(url, max_connections=max_connections, keyring=keyring,
+                  statement_timeout=statement_timeout, lock_timeout=lock_timeout)
     try:
         if apply_migrations:
             await trio.to_thread.run_sync(migrate.apply_migrations, url)
