@@ -18,6 +18,7 @@ missed nudge loses nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum
@@ -47,6 +48,7 @@ from freshd.policies.retry import RetryPolicy
 from freshd.policies.tokens import Token, TokenRefresher
 from freshd.slots import SyncSlots
 from freshd.store import Store, connections, jobs
+from freshd.store.db import Fence
 from freshd.store.jobs import JobRow, JobStatus
 from freshd.sync import MAX_DELETE_SHARE, ControlRequest, JobControl, JobOutcome, JobProgress, JobRunner
 from freshd.watch import ProgressHub
@@ -157,9 +159,13 @@ class ConnectionActor:
         tokens: dict[str, Any] | None = None,
         probe_limiter: trio.CapacityLimiter | None = None,
         live_job: JobRow | Lookup | None = LOOKUP,
+        fence: Fence | None = None,
+        lease_valid: Callable[[], bool] | None = None,
     ) -> None:
         self._live_job = live_job
         self.store = store
+        self.fence = fence  # the lease this actor runs under (scale-out); its store checks it on every write
+        self.lease_valid = lease_valid
         self.slots = slots
         self.hub = hub
         self.policy = policy or PolicySettings()
@@ -195,7 +201,7 @@ class ConnectionActor:
         group_name = settings.options.get("rate_group") or settings.tenant
         group = self.rate_groups.bucket(str(group_name))
         gate = ConnectionGate(settings.provider, rates, pinned=pinned, groups=[group] if group else [],
-                              breaker=breaker)
+                              breaker=breaker, lease_valid=self.lease_valid)
         return ConnectionPolicies(gate, tokens, self.policy.retry, self.policy.limits)
 
     async def _persist_token(self, token: Token) -> None:
@@ -260,6 +266,11 @@ class ConnectionActor:
             live = self._live_job
             if isinstance(live, Lookup):
                 live = await self.store.call(jobs.live_job, self.connection_id)
+            if live is not None and live.status is JobStatus.RUNNING:
+                # left running by a member that died (its lease is ours now: it writes nothing more),
+                # or by this daemon's previous process: resumed from its committed cursor
+                live = await self.store.call(jobs.set_status, live.id, JobStatus.INTERRUPTED)
+                self.log.warning("job.taken_over", job=live.id)
             task_status.started()
             if live is not None:
                 if live.status is JobStatus.PAUSED:
@@ -396,7 +407,8 @@ class ConnectionActor:
 
     async def _run_job(self, active: ActiveJob) -> None:
         # the job stays 'queued' until the daemon's and the tenant's caps let it run
-        async with self.slots.hold(self.settings.tenant):
+        async with self.slots.hold(self.settings.tenant), \
+                self.slots.claim(self.store, self.fence, self.settings.tenant):
             await self._run_held_job(active)
 
     async def _run_held_job(self, active: ActiveJob) -> None:

@@ -34,6 +34,7 @@ from freshd import logs, metrics, systemd
 from freshd.actor import ConnectionState, PolicySettings
 from freshd.admin.commands import DaemonAdmin
 from freshd.admin.server import AccessRules, prepare_socket_path, serve_admin
+from freshd.cluster import ClusterSettings, Membership, default_member_name
 from freshd.config import Config, load_config
 from freshd.embedded_pg import open_embedded_postgres
 from freshd.errors import ConfigError, StoreUnavailable
@@ -45,7 +46,7 @@ from freshd.policies.staleness import Staleness, Verdict
 from freshd.scheduler import Sweep, add_sweeps, create_scheduler, serve_scheduler
 from freshd.secrets import load_keyring
 from freshd.slots import SyncSlots
-from freshd.store import Store, activity, connections, jobs, open_store
+from freshd.store import Store, activity, cluster, connections, jobs, open_store
 from freshd.store.jobs import JobKind
 from freshd.supervisor import Supervisor
 
@@ -68,6 +69,11 @@ def policy_settings(config: Config) -> PolicySettings:
     )
 
 
+def cluster_settings(config: Config) -> ClusterSettings:
+    c = config.cluster
+    return ClusterSettings(member_name=c.member_name, lease_ttl=c.lease_ttl, handover=c.handover)
+
+
 def rate_groups(config: Config) -> dict[str, Rate]:
     return {name: Rate.parse(group.rate, group.burst) for name, group in config.policies.rate_groups.items()}
 
@@ -83,7 +89,28 @@ class Daemon:
         self.started_at = datetime.now(UTC)
         self.metrics_url: str | None = None
         self.scheduler: Any = None
+        self.membership: Membership | None = None  # set once the store is open (run_daemon)
+
         self._reload_wanted = trio.Event()  # set by SIGHUP; one pending reload, the newest wins
+
+    async def runnable_ids(self) -> set[int]:
+        """Connections a member may lease: every stored one but those parked by this config."""
+        names = await self.store.call(connections.names_by_id)
+        return {cid for cid, name in names.items() if self.supervisor.parked(name) is None}
+
+    async def queue_owned(self, wanted: dict[int, JobKind], trigger: str) -> dict[int, int]:
+        """Queue jobs for connections whose lease this member holds, fenced in one transaction:
+        connection id -> live job id.  Each member's sweeps queue only its own connections."""
+        fences = self.supervisor.fences()
+        mine = {cid: kind for cid, kind in wanted.items() if cid in fences}
+        if not mine:
+            return {}
+
+        def queue(conn: Any) -> dict[int, int]:
+            held = cluster.lock_fences(conn, [fences[cid] for cid in mine])
+            return jobs.create_jobs(conn, [(cid, kind) for cid, kind in mine.items() if cid in held], trigger)
+
+        return await self.store.call(queue)
 
     # -- connections from the config file ---------------------------------------------------------
 
@@ -161,13 +188,15 @@ class Daemon:
         self.supervisor.rate_groups.configure(rate_groups(config))
         rows = await self.store.call(connections.list_connections, self.store.keyring)
         await self.supervisor.apply(rows, parked=parked)
+        if self.membership is not None:
+            await self.membership.settle()  # leases follow the new config (parked ones given back)
         await self.queue_never_synced()
 
     async def queue_never_synced(self, trigger: str = "startup") -> None:
         """A connection that never completed a sync gets one queued: nobody has to remember."""
         states = await self.store.call(connections.list_sync_states)
         never = {s.id: s.name for s in states if s.last_success_at is None and not self.supervisor.parked(s.name)}
-        queued = await self.store.call(jobs.create_jobs, [(cid, JobKind.INITIAL) for cid in never], trigger)
+        queued = await self.queue_owned({cid: JobKind.INITIAL for cid in never}, trigger)
         for cid, job_id in queued.items():
             self.supervisor.send_nowait(never[cid], JobQueued(job_id))
 
@@ -254,8 +283,7 @@ class Daemon:
                                      last_started_at=started.get(state.id), scheduled=True)
             if decision.verdict is Verdict.SYNC:
                 due[state.id] = (state.name, JobKind.INCREMENTAL if state.last_success_at else JobKind.INITIAL)
-        queued = await self.store.call(jobs.create_jobs, [(cid, kind) for cid, (_, kind) in due.items()],
-                                       "schedule")
+        queued = await self.queue_owned({cid: kind for cid, (_, kind) in due.items()}, "schedule")
         for cid, job_id in queued.items():
             self.supervisor.send_nowait(due[cid][0], JobQueued(job_id))
         log.info("sync.sweep", due=len(due), queued=len(queued))
@@ -356,13 +384,12 @@ async def run_daemon(
         if resealed:
             log.info("secrets.resealed", connections=resealed, key=keyring.current.hex(),
                      keys=[str(p) for p in key_paths])
-        interrupted = await store.call(jobs.interrupt_running)
-        if interrupted:
-            log.warning("jobs.interrupted", jobs=interrupted)
+        # jobs left running are not interrupted here: another member may be running them; a job
+        # whose owner died is taken over (and resumed) by whoever acquires its connection's lease
 
         async with trio.open_nursery() as root:
             slots = SyncSlots(max_running=config.sync.max_running,
-                              tenant_max_running=config.sync.tenant_max_running)
+                              tenant_max_running=config.sync.tenant_max_running, lease_ttl=config.cluster.lease_ttl)
             supervisor = Supervisor(store, slots=slots,
                                     sync_interval=timedelta(seconds=config.schedule.sync_interval)
                                     if config.schedule.scheduled_sync else None,
@@ -370,6 +397,15 @@ async def run_daemon(
             await root.start(supervisor.run)
             daemon = Daemon(config, config_path, store, supervisor)
             await daemon.apply_config(config)
+            membership = Membership(
+                store, cluster_settings(config),
+                config.cluster.member_name or default_member_name(str(config.admin.socket)),
+                load_ids=daemon.runnable_ids, run_owned=supervisor.own)
+            daemon.membership = membership
+            supervisor.lease_check = membership.owns
+            # the first lease round before anything answers: this member's connections are running
+            await root.start(membership.serve)
+            await daemon.queue_never_synced()
 
             admin = config.admin
             await root.start(
@@ -398,5 +434,13 @@ async def run_daemon(
             log.info("daemon.ready", socket=str(admin.socket), metrics=daemon.metrics_url,
                      connections=len(supervisor.names()))
             task_status.started(daemon)
+        # every actor has stopped (its job interrupted at a committed cursor): our leases are
+        # free at once, so a restarted or surviving member resumes them without the lease time
+        with trio.move_on_after(2.0):
+            try:
+                await store.call(cluster.leave, membership.id)
+                log.info("cluster.left", member=membership.id)
+            except StoreUnavailable as exc:
+                log.warning("cluster.leave_failed", error=str(exc))
     log.info("daemon.stopped")
 

@@ -34,7 +34,6 @@ import trio
 from freshd import __version__, metrics
 from freshd.errors import StoreUnavailable
 from freshd.store import Store, cluster
-from freshd.store.connections import ConnectionRow
 from freshd.store.db import Fence
 
 log = structlog.get_logger(__name__)
@@ -80,11 +79,11 @@ def _pid_gone(host: str, pid: int) -> bool:
     return pid == os.getpid()  # our own pid reused by this very process: that daemon is gone
 
 
-# what the daemon gives the membership: the connections that exist, and how to run exactly a set
-# of them (the ids in the second argument are stopped at once, not at a committed cursor: their
-# lease is gone, and any write they attempted would be refused anyway)
-LoadRows = Callable[[], Awaitable[list[ConnectionRow]]]
-RunOwned = Callable[[list[tuple[ConnectionRow, Fence]], set[int]], Awaitable[None]]
+# what the daemon gives the membership: the connections that may run (stored, not parked), and
+# how to run exactly those whose leases it holds (the ids in the second argument are stopped at
+# once, not at a committed cursor: their lease is gone, any write of theirs would be refused)
+LoadIds = Callable[[], Awaitable[set[int]]]
+RunOwned = Callable[[dict[int, Fence], set[int]], Awaitable[None]]
 
 
 @dataclass
@@ -92,7 +91,7 @@ class Membership:
     store: Store
     settings: ClusterSettings
     name: str
-    load_rows: LoadRows
+    load_ids: LoadIds
     run_owned: RunOwned
     id: str = ""
     held: dict[int, int] = field(default_factory=dict)  # connection id -> epoch
@@ -100,7 +99,7 @@ class Membership:
     members: list[cluster.Member] = field(default_factory=list)
     deadline: float = 0.0  # trio clock: our leases are good until then
     _wake: trio.Event = field(default_factory=trio.Event)
-    _rows: dict[int, ConnectionRow] = field(default_factory=dict)
+    _lock: trio.Lock = field(default_factory=trio.Lock)  # one round at a time
 
     def __post_init__(self) -> None:
         self.id = self.id or f"{self.name}#{secrets.token_hex(4)}"
@@ -114,8 +113,12 @@ class Membership:
         return self.id if connection_id in self.held else self.owners.get(connection_id)
 
     def wake(self) -> None:
-        """Run a round now (a connection was added or removed)."""
+        """Run a round soon (a connection was removed or changed)."""
         self._wake.set()
+
+    async def settle(self) -> None:
+        """Run a round now and return when it is done (a connection was added here)."""
+        await self._round()
 
     def alive_members(self) -> list[cluster.Member]:
         return [m for m in self.members if m.alive]
@@ -150,25 +153,28 @@ class Membership:
             with trio.move_on_after(2.0) as scope:  # a clean leave frees our leases at once
                 scope.shield = True
                 try:
-                    await self.run_owned([], set())
+                    await self.run_owned({}, set())
                     await self.store.call(cluster.leave, self.id)
                     log.info("cluster.left", member=self.id)
                 except StoreUnavailable:
                     pass
 
     async def _round(self) -> None:
+        async with self._lock:
+            await self._locked_round()
+
+    async def _locked_round(self) -> None:
         started = trio.current_time()
-        by_id = {row.id: row for row in await self.load_rows()}
-        self._rows = by_id
+        runnable = await self.load_ids()
         self.members = await self.store.call(cluster.members, self.settings.lease_ttl)
         eligible = {m.name for m in self.members
                     if m.alive and (m.age >= self.settings.handover or m.id == self.id)}
         eligible.add(self.name)
-        wanted = {cid for cid in by_id if rendezvous_owner(cid, eligible) == self.name}
+        wanted = {cid for cid in runnable if rendezvous_owner(cid, eligible) == self.name}
         # give back what a member that has been up long enough should now run (its hand-over)
         settled = {m.name for m in self.members if m.alive and m.age >= self.settings.handover} | {self.name}
         release = {cid for cid in self.held
-                   if cid not in by_id or rendezvous_owner(cid, settled) != self.name}
+                   if cid not in runnable or rendezvous_owner(cid, settled) != self.name}
         if release:
             await self._stop(release, abrupt=False)  # their jobs are interrupted at a committed cursor first
         outcome = await self.store.call(
@@ -194,15 +200,15 @@ class Membership:
         self.owners = outcome.owners
         metrics.cluster_members_alive.set(len(self.alive_members()))
         metrics.cluster_leases_held.set(len(self.held))
-        owned = [(by_id[cid], Fence(cid, self.id, epoch)) for cid, epoch in self.held.items() if cid in by_id]
-        await self.run_owned(owned, set())
+        await self.run_owned(self._fences(), set())
 
     async def _stop(self, connection_ids: Iterable[int], *, abrupt: bool) -> None:
         stopping = set(connection_ids)
-        # from the rows of the last round: stopping must not wait for a database that may be down
-        keep = [(row, Fence(cid, self.id, self.held[cid])) for cid, row in self._rows.items()
-                if cid in self.held and cid not in stopping]
+        keep = {cid: fence for cid, fence in self._fences().items() if cid not in stopping}
         await self.run_owned(keep, stopping if abrupt else set())
+
+    def _fences(self) -> dict[int, Fence]:
+        return {cid: Fence(cid, self.id, epoch) for cid, epoch in self.held.items()}
 
     async def _lose(self, connection_ids: list[int], why: str) -> None:
         log.warning("cluster.stopping_actors", reason=why, connections=len(connection_ids))

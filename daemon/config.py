@@ -171,6 +171,14 @@ class SyncConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    # several daemons on one database (docs/SCALE-OUT.md); one daemon is a cluster of one
+    member_name: str | None = None  # stable across restarts; default: this host and the admin socket path
+    lease_ttl: float = 10.0  # a connection's owner must renew within this; failover takes about this long
+    handover: float = 10.0  # a member that joined is handed its share once up this long
+
+
+@dataclass(frozen=True, slots=True)
 class StoreConfig:
     # server-side bounds on every store statement and lock wait (PostgreSQL statement_timeout,
     # lock_timeout): a database hanging on a lock cannot hold a sync, an admin request or shutdown
@@ -224,6 +232,7 @@ class Config:
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     policies: PoliciesConfig = field(default_factory=PoliciesConfig)
     connections: tuple[ConnectionConfig, ...] = ()
@@ -483,10 +492,11 @@ def _string_list(reader: _Reader, key: str) -> tuple[str, ...]:
 
 _TOP_KEYS = (
     "database_url", "state_dir", "runtime_dir", "admin", "metrics", "log", "schedule", "staleness",
-    "sync", "store", "secrets", "policies", "connections",
+    "sync", "store", "secrets", "policies", "connections", "cluster",
 )
 _METRICS, _SCHEDULE, _STALENESS, _SYNC = MetricsConfig(), ScheduleConfig(), StalenessConfig(), SyncConfig()
 _STORE = StoreConfig()
+_CLUSTER = ClusterConfig()
 _CONNECTION_KEYS = ("name", "provider", "base_url", "tenant", "credentials", "options", "enabled", "purge")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -722,6 +732,16 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         lock_timeout=store.duration("lock_timeout", _STORE.lock_timeout),
     )
 
+    cluster = top.table("cluster")
+    cluster.check_keys(("member_name", "lease_ttl", "handover"))
+    cluster_config = ClusterConfig(
+        member_name=cluster.string("member_name", None),
+        lease_ttl=cluster.duration("lease_ttl", _CLUSTER.lease_ttl),
+        handover=cluster.duration("handover", _CLUSTER.handover, positive=False),
+    )
+    if cluster_config.lease_ttl < 2:
+        cluster.fail("lease_ttl", "must be at least 2s (it is renewed every quarter of it)")
+
     secrets = top.table("secrets")
     secrets.check_keys(("key_files", "credential"))
     secrets_config = SecretsConfig(
@@ -791,6 +811,7 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         staleness=staleness_config,
         sync=sync_config,
         store=store_config,
+        cluster=cluster_config,
         secrets=secrets_config,
         policies=policies_config,
         connections=_connections(top, providers),

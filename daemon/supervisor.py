@@ -15,8 +15,9 @@ keep their rows and show in status, but run no actor.
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -27,12 +28,13 @@ import trio
 from freshd import metrics
 from freshd.actor import LOOKUP, ConnectionActor, ConnectionState, ConnectionStatus, Lookup, PolicySettings
 from freshd.connectors.base import ConnectionSettings
-from freshd.errors import StoreUnavailable
+from freshd.errors import Fenced, StoreUnavailable
 from freshd.messages import ActorMessage, Stop, UpdateSettings
 from freshd.policies.gate import RateGroups
 from freshd.slots import SyncSlots
-from freshd.store import Store, activity, jobs
+from freshd.store import Store, activity, connections, jobs
 from freshd.store.connections import ConnectionRow
+from freshd.store.db import Fence
 from freshd.store.jobs import JobRow, JobStatus
 from freshd.watch import ProgressHub
 
@@ -63,6 +65,7 @@ def settings_of(row: ConnectionRow) -> ConnectionSettings:
 class _Handle:
     row: ConnectionRow
     settings: ConnectionSettings
+    fence: Fence  # the lease epoch its writes are checked against
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     actor: ConnectionActor | None = None
     restarts: int = 0
@@ -91,6 +94,11 @@ class Supervisor:
         self.probe_limiter = trio.CapacityLimiter(PROBES_AT_ONCE)
         self.sync_interval = sync_interval
         self._handles: dict[str, _Handle] = {}
+        self._rows: dict[int, ConnectionRow] = {}  # every stored connection, by id
+        self._owned: dict[int, Fence] = {}  # the leases this member holds
+        self._reconciling = trio.Lock()
+        # does this member still hold a connection's lease (its local deadline not passed)?
+        self.lease_check: Callable[[int], bool] | None = None
         self._parked: dict[str, tuple[ConnectionRow, ConnectionState]] = {}  # no actor, rows kept
         self._nursery: trio.Nursery | None = None
 
@@ -103,23 +111,63 @@ class Supervisor:
     # -- membership ------------------------------------------------------------------------------
 
     async def apply(self, rows: list[ConnectionRow], *, parked: Mapping[str, ConnectionState] | None = None) -> None:
-        """Run an actor for each row but the parked ones (`parked`: name -> DISABLED or DETACHED;
-        None keeps the names parked so far, for callers that only changed a row)."""
+        """The stored connections: an actor runs for each row this member holds the lease of
+        (`own`), but the parked ones (`parked`: name -> DISABLED or DETACHED; None keeps the names
+        parked so far, for callers that only changed a row)."""
         if parked is None:
             parked = {name: state for name, (_, state) in self._parked.items()}
         self._parked = {row.name: (row, parked[row.name]) for row in rows if row.name in parked}
-        wanted = {row.name: row for row in rows if row.name not in parked}
-        for name in [n for n in self._handles if n not in wanted]:
-            await self.stop(name)
-        # new actors get their live job from one query, not one each (a fleet starts in one go)
-        live = await self.store.call(jobs.live_jobs) if any(n not in self._handles for n in wanted) else {}
-        for name, row in wanted.items():
-            handle = self._handles.get(name)
-            if handle is None:
-                self.start(row, live_job=live.get(row.id))
-            elif settings_of(row) != handle.settings:
-                handle.row, handle.settings = row, settings_of(row)
-                self.send_nowait(name, UpdateSettings(handle.settings))
+        self._rows = {row.id: row for row in rows}
+        await self._reconcile(set())
+
+    def know(self, row: ConnectionRow) -> None:
+        """A connection just stored (added here): runs once its lease is ours."""
+        self._rows[row.id] = row
+
+    def runnable(self) -> set[int]:
+        """Connection ids this member may lease: every stored one but the parked."""
+        return {cid for cid, row in self._rows.items() if row.name not in self._parked}
+
+    async def own(self, fences: Mapping[int, Fence], abrupt: set[int]) -> None:
+        """The leases this member holds now (freshd.cluster): their actors run, each writing through
+        the store fenced by its epoch; actors of connections in `abrupt` (lease lost) are cancelled
+        at once rather than stopped at a committed cursor."""
+        self._owned = dict(fences)
+        if any(cid not in self._rows for cid in fences):  # added on another member
+            self._rows = {row.id: row for row in await self.store.call(connections.list_connections,
+                                                                         self.store.keyring)}
+        await self._reconcile(abrupt)
+
+    def owns(self, name: str) -> bool:
+        return name in self._handles
+
+    def fences(self) -> dict[int, Fence]:
+        """connection id -> the fence of the actor running it here."""
+        return {handle.row.id: handle.fence for handle in self._handles.values()}
+
+    def fenced_store(self, name: str) -> Store | None:
+        """The store as the actor of `name` writes to it (None: not run by this member)."""
+        handle = self._handles.get(name)
+        return self.store.fenced(handle.fence) if handle else None
+
+    async def _reconcile(self, abrupt: set[int]) -> None:
+        async with self._reconciling:
+            wanted = {row.name: (row, self._owned[cid]) for cid, row in self._rows.items()
+                      if cid in self._owned and row.name not in self._parked}
+            going = [name for name, handle in self._handles.items()
+                     if name not in wanted or wanted[name][1] != handle.fence]
+            async with trio.open_nursery() as nursery:  # stops in parallel: a hand-over of many is quick
+                for name in going:
+                    nursery.start_soon(self.stop, name, self._handles[name].row.id in abrupt)
+            # new actors get their live job from one query, not one each (a fleet starts in one go)
+            live = await self.store.call(jobs.live_jobs) if any(n not in self._handles for n in wanted) else {}
+            for name, (row, fence) in wanted.items():
+                handle = self._handles.get(name)
+                if handle is None:
+                    self.start(row, fence, live_job=live.get(row.id))
+                elif settings_of(row) != handle.settings:
+                    handle.row, handle.settings = row, settings_of(row)
+                    self.send_nowait(name, UpdateSettings(handle.settings))
 
     def parked(self, name: str) -> ConnectionState | None:
         """DISABLED or DETACHED if `name` is kept without an actor, else None."""
@@ -130,17 +178,17 @@ class Supervisor:
         """A purged connection: no longer shown."""
         self._parked.pop(name, None)
 
-    def start(self, row: ConnectionRow, *, live_job: JobRow | Lookup | None = LOOKUP) -> None:
+    def start(self, row: ConnectionRow, fence: Fence, *, live_job: JobRow | Lookup | None = LOOKUP) -> None:
         assert self._nursery is not None, "supervisor is not running"
-        handle = _Handle(row, settings_of(row), live_job=live_job)
+        handle = _Handle(row, settings_of(row), fence, live_job=live_job)
         self._handles[row.name] = handle
         self._nursery.start_soon(self._supervise, handle, name=f"actor:{row.name}")
 
-    async def stop(self, name: str) -> None:
+    async def stop(self, name: str, abrupt: bool = False) -> None:
         handle = self._handles.pop(name, None)
         if handle is None:
             return
-        if handle.actor is not None and not handle.backing_off:
+        if handle.actor is not None and not handle.backing_off and not abrupt:
             try:
                 handle.actor.mailbox_send.send_nowait(Stop())
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -210,10 +258,11 @@ class Supervisor:
                 while True:
                     row = handle.row
                     actor = ConnectionActor(
-                        self.store, row.id, handle.settings, last_success_at=row.last_success_at,
+                        self.store.fenced(handle.fence), row.id, handle.settings, last_success_at=row.last_success_at,
                         last_error=row.last_error, sync_interval=self.sync_interval, slots=self.slots,
                         hub=self.hub, policy=self.policy, rate_groups=self.rate_groups, tokens=row.tokens,
-                        probe_limiter=self.probe_limiter, live_job=handle.live_job,
+                        probe_limiter=self.probe_limiter, live_job=handle.live_job, fence=handle.fence,
+                        lease_valid=functools.partial(self.lease_check, row.id) if self.lease_check else None,
                     )
                     handle.live_job = LOOKUP
                     handle.actor, handle.backing_off = actor, False
@@ -222,8 +271,13 @@ class Supervisor:
                         await actor.run()
                         return  # a clean exit: Stop
                     except Exception as exc:
-                        handle.restarts += 1
                         root = _root_cause(exc)
+                        if isinstance(root, Fenced):
+                            # not a crash: another member holds the lease now; the membership
+                            # stops this handle (or starts it again under a new epoch)
+                            log.warning("actor.fenced", connection=row.name, error=str(root))
+                            return
+                        handle.restarts += 1
                         handle.crash = f"actor crashed: {type(root).__name__}: {root}"
                         handle.backing_off = True
                         metrics.actor_restarts_total.labels(row.provider).inc()
@@ -231,7 +285,7 @@ class Supervisor:
                         if not isinstance(root, StoreUnavailable):
                             # a bug: fail the job so a poison page cannot loop; a database outage
                             # leaves it running, and the restarted actor resumes it from its cursor
-                            await self._fail_running_job(row.id, handle.crash)
+                            await self._fail_running_job(handle, handle.crash)
                         if trio.current_time() - started > HEALTHY_AFTER:
                             delay = BACKOFF_START
                         await trio.sleep(delay * random.uniform(0.5, 1.0))
@@ -241,7 +295,8 @@ class Supervisor:
         finally:
             handle.done.set()
 
-    async def _fail_running_job(self, connection_id: int, error: str) -> None:
+    async def _fail_running_job(self, handle: _Handle, error: str) -> None:
+        connection_id = handle.row.id
         try:
             def record(conn: Any) -> None:
                 live = jobs.live_job(conn, connection_id)
@@ -251,6 +306,6 @@ class Supervisor:
                 activity.log_activity(conn, "actor.crashed", error, connection_id=connection_id,
                                       job_id=live.id if failed and live is not None else None)
 
-            await self.store.call(record)
+            await self.store.fenced(handle.fence).call(record)
         except Exception as exc:  # the store may be the reason for the crash: keep supervising
             log.warning("actor.crash_bookkeeping_failed", error=str(exc))

@@ -378,7 +378,7 @@ async def test_watch_streams_progress_until_the_job_ends(
     nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
 ) -> None:
     sim, url = simulators[0]
-    sim.app.faults.latency = 0.05
+    sim.app.faults.latency = 0.3  # the job outlives freshctl's start-up, even on a busy machine
     running = await start_daemon(nursery, tmp_path, database_url, connection_block("eu", url)
                                  + 'options = { page_concurrency = 1 }\n')
     job_id = (await running.ctl_json("jobs"))["jobs"][0]["id"]

@@ -215,7 +215,9 @@ class DaemonAdmin:
             return row, job
 
         row, job = await self.daemon.store.call(add)
-        self.daemon.supervisor.start(row)
+        self.daemon.supervisor.know(row)
+        if self.daemon.membership is not None:
+            await self.daemon.membership.settle()  # leased now, here or by the member the hash names
         self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
         return {"connection": {"name": row.name, "provider": row.provider, "tenant": row.tenant,
                                "base_url": row.base_url}, "job_id": job.id}

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from freshd import metrics
-from freshd.errors import CircuitOpen, ConfigError, ProviderError, RateLimited
+from freshd.errors import CircuitOpen, ConfigError, Fenced, ProviderError, RateLimited
 from freshd.policies.breaker import BreakerSettings, CircuitBreaker
 from freshd.policies.limits import ProviderLimits
 from freshd.policies.ratelimit import Rate, TokenBucket, read_rate_signal
@@ -115,8 +115,10 @@ class ConnectionGate:
         groups: Sequence[TokenBucket] = (),
         breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] | None = None,
+        lease_valid: Callable[[], bool] | None = None,
     ) -> None:
         self.provider = provider
+        self.lease_valid = lease_valid  # scale-out: does this member still hold the connection?
         self.breaker = breaker or CircuitBreaker(provider=provider)
         self.groups = tuple(groups)
         self._clock = clock
@@ -129,6 +131,9 @@ class ConnectionGate:
         return self.buckets.get(limit or DEFAULT) or self.buckets[DEFAULT]
 
     async def before_request(self, limit: str | None = None) -> None:
+        if self.lease_valid is not None and not self.lease_valid():
+            # scale-out: past this member's lease deadline nothing more is sent for the connection
+            raise Fenced(f"{self.provider}: this member's lease on the connection has run out; no request sent")
         self.breaker.allow()
         bucket = self.bucket(limit)
         try:

@@ -34,6 +34,20 @@ class Member:
     age: float  # seconds since it started, on the database clock
 
 
+def lock_fences(conn: Connection, fences: list[Fence]) -> set[int]:
+    """The connections of `fences` whose lease is still as fenced (locked FOR SHARE until commit):
+    a batch write (the sweeps' job queueing) touches only those."""
+    if not fences:
+        return set()
+    rows = conn.execute(
+        "SELECT l.connection_id FROM leases l JOIN unnest(%s::bigint[], %s::text[], %s::bigint[])"
+        " AS f(cid, owner, epoch) ON l.connection_id = f.cid AND l.owner = f.owner AND l.epoch = f.epoch"
+        " FOR SHARE OF l",
+        ([f.connection_id for f in fences], [f.member for f in fences], [f.epoch for f in fences]),
+    ).fetchall()
+    return {int(str(r["connection_id"])) for r in rows}
+
+
 # -- members ------------------------------------------------------------------------------------------
 
 
@@ -184,8 +198,10 @@ def claim_slot(conn: Connection, fence: Fence, tenant: str, *, max_running: int,
     check_fence(conn, fence)
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SLOT_LOCK,))
     row = conn.execute(
+        # a slot counts while its member is alive and still holds that connection's lease
         "SELECT count(*) AS total, count(*) FILTER (WHERE s.tenant = %s) AS tenant FROM sync_slots s"
         " JOIN members m ON m.id = s.member"
+        " JOIN leases l ON l.connection_id = s.connection_id AND l.owner = s.member AND l.expires_at > now()"
         " WHERE m.stopped_at IS NULL AND m.heartbeat_at > now() - %s AND s.connection_id <> %s",
         (tenant, timedelta(seconds=ttl), fence.connection_id),
     ).fetchone()

@@ -208,3 +208,8 @@ def record_outcome(conn: Connection, connection_id: int, *, success: bool, error
     else:
         conn.execute("UPDATE connections SET last_error = %s WHERE id = %s",
                      (None if error is None else logs.scrub(error), connection_id))
+
+
+def names_by_id(conn: Connection) -> dict[int, str]:
+    """Every stored connection's id and name (cheap: the membership's round reads it)."""
+    return {int(str(r["id"])): str(r["name"]) for r in conn.execute("SELECT id, name FROM connections").fetchall()}

@@ -26,7 +26,6 @@ hold the daemon past its stop deadline.
 from __future__ import annotations
 
 import contextvars
-import copy
 import functools
 import math
 import time
@@ -114,11 +113,8 @@ class Store:
 
     def fenced(self, fence: Fence) -> Store:
         """This store, with every call's transaction first checking `fence` (the connection's lease
-        epoch): a member that lost the lease writes nothing, whatever it was doing.  A view sharing
-        the pool, the limiter and the keyring."""
-        view = copy.copy(self)
-        view._fence = fence
-        return view
+        epoch): a member that lost the lease writes nothing, whatever it was doing."""
+        return _FencedStore(self, fence)
 
     async def call(
         self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
@@ -301,6 +297,24 @@ class Store:
         self._closed = True
         while self._idle:
             self._idle.pop().close()
+
+
+class _FencedStore(Store):
+    """A view of a store whose every call first checks a fence.  Everything else (the pool, the
+    limiter, the keyring, availability, the stop deadline) is the base store's own."""
+
+    def __init__(self, base: Store, fence: Fence) -> None:  # a view: the base is initialised
+        self._base = base
+        self._fence = fence
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+    def _mark(self, *, available: bool) -> None:
+        self._base._mark(available=available)
+
+    def fenced(self, fence: Fence) -> Store:
+        return _FencedStore(self._base, fence)
 
 
 def _one_line(exc: BaseException) -> str:
