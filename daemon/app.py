@@ -408,9 +408,11 @@ async def run_daemon(
             await daemon.queue_never_synced()
 
             admin = config.admin
+            handler = DaemonAdmin(daemon)
+            await root.start(handler.serve_forwarded, membership.id)  # commands other members forward
             await root.start(
                 lambda task_status: serve_admin(
-                    Path(admin.socket), DaemonAdmin(daemon), mode=admin.socket_mode, group=admin.group,
+                    Path(admin.socket), handler, mode=admin.socket_mode, group=admin.group,
                     rules=AccessRules.from_config(admin.group, admin.tenants),
                     request_timeout=admin.request_timeout, idle_timeout=admin.idle_timeout,
                     max_connections=admin.max_connections,

@@ -179,6 +179,18 @@ def show_status(result: dict[str, Any]) -> str:
                                   "NEXT SYNC", "ERROR"], rows)
 
 
+def show_members(result: dict[str, Any]) -> str:
+    rows = [("MEMBER", "HOST", "PID", "ALIVE", "CONNECTIONS", "STARTED")]
+    for m in result["members"]:
+        rows.append((m["id"] + (" (this one)" if m.get("self") else ""), m["host"], str(m["pid"]),
+                     "yes" if m["alive"] else "no", str(m["connections"]), m["started_at"] or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if result.get("unowned"):
+        lines.append(f"{result['unowned']} connection(s) unowned right now (their owner stopped or died)")
+    return "\n".join(lines)
+
+
 def show_jobs(result: dict[str, Any]) -> str:
     rows = [[j["id"], j["connection"], j["kind"], j["status"], "-" if j["percent"] is None else f"{j['percent']}%",
              progress_text(j), ago(j["started_at"]), j.get("error") or ""] for j in result["jobs"]]
@@ -286,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--offset", type=int, default=0)
     sub.add_parser("health", help="health figures; exit 0 when healthy, 1 otherwise")
+    sub.add_parser("members", help="the daemons sharing this database and the connections each runs")
     sub.add_parser("schedule", help="the periodic sweeps and their next run")
     sub.add_parser("trigger", help="run a sweep now").add_argument("sweep")
     watch = sub.add_parser("watch", help="live progress of a job (or --all), streamed by the daemon")
@@ -326,7 +339,7 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
         case "sync":
             return "sync", {"name": args.name, "full": args.full, "force": args.force,
                             "confirm_deletes": args.confirm_deletes}
-        case "health" | "schedule":
+        case "health" | "schedule" | "members":
             return args.command, {}
         case "trigger":
             return "trigger", {"sweep": args.sweep}
@@ -363,6 +376,8 @@ def render(cmd: str, result: Any) -> str:
             return str(result["job_id"]) + ("" if result["created"] else f" (already {result['status']})")
         case "jobs":
             return show_jobs(result)
+        case "members":
+            return show_members(result)
         case "job":
             return show_job(result)
         case "health":

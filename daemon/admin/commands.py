@@ -8,20 +8,25 @@ answer with plain JSON.  A rule broken raises AdminError and changes nothing.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
+import trio
 
 from freshd import __version__, logs, scheduler
-from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Request
+from freshd.actor import ConnectionState, ConnectionStatus
+from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Peer, Request
 from freshd.connectors.base import ConnectionSettings, check_settings
 from freshd.errors import AdminError, ConfigError, StoreUnavailable
 from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
 from freshd.policies.staleness import Verdict
-from freshd.store import activity, connections, jobs, records
+from freshd.store import activity, cluster, connections, jobs, records
+from freshd.store.db import Listener
 from freshd.store.jobs import JobKind, JobRow, JobStatus
 from freshd.sync import JobProgress
 
@@ -29,6 +34,12 @@ if TYPE_CHECKING:
     from freshd.app import Daemon
 
 log = structlog.get_logger(__name__)
+
+# commands about one connection that its owner runs: another member forwards them
+FORWARDED = frozenset({"sync", "retry", "pause", "resume", "cancel", "connections.set_credential",
+                       "connections.remove"})
+FORWARD_POLL = 0.05  # seconds between two looks for the owner's reply
+FORWARD_IDLE = 1.0  # the owner looks for forwarded commands at least this often
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -75,6 +86,7 @@ class DaemonAdmin:
             "connections.show": self.connections_show,
             "connections.add": self.connections_add,
             "connections.remove": self.connections_remove,
+            "members": self.members,
             "connections.set_credential": self.connections_set_credential,
             "sync": self.sync,
             "jobs": self.jobs,
@@ -94,9 +106,89 @@ class DaemonAdmin:
         if command is None:
             raise AdminError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {request.cmd!r}")
         try:
+            if request.cmd in FORWARDED and (owner := await self._owner_elsewhere(request, caller)) is not None:
+                return await self._forward(owner, request, caller)
             return await command(dict(request.args), caller)
         except StoreUnavailable as exc:
             raise AdminError(ErrorCode.UNAVAILABLE, f"the database is unavailable: {exc}") from None
+
+    # -- commands for connections another member runs ----------------------------------------------
+
+    async def _owner_elsewhere(self, request: Request, caller: Caller) -> str | None:
+        """The member running the connection this command is about, if it is not this one."""
+        membership = self.daemon.membership
+        if membership is None:
+            return None
+        args = request.args
+        if "name" in args:
+            row = await self.daemon.store.call(connections.get_connection, args["name"], self.daemon.store.keyring)
+            visible = row is not None and caller.sees(row.tenant)
+            connection_id = row.id if row is not None else None
+        else:
+            job = await self.daemon.store.call(jobs.get_job, args["id"])
+            visible = job is not None and caller.sees(job.tenant)
+            connection_id = job.connection_id if job is not None else None
+        if not visible or connection_id is None or membership.owns(connection_id):
+            return None  # answered here: not found, or ours
+        owner = (await self.daemon.store.call(cluster.owners)).get(connection_id)
+        return owner if owner not in (None, membership.id) else None
+
+    async def _forward(self, owner: str, request: Request, caller: Caller) -> Any:
+        """Through the database to the owner (a command row and a NOTIFY); its answer is ours."""
+        forwarded = {"cmd": request.cmd, "args": request.args,
+                     "caller": {"pid": caller.peer.pid, "uid": caller.peer.uid, "gid": caller.peer.gid,
+                                "tenants": None if caller.tenants is None else sorted(caller.tenants)}}
+        command_id = await self.daemon.store.call(cluster.post_command, owner, forwarded)
+        with trio.move_on_after(max(1.0, self.daemon.config.admin.request_timeout - 1.0)):
+            reply = None
+            for _ in itertools.count():  # until the owner answers or the request times out
+                if (reply := await self.daemon.store.call(cluster.command_reply, command_id)) is not None:
+                    break
+                await trio.sleep(FORWARD_POLL)
+            assert reply is not None
+            if reply.get("ok"):
+                return reply.get("result")
+            error = reply.get("error") or {}
+            raise AdminError(str(error.get("code", ErrorCode.INTERNAL)), str(error.get("message", "")))
+        raise AdminError(ErrorCode.TIMEOUT, f"member {owner} runs this connection and did not answer in time")
+
+    async def serve_forwarded(self, member: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                              ) -> None:
+        """Run the commands other members forward to this one, woken by LISTEN/NOTIFY (and a poll
+        every FORWARD_IDLE seconds, should a notification be lost with its connection)."""
+        listener = Listener(self.daemon.store.url, "freshd_commands", member)
+        async with listener:
+            task_status.started()
+            while True:
+                await listener.wait_for(FORWARD_IDLE)
+                try:
+                    pending = await self.daemon.store.call(cluster.pending_commands, member)
+                except StoreUnavailable:
+                    continue
+                for command_id, forwarded in pending:
+                    reply = await self._run_forwarded(forwarded)
+                    with contextlib.suppress(StoreUnavailable):
+                        await self.daemon.store.call(cluster.answer_command, command_id, reply)
+
+    async def _run_forwarded(self, forwarded: dict[str, Any]) -> dict[str, Any]:
+        who = forwarded.get("caller") or {}
+        tenants = who.get("tenants")
+        caller = Caller(Peer(int(who.get("pid", 0)), int(who.get("uid", -1)), int(who.get("gid", -1))),
+                        None if tenants is None else frozenset(tenants))
+        command = self._commands.get(str(forwarded.get("cmd")))
+        try:
+            if command is None or forwarded.get("cmd") not in FORWARDED:
+                raise AdminError(ErrorCode.BAD_REQUEST, f"command {forwarded.get('cmd')!r} cannot be forwarded")
+            return {"ok": True, "result": await command(dict(forwarded.get("args") or {}), caller)}
+        except AdminError as exc:
+            return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+        except StoreUnavailable as exc:
+            return {"ok": False, "error": {"code": ErrorCode.UNAVAILABLE,
+                                           "message": f"the database is unavailable: {exc}"}}
+        except Exception:
+            log.exception("admin.forwarded_failed", cmd=forwarded.get("cmd"))
+            return {"ok": False, "error": {"code": ErrorCode.INTERNAL,
+                                           "message": "internal error (see the owner's log)"}}
 
     # -- views --------------------------------------------------------------------------------------
 
@@ -107,7 +199,9 @@ class DaemonAdmin:
         started = await self.daemon.store.call(jobs.last_started)
         policy, now = self.daemon.staleness, datetime.now(UTC)
         views = []
-        for status in self.daemon.supervisor.statuses():
+        owners = await self.daemon.store.call(cluster.owners)
+        me = self.daemon.membership.id if self.daemon.membership else None
+        for status in [*self.daemon.supervisor.statuses(), *await self._remote_statuses(rows)]:
             if not caller.sees(status.tenant):
                 continue
             last_started = started.get(ids.get(status.name, -1))
@@ -134,8 +228,45 @@ class DaemonAdmin:
                 if status.token_expires_at else None,
                 "health": status.health,
                 "probed_at": iso(status.probed_at),
+                # the member running it (None: unowned right now, e.g. its owner just died)
+                "owner": me if self.daemon.supervisor.owns(status.name) else owners.get(ids.get(status.name, -1)),
             })
         return views
+
+    async def _remote_statuses(self, rows: list[connections.ConnectionRow]) -> list[ConnectionStatus]:
+        """Connections another member runs (or none, for now), as the database shows them."""
+        local = {s.name for s in self.daemon.supervisor.statuses()}
+        remote = [row for row in rows if row.name not in local]
+        if not remote:
+            return []
+        live = await self.daemon.store.call(jobs.live_jobs)
+        out = []
+        for row in remote:
+            job = live.get(row.id)
+            state = (ConnectionState.PAUSED if job and job.status is JobStatus.PAUSED else
+                     ConnectionState.SYNCING if job and job.status is JobStatus.RUNNING else
+                     ConnectionState.ERROR if row.last_error else ConnectionState.IDLE)
+            out.append(ConnectionStatus(name=row.name, provider=row.provider, tenant=row.tenant, state=state,
+                                        last_success_at=row.last_success_at, next_sync_at=None,
+                                        error=row.last_error, job_id=job.id if job else None))
+        return out
+
+    async def members(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """The daemons sharing this database and how many connections each runs."""
+        ttl = self.daemon.config.cluster.lease_ttl
+        members = await self.daemon.store.call(cluster.members, ttl)
+        owners = await self.daemon.store.call(cluster.owners)
+        counts: dict[str, int] = {}
+        for owner in owners.values():
+            if owner is not None:
+                counts[owner] = counts.get(owner, 0) + 1
+        me = self.daemon.membership.id if self.daemon.membership else None
+        return {"members": [
+            {"id": m.id, "name": m.name, "host": m.host, "pid": m.pid, "version": m.version,
+             "started_at": iso(m.started_at), "heartbeat_at": iso(m.heartbeat_at), "alive": m.alive,
+             "connections": counts.get(m.id, 0), "self": m.id == me}
+            for m in members
+        ], "unowned": sum(1 for owner in owners.values() if owner is None)}
 
     async def status(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         store_ok = await self.daemon.store.ping()
@@ -410,6 +541,13 @@ class DaemonAdmin:
             problems.append("the scheduler is not running")
         problems += [f"{s.name}: {s.state.value}" + (f" ({s.error})" if s.error else "") for s in statuses
                      if s.state.value in ("error", "reauth_required", "restarting")]
+        if store_ok:
+            cfg = self.daemon.config.cluster
+            parked = [s.name for s in self.daemon.supervisor.statuses() if self.daemon.supervisor.parked(s.name)]
+            orphans = await self.daemon.store.call(cluster.unowned_for, cfg.lease_ttl + cfg.handover, parked)
+            if orphans:
+                problems.append(f"{orphans} connection(s) without an owner for over "
+                                f"{cfg.lease_ttl + cfg.handover:g} s (a member died and nobody took over)")
         total = stats.get("total", 0)
         return {
             "healthy": not problems,

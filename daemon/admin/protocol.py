@@ -103,6 +103,7 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     # confirm_deletes: this (full) sync may apply a reconciliation over [sync] max_delete_share
     "sync": {"name": _NAME, "full": Arg("bool", default=False), "force": Arg("bool", default=False),
              "confirm_deletes": Arg("bool", default=False)},
+    "members": {},
     "jobs": {
         "connection": Arg("name"),
         "tenant": Arg("name"),

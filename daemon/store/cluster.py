@@ -187,6 +187,17 @@ def owners(conn: Connection) -> dict[int, str | None]:
     return {int(str(r["connection_id"])): None if r["owner"] is None else str(r["owner"]) for r in rows}
 
 
+def unowned_for(conn: Connection, seconds: float, parked: Collection[str] = ()) -> int:
+    """Connections (but the `parked` names, which run nowhere) whose lease has been free this long."""
+    row = conn.execute(
+        "SELECT count(*) AS n FROM connections c LEFT JOIN leases l ON l.connection_id = c.id"
+        " WHERE coalesce(l.expires_at, c.created_at) < now() - %s AND (l.owner IS NULL OR l.expires_at < now())"
+        " AND c.name <> ALL(%s)",
+        (timedelta(seconds=seconds), list(parked)),
+    ).fetchone()
+    return 0 if row is None else int(str(row["n"]))
+
+
 # -- cluster-wide sync slots --------------------------------------------------------------------------
 
 

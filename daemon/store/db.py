@@ -299,6 +299,41 @@ class Store:
             self._idle.pop().close()
 
 
+class Listener:
+    """LISTEN on `channel` over a dedicated autocommit connection (blocking psycopg in a worker
+    thread): `wait_for(seconds)` returns when a NOTIFY carrying `payload` arrives, or after `seconds`.
+    If the database is down it just sleeps, and reconnects on a later wait: callers poll anyway."""
+
+    def __init__(self, url: str, channel: str, payload: str) -> None:
+        self.url, self.channel, self.payload = url, channel, payload
+        self._conn: psycopg.Connection[Any] | None = None
+
+    async def __aenter__(self) -> Listener:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def _open(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        conn.execute(f"LISTEN {self.channel}")
+        return conn
+
+    async def wait_for(self, seconds: float) -> bool:
+        def block() -> bool:
+            if self._conn is None or self._conn.closed:
+                self._conn = self._open()
+            return any(n.payload == self.payload for n in self._conn.notifies(timeout=seconds, stop_after=1))
+
+        try:
+            return await trio.to_thread.run_sync(block, abandon_on_cancel=True)
+        except psycopg.Error:
+            self._conn = None
+            await trio.sleep(seconds)
+            return False
+
+
 class _FencedStore(Store):
     """A view of a store whose every call first checks a fence.  Everything else (the pool, the
     limiter, the keyring, availability, the stop deadline) is the base store's own."""
