@@ -29,7 +29,7 @@ import trio
 
 from freshd import logs
 from freshd.connectors.base import ConnectionSettings, Connector, check_settings, connector_class
-from freshd.errors import CircuitOpen, ConfigError, ProviderError, ReauthRequired, StoreUnavailable
+from freshd.errors import CircuitOpen, ConfigError, Fenced, ProviderError, ReauthRequired, StoreUnavailable
 from freshd.messages import (
     ActorMessage,
     CancelJob,
@@ -447,6 +447,9 @@ class ConnectionActor:
                         await self.store.call(self._interrupt, active.job.id)
                     except StoreUnavailable as store_exc:
                         problem = str(store_exc)
+                    except Fenced:
+                        # the lease is gone: its new owner takes the job over from its cursor
+                        problem = "this member's lease on the connection was lost"
                 if scope.cancelled_caught:
                     problem = f"the database did not answer within {SHUTDOWN_WRITE_TIMEOUT:g} s"
                 if problem is not None:

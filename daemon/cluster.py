@@ -4,8 +4,8 @@
 lease round in one transaction (freshd.store.cluster.lease_round): heartbeat on the database
 clock, renew the leases it holds (scoped by owner AND epoch), give back the connections another
 member should run, take the ones that are its own and free or expired.  Who should run a
-connection is decided by rendezvous (highest-random-weight) hashing of the connection over the
-live members' stable names, so a member joining or leaving moves only its share; a member is
+connection is decided by rendezvous (highest-random-weight) hashing with bounded loads over
+the live members' stable names (an even split), so a member joining or leaving moves only its share; a member is
 handed connections only once it has been alive for `handover` (a flapping member causes no
 churn).  The supervisor runs exactly the connections this member holds, each actor writing
 through a store fenced by its lease epoch (freshd.store.db.Fence).
@@ -56,14 +56,27 @@ def default_member_name(socket_path: str) -> str:
     return f"{socket.gethostname()}:{socket_path}"
 
 
-def rendezvous_owner(connection_id: int, names: Iterable[str]) -> str | None:
-    """The member name with the highest hash weight for this connection (None: no member)."""
-    best: tuple[int, str] | None = None
-    for name in names:
-        weight = int.from_bytes(hashlib.blake2b(f"{name}\0{connection_id}".encode(), digest_size=8).digest(), "big")
-        if best is None or (weight, name) > best:
-            best = (weight, name)
-    return None if best is None else best[1]
+def _weight(name: str, connection_id: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{name}\0{connection_id}".encode(), digest_size=8).digest(), "big")
+
+
+def assign(connection_ids: Iterable[int], names: Iterable[str]) -> dict[int, str]:
+    """Rendezvous hashing with bounded loads: each connection goes to the member of highest weight
+    for it that still has room under ceil(n / members).  Deterministic for the same inputs (every
+    member computes the same split); a member joining or leaving moves about its share."""
+    members = sorted(set(names))
+    ids = sorted(set(connection_ids))
+    if not members:
+        return {}
+    room = dict.fromkeys(members, -(-len(ids) // len(members)))
+    out: dict[int, str] = {}
+    for cid in ids:
+        for _, name in sorted(((_weight(name, cid), name) for name in members), reverse=True):
+            if room[name] > 0:
+                room[name] -= 1
+                out[cid] = name
+                break
+    return out
 
 
 def _pid_gone(host: str, pid: int) -> bool:
@@ -170,11 +183,11 @@ class Membership:
         eligible = {m.name for m in self.members
                     if m.alive and (m.age >= self.settings.handover or m.id == self.id)}
         eligible.add(self.name)
-        wanted = {cid for cid in runnable if rendezvous_owner(cid, eligible) == self.name}
+        wanted = {cid for cid, name in assign(runnable, eligible).items() if name == self.name}
         # give back what a member that has been up long enough should now run (its hand-over)
         settled = {m.name for m in self.members if m.alive and m.age >= self.settings.handover} | {self.name}
-        release = {cid for cid in self.held
-                   if cid not in runnable or rendezvous_owner(cid, settled) != self.name}
+        settled_split = assign(runnable, settled)
+        release = {cid for cid in self.held if settled_split.get(cid) != self.name}
         if release:
             await self._stop(release, abrupt=False)  # their jobs are interrupted at a committed cursor first
         outcome = await self.store.call(

@@ -15,7 +15,7 @@ Policy:
   or as a plain integer number of seconds; they are stored as float seconds everywhere.
 * Environment variables override the file and are validated the same way:
   FRESHD_DATABASE_URL, FRESHD_SOCKET, FRESHD_STATE_DIR, FRESHD_RUNTIME_DIR,
-  FRESHD_METRICS_ADDRESS, FRESHD_LOG_LEVEL, FRESHD_LOG_FORMAT.  An empty variable counts as
+  FRESHD_METRICS_ADDRESS, FRESHD_LOG_LEVEL, FRESHD_LOG_FORMAT, FRESHD_MEMBER_NAME.  An empty variable counts as
   unset, except FRESHD_METRICS_ADDRESS where "" disables the metrics endpoint.
 * Secrets (credential values, a password in ``database_url``) never appear in ``repr()``;
   `Config.secret_values()` lists them for the log redactor.
@@ -830,6 +830,7 @@ _ENV_KEYS: dict[str, tuple[str | None, str]] = {
     "FRESHD_METRICS_ADDRESS": ("metrics", "address"),
     "FRESHD_LOG_LEVEL": ("log", "level"),
     "FRESHD_LOG_FORMAT": ("log", "format"),
+    "FRESHD_MEMBER_NAME": ("cluster", "member_name"),
 }
 
 
