@@ -11,10 +11,13 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+import odoolib
+import odoorpc
 import pytest
 import trio
 from woocommerce import API as WooCommerceAPI
 
+from freshd.connectors.odoo.simulator import UID, OdooSimulator
 from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
 
@@ -95,3 +98,95 @@ async def test_official_woocommerce_client_writes_over_oauth1(
     assert deleted.status_code == 200 and cid not in sim.collections["customers"].docs
     assert refused.status_code == 401
     assert refused.json()["message"] == "Invalid signature - provided signature does not match."
+
+
+# --- Odoo: `odoorpc` and `odoo-client-lib` ---------------------------------------------------------------
+
+ODOO = {"database": "acme", "username": "api@acme.example", "api_key": "0d1f2e3c4b5a69788796"}
+
+
+@pytest.fixture
+async def odoo(nursery: trio.Nursery) -> AsyncIterator[tuple[OdooSimulator, int]]:
+    sim = OdooSimulator(records=30, seed=9, credentials=ODOO)
+    port = await nursery.start(functools.partial(serve_asgi, sim.app, "127.0.0.1", 0))
+    yield sim, port
+
+
+def odoorpc_session(port: int) -> odoorpc.ODOO:
+    """What odoorpc does to start: /web/webclient/version_info, common.login, then
+    object.execute(res.users, context_get)."""
+    client = odoorpc.ODOO("127.0.0.1", port=port, timeout=10)
+    client.login(ODOO["database"], ODOO["username"], ODOO["api_key"])
+    return client
+
+
+async def test_odoorpc_logs_in_and_reads_records_through_its_models(odoo: tuple[OdooSimulator, int]) -> None:
+    sim, port = odoo
+    with trio.fail_after(30):
+        client = await blocking(odoorpc_session, port)
+        assert client.version == "19.0"
+        assert client.env.uid == UID and client.env.context["lang"] == "en_US"
+        # every attribute that may call the server runs off the loop too (the simulator serves on it)
+        partners = await blocking(lambda: client.env["res.partner"])  # a model class built from fields_get
+        assert partners._columns["country_id"].relation == "res.country"
+        assert partners._columns["name"].type == "char"
+        ids = await blocking(partners.search, [("is_company", "=", False)], order="id asc", limit=5)
+        expected = [r["id"] for r in sorted(sim.docs["res.partner"].values(), key=lambda r: r["id"])
+                    if not r["is_company"]][:5]
+        assert ids == expected
+        records = await blocking(partners.browse, ids)  # read(ids, fields, context=…, load="_classic_write")
+        assert await blocking(lambda: [p.name for p in records]) == [sim.docs["res.partner"][i]["name"] for i in ids]
+        orders = await blocking(lambda: client.env["sale.order"])
+        order = await blocking(orders.browse, sim.ids["sale.order"][0])
+        customer = await blocking(lambda: order.partner_id)  # a many2one followed to its res.partner
+        assert customer.id == sim.docs["sale.order"][order.id]["partner_id"][0]
+        assert await blocking(lambda: customer.email) == sim.docs["res.partner"][customer.id]["email"]
+        count = await blocking(orders.search_count, [])
+        rows = await blocking(client.execute, "sale.order", "search_read", [], ["name", "state"], 0, 3)
+    assert count == len(sim.docs["sale.order"])
+    assert [set(r) for r in rows] == [{"id", "name", "state"}] * 3
+
+
+async def test_odoorpc_login_with_a_wrong_key_is_refused(odoo: tuple[OdooSimulator, int]) -> None:
+    _, port = odoo
+
+    def wrong_login() -> None:
+        client = odoorpc.ODOO("127.0.0.1", port=port, timeout=10)
+        client.login(ODOO["database"], ODOO["username"], "not-the-key")
+
+    with trio.fail_after(30), pytest.raises(odoorpc.error.RPCError, match="Wrong login ID or password"):
+        await blocking(wrong_login)
+
+
+async def test_odoo_client_lib_over_jsonrpc_and_json2(odoo: tuple[OdooSimulator, int]) -> None:
+    sim, port = odoo
+    partner_id = sim.ids["res.partner"][3]
+
+    def over_jsonrpc() -> tuple[Any, ...]:
+        connection = odoolib.get_connection(hostname="127.0.0.1", protocol="jsonrpc", port=port,
+                                            database=ODOO["database"], login=ODOO["username"],
+                                            password=ODOO["api_key"])
+        connection.check_login()
+        partners = connection.get_model("res.partner")
+        return (connection.user_id, connection.get_user_context(),
+                partners.search_read([("id", "=", partner_id)], ["name", "email"]),
+                partners.read(partner_id, ["name"]), partners.fields_get(attributes=["type", "relation"]))
+
+    def over_json2() -> tuple[Any, ...]:
+        connection = odoolib.get_connection(hostname="127.0.0.1", protocol="json2", port=port,
+                                            database=ODOO["database"], password=ODOO["api_key"])
+        partners = connection.get_model("res.partner")
+        # named arguments only: positional ones make the library fetch /doc-bearer/<model>.json first
+        return (connection.get_user_context(),
+                partners.search_read(domain=[["id", "=", partner_id]], fields=["name"], context={"lang": "en_US"}))
+
+    with trio.fail_after(30):
+        uid, context, rows, one, fields = await blocking(over_jsonrpc)
+        context2, rows2 = await blocking(over_json2)
+    record = sim.docs["res.partner"][partner_id]
+    assert uid == UID and context == context2 == {"lang": "en_US", "tz": "Europe/Brussels", "uid": UID}
+    assert rows == [{"id": partner_id, "name": record["name"], "email": record["email"]}]
+    assert one == {"id": partner_id, "name": record["name"]}
+    assert fields["parent_id"] == {"type": "many2one", "relation": "res.partner"}
+    assert fields["email"] == {"type": "char"}
+    assert rows2 == [{"id": partner_id, "name": record["name"]}]
