@@ -20,7 +20,8 @@ Faithful to what a client sees (API_FACTS §4), on one loopback server:
 * ``GET /finances/v0/financialEvents``: ``PostedAfter``/``PostedBefore`` (each must
   be at least 2 minutes before the request, else 400; more than 180 days apart
   gives an *empty* 200, as the real API does), ``MaxResultsPerPage`` 1..100,
-  ``NextToken`` inside ``payload`` (expires after 25 minutes).  Event lists as the
+  ``NextToken`` inside ``payload`` (expires after 25 minutes; it resumes after the last event
+  served, so pages never overlap even when events are posted between pages).  Event lists as the
   real payload has them, ServiceFeeEvent without a PostedDate.
 * Reports: ``POST /reports/2021-06-30/reports`` (202 ``{"reportId"}``), ``GET
   …/reports/{id}`` (IN_QUEUE, IN_PROGRESS, then DONE after ``report_seconds``;

@@ -10,6 +10,11 @@ differ); `status` (orders) and `role` (customers); WordPress' `_fields`;
 single-record GET/PUT/DELETE, create and batch (100 items); and errors as
 `{"code", "message", "data": {"status"}}`.
 
+Parameters are read the way PHP fills $_GET/$_POST (`php_parse`, `PhpInput`): a repeated key keeps
+its last value, `k[]`/`k[sub]` build arrays; authentication, paging, filters and Link headers
+all read that one parse, and the OAuth base string is WC_REST_Authentication's (API_FACTS_WRITES
+§A.1, §A.7), so the official Python client's doubled parameters are accepted as a store accepts them.
+
 Known deviations: plain HTTP accepts Basic and query keys (the real API
 accepts those over HTTPS only); `search` matches names and emails only.
 
