@@ -59,6 +59,30 @@ async def test_the_simulator_checks_token_limit_and_filters(served: tuple[Powens
         assert [c["state"] for c in body["connections"]] == [None, None, None]
 
 
+# BankAccount's and BankAccountsList's `required` lists (powens-sdks lib/specs/bank-accounts.yml)
+ACCOUNT_REQUIRED = {"id", "id_connection", "id_user", "id_source", "name", "original_name", "type", "id_type",
+                    "usage", "display", "bookmarked"}
+
+
+async def test_accounts_carry_every_field_the_spec_requires_and_the_list_its_balances(
+        served: tuple[PowensSimulator, str]) -> None:
+    sim, base = served
+    auth = {"Authorization": "Bearer powens-test-token"}
+    disabled = sorted(sim.accounts)[0]
+    sim.accounts[disabled]["disabled"] = "2026-01-01 00:00:00"
+    async with httpx.AsyncClient(base_url=base, headers=auth) as client:
+        listed = (await client.get("/users/me/accounts")).json()
+        everything = (await client.get("/users/me/accounts", params={"all": ""})).json()
+    assert set(listed) == {"accounts", "balances"} and set(everything) == {"accounts", "balances"}
+    for account in everything["accounts"]:
+        assert set(account) >= ACCOUNT_REQUIRED, ACCOUNT_REQUIRED - set(account)
+        assert isinstance(account["id_source"], int) and isinstance(account["id_type"], int)
+    counted = [a for a in sim.accounts.values() if a["disabled"] is None]
+    assert listed["balances"] == {"EUR": round(sum(a["balance"] for a in counted), 2)}
+    assert everything["balances"] == listed["balances"]  # a disabled account is listed with `all`, not totalled
+    assert disabled in {a["id"] for a in everything["accounts"]} - {a["id"] for a in listed["accounts"]}
+
+
 def test_errors_map_to_the_taxonomy() -> None:
     def answer(status: int, code: str, **headers: str) -> httpx.Response:
         return httpx.Response(status, headers=headers, json={"code": code, "description": "d", "message": "m"})

@@ -9,10 +9,17 @@ from datetime import datetime, timedelta
 import httpx
 import pytest
 import trio
+from oauthlib.oauth1 import (
+    SIGNATURE_HMAC_SHA1,
+    SIGNATURE_HMAC_SHA256,
+    SIGNATURE_TYPE_AUTH_HEADER,
+    SIGNATURE_TYPE_QUERY,
+    Client,
+)
 
 from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.connector import OAuth1
-from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
+from freshd.connectors.woocommerce.simulator import WooCommerceSimulator, php_parse
 
 KEY, SECRET = "ck_sim", "cs_sim"
 
@@ -106,3 +113,59 @@ async def test_faults_429_with_retry_after_then_recovery(sim: tuple[WooCommerceS
     assert first.headers["retry-after"] == "3"
     with pytest.raises(ValueError):
         garbled.json()
+
+
+def test_query_is_read_as_php_reads_it() -> None:
+    pairs = [("per_page", "5"), ("per_page", "7"), ("status[]", "a"), ("status[]", "b"), ("meta[k]", "v"),
+             ("meta[n][]", "x"), ("a.b c", "1"), (" lead", "2"), ("open[x", "3"), ("", "dropped"),
+             ("[noname]", "dropped"), ("k[s]tail", "4"), ("flag", "")]
+    assert php_parse(pairs) == {
+        "per_page": "7",  # a repeated key keeps its last value
+        "status": {"0": "a", "1": "b"},
+        "meta": {"k": "v", "n": {"0": "x"}},
+        "a_b_c": "1", "lead": "2", "open_x": "3",  # dots, spaces and an unclosed '[' become '_'
+        "k": {"s": "4"}, "flag": "",
+    }
+    assert php_parse([("i[3]", "a"), ("i[]", "b"), ("s", "x"), ("s[]", "y")]) == {
+        "i": {"3": "a", "4": "b"}, "s": {"0": "y"}}
+    assert len(php_parse((f"k{n}", "v") for n in range(1500))) == 1000  # max_input_vars
+
+
+def test_signature_base_string_follows_woocommerce_check() -> None:
+    sim = WooCommerceSimulator(records=1)
+    params = php_parse([("b", "x y"), ("a[]", "1/2"), ("a[]", "3"), ("oauth_nonce", "n"), ("b", "last"),
+                        ("oauth_signature", "ignored")])
+    base = sim.signature_base_string("get", "http://shop.example/wp-json/wc/v3/orders", params)
+    assert base == ("GET&http%3A%2F%2Fshop.example%2Fwp-json%2Fwc%2Fv3%2Forders&"
+                    "a%255B0%255D%3D1%252F2%26a%255B1%255D%3D3%26b%3Dlast%26oauth_nonce%3Dn")
+
+
+@pytest.mark.parametrize("method", [SIGNATURE_HMAC_SHA1, SIGNATURE_HMAC_SHA256])
+@pytest.mark.parametrize("placement", [SIGNATURE_TYPE_QUERY, SIGNATURE_TYPE_AUTH_HEADER])
+async def test_oauthlib_signed_requests_are_accepted_and_tampered_ones_refused(
+        sim: tuple[WooCommerceSimulator, str], method: str, placement: str) -> None:
+    _, base = sim
+    signer = Client(KEY, client_secret=SECRET, signature_method=method, signature_type=placement)
+    async with httpx.AsyncClient() as client:
+        url, headers, _ = signer.sign(f"{base}/customers?per_page=3&orderby=id&order=asc")
+        accepted = await client.get(url, headers=headers)
+        assert accepted.status_code == 200, accepted.text
+        assert [c["id"] for c in accepted.json()] == [1, 2, 3]
+        url, headers, _ = signer.sign(f"{base}/customers?per_page=3")
+        tampered = await client.get(url.replace("per_page=3", "per_page=4"), headers=headers)
+        assert tampered.status_code == 401
+        assert tampered.json()["message"] == "Invalid signature - provided signature does not match."
+        # RFC 5849 signs both copies of a repeated key; WooCommerce signs the last one only
+        url, headers, _ = signer.sign(f"{base}/customers?per_page=3&per_page=4")
+        both = await client.get(url, headers=headers)
+        assert both.status_code == 401
+
+
+async def test_partial_oauth_parameters_name_what_is_missing(sim: tuple[WooCommerceSimulator, str]) -> None:
+    _, base = sim
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"{base}/customers", params={"oauth_consumer_key": KEY, "oauth_nonce": "n"})
+    assert r.status_code == 401
+    assert r.json() == {"code": "woocommerce_rest_authentication_missing_parameter",
+                        "message": "Missing OAuth parameters oauth_timestamp, oauth_signature, "
+                                   "oauth_signature_method", "data": {"status": 401}}

@@ -20,7 +20,8 @@ Faithful to what a client sees (API_FACTS §4), on one loopback server:
 * ``GET /finances/v0/financialEvents``: ``PostedAfter``/``PostedBefore`` (each must
   be at least 2 minutes before the request, else 400; more than 180 days apart
   gives an *empty* 200, as the real API does), ``MaxResultsPerPage`` 1..100,
-  ``NextToken`` inside ``payload`` (expires after 25 minutes).  Event lists as the
+  ``NextToken`` inside ``payload`` (expires after 25 minutes; it resumes after the last event
+  served, so pages never overlap even when events are posted between pages).  Event lists as the
   real payload has them, ServiceFeeEvent without a PostedDate.
 * Reports: ``POST /reports/2021-06-30/reports`` (202 ``{"reportId"}``), ``GET
   …/reports/{id}`` (IN_QUEUE, IN_PROGRESS, then DONE after ``report_seconds``;
@@ -44,7 +45,9 @@ from __future__ import annotations
 
 import bisect
 import gzip
+import itertools
 import secrets
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -176,11 +179,19 @@ class Quotas:
         self._buckets[op] = (0.0, trio.current_time())
 
 
+_EVENT_SEQ = itertools.count(1)
+
+
 @dataclass
 class _Event:
     posted: datetime
     list_name: str
     body: dict[str, Any]
+    seq: int = field(default_factory=lambda: next(_EVENT_SEQ))  # creation order: ties on `posted` stay put
+
+    def key(self) -> tuple[datetime, int]:
+        """The listing order, and the position a finance NextToken resumes after."""
+        return self.posted, self.seq
 
 
 @dataclass
@@ -241,7 +252,7 @@ class AmazonSPSimulator:
         self.inventory: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in self.marketplaces}
         self._skus: dict[str, list[str]] = {m: [] for m in self.marketplaces}  # sorted
         self._next_sku = 1
-        self.events: list[_Event] = []  # sorted by posted
+        self.events: list[_Event] = []  # sorted by _Event.key (posted, then creation order)
         self.reimbursement_rows: list[dict[str, str]] = []
         self._seed(records, history_days, records if events is None else events,
                    max(records // 10, 3) if reimbursements is None else reimbursements)
@@ -286,7 +297,7 @@ class AmazonSPSimulator:
         step = (now - timedelta(hours=2) - start) / max(reimbursements, 1)
         for i in range(reimbursements):
             self._add_reimbursement(start + step * i + timedelta(seconds=rng.randint(0, 3600)))
-        self.events.sort(key=lambda e: e.posted)
+        self.events.sort(key=_Event.key)
 
     def _new_sku(self, updated: datetime) -> tuple[str, str]:
         rng = self.fake.rng
@@ -452,7 +463,7 @@ class AmazonSPSimulator:
 
     def add_event(self, posted: datetime | None = None, list_name: str = "ShipmentEventList") -> dict[str, Any]:
         event = self._add_event(posted or self._now() - timedelta(minutes=10), list_name)
-        self.events.sort(key=lambda e: e.posted)
+        self.events.sort(key=_Event.key)
         return event.body
 
     def mutate(self, entity: str) -> dict[str, str | None]:
@@ -472,7 +483,7 @@ class AmazonSPSimulator:
         if entity in ("financial_events", "reimbursements"):
             if entity == "reimbursements":
                 self._add_reimbursement(self._now() - timedelta(minutes=10))
-                self.events.sort(key=lambda e: e.posted)
+                self.events.sort(key=_Event.key)
             else:
                 self.add_event()
             return {"created": None, "updated": None, "deleted": None}
@@ -660,14 +671,21 @@ class AmazonSPSimulator:
         body: dict[str, Any] = {"payload": {"FinancialEvents": events}}
         if before - after > MAX_WINDOW:
             return Response.json(body)  # the real API answers an over-long range with nothing
-        posted = [e.posted for e in self.events]
-        lo, hi = bisect.bisect_left(posted, after), bisect.bisect_right(posted, before)
-        start = lo + int(state.get("offset", 0))
+        # keyset paging: a NextToken resumes strictly after the last event it served, so pages never
+        # overlap and events that existed when the listing started are never skipped, even when
+        # events are added (anywhere in the window) between two pages
+        keys = [e.key() for e in self.events]
+        lo, hi = bisect.bisect_left(keys, (after, 0)), bisect.bisect_right(keys, (before, sys.maxsize))
+        start = lo
+        if "last" in state:
+            last = (datetime.fromisoformat(state["last"][0]), int(state["last"][1]))
+            start = max(lo, bisect.bisect_right(keys, last))
         chunk = self.events[start:min(hi, start + per_page)]
         for event in chunk:
             events[event.list_name].append(event.body)
         if start + per_page < hi:
-            body["payload"]["NextToken"] = self._issue({**state, "offset": start + per_page - lo})
+            tail = chunk[-1]
+            body["payload"]["NextToken"] = self._issue({**state, "last": [tail.posted.isoformat(), tail.seq]})
         return Response.json(body)
 
     def _finance_query(self, request: Request, now: datetime) -> dict[str, Any]:
@@ -692,7 +710,7 @@ class AmazonSPSimulator:
                           "of the request.")
         if before <= after:
             raise invalid("Date range is invalid. PostedBefore date must be later than PostedAfter date.")
-        return {"after": after.isoformat(), "before": before.isoformat(), "per_page": per_page, "offset": 0}
+        return {"after": after.isoformat(), "before": before.isoformat(), "per_page": per_page}
 
     # --- reports -------------------------------------------------------------------------------------
 

@@ -19,6 +19,9 @@ Faithful to what a client sees (API_FACTS §3):
   ``=``, ``!=``, ``>``, ``>=``, ``<``, ``<=``, ``in``, ``not in``, ``ilike``); ``order`` as
   ``"field [asc|desc], ..."``; ``offset``/``limit``; archived records (``active = False``) hidden
   unless ``context.active_test`` is false or the domain names ``active``.
+* What the public clients need (odoorpc, odoo-client-lib): ``POST /web/webclient/version_info``,
+  ``object.execute(db, uid, key, model, method, *args)``, ``res.users.context_get``, ``fields_get``
+  with Odoo's field types (``relation`` on many2one, ``selection`` choices), ``load`` on ``read``.
 
 Known deviations: one database; no access rights beyond "the right key"; ``ilike`` is a plain
 case-insensitive substring; unknown fields in ``fields`` are ignored rather than refused.
@@ -43,6 +46,67 @@ MODELS = ("res.partner", "sale.order", "product.product")
 ORDER_STATES = ("draft", "sent", "sale", "done", "cancel")
 SERVER_VERSION = "19.0"
 UID = 2  # the API user's id (1 is OdooBot/superuser)
+USER_CONTEXT = {"lang": "en_US", "tz": "Europe/Brussels", "uid": UID}  # res.users.context_get()
+
+
+def _f(kind: str, label: str, **more: Any) -> dict[str, Any]:
+    return {"type": kind, "string": label, **more}
+
+
+def _m2o(label: str, relation: str) -> dict[str, Any]:
+    return {"type": "many2one", "string": label, "relation": relation}
+
+
+def _sel(label: str, *choices: tuple[str, str]) -> dict[str, Any]:
+    return {"type": "selection", "string": label, "selection": [list(c) for c in choices]}
+
+
+_LOG_ACCESS = {"id": _f("integer", "ID", readonly=True), "display_name": _f("char", "Display Name", readonly=True,
+                                                                            store=False),
+               "create_date": _f("datetime", "Created on", readonly=True),
+               "create_uid": _m2o("Created by", "res.users") | {"readonly": True},
+               "write_date": _f("datetime", "Last Updated on", readonly=True),
+               "write_uid": _m2o("Last Updated by", "res.users") | {"readonly": True}}
+# fields_get: every field the simulator's records carry, typed as Odoo types them (many2one with
+# its relation, selection with its choices); other attributes default in `_describe`.
+FIELDS: dict[str, dict[str, dict[str, Any]]] = {
+    "res.partner": {
+        **_LOG_ACCESS, "name": _f("char", "Name"), "is_company": _f("boolean", "Is a Company"),
+        "active": _f("boolean", "Active"), "email": _f("char", "Email"), "phone": _f("char", "Phone"),
+        "street": _f("char", "Street"), "city": _f("char", "City"), "zip": _f("char", "Zip"),
+        "country_id": _m2o("Country", "res.country"), "parent_id": _m2o("Related Company", "res.partner"),
+        "lang": _sel("Language", ("en_US", "English (US)"), ("fr_FR", "French / Français")),
+        "vat": _f("char", "Tax ID"), "ref": _f("char", "Reference"),
+        "customer_rank": _f("integer", "Customer Rank"), "supplier_rank": _f("integer", "Supplier Rank"),
+        "comment": _f("html", "Notes"),
+    },
+    "sale.order": {
+        **_LOG_ACCESS, "name": _f("char", "Order Reference", required=True),
+        "partner_id": _m2o("Customer", "res.partner") | {"required": True},
+        "date_order": _f("datetime", "Order Date", required=True),
+        "state": _sel("Status", ("draft", "Quotation"), ("sent", "Quotation Sent"), ("sale", "Sales Order"),
+                      ("done", "Locked"), ("cancel", "Cancelled")) | {"readonly": True},
+        "amount_untaxed": _f("monetary", "Untaxed Amount", readonly=True, currency_field="currency_id"),
+        "amount_tax": _f("monetary", "Taxes", readonly=True, currency_field="currency_id"),
+        "amount_total": _f("monetary", "Total", readonly=True, currency_field="currency_id"),
+        "currency_id": _m2o("Currency", "res.currency"), "user_id": _m2o("Salesperson", "res.users"),
+        "client_order_ref": _f("char", "Customer Reference"),
+        "invoice_status": _sel("Invoice Status", ("upselling", "Upselling Opportunity"),
+                               ("invoiced", "Fully Invoiced"), ("to invoice", "To Invoice"),
+                               ("no", "Nothing to Invoice")) | {"readonly": True},
+        "note": _f("html", "Terms and conditions"),
+    },
+    "product.product": {
+        **_LOG_ACCESS, "name": _f("char", "Name", required=True), "default_code": _f("char", "Internal Reference"),
+        "barcode": _f("char", "Barcode"), "list_price": _f("float", "Sales Price"),
+        "standard_price": _f("float", "Cost"), "active": _f("boolean", "Active"),
+        "type": _sel("Product Type", ("consu", "Goods"), ("service", "Service"), ("combo", "Combo")),
+        "product_tmpl_id": _m2o("Product Template", "product.template") | {"required": True},
+        "categ_id": _m2o("Product Category", "product.category"), "uom_id": _m2o("Unit", "uom.uom"),
+        "qty_available": _f("float", "Quantity On Hand", readonly=True),
+        "description_sale": _f("text", "Sales Description"),
+    },
+}
 
 
 def _fmt(moment: datetime) -> str:
@@ -194,6 +258,7 @@ class OdooSimulator:
         self._seed({"res.partner": records, "sale.order": records, "product.product": max(records // 10, 1)})
         self.app = SimulatorApp(error_body)
         self.app.route("POST", "/jsonrpc", self._jsonrpc)
+        self.app.route("POST", "/web/webclient/version_info", self._webclient_version_info)
         self.app.route("POST", "/json/2/{model}/{method}", self._json2)
         self.app.route("GET", "/web/version", self._version)
 
@@ -364,17 +429,36 @@ class OdooSimulator:
                 return
 
     @staticmethod
-    def _fields(record: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
-        if not fields:
-            return dict(record)
-        return {"id": record["id"], **{f: record[f] for f in fields if f in record}}
+    def _fields(record: dict[str, Any], fields: list[str] | None, load: Any = "_classic_read") -> dict[str, Any]:
+        row = dict(record) if not fields else {"id": record["id"], **{f: record[f] for f in fields if f in record}}
+        if load != "_classic_read":  # `load=False` / "_classic_write": a many2one is its id alone
+            row = {k: v[0] if isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) else v
+                   for k, v in row.items()}
+        return row
+
+    @staticmethod
+    def fields_get(model: str, allfields: list[str] | None = None,
+                   attributes: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """`fields_get`: each field's description, `type` always, `relation` on relational fields."""
+        if model not in FIELDS:
+            raise OdooError("builtins.KeyError", repr(model))
+        out = {}
+        for name, spec in FIELDS[model].items():
+            if allfields and name not in allfields:
+                continue
+            full = {"name": name, "help": "", "readonly": False, "required": False, "store": True,
+                    "searchable": True, "sortable": spec.get("store", True), "manual": False, **spec}
+            out[name] = {k: v for k, v in full.items() if not attributes or k in attributes}
+        return out
 
     def execute(self, model: str, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         context = kwargs.get("context") or {}
-        allowed = {"search_read": {"domain", "fields", "offset", "limit", "order", "context"},
+        if model == "res.users" and method == "context_get":  # the one res.users method served
+            return dict(USER_CONTEXT)
+        allowed = {"search_read": {"domain", "fields", "offset", "limit", "order", "context", "load"},
                    "search": {"domain", "offset", "limit", "order", "context"},
                    "search_count": {"domain", "limit", "context"},
-                   "read": {"ids", "fields", "context"},
+                   "read": {"ids", "fields", "context", "load"},
                    "fields_get": {"attributes", "allfields", "context"}}.get(method)
         if allowed is None:
             raise OdooError("builtins.AttributeError",
@@ -385,15 +469,16 @@ class OdooSimulator:
                             f"'{sorted(unknown)[0]}'", status=422)
         names = {"search_read": ["domain", "fields", "offset", "limit", "order"],
                  "search": ["domain", "offset", "limit", "order"], "search_count": ["domain"],
-                 "read": ["ids", "fields"], "fields_get": ["allfields", "attributes"]}[method]
+                 "read": ["ids", "fields", "load"], "fields_get": ["allfields", "attributes"]}[method]
         params = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k != "context"}
         if method == "fields_get":
-            sample = next(iter(self.docs[model].values()), {"id": 0})
-            return {f: {"type": "many2one" if isinstance(v, list) else type(v).__name__, "string": f}
-                    for f, v in sample.items()}
+            return self.fields_get(model, params.get("allfields"), params.get("attributes"))
+        load = params.get("load", "_classic_read")
         if method == "read":
             ids = params.get("ids") or []
-            return [self._fields(self.docs[model][i], params.get("fields")) for i in ids if i in self.docs[model]]
+            ids = [ids] if isinstance(ids, int) else ids
+            return [self._fields(self.docs[model][i], params.get("fields"), load) for i in ids
+                    if i in self.docs[model]]
         offset = int(params.get("offset") or 0)
         limit = params.get("limit")
         limit = int(limit) if limit not in (None, False, 0) else None
@@ -404,7 +489,7 @@ class OdooSimulator:
             return sum(1 for _ in selected)
         if method == "search":
             return [r["id"] for r in selected]
-        rows = [self._fields(r, params.get("fields")) for r in selected]
+        rows = [self._fields(r, params.get("fields"), load) for r in selected]
         if self.app.faults.loop and rows:
             # the fault: whatever position was asked, the first page comes back again
             rows = self._last.setdefault(f"{model}/{method}", rows)
@@ -444,6 +529,12 @@ class OdooSimulator:
                     db, login, key = args[0], args[1], args[2]
                     ok = db == self.database and login == self.login and key == self.api_key
                     return self._rpc_reply(rid, UID if ok else False)
+            if service == "object" and method == "execute":  # positional arguments only, an empty context
+                if len(args) < 5:
+                    raise OdooError("builtins.TypeError", "execute() missing required positional arguments")
+                db, uid, key, model, orm_method = args[:5]
+                self._check(db, uid, key)
+                return self._rpc_reply(rid, self.execute(model, orm_method, list(args[5:]), {}))
             if service == "object" and method == "execute_kw":
                 if len(args) < 6:
                     raise OdooError("builtins.TypeError", "execute_kw() missing required positional arguments")
@@ -485,6 +576,14 @@ class OdooSimulator:
     def _version_info(self) -> dict[str, Any]:
         return {"server_version": SERVER_VERSION, "server_version_info": [19, 0, 0, "final", 0, ""],
                 "server_serie": SERVER_VERSION, "protocol_version": 1}
+
+    async def _webclient_version_info(self, request: Request) -> Response:
+        """`/web/webclient/version_info`, a type="json" route: JSON-RPC envelope, common.version()'s answer."""
+        try:
+            body = request.json()
+        except ValueError:
+            return self._rpc_error(None, OdooError("werkzeug.exceptions.BadRequest", "Invalid JSON data"))
+        return self._rpc_reply(body.get("id") if isinstance(body, dict) else None, self._version_info())
 
     async def _version(self, request: Request) -> Response:
         return Response.json({"version": SERVER_VERSION, "version_info": [19, 0, 0, "final", 0, ""]})

@@ -7,8 +7,9 @@ What it speaks (API_FACTS §5), under ``/2.0``:
   ``me`` or the user's numeric id.
 * ``GET /users/{userId}/connections`` -> ``{"connections": [...]}`` with ``state``
   (null when the last sync succeeded), ``error``, ``error_message``, ``last_update``.
-* ``GET /users/{userId}/accounts[?all]`` -> ``{"accounts": [...]}``; deleted and
-  disabled accounts only with ``all``.
+* ``GET /users/{userId}/accounts[?all]`` -> ``{"accounts": [...], "balances": {"EUR": …}}``;
+  deleted and disabled accounts only with ``all``; every account has the spec's required fields
+  (``id_source``, ``id_type`` among them).
 * ``GET /users/{userId}/transactions?limit=N[&offset][&last_update][&all]`` ->
   ``{"transactions": [...], "first_date", "last_date", "result_min_date",
   "result_max_date", "total"}``.  ``limit`` is required and at most 1000 (400
@@ -34,6 +35,7 @@ USER_ID = 42
 MAX_LIMIT = 1000
 BANKS = ("Crédit Mutuel", "BNP Paribas", "Société Générale", "La Banque Postale", "Boursorama")
 TYPES = ("card", "transfer", "order", "withdrawal", "deposit", "bank")
+ACCOUNT_TYPE_IDS = {"checking": 2, "savings": 3}  # `id_type`: the simulator's own ids (UNCONFIRMED)
 WORDINGS = ("CB CARREFOUR", "PRLV SEPA EDF", "VIR SALAIRE", "CB SNCF", "RETRAIT DAB", "CB AMAZON", "PRLV FREE")
 
 
@@ -73,12 +75,16 @@ class PowensSimulator:
             }
             for n in range(2):
                 aid = cid * 10 + n
+                kind = ("checking", "savings")[n]
                 self.accounts[aid] = {
-                    "id": aid, "id_connection": cid, "id_user": USER_ID, "name": ("Compte courant", "Livret A")[n],
+                    # one source per connection, numbered as its connection (UNCONFIRMED)
+                    "id": aid, "id_connection": cid, "id_user": USER_ID, "id_source": cid, "id_parent": None,
+                    "name": ("Compte courant", "Livret A")[n],
                     "original_name": ("COMPTE CHEQUE", "LIVRET A")[n], "number": f"{cid:04d}{aid:07d}",
                     "iban": f"FR76{cid:05d}{aid:018d}", "balance": round(self.fake.rng.uniform(10, 9000), 2),
                     "coming": 0.0, "currency": {"id": "EUR", "name": "Euro", "symbol": "€", "precision": 2},
-                    "type": ("checking", "savings")[n], "usage": "PRIV", "display": True, "bookmarked": False,
+                    "type": kind, "id_type": ACCOUNT_TYPE_IDS[kind], "usage": "PRIV", "display": True,
+                    "bookmarked": False,
                     "last_update": _fmt(now), "deleted": None, "disabled": None,
                 }
         for _ in range(records):
@@ -190,7 +196,21 @@ class PowensSimulator:
                 if show_all or (a["deleted"] is None and a["disabled"] is None)]
         if not rows:
             return error_body(400, "noAccount", "No account found.")
-        return Response.json({"accounts": rows})
+        return Response.json({"accounts": rows, "balances": self._balances(rows)})
+
+    @staticmethod
+    def _balances(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+        """`BankAccountsList.balances` (required): currency -> the total balance of the listed accounts
+        that count in aggregated metrics (displayed, neither deleted nor disabled; UNCONFIRMED which)."""
+        totals: dict[str, float | None] = {}
+        for account in rows:
+            if not account["display"] or account["deleted"] or account["disabled"] or not account["currency"]:
+                continue
+            code, balance = account["currency"]["id"], account["balance"]
+            totals.setdefault(code, 0.0)
+            if balance is not None:
+                totals[code] = round((totals[code] or 0.0) + balance, account["currency"]["precision"])
+        return totals
 
     async def _transactions(self, request: Request) -> Response:
         if (refused := self._check(request)) is not None:

@@ -10,6 +10,11 @@ differ); `status` (orders) and `role` (customers); WordPress' `_fields`;
 single-record GET/PUT/DELETE, create and batch (100 items); and errors as
 `{"code", "message", "data": {"status"}}`.
 
+Parameters are read the way PHP fills $_GET/$_POST (`php_parse`, `PhpInput`): a repeated key keeps
+its last value, `k[]`/`k[sub]` build arrays; authentication, paging, filters and Link headers
+all read that one parse, and the OAuth base string is WC_REST_Authentication's (API_FACTS_WRITES
+§A.1, §A.7), so the official Python client's doubled parameters are accepted as a store accepts them.
+
 Known deviations: plain HTTP accepts Basic and query keys (the real API
 accepts those over HTTPS only); `search` matches names and emails only.
 
@@ -24,9 +29,10 @@ import bisect
 import hashlib
 import hmac
 import math
+import re
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -41,6 +47,7 @@ RESOURCES = ("customers", "orders", "products")
 ORDER_STATUSES = ("pending", "processing", "on-hold", "completed", "cancelled", "refunded", "failed")
 OAUTH_WINDOW = 15 * 60
 BATCH_LIMIT = 100
+OAUTH_REQUIRED = ("oauth_consumer_key", "oauth_timestamp", "oauth_nonce", "oauth_signature", "oauth_signature_method")
 
 
 def error(status: int, code: str, message: str, **data: Any) -> Response:
@@ -68,7 +75,136 @@ def _parse_date(value: str, *, gmt: bool, name: str) -> datetime:
 
 
 def _pct(value: str) -> str:
+    """PHP's rawurlencode (RFC 3986: only A-Z a-z 0-9 - _ . ~ stay as they are)."""
     return urllib.parse.quote(value, safe="~-._")
+
+
+# --- PHP's view of a request ($_GET, $_POST) -------------------------------------------------------
+#
+# WordPress reads every parameter from PHP's $_GET/$_POST (API_FACTS_WRITES §A.1), and the OAuth
+# check signs those arrays (§A.7), so the simulator parses a query once, the PHP way, and every
+# handler (auth, paging, filters, links) reads that one result.
+
+PhpValue = str | dict[str, "PhpValue"]  # a PHP array is an ordered map; integer keys kept as decimal text
+MAX_INPUT_VARS = 1000  # php.ini max_input_vars: the rest of the input is dropped
+
+
+def _php_path(key: str) -> list[str | None] | None:
+    """A query key as php_register_variable_ex splits it: `a.b c[x][]` -> ["a_b_c", "x", None]
+    (None: append).  None when PHP drops the pair (an empty name)."""
+    key = key.lstrip(" ")
+    pos = key.find("[")
+    name = re.sub(r"[ .]", "_", key if pos < 0 else key[:pos])
+    if not name:
+        return None
+    if pos < 0:
+        return [name]
+    path: list[str | None] = [name]
+    while True:
+        close = key.find("]", pos + 1)
+        if close < 0:  # '[' never closed: on the name it is a plain character, made '_'
+            return [name + "_" + key[pos + 1:]] if len(path) == 1 else path
+        index = key[pos + 1:close]
+        path.append(index or None)
+        pos = close + 1
+        if pos >= len(key) or key[pos] != "[":
+            return path  # anything after the last ']' is ignored
+
+
+def _next_index(array: dict[str, PhpValue]) -> str:
+    numbers = [int(k) for k in array if k.isdigit() and (k == "0" or not k.startswith("0"))]
+    return str(max(numbers) + 1 if numbers else 0)
+
+
+def php_parse(pairs: Iterable[tuple[str, str]]) -> dict[str, PhpValue]:
+    """The array PHP builds from url-decoded pairs (parse_str, $_GET): a repeated key keeps its last
+    value, `k[]` appends, `k[sub]` nests, dots and spaces in names become `_`."""
+    out: dict[str, PhpValue] = {}
+    for count, (key, value) in enumerate(pairs):
+        if count >= MAX_INPUT_VARS:
+            break
+        path = _php_path(key)
+        if path is None:
+            continue
+        node = out
+        for depth, part in enumerate(path):
+            name = _next_index(node) if part is None else part
+            if depth == len(path) - 1:
+                node[name] = value
+            else:
+                child = node.get(name)
+                if not isinstance(child, dict):
+                    child = node[name] = {}
+                node = child
+    return out
+
+
+def _php_empty(value: PhpValue | None) -> bool:
+    return value is None or value in ("", "0") or value == {}
+
+
+def _encode_values(value: PhpValue) -> PhpValue:
+    """wc_rest_urlencode_rfc3986 on the values: rawurlencode, recursively (inner keys stay raw)."""
+    return _pct(value) if isinstance(value, str) else {k: _encode_values(v) for k, v in value.items()}
+
+
+def _php_pairs(items: Iterable[tuple[str, PhpValue]], prefix: str = "") -> list[str]:
+    """join_with_equals_sign: `k=v`, nested keys as `k%5Bsub%5D=v` (PHP array order, not re-sorted)."""
+    out: list[str] = []
+    for key, value in items:
+        name = f"{prefix}%5B{key}%5D" if prefix else key
+        if isinstance(value, dict):
+            out += _php_pairs(value.items(), name)
+        else:
+            out.append(f"{name}={value}")
+    return out
+
+
+def _php_query_string(params: Iterable[tuple[str, PhpValue]], prefix: str = "") -> list[tuple[str, str]]:
+    """http_build_query's pairs for a parsed array (`k[0]=a&k[1]=b`), for Link headers."""
+    out: list[tuple[str, str]] = []
+    for key, value in params:
+        name = f"{prefix}[{key}]" if prefix else key
+        out += _php_query_string(value.items(), name) if isinstance(value, dict) else [(name, value)]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class PhpInput:
+    """One request's $_GET and $_POST (a form-encoded POST body), parsed once."""
+
+    get: dict[str, PhpValue]
+    post: dict[str, PhpValue]
+
+    @classmethod
+    def of(cls, request: Request) -> PhpInput:
+        post: dict[str, PhpValue] = {}
+        if request.method == "POST" and request.headers.get("content-type", "").lower().startswith(
+                "application/x-www-form-urlencoded"):
+            post = php_parse(urllib.parse.parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
+        return cls(php_parse(request.query), post)
+
+    def value(self, name: str) -> PhpValue | None:
+        """WP_REST_Request::get_param for our routes: the form body first, then the query."""
+        found = self.post.get(name)
+        return self.get.get(name) if found is None else found
+
+    def text(self, name: str) -> str | None:
+        """A scalar parameter; an array where a string is expected is WordPress' 400."""
+        found = self.value(name)
+        if isinstance(found, dict):
+            raise ApiError(400, "rest_invalid_param", f"Invalid parameter(s): {name}",
+                           params={name: f"{name} is not of type string."})
+        return found
+
+    def items(self, name: str) -> list[str] | None:
+        """An array-typed parameter: `k[]=a&k[]=b`, or `k=a,b` (wp_parse_list splits on commas and spaces)."""
+        found = self.value(name)
+        if found is None:
+            return None
+        if isinstance(found, dict):
+            return [v for v in found.values() if isinstance(v, str)]
+        return [part for part in re.split(r"[\s,]+", found) if part]
 
 
 @dataclass
@@ -263,9 +399,12 @@ class WooCommerceSimulator:
                             update=update, delete=lambda r, rid: self.delete(r, rid, force=r == "customers"))
 
 
-    # --- auth ------------------------------------------------------------------------------------
+    # --- auth (WC_REST_Authentication, API_FACTS_WRITES §A.7) ------------------------------------
 
-    def _authenticate(self, request: Request) -> None:
+    def _authenticate(self, request: Request, php: PhpInput) -> None:
+        key, secret = php.get.get("consumer_key"), php.get.get("consumer_secret")
+        if isinstance(key, str) and isinstance(secret, str) and key and secret:  # $_GET keys come first
+            return self._check_keys(key, secret)
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("basic "):
             try:
@@ -273,15 +412,17 @@ class WooCommerceSimulator:
             except ValueError:
                 raise ApiError(401, "woocommerce_rest_authentication_error", "Consumer key is invalid.") from None
             return self._check_keys(key, secret)
-        if request.arg("consumer_key") is not None:
-            return self._check_keys(request.arg("consumer_key") or "", request.arg("consumer_secret") or "")
-        oauth = dict(request.query)
-        if auth.lower().startswith("oauth "):
-            for part in auth[6:].split(","):
-                key, _, value = part.strip().partition("=")
-                oauth[key] = urllib.parse.unquote(value.strip('"'))
-        if "oauth_signature" in oauth:
-            return self._check_oauth(request, oauth)
+        params: dict[str, PhpValue] = {**php.get, **php.post}  # array_merge($_GET, $_POST)
+        if auth.startswith("OAuth "):  # the header's oauth_* pairs win
+            for name, quoted, bare in re.findall(r'(oauth_[a-z_-]*)=(?:"([^"]*)"|([^,]*))', auth):
+                params[name] = urllib.parse.unquote_plus(quoted or bare)
+        missing = [n for n in OAUTH_REQUIRED if _php_empty(params.get(n))]
+        if len(missing) < len(OAUTH_REQUIRED):  # at least one given: this is an OAuth attempt
+            if missing:
+                noun = "parameter" if len(missing) == 1 else "parameters"
+                raise ApiError(401, "woocommerce_rest_authentication_missing_parameter",
+                               f"Missing OAuth {noun} {', '.join(missing)}")
+            return self._check_oauth(request, params)
         raise ApiError(401, "woocommerce_rest_cannot_view", "Sorry, you cannot list resources.")
 
     def _check_keys(self, key: str, secret: str) -> None:
@@ -290,37 +431,37 @@ class WooCommerceSimulator:
         if not hmac.compare_digest(secret, self.consumer_secret):
             raise ApiError(401, "woocommerce_rest_authentication_error", "Consumer secret is invalid.")
 
-    def _check_oauth(self, request: Request, oauth: dict[str, str]) -> None:
-        for name in ("oauth_consumer_key", "oauth_timestamp", "oauth_nonce", "oauth_signature",
-                     "oauth_signature_method"):
-            if not oauth.get(name):
-                raise ApiError(401, "woocommerce_rest_authentication_error", f"{name} parameter is missing.")
-        if not hmac.compare_digest(oauth["oauth_consumer_key"], self.consumer_key):
+    def signature_base_string(self, method: str, url: str, params: dict[str, PhpValue]) -> str:
+        """`check_oauth_signature`'s string to sign: the parameters as PHP parsed them (a repeated key
+        once, with its last value), sorted by raw top-level key (strcmp), each pair rawurlencoded twice."""
+        pairs = sorted(((k, v) for k, v in params.items() if k != "oauth_signature"),
+                       key=lambda kv: kv[0].encode())
+        encoded = "%26".join(_pct(pair) for pair in _php_pairs([(_pct(k), _encode_values(v)) for k, v in pairs]))
+        return f"{method.upper()}&{_pct(url)}&{encoded}"
+
+    def _check_oauth(self, request: Request, params: dict[str, PhpValue]) -> None:
+        if params["oauth_consumer_key"] != self.consumer_key:
             raise ApiError(401, "woocommerce_rest_authentication_error", "Consumer key is invalid.")
-        digest = {"HMAC-SHA1": hashlib.sha1, "HMAC-SHA256": hashlib.sha256}.get(oauth["oauth_signature_method"])
+        # scheme and host: the site's Home URL (here: whatever the client reached), path: the request's
+        base = self.signature_base_string(request.method, f"{request.scheme}://{request.host}{request.path}", params)
+        digest = {"HMAC-SHA1": hashlib.sha1, "HMAC-SHA256": hashlib.sha256}.get(str(params["oauth_signature_method"]))
         if digest is None:
             raise ApiError(401, "woocommerce_rest_authentication_error",
                            "Invalid signature - signature method is invalid.")
+        expected = base64.b64encode(hmac.new(f"{self.consumer_secret}&".encode(), base.encode(), digest).digest())
+        given = params["oauth_signature"]
+        given = urllib.parse.unquote(given.replace(" ", "+")) if isinstance(given, str) else ""
+        if not hmac.compare_digest(expected.decode(), given):
+            raise ApiError(401, "woocommerce_rest_authentication_error",
+                           "Invalid signature - provided signature does not match.")
         now = time.time()
         try:
-            stamp = int(oauth["oauth_timestamp"])
+            stamp = int(str(params["oauth_timestamp"]))
         except ValueError:
             stamp = 0
         if abs(now - stamp) > OAUTH_WINDOW:
             raise ApiError(401, "woocommerce_rest_authentication_error", "Invalid timestamp.")
-        params = [(k, v) for k, v in request.query if k != "oauth_signature"]
-        if not any(k == "oauth_nonce" for k, _ in params):
-            params += [(k, v) for k, v in oauth.items() if k.startswith("oauth_") and k != "oauth_signature"]
-        normalized = "&".join(f"{k}={v}" for k, v in sorted((_pct(k), _pct(v)) for k, v in params))
-        base_uri = f"{request.scheme}://{request.host}{request.path}"
-        base = "&".join([request.method.upper(), _pct(base_uri), _pct(normalized)])
-        expected = base64.b64encode(
-            hmac.new(f"{_pct(self.consumer_secret)}&".encode(), base.encode(), digest).digest()
-        ).decode()
-        if not hmac.compare_digest(expected, oauth["oauth_signature"]):
-            raise ApiError(401, "woocommerce_rest_authentication_error",
-                           "Invalid signature - provided signature does not match.")
-        nonce_key = f"{oauth['oauth_consumer_key']}:{oauth['oauth_nonce']}"
+        nonce_key = f"{params['oauth_consumer_key']}:{params['oauth_nonce']}"
         self._nonces = {k: t for k, t in self._nonces.items() if now - t < OAUTH_WINDOW} \
             if len(self._nonces) > 10_000 else self._nonces
         if nonce_key in self._nonces:
@@ -333,18 +474,22 @@ class WooCommerceSimulator:
     def _resource(self, request: Request) -> _Collection:
         return self.collections[request.path[len(PREFIX) + 1:].split("/")[0].lower()]
 
-    async def _guard(self, request: Request, handler: Callable[[Request], Response]) -> Response:
+    async def _guard(self, request: Request, handler: Callable[[Request, PhpInput], Response]) -> Response:
         try:
-            self._authenticate(request)
-            return handler(request)
+            php = PhpInput.of(request)  # the one reading of the query every step below uses
+            self._authenticate(request, php)
+            return handler(request, php)
         except ApiError as exc:
             return exc.response
 
     async def _list(self, request: Request) -> Response:
         return await self._guard(request, self._list_sync)
 
-    def _int_param(self, request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
-        raw = request.arg(name)
+    def _int_param(self, php: PhpInput, name: str, default: int, low: int, high: int | None = None) -> int:
+        raw = php.value(name)
+        if isinstance(raw, dict):
+            raise ApiError(400, "rest_invalid_param", f"Invalid parameter(s): {name}",
+                           params={name: f"{name} is not of type integer."})
         if raw is None or raw == "":
             return default
         try:
@@ -358,44 +503,44 @@ class WooCommerceSimulator:
                            params={name: f"{name} must be {bound}"})
         return value
 
-    def _id_list(self, request: Request, name: str) -> list[int] | None:
-        raw = request.arg(name)
-        if raw is None or raw == "":
+    def _id_list(self, php: PhpInput, name: str) -> list[int] | None:
+        raw = php.items(name)
+        if not raw:
             return None
         try:
-            return [int(x) for x in raw.split(",") if x.strip()]
+            return [int(x) for x in raw]
         except ValueError:
             raise ApiError(400, "rest_invalid_param", f"Invalid parameter(s): {name}",
                            params={name: f"{name}[0] is not of type integer."}) from None
 
-    def _list_sync(self, request: Request) -> Response:
+    def _list_sync(self, request: Request, php: PhpInput) -> Response:
         coll = self._resource(request)
         customers = coll.name == "customers"
-        per_page = self._int_param(request, "per_page", 10, 1, 100)
-        page = self._int_param(request, "page", 1, 1)
-        offset = self._int_param(request, "offset", -1, 0)
+        per_page = self._int_param(php, "per_page", 10, 1, 100)
+        page = self._int_param(php, "page", 1, 1)
+        offset = self._int_param(php, "offset", -1, 0)
         if self.app.faults.loop:  # the fault: every page asked for is the first one
             page, offset = 1, -1
-        order = (request.arg("order") or ("asc" if customers else "desc")).lower()
+        order = (php.text("order") or ("asc" if customers else "desc")).lower()
         if order not in ("asc", "desc"):
             raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): order",
                            params={"order": "order is not one of asc, desc."})
         valid = ("id", "include", "name", "registered_date") if customers else \
             ("date", "id", "include", "title", "slug", "modified")
-        orderby = request.arg("orderby") or ("name" if customers else "date")
+        orderby = php.text("orderby") or ("name" if customers else "date")
         if orderby not in valid:
             raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): orderby",
                            params={"orderby": f"orderby is not one of {', '.join(valid)}."})
-        include = self._id_list(request, "include")
-        exclude = set(self._id_list(request, "exclude") or [])
+        include = self._id_list(php, "include")
+        exclude = set(self._id_list(php, "exclude") or [])
 
         ids: list[int]
-        gmt = (request.arg("dates_are_gmt") or "").lower() in ("1", "true")
+        gmt = (php.text("dates_are_gmt") or "").lower() in ("1", "true")
         after = before = None
         if not customers:
             bounds = {}
             for name in ("modified_after", "modified_before", "after", "before"):
-                if raw := request.arg(name):
+                if raw := php.text(name):
                     bounds[name] = _fmt(_parse_date(raw, gmt=gmt, name=name))
             after, before = bounds.get("modified_after"), bounds.get("modified_before")
             if orderby == "modified" or after or before:
@@ -420,14 +565,14 @@ class WooCommerceSimulator:
                 [i for i in ids if i in wanted]
         if exclude:
             ids = [i for i in ids if i not in exclude]
-        if not customers and (status := request.arg("status")) and status != "any":
-            allowed = set(status.split(","))
+        statuses = php.items("status")  # an array argument: status[]=a&status[]=b or status=a,b
+        if not customers and statuses and "any" not in statuses:
+            allowed = set(statuses)
             ids = [i for i in ids if coll.statuses[i] in allowed]
-        elif not customers and coll.name == "orders" and not request.arg("status"):
-            pass  # default "any": trashed orders are listed too
-        if customers and (role := request.arg("role")) and role not in ("all", "customer"):
+        # orders default to "any": trashed orders are listed too
+        if customers and (role := php.text("role")) and role not in ("all", "customer"):
             ids = []
-        if search := (request.arg("search") or "").lower():
+        if search := (php.text("search") or "").lower():
             ids = [i for i in ids if search in coll.docs[i].decode().lower()]
         if order == "desc" and orderby != "include":
             ids.reverse()
@@ -439,7 +584,7 @@ class WooCommerceSimulator:
             raise ApiError(400, "rest_post_invalid_page_number",
                            "The page number requested is larger than the number of pages available.")
         chunk = ids[start:start + per_page]
-        fields = [f for f in (request.arg("_fields") or "").split(",") if f]
+        fields = php.items("_fields") or []
         if fields:
             items = []
             for rid in chunk:
@@ -451,14 +596,15 @@ class WooCommerceSimulator:
         headers = [("content-type", "application/json; charset=UTF-8"), ("x-wp-total", str(total)),
                    ("x-wp-totalpages", str(pages)), ("date", time.strftime("%a, %d %b %Y %H:%M:%S GMT",
                                                                             self._now().timetuple()))]
-        links = self._links(request, page, pages)
+        links = self._links(request, php, page, pages)
         if links:
             headers.append(("link", links))
         return Response(200, body, headers)
 
-    def _links(self, request: Request, page: int, pages: int) -> str:
+    def _links(self, request: Request, php: PhpInput, page: int, pages: int) -> str:
+        """WordPress rebuilds the query from the parsed $_GET (each key once), then sets `page`."""
         base = f"{request.scheme}://{request.host}{request.path}"
-        query = [(k, v) for k, v in request.query if k != "page"]
+        query = _php_query_string((k, v) for k, v in php.get.items() if k != "page")
         rels = []
         for rel, number in (("first", 1), ("prev", page - 1), ("next", page + 1), ("last", pages)):
             if 1 <= number <= pages and not (rel in ("first", "last") and pages <= 1):
@@ -476,7 +622,7 @@ class WooCommerceSimulator:
         return rid
 
     async def _read(self, request: Request) -> Response:
-        def read(request: Request) -> Response:
+        def read(request: Request, php: PhpInput) -> Response:
             coll = self._resource(request)
             return Response(200, coll.docs[self._record_id(request, coll)],
                             [("content-type", "application/json; charset=UTF-8")])
@@ -492,7 +638,7 @@ class WooCommerceSimulator:
         return body
 
     async def _create(self, request: Request) -> Response:
-        def create(request: Request) -> Response:
+        def create(request: Request, php: PhpInput) -> Response:
             coll = self._resource(request)
             body = {k: v for k, v in self._body(request).items() if k != "id"}
             if coll.name == "customers" and not body.get("email"):
@@ -502,7 +648,7 @@ class WooCommerceSimulator:
         return await self._guard(request, create)
 
     async def _update(self, request: Request) -> Response:
-        def update(request: Request) -> Response:
+        def update(request: Request, php: PhpInput) -> Response:
             coll = self._resource(request)
             rid = self._record_id(request, coll)
             body = {k: v for k, v in self._body(request).items() if k != "id"}
@@ -510,10 +656,10 @@ class WooCommerceSimulator:
         return await self._guard(request, update)
 
     async def _delete(self, request: Request) -> Response:
-        def delete(request: Request) -> Response:
+        def delete(request: Request, php: PhpInput) -> Response:
             coll = self._resource(request)
             rid = self._record_id(request, coll)
-            force = (request.arg("force") or "").lower() in ("1", "true")
+            force = (php.text("force") or "").lower() in ("1", "true")
             if coll.name == "customers" and not force:
                 raise ApiError(501, "woocommerce_rest_trash_not_supported",
                                "Customers do not support trashing.")
@@ -523,7 +669,7 @@ class WooCommerceSimulator:
         return await self._guard(request, delete)
 
     async def _batch(self, request: Request) -> Response:
-        def batch(request: Request) -> Response:
+        def batch(request: Request, php: PhpInput) -> Response:
             coll = self._resource(request)
             body = self._body(request)
             ops = {k: body.get(k) or [] for k in ("create", "update", "delete")}
