@@ -185,7 +185,8 @@ class Daemon:
                 log.info("connection.resumed", connection=name, was=state.value)
         self.config = config
         self.supervisor.policy = policy_settings(config)
-        self.supervisor.rate_groups.configure(rate_groups(config))
+        members = len(self.membership.alive_members()) if self.membership else 1
+        self.supervisor.rate_groups.configure(rate_groups(config), share=max(1, members))
         rows = await self.store.call(connections.list_connections, self.store.keyring)
         await self.supervisor.apply(rows, parked=parked)
         if self.membership is not None:
@@ -400,7 +401,7 @@ async def run_daemon(
             membership = Membership(
                 store, cluster_settings(config),
                 config.cluster.member_name or default_member_name(str(config.admin.socket)),
-                load_ids=daemon.runnable_ids, run_owned=supervisor.own)
+                load_ids=daemon.runnable_ids, run_owned=supervisor.own, on_members=supervisor.rate_groups.reshare)
             daemon.membership = membership
             supervisor.lease_check = membership.owns
             # the first lease round before anything answers: this member's connections are running

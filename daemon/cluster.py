@@ -106,6 +106,8 @@ class Membership:
     name: str
     load_ids: LoadIds
     run_owned: RunOwned
+    # told the number of live members after every round (shared rate groups are split by it)
+    on_members: Callable[[int], None] | None = None
     id: str = ""
     held: dict[int, int] = field(default_factory=dict)  # connection id -> epoch
     owners: dict[int, str | None] = field(default_factory=dict)  # every connection's owner (member id)
@@ -212,6 +214,8 @@ class Membership:
         self.held = {**outcome.renewed, **outcome.acquired}
         self.owners = outcome.owners
         metrics.cluster_members_alive.set(len(self.alive_members()))
+        if self.on_members is not None:
+            self.on_members(max(1, len(self.alive_members())))
         metrics.cluster_leases_held.set(len(self.held))
         await self.run_owned(self._fences(), set())
 

@@ -40,6 +40,7 @@ FORWARDED = frozenset({"sync", "retry", "pause", "resume", "cancel", "connection
                        "connections.remove"})
 FORWARD_POLL = 0.05  # seconds between two looks for the owner's reply
 FORWARD_IDLE = 1.0  # the owner looks for forwarded commands at least this often
+REMOTE_WATCH_POLL = 0.5  # `watch` of a job another member runs reads its row this often
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -586,7 +587,26 @@ class DaemonAdmin:
             await self._job(job_id, caller)  # not_found before the stream starts
         return self._watch(job_id, caller)
 
+    async def _watch_remote(self, job: JobRow, caller: Caller) -> AsyncIterator[dict[str, Any]]:
+        """A job another member runs: its row, polled, sent whenever its progress or status moves."""
+        last: dict[str, Any] | None = None
+        for _ in itertools.count():  # until the job ends or the client leaves
+            shown = job_json(job)
+            if shown != last:
+                yield {"job": shown}
+                last = shown
+            if job.status in jobs.FINISHED:
+                return
+            await trio.sleep(REMOTE_WATCH_POLL)
+            job = await self._job(job.id, caller)
+
     async def _watch(self, job_id: int | None, caller: Caller) -> AsyncIterator[dict[str, Any]]:
+        if job_id is not None:
+            job = await self._job(job_id, caller)
+            if not self.daemon.supervisor.owns(job.connection) and job.status not in jobs.FINISHED:
+                async for event in self._watch_remote(job, caller):
+                    yield event
+                return
         # subscribe first, then take the snapshot: no update can fall between the two
         with self.daemon.supervisor.hub.subscribe() as updates:
             if job_id is not None:

@@ -46,17 +46,27 @@ class RateGroups:
     def __init__(self, rates: Mapping[str, Rate] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self._clock = clock
+        self._configured = dict(rates or {})
+        self._share = 1
         self._rates = dict(rates or {})
         self._buckets: dict[str, TokenBucket] = {}
 
-    def configure(self, rates: Mapping[str, Rate]) -> None:
-        """On reload: new rates apply to new and existing buckets; removed groups stop limiting."""
-        self._rates = dict(rates)
+    def configure(self, rates: Mapping[str, Rate], *, share: int = 1) -> None:
+        """On reload, and when the cluster's membership changes: each group's rate is split evenly
+        among `share` live members (the burst too, at least 1); removed groups stop limiting."""
+        self._configured = dict(rates)
+        self._share = max(1, share)
+        self._rates = {name: _split(rate, self._share) for name, rate in rates.items()}
         for name in list(self._buckets):
-            if name not in rates:
+            if name not in self._rates:
                 del self._buckets[name]
             else:
-                self._buckets[name].rate = self._buckets[name].configured = rates[name]
+                self._buckets[name].rate = self._buckets[name].configured = self._rates[name]
+
+    def reshare(self, share: int) -> None:
+        """The cluster now has `share` live members."""
+        if max(1, share) != self._share:
+            self.configure(self._configured, share=share)
 
     def bucket(self, name: str) -> TokenBucket | None:
         rate = self._rates.get(name)
@@ -68,6 +78,10 @@ class RateGroups:
 
     def __contains__(self, name: object) -> bool:
         return name in self._rates
+
+
+def _split(rate: Rate, share: int) -> Rate:
+    return rate if share == 1 else Rate(rate.per_second / share, max(1.0, rate.burst / share))
 
 
 def limits_for(
