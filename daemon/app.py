@@ -410,7 +410,7 @@ async def run_daemon(
 
             admin = config.admin
             handler = DaemonAdmin(daemon)
-            await root.start(handler.serve_forwarded, membership.id)  # commands other members forward
+            await root.start(handler.serve_forwarded)  # commands other members forward to this one
             await root.start(
                 lambda task_status: serve_admin(
                     Path(admin.socket), handler, mode=admin.socket_mode, group=admin.group,

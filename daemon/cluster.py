@@ -110,22 +110,17 @@ class Membership:
     on_members: Callable[[int], None] | None = None
     id: str = ""
     held: dict[int, int] = field(default_factory=dict)  # connection id -> epoch
-    owners: dict[int, str | None] = field(default_factory=dict)  # every connection's owner (member id)
     members: list[cluster.Member] = field(default_factory=list)
     deadline: float = 0.0  # trio clock: our leases are good until then
     _wake: trio.Event = field(default_factory=trio.Event)
     _lock: trio.Lock = field(default_factory=trio.Lock)  # one round at a time
-
-    def __post_init__(self) -> None:
-        self.id = self.id or f"{self.name}#{secrets.token_hex(4)}"
+    _rejoin: bool = False
+    _splits: dict[tuple[frozenset[int], frozenset[str]], dict[int, str]] = field(default_factory=dict)
 
     # -- what others ask ------------------------------------------------------------------------------
 
     def owns(self, connection_id: int) -> bool:
         return connection_id in self.held and trio.current_time() < self.deadline
-
-    def owner_of(self, connection_id: int) -> str | None:
-        return self.id if connection_id in self.held else self.owners.get(connection_id)
 
     def wake(self) -> None:
         """Run a round soon (a connection was removed or changed)."""
@@ -141,11 +136,7 @@ class Membership:
     # -- the loop -------------------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        ttl = self.settings.lease_ttl
-        released = await self.store.call(
-            cluster.register, self.id, name=self.name, host=socket.gethostname(), pid=os.getpid(),
-            version=__version__, ttl=ttl, predecessor_dead=_pid_gone)
-        log.info("cluster.joined", member=self.id, released_from=released or None, lease_ttl=ttl)
+        await self._register()
         await self._round()  # the first round before we say we are ready: our connections run
         task_status.started()
         try:
@@ -160,7 +151,13 @@ class Membership:
                 # stopped), nothing of ours may run a moment longer, whatever the next round says
                 if self.held and trio.current_time() >= self.deadline:
                     await self._lose(list(self.held), "the leases could not be renewed in time")
+                    # back as a new incarnation: the others hand it connections only after
+                    # `handover`, so a member that keeps dropping out does not churn them
+                    self._rejoin = True
                 try:
+                    if self._rejoin:
+                        await self._register()
+                        self._rejoin = False
                     await self._round()
                 except StoreUnavailable as exc:
                     log.warning("cluster.round_failed", error=str(exc))
@@ -174,6 +171,14 @@ class Membership:
                 except StoreUnavailable:
                     pass
 
+    async def _register(self) -> None:
+        ttl = self.settings.lease_ttl
+        self.id = f"{self.name}#{secrets.token_hex(4)}"
+        released = await self.store.call(
+            cluster.register, self.id, name=self.name, host=socket.gethostname(), pid=os.getpid(),
+            version=__version__, ttl=ttl, predecessor_dead=_pid_gone)
+        log.info("cluster.joined", member=self.id, released_from=released or None, lease_ttl=ttl)
+
     async def _round(self) -> None:
         async with self._lock:
             await self._locked_round()
@@ -185,10 +190,10 @@ class Membership:
         eligible = {m.name for m in self.members
                     if m.alive and (m.age >= self.settings.handover or m.id == self.id)}
         eligible.add(self.name)
-        wanted = {cid for cid, name in assign(runnable, eligible).items() if name == self.name}
+        wanted = {cid for cid, name in self._assign(runnable, eligible).items() if name == self.name}
         # give back what a member that has been up long enough should now run (its hand-over)
         settled = {m.name for m in self.members if m.alive and m.age >= self.settings.handover} | {self.name}
-        settled_split = assign(runnable, settled)
+        settled_split = self._assign(runnable, settled)
         release = {cid for cid in self.held if settled_split.get(cid) != self.name}
         if release:
             await self._stop(release, abrupt=False)  # their jobs are interrupted at a committed cursor first
@@ -212,7 +217,6 @@ class Membership:
             metrics.cluster_takeover_seconds.observe(max(0.0, late))
             log.info("cluster.took_over", connection_id=cid, expired_for=round(late, 2))
         self.held = {**outcome.renewed, **outcome.acquired}
-        self.owners = outcome.owners
         metrics.cluster_members_alive.set(len(self.alive_members()))
         if self.on_members is not None:
             self.on_members(max(1, len(self.alive_members())))
@@ -223,6 +227,15 @@ class Membership:
         stopping = set(connection_ids)
         keep = {cid: fence for cid, fence in self._fences().items() if cid not in stopping}
         await self.run_owned(keep, stopping if abrupt else set())
+
+    def _assign(self, ids: set[int], names: set[str]) -> dict[int, str]:
+        """`assign`, remembered: between membership changes every round has the same inputs."""
+        key = (frozenset(ids), frozenset(names))
+        if key not in self._splits:
+            if len(self._splits) > 4:
+                self._splits.clear()
+            self._splits[key] = assign(ids, names)
+        return self._splits[key]
 
     def _fences(self) -> dict[int, Fence]:
         return {cid: Fence(cid, self.id, epoch) for cid, epoch in self.held.items()}

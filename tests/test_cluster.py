@@ -115,7 +115,8 @@ async def cluster(nursery: trio.Nursery, tmp_path: Path, database_url: str) -> A
 
 
 def install_write_audit(database_url: str) -> None:
-    """Which daemon (its PGAPPNAME) wrote each record, and when (the database's clock)."""
+    """Which daemon (its PGAPPNAME) wrote each record, and when (the database's clock); and every
+    change of a lease's owner, so each write can be checked against who held the lease then."""
     with psycopg.connect(database_url, options="-c search_path=freshd,public", autocommit=True) as conn:
         conn.execute("CREATE TABLE write_audit (at timestamptz, app text, connection_id bigint)")
         conn.execute("CREATE FUNCTION audit_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
@@ -123,6 +124,13 @@ def install_write_audit(database_url: str) -> None:
                      " NEW.connection_id); RETURN NEW; END $$")
         conn.execute("CREATE TRIGGER audit AFTER INSERT OR UPDATE ON records"
                      " FOR EACH ROW EXECUTE FUNCTION audit_write()")
+        conn.execute("CREATE TABLE lease_audit (at timestamptz, connection_id bigint, owner text, epoch bigint)")
+        conn.execute("INSERT INTO lease_audit SELECT now(), connection_id, owner, epoch FROM leases")
+        conn.execute("CREATE FUNCTION audit_lease() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                     " IF NEW.owner IS DISTINCT FROM OLD.owner OR NEW.epoch <> OLD.epoch THEN"
+                     " INSERT INTO lease_audit VALUES (clock_timestamp(), NEW.connection_id, NEW.owner, NEW.epoch);"
+                     " END IF; RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER audit AFTER UPDATE ON leases FOR EACH ROW EXECUTE FUNCTION audit_lease()")
 
 
 async def wait_for(condition: Any, seconds: float, what: Any) -> None:
@@ -236,8 +244,13 @@ async def test_zombie_daemon_writes_nothing_after_its_leases_were_taken(cluster:
     await trio.sleep(1.0)
     zombie.send_signal(signal.SIGCONT)
     await trio.sleep(LEASE)  # it wakes up past its deadline: it must notice before it writes
-    late = query(cluster.database_url, "SELECT count(*) FROM write_audit WHERE app = 'm2' AND at > %s", taken_at)
-    assert late == [(0,)], "the zombie wrote rows after its leases were taken over"
+    # every row m2 wrote since the take-over was written while m2 held that connection's lease
+    # (it rejoins as a new member and may be handed connections again, under new epochs)
+    late = query(cluster.database_url,
+                 "SELECT count(*) FROM write_audit w WHERE w.app = 'm2' AND w.at > %s AND NOT EXISTS ("
+                 " SELECT 1 FROM (SELECT owner FROM lease_audit a WHERE a.connection_id = w.connection_id"
+                 " AND a.at <= w.at ORDER BY a.at DESC LIMIT 1) held WHERE held.owner LIKE 'm2#%%')", taken_at)
+    assert late == [(0,)], "the zombie wrote rows under leases it no longer held"
     assert zombie.poll() is None  # it lives on, as a member again
     for sim in cluster.sims:
         sim.app.faults.latency = 0
@@ -256,3 +269,24 @@ def test_bounded_load_rendezvous_split_is_even_and_moves_about_a_share() -> None
     moved = sum(1 for cid in ids if three[cid] != four[cid])
     assert math.isclose(moved / 3000, 0.25, abs_tol=0.1), moved
     assert assign(ids, ["c", "b", "a"]) == three  # the same on every member
+
+
+async def test_rolling_restart_of_all_three_completes_every_job_with_records_exact(cluster: Cluster) -> None:
+    for sim in cluster.sims:
+        sim.app.faults.latency = 0.2
+    names = {"m1", "m2", "m3"}
+    for name in sorted(names):
+        cluster.start(name)
+    await wait_for(lambda: all_owned_by(cluster, names) and len(set(cluster.owners().values())) == 3, 40,
+                   "every connection owned, by the three members")
+    for name in sorted(names):
+        proc = cluster.procs[name]
+        proc.send_signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(proc.wait, 20) == 0  # a clean stop, jobs interrupted at a cursor
+        cluster.start(name)
+        await wait_for(lambda: all_owned_by(cluster, names), 40, f"every connection owned after restarting {name}")
+    for sim in cluster.sims:
+        sim.app.faults.latency = 0
+    await wait_for(lambda: jobs_done(cluster), 90, "every job completed")
+    records_exact(cluster)
+    assert query(cluster.database_url, "SELECT count(*) FROM sync_jobs")[0][0] == CONNECTIONS

@@ -153,17 +153,18 @@ class DaemonAdmin:
             raise AdminError(str(error.get("code", ErrorCode.INTERNAL)), str(error.get("message", "")))
         raise AdminError(ErrorCode.TIMEOUT, f"member {owner} runs this connection and did not answer in time")
 
-    async def serve_forwarded(self, member: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                              ) -> None:
+    async def serve_forwarded(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the commands other members forward to this one, woken by LISTEN/NOTIFY (and a poll
         every FORWARD_IDLE seconds, should a notification be lost with its connection)."""
-        listener = Listener(self.daemon.store.url, "freshd_commands", member)
+        membership = self.daemon.membership
+        assert membership is not None
+        listener = Listener(self.daemon.store.url, "freshd_commands")
         async with listener:
             task_status.started()
             while True:
                 await listener.wait_for(FORWARD_IDLE)
-                try:
-                    pending = await self.daemon.store.call(cluster.pending_commands, member)
+                try:  # the member's id changes when it rejoins: read it each time
+                    pending = await self.daemon.store.call(cluster.pending_commands, membership.id)
                 except StoreUnavailable:
                     continue
                 for command_id, forwarded in pending:

@@ -121,7 +121,6 @@ class LeaseRound:
     renewed: dict[int, int]  # connection id -> epoch, still ours
     lost: list[int]  # held until now, no longer ours
     acquired: dict[int, int]  # newly ours: connection id -> epoch
-    owners: dict[int, str | None]  # every connection's owner after the round (for status)
     took_over: dict[int, float]  # acquired from an expired owner: seconds it had been expired
 
 
@@ -176,7 +175,7 @@ def lease_round(
             acquired[cid] = int(str(r["epoch"]))
             if r["previous"] is not None:
                 took_over[cid] = float(str(r["late"]))
-    return LeaseRound(renewed, lost, acquired, owners(conn), took_over)
+    return LeaseRound(renewed, lost, acquired, took_over)
 
 
 def owners(conn: Connection) -> dict[int, str | None]:

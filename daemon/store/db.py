@@ -301,11 +301,11 @@ class Store:
 
 class Listener:
     """LISTEN on `channel` over a dedicated autocommit connection (blocking psycopg in a worker
-    thread): `wait_for(seconds)` returns when a NOTIFY carrying `payload` arrives, or after `seconds`.
-    If the database is down it just sleeps, and reconnects on a later wait: callers poll anyway."""
+    thread): `wait_for(seconds)` returns when a NOTIFY arrives, or after `seconds`.  If the
+    database is down it just sleeps, and reconnects on a later wait: callers poll anyway."""
 
-    def __init__(self, url: str, channel: str, payload: str) -> None:
-        self.url, self.channel, self.payload = url, channel, payload
+    def __init__(self, url: str, channel: str) -> None:
+        self.url, self.channel = url, channel
         self._conn: psycopg.Connection[Any] | None = None
 
     async def __aenter__(self) -> Listener:
@@ -324,7 +324,7 @@ class Listener:
         def block() -> bool:
             if self._conn is None or self._conn.closed:
                 self._conn = self._open()
-            return any(n.payload == self.payload for n in self._conn.notifies(timeout=seconds, stop_after=1))
+            return any(True for _ in self._conn.notifies(timeout=seconds, stop_after=1))
 
         try:
             return await trio.to_thread.run_sync(block, abandon_on_cancel=True)
