@@ -128,6 +128,14 @@ class Daemon:
         finally:
             systemd.ready()
 
+    async def readiness(self) -> str | None:
+        """What `/readyz` asks: None when the store answers and the scheduler runs, else why not."""
+        if not await self.store.ping():
+            return "store: the database does not answer"
+        if self.scheduler is None or not self.scheduler.running:
+            return "scheduler: not running"
+        return None
+
     # -- sweeps -------------------------------------------------------------------------------------
 
     @property
@@ -200,10 +208,16 @@ class Daemon:
         ]
 
 
-def _connection_snapshot(daemon: Daemon) -> Callable[[], list[tuple[str, str, float | None]]]:
-    def snapshot() -> list[tuple[str, str, float | None]]:
+def _connection_snapshot(daemon: Daemon) -> Callable[[], list[metrics.ConnectionSample]]:
+    def snapshot() -> list[metrics.ConnectionSample]:
+        policy, now = daemon.staleness, datetime.now(UTC)
         return [
-            (s.provider, s.state.value, s.last_success_at.timestamp() if s.last_success_at else None)
+            metrics.ConnectionSample(
+                provider=s.provider, state=s.state.value, name=s.name,
+                last_success=s.last_success_at.timestamp() if s.last_success_at else None,
+                token_expires_at=s.token_expires_at,
+                stale=s.last_success_at is not None and policy.is_stale(now, s.last_success_at),
+            )
             for s in daemon.supervisor.statuses()
         ]
     return snapshot
@@ -218,6 +232,7 @@ async def _handle_signals(daemon: Daemon, root: trio.CancelScope) -> None:
                 continue
             log.info("signal.shutdown", signal=signal.Signals(signum).name)
             systemd.stopping()
+            metrics.set_readiness(None)  # draining: /readyz says so at once
             # the deadline bounds the drain: store calls in flight finish, then everything unwinds
             root.deadline = trio.current_time() + SHUTDOWN_DEADLINE
             root.cancel()
@@ -275,13 +290,17 @@ async def run_daemon(
                 )
             )
             if config.metrics.enabled:
-                metrics.set_connection_snapshot(_connection_snapshot(daemon))
+                metrics.set_connection_snapshot(_connection_snapshot(daemon),
+                                                per_connection=config.metrics.per_connection)
+                metrics.set_job_counts(lambda: (slots.waiting(), slots.running()))
                 daemon.metrics_url = await root.start(metrics.serve_metrics, config.metrics.address)
 
             scheduler = create_scheduler()
             add_sweeps(scheduler, daemon.sweeps())
             daemon.scheduler = scheduler
             await root.start(serve_scheduler, scheduler)
+            metrics.set_readiness(daemon.readiness)
+            stack.callback(metrics.set_readiness, None)
             root.start_soon(_handle_signals, daemon, root.cancel_scope)
             root.start_soon(systemd.serve_watchdog)
 
