@@ -9,7 +9,9 @@ Start-up, each step only after the one before it is really ready:
   5. READY=1 to systemd.
 
 SIGHUP reloads the config file: an invalid file is refused whole and the
-running configuration stays.  SIGTERM/SIGINT: STOPPING=1, no new work, every
+running configuration stays; the refusal is logged at error and shown in
+``systemctl status`` (STATUS=).  The unit runs ``freshd check-config`` before the
+SIGHUP, so ``systemctl reload`` itself fails on a broken file.  SIGTERM/SIGINT: STOPPING=1, no new work, every
 actor's in-flight commit finishes (store calls are never abandoned), running
 jobs are marked interrupted, and the process exits 0 within the stop deadline.
 """
@@ -117,16 +119,21 @@ class Daemon:
             self.supervisor.send_nowait(never[cid], JobQueued(job_id))
 
     async def reload(self) -> None:
+        """Re-read the config file; a broken one is refused whole, loudly: an error line, and a
+        STATUS= line that `systemctl status` shows until the next change."""
         systemd.reloading()
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
             log.error("config.reload_refused", error=str(exc))
-        else:
+            systemd.notify("READY=1", f"STATUS=reload refused, still running the previous configuration: {exc}")
+            return
+        try:
             await self.apply_config(config)
-            log.info("config.reloaded", connections=len(config.connections))
         finally:
             systemd.ready()
+        log.info("config.reloaded", connections=len(config.connections))
+        systemd.status(f"running: {len(self.supervisor.names())} connections (configuration reloaded)")
 
     async def readiness(self) -> str | None:
         """What `/readyz` asks: None when the store answers and the scheduler runs, else why not."""

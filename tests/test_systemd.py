@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,6 +133,29 @@ def test_unit_file_has_the_promised_settings() -> None:
     assert "ExecStart=/usr/bin/freshd run --config /etc/freshd/freshd.toml\n" in text
 
 
+def test_reload_checks_the_config_before_signalling() -> None:
+    """`systemctl reload` with a broken file must fail, not report success while the daemon refuses it."""
+    lines = UNIT.read_text(encoding="utf-8").splitlines()
+    reloads = [line.split("=", 1)[1] for line in lines if line.startswith("ExecReload=")]
+    assert reloads == ["/usr/bin/freshd check-config --config /etc/freshd/freshd.toml", "/bin/kill -HUP $MAINPID"]
+    start = next(line for line in lines if line.startswith("ExecStart="))
+    assert start.endswith("--config /etc/freshd/freshd.toml")  # the same file is checked and run
+
+
+def test_check_config_fails_on_a_broken_file(tmp_path: Path) -> None:
+    """What the first ExecReload line does: exit non-zero with the reason (systemctl shows it)."""
+    good = tmp_path / "good.toml"
+    good.write_text('[log]\nlevel = "info"\n')
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[log]\nlevel = "loud"\n')
+    command = [sys.executable, "-m", "freshd.cli", "check-config", "--config"]
+    ok = subprocess.run([*command, str(good)], capture_output=True, text=True, timeout=60, check=False)
+    assert ok.returncode == 0, ok.stderr
+    refused = subprocess.run([*command, str(broken)], capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2
+    assert "invalid configuration" in refused.stderr and "level" in refused.stderr
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                     reason="systemd-analyze not installed (apt-get install -y systemd)")
 def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -142,9 +166,9 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     executable.write_text("#!/bin/sh\nexit 0\n")
     executable.chmod(0o755)
     text = UNIT.read_text(encoding="utf-8")
-    assert text.count("ExecStart=/usr/bin/freshd ") == 1
+    assert text.count("ExecStart=/usr/bin/freshd ") == 1 and text.count("ExecReload=/usr/bin/freshd ") == 1
     copy = tmp_path / "freshd.service"
-    copy.write_text(text.replace("ExecStart=/usr/bin/freshd ", f"ExecStart={executable} "))
+    copy.write_text(text.replace("=/usr/bin/freshd ", f"={executable} "))
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(copy)],
         capture_output=True, text=True, timeout=60, check=False,
