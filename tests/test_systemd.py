@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -177,3 +178,41 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # systemd in a container, missing sibling units) do not.
     problems = [line for line in (result.stdout + result.stderr).splitlines() if "freshd.service" in line]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+# -- sysusers.d and tmpfiles.d snippets ---------------------------------------------------------------------
+
+SYSUSERS = REPO / "systemd" / "freshd.sysusers"
+TMPFILES = REPO / "systemd" / "freshd.tmpfiles"
+
+
+def entries(path: Path) -> list[list[str]]:
+    return [shlex.split(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def test_snippets_match_the_unit() -> None:
+    """The user the snippets create is the unit's User=/Group=, its home the StateDirectory."""
+    unit = UNIT.read_text(encoding="utf-8")
+    assert "User=freshd\n" in unit and "Group=freshd\n" in unit and "StateDirectory=freshd\n" in unit
+    assert entries(SYSUSERS) == [["u", "freshd", "-", "freshd connector sync daemon", "/var/lib/freshd", "-"]]
+    dirs = {entry[1]: entry for entry in entries(TMPFILES)}
+    assert dirs["/etc/freshd"][:5] == ["d", "/etc/freshd", "0750", "root", "freshd"]
+    assert dirs["/var/lib/freshd"][:5] == ["d", "/var/lib/freshd", "0750", "freshd", "freshd"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None or shutil.which("systemd-tmpfiles") is None
+                    or os.geteuid() != 0, reason="needs systemd-sysusers, systemd-tmpfiles and root (chown)")
+def test_snippets_create_the_user_and_directories_in_a_scratch_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for command in (["systemd-sysusers", f"--root={root}", str(SYSUSERS)],
+                    ["systemd-tmpfiles", f"--root={root}", "--create", str(TMPFILES)]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, (command, result.stdout + result.stderr)
+    passwd = {line.split(":")[0]: line.split(":") for line in (root / "etc" / "passwd").read_text().splitlines()}
+    uid, gid, home, shell = int(passwd["freshd"][2]), int(passwd["freshd"][3]), passwd["freshd"][5], passwd["freshd"][6]
+    assert home == "/var/lib/freshd" and shell.endswith("nologin") and uid < 1000
+    config, state = (root / "etc" / "freshd").stat(), (root / "var" / "lib" / "freshd").stat()
+    assert (config.st_mode & 0o7777, config.st_uid, config.st_gid) == (0o750, 0, gid)
+    assert (state.st_mode & 0o7777, state.st_uid, state.st_gid) == (0o750, uid, gid)
