@@ -183,3 +183,110 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- Docker and Compose (docker is not run here: checked statically) -------------------------------------
+
+COMPOSE = REPO / "compose.yaml"
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    return loaded
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    out = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            instruction, _, rest = line.strip().partition(" ")
+            out.append((instruction.upper(), rest.strip()))
+    return out
+
+
+def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts.append((source, target))
+    return mounts
+
+
+def test_compose_has_the_stack_and_its_mounts_exist() -> None:
+    document = compose()
+    services = document["services"]
+    assert {"postgres", "valkey", "freshd", "prometheus", "grafana"} <= set(services)
+    for name, service in services.items():
+        for source, _ in bind_mounts(service):
+            assert not source.startswith("/"), f"{name}: host paths outside the repo: {source}"
+            assert (REPO / source).exists(), f"{name} mounts {source}, which is not in the repository"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith("."):
+                assert source in document["volumes"], f"{name}: named volume {source} is not declared"
+    assert (REPO / services["freshd"]["build"] / "Dockerfile").exists()
+
+
+def test_compose_wires_freshd_to_postgres_and_prometheus_grafana_to_the_shipped_files() -> None:
+    services = compose()["services"]
+    freshd = services["freshd"]
+    assert freshd["environment"]["FRESHD_DATABASE_URL"].startswith("postgresql://")
+    assert "@postgres:5432/" in freshd["environment"]["FRESHD_DATABASE_URL"]
+    assert freshd["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert any(target == "/var/lib/freshd" for target in (v.split(":")[1] for v in freshd["volumes"]))
+
+    prometheus = dict(bind_mounts(services["prometheus"]))
+    assert prometheus["./deploy/prometheus/freshd-rules.yml"] == "/etc/prometheus/freshd-rules.yml"
+    config_target = prometheus["./deploy/prometheus/prometheus.yml"]
+    assert f"--config.file={config_target}" in services["prometheus"]["command"]
+    config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    rule_files = [str(Path(config_target).parent / path) for path in config["rule_files"]]
+    assert rule_files == ["/etc/prometheus/freshd-rules.yml"]  # what the container really has
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "freshd"  # the rules' up{job="freshd"}
+    assert job["static_configs"][0]["targets"] == ["freshd:9464"]
+
+    grafana = dict(bind_mounts(services["grafana"]))
+    assert grafana["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    provider = yaml.safe_load((REPO / "deploy/grafana/provisioning/dashboards/freshd.yml").read_text())
+    dashboards_dir = provider["providers"][0]["options"]["path"]
+    assert Path(grafana["./deploy/grafana/freshd.json"]).parent == Path(dashboards_dir)
+    sources = yaml.safe_load((REPO / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090" and source["isDefault"]
+
+
+@needs_promtool
+def test_compose_prometheus_config_passes_promtool() -> None:
+    result = subprocess.run(["promtool", "check", "config", str(REPO / "deploy" / "prometheus" / "prometheus.yml")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_runs_as_non_root_with_a_healthcheck_and_an_external_database() -> None:
+    instructions = dockerfile()
+    final = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM"):]
+    users = [args for op, args in final if op == "USER"]
+    assert users, "the final stage must set USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), user
+    (healthcheck,) = [args for op, args in final if op == "HEALTHCHECK"]
+    assert "/healthz" in healthcheck and "CMD" in healthcheck
+    env = " ".join(args for op, args in final if op == "ENV")
+    assert "FRESHD_METRICS_ADDRESS=0.0.0.0:9464" in env  # reachable from outside the container
+    assert "FRESHD_DATABASE_URL" not in env  # given at run time: no credentials baked in
+    assert ("EXPOSE", "9464") in final
+    assert "freshd" in next(args for op, args in final if op == "ENTRYPOINT")
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    for op, args in instructions:
+        if op == "COPY" and not args.startswith("--from"):
+            for source in args.split()[:-1]:
+                assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+                assert source not in ignored, f"COPY {source}: excluded by .dockerignore"
+    install = " ".join(args for op, args in instructions if op == "RUN")
+    assert "-c constraints.txt" in install and "[embedded]" not in install
