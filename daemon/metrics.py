@@ -83,6 +83,7 @@ from prometheus_client.registry import Collector
 
 from freshd import __version__
 from freshd.asgi import acknowledge_lifespan, serve_asgi
+from freshd.logs import scrub
 
 __all__ = [
     "REGISTRY",
@@ -348,7 +349,7 @@ class _Readiness:
             try:
                 reason = await self.check()
             except Exception as exc:
-                reason = f"readiness check failed: {exc!r}"
+                reason = scrub(f"readiness check failed: {exc!r}")  # anyone reaching the port reads it
             self.verdict = (trio.current_time(), reason)
             return reason
 

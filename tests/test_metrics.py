@@ -305,8 +305,13 @@ async def test_health_and_ready_endpoints_over_http() -> None:
 
 
 async def test_failing_readiness_check_is_a_503_not_a_crash() -> None:
+    from freshd.logs import register_secret
+
+    secret = f"pw-{uuid.uuid4().hex}"
+    register_secret(secret)
+
     async def broken() -> str | None:
-        raise RuntimeError("boom")
+        raise RuntimeError(f"boom: postgresql://freshd:{secret}@db/freshd")
 
     metrics.set_readiness(broken)
     with trio.fail_after(10):
@@ -314,5 +319,6 @@ async def test_failing_readiness_check_is_a_503_not_a_crash() -> None:
             base = (await nursery.start(metrics.serve_metrics, "127.0.0.1:0")).removesuffix("/metrics")
             response = await scrape(base + "/readyz")
             assert response.status_code == 503 and "boom" in response.json()["reason"]
+            assert secret not in response.text  # whoever reaches the port reads the reason
             assert (await scrape(base + "/metrics")).status_code == 200
             nursery.cancel_scope.cancel()
