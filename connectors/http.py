@@ -3,7 +3,8 @@
 `ProviderClient.request` is the choke point where the connection's policies
 apply: the access token (freshd.policies.tokens), the breaker and rate limits
 (`gate`, freshd.policies.gate) and retries,
-where request metrics are counted, and where responses are classified into
+where request metrics are counted (requests by status class; the duration of each
+completed attempt by operation: the `limit` name, or "default"), and where responses are classified into
 freshd's error taxonomy by the provider's own `classify` function.
 
 Error handling: timeouts and connection errors become TransientError; a
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -264,6 +266,7 @@ class ProviderClient:
             await self.gate.before_request(limit)
             error: ProviderError | None
             response: httpx.Response | None = None
+            sent = time.monotonic()
             try:
                 response = await self._attempt(method, url, **kwargs)
             except ResponseTooLarge as exc:
@@ -287,6 +290,9 @@ class ProviderClient:
                 error = self.classify(response)
                 if error is None and 300 <= response.status_code < 400:
                     error = redirected(response)
+            # the attempt completed (a response or an error; a cancelled one is not timed)
+            metrics.provider_request_seconds.labels(self.provider, limit or "default").observe(
+                time.monotonic() - sent)
             # what the gate learns from this attempt: a Retry-After beyond the limit is capped there
             told: tuple[httpx.Response | None, ProviderError | None] = (response, error)
             if isinstance(error, RateLimited) and (error.retry_after or 0) > self.limits.max_retry_after:

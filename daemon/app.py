@@ -9,7 +9,9 @@ Start-up, each step only after the one before it is really ready:
   5. READY=1 to systemd.
 
 SIGHUP reloads the config file: an invalid file is refused whole and the
-running configuration stays.  A reload that finds the database unavailable
+running configuration stays (the refusal is logged at error and shown in `systemctl status`
+by a STATUS= line; the unit runs `freshd check-config` first, so `systemctl reload` fails on
+a broken file).  A reload that finds the database unavailable
 is deferred and retried with backoff (`config.reload_deferred`) by the reload
 task, so signals keep being handled meanwhile; a newer SIGHUP replaces it.
 
@@ -207,6 +209,7 @@ class Daemon:
             return load_config(self.config_path)
         except ConfigError as exc:
             log.error("config.reload_refused", error=str(exc))
+            systemd.notify("READY=1", f"STATUS=reload refused, still running the previous configuration: {exc}")
             return None
 
     async def reload(self) -> None:
@@ -217,8 +220,17 @@ class Daemon:
             if (config := self.load_for_reload()) is not None:
                 await self.apply_config(config)
                 log.info("config.reloaded", connections=len(config.connections))
+                systemd.status(f"running: {len(self.supervisor.names())} connections (configuration reloaded)")
         finally:
             systemd.ready()
+
+    async def readiness(self) -> str | None:
+        """What `/readyz` asks: None when the store answers and the scheduler runs, else why not."""
+        if not await self.store.ping():
+            return "store: the database does not answer"
+        if self.scheduler is None or not self.scheduler.running:
+            return "scheduler: not running"
+        return None
 
     def request_reload_nowait(self) -> None:
         """SIGHUP: ask the reload task for a reload (a pending one is replaced by this newer one)."""
@@ -255,6 +267,7 @@ class Daemon:
                 else:
                     log.info("config.reloaded", connections=len(config.connections),
                              **({"deferred_attempts": attempts} if attempts else {}))
+                    systemd.status(f"running: {len(self.supervisor.names())} connections (configuration reloaded)")
                     break
             systemd.ready()
 
@@ -331,10 +344,16 @@ class Daemon:
         ]
 
 
-def _connection_snapshot(daemon: Daemon) -> Callable[[], list[tuple[str, str, float | None]]]:
-    def snapshot() -> list[tuple[str, str, float | None]]:
+def _connection_snapshot(daemon: Daemon) -> Callable[[], list[metrics.ConnectionSample]]:
+    def snapshot() -> list[metrics.ConnectionSample]:
+        policy, now = daemon.staleness, datetime.now(UTC)
         return [
-            (s.provider, s.state.value, s.last_success_at.timestamp() if s.last_success_at else None)
+            metrics.ConnectionSample(
+                provider=s.provider, state=s.state.value, name=s.name,
+                last_success=s.last_success_at.timestamp() if s.last_success_at else None,
+                token_expires_at=s.token_expires_at,
+                stale=s.last_success_at is not None and policy.is_stale(now, s.last_success_at),
+            )
             for s in daemon.supervisor.statuses()
         ]
     return snapshot
@@ -349,6 +368,7 @@ async def _handle_signals(daemon: Daemon, root: trio.CancelScope) -> None:
                 continue
             log.info("signal.shutdown", signal=signal.Signals(signum).name)
             systemd.stopping()
+            metrics.set_readiness(None)  # draining: /readyz says so at once
             # the deadline bounds the drain: store calls in flight finish, then everything unwinds;
             # shielded final writes (jobs marked interrupted, outcomes) get until STORE_STOP_DEADLINE,
             # then their statements are cancelled server-side, even behind a lock held forever
@@ -421,7 +441,9 @@ async def run_daemon(
                 )
             )
             if config.metrics.enabled:
-                metrics.set_connection_snapshot(_connection_snapshot(daemon))
+                metrics.set_connection_snapshot(_connection_snapshot(daemon),
+                                                per_connection=config.metrics.per_connection)
+                metrics.set_job_counts(lambda: (slots.waiting(), slots.running()))
                 daemon.metrics_url = await root.start(metrics.serve_metrics, config.metrics.address)
 
             scheduler = create_scheduler()
@@ -429,6 +451,8 @@ async def run_daemon(
             daemon.scheduler = scheduler
             await root.start(serve_scheduler, scheduler)
             await root.start(daemon.serve_reloads)
+            metrics.set_readiness(daemon.readiness)
+            stack.callback(metrics.set_readiness, None)
             root.start_soon(_handle_signals, daemon, root.cancel_scope)
             root.start_soon(systemd.serve_watchdog)
 

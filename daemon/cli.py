@@ -30,6 +30,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from freshd.logs import configure_logging
 
     config = _load(args.config)
+    if config.database_url is None:
+        from freshd.embedded_pg import require_embedded
+
+        require_embedded()  # before anything starts: one line, exit 1
     configure_logging(config.log.level, config.log.format)
     try:
         trio.run(lambda: run_daemon(config, config_path=args.config))
@@ -65,6 +69,9 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from freshd.demo import run_demo
+    from freshd.embedded_pg import require_embedded
+
+    require_embedded()
 
     return run_demo(records=args.records, state_dir=args.state_dir)
 

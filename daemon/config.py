@@ -133,6 +133,7 @@ class AdminConfig:
 class MetricsConfig:
     address: str = "127.0.0.1:9464"  # host:port; "" disables
     enabled: bool = True  # False when disabled by `enabled = false` or an empty address
+    per_connection: bool = False  # gauges labelled by connection name: one series per connection, opt-in
 
 
 @dataclass(frozen=True, slots=True)
@@ -671,7 +672,7 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
                    f"(the seats kept for root), {others}, got {admin_config.max_connections_per_uid}")
 
     metrics = top.table("metrics")
-    metrics.check_keys(("address", "enabled"))
+    metrics.check_keys(("address", "enabled", "per_connection"))
     address: str = metrics.string("address", _METRICS.address, empty=True)
     if address:
         try:
@@ -679,7 +680,8 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         except ValueError as exc:
             metrics.fail("address", str(exc))
     enabled = metrics.boolean("enabled", True) and bool(address)
-    metrics_config = MetricsConfig(address=address, enabled=enabled)
+    metrics_config = MetricsConfig(address=address, enabled=enabled,
+                                   per_connection=metrics.boolean("per_connection", False))
 
     log = top.table("log")
     log.check_keys(("level", "format"))

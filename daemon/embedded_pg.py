@@ -1,7 +1,8 @@
 """A private PostgreSQL under the state directory when no database URL is configured.
 
 The `pgserver` wheel bundles the server binaries, so a fresh machine needs
-nothing installed.  The server is started (or adopted, if a previous run left
+nothing installed but the ``embedded`` extra (``pip install 'freshd[embedded]'``);
+without it, `require_embedded` says so in one line.  The server is started (or adopted, if a previous run left
 it up) on a Unix socket inside the data directory and stopped on exit.
 """
 
@@ -14,12 +15,27 @@ from pathlib import Path
 import structlog
 import trio
 
+from freshd.errors import StartupError
+
 log = structlog.get_logger(__name__)
+
+NOT_INSTALLED = ("no database_url is configured and the embedded PostgreSQL is not installed: "
+                 "install freshd[embedded] (pip install 'freshd[embedded]') or set database_url "
+                 "(or FRESHD_DATABASE_URL)")
+
+
+def require_embedded() -> None:
+    """Raise StartupError (one line: what to install or set) unless the embedded server is installed."""
+    try:
+        import pgserver  # noqa: F401
+    except ImportError:
+        raise StartupError(NOT_INSTALLED) from None
 
 
 @asynccontextmanager
 async def open_embedded_postgres(state_dir: Path) -> AsyncIterator[str]:
     """Start the embedded server; yield its connection URL; stop it on exit."""
+    require_embedded()
     import pgserver  # imported lazily: only the embedded mode needs it
 
     pgdata = state_dir / "postgres"

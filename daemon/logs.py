@@ -8,7 +8,11 @@ Output:
 * ``fmt="json"``, or ``"auto"`` when the stream is not a TTY (journald, files): one JSON object
   per line with ``timestamp`` (ISO 8601, UTC), ``level``, ``logger``, ``event``, then the
   bound context (``connection``, ``job`` ...) and the call's own keys.
-* ``fmt="console"``, or ``"auto"`` on a TTY: structlog's readable renderer.
+* ``fmt="console"``, or ``"auto"`` on a TTY: structlog's readable renderer; ``job.progress``
+  is one compact line there (status, percent, ETA, records processed), not the per-entity table.
+* Under systemd (``$JOURNAL_STREAM`` names the stream's device and inode), every line starts
+  with its syslog priority, ``<3>`` for error ... ``<7>`` for debug (sd-daemon(3)), so
+  ``journalctl -p err`` shows only errors; the rest of the line is unchanged.
 * Other libraries (hypercorn, psycopg, apscheduler, ``warnings``) log through stdlib logging;
   their records at WARNING and above (and at or above `level`) come out in the same format,
   through the same redaction, on the same stream.
@@ -32,6 +36,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -42,7 +47,8 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["REDACTED", "configure_logging", "is_secret_key", "redact", "register_secret", "scrub", "scrub_json"]
+__all__ = ["REDACTED", "configure_logging", "is_journal_stream", "is_secret_key", "redact", "register_secret", "scrub",
+           "scrub_json"]
 
 REDACTED = "[redacted]"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -266,6 +272,45 @@ class _StdlibBridge(logging.Handler):
             self.handleError(record)
 
 
+# sd-daemon(3): "<N>" before a line written to a stream journald reads sets its priority
+PRIORITIES = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4, "info": 6, "debug": 7}
+
+
+def _with_priority(renderer: Processor) -> Processor:
+    """`renderer`, with each output line prefixed by the event's syslog priority."""
+
+    def render(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+        priority = PRIORITIES.get(str(event_dict.get("level", method_name)).lower(), 6)
+        text = str(renderer(logger, method_name, event_dict))
+        return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))
+
+    return render
+
+
+def _compact_progress(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """On a console, ``job.progress`` is one short line: the per-entity table becomes totals."""
+    if event_dict.get("event") == "job.progress":
+        progress = event_dict.pop("progress", None)
+        if isinstance(progress, Mapping):
+            entities = [e for e in progress.values() if isinstance(e, Mapping)]
+            event_dict["processed"] = sum(int(e.get("processed") or 0) for e in entities)
+            failed = sum(int(e.get("failed") or 0) for e in entities)
+            if failed:
+                event_dict["failed"] = failed
+    return event_dict
+
+
+def is_journal_stream(stream: TextIO) -> bool:
+    """Whether `stream` is the one systemd connected to the journal ($JOURNAL_STREAM = "dev:inode")."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        stat = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):  # unset, malformed, or not a real file (StringIO)
+        return False
+    return (stat.st_dev, stat.st_ino) == (device, inode)
+
+
 def _is_tty(stream: TextIO) -> bool:
     try:
         return bool(stream.isatty())
@@ -273,10 +318,13 @@ def _is_tty(stream: TextIO) -> bool:
         return False
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info", fmt: str = "auto", stream: TextIO | None = None, *, journal: bool | None = None
+) -> None:
     """Set up structlog and the stdlib bridge writing to `stream` (default: the current sys.stderr).
 
     `level` is one of debug, info, warning, error, critical; `fmt` one of auto, json, console.
+    `journal` prefixes lines with their priority; None: when `stream` is $JOURNAL_STREAM.
     Calling it again replaces the previous set-up (tests do).
     """
     levelno = LEVELS.get(level.lower())
@@ -288,14 +336,19 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     sink = _Sink(out)
     use_json = fmt == "json" or (fmt == "auto" and not _is_tty(out))
     renderer: Processor = _render_json
+    compact: list[Processor] = []
     if not use_json:
         renderer = structlog.dev.ConsoleRenderer(
             colors=_is_tty(out), exception_formatter=structlog.dev.plain_traceback
         )
+        compact = [_compact_progress]
+    if journal if journal is not None else is_journal_stream(out):
+        renderer = _with_priority(renderer)
     tail: list[Processor] = [
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,  # before `redact`, so tracebacks are masked too
         redact,
+        *compact,
         renderer,
     ]
     structlog.configure(

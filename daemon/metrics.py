@@ -27,20 +27,44 @@
     freshd_cluster_fencing_rejections_total               counter  writes refused: the lease was gone
     freshd_cluster_handovers_total{direction}             counter  given (to a member that joined), taken
     freshd_cluster_takeover_seconds                       histogram  lease expiry to take-over (dead owner)
+    freshd_provider_request_duration_seconds{provider,operation} histogram  one attempt, sent to last body
+                                                                   byte; operation: the rate-limit name
+                                                                   (`limit=`, SP-API operations) or "default"
+    freshd_connections_stale{provider}                    gauge    at scrape time: synced once, now older than
+                                                                   [staleness] stale_after
+    freshd_token_expiry_timestamp_seconds{provider}       gauge    at scrape time: the earliest access-token
+                                                                   expiry (epoch seconds) of a provider
+    freshd_jobs_queued                                    gauge    at scrape time: sync jobs waiting for a slot
+    freshd_jobs_running                                   gauge    at scrape time: sync jobs holding a slot
+    process_*                                             the standard process metrics (resident memory,
+                                                          CPU seconds, open fds, start time), Linux only
 
-Labels never name a connection: a fleet of thousands of connections must not mean thousands
-of series.  Per-connection detail is the admin socket's job (``freshctl status``).
+Only with ``[metrics] per_connection = true`` (never by default):
 
-The two connection gauges are computed when Prometheus scrapes, from the callback the daemon
-registers with `set_connection_snapshot` (a list of ``(provider, state, last_success_epoch)``).
+    freshd_connection_state{connection,provider,state}    gauge    1, for each connection's current state
+    freshd_connection_last_success_age_seconds{connection,provider}  gauge
+
+Otherwise labels never name a connection: a fleet of thousands of connections must not mean
+thousands of series.  Per-connection detail is the admin socket's job (``freshctl status``).
+No ``*_created`` series (`disable_created_metrics`): they double the series count for nothing.
+
+The connection gauges are computed when Prometheus scrapes, from the callback the daemon
+registers with `set_connection_snapshot` (`ConnectionSample` records, or plain
+``(provider, state, last_success_epoch)`` tuples); the job gauges from `set_job_counts`.
 A (provider, state) pair once seen keeps being reported (as 0 when empty), so series do not
-vanish; connections that never synced are left out of the age gauge.
+vanish; connections that never synced are left out of the age and staleness gauges.
+
+The endpoint also answers ``/healthz`` (liveness: 200 while the process serves) and
+``/readyz`` (200 when the check registered with `set_readiness` passes, else 503 with a
+JSON reason; the verdict is cached for a second, so probes cannot hammer the store).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import structlog
 import trio
@@ -51,15 +75,25 @@ from hypercorn.typing import (
     HTTPResponseStartEvent,
     Scope,
 )
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    make_asgi_app,
+)
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from freshd import __version__
 from freshd.asgi import acknowledge_lifespan, serve_asgi
+from freshd.logs import scrub
 
 __all__ = [
     "REGISTRY",
+    "ConnectionSample",
     "ConnectionSnapshot",
     "actor_restarts_total",
     "breaker_transitions_total",
@@ -73,6 +107,7 @@ __all__ = [
     "db_write_seconds",
     "fencing_rejections_total",
     "provider_clock_skew_total",
+    "provider_request_seconds",
     "provider_requests_total",
     "provider_responses_refused_total",
     "rate_limit_wait_seconds_total",
@@ -81,6 +116,8 @@ __all__ = [
     "records_synced_total",
     "serve_metrics",
     "set_connection_snapshot",
+    "set_job_counts",
+    "set_readiness",
     "store_up",
     "sync_duration_seconds",
     "sync_jobs_total",
@@ -89,7 +126,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+disable_created_metrics()  # type: ignore[no-untyped-call]  # process-wide in prometheus_client; freshd owns its process
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
 
 sync_jobs_total = Counter(
     "freshd_sync_jobs_total", "Sync jobs finished, by outcome.",
@@ -158,6 +197,12 @@ provider_responses_refused_total = Counter(
     "Provider responses refused: body too large, Retry-After too long, request deadline passed.",
     ["provider", "reason"], registry=REGISTRY,
 )
+provider_request_seconds = Histogram(
+    "freshd_provider_request_duration_seconds",
+    "Time of one completed attempt at a provider request, sending to the last body byte.",
+    ["provider", "operation"], registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
 
 cluster_members_alive = Gauge("freshd_cluster_members_alive", "Daemons heart-beating on this database.",
                               registry=REGISTRY)
@@ -176,14 +221,42 @@ cluster_takeover_seconds = Histogram(
 
 # -- computed at scrape time -----------------------------------------------------------------------------
 
-ConnectionSnapshot = Callable[[], Iterable[tuple[str, str, float | None]]]
+@dataclass(frozen=True, slots=True)
+class ConnectionSample:
+    """One connection as the scrape-time gauges see it."""
+
+    provider: str
+    state: str
+    last_success: float | None  # epoch seconds of the last successful sync
+    name: str = ""  # only exported with per_connection
+    token_expires_at: float | None = None  # epoch seconds
+    stale: bool = False  # synced once, now older than its staleness limit
+
+
+ConnectionSnapshot = Callable[[], Iterable[ConnectionSample | tuple[str, str, float | None]]]
+JobCounts = Callable[[], tuple[int, int]]  # (queued, running)
+
+
+def _sample(row: ConnectionSample | tuple[str, str, float | None]) -> ConnectionSample:
+    return row if isinstance(row, ConnectionSample) else ConnectionSample(*row)
 
 
 class _ConnectionCollector(Collector):
     def __init__(self) -> None:
         self.snapshot: ConnectionSnapshot | None = None
+        self.job_counts: JobCounts | None = None
+        self.per_connection = False
         self.seen: set[tuple[str, str]] = set()
         self.clock: Callable[[], float] = time.time
+
+    def _rows(self) -> list[ConnectionSample]:
+        if self.snapshot is None:
+            return []
+        try:
+            return [_sample(row) for row in self.snapshot()]
+        except Exception as exc:  # a scrape must never take the daemon's data down with it
+            log.warning("metrics.snapshot_failed", error=repr(exc))
+            return []
 
     def collect(self) -> Iterator[Metric]:
         connections = GaugeMetricFamily(
@@ -194,26 +267,67 @@ class _ConnectionCollector(Collector):
             "Seconds since the least recently successful connection of a provider last synced.",
             labels=["provider"],
         )
-        rows: list[tuple[str, str, float | None]] = []
-        if self.snapshot is not None:
-            try:
-                rows = list(self.snapshot())
-            except Exception as exc:  # a scrape must never take the daemon's data down with it
-                log.warning("metrics.snapshot_failed", error=repr(exc))
+        stale = GaugeMetricFamily(
+            "freshd_connections_stale",
+            "Connections whose data (synced at least once) is older than [staleness] stale_after.",
+            labels=["provider"],
+        )
+        expiry = GaugeMetricFamily(
+            "freshd_token_expiry_timestamp_seconds",
+            "The earliest access-token expiry (epoch seconds) among a provider's connections.",
+            labels=["provider"],
+        )
+        rows = self._rows()
+        now = self.clock()
         counts: dict[tuple[str, str], int] = dict.fromkeys(self.seen, 0)
+        stale_counts: dict[str, int] = {provider: 0 for provider, _ in self.seen}
         last_success: dict[str, float] = {}
-        for provider, state, success in rows:
-            counts[(provider, state)] = counts.get((provider, state), 0) + 1
-            if success is not None:
-                last_success[provider] = min(success, last_success.get(provider, success))
+        earliest: dict[str, float] = {}
+        for row in rows:
+            provider = row.provider
+            counts[(provider, row.state)] = counts.get((provider, row.state), 0) + 1
+            stale_counts[provider] = stale_counts.get(provider, 0) + (1 if row.stale else 0)
+            if row.last_success is not None:
+                last_success[provider] = min(row.last_success, last_success.get(provider, row.last_success))
+            if row.token_expires_at is not None:
+                earliest[provider] = min(row.token_expires_at, earliest.get(provider, row.token_expires_at))
         self.seen.update(counts)
         for (provider, state), count in sorted(counts.items()):
             connections.add_metric([provider, state], count)
-        now = self.clock()
         for provider, success in sorted(last_success.items()):
             oldest.add_metric([provider], max(0.0, now - success))
-        yield connections
-        yield oldest
+        for provider, count in sorted(stale_counts.items()):
+            stale.add_metric([provider], count)
+        for provider, expires in sorted(earliest.items()):
+            expiry.add_metric([provider], expires)
+        yield from (connections, oldest, stale, expiry)
+
+        queued, running = 0, 0
+        if self.job_counts is not None:
+            try:
+                queued, running = self.job_counts()
+            except Exception as exc:
+                log.warning("metrics.job_counts_failed", error=repr(exc))
+        yield GaugeMetricFamily("freshd_jobs_queued", "Sync jobs waiting for a free sync slot (daemon or tenant cap).",
+                                value=queued)
+        yield GaugeMetricFamily("freshd_jobs_running", "Sync jobs running (holding a sync slot).", value=running)
+
+        if self.per_connection:
+            states = GaugeMetricFamily(
+                "freshd_connection_state", "1 for each connection's current state ([metrics] per_connection).",
+                labels=["connection", "provider", "state"],
+            )
+            age = GaugeMetricFamily(
+                "freshd_connection_last_success_age_seconds",
+                "Seconds since a connection last synced successfully ([metrics] per_connection).",
+                labels=["connection", "provider"],
+            )
+            for row in sorted(rows, key=lambda r: r.name):
+                states.add_metric([row.name, row.provider, row.state], 1)
+                if row.last_success is not None:
+                    age.add_metric([row.name, row.provider], max(0.0, now - row.last_success))
+            yield states
+            yield age
 
     def describe(self) -> Iterator[Metric]:
         return self.collect()
@@ -223,14 +337,57 @@ _connections = _ConnectionCollector()
 REGISTRY.register(_connections)
 
 
-def set_connection_snapshot(fn: ConnectionSnapshot | None) -> None:
+def set_connection_snapshot(fn: ConnectionSnapshot | None, *, per_connection: bool = False) -> None:
     """Register the callback the connection gauges read at scrape time (None: no connections).
 
     It runs on the trio thread (the endpoint is served there), so it may read daemon state
-    without locks; it must be quick and must not block.
+    without locks; it must be quick and must not block.  `per_connection` adds the gauges
+    labelled by connection name (one series per connection: opt-in, for small fleets).
     """
     _connections.snapshot = fn
+    _connections.per_connection = per_connection
     _connections.seen.clear()
+
+
+def set_job_counts(fn: JobCounts | None) -> None:
+    """Register the callback giving ``(queued, running)`` sync jobs at scrape time (None: zeros)."""
+    _connections.job_counts = fn
+
+
+# -- readiness -------------------------------------------------------------------------------------------
+
+Readiness = Callable[[], Awaitable[str | None]]  # None: ready; else why not (one line)
+READINESS_CACHE = 1.0  # seconds a verdict is reused: probes from anywhere must not hammer the store
+
+
+class _Readiness:
+    def __init__(self) -> None:
+        self.check: Readiness | None = None
+        self.verdict: tuple[float, str | None] | None = None  # (trio time, reason)
+        self.lock = trio.Lock()
+
+    async def reason(self) -> str | None:
+        if self.check is None:
+            return "the daemon is not running (starting up or shutting down)"
+        async with self.lock:  # one check at a time; the others reuse its verdict
+            now = trio.current_time()
+            if self.verdict is not None and now - self.verdict[0] < READINESS_CACHE:
+                return self.verdict[1]
+            try:
+                reason = await self.check()
+            except Exception as exc:
+                reason = scrub(f"readiness check failed: {exc!r}")  # anyone reaching the port reads it
+            self.verdict = (trio.current_time(), reason)
+            return reason
+
+
+_readiness = _Readiness()
+
+
+def set_readiness(check: Readiness | None) -> None:
+    """Register what ``/readyz`` asks (None: not ready, e.g. before start-up or after shutdown)."""
+    _readiness.check = check
+    _readiness.verdict = None
 
 
 # -- the endpoint ----------------------------------------------------------------------------------------
@@ -239,21 +396,37 @@ _prometheus_app = make_asgi_app(REGISTRY)
 
 
 async def _app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-    """`/metrics` from prometheus_client; 404 elsewhere; lifespan acknowledged, so hypercorn is quiet."""
+    """`/metrics` from prometheus_client, `/healthz`, `/readyz`; 404 elsewhere; lifespan acknowledged,
+    so hypercorn is quiet."""
     if scope["type"] == "lifespan":
         await acknowledge_lifespan(receive, send)
         return
     if scope["type"] != "http":
         return
-    if scope["path"] == "/metrics":
+    path = scope["path"]
+    if path == "/metrics":
         await _prometheus_app(scope, receive, send)
         return
     await receive()
+    if path == "/healthz":
+        await _respond(send, 200, {"status": "alive"})
+    elif path == "/readyz":
+        reason = await _readiness.reason()
+        if reason is None:
+            await _respond(send, 200, {"status": "ready"})
+        else:
+            await _respond(send, 503, {"status": "unavailable", "reason": reason})
+    else:
+        await _respond(send, 404, {"status": "not_found", "reason": "metrics are at /metrics; also /healthz, /readyz"})
+
+
+async def _respond(send: ASGISendCallable, status: int, payload: dict[str, str]) -> None:
     start: HTTPResponseStartEvent = {
-        "type": "http.response.start", "status": 404, "headers": [(b"content-type", b"text/plain")]
+        "type": "http.response.start", "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"cache-control", b"no-store")],
     }
     body: HTTPResponseBodyEvent = {
-        "type": "http.response.body", "body": b"not found: metrics are at /metrics\n", "more_body": False
+        "type": "http.response.body", "body": json.dumps(payload).encode() + b"\n", "more_body": False
     }
     await send(start)
     await send(body)
@@ -262,7 +435,7 @@ async def _app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallabl
 async def serve_metrics(
     address: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve ``/metrics`` over HTTP at `address` (``host:port``; port 0 picks a free one).
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` over HTTP at `address` (``host:port``; port 0: any).
 
     Runs on the trio loop with hypercorn (no threads) until cancelled.  The socket is bound
     here, before hypercorn starts, so a bad address (ValueError) or a port in use (OSError)

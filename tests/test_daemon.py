@@ -204,18 +204,41 @@ async def test_bad_admin_requests_get_clear_errors_and_change_nothing(
     assert query(database_url, "SELECT count(*) FROM sync_jobs") == [(0,)]
 
 
+def notifications(sock: socket.socket) -> list[str]:
+    """Every sd_notify datagram received so far (what systemd would have been told)."""
+    out = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            out.append(sock.recv(4096).decode())
+    return out
+
+
 async def test_invalid_config_is_refused_on_reload_and_the_old_one_stays(
     nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    systemd_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # stands in for systemd's
+    systemd_socket.bind(str(tmp_path / "notify"))
+    systemd_socket.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
     running = await start_daemon(nursery, tmp_path, database_url, connection_block("eu", simulators[0][1]))
+    notifications(systemd_socket)
     text = running.config_path.read_text()
     running.config_path.write_text(text + connection_block("bad", "not a url"))
     await running.daemon.reload()
     assert running.daemon.supervisor.names() == ["eu"]
+    # `systemctl status` shows the refusal, and systemd leaves the reloading state
+    told = notifications(systemd_socket)
+    assert told[0].startswith("RELOADING=1\n")
+    refusal = told[-1].split("\n")
+    assert refusal[0] == "READY=1" and refusal[1].startswith("STATUS=reload refused"), told
+    assert "base_url" in refusal[1] and "previous configuration" in refusal[1]
     # a valid change is applied: a new connection starts and gets its initial sync
     running.config_path.write_text(text + connection_block("us", simulators[1][1]))
     await running.daemon.reload()
     assert running.daemon.supervisor.names() == ["eu", "us"]
+    told = notifications(systemd_socket)
+    assert "READY=1" in told and told[-1] == "STATUS=running: 2 connections (configuration reloaded)"
     jobs = (await running.ctl_json("jobs", "--connection", "us"))["jobs"]
     assert len(jobs) == 1 and jobs[0]["kind"] == "initial"
 

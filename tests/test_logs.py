@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import pytest
 import structlog
@@ -172,3 +174,76 @@ def test_a_fleet_of_secrets_with_common_prefixes_is_masked(out: io.StringIO) -> 
     line = lines(out)[-1]
     assert line["a"] == f"x{REDACTED}y{REDACTED}"
     assert line["b"] == f"{REDACTED}!" and line["c"] == REDACTED
+
+
+# -- journald priorities and the console ------------------------------------------------------------------
+
+
+def _journal_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "stderr") -> TextIO:
+    """A real file standing in for the stream systemd connects to the journal, named by $JOURNAL_STREAM."""
+    stream = (tmp_path / name).open("w", encoding="utf-8")
+    stat = os.fstat(stream.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{stat.st_dev}:{stat.st_ino}")
+    return stream
+
+
+def test_journal_stream_lines_carry_syslog_priority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`journalctl -p err` filters on the <N> prefix (sd-daemon(3)); the rest of the line is the usual JSON."""
+    with _journal_file(tmp_path, monkeypatch) as stream:
+        configure_logging("debug", "auto", stream)
+        log = structlog.get_logger("freshd.x")
+        log.debug("d")
+        log.info("i")
+        log.warning("w")
+        log.error("e")
+        log.critical("c")
+        logging.getLogger("psycopg").error("from a library")
+    written = (tmp_path / "stderr").read_text().splitlines()
+    prefixes = [line[:3] for line in written]
+    assert prefixes == ["<7>", "<6>", "<4>", "<3>", "<2>", "<3>"]
+    events = [json.loads(line[3:])["event"] for line in written]
+    assert events == ["d", "i", "w", "e", "c", "from a library"]
+
+
+def test_no_priority_prefix_on_another_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$JOURNAL_STREAM inherited by a process whose stderr goes elsewhere (a file, a pipe) is not ours."""
+    _journal_file(tmp_path, monkeypatch, "journal").close()
+    with (tmp_path / "other").open("w", encoding="utf-8") as stream:
+        configure_logging("info", "auto", stream)
+        structlog.get_logger("freshd.x").error("e")
+    assert json.loads((tmp_path / "other").read_text())["event"] == "e"
+    monkeypatch.setenv("JOURNAL_STREAM", "garbage")
+    with (tmp_path / "other").open("w", encoding="utf-8") as stream:
+        configure_logging("info", "auto", stream)
+        structlog.get_logger("freshd.x").error("e")
+    assert (tmp_path / "other").read_text().startswith("{")
+
+
+def test_multi_line_console_output_is_prefixed_on_every_line() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "console", stream, journal=True)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        structlog.get_logger("freshd.x").exception("failed")
+    written = stream.getvalue().splitlines()
+    assert len(written) > 2 and all(line.startswith("<3>") for line in written)
+
+
+def test_job_progress_on_a_console_is_one_compact_line() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "console", stream)
+    progress = {name: {"total": 500, "processed": 120, "failed": 1, "skipped": 0, "state": "running"}
+                for name in ("orders", "customers", "products", "coupons")}
+    structlog.get_logger("freshd.sync").info("job.progress", status="running", percent=24.0, eta_seconds=30,
+                                             progress=progress)
+    (line,) = stream.getvalue().splitlines()
+    assert "job.progress" in line and "percent=24.0" in line and "processed=480" in line and "failed=4" in line
+    assert "customers" not in line and len(line) < 200
+
+
+def test_job_progress_in_json_keeps_the_whole_table(out: io.StringIO) -> None:
+    progress = {"orders": {"total": 5, "processed": 2, "failed": 0, "skipped": 0, "state": "running"}}
+    structlog.get_logger("freshd.sync").info("job.progress", percent=40.0, progress=progress)
+    (line,) = lines(out)
+    assert line["progress"] == progress

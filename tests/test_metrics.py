@@ -19,14 +19,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from freshd import __version__, metrics
 
-ALLOWED_LABELS = {"provider", "outcome", "entity", "status_class", "state", "version", "le"}
+ALLOWED_LABELS = {"provider", "outcome", "entity", "status_class", "state", "version", "le", "reason", "operation"}
 
 
 @pytest.fixture(autouse=True)
 def _no_snapshot() -> Iterator[None]:
     metrics.set_connection_snapshot(None)
+    metrics.set_job_counts(None)
+    metrics.set_readiness(None)
     yield
     metrics.set_connection_snapshot(None)
+    metrics.set_job_counts(None)
+    metrics.set_readiness(None)
 
 
 def provider() -> str:
@@ -156,9 +160,165 @@ def test_dedicated_registry_prefixed_names_and_no_per_connection_labels() -> Non
     assert {"freshd_sync_jobs", "freshd_records_synced", "freshd_sync_duration_seconds",
             "freshd_provider_requests", "freshd_db_write_seconds", "freshd_connections",
             "freshd_oldest_successful_sync_age_seconds", "freshd_store_up", "freshd_build_info",
-            "freshd_actor_restarts"} <= names
+            "freshd_actor_restarts", "freshd_connections_stale", "freshd_token_expiry_timestamp_seconds",
+            "freshd_jobs_queued", "freshd_jobs_running", "freshd_provider_request_duration_seconds"} <= names
     for family in families:
-        assert family.name.startswith("freshd_"), family.name
+        # freshd's own, or the standard process_* names every process dashboard knows
+        assert family.name.startswith(("freshd_", "process_")), family.name
         for s in family.samples:
             assert set(s.labels) <= ALLOWED_LABELS, (s.name, s.labels)
     assert GLOBAL.get_sample_value("freshd_store_up") is None  # not on the global registry
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process metrics need /proc (Linux)")
+def test_process_metrics_are_on_freshd_registry() -> None:
+    get = metrics.REGISTRY.get_sample_value
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds",
+                 "process_start_time_seconds"):
+        value = get(name)
+        assert value is not None and value > 0, name
+    start = get("process_start_time_seconds")
+    assert start is not None and start <= time.time()
+
+
+def test_no_created_series() -> None:
+    metrics.sync_jobs_total.labels(provider(), "completed").inc()
+    metrics.sync_duration_seconds.labels(provider()).observe(1)
+    text = metrics_text()
+    assert "freshd_sync_jobs_total{" in text
+    assert "_created" not in text
+
+
+async def test_provider_latency_histogram_by_provider_and_operation() -> None:
+    """Every completed attempt is timed, labelled with its rate-limit operation (or "default");
+    a failed attempt is timed too, so a slow failing provider shows in the latency."""
+    from freshd.connectors.http import ProviderClient
+    from freshd.errors import PermanentError
+    from freshd.policies.retry import RetryPolicy
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404 if request.url.path == "/gone" else 200, json={"ok": True})
+
+    p = provider()
+    client = ProviderClient(p, "http://provider.test", transport=httpx.MockTransport(handler),
+                            retry=RetryPolicy(attempts=1))
+    with trio.fail_after(10):
+        await client.get_json("/reports/1", limit="getReport")
+        await client.get_json("/reports/2", limit="getReport")
+        await client.get_json("/orders")
+        with pytest.raises(PermanentError):
+            await client.get_json("/gone")
+        await client.aclose()
+    get = metrics.REGISTRY.get_sample_value
+    assert get("freshd_provider_request_duration_seconds_count", {"provider": p, "operation": "getReport"}) == 2
+    assert get("freshd_provider_request_duration_seconds_count", {"provider": p, "operation": "default"}) == 2
+    assert get("freshd_provider_request_duration_seconds_bucket",
+               {"provider": p, "operation": "default", "le": "+Inf"}) == 2
+
+
+def test_stale_token_expiry_and_job_gauges_computed_at_scrape_time() -> None:
+    p = provider()
+    now = time.time()
+    rows = [
+        metrics.ConnectionSample(p, "idle", now - 10, name="a", token_expires_at=now + 3600),
+        metrics.ConnectionSample(p, "idle", now - 9000, name="b", token_expires_at=now + 60, stale=True),
+        metrics.ConnectionSample(p, "reauth_required", None, name="c"),
+    ]
+    metrics.set_connection_snapshot(lambda: rows)
+    metrics.set_job_counts(lambda: (7, 3))
+    get = metrics.REGISTRY.get_sample_value
+    assert get("freshd_connections_stale", {"provider": p}) == 1
+    assert get("freshd_token_expiry_timestamp_seconds", {"provider": p}) == now + 60  # the earliest
+    assert get("freshd_connections", {"provider": p, "state": "reauth_required"}) == 1
+    assert get("freshd_jobs_queued") == 7
+    assert get("freshd_jobs_running") == 3
+    rows[1] = metrics.ConnectionSample(p, "idle", now, name="b")  # synced again: no longer stale
+    assert get("freshd_connections_stale", {"provider": p}) == 0  # still reported, as 0
+    assert get("freshd_connection_state", {"connection": "a", "provider": p, "state": "idle"}) is None
+
+
+def test_per_connection_gauges_only_when_opted_in() -> None:
+    p = provider()
+    now = time.time()
+    rows = [metrics.ConnectionSample(p, "idle", now - 30, name="shop-eu"),
+            metrics.ConnectionSample(p, "error", None, name="shop-us")]
+    metrics.set_connection_snapshot(lambda: rows)
+    text = metrics_text()
+    assert "shop-eu" not in text and "freshd_connection_state" not in text
+    metrics.set_connection_snapshot(lambda: rows, per_connection=True)
+    get = metrics.REGISTRY.get_sample_value
+    assert get("freshd_connection_state", {"connection": "shop-eu", "provider": p, "state": "idle"}) == 1
+    assert get("freshd_connection_state", {"connection": "shop-us", "provider": p, "state": "error"}) == 1
+    age = get("freshd_connection_last_success_age_seconds", {"connection": "shop-eu", "provider": p})
+    assert age is not None and 29 <= age < 100
+    assert get("freshd_connection_last_success_age_seconds", {"connection": "shop-us", "provider": p}) is None
+
+
+def test_per_connection_is_off_by_default_in_the_config(tmp_path: Path) -> None:
+    from freshd.config import ConfigError, load_config
+
+    path = tmp_path / "freshd.toml"
+    path.write_text("")
+    assert load_config(path, env={}).metrics.per_connection is False
+    path.write_text("[metrics]\nper_connection = true\n")
+    assert load_config(path, env={}).metrics.per_connection is True
+    path.write_text('[metrics]\nper_connection = "yes"\n')
+    with pytest.raises(ConfigError, match="per_connection"):
+        load_config(path, env={})
+
+
+# -- /healthz and /readyz ----------------------------------------------------------------------------------
+
+
+async def test_health_and_ready_endpoints_over_http() -> None:
+    verdict: list[str | None] = ["store: the database does not answer"]
+    calls = 0
+
+    async def check() -> str | None:
+        nonlocal calls
+        calls += 1
+        return verdict[0]
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            base = (await nursery.start(metrics.serve_metrics, "127.0.0.1:0")).removesuffix("/metrics")
+            live = await scrape(base + "/healthz")
+            assert live.status_code == 200 and live.json() == {"status": "alive"}
+            starting = await scrape(base + "/readyz")  # no daemon registered yet
+            assert starting.status_code == 503 and "not running" in starting.json()["reason"]
+
+            metrics.set_readiness(check)
+            down = await scrape(base + "/readyz")
+            assert down.status_code == 503
+            assert down.headers["content-type"] == "application/json"
+            assert down.json() == {"status": "unavailable", "reason": "store: the database does not answer"}
+            verdict[0] = None
+            metrics.set_readiness(check)  # drops the cached verdict
+            ready = await scrape(base + "/readyz")
+            assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+            before = calls
+            for _ in range(5):
+                assert (await scrape(base + "/readyz")).status_code == 200
+            assert calls == before  # cached for a second: probes cannot hammer the store
+            assert (await scrape(base + "/healthz")).status_code == 200  # liveness never asks the check
+            nursery.cancel_scope.cancel()
+
+
+async def test_failing_readiness_check_is_a_503_not_a_crash() -> None:
+    from freshd.logs import register_secret
+
+    secret = f"pw-{uuid.uuid4().hex}"
+    register_secret(secret)
+
+    async def broken() -> str | None:
+        raise RuntimeError(f"boom: postgresql://freshd:{secret}@db/freshd")
+
+    metrics.set_readiness(broken)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            base = (await nursery.start(metrics.serve_metrics, "127.0.0.1:0")).removesuffix("/metrics")
+            response = await scrape(base + "/readyz")
+            assert response.status_code == 503 and "boom" in response.json()["reason"]
+            assert secret not in response.text  # whoever reaches the port reads the reason
+            assert (await scrape(base + "/metrics")).status_code == 200
+            nursery.cancel_scope.cancel()

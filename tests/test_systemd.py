@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,6 +134,29 @@ def test_unit_file_has_the_promised_settings() -> None:
     assert "ExecStart=/usr/bin/freshd run --config /etc/freshd/freshd.toml\n" in text
 
 
+def test_reload_checks_the_config_before_signalling() -> None:
+    """`systemctl reload` with a broken file must fail, not report success while the daemon refuses it."""
+    lines = UNIT.read_text(encoding="utf-8").splitlines()
+    reloads = [line.split("=", 1)[1] for line in lines if line.startswith("ExecReload=")]
+    assert reloads == ["/usr/bin/freshd check-config --config /etc/freshd/freshd.toml", "/bin/kill -HUP $MAINPID"]
+    start = next(line for line in lines if line.startswith("ExecStart="))
+    assert start.endswith("--config /etc/freshd/freshd.toml")  # the same file is checked and run
+
+
+def test_check_config_fails_on_a_broken_file(tmp_path: Path) -> None:
+    """What the first ExecReload line does: exit non-zero with the reason (systemctl shows it)."""
+    good = tmp_path / "good.toml"
+    good.write_text('[log]\nlevel = "info"\n')
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[log]\nlevel = "loud"\n')
+    command = [sys.executable, "-m", "freshd.cli", "check-config", "--config"]
+    ok = subprocess.run([*command, str(good)], capture_output=True, text=True, timeout=60, check=False)
+    assert ok.returncode == 0, ok.stderr
+    refused = subprocess.run([*command, str(broken)], capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2
+    assert "invalid configuration" in refused.stderr and "level" in refused.stderr
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                     reason="systemd-analyze not installed (apt-get install -y systemd)")
 def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -142,9 +167,9 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     executable.write_text("#!/bin/sh\nexit 0\n")
     executable.chmod(0o755)
     text = UNIT.read_text(encoding="utf-8")
-    assert text.count("ExecStart=/usr/bin/freshd ") == 1
+    assert text.count("ExecStart=/usr/bin/freshd ") == 1 and text.count("ExecReload=/usr/bin/freshd ") == 1
     copy = tmp_path / "freshd.service"
-    copy.write_text(text.replace("ExecStart=/usr/bin/freshd ", f"ExecStart={executable} "))
+    copy.write_text(text.replace("=/usr/bin/freshd ", f"={executable} "))
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(copy)],
         capture_output=True, text=True, timeout=60, check=False,
@@ -153,3 +178,41 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # systemd in a container, missing sibling units) do not.
     problems = [line for line in (result.stdout + result.stderr).splitlines() if "freshd.service" in line]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+# -- sysusers.d and tmpfiles.d snippets ---------------------------------------------------------------------
+
+SYSUSERS = REPO / "systemd" / "freshd.sysusers"
+TMPFILES = REPO / "systemd" / "freshd.tmpfiles"
+
+
+def entries(path: Path) -> list[list[str]]:
+    return [shlex.split(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def test_snippets_match_the_unit() -> None:
+    """The user the snippets create is the unit's User=/Group=, its home the StateDirectory."""
+    unit = UNIT.read_text(encoding="utf-8")
+    assert "User=freshd\n" in unit and "Group=freshd\n" in unit and "StateDirectory=freshd\n" in unit
+    assert entries(SYSUSERS) == [["u", "freshd", "-", "freshd connector sync daemon", "/var/lib/freshd", "-"]]
+    dirs = {entry[1]: entry for entry in entries(TMPFILES)}
+    assert dirs["/etc/freshd"][:5] == ["d", "/etc/freshd", "0750", "root", "freshd"]
+    assert dirs["/var/lib/freshd"][:5] == ["d", "/var/lib/freshd", "0750", "freshd", "freshd"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None or shutil.which("systemd-tmpfiles") is None
+                    or os.geteuid() != 0, reason="needs systemd-sysusers, systemd-tmpfiles and root (chown)")
+def test_snippets_create_the_user_and_directories_in_a_scratch_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for command in (["systemd-sysusers", f"--root={root}", str(SYSUSERS)],
+                    ["systemd-tmpfiles", f"--root={root}", "--create", str(TMPFILES)]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, (command, result.stdout + result.stderr)
+    passwd = {line.split(":")[0]: line.split(":") for line in (root / "etc" / "passwd").read_text().splitlines()}
+    uid, gid, home, shell = int(passwd["freshd"][2]), int(passwd["freshd"][3]), passwd["freshd"][5], passwd["freshd"][6]
+    assert home == "/var/lib/freshd" and shell.endswith("nologin") and uid < 1000
+    config, state = (root / "etc" / "freshd").stat(), (root / "var" / "lib" / "freshd").stat()
+    assert (config.st_mode & 0o7777, config.st_uid, config.st_gid) == (0o750, 0, gid)
+    assert (state.st_mode & 0o7777, state.st_uid, state.st_gid) == (0o750, uid, gid)
