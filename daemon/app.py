@@ -209,6 +209,7 @@ class Daemon:
             return load_config(self.config_path)
         except ConfigError as exc:
             log.error("config.reload_refused", error=str(exc))
+            # out of 'reloading', and `systemctl status` says why until the next change
             systemd.notify("READY=1", f"STATUS=reload refused, still running the previous configuration: {exc}")
             return None
 
@@ -216,13 +217,14 @@ class Daemon:
         """One reload attempt; raises StoreUnavailable if the database cannot take it (nothing is lost:
         `apply_config` is idempotent, so the attempt can simply be made again)."""
         systemd.reloading()
+        if (config := self.load_for_reload()) is None:
+            return  # refused: READY=1 and the reason were sent
         try:
-            if (config := self.load_for_reload()) is not None:
-                await self.apply_config(config)
-                log.info("config.reloaded", connections=len(config.connections))
-                systemd.status(f"running: {len(self.supervisor.names())} connections (configuration reloaded)")
+            await self.apply_config(config)
         finally:
             systemd.ready()
+        log.info("config.reloaded", connections=len(config.connections))
+        systemd.status(f"running: {len(self.supervisor.names())} connections (configuration reloaded)")
 
     async def readiness(self) -> str | None:
         """What `/readyz` asks: None when the store answers and the scheduler runs, else why not."""
@@ -246,6 +248,8 @@ class Daemon:
             self._reload_wanted = trio.Event()
             systemd.reloading()
             config = self.load_for_reload()
+            if config is None:
+                continue  # refused: READY=1 and the reason were sent
             delay, attempts = RELOAD_RETRY_START, 0
             while config is not None:
                 try:
@@ -267,9 +271,9 @@ class Daemon:
                 else:
                     log.info("config.reloaded", connections=len(config.connections),
                              **({"deferred_attempts": attempts} if attempts else {}))
-                    systemd.status(f"running: {len(self.supervisor.names())} connections (configuration reloaded)")
                     break
             systemd.ready()
+            systemd.status(f"running: {len(self.supervisor.names())} connections (configuration reloaded)")
 
     # -- sweeps -------------------------------------------------------------------------------------
 

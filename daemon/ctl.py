@@ -179,16 +179,13 @@ def show_status(result: dict[str, Any]) -> str:
                                   "NEXT SYNC", "ERROR"], rows)
 
 
-def show_members(result: dict[str, Any]) -> str:
+def show_members(result: list[dict[str, Any]]) -> str:
     rows = [("MEMBER", "HOST", "PID", "ALIVE", "CONNECTIONS", "STARTED")]
-    for m in result["members"]:
+    for m in result:
         rows.append((m["id"] + (" (this one)" if m.get("self") else ""), m["host"], str(m["pid"]),
                      "yes" if m["alive"] else "no", str(m["connections"]), m["started_at"] or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    if result.get("unowned"):
-        lines.append(f"{result['unowned']} connection(s) unowned right now (their owner stopped or died)")
-    return "\n".join(lines)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def show_jobs(result: dict[str, Any]) -> str:

@@ -191,7 +191,8 @@ async def test_three_daemons_split_connections_one_owner_each_and_caps_hold(clus
     records_exact(cluster)
     # any member shows the whole cluster, each connection with its owner
     members = await cluster.ctl("m1", "members")
-    assert sorted(m["connections"] for m in members["members"] if m["alive"]) == sorted(split)
+    assert sorted(m["connections"] for m in members if m["alive"]) == sorted(split)
+    assert all({"id", "host", "pid", "alive", "connections"} <= set(m) for m in members)
     status = await cluster.ctl("m2", "status")
     assert len(status["connections"]) == CONNECTIONS and all(c["owner"] for c in status["connections"])
     # a command for a connection another member runs reaches it through the database

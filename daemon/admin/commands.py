@@ -32,6 +32,7 @@ from freshd.sync import JobProgress
 
 if TYPE_CHECKING:
     from freshd.app import Daemon
+    from freshd.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +115,11 @@ class DaemonAdmin:
             raise AdminError(ErrorCode.UNAVAILABLE, f"the database is unavailable: {exc}") from None
 
     # -- commands for connections another member runs ----------------------------------------------
+
+    def _store_for(self, name: str) -> Store:
+        """Writes for a connection this member runs are fenced by its lease, like its actor's; one no
+        member runs right now (a lease about to be taken) is written to as is."""
+        return self.daemon.supervisor.fenced_store(name) or self.daemon.store
 
     async def _owner_elsewhere(self, request: Request, caller: Caller) -> str | None:
         """The member running the connection this command is about, if it is not this one."""
@@ -253,7 +259,7 @@ class DaemonAdmin:
                                         error=row.last_error, job_id=job.id if job else None))
         return out
 
-    async def members(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    async def members(self, args: dict[str, Any], caller: Caller) -> list[dict[str, Any]]:
         """The daemons sharing this database and how many connections each runs."""
         ttl = self.daemon.config.cluster.lease_ttl
         members = await self.daemon.store.call(cluster.members, ttl)
@@ -263,12 +269,12 @@ class DaemonAdmin:
             if owner is not None:
                 counts[owner] = counts.get(owner, 0) + 1
         me = self.daemon.membership.id if self.daemon.membership else None
-        return {"members": [
+        return [
             {"id": m.id, "name": m.name, "host": m.host, "pid": m.pid, "version": m.version,
              "started_at": iso(m.started_at), "heartbeat_at": iso(m.heartbeat_at), "alive": m.alive,
              "connections": counts.get(m.id, 0), "self": m.id == me}
             for m in members
-        ], "unowned": sum(1 for owner in owners.values() if owner is None)}
+        ]
 
     async def status(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         store_ok = await self.daemon.store.ping()
@@ -378,7 +384,7 @@ class DaemonAdmin:
                                   details={"keys": sorted(changes)})  # names only, never values
             return stored, job
 
-        stored, job = await self.daemon.store.call(update)
+        stored, job = await self._store_for(row.name).call(update)
         for value in stored.credentials.values():
             logs.register_secret(value)
         await self.daemon.supervisor.apply(
@@ -453,7 +459,7 @@ class DaemonAdmin:
             await self.daemon.store.call(activity.log_activity, "sync.confirm_deletes",
                                          f"full sync of {row.name} allowed to apply held deletions by uid "
                                          f"{caller.peer.uid}", connection_id=row.id)
-        job, created = await self.daemon.store.call(jobs.create_job, row.id, kind, "manual",
+        job, created = await self._store_for(row.name).call(jobs.create_job, row.id, kind, "manual",
                                                     confirm_deletes=confirm_deletes)
         self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
         return {"job_id": job.id, "created": created, "status": job.status.value}
@@ -518,8 +524,8 @@ class DaemonAdmin:
         failed = await self.daemon.store.call(jobs.failed_items, job.id)
         if not failed:
             raise AdminError(ErrorCode.CONFLICT, f"job {job.id} has no failed items to retry")
-        retry, created = await self.daemon.store.call(jobs.create_job, job.connection_id, JobKind.RETRY,
-                                                      "manual", retry_of=job.id)
+        retry, created = await self._store_for(job.connection).call(jobs.create_job, job.connection_id,
+                                                                    JobKind.RETRY, "manual", retry_of=job.id)
         if not created:
             raise AdminError(ErrorCode.CONFLICT, f"connection {job.connection!r} already has live job {retry.id}")
         self.daemon.supervisor.send_nowait(job.connection, JobQueued(retry.id))
