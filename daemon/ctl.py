@@ -191,10 +191,26 @@ def show_job(job: dict[str, Any]) -> str:
              + (f"  {job['percent']}%" if job.get("percent") is not None else "")
              + (f"  eta {job['eta_seconds']}s" if job.get("eta_seconds") is not None else ""),
              f"started {ago(job['started_at'])}, finished {ago(job['finished_at'])}"]
+    if job.get("options"):
+        lines.append("options: " + ", ".join(f"{k} {','.join(v) if isinstance(v, list) else v}"
+                                             for k, v in job["options"].items()))
     if job.get("error"):
         lines.append(f"error: {job['error']}")
-    rows = [[e, p["total"], p["processed"], p["failed"], p["skipped"]] for e, p in job["progress"].items()]
-    lines += ["", table(["ENTITY", "TOTAL", "PROCESSED", "FAILED", "SKIPPED"], rows)]
+    dry = bool((job.get("options") or {}).get("dry_run"))
+
+    def total(p: dict[str, Any]) -> str:
+        return "-" if p.get("total") is None else f"~{p['total']}" if p.get("estimated") else str(p["total"])
+
+    rows = [[e, total(p), p["processed"], p["failed"], p["skipped"], p.get("pending"), p.get("created", 0),
+             p.get("changed", 0), p.get("deleted", 0)] for e, p in job["progress"].items()]
+    t = job.get("totals") or {}
+    if len(rows) > 1 and t:
+        rows.append(["(all)", t.get("total"), t.get("processed"), t.get("failed"), t.get("skipped"), t.get("pending"),
+                     sum(r[6] for r in rows), sum(r[7] for r in rows), sum(r[8] for r in rows)])
+    verbs = ["WOULD CREATE", "WOULD CHANGE", "WOULD DELETE"] if dry else ["CREATED", "CHANGED", "DELETED"]
+    lines += ["", table(["ENTITY", "TOTAL", "PROCESSED", "FAILED", "SKIPPED", "PENDING", *verbs], rows)]
+    if any(p.get("estimated") for p in job["progress"].values()):
+        lines.append("(~: an estimate, the provider offers no count)")
     for item in job.get("failed_items") or []:
         lines.append(f"  failed {item['entity']} {item.get('external_id') or '?'}: {item['reason']}")
     return "\n".join(lines)
@@ -276,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--confirm-deletes", action="store_true",
                       help="with --full: apply deletions held for being over [sync] max_delete_share "
                            "(see `connections show`), once this listing is complete")
+    sync.add_argument("--entities", metavar="A,B", help="sync only these entities (comma-separated)")
+    sync.add_argument("--since", metavar="DATE", help="re-read from this date or time (ISO 8601, UTC unless "
+                                                      "it says otherwise); other cursors are left as they are")
+    sync.add_argument("--dry-run", action="store_true",
+                      help="fetch and count what would be created, changed and deleted; write nothing")
     jobs = sub.add_parser("jobs", help="job history")
     jobs.add_argument("--connection")
     jobs.add_argument("--tenant")
@@ -319,8 +340,12 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             return "connections.add", {"name": args.name, "provider": args.provider, "base_url": args.base_url,
                                        "credentials": credentials, "tenant": args.tenant, "options": options}
         case "sync":
+            entities = [e.strip() for e in (args.entities or "").split(",") if e.strip()] or None
+            if args.entities is not None and not entities:
+                parser.error("--entities takes a comma-separated list of entity names")
             return "sync", {"name": args.name, "full": args.full, "force": args.force,
-                            "confirm_deletes": args.confirm_deletes}
+                            "confirm_deletes": args.confirm_deletes, "entities": entities, "since": args.since,
+                            "dry_run": args.dry_run or None}
         case "health" | "schedule":
             return args.command, {}
         case "trigger":
@@ -354,6 +379,11 @@ def render(cmd: str, result: Any) -> str:
                     f"sync queued as job {result['job_id']}")
         case "sync":
             return str(result["job_id"]) + ("" if result["created"] else f" (already {result['status']})")
+        case "ensure":
+            if result["queued"] or result.get("job_id"):
+                return (f"{result['job_id']} ({'queued' if result['queued'] else 'already live'}: "
+                        f"{result['reason']})")
+            return f"fresh: {result['reason']}"
         case "jobs":
             return show_jobs(result)
         case "job":

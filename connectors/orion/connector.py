@@ -128,6 +128,18 @@ def _parse(text: str) -> datetime:
 class OrionConnector(Connector):
     provider = "orion"
     streams = (CLIENTS, ACCOUNTS, AUM_HISTORY)
+    since_streams = frozenset({ACCOUNTS.name})  # clients have no edited filter; AUM is by date range
+
+    def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
+        """An accounts listing filtered by editedStartDate=`since`, keeping the stored watermark."""
+        if stream.name != ACCOUNTS.name:
+            return super().since_state(stream, state, since)
+        state = state or {}
+        keep = {"full_at": state["full_at"]} if state.get("full_at") else {}
+        return {**keep, "phase": "listing", "mode": SyncMode.INCREMENTAL.value, "full": False, "skip": 0,
+                "last_id": None, "shifted": False, "since": state.get("since"),
+                "listing_since": since.astimezone(UTC).strftime(TIME_FORMAT), "listing_started": _now(),
+                "watermark": state.get("since") if state.get("phase") != "listing" else state.get("watermark")}
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.validate_settings(settings)

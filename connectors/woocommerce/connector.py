@@ -248,6 +248,20 @@ def _stored_max_id(state: dict[str, Any]) -> int:
 class WooCommerceConnector(Connector):
     provider = "woocommerce"
     streams = (CUSTOMERS, ORDERS, PRODUCTS)
+    since_streams = frozenset({ORDERS.name, PRODUCTS.name})  # customers have no modified filter
+
+    @classmethod
+    def since_problem(cls, stream: StreamSpec) -> str | None:
+        if stream.cursor_param is None:
+            return (f"woocommerce cannot re-read {stream.name} from a date: the API has no modified filter "
+                    f"for them (a full sync, --full, lists them whole)")
+        return super().since_problem(stream)
+
+    def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
+        """A window from `since` (modified_after) to the server's clock; its end is the new cursor."""
+        if self.since_problem(stream):
+            return super().since_state(stream, state, since)
+        return {"phase": "done", "since": _iso(since)}
 
     def __init__(
         self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None,

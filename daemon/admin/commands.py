@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from freshd import __version__, logs, scheduler
 from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Request
-from freshd.connectors.base import ConnectionSettings, check_settings
+from freshd.connectors.base import ConnectionSettings, check_settings, connector_class
 from freshd.errors import AdminError, ConfigError, StoreUnavailable
 from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
 from freshd.policies.staleness import Verdict
 from freshd.store import activity, connections, jobs, records
-from freshd.store.jobs import JobKind, JobRow, JobStatus
+from freshd.store.jobs import JobKind, JobOptions, JobRow, JobStatus
+from freshd.supervisor import settings_of
 from freshd.sync import JobProgress
 
 if TYPE_CHECKING:
@@ -44,9 +45,12 @@ def job_json(job: JobRow, live: JobProgress | None = None) -> dict[str, Any]:
         "status": job.status.value,
         "trigger": job.trigger,
         "progress": {
-            name: {**{k: v for k, v in p.as_json().items() if k != "state"}, "rate": round(p.rate, 1)}
+            name: {**{k: v for k, v in p.as_json().items() if k != "state"}, "pending": p.pending,
+                   "rate": round(p.rate, 1)}
             for name, p in progress.entities.items()
         },
+        "totals": progress.totals(),
+        "options": job.options,
         "percent": 100.0 if job.status is JobStatus.COMPLETED else progress.percent(),
         "eta_seconds": progress.eta_seconds() if job.status is JobStatus.RUNNING else None,
         "created_at": iso(job.created_at),
@@ -56,6 +60,24 @@ def job_json(job: JobRow, live: JobProgress | None = None) -> dict[str, Any]:
         "retry_of": job.retry_of,
         "confirm_deletes": job.confirm_deletes,
     }
+
+
+def parse_since(text: str) -> datetime:
+    """`sync --since`: a date (midnight UTC) or a time (UTC unless it says otherwise), not in the future."""
+    try:
+        if len(text) == 10:
+            moment = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
+        else:
+            moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise AdminError(ErrorCode.BAD_REQUEST, f"since: expected a date or time in ISO 8601 (2026-01-31 or "
+                         f"2026-01-31T12:00:00Z), got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    if moment > datetime.now(UTC):
+        raise AdminError(ErrorCode.BAD_REQUEST, f"since: {text!r} is in the future")
+    return moment
 
 
 def validate_base_url(url: str) -> None:
@@ -264,6 +286,40 @@ class DaemonAdmin:
         await self.daemon.store.call(remove)
         return {"removed": row.name}
 
+    def _run_options(self, row: connections.ConnectionRow, args: dict[str, Any], kind: JobKind) -> JobOptions:
+        """`sync --entities/--since/--dry-run`, checked against the connection: bad input raises, changes nothing."""
+        if not (args.get("entities") or args.get("since") or args.get("dry_run")):
+            return JobOptions()
+        try:
+            cls = connector_class(row.provider)
+            streams = cls.streams_for(settings_of(row))
+        except ConfigError as exc:
+            raise AdminError(ErrorCode.CONFLICT, f"{row.name}: invalid connection settings: {exc}") from None
+        configured = row.options.get("entities")
+        valid = [s for s in streams if not configured or s.name in configured]
+        by_name = {s.name: s for s in valid}
+        wanted = list(dict.fromkeys(args.get("entities") or []))
+        unknown = [name for name in wanted if name not in by_name]
+        if unknown:
+            raise AdminError(ErrorCode.BAD_REQUEST, f"{row.name}: unknown entit{'y' if len(unknown) == 1 else 'ies'} "
+                             f"{', '.join(map(repr, unknown))}; valid: {', '.join(by_name) or 'none'}")
+        since = None
+        if args.get("since"):
+            if kind is JobKind.FULL:
+                raise AdminError(ErrorCode.BAD_REQUEST, "--since re-reads incrementally from a date; a full sync "
+                                 "(--full) lists everything: use one or the other")
+            moment = parse_since(args["since"])
+            for name in wanted or list(by_name):
+                if (problem := cls.since_problem(by_name[name])) is not None:
+                    raise AdminError(ErrorCode.BAD_REQUEST, f"--since: {problem}" + (
+                        "" if wanted else "; choose entities that support it with --entities"))
+            since = moment.isoformat()
+        if args.get("dry_run") and args.get("confirm_deletes"):
+            raise AdminError(ErrorCode.BAD_REQUEST, "--dry-run applies nothing: --confirm-deletes cannot go with it")
+        # in the connector's order, so a job lists its entities as a full one would
+        entities = tuple(s.name for s in valid if s.name in wanted) or None
+        return JobOptions(entities=entities, since=since, dry_run=bool(args.get("dry_run")))
+
     async def sync(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         row = await self._row(args["name"], caller)
         kind = JobKind.FULL if args.get("full") else JobKind.INCREMENTAL
@@ -271,6 +327,7 @@ class DaemonAdmin:
         if confirm_deletes and kind is not JobKind.FULL:
             raise AdminError(ErrorCode.BAD_REQUEST, "--confirm-deletes applies to a full sync only "
                              "(deletions are inferred from a complete listing): add --full")
+        options = self._run_options(row, args, kind)
         live = await self.daemon.store.call(jobs.live_job, row.id)
         if live is not None:  # one sync per connection: the existing job is the answer
             return {"job_id": live.id, "created": False, "status": live.status.value}
@@ -292,9 +349,9 @@ class DaemonAdmin:
                                          f"full sync of {row.name} allowed to apply held deletions by uid "
                                          f"{caller.peer.uid}", connection_id=row.id)
         job, created = await self.daemon.store.call(jobs.create_job, row.id, kind, "manual",
-                                                    confirm_deletes=confirm_deletes)
+                                                    confirm_deletes=confirm_deletes, options=options)
         self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
-        return {"job_id": job.id, "created": created, "status": job.status.value}
+        return {"job_id": job.id, "created": created, "status": job.status.value, "options": job.options}
 
     async def jobs(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         if args.get("connection"):
