@@ -216,6 +216,19 @@ def show_job(job: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def show_stats(result: dict[str, Any]) -> str:
+    rows = []
+    for s in result["stats"]:
+        rate = "-" if s["success_rate"] is None else f"{100 * s['success_rate']:.1f}%"
+        duration = "-" if s["avg_duration_seconds"] is None else f"{s['avg_duration_seconds']:.1f}s"
+        rows.append([s["day"], s["connection"], s["tenant"], s["syncs"], rate, sum(s["records"].values()),
+                     f"+{s['created']} ~{s['changed']} -{s['deleted']}", s["failed_items"],
+                     ", ".join(f"{k} {n}" for k, n in sorted(s["errors"].items())) or "-", duration])
+    return table(["DAY", "CONNECTION", "TENANT", "SYNCS", "SUCCESS", "RECORDS", "CREATED/CHANGED/DELETED",
+                  "FAILED ITEMS", "ERRORS", "AVG TIME"], rows) + \
+        f"\n({len(rows)} row(s), last {result['days']} day(s); kept {result['retention_days']} days)"
+
+
 def show_connection(c: dict[str, Any]) -> str:
     keys = ["name", "provider", "tenant", "base_url", "source", "state", "records", "last_success_at",
             "next_sync_at", "error", "breaker", "breaker_retry_at", "rate_limit", "token_expires_at", "health",
@@ -303,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--status", help="queued, running, paused, completed, partial, failed, cancelled, interrupted")
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--offset", type=int, default=0)
+    sub.add_parser("ensure", help="queue a sync if the data is missing or stale (else say how old it is)"
+                   ).add_argument("name")
+    stats = sub.add_parser("stats", help="daily statistics per connection (computed by the cleanup sweep)")
+    stats.add_argument("--days", type=int, default=7, help="the last N days (default 7)")
+    stats.add_argument("--connection")
+    stats.add_argument("--tenant")
     sub.add_parser("health", help="health figures; exit 0 when healthy, 1 otherwise")
     sub.add_parser("schedule", help="the periodic sweeps and their next run")
     sub.add_parser("trigger", help="run a sweep now").add_argument("sweep")
@@ -348,6 +367,12 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
                             "dry_run": args.dry_run or None}
         case "health" | "schedule":
             return args.command, {}
+        case "ensure":
+            return "ensure", {"name": args.name}
+        case "stats":
+            if args.days < 1:
+                parser.error("--days must be 1 or more")
+            return "stats", {"days": args.days, "connection": args.connection, "tenant": args.tenant}
         case "trigger":
             return "trigger", {"sweep": args.sweep}
         case "watch":
@@ -399,7 +424,11 @@ def render(cmd: str, result: Any) -> str:
                      "connections: " + (", ".join(f"{n} {s}" for s, n in sorted(result["connections"].items()))
                                         or "none"),
                      f"oldest data: {'-' if age is None else f'{age}s'}"]
+            lines += [f"records: {name}: " + (", ".join(f"{e} {n}" for e, n in sorted(counts.items())) or "none")
+                      for name, counts in sorted((result.get("records") or {}).items())]
             return "\n".join(lines + [f"  problem: {p}" for p in result["problems"]])
+        case "stats":
+            return show_stats(result)
         case "schedule":
             return table(["SWEEP", "SCHEDULE", "NEXT RUN", "RUNNING"],
                          [[w["id"], w["trigger"], ago(w["next_run_time"]), w["running"]] for w in result["sweeps"]])

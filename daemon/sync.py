@@ -169,6 +169,14 @@ class JobProgress:
         return math.ceil(sum(pending) / rate)
 
 
+def stored_nothing_of_something(job: JobRow) -> bool:
+    """A finished job that stored no record while the provider reported some (a non-zero total of
+    its own, not an estimate): the data it should have brought is missing (health re-queues it)."""
+    progress = JobProgress.from_json(list(job.progress), job.progress)
+    reported = any(p.total and not p.estimated for p in progress.entities.values())
+    return reported and not any(p.processed for p in progress.entities.values())
+
+
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
     status: JobStatus

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -21,7 +21,7 @@ from freshd.connectors.base import ConnectionSettings, check_settings, connector
 from freshd.errors import AdminError, ConfigError, StoreUnavailable
 from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
 from freshd.policies.staleness import Verdict
-from freshd.store import activity, connections, jobs, records
+from freshd.store import activity, connections, jobs, records, stats
 from freshd.store.jobs import JobKind, JobOptions, JobRow, JobStatus
 from freshd.supervisor import settings_of
 from freshd.sync import JobProgress
@@ -109,6 +109,8 @@ class DaemonAdmin:
             "health": self.health,
             "schedule": self.schedule,
             "trigger": self.trigger,
+            "ensure": self.ensure,
+            "stats": self.stats,
         }
 
     async def handle(self, request: Request, caller: Caller) -> Any:
@@ -353,6 +355,71 @@ class DaemonAdmin:
         self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
         return {"job_id": job.id, "created": created, "status": job.status.value, "options": job.options}
 
+    async def ensure(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Make sure the connection's data is there and fresh: queue a sync if it never completed one,
+        lacks records of an entity it syncs (that the provider did not report empty), or is stale;
+        else answer with the data's age.  Idempotent: a live job is the answer, never a second one."""
+        row = await self._row(args["name"], caller)
+        now, policy = datetime.now(UTC), self.daemon.staleness
+        age = round(policy.age(now, row.last_success_at)) if row.last_success_at else None
+        live = await self.daemon.store.call(jobs.live_job, row.id)
+        if live is not None:
+            return {"job_id": live.id, "queued": False, "reason": f"job {live.id} is already {live.status.value}",
+                    "status": live.status.value, "data_age_seconds": age}
+        reason, missing = None, []
+        kind = JobKind.INCREMENTAL if row.last_success_at else JobKind.INITIAL
+        if row.last_success_at is None:
+            reason = "it never completed a sync"
+        else:
+            missing = await self._entities_without_records(row)
+            if missing:
+                # an incremental listing would not bring back what is older than its cursor: list them whole
+                reason, kind = f"no records for {', '.join(missing)}", JobKind.FULL
+            elif policy.is_stale(now, row.last_success_at):
+                reason = f"the data is stale ({age} s old; stale after {policy.stale_after:g} s)"
+        if reason is None:
+            return {"job_id": None, "queued": False, "data_age_seconds": age,
+                    "reason": f"the data is fresh enough ({age} s old; stale after {policy.stale_after:g} s)"}
+        job, created = await self.daemon.store.call(jobs.create_job, row.id, kind, "ensure",
+                                                    options=JobOptions(entities=tuple(missing) or None))
+        self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
+        log.info("sync.ensure", connection=row.name, job=job.id, queued=created, reason=reason)
+        return {"job_id": job.id, "queued": created, "reason": reason, "status": job.status.value,
+                "data_age_seconds": age}
+
+    async def _entities_without_records(self, row: connections.ConnectionRow) -> list[str]:
+        """Entities the connection syncs with no live record, unless its last sync saw the provider's
+        listing of them empty (a total of 0, or done with nothing to process)."""
+        try:
+            streams = connector_class(row.provider).streams_for(settings_of(row))
+        except ConfigError:
+            return []
+        configured = row.options.get("entities")
+        names = [s.name for s in streams if not configured or s.name in configured]
+        counts = (await self.daemon.store.call(records.count_by_entity, [row.id])).get(row.id, {})
+        last = (await self.daemon.store.call(jobs.last_successful_jobs, [row.id])).get(row.id)
+        seen: dict[str, Any] = dict(last.progress) if last is not None else {}
+
+        def empty_at_provider(name: str) -> bool:
+            p = seen.get(name) or {}
+            return p.get("total") == 0 or (p.get("state") == "done" and not p.get("total") and not p.get("processed"))
+
+        return [n for n in names if not counts.get(n) and not empty_at_provider(n)]
+
+    async def stats(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """The stored daily statistics of the last `days` days (the cleanup sweep computes each day's)."""
+        if args.get("connection"):
+            await self._row(args["connection"], caller)
+        since = datetime.now(UTC).date() - timedelta(days=args.get("days", 7))
+        rows = await self.daemon.store.call(stats.list_stats, since=since, connection=args.get("connection"),
+                                            tenant=args.get("tenant"), tenants=caller.tenants)
+        out = []
+        for r in rows:
+            rate = round(r["successes"] / r["syncs"], 4) if r["syncs"] else None
+            out.append({**r, "day": r["day"].isoformat(), "success_rate": rate})
+        return {"days": args.get("days", 7), "retention_days": self.daemon.config.sync.stats_retention_days,
+                "stats": out}
+
     async def jobs(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         if args.get("connection"):
             await self._row(args["connection"], caller)
@@ -429,7 +496,7 @@ class DaemonAdmin:
         by_state: dict[str, int] = {}
         for status in statuses:
             by_state[status.state.value] = by_state.get(status.state.value, 0) + 1
-        stats = await self.daemon.store.call(jobs.job_stats) if store_ok else {}
+        job_stats = await self.daemon.store.call(jobs.job_stats) if store_ok else {}
         now = datetime.now(UTC)
         ages = [(now - s.last_success_at).total_seconds() for s in statuses if s.last_success_at]
         problems = [] if store_ok else ["the database is unavailable"]
@@ -437,17 +504,21 @@ class DaemonAdmin:
             problems.append("the scheduler is not running")
         problems += [f"{s.name}: {s.state.value}" + (f" ({s.error})" if s.error else "") for s in statuses
                      if s.state.value in ("error", "reauth_required", "restarting")]
-        total = stats.get("total", 0)
+        total = job_stats.get("total", 0)
+        ids = {s.name: s.id for s in await self.daemon.store.call(connections.list_sync_states)} if store_ok else {}
+        counts = await self.daemon.store.call(records.count_by_entity, list(ids.values())) if store_ok else {}
         return {
             "healthy": not problems,
             "problems": problems,
             "store": "up" if store_ok else "unavailable",
             "scheduler": "running" if scheduler_ok else "stopped",
-            "syncs": {"total": total, "successful": stats.get("successful", 0),
-                      "success_rate": round(stats.get("successful", 0) / total, 4) if total else None,
-                      "active": stats.get("active", 0)},
+            "syncs": {"total": total, "successful": job_stats.get("successful", 0),
+                      "success_rate": round(job_stats.get("successful", 0) / total, 4) if total else None,
+                      "active": job_stats.get("active", 0)},
             "connections": by_state,
             "oldest_data_age_seconds": round(max(ages)) if ages else None,
+            # live records per connection and entity
+            "records": {s.name: counts.get(ids.get(s.name, -1), {}) for s in statuses},
         }
 
     async def schedule(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:

@@ -310,6 +310,19 @@ def last_started(conn: Connection) -> dict[int, datetime]:
     return {int(row["connection_id"]): row["at"] for row in rows}  # type: ignore[call-overload, misc]
 
 
+def last_successful_jobs(conn: Connection, connection_ids: Collection[int] | None = None) -> dict[int, JobRow]:
+    """connection id -> its latest completed or partial job that was not a dry run (ensure, health)."""
+    distinct = _SELECT.replace("SELECT ", "SELECT DISTINCT ON (j.connection_id) ", 1)
+    rows = conn.execute(
+        f"{distinct} WHERE j.status IN ('completed', 'partial')"
+        " AND NOT COALESCE((j.options ->> 'dry_run')::boolean, false)"
+        " AND (%s::bigint[] IS NULL OR j.connection_id = ANY(%s::bigint[]))"
+        " ORDER BY j.connection_id, j.id DESC",
+        (None if connection_ids is None else list(connection_ids),) * 2,
+    ).fetchall()
+    return {job.connection_id: job for job in (_job(dict(row)) for row in rows)}
+
+
 def held_deletions(conn: Connection, connection_id: int) -> list[dict[str, Any]]:
     """Reconciliations held for confirmation (too large a share of the entity), oldest first."""
     rows = conn.execute(
