@@ -159,6 +159,7 @@ class Daemon:
         daemon's and tenants' caps allow, so 10,000 due connections never start in the same second.
         """
         if not self.config.schedule.scheduled_sync:
+            log.debug("sync.sweep", scheduled_sync=False, queued=0)
             return
         policy = self.staleness
         now = datetime.now(UTC)

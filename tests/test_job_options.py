@@ -3,21 +3,31 @@ and progress that is always useful (pending, totals, a whole-job ETA), from the 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from freshd.admin.commands import job_json
+from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
 from freshd.ctl import show_job, watch_lines
 from freshd.store import jobs
 from freshd.store.jobs import JobKind, JobOptions, JobStatus
 from freshd.sync import EntityProgress, JobControl, JobProgress, JobRunner
 from tests.helpers import query
-from tests.test_daemon import Running, connection_block, simulators, start_daemon  # noqa: F401
+from tests.test_daemon import CREDS, Running, connection_block, start_daemon
 
-ENTITIES = ("customers", "orders", "products")
+
+@pytest.fixture
+async def shop(nursery: trio.Nursery) -> AsyncIterator[tuple[WooCommerceSimulator, str]]:
+    """A WooCommerce simulator (120 customers and orders, 12 products) on loopback, and its URL."""
+    sim = WooCommerceSimulator(records=120, seed=1, credentials=CREDS)
+    port = await nursery.start(functools.partial(serve_asgi, sim.app, host="127.0.0.1", port=0))
+    yield sim, f"http://127.0.0.1:{port}"
 
 
 def cursors(running: Running) -> dict[str, Any]:
@@ -46,10 +56,10 @@ async def refused(running: Running, *args: str) -> str:
 
 
 async def test_sync_entities_runs_only_those_and_an_unknown_entity_is_refused_listing_the_valid_ones(
-    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, shop: tuple[WooCommerceSimulator, str],
 ) -> None:
     with trio.fail_after(60):
-        running = await synced(nursery, tmp_path, database_url, simulators[0][1])
+        running = await synced(nursery, tmp_path, database_url, shop[1])
         error = await refused(running, "sync", "eu", "--entities", "orders,invoices")
         assert "unknown entity 'invoices'" in error and "valid: customers, orders, products" in error
         assert "not_found" not in error
@@ -66,10 +76,10 @@ async def test_sync_entities_runs_only_those_and_an_unknown_entity_is_refused_li
 
 
 async def test_since_rereads_an_entity_from_a_date_and_leaves_the_other_cursors_alone(
-    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, shop: tuple[WooCommerceSimulator, str],
 ) -> None:
     with trio.fail_after(60):
-        running = await synced(nursery, tmp_path, database_url, simulators[0][1])
+        running = await synced(nursery, tmp_path, database_url, shop[1])
         before = cursors(running)
         queued = await running.ctl_json("sync", "eu", "--entities", "orders", "--since", "2000-01-01")
         done = await running.wait_job(queued["job_id"])
@@ -82,10 +92,10 @@ async def test_since_rereads_an_entity_from_a_date_and_leaves_the_other_cursors_
 
 
 async def test_since_is_refused_clearly_for_bad_dates_full_syncs_and_entities_without_a_date_filter(
-    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, shop: tuple[WooCommerceSimulator, str],
 ) -> None:
     with trio.fail_after(60):
-        running = await synced(nursery, tmp_path, database_url, simulators[0][1])
+        running = await synced(nursery, tmp_path, database_url, shop[1])
         before = cursors(running)
         assert "expected a date or time in ISO 8601" in await refused(running, "sync", "eu", "--since", "yesterday")
         assert "in the future" in await refused(running, "sync", "eu", "--since", "2999-01-01")
@@ -99,9 +109,9 @@ async def test_since_is_refused_clearly_for_bad_dates_full_syncs_and_entities_wi
 
 
 async def test_dry_run_counts_what_would_be_created_changed_and_deleted_and_writes_nothing(
-    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, shop: tuple[WooCommerceSimulator, str],
 ) -> None:
-    sim, url = simulators[0]
+    sim, url = shop
     with trio.fail_after(60):
         running = await synced(nursery, tmp_path, database_url, url)
         sim.mutate("orders")  # one created, one updated, one trashed
@@ -163,9 +173,9 @@ async def test_a_resumed_job_keeps_its_options(database_url: str) -> None:
 
 
 async def test_ensure_queues_a_sync_only_when_data_is_missing_or_stale_and_is_idempotent(
-    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, shop: tuple[WooCommerceSimulator, str],
 ) -> None:
-    sim, url = simulators[0]
+    sim, url = shop
     with trio.fail_after(60):
         sim.app.faults.latency = 0.5  # the initial sync stays live while we ask
         running = await start_daemon(nursery, tmp_path, database_url, connection_block("eu", url))
@@ -203,10 +213,10 @@ async def test_ensure_queues_a_sync_only_when_data_is_missing_or_stale_and_is_id
 
 
 async def test_health_sweep_requeues_a_connection_whose_last_sync_stored_nothing_of_a_nonzero_total(
-    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, shop: tuple[WooCommerceSimulator, str],
 ) -> None:
     with trio.fail_after(60):
-        running = await synced(nursery, tmp_path, database_url, simulators[0][1])
+        running = await synced(nursery, tmp_path, database_url, shop[1])
         await running.daemon.health_sweep()
         assert (await running.ctl_json("jobs"))["total"] == 1  # it stored records: nothing to do
         # the last completed sync reported 120 orders and stored none
