@@ -227,7 +227,9 @@ class _ListingEvidence:
         checks = []
         for page in batch:
             if page.listing_complete:
-                expected = page.total if page.total is not None else progress.total
+                # the provider's own count only: an estimate is no evidence
+                expected = page.total if page.total is not None else \
+                    None if progress.estimated else progress.total
                 checks.append(_Check(self.entity, {"seen_since": self.started, "expected": expected,
                                                    "unstored": self.unstored}))
             if page.inferred_deleted:
@@ -417,6 +419,12 @@ class JobRunner:
         progress.state = "running"
         progress.started = time.monotonic()
         processed_at_start = progress.processed
+        if progress.total is None and retry_ids is None:
+            # until the connector says (ctx.set_total, Page.total), a guess from what we know, marked as one
+            guess = await self.store.call_retrying(records.estimate_total, self.connection_id, stream.name,
+                                                   full=mode is SyncMode.FULL or self.job.kind is JobKind.INITIAL)
+            if guess:
+                progress.total, progress.estimated = guess, True
         listing_started = await self.store.call_retrying(records.database_now)
         concurrency = int(getattr(self.connector, "concurrency", 2))
         # page_concurrency = 1 is lockstep: emit returns once the page is committed, so nothing is
@@ -491,6 +499,8 @@ class JobRunner:
         if failure is not None:
             raise failure
         progress.state = "done"
+        if progress.estimated:  # finished: the count is known now
+            progress.total, progress.estimated = progress.processed + progress.failed + progress.skipped, False
         self._notify()
 
     async def _write(
@@ -544,6 +554,10 @@ class JobRunner:
                     progress.rate = (progress.processed - processed_at_start) / elapsed
                 self._pages += len(batch)
                 self._page_records += size
+                seen = progress.processed + progress.failed + progress.skipped
+                if progress.total is None or (progress.estimated and seen >= progress.total):
+                    # no count, or the guess was short: at least one more page (marked as a guess)
+                    progress.total, progress.estimated = seen + max(size, 1), True
                 self._update_job_rate(now)
                 self.log.debug("job.page_committed", entity=stream.name, records=size, changed=changed,
                                pages=len(batch))
@@ -662,8 +676,12 @@ class JobRunner:
         policies = getattr(self.connector, "policies", None)
         if policies is None:
             return None
+        # any RequestGate will do for a sync; only ConnectionGate's buckets say a rate (progress only)
         gate = policies.gate
-        rates = [b.rate.per_second for b in (gate.bucket(None), *gate.groups) if b.rate is not None]
+        bucket = getattr(gate, "bucket", None)
+        buckets = [bucket(None)] if callable(bucket) else []
+        buckets += list(getattr(gate, "groups", ()))
+        rates = [b.rate.per_second for b in buckets if getattr(b, "rate", None) is not None]
         return min(rates) if rates else None
 
     def _after_reconciliation(self, check: records.Reconciliation) -> None:

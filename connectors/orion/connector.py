@@ -295,6 +295,8 @@ class OrionConnector(Connector):
                 if isinstance(edited, str) and (watermark is None or edited[:19] > watermark):
                     watermark = edited[:19]
             done = len(raw) < self.page_size
+            if done and ask == 0:
+                ctx.set_total(stream.name, len(raw))  # the whole listing fit in its first page: exact
             if done:
                 # offset paging over a live list: the next sync starts no later than this listing did,
                 # and a shifted listing starts where this one did (its rows may have been skipped)
@@ -345,7 +347,10 @@ class OrionConnector(Connector):
         if not created and not state.get("through"):
             return  # no clients stored yet (their stream failed?): a pull now would record nothing
         todo = sorted(int(c) for c in created if c.isdigit() and int(c) > int(plan["after"]))
-        ctx.set_total(AUM_HISTORY.name, None)
+        # no count in the API: about one point per client and day of the window (an estimate; a client
+        # new to AUM brings its whole history, so the engine raises the guess if it falls short)
+        days = (date.fromisoformat(plan["end"]) - date.fromisoformat(plan["start"])).days + 1
+        ctx.set_total(AUM_HISTORY.name, len(todo) * max(days, 1), estimated=True)
         full = bool(plan["full"])
         complete = full and not resume  # only a pull read whole in this run may infer deletions
         done: dict[str, Any] = {"phase": "done", "origin": plan["origin"], "through": plan["end"],

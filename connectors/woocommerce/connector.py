@@ -427,6 +427,8 @@ class WooCommerceConnector(Connector):
             fresh = [r for r in listing.records if r["id"] > max_id]
             newest = max([newest, *(r["id"] for r in fresh)])
             done = len(fresh) < len(listing.records) or page >= listing.total_pages
+            if page == 1:  # exact when the first page holds them all, else at least a page more
+                ctx.set_total(stream.name, len(fresh) if done else len(fresh) + 1, estimated=not done)
             # the watermark moves only once every new id is stored (the listing runs downwards)
             checkpoint = {**state, "max_id": newest} if done else None
             await ctx.emit(Page(stream.name, fresh, checkpoint))  # bad items: reported by full listings and diffs

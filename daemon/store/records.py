@@ -257,6 +257,21 @@ def count_reconcile(
     return Reconciliation(entity, seen, expected, gone, live, "applied")
 
 
+def estimate_total(conn: Connection, connection_id: int, entity: str, *, full: bool) -> int | None:
+    """A guess at an entity's size for a run whose provider gives no count: a full listing returns about
+    the live records stored; an incremental one about what the last completed one processed."""
+    if full:
+        row = conn.execute("SELECT count(*) AS n FROM records WHERE connection_id = %s AND entity = %s"
+                           " AND deleted_at IS NULL", (connection_id, entity)).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT (progress -> %s ->> 'processed')::bigint AS n FROM sync_jobs WHERE connection_id = %s"
+            " AND status IN ('completed', 'partial') AND kind = 'incremental' AND progress ? %s"
+            " AND NOT COALESCE((options ->> 'dry_run')::boolean, false) ORDER BY id DESC LIMIT 1",
+            (entity, connection_id, entity)).fetchone()
+    return int(row["n"]) if row and row["n"] else None  # type: ignore[call-overload]
+
+
 def known_versions(conn: Connection, connection_id: int, entity: str, field: str) -> dict[str, str]:
     """external_id -> the stored value of `field` for live records (for client-side diffing)."""
     rows = conn.execute(
