@@ -298,6 +298,9 @@ class JobRunner:
         mode = SyncMode.INCREMENTAL if self.job.kind is JobKind.INCREMENTAL else SyncMode.FULL
         cursors = await self.store.call_retrying(records.load_cursors, self.connection_id)
         retry_ids = await self._retry_ids() if self.job.kind is JobKind.RETRY else None
+        if retry_ids is None:  # a guess for every entity up front, so the job's ETA covers them all
+            for name, progress in self.progress.entities.items():
+                await self._estimate(name, progress, mode)
         errors: list[str] = []
         outcome: JobOutcome | None = None
         for name, progress in self.progress.entities.items():
@@ -371,6 +374,14 @@ class JobRunner:
             self.log.info("job.progress", status=self.job.status.value, percent=self.progress.percent(),
                           eta_seconds=self.progress.eta_seconds(), progress=self.progress.as_json())
 
+    async def _estimate(self, name: str, progress: EntityProgress, mode: SyncMode) -> None:
+        """Until the connector says (ctx.set_total, Page.total), a guess from what we know, marked as one."""
+        if progress.total is None and progress.state in ("pending", "running"):
+            guess = await self.store.call_retrying(records.estimate_total, self.connection_id, name,
+                                                   full=mode is SyncMode.FULL)
+            if guess:
+                progress.total, progress.estimated = guess, True
+
     def _start_state(self, stream: StreamSpec, state: dict[str, Any] | None,
                      progress: EntityProgress) -> dict[str, Any] | None:
         """The state an entity's listing starts from: its committed cursor, or (`sync --since`) the
@@ -419,12 +430,8 @@ class JobRunner:
         progress.state = "running"
         progress.started = time.monotonic()
         processed_at_start = progress.processed
-        if progress.total is None and retry_ids is None:
-            # until the connector says (ctx.set_total, Page.total), a guess from what we know, marked as one
-            guess = await self.store.call_retrying(records.estimate_total, self.connection_id, stream.name,
-                                                   full=mode is SyncMode.FULL or self.job.kind is JobKind.INITIAL)
-            if guess:
-                progress.total, progress.estimated = guess, True
+        if retry_ids is None:
+            await self._estimate(stream.name, progress, mode)
         listing_started = await self.store.call_retrying(records.database_now)
         concurrency = int(getattr(self.connector, "concurrency", 2))
         # page_concurrency = 1 is lockstep: emit returns once the page is committed, so nothing is
@@ -690,7 +697,8 @@ class JobRunner:
         match check.outcome:
             case "applied":
                 if check.gone:
-                    self.log.info("job.reconciled_deletes", entity=name, deleted=check.gone, live=check.live)
+                    self.log.info("job.dry_run_deletes" if self.dry_run else "job.reconciled_deletes",
+                                  entity=name, deleted=check.gone, live=check.live)
                 return
             case "incomplete":
                 reason = (f"{name}: listing incomplete, no deletions inferred (saw {check.seen} of "

@@ -18,7 +18,7 @@ from freshd.sync import JobControl, JobProgress, JobRunner
 from tests.rig import Rig, open_rig
 from tests.test_orion import settings_fn
 
-Snapshot = dict[str, tuple[int | None, bool, str, int]]
+Snapshot = dict[str, Any]  # entity -> (total, estimated, state, processed); "eta" -> the job's ETA
 
 
 @pytest.fixture
@@ -35,7 +35,8 @@ async def run_watching(rig: Rig, kind: JobKind) -> tuple[list[Snapshot], JobProg
     seen: list[Snapshot] = []
 
     def on_progress(job: JobRow, progress: JobProgress) -> None:
-        seen.append({n: (p.total, p.estimated, p.state, p.processed) for n, p in progress.entities.items()})
+        seen.append({**{n: (p.total, p.estimated, p.state, p.processed) for n, p in progress.entities.items()},
+                     "eta": progress.eta_seconds()})
 
     try:
         runner = JobRunner(rig.store, connector, rig.connection_id, job, JobControl(), on_progress=on_progress)
@@ -67,6 +68,10 @@ async def test_orion_entities_show_a_total_while_they_run_exact_or_marked_estima
         seen, progress = await run_watching(rig, JobKind.INCREMENTAL)
         assert all(s["clients"][0] is not None for s in seen if s["clients"][2] == "running")
         assert progress.entities["clients"].total == progress.entities["clients"].processed == 60
+        # the whole job's ETA is there while the first entity runs, not only once the last one does
+        first_running = [s for s in seen if s["clients"][2] == "running" and s["clients"][3] > 0]
+        assert first_running and all(s["accounts"][0] is not None for s in first_running)
+        assert any(s["eta"] is not None for s in first_running)
 
 
 async def test_an_estimated_total_is_never_evidence_for_deletions(

@@ -259,15 +259,17 @@ def count_reconcile(
 
 def estimate_total(conn: Connection, connection_id: int, entity: str, *, full: bool) -> int | None:
     """A guess at an entity's size for a run whose provider gives no count: a full listing returns about
-    the live records stored; an incremental one about what the last completed one processed."""
+    the live records stored; an incremental one about what the last completed incremental one processed
+    (or, before there was one, the last completed run of any kind: an overestimate, marked as a guess)."""
     if full:
         row = conn.execute("SELECT count(*) AS n FROM records WHERE connection_id = %s AND entity = %s"
                            " AND deleted_at IS NULL", (connection_id, entity)).fetchone()
     else:
         row = conn.execute(
             "SELECT (progress -> %s ->> 'processed')::bigint AS n FROM sync_jobs WHERE connection_id = %s"
-            " AND status IN ('completed', 'partial') AND kind = 'incremental' AND progress ? %s"
-            " AND NOT COALESCE((options ->> 'dry_run')::boolean, false) ORDER BY id DESC LIMIT 1",
+            " AND status IN ('completed', 'partial') AND progress ? %s"
+            " AND NOT COALESCE((options ->> 'dry_run')::boolean, false)"
+            " ORDER BY kind = 'incremental' DESC, id DESC LIMIT 1",
             (entity, connection_id, entity)).fetchone()
     return int(row["n"]) if row and row["n"] else None  # type: ignore[call-overload]
 
