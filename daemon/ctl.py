@@ -224,9 +224,15 @@ def show_stats(result: dict[str, Any]) -> str:
         rows.append([s["day"], s["connection"], s["tenant"], s["syncs"], rate, sum(s["records"].values()),
                      f"+{s['created']} ~{s['changed']} -{s['deleted']}", s["failed_items"],
                      ", ".join(f"{k} {n}" for k, n in sorted(s["errors"].items())) or "-", duration])
+    per_tenant = [[t["day"], t["tenant"], t["connections"], t["syncs"],
+                   "-" if t["success_rate"] is None else f"{100 * t['success_rate']:.1f}%", t["records"],
+                   f"+{t['created']} ~{t['changed']} -{t['deleted']}", t["failed_items"]]
+                  for t in result.get("tenants") or []]
     return table(["DAY", "CONNECTION", "TENANT", "SYNCS", "SUCCESS", "RECORDS", "CREATED/CHANGED/DELETED",
                   "FAILED ITEMS", "ERRORS", "AVG TIME"], rows) + \
-        f"\n({len(rows)} row(s), last {result['days']} day(s); kept {result['retention_days']} days)"
+        f"\n({len(rows)} row(s), last {result['days']} day(s); kept {result['retention_days']} days)\n\n" + \
+        table(["DAY", "TENANT", "CONNECTIONS", "SYNCS", "SUCCESS", "RECORDS", "CREATED/CHANGED/DELETED",
+               "FAILED ITEMS"], per_tenant)
 
 
 def show_connection(c: dict[str, Any]) -> str:

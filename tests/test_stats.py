@@ -88,6 +88,9 @@ async def test_cleanup_sweep_stores_yesterdays_statistics_per_connection_and_fre
         assert eu["avg_duration_seconds"] == pytest.approx(60.0, abs=0.01)  # (30 + 90 + 60) / 3
         assert by_name["us"]["errors"] == {"auth": 1} and by_name["us"]["success_rate"] == 0.0
         assert result["retention_days"] == 90
+        (default,) = result["tenants"]  # both connections are the default tenant's
+        assert (default["connections"], default["syncs"], default["successes"], default["records"]) == (2, 4, 2, 20)
+        assert default["errors"] == {"items_failed": 1, "rate_limited": 1, "auth": 1}
         assert query(database_url, "SELECT count(*) FROM daily_stats WHERE day < current_date - 90") == [(0,)]
 
         table = (await running.ctl("stats", "--days", "2")).stdout

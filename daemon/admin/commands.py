@@ -414,11 +414,23 @@ class DaemonAdmin:
         rows = await self.daemon.store.call(stats.list_stats, since=since, connection=args.get("connection"),
                                             tenant=args.get("tenant"), tenants=caller.tenants)
         out = []
+        tenants: dict[tuple[str, str], dict[str, Any]] = {}
         for r in rows:
             rate = round(r["successes"] / r["syncs"], 4) if r["syncs"] else None
             out.append({**r, "day": r["day"].isoformat(), "success_rate": rate})
+            t = tenants.setdefault((r["day"].isoformat(), r["tenant"]), {
+                "day": r["day"].isoformat(), "tenant": r["tenant"], "connections": 0, "syncs": 0, "successes": 0,
+                "records": 0, "created": 0, "changed": 0, "deleted": 0, "failed_items": 0, "errors": {}})
+            t["connections"] += 1
+            for key in ("syncs", "successes", "created", "changed", "deleted", "failed_items"):
+                t[key] += r[key]
+            t["records"] += sum(r["records"].values())
+            for kind, n in r["errors"].items():
+                t["errors"][kind] = t["errors"].get(kind, 0) + n
+        for t in tenants.values():
+            t["success_rate"] = round(t["successes"] / t["syncs"], 4) if t["syncs"] else None
         return {"days": args.get("days", 7), "retention_days": self.daemon.config.sync.stats_retention_days,
-                "stats": out}
+                "stats": out, "tenants": list(tenants.values())}
 
     async def jobs(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         if args.get("connection"):
