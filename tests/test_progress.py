@@ -91,3 +91,29 @@ def test_totals_count_a_finished_entity_without_a_total_by_what_it_went_through(
                                                   "b": {"total": 10, "processed": 4, "state": "running"}})
     totals: dict[str, Any] = progress.totals()
     assert totals == {"total": 15, "processed": 9, "failed": 0, "skipped": 0, "pending": 6}
+
+
+async def test_the_eta_uses_the_rate_limit_when_the_limiter_is_the_bottleneck() -> None:
+    """A connection limited to 2 requests/s with pages of 100 records cannot go faster than 200
+    records/s, whatever a first burst suggests: the ETA is computed from the limit."""
+    from datetime import UTC, datetime
+
+    from freshd.connectors.base import ConnectionSettings, connector_class
+
+    settings = ConnectionSettings("eu", "woocommerce", "http://127.0.0.1:9", options={"rate_limit": "2/s"},
+                                  credentials={"consumer_key": "k", "consumer_secret": "s"})
+    connector = connector_class("woocommerce")(settings)
+    job = JobRow(1, 1, "eu", "default", JobKind.INCREMENTAL, JobStatus.RUNNING, "manual", {},
+                 datetime.now(UTC), datetime.now(UTC), None, None)
+    try:
+        runner = JobRunner(None, connector, 1, job, JobControl())  # type: ignore[arg-type]
+        orders = runner.progress.entities["orders"]
+        orders.total, orders.processed, orders.state = 2000, 1000, "running"
+        runner._pages, runner._page_records = 10, 1000
+        runner._run_started -= 1.0  # 1000 records in 1 s: the burst looks like 1000 records/s
+        runner._update_job_rate(runner._run_started + 1.0)
+        assert runner.progress.rate == pytest.approx(1000.0)
+        assert runner.progress.rate_ceiling == pytest.approx(200.0)
+        assert runner.progress.eta_seconds() == 1000 / 200
+    finally:
+        await connector.aclose()
