@@ -17,6 +17,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
@@ -87,7 +88,10 @@ class SyncContext(Protocol):
         """external id -> stored value of `field`, for providers without a server-side filter."""
         ...
 
-    def set_total(self, entity: str, total: int | None) -> None: ...
+    def set_total(self, entity: str, total: int | None, *, estimated: bool = False) -> None:
+        """The number of items this entity's run will go through, as soon as it is known
+        (`estimated`: the provider offers no count, this is a guess, e.g. from the last sync)."""
+        ...
 
 
 class Connector(ABC):
@@ -117,6 +121,30 @@ class Connector(ABC):
     def validate_settings(cls, settings: ConnectionSettings) -> None:
         """Raise ConfigError (naming the option) if `settings` cannot work; called by config load and
         `connections add` before anything is stored, so bad input changes nothing."""
+
+    # streams whose incremental listing can start at a given date (`freshctl sync --since`)
+    since_streams: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def streams_for(cls, settings: ConnectionSettings) -> tuple[StreamSpec, ...]:
+        """The streams a connection with these settings has (the generic connector reads them from config)."""
+        return cls.streams
+
+    @classmethod
+    def since_problem(cls, stream: StreamSpec) -> str | None:
+        """Why `sync --since` cannot work for `stream` (None: it can; see since_state)."""
+        if stream.name in cls.since_streams:
+            return None
+        return f"{cls.provider} cannot start a {stream.name} listing from a date (its API has no filter for it)"
+
+    def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
+        """`sync --since`: the state from which an incremental sync_entity lists `stream` from `since` on.
+
+        It is the stored state rewritten as a listing that starts at `since`; a connector keeps the
+        stored cursor's high-water mark in it, so the checkpoint the listing ends with is not behind
+        it.  Only the engine's start state changes: nothing is stored until a page commits.
+        """
+        raise PermanentError(self.since_problem(stream) or f"{self.provider}: no since_state for {stream.name}")
 
     def stream(self, name: str) -> StreamSpec:
         for spec in self.streams:

@@ -435,6 +435,9 @@ class ConnectionActor:
                                max_delete_share=self.policy.max_delete_share)
             active.progress = runner.progress
             outcome = await runner.run()
+            options = active.job.run_options
+            # a dry run stored nothing, and a run of some entities says nothing of the others' age
+            counts_as_sync = not options.dry_run and not options.entities
         except BaseException as exc:
             if _only_cancelled(exc):
                 # shutdown or Stop: the in-flight commit finished (store calls are not abandoned);
@@ -462,14 +465,17 @@ class ConnectionActor:
             if connector is not None:
                 with trio.CancelScope(shield=True):
                     await connector.aclose()
-        await self._after_job(outcome)
+        await self._after_job(outcome, counts_as_sync=counts_as_sync)
 
-    async def _after_job(self, outcome: JobOutcome) -> None:
+    async def _after_job(self, outcome: JobOutcome, *, counts_as_sync: bool = True) -> None:
         self.active = None
         success = outcome.status in (JobStatus.COMPLETED, JobStatus.PARTIAL)
-        await self.store.call_retrying(connections.record_outcome, self.connection_id, success=success,
-                                      error=outcome.error)
-        if success:
+        if counts_as_sync or not success:
+            await self.store.call_retrying(connections.record_outcome, self.connection_id, success=success,
+                                          error=outcome.error)
+        if success and not counts_as_sync:
+            self.change_state(ConnectionState.IDLE)
+        elif success:
             self.last_success_at = datetime.now(UTC)
             self.error = outcome.error
             self.health = "ok"  # a sync that went through says as much as a probe

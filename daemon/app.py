@@ -25,7 +25,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,10 @@ from freshd.policies.staleness import Staleness, Verdict
 from freshd.scheduler import Sweep, add_sweeps, create_scheduler, serve_scheduler
 from freshd.secrets import load_keyring
 from freshd.slots import SyncSlots
-from freshd.store import Store, activity, cluster, connections, jobs, open_store
+from freshd.store import Store, activity, cluster, connections, jobs, open_store, stats
 from freshd.store.jobs import JobKind
 from freshd.supervisor import Supervisor
+from freshd.sync import stored_nothing_of_something
 
 log = structlog.get_logger(__name__)
 
@@ -203,6 +204,22 @@ class Daemon:
         for cid, job_id in queued.items():
             self.supervisor.send_nowait(never[cid], JobQueued(job_id))
 
+    async def queue_stored_nothing(self) -> None:
+        """Re-queue connections whose last completed sync stored zero records while the provider
+        reported a non-zero total (past the minimum gap): their data is missing, not empty."""
+        last = await self.store.call(jobs.last_successful_jobs)
+        suspects = {cid: job for cid, job in last.items() if stored_nothing_of_something(job)}
+        if not suspects:
+            return
+        started, now = await self.store.call(jobs.last_started), datetime.now(UTC)
+        wanted = [(cid, JobKind.INCREMENTAL) for cid in suspects if self.staleness.decide(
+            now=now, last_success_at=None, last_started_at=started.get(cid), scheduled=False).verdict is Verdict.SYNC]
+        queued = await self.queue_owned(dict(wanted), "health")
+        for cid, job_id in queued.items():
+            log.warning("health.stored_nothing", connection=suspects[cid].connection, last_job=suspects[cid].id,
+                        job=job_id)
+            self.supervisor.send_nowait(suspects[cid].connection, JobQueued(job_id))
+
     def load_for_reload(self) -> Config | None:
         """The config file read afresh, or None (logged) if it is invalid: the running one stays."""
         try:
@@ -289,11 +306,13 @@ class Daemon:
         daemon's and tenants' caps allow, so 10,000 due connections never start in the same second.
         """
         if not self.config.schedule.scheduled_sync:
+            log.debug("sync.sweep", scheduled_sync=False, queued=0)
             return
         policy = self.staleness
         now = datetime.now(UTC)
         started = await self.store.call(jobs.last_started)
         due: dict[int, tuple[str, JobKind]] = {}
+        # failed connections come first (list_sync_states' order), so they take the first free slots
         for state in await self.store.call(connections.list_sync_states):
             if self.supervisor.parked(state.name):
                 continue  # disabled or detached: kept, not synced
@@ -302,8 +321,9 @@ class Daemon:
             if decision.verdict is Verdict.SYNC:
                 due[state.id] = (state.name, JobKind.INCREMENTAL if state.last_success_at else JobKind.INITIAL)
         queued = await self.queue_owned({cid: kind for cid, (_, kind) in due.items()}, "schedule")
-        for cid, job_id in queued.items():
-            self.supervisor.send_nowait(due[cid][0], JobQueued(job_id))
+        for cid, (name, _) in due.items():  # in due's order: the slots serve first come first
+            if cid in queued:
+                self.supervisor.send_nowait(name, JobQueued(queued[cid]))
         log.info("sync.sweep", due=len(due), queued=len(queued))
 
     async def health_sweep(self) -> None:
@@ -313,6 +333,7 @@ class Daemon:
         whose last sync succeeded within the staleness window is healthy by that sync."""
         if await self.store.ping():
             await self.queue_never_synced("health")
+            await self.queue_stored_nothing()
         policy, now = self.staleness, datetime.now(UTC)
         probed = 0
         for status in self.supervisor.statuses():
@@ -329,8 +350,30 @@ class Daemon:
         sent = self.supervisor.broadcast_nowait(RefreshToken())
         log.debug("tokens.sweep", connections=sent)
 
+    async def daily_stats(self, day: date | None = None) -> list[dict[str, Any]]:
+        """Compute and store `day`'s statistics (default: yesterday, UTC), drop those past the
+        retention, and log one summary line."""
+        today = datetime.now(UTC).date()
+        day = day or today - timedelta(days=1)
+        retention = self.config.sync.stats_retention_days
+
+        def compute(conn: Any) -> list[dict[str, Any]]:
+            rows = stats.compute_day(conn, day)
+            stats.prune_stats(conn, keep_days=retention, today=today)
+            return rows
+
+        rows = await self.store.call(compute)
+        syncs = sum(r["syncs"] for r in rows)
+        successes = sum(r["successes"] for r in rows)
+        log.info("stats.daily", day=day.isoformat(), connections=len(rows), syncs=syncs, successes=successes,
+                 success_rate=round(successes / syncs, 4) if syncs else None,
+                 records=sum(sum(r["records"].values()) for r in rows),
+                 failed_items=sum(r["failed_items"] for r in rows))
+        return rows
+
     async def cleanup_sweep(self) -> None:
         sync = self.config.sync
+        await self.daily_stats()  # before pruning: yesterday's jobs are still all there
         pruned = await self.store.call(
             jobs.prune_jobs, keep_per_connection=sync.job_history,
             max_age=timedelta(seconds=sync.job_max_age),

@@ -169,6 +169,7 @@ class SyncConfig:
     tenant_max_running: int = 5  # ... and per tenant
     # a reconciliation deleting more than this share of an entity is held until confirmed
     max_delete_share: float = 0.10
+    stats_retention_days: int = 90  # daily statistics kept this many days
 
 
 @dataclass(frozen=True, slots=True)
@@ -716,7 +717,7 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
 
     sync = top.table("sync")
     sync.check_keys(("page_concurrency", "db_threads", "job_history", "job_max_age", "max_running",
-                     "tenant_max_running", "max_delete_share"))
+                     "tenant_max_running", "max_delete_share", "stats_retention_days"))
     sync_config = SyncConfig(
         page_concurrency=sync.integer("page_concurrency", _SYNC.page_concurrency, minimum=1),
         db_threads=sync.integer("db_threads", _SYNC.db_threads, minimum=1),
@@ -725,6 +726,7 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         max_running=sync.integer("max_running", _SYNC.max_running, minimum=1),
         tenant_max_running=sync.integer("tenant_max_running", _SYNC.tenant_max_running, minimum=1),
         max_delete_share=_share(sync, "max_delete_share", _SYNC.max_delete_share),
+        stats_retention_days=sync.integer("stats_retention_days", _SYNC.stats_retention_days, minimum=1),
     )
 
     store = top.table("store")

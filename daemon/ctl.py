@@ -200,13 +200,48 @@ def show_job(job: dict[str, Any]) -> str:
              + (f"  {job['percent']}%" if job.get("percent") is not None else "")
              + (f"  eta {job['eta_seconds']}s" if job.get("eta_seconds") is not None else ""),
              f"started {ago(job['started_at'])}, finished {ago(job['finished_at'])}"]
+    if job.get("options"):
+        lines.append("options: " + ", ".join(f"{k} {','.join(v) if isinstance(v, list) else v}"
+                                             for k, v in job["options"].items()))
     if job.get("error"):
         lines.append(f"error: {job['error']}")
-    rows = [[e, p["total"], p["processed"], p["failed"], p["skipped"]] for e, p in job["progress"].items()]
-    lines += ["", table(["ENTITY", "TOTAL", "PROCESSED", "FAILED", "SKIPPED"], rows)]
+    dry = bool((job.get("options") or {}).get("dry_run"))
+
+    def total(p: dict[str, Any]) -> str:
+        return "-" if p.get("total") is None else f"~{p['total']}" if p.get("estimated") else str(p["total"])
+
+    rows = [[e, total(p), p["processed"], p["failed"], p["skipped"], p.get("pending"), p.get("created", 0),
+             p.get("changed", 0), p.get("deleted", 0)] for e, p in job["progress"].items()]
+    t = job.get("totals") or {}
+    if len(rows) > 1 and t:
+        rows.append(["(all)", t.get("total"), t.get("processed"), t.get("failed"), t.get("skipped"), t.get("pending"),
+                     sum(r[6] for r in rows), sum(r[7] for r in rows), sum(r[8] for r in rows)])
+    verbs = ["WOULD CREATE", "WOULD CHANGE", "WOULD DELETE"] if dry else ["CREATED", "CHANGED", "DELETED"]
+    lines += ["", table(["ENTITY", "TOTAL", "PROCESSED", "FAILED", "SKIPPED", "PENDING", *verbs], rows)]
+    if any(p.get("estimated") for p in job["progress"].values()):
+        lines.append("(~: an estimate, the provider offers no count)")
     for item in job.get("failed_items") or []:
         lines.append(f"  failed {item['entity']} {item.get('external_id') or '?'}: {item['reason']}")
     return "\n".join(lines)
+
+
+def show_stats(result: dict[str, Any]) -> str:
+    rows = []
+    for s in result["stats"]:
+        rate = "-" if s["success_rate"] is None else f"{100 * s['success_rate']:.1f}%"
+        duration = "-" if s["avg_duration_seconds"] is None else f"{s['avg_duration_seconds']:.1f}s"
+        rows.append([s["day"], s["connection"], s["tenant"], s["syncs"], rate, sum(s["records"].values()),
+                     f"+{s['created']} ~{s['changed']} -{s['deleted']}", s["failed_items"],
+                     ", ".join(f"{k} {n}" for k, n in sorted(s["errors"].items())) or "-", duration])
+    per_tenant = [[t["day"], t["tenant"], t["connections"], t["syncs"],
+                   "-" if t["success_rate"] is None else f"{100 * t['success_rate']:.1f}%", t["records"],
+                   f"+{t['created']} ~{t['changed']} -{t['deleted']}", t["failed_items"]]
+                  for t in result.get("tenants") or []]
+    return table(["DAY", "CONNECTION", "TENANT", "SYNCS", "SUCCESS", "RECORDS", "CREATED/CHANGED/DELETED",
+                  "FAILED ITEMS", "ERRORS", "AVG TIME"], rows) + \
+        f"\n({len(rows)} row(s), last {result['days']} day(s); kept {result['retention_days']} days)\n\n" + \
+        table(["DAY", "TENANT", "CONNECTIONS", "SYNCS", "SUCCESS", "RECORDS", "CREATED/CHANGED/DELETED",
+               "FAILED ITEMS"], per_tenant)
 
 
 def show_connection(c: dict[str, Any]) -> str:
@@ -288,12 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--confirm-deletes", action="store_true",
                       help="with --full: apply deletions held for being over [sync] max_delete_share "
                            "(see `connections show`), once this listing is complete")
+    sync.add_argument("--entities", metavar="A,B", help="sync only these entities (comma-separated)")
+    sync.add_argument("--since", metavar="DATE", help="re-read from this date or time (ISO 8601, UTC unless "
+                                                      "it says otherwise); other cursors are left as they are")
+    sync.add_argument("--dry-run", action="store_true",
+                      help="fetch and count what would be created, changed and deleted; write nothing")
     jobs = sub.add_parser("jobs", help="job history")
     jobs.add_argument("--connection")
     jobs.add_argument("--tenant")
     jobs.add_argument("--status", help="queued, running, paused, completed, partial, failed, cancelled, interrupted")
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--offset", type=int, default=0)
+    sub.add_parser("ensure", help="queue a sync if the data is missing or stale (else say how old it is)"
+                   ).add_argument("name")
+    stats = sub.add_parser("stats", help="daily statistics per connection (computed by the cleanup sweep)")
+    stats.add_argument("--days", type=int, default=7, help="the last N days (default 7)")
+    stats.add_argument("--connection")
+    stats.add_argument("--tenant")
     sub.add_parser("health", help="health figures; exit 0 when healthy, 1 otherwise")
     sub.add_parser("members", help="the daemons sharing this database and the connections each runs")
     sub.add_parser("schedule", help="the periodic sweeps and their next run")
@@ -334,10 +380,20 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             return "connections.add", {"name": args.name, "provider": args.provider, "base_url": args.base_url,
                                        "credentials": credentials, "tenant": args.tenant, "options": options}
         case "sync":
+            entities = [e.strip() for e in (args.entities or "").split(",") if e.strip()] or None
+            if args.entities is not None and not entities:
+                parser.error("--entities takes a comma-separated list of entity names")
             return "sync", {"name": args.name, "full": args.full, "force": args.force,
-                            "confirm_deletes": args.confirm_deletes}
+                            "confirm_deletes": args.confirm_deletes, "entities": entities, "since": args.since,
+                            "dry_run": args.dry_run or None}
         case "health" | "schedule" | "members":
             return args.command, {}
+        case "ensure":
+            return "ensure", {"name": args.name}
+        case "stats":
+            if args.days < 1:
+                parser.error("--days must be 1 or more")
+            return "stats", {"days": args.days, "connection": args.connection, "tenant": args.tenant}
         case "trigger":
             return "trigger", {"sweep": args.sweep}
         case "watch":
@@ -371,6 +427,11 @@ def render(cmd: str, result: Any) -> str:
                     f"sync queued as job {result['job_id']}")
         case "sync":
             return str(result["job_id"]) + ("" if result["created"] else f" (already {result['status']})")
+        case "ensure":
+            if result["queued"] or result.get("job_id"):
+                return (f"{result['job_id']} ({'queued' if result['queued'] else 'already live'}: "
+                        f"{result['reason']})")
+            return f"fresh: {result['reason']}"
         case "jobs":
             return show_jobs(result)
         case "members":
@@ -388,7 +449,11 @@ def render(cmd: str, result: Any) -> str:
                      "connections: " + (", ".join(f"{n} {s}" for s, n in sorted(result["connections"].items()))
                                         or "none"),
                      f"oldest data: {'-' if age is None else f'{age}s'}"]
+            lines += [f"records: {name}: " + (", ".join(f"{e} {n}" for e, n in sorted(counts.items())) or "none")
+                      for name, counts in sorted((result.get("records") or {}).items())]
             return "\n".join(lines + [f"  problem: {p}" for p in result["problems"]])
+        case "stats":
+            return show_stats(result)
         case "schedule":
             return table(["SWEEP", "SCHEDULE", "NEXT RUN", "RUNNING"],
                          [[w["id"], w["trigger"], ago(w["next_run_time"]), w["running"]] for w in result["sweeps"]])

@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -73,15 +74,30 @@ class EntityProgress:
     state: str = "pending"  # pending | running | done | failed
     started: float | None = None  # monotonic
     rate: float = 0.0  # records/s while running
+    estimated: bool = False  # `total` is an estimate (the provider offers no count)
+    # what the commits did (a dry run: what they would have done)
+    created: int = 0
+    changed: int = 0
+    deleted: int = 0
+
+    @property
+    def pending(self) -> int | None:
+        """Items still to come: total - processed - failed - skipped (None while the total is unknown)."""
+        if self.total is None:
+            return None
+        return max(0, self.total - self.processed - self.failed - self.skipped)
 
     def as_json(self) -> dict[str, Any]:
         return {"total": self.total, "processed": self.processed, "failed": self.failed,
-                "skipped": self.skipped, "state": self.state}
+                "skipped": self.skipped, "state": self.state, "estimated": self.estimated,
+                "created": self.created, "changed": self.changed, "deleted": self.deleted}
 
 
 @dataclass
 class JobProgress:
     entities: dict[str, EntityProgress]
+    rate: float = 0.0  # records/s of the whole job in this run (all entities so far)
+    rate_ceiling: float | None = None  # records/s the rate limiter allows, when it sets one
 
     @classmethod
     def from_json(cls, names: list[str], stored: dict[str, Any]) -> JobProgress:
@@ -91,12 +107,32 @@ class JobProgress:
             entities[name] = EntityProgress(
                 total=saved.get("total"), processed=saved.get("processed", 0),
                 failed=saved.get("failed", 0), skipped=saved.get("skipped", 0),
-                state=saved.get("state", "pending"),
+                state=saved.get("state", "pending"), estimated=bool(saved.get("estimated", False)),
+                created=saved.get("created", 0), changed=saved.get("changed", 0), deleted=saved.get("deleted", 0),
             )
         return cls(entities)
 
     def as_json(self) -> dict[str, Any]:
         return {name: p.as_json() for name, p in self.entities.items()}
+
+    def totals(self) -> dict[str, int | None]:
+        """The job's figures summed over its entities; `total` and `pending` count the known totals
+        (an entity finished without one counts what it went through)."""
+        total = pending = 0
+        known = False
+        for p in self.entities.values():
+            if p.total is not None:
+                known = True
+                total += max(p.total, p.processed + p.failed + p.skipped)
+                pending += (p.pending or 0) if p.state not in ("done", "failed") else 0
+            elif p.state == "done":
+                known = True
+                total += p.processed + p.failed + p.skipped
+        return {"total": total if known else None,
+                "processed": sum(p.processed for p in self.entities.values()),
+                "failed": sum(p.failed for p in self.entities.values()),
+                "skipped": sum(p.skipped for p in self.entities.values()),
+                "pending": pending if known else None}
 
     def percent(self) -> float | None:
         known = [p for p in self.entities.values() if p.total is not None or p.state == "done"]
@@ -115,14 +151,30 @@ class JobProgress:
         return round(100.0 * done / total, 1) if total else None
 
     def eta_seconds(self) -> float | None:
-        remaining = 0.0
-        for p in self.entities.values():
-            if p.state in ("done", "failed"):
-                continue
-            if p.total is None or p.rate <= 0:
-                return None
-            remaining += max(0, p.total - p.processed - p.failed - p.skipped) / p.rate
-        return math.ceil(remaining)
+        """The whole job's remaining time: the items still pending in the entities not finished
+        (those whose total is known so far) at the job's observed rate, or at the rate limiter's
+        ceiling when that is lower (the limiter is then the bottleneck).  None until an
+        unfinished entity has a total and some rate was observed."""
+        unfinished = [p for p in self.entities.values() if p.state not in ("done", "failed")]
+        if not unfinished:
+            return 0
+        pending = [p.pending for p in unfinished if p.pending is not None]
+        if not pending:
+            return None
+        rate = self.rate
+        if self.rate_ceiling is not None and self.rate_ceiling > 0:
+            rate = min(rate, self.rate_ceiling) if rate > 0 else self.rate_ceiling
+        if rate <= 0:
+            return None
+        return math.ceil(sum(pending) / rate)
+
+
+def stored_nothing_of_something(job: JobRow) -> bool:
+    """A finished job that stored no record while the provider reported some (a non-zero total of
+    its own, not an estimate): the data it should have brought is missing (health re-queues it)."""
+    progress = JobProgress.from_json(list(job.progress), job.progress)
+    reported = any(p.total and not p.estimated for p in progress.entities.values())
+    return reported and not any(p.processed for p in progress.entities.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +217,7 @@ class _ListingEvidence:
         self.entity = entity
         self.started = started
         self.unstored = 0  # items of the listing that could not be stored (still seen)
+        self.seen_ids: set[str] = set()  # a dry run's full listing: the ids it returned
 
     def add(self, batch: list[Page], failures: list[tuple[str, str | None, str]]) -> None:
         if any(p.full_listing for p in batch):
@@ -174,7 +227,9 @@ class _ListingEvidence:
         checks = []
         for page in batch:
             if page.listing_complete:
-                expected = page.total if page.total is not None else progress.total
+                # the provider's own count only: an estimate is no evidence
+                expected = page.total if page.total is not None else \
+                    None if progress.estimated else progress.total
                 checks.append(_Check(self.entity, {"seen_since": self.started, "expected": expected,
                                                    "unstored": self.unstored}))
             if page.inferred_deleted:
@@ -218,8 +273,20 @@ class JobRunner:
         self.job = job
         self.control = control
         self.on_progress = on_progress
+        self.options = job.run_options
         names = entities or [s.name for s in connector.streams]
+        if self.options.entities:  # `sync --entities`: only these (validated when queued)
+            names = [n for n in names if n in self.options.entities]
         self.progress = JobProgress.from_json(names, job.progress)
+        self.dry_run = self.options.dry_run
+        # entities that committed a page of this job: a `since` applies to the others only (a
+        # resumed entity goes on from its committed listing position)
+        self._committed = {n for n, p in self.progress.entities.items()
+                           if p.state == "running" and p.processed + p.failed + p.skipped > 0}
+        self._run_started = time.monotonic()
+        self._run_processed = sum(p.processed for p in self.progress.entities.values())
+        self._pages = 0
+        self._page_records = 0
         self.log = log.bind(job=job.id, connection=job.connection)
         self._logged_at = time.monotonic()
 
@@ -231,6 +298,9 @@ class JobRunner:
         mode = SyncMode.INCREMENTAL if self.job.kind is JobKind.INCREMENTAL else SyncMode.FULL
         cursors = await self.store.call_retrying(records.load_cursors, self.connection_id)
         retry_ids = await self._retry_ids() if self.job.kind is JobKind.RETRY else None
+        if retry_ids is None:  # a guess for every entity up front, so the job's ETA covers them all
+            for name, progress in self.progress.entities.items():
+                await self._estimate(name, progress, mode)
         errors: list[str] = []
         outcome: JobOutcome | None = None
         for name, progress in self.progress.entities.items():
@@ -242,7 +312,9 @@ class JobRunner:
                     continue
                 while True:
                     try:
-                        await self._sync_entity(self.connector.stream(name), cursors.get(name), mode, progress)
+                        stream = self.connector.stream(name)
+                        await self._sync_entity(stream, self._start_state(stream, cursors.get(name), progress),
+                                                mode, progress)
                         break
                     except _Paused:
                         # the fetches in flight were dropped; resumed, the entity goes on from its
@@ -302,6 +374,29 @@ class JobRunner:
             self.log.info("job.progress", status=self.job.status.value, percent=self.progress.percent(),
                           eta_seconds=self.progress.eta_seconds(), progress=self.progress.as_json())
 
+    async def _estimate(self, name: str, progress: EntityProgress, mode: SyncMode) -> None:
+        """Until the connector says (ctx.set_total, Page.total), a guess from what we know, marked as one."""
+        if progress.total is None and progress.state in ("pending", "running"):
+            guess = await self.store.call_retrying(records.estimate_total, self.connection_id, name,
+                                                   full=mode is SyncMode.FULL)
+            if guess:
+                progress.total, progress.estimated = guess, True
+
+    def _start_state(self, stream: StreamSpec, state: dict[str, Any] | None,
+                     progress: EntityProgress) -> dict[str, Any] | None:
+        """The state an entity's listing starts from: its committed cursor, or (`sync --since`) the
+        connector's incremental start at that date.  A dry run never commits, so each attempt starts
+        afresh: its counts start again from zero."""
+        if self.dry_run:
+            progress.processed = progress.failed = progress.skipped = 0
+            progress.created = progress.changed = progress.deleted = 0
+        if self.options.since is None or (stream.name in self._committed and not self.dry_run):
+            return state
+        since = datetime.fromisoformat(self.options.since)
+        start = self.connector.since_state(stream, state, since)
+        self.log.info("job.since", entity=stream.name, since=self.options.since)
+        return start
+
     async def _retry_ids(self) -> dict[str, tuple[list[str], int]]:
         """entity -> (failed ids to fetch again, failed items without an id, which cannot be)."""
         failed = await self.store.call_retrying(jobs.failed_items, self.job.retry_of or 0)
@@ -335,6 +430,8 @@ class JobRunner:
         progress.state = "running"
         progress.started = time.monotonic()
         processed_at_start = progress.processed
+        if retry_ids is None:
+            await self._estimate(stream.name, progress, mode)
         listing_started = await self.store.call_retrying(records.database_now)
         concurrency = int(getattr(self.connector, "concurrency", 2))
         # page_concurrency = 1 is lockstep: emit returns once the page is committed, so nothing is
@@ -355,8 +452,10 @@ class JobRunner:
                     records.known_versions, runner.connection_id, entity, field_name)
                 return versions
 
-            def set_total(self, entity: str, total: int | None) -> None:
-                runner.progress.entities[entity].total = total
+            def set_total(self, entity: str, total: int | None, *, estimated: bool = False) -> None:
+                if entity in runner.progress.entities:
+                    runner.progress.entities[entity].total = total
+                    runner.progress.entities[entity].estimated = estimated and total is not None
                 runner._notify()
 
         failure: BaseException | None = None
@@ -407,6 +506,8 @@ class JobRunner:
         if failure is not None:
             raise failure
         progress.state = "done"
+        if progress.estimated:  # finished: the count is known now
+            progress.total, progress.estimated = progress.processed + progress.failed + progress.skipped, False
         self._notify()
 
     async def _write(
@@ -438,18 +539,33 @@ class JobRunner:
                 # counted before the commit, so the progress it saves includes this batch
                 progress.processed += stored
                 try:
-                    results, checks = await self.store.call_retrying(
-                        self._commit, writes, failures, evidence.reconciliations(batch, progress))
+                    if self.dry_run:
+                        results, checks = await self.store.call_retrying(
+                            self._commit_dry, writes, failures, evidence.reconciliations(batch, progress), evidence)
+                    else:
+                        results, checks = await self.store.call_retrying(
+                            self._commit, writes, failures, evidence.reconciliations(batch, progress))
                 except BaseException:
                     progress.processed -= stored  # not committed
                     raise
+                self._committed.add(stream.name)
+                self._count(progress, results, checks)
                 for check in checks:
                     self._after_reconciliation(check)
                 changed = sum(r.inserted + r.updated for r in results)
-                metrics.records_synced_total.labels(provider, stream.name).inc(stored)
-                elapsed = time.monotonic() - (progress.started or time.monotonic())
+                if not self.dry_run:
+                    metrics.records_synced_total.labels(provider, stream.name).inc(stored)
+                now = time.monotonic()
+                elapsed = now - (progress.started or now)
                 if elapsed > 0:
                     progress.rate = (progress.processed - processed_at_start) / elapsed
+                self._pages += len(batch)
+                self._page_records += size
+                seen = progress.processed + progress.failed + progress.skipped
+                if progress.total is None or (progress.estimated and seen >= progress.total):
+                    # no count, or the guess was short: at least one more page (marked as a guess)
+                    progress.total, progress.estimated = seen + max(size, 1), True
+                self._update_job_rate(now)
                 self.log.debug("job.page_committed", entity=stream.name, records=size, changed=changed,
                                pages=len(batch))
                 self._notify()
@@ -475,6 +591,7 @@ class JobRunner:
                 failures.append((stream.name, external_id, reason))
             if page.total is not None:
                 progress.total = page.total
+                progress.estimated = False  # the provider's own count
             writes.append(records.PageWrite(
                 self.connection_id, stream.name, encoded, page.deleted, page.checkpoint,
                 touch_seen=page.full_listing,
@@ -489,11 +606,90 @@ class JobRunner:
         failures: list[tuple[str, str | None, str]],
         checks: list[_Check],
     ) -> tuple[list[records.WriteResult], list[records.Reconciliation]]:
-        results = jobs.commit_pages(conn, self.job.id, writes, self.progress.as_json(), failures)
+        results = [records.write_page(conn, page) for page in writes]
         done = [records.reconcile(conn, self.connection_id, check.entity, **check.evidence,
                                   max_share=self.max_delete_share, confirmed=self.job.confirm_deletes,
                                   job_id=self.job.id) for check in checks]
+        # the progress saved with the batch counts what it did (self.progress changes only once committed)
+        jobs.commit_failures(conn, self.job.id, failures)
+        jobs.save_progress(conn, self.job.id, self._progress_after(results, done))
         return results, done
+
+    def _commit_dry(
+        self,
+        conn: Any,
+        writes: list[records.PageWrite],
+        failures: list[tuple[str, str | None, str]],
+        checks: list[_Check],
+        evidence: _ListingEvidence,
+    ) -> tuple[list[records.WriteResult], list[records.Reconciliation]]:
+        """A dry run's commit: what the pages would create, change and delete, counted against the
+        store and written nowhere but the job's own row (progress, failed items)."""
+        results = [records.classify_page(conn, page) for page in writes]
+        for page in writes:
+            evidence.seen_ids.update(r.external_id for r in page.records)
+        done = []
+        for check in checks:
+            args = dict(check.evidence)
+            if "seen_since" in args:  # nothing was touched: the ids this run saw are the evidence
+                args = {"seen_ids": list(evidence.seen_ids), "expected": args.get("expected"),
+                        "unstored": args.get("unstored", 0)}
+            done.append(records.count_reconcile(conn, self.connection_id, check.entity, **args))
+        jobs.commit_failures(conn, self.job.id, failures)
+        jobs.save_progress(conn, self.job.id, self._progress_after(results, done))
+        return results, done
+
+    def _progress_after(self, results: list[records.WriteResult],
+                        checks: list[records.Reconciliation]) -> dict[str, Any]:
+        saved = self.progress.as_json()
+        for name, delta in self._deltas(results, checks).items():
+            for key, value in delta.items():
+                saved[name][key] += value
+        return saved
+
+    def _deltas(self, results: list[records.WriteResult],
+                checks: list[records.Reconciliation]) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for r in results:
+            delta = out.setdefault(r.entity, {"created": 0, "changed": 0, "deleted": 0})
+            delta["created"] += r.inserted
+            delta["changed"] += r.updated
+            delta["deleted"] += r.deleted
+        for check in checks:
+            if check.outcome == "applied" and check.entity in self.progress.entities:
+                out.setdefault(check.entity, {"created": 0, "changed": 0, "deleted": 0})["deleted"] += check.gone
+        return {name: d for name, d in out.items() if name in self.progress.entities}
+
+    def _count(self, progress: EntityProgress, results: list[records.WriteResult],
+               checks: list[records.Reconciliation]) -> None:
+        for name, delta in self._deltas(results, checks).items():
+            p = self.progress.entities[name]
+            p.created += delta["created"]
+            p.changed += delta["changed"]
+            p.deleted += delta["deleted"]
+
+    def _update_job_rate(self, now: float) -> None:
+        """The job's observed rate (this run, all entities), and the rate limiter's ceiling on it:
+        requests per second allowed times the records a page has brought so far."""
+        elapsed = now - self._run_started
+        processed = sum(p.processed for p in self.progress.entities.values()) - self._run_processed
+        if elapsed > 0:
+            self.progress.rate = max(0.0, processed / elapsed)
+        per_second = self._limit_per_second()
+        if per_second is not None and self._pages:
+            self.progress.rate_ceiling = per_second * self._page_records / self._pages
+
+    def _limit_per_second(self) -> float | None:
+        policies = getattr(self.connector, "policies", None)
+        if policies is None:
+            return None
+        # any RequestGate will do for a sync; only ConnectionGate's buckets say a rate (progress only)
+        gate = policies.gate
+        bucket = getattr(gate, "bucket", None)
+        buckets = [bucket(None)] if callable(bucket) else []
+        buckets += list(getattr(gate, "groups", ()))
+        rates = [b.rate.per_second for b in buckets if getattr(b, "rate", None) is not None]
+        return min(rates) if rates else None
 
     def _after_reconciliation(self, check: records.Reconciliation) -> None:
         """Log and count what a reconciliation did; anything short of 'applied' makes the job partial."""
@@ -501,7 +697,8 @@ class JobRunner:
         match check.outcome:
             case "applied":
                 if check.gone:
-                    self.log.info("job.reconciled_deletes", entity=name, deleted=check.gone, live=check.live)
+                    self.log.info("job.dry_run_deletes" if self.dry_run else "job.reconciled_deletes",
+                                  entity=name, deleted=check.gone, live=check.live)
                 return
             case "incomplete":
                 reason = (f"{name}: listing incomplete, no deletions inferred (saw {check.seen} of "

@@ -143,5 +143,5 @@ class CollectPages:
     async def known_versions(self, entity: str, field: str) -> dict[str, str]:
         return {}
 
-    def set_total(self, entity: str, total: int | None) -> None:
+    def set_total(self, entity: str, total: int | None, *, estimated: bool = False) -> None:
         pass

@@ -314,7 +314,7 @@ class SlowContext:
     async def known_versions(self, entity: str, field: str) -> dict[str, str]:
         return {}
 
-    def set_total(self, entity: str, total: int | None) -> None:
+    def set_total(self, entity: str, total: int | None, *, estimated: bool = False) -> None:
         pass
 
 

@@ -87,7 +87,7 @@ class Collect:
     async def known_versions(self, entity: str, field: str) -> dict[str, str]:
         return {}
 
-    def set_total(self, entity: str, total: int | None) -> None:
+    def set_total(self, entity: str, total: int | None, *, estimated: bool = False) -> None:
         self.totals[entity] = total
 
     def ids(self) -> list[str]:

@@ -455,6 +455,11 @@ OnPage = Callable[[Any, bool], Awaitable[None]]  # (one page's payload or events
 class AmazonSPConnector(Connector):
     provider = "amazon_sp"
     streams = (INVENTORY, FINANCIAL_EVENTS, REIMBURSEMENTS)
+
+    @classmethod
+    def since_problem(cls, stream: StreamSpec) -> str | None:
+        return (f"amazon_sp cannot re-read {stream.name} from a date: its windows are kept per marketplace "
+                f"and bounded by the API's horizon (a full sync, --full, re-reads what the API still offers)")
     rate_limits = USAGE_PLANS
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:

@@ -184,6 +184,16 @@ def _parse_odoo_time(text: str) -> datetime:
 class OdooConnector(Connector):
     provider = "odoo"
     streams = (PARTNERS, SALE_ORDERS, PRODUCTS)
+    since_streams = frozenset({PARTNERS.name, SALE_ORDERS.name, PRODUCTS.name})
+
+    def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
+        """A keyset listing positioned just before `since`, keeping the stored watermark (`since`)."""
+        state = state or {}
+        start = _odoo_time(since - timedelta(seconds=1))
+        keep = {k: v for k, v in state.items() if k == "reconciled_at"}
+        watermark = state.get("since")
+        return {**keep, "phase": "listing", "mode": SyncMode.INCREMENTAL.value, "position_date": start,
+                "position_id": 0, "since": watermark or start, "listing_started": _odoo_time(datetime.now(UTC))}
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.validate_settings(settings)

@@ -128,6 +128,18 @@ def _parse(text: str) -> datetime:
 class OrionConnector(Connector):
     provider = "orion"
     streams = (CLIENTS, ACCOUNTS, AUM_HISTORY)
+    since_streams = frozenset({ACCOUNTS.name})  # clients have no edited filter; AUM is by date range
+
+    def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
+        """An accounts listing filtered by editedStartDate=`since`, keeping the stored watermark."""
+        if stream.name != ACCOUNTS.name:
+            return super().since_state(stream, state, since)
+        state = state or {}
+        keep = {"full_at": state["full_at"]} if state.get("full_at") else {}
+        return {**keep, "phase": "listing", "mode": SyncMode.INCREMENTAL.value, "full": False, "skip": 0,
+                "last_id": None, "shifted": False, "since": state.get("since"),
+                "listing_since": since.astimezone(UTC).strftime(TIME_FORMAT), "listing_started": _now(),
+                "watermark": state.get("since") if state.get("phase") != "listing" else state.get("watermark")}
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.validate_settings(settings)
@@ -283,6 +295,8 @@ class OrionConnector(Connector):
                 if isinstance(edited, str) and (watermark is None or edited[:19] > watermark):
                     watermark = edited[:19]
             done = len(raw) < self.page_size
+            if done and ask == 0:
+                ctx.set_total(stream.name, len(raw))  # the whole listing fit in its first page: exact
             if done:
                 # offset paging over a live list: the next sync starts no later than this listing did,
                 # and a shifted listing starts where this one did (its rows may have been skipped)
@@ -333,7 +347,10 @@ class OrionConnector(Connector):
         if not created and not state.get("through"):
             return  # no clients stored yet (their stream failed?): a pull now would record nothing
         todo = sorted(int(c) for c in created if c.isdigit() and int(c) > int(plan["after"]))
-        ctx.set_total(AUM_HISTORY.name, None)
+        # no count in the API: about one point per client and day of the window (an estimate; a client
+        # new to AUM brings its whole history, so the engine raises the guess if it falls short)
+        days = (date.fromisoformat(plan["end"]) - date.fromisoformat(plan["start"])).days + 1
+        ctx.set_total(AUM_HISTORY.name, len(todo) * max(days, 1), estimated=True)
         full = bool(plan["full"])
         complete = full and not resume  # only a pull read whole in this run may infer deletions
         done: dict[str, Any] = {"phase": "done", "origin": plan["origin"], "through": plan["end"],

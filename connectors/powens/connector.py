@@ -117,6 +117,16 @@ def _fmt(moment: datetime) -> str:
 class PowensConnector(Connector):
     provider = "powens"
     streams = (CONNECTIONS, ACCOUNTS, TRANSACTIONS)
+    since_streams = frozenset({TRANSACTIONS.name})  # bank connections and accounts are listed whole
+
+    def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
+        """A transactions listing from last_update=`since`, keeping the stored watermark."""
+        if stream.name != TRANSACTIONS.name:
+            return super().since_state(stream, state, since)
+        state = state or {}
+        return {"phase": "listing", "mode": SyncMode.INCREMENTAL.value, "listing_since": _fmt(since), "offset": 0,
+                "listing_started": _fmt(datetime.now(UTC)),
+                "watermark": state.get("since") if state.get("phase") != "listing" else state.get("watermark")}
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.validate_settings(settings)

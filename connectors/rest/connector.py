@@ -324,6 +324,23 @@ class RestConnector(Connector):
     def validate_settings(cls, settings: ConnectionSettings) -> None:
         read_options(settings)
 
+    @classmethod
+    def streams_for(cls, settings: ConnectionSettings) -> tuple[StreamSpec, ...]:
+        return tuple(stream.spec() for stream in read_options(settings).streams)
+
+    @classmethod
+    def since_problem(cls, stream: StreamSpec) -> str | None:
+        if stream.cursor_param is None:
+            return (f"stream {stream.name} has no incremental_param (a server-side filter), so it cannot be "
+                    f"re-read from a date")
+        return None
+
+    def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
+        """The cursor set to `since` (formatted by the stream's incremental_format when sent)."""
+        if self.since_problem(stream):
+            return super().since_state(stream, state, since)
+        return {"cursor": since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.options = read_options(settings)  # ConfigError before anything else happens
         super().__init__(settings, policies=policies)

@@ -248,6 +248,20 @@ def _stored_max_id(state: dict[str, Any]) -> int:
 class WooCommerceConnector(Connector):
     provider = "woocommerce"
     streams = (CUSTOMERS, ORDERS, PRODUCTS)
+    since_streams = frozenset({ORDERS.name, PRODUCTS.name})  # customers have no modified filter
+
+    @classmethod
+    def since_problem(cls, stream: StreamSpec) -> str | None:
+        if stream.cursor_param is None:
+            return (f"woocommerce cannot re-read {stream.name} from a date: the API has no modified filter "
+                    f"for them (a full sync, --full, lists them whole)")
+        return super().since_problem(stream)
+
+    def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
+        """A window from `since` (modified_after) to the server's clock; its end is the new cursor."""
+        if self.since_problem(stream):
+            return super().since_state(stream, state, since)
+        return {"phase": "done", "since": _iso(since)}
 
     def __init__(
         self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None,
@@ -413,6 +427,8 @@ class WooCommerceConnector(Connector):
             fresh = [r for r in listing.records if r["id"] > max_id]
             newest = max([newest, *(r["id"] for r in fresh)])
             done = len(fresh) < len(listing.records) or page >= listing.total_pages
+            if page == 1:  # exact when the first page holds them all, else at least a page more
+                ctx.set_total(stream.name, len(fresh) if done else len(fresh) + 1, estimated=not done)
             # the watermark moves only once every new id is stored (the listing runs downwards)
             checkpoint = {**state, "max_id": newest} if done else None
             await ctx.emit(Page(stream.name, fresh, checkpoint))  # bad items: reported by full listings and diffs

@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -21,13 +21,14 @@ import trio
 from freshd import __version__, logs, scheduler
 from freshd.actor import ConnectionState, ConnectionStatus
 from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Peer, Request
-from freshd.connectors.base import ConnectionSettings, check_settings
+from freshd.connectors.base import ConnectionSettings, check_settings, connector_class
 from freshd.errors import AdminError, ConfigError, StoreUnavailable
 from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
 from freshd.policies.staleness import Verdict
-from freshd.store import activity, cluster, connections, jobs, records
+from freshd.store import activity, cluster, connections, jobs, records, stats
 from freshd.store.db import Listener
-from freshd.store.jobs import JobKind, JobRow, JobStatus
+from freshd.store.jobs import JobKind, JobOptions, JobRow, JobStatus
+from freshd.supervisor import settings_of
 from freshd.sync import JobProgress
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 # commands about one connection that its owner runs: another member forwards them
-FORWARDED = frozenset({"sync", "retry", "pause", "resume", "cancel", "connections.set_credential",
+FORWARDED = frozenset({"sync", "ensure", "retry", "pause", "resume", "cancel", "connections.set_credential",
                        "connections.remove"})
 FORWARD_POLL = 0.05  # seconds between two looks for the owner's reply
 FORWARD_IDLE = 1.0  # the owner looks for forwarded commands at least this often
@@ -57,9 +58,12 @@ def job_json(job: JobRow, live: JobProgress | None = None) -> dict[str, Any]:
         "status": job.status.value,
         "trigger": job.trigger,
         "progress": {
-            name: {**{k: v for k, v in p.as_json().items() if k != "state"}, "rate": round(p.rate, 1)}
+            name: {**{k: v for k, v in p.as_json().items() if k != "state"}, "pending": p.pending,
+                   "rate": round(p.rate, 1)}
             for name, p in progress.entities.items()
         },
+        "totals": progress.totals(),
+        "options": job.options,
         "percent": 100.0 if job.status is JobStatus.COMPLETED else progress.percent(),
         "eta_seconds": progress.eta_seconds() if job.status is JobStatus.RUNNING else None,
         "created_at": iso(job.created_at),
@@ -69,6 +73,24 @@ def job_json(job: JobRow, live: JobProgress | None = None) -> dict[str, Any]:
         "retry_of": job.retry_of,
         "confirm_deletes": job.confirm_deletes,
     }
+
+
+def parse_since(text: str) -> datetime:
+    """`sync --since`: a date (midnight UTC) or a time (UTC unless it says otherwise), not in the future."""
+    try:
+        if len(text) == 10:
+            moment = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
+        else:
+            moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise AdminError(ErrorCode.BAD_REQUEST, f"since: expected a date or time in ISO 8601 (2026-01-31 or "
+                         f"2026-01-31T12:00:00Z), got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    if moment > datetime.now(UTC):
+        raise AdminError(ErrorCode.BAD_REQUEST, f"since: {text!r} is in the future")
+    return moment
 
 
 def validate_base_url(url: str) -> None:
@@ -101,6 +123,8 @@ class DaemonAdmin:
             "health": self.health,
             "schedule": self.schedule,
             "trigger": self.trigger,
+            "ensure": self.ensure,
+            "stats": self.stats,
         }
 
     async def handle(self, request: Request, caller: Caller) -> Any:
@@ -431,6 +455,40 @@ class DaemonAdmin:
                    else "add it to the config file again and reload")
             raise AdminError(ErrorCode.CONFLICT, f"connection {name!r} is {state.value}: it does not sync; {how}")
 
+    def _run_options(self, row: connections.ConnectionRow, args: dict[str, Any], kind: JobKind) -> JobOptions:
+        """`sync --entities/--since/--dry-run`, checked against the connection: bad input raises, changes nothing."""
+        if not (args.get("entities") or args.get("since") or args.get("dry_run")):
+            return JobOptions()
+        try:
+            cls = connector_class(row.provider)
+            streams = cls.streams_for(settings_of(row))
+        except ConfigError as exc:
+            raise AdminError(ErrorCode.CONFLICT, f"{row.name}: invalid connection settings: {exc}") from None
+        configured = row.options.get("entities")
+        valid = [s for s in streams if not configured or s.name in configured]
+        by_name = {s.name: s for s in valid}
+        wanted = list(dict.fromkeys(args.get("entities") or []))
+        unknown = [name for name in wanted if name not in by_name]
+        if unknown:
+            raise AdminError(ErrorCode.BAD_REQUEST, f"{row.name}: unknown entit{'y' if len(unknown) == 1 else 'ies'} "
+                             f"{', '.join(map(repr, unknown))}; valid: {', '.join(by_name) or 'none'}")
+        since = None
+        if args.get("since"):
+            if kind is JobKind.FULL:
+                raise AdminError(ErrorCode.BAD_REQUEST, "--since re-reads incrementally from a date; a full sync "
+                                 "(--full) lists everything: use one or the other")
+            moment = parse_since(args["since"])
+            for name in wanted or list(by_name):
+                if (problem := cls.since_problem(by_name[name])) is not None:
+                    raise AdminError(ErrorCode.BAD_REQUEST, f"--since: {problem}" + (
+                        "" if wanted else "; choose entities that support it with --entities"))
+            since = moment.isoformat()
+        if args.get("dry_run") and args.get("confirm_deletes"):
+            raise AdminError(ErrorCode.BAD_REQUEST, "--dry-run applies nothing: --confirm-deletes cannot go with it")
+        # in the connector's order, so a job lists its entities as a full one would
+        entities = tuple(s.name for s in valid if s.name in wanted) or None
+        return JobOptions(entities=entities, since=since, dry_run=bool(args.get("dry_run")))
+
     async def sync(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         row = await self._row(args["name"], caller)
         self._require_active(row.name)
@@ -439,6 +497,7 @@ class DaemonAdmin:
         if confirm_deletes and kind is not JobKind.FULL:
             raise AdminError(ErrorCode.BAD_REQUEST, "--confirm-deletes applies to a full sync only "
                              "(deletions are inferred from a complete listing): add --full")
+        options = self._run_options(row, args, kind)
         live = await self.daemon.store.call(jobs.live_job, row.id)
         if live is not None:  # one sync per connection: the existing job is the answer
             return {"job_id": live.id, "created": False, "status": live.status.value}
@@ -460,9 +519,86 @@ class DaemonAdmin:
                                          f"full sync of {row.name} allowed to apply held deletions by uid "
                                          f"{caller.peer.uid}", connection_id=row.id)
         job, created = await self._store_for(row.name).call(jobs.create_job, row.id, kind, "manual",
-                                                    confirm_deletes=confirm_deletes)
+                                                            confirm_deletes=confirm_deletes, options=options)
         self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
-        return {"job_id": job.id, "created": created, "status": job.status.value}
+        return {"job_id": job.id, "created": created, "status": job.status.value, "options": job.options}
+
+    async def ensure(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Make sure the connection's data is there and fresh: queue a sync if it never completed one,
+        lacks records of an entity it syncs (that the provider did not report empty), or is stale;
+        else answer with the data's age.  Idempotent: a live job is the answer, never a second one."""
+        row = await self._row(args["name"], caller)
+        now, policy = datetime.now(UTC), self.daemon.staleness
+        age = round(policy.age(now, row.last_success_at)) if row.last_success_at else None
+        live = await self.daemon.store.call(jobs.live_job, row.id)
+        if live is not None:
+            return {"job_id": live.id, "queued": False, "reason": f"job {live.id} is already {live.status.value}",
+                    "status": live.status.value, "data_age_seconds": age}
+        reason, missing = None, []
+        kind = JobKind.INCREMENTAL if row.last_success_at else JobKind.INITIAL
+        if row.last_success_at is None:
+            reason = "it never completed a sync"
+        else:
+            missing = await self._entities_without_records(row)
+            if missing:
+                # an incremental listing would not bring back what is older than its cursor: list them whole
+                reason, kind = f"no records for {', '.join(missing)}", JobKind.FULL
+            elif policy.is_stale(now, row.last_success_at):
+                reason = f"the data is stale ({age} s old; stale after {policy.stale_after:g} s)"
+        if reason is None:
+            return {"job_id": None, "queued": False, "data_age_seconds": age,
+                    "reason": f"the data is fresh enough ({age} s old; stale after {policy.stale_after:g} s)"}
+        job, created = await self._store_for(row.name).call(jobs.create_job, row.id, kind, "ensure",
+                                                    options=JobOptions(entities=tuple(missing) or None))
+        self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
+        log.info("sync.ensure", connection=row.name, job=job.id, queued=created, reason=reason)
+        return {"job_id": job.id, "queued": created, "reason": reason, "status": job.status.value,
+                "data_age_seconds": age}
+
+    async def _entities_without_records(self, row: connections.ConnectionRow) -> list[str]:
+        """Entities the connection syncs with no live record, unless its last sync saw the provider's
+        listing of them empty (a total of 0, or done with nothing to process)."""
+        try:
+            streams = connector_class(row.provider).streams_for(settings_of(row))
+        except ConfigError:
+            return []
+        configured = row.options.get("entities")
+        names = [s.name for s in streams if not configured or s.name in configured]
+        counts = (await self.daemon.store.call(records.count_by_entity, [row.id])).get(row.id, {})
+        last = (await self.daemon.store.call(jobs.last_successful_jobs, [row.id])).get(row.id)
+        seen: dict[str, Any] = dict(last.progress) if last is not None else {}
+
+        def empty_at_provider(name: str) -> bool:
+            p = seen.get(name) or {}
+            return p.get("total") == 0 or (p.get("state") == "done" and not p.get("total") and not p.get("processed"))
+
+        return [n for n in names if not counts.get(n) and not empty_at_provider(n)]
+
+    async def stats(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """The stored daily statistics of the last `days` days (the cleanup sweep computes each day's)."""
+        if args.get("connection"):
+            await self._row(args["connection"], caller)
+        since = datetime.now(UTC).date() - timedelta(days=args.get("days", 7))
+        rows = await self.daemon.store.call(stats.list_stats, since=since, connection=args.get("connection"),
+                                            tenant=args.get("tenant"), tenants=caller.tenants)
+        out = []
+        tenants: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in rows:
+            rate = round(r["successes"] / r["syncs"], 4) if r["syncs"] else None
+            out.append({**r, "day": r["day"].isoformat(), "success_rate": rate})
+            t = tenants.setdefault((r["day"].isoformat(), r["tenant"]), {
+                "day": r["day"].isoformat(), "tenant": r["tenant"], "connections": 0, "syncs": 0, "successes": 0,
+                "records": 0, "created": 0, "changed": 0, "deleted": 0, "failed_items": 0, "errors": {}})
+            t["connections"] += 1
+            for key in ("syncs", "successes", "created", "changed", "deleted", "failed_items"):
+                t[key] += r[key]
+            t["records"] += sum(r["records"].values())
+            for kind, n in r["errors"].items():
+                t["errors"][kind] = t["errors"].get(kind, 0) + n
+        for t in tenants.values():
+            t["success_rate"] = round(t["successes"] / t["syncs"], 4) if t["syncs"] else None
+        return {"days": args.get("days", 7), "retention_days": self.daemon.config.sync.stats_retention_days,
+                "stats": out, "tenants": list(tenants.values())}
 
     async def jobs(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
         if args.get("connection"):
@@ -541,7 +677,7 @@ class DaemonAdmin:
         by_state: dict[str, int] = {}
         for status in statuses:
             by_state[status.state.value] = by_state.get(status.state.value, 0) + 1
-        stats = await self.daemon.store.call(jobs.job_stats) if store_ok else {}
+        job_stats = await self.daemon.store.call(jobs.job_stats) if store_ok else {}
         now = datetime.now(UTC)
         ages = [(now - s.last_success_at).total_seconds() for s in statuses if s.last_success_at]
         problems = [] if store_ok else ["the database is unavailable"]
@@ -556,17 +692,21 @@ class DaemonAdmin:
             if orphans:
                 problems.append(f"{orphans} connection(s) without an owner for over "
                                 f"{cfg.lease_ttl + cfg.handover:g} s (a member died and nobody took over)")
-        total = stats.get("total", 0)
+        total = job_stats.get("total", 0)
+        ids = {s.name: s.id for s in await self.daemon.store.call(connections.list_sync_states)} if store_ok else {}
+        counts = await self.daemon.store.call(records.count_by_entity, list(ids.values())) if store_ok else {}
         return {
             "healthy": not problems,
             "problems": problems,
             "store": "up" if store_ok else "unavailable",
             "scheduler": "running" if scheduler_ok else "stopped",
-            "syncs": {"total": total, "successful": stats.get("successful", 0),
-                      "success_rate": round(stats.get("successful", 0) / total, 4) if total else None,
-                      "active": stats.get("active", 0)},
+            "syncs": {"total": total, "successful": job_stats.get("successful", 0),
+                      "success_rate": round(job_stats.get("successful", 0) / total, 4) if total else None,
+                      "active": job_stats.get("active", 0)},
             "connections": by_state,
             "oldest_data_age_seconds": round(max(ages)) if ages else None,
+            # live records per connection and entity
+            "records": {s.name: counts.get(ids.get(s.name, -1), {}) for s in statuses},
         }
 
     async def schedule(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:

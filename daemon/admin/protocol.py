@@ -74,7 +74,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 @dataclass(frozen=True, slots=True)
 class Arg:
-    kind: str  # "str" | "name" | "bool" | "int" | "str_map" | "object"
+    kind: str  # "str" | "name" | "bool" | "int" | "str_map" | "object" | "str_list"
     required: bool = False
     default: Any = None
     minimum: int | None = None
@@ -101,8 +101,15 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     # merged into the stored credentials ("" removes a key); clears tokens, ends reauth_required
     "connections.set_credential": {"name": _NAME, "credentials": Arg("str_map", required=True)},
     # confirm_deletes: this (full) sync may apply a reconciliation over [sync] max_delete_share
+    # entities: only these; since: re-read them from this date (ISO 8601); dry_run: count, write nothing
     "sync": {"name": _NAME, "full": Arg("bool", default=False), "force": Arg("bool", default=False),
-             "confirm_deletes": Arg("bool", default=False)},
+             "confirm_deletes": Arg("bool", default=False), "entities": Arg("str_list"),
+             "since": Arg("str"), "dry_run": Arg("bool", default=False)},
+    # a sync if the data is missing or stale (or the live job), else the data's age; idempotent
+    "ensure": {"name": _NAME},
+    # daily statistics (the cleanup sweep computes each day's), newest first
+    "stats": {"days": Arg("int", default=7, minimum=1, maximum=3660), "connection": Arg("name"),
+              "tenant": Arg("name")},
     "members": {},
     "jobs": {
         "connection": Arg("name"),
@@ -154,6 +161,9 @@ def _check(cmd: str, field: str, spec: Arg, value: Any) -> Any:
         case "object":
             if not isinstance(value, dict):
                 raise _bad(f"{where} must be an object")
+        case "str_list":
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+                raise _bad(f"{where} must be a non-empty list of non-empty strings")
     return value
 
 

@@ -1,5 +1,5 @@
 """PostgreSQL store: `open_store` / `Store.call` (db), migrations (migrate), and the SQL
-by concern: connections, records (pages + cursors), jobs, activity."""
+by concern: connections, records (pages + cursors), jobs, activity, stats (daily figures)."""
 
 from freshd.store.db import Connection, Store, open_store
 

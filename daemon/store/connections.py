@@ -80,11 +80,17 @@ class SyncState:
     id: int
     name: str
     last_success_at: datetime | None
+    failed: bool = False  # its last sync failed (last_error set)
 
 
 def list_sync_states(conn: Connection) -> list[SyncState]:
-    rows = conn.execute("SELECT id, name, last_success_at FROM connections ORDER BY name").fetchall()
-    return [SyncState(row["id"], row["name"], row["last_success_at"]) for row in rows]  # type: ignore[arg-type]
+    """Failed connections first (the sync sweep queues them before the others), then by name."""
+    rows = conn.execute(
+        "SELECT id, name, last_success_at, last_error IS NOT NULL AS failed FROM connections"
+        " ORDER BY last_error IS NULL, name"
+    ).fetchall()
+    return [SyncState(row["id"], row["name"], row["last_success_at"], bool(row["failed"]))  # type: ignore[arg-type]
+            for row in rows]
 
 
 def get_connection(conn: Connection, name: str, keyring: Keyring) -> ConnectionRow | None:

@@ -14,7 +14,7 @@ connection" a database fact, not a hope.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -71,11 +71,44 @@ class JobRow:
     error: str | None
     retry_of: int | None = None
     confirm_deletes: bool = False  # may apply a reconciliation over the delete-share limit
+    options: dict[str, Any] = field(default_factory=dict)  # per-run options (JobOptions.as_json)
+
+    @property
+    def run_options(self) -> JobOptions:
+        return JobOptions.from_json(self.options)
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """Per-run options of a pull sync, kept on the job row so a resumed job keeps them.
+
+    entities: only these (None: all the connection syncs); since: re-read these entities from
+    this moment (ISO 8601, UTC) on; dry_run: fetch and count what would change, write nothing.
+    """
+
+    entities: tuple[str, ...] | None = None
+    since: str | None = None
+    dry_run: bool = False
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobOptions:
+        entities = data.get("entities")
+        return cls(tuple(entities) if entities else None, data.get("since"), bool(data.get("dry_run")))
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.entities:
+            out["entities"] = list(self.entities)
+        if self.since:
+            out["since"] = self.since
+        if self.dry_run:
+            out["dry_run"] = True
+        return out
 
 
 _SELECT = (
     "SELECT j.id, j.connection_id, c.name AS connection, c.tenant, j.kind, j.status, j.trigger, j.progress,"
-    " j.created_at, j.started_at, j.finished_at, j.error, j.retry_of, j.confirm_deletes"
+    " j.created_at, j.started_at, j.finished_at, j.error, j.retry_of, j.confirm_deletes, j.options"
     " FROM sync_jobs j JOIN connections c ON c.id = j.connection_id"
 )
 
@@ -88,15 +121,15 @@ def _job(row: dict[str, Any]) -> JobRow:
 
 def create_job(
     conn: Connection, connection_id: int, kind: JobKind, trigger: str, *, retry_of: int | None = None,
-    confirm_deletes: bool = False,
+    confirm_deletes: bool = False, options: JobOptions | None = None,
 ) -> tuple[JobRow, bool]:
     """Queue a job unless the connection already has a live one; return (job, created)."""
     row = conn.execute(
-        "INSERT INTO sync_jobs (connection_id, kind, status, trigger, retry_of, confirm_deletes)"
-        " VALUES (%s, %s, 'queued', %s, %s, %s)"
+        "INSERT INTO sync_jobs (connection_id, kind, status, trigger, retry_of, confirm_deletes, options)"
+        " VALUES (%s, %s, 'queued', %s, %s, %s, %s)"
         " ON CONFLICT (connection_id) WHERE status IN ('queued', 'running', 'paused', 'interrupted')"
         " DO NOTHING RETURNING id",
-        (connection_id, kind.value, trigger, retry_of, confirm_deletes),
+        (connection_id, kind.value, trigger, retry_of, confirm_deletes, Jsonb((options or JobOptions()).as_json())),
     ).fetchone()
     if row is not None:
         job = get_job(conn, int(row["id"]))  # type: ignore[call-overload]
@@ -216,6 +249,16 @@ def commit_pages(
     return results
 
 
+def commit_failures(conn: Connection, job_id: int, failures: Sequence[tuple[str, str | None, str]]) -> None:
+    """Items of a job that could not be stored: (entity, external id or None, reason)."""
+    if failures:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO failed_items (job_id, entity, external_id, reason) VALUES (%s, %s, %s, %s)",
+                [(job_id, entity, eid, reason) for entity, eid, reason in failures],
+            )
+
+
 def save_progress(conn: Connection, job_id: int, progress: dict[str, dict[str, int | None]]) -> None:
     conn.execute("UPDATE sync_jobs SET progress = %s WHERE id = %s", (Jsonb(progress), job_id))
 
@@ -265,6 +308,19 @@ def last_started(conn: Connection) -> dict[int, datetime]:
         "SELECT connection_id, max(COALESCE(started_at, created_at)) AS at FROM sync_jobs GROUP BY connection_id"
     ).fetchall()
     return {int(row["connection_id"]): row["at"] for row in rows}  # type: ignore[call-overload, misc]
+
+
+def last_successful_jobs(conn: Connection, connection_ids: Collection[int] | None = None) -> dict[int, JobRow]:
+    """connection id -> its latest completed or partial job that was not a dry run (ensure, health)."""
+    distinct = _SELECT.replace("SELECT ", "SELECT DISTINCT ON (j.connection_id) ", 1)
+    rows = conn.execute(
+        f"{distinct} WHERE j.status IN ('completed', 'partial')"
+        " AND NOT COALESCE((j.options ->> 'dry_run')::boolean, false)"
+        " AND (%s::bigint[] IS NULL OR j.connection_id = ANY(%s::bigint[]))"
+        " ORDER BY j.connection_id, j.id DESC",
+        (None if connection_ids is None else list(connection_ids),) * 2,
+    ).fetchall()
+    return {job.connection_id: job for job in (_job(dict(row)) for row in rows)}
 
 
 def held_deletions(conn: Connection, connection_id: int) -> list[dict[str, Any]]:

@@ -61,6 +61,7 @@ class WriteResult:
     updated: int
     unchanged: int
     deleted: int
+    entity: str = ""
 
 
 def write_page(conn: Connection, page: PageWrite) -> WriteResult:
@@ -90,7 +91,33 @@ def write_page(conn: Connection, page: PageWrite) -> WriteResult:
     if page.checkpoint is not None:
         save_cursor(conn, page.connection_id, page.entity, page.checkpoint)
     unchanged = len(page.records) - inserted - updated
-    return WriteResult(inserted, updated, unchanged, deleted)
+    return WriteResult(inserted, updated, unchanged, deleted, page.entity)
+
+
+def classify_page(conn: Connection, page: PageWrite) -> WriteResult:
+    """A dry run's write_page: what it would insert, update and delete, writing nothing."""
+    unique = {r.external_id: r for r in page.records}
+    inserted = updated = deleted = 0
+    if unique:
+        rows = conn.execute(
+            "SELECT external_id, content_hash, deleted_at IS NOT NULL AS gone FROM records"
+            " WHERE connection_id = %s AND entity = %s AND external_id = ANY(%s)",
+            (page.connection_id, page.entity, list(unique)),
+        ).fetchall()
+        stored = {str(row["external_id"]): (bytes(row["content_hash"]), bool(row["gone"])) for row in rows}  # type: ignore[call-overload]
+        for eid, record in unique.items():
+            if eid not in stored:
+                inserted += 1
+            elif stored[eid][1] or stored[eid][0] != record.content_hash:
+                updated += 1
+    if page.deleted:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM records WHERE connection_id = %s AND entity = %s"
+            " AND external_id = ANY(%s) AND deleted_at IS NULL",
+            (page.connection_id, page.entity, list(page.deleted)),
+        ).fetchone()
+        deleted = int(row["n"]) if row else 0  # type: ignore[call-overload]
+    return WriteResult(inserted, updated, len(page.records) - inserted - updated, deleted, page.entity)
 
 
 def save_cursor(conn: Connection, connection_id: int, entity: str, state: dict[str, Any]) -> None:
@@ -197,6 +224,56 @@ def reconcile(
     return result
 
 
+def count_reconcile(
+    conn: Connection,
+    connection_id: int,
+    entity: str,
+    *,
+    seen_ids: Sequence[str] | None = None,
+    gone_ids: Sequence[str] = (),
+    seen: int | None = None,
+    expected: int | None = None,
+    unstored: int = 0,
+) -> Reconciliation:
+    """A dry run's reconcile: how many live records a complete listing (`seen_ids`, or a connector's
+    own `gone_ids`) would mark deleted, on the same evidence rule; nothing is written."""
+    if seen_ids is not None:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE NOT (external_id = ANY(%s))) AS gone, count(*) AS live"
+            " FROM records WHERE connection_id = %s AND entity = %s AND deleted_at IS NULL",
+            (list(seen_ids), connection_id, entity),
+        ).fetchone()
+        seen = len(seen_ids)
+    else:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE external_id = ANY(%s)) AS gone, count(*) AS live"
+            " FROM records WHERE connection_id = %s AND entity = %s AND deleted_at IS NULL",
+            (list(gone_ids), connection_id, entity),
+        ).fetchone()
+    assert row is not None
+    gone, live, seen = int(row["gone"]), int(row["live"]), seen or 0  # type: ignore[call-overload]
+    if expected is not None and seen + unstored < expected:
+        return Reconciliation(entity, seen, expected, gone, live, "incomplete")
+    return Reconciliation(entity, seen, expected, gone, live, "applied")
+
+
+def estimate_total(conn: Connection, connection_id: int, entity: str, *, full: bool) -> int | None:
+    """A guess at an entity's size for a run whose provider gives no count: a full listing returns about
+    the live records stored; an incremental one about what the last completed incremental one processed
+    (or, before there was one, the last completed run of any kind: an overestimate, marked as a guess)."""
+    if full:
+        row = conn.execute("SELECT count(*) AS n FROM records WHERE connection_id = %s AND entity = %s"
+                           " AND deleted_at IS NULL", (connection_id, entity)).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT (progress -> %s ->> 'processed')::bigint AS n FROM sync_jobs WHERE connection_id = %s"
+            " AND status IN ('completed', 'partial') AND progress ? %s"
+            " AND NOT COALESCE((options ->> 'dry_run')::boolean, false)"
+            " ORDER BY kind = 'incremental' DESC, id DESC LIMIT 1",
+            (entity, connection_id, entity)).fetchone()
+    return int(row["n"]) if row and row["n"] else None  # type: ignore[call-overload]
+
+
 def known_versions(conn: Connection, connection_id: int, entity: str, field: str) -> dict[str, str]:
     """external_id -> the stored value of `field` for live records (for client-side diffing)."""
     rows = conn.execute(
@@ -205,6 +282,19 @@ def known_versions(conn: Connection, connection_id: int, entity: str, field: str
         (field, connection_id, entity),
     ).fetchall()
     return {str(row["external_id"]): str(row["version"]) for row in rows}
+
+
+def count_by_entity(conn: Connection, connection_ids: Sequence[int] | None = None) -> dict[int, dict[str, int]]:
+    """Live record counts per connection and entity (health, ensure)."""
+    rows = conn.execute(
+        "SELECT connection_id, entity, count(*) AS n FROM records WHERE deleted_at IS NULL"
+        " AND (%s::bigint[] IS NULL OR connection_id = ANY(%s::bigint[])) GROUP BY connection_id, entity",
+        (None if connection_ids is None else list(connection_ids),) * 2,
+    ).fetchall()
+    out: dict[int, dict[str, int]] = {}
+    for row in rows:
+        out.setdefault(int(row["connection_id"]), {})[str(row["entity"])] = int(row["n"])  # type: ignore[call-overload]
+    return out
 
 
 def count_records(conn: Connection) -> dict[int, int]:
