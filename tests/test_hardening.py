@@ -6,6 +6,7 @@ that corrupts its answers on purpose.  Jobs run through the real engine into a r
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -276,8 +277,9 @@ async def test_cancel_and_pause_do_nothing_during_a_long_wait(rig: Rig, request_
     assert rig.live() == 250
 
 
-def job_status(rig: Rig) -> str:
-    return str(query(rig.database_url, "SELECT status FROM sync_jobs ORDER BY id DESC LIMIT 1")[0][0])
+def job_status(rig: Rig) -> str | None:
+    rows = query(rig.database_url, "SELECT status FROM sync_jobs ORDER BY id DESC LIMIT 1")
+    return str(rows[0][0]) if rows else None
 
 
 async def test_trickled_headers_hold_a_request_for_ever(rig: Rig) -> None:
@@ -371,3 +373,29 @@ def limits(**values: Any) -> Callable[[ConnectionSettings], ConnectionPolicies]:
     return lambda settings: replace(
         ConnectionPolicies.standalone("woocommerce", WooCommerceConnector.rate_limits, settings.options),
         limits=ProviderLimits(**values))
+
+
+async def test_progress_saved_one_batch_behind_the_commit(rig: Rig) -> None:
+    """The progress a crash leaves in the job row is the progress of what was committed with it."""
+    from freshd.sync import ControlRequest
+
+    control = JobControl()
+    control.set(ControlRequest.PAUSE)  # parks the writer right after its first commit
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(rig.sync, JobKind.INITIAL, control=control, page_concurrency=1))
+        with trio.fail_after(20):
+            while job_status(rig) != "paused":
+                await trio.sleep(0.05)
+        saved = query(rig.database_url, "SELECT progress FROM sync_jobs ORDER BY id DESC LIMIT 1")[0][0]
+        assert saved["customers"]["processed"] == rig.live() == 100, (saved, rig.live())  # type: ignore[index]
+        control.set(ControlRequest.CANCEL)
+
+
+def test_url_encoded_secret_reaches_the_log() -> None:
+    from freshd import logs
+
+    logs.register_secret("cs_LOGCANARY/x+y=z")
+    for form in ("cs_LOGCANARY/x+y=z", "cs_LOGCANARY%2Fx%2By%3Dz", "cs_LOGCANARY/x%2By%3Dz",
+                 "Y3NfTE9HQ0FOQVJZL3greT16"):  # raw, a query string's, a path's, base64
+        line = logs.redact(None, "info", {"event": "provider.retry", "error": f"GET /x?consumer_secret={form} 403"})
+        assert form not in str(line["error"]), form

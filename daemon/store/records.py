@@ -194,17 +194,11 @@ def reconcile(
         gone, live, seen = int(row["gone"]), int(row["live"]), int(row["seen"])  # type: ignore[call-overload]
         where, param = "last_seen_at < %s", seen_since
     else:
-        row = conn.execute(
-            "SELECT count(*) FILTER (WHERE external_id = ANY(%s)) AS gone, count(*) AS live"
-            " FROM records WHERE connection_id = %s AND entity = %s AND deleted_at IS NULL",
-            (list(gone_ids), connection_id, entity),
-        ).fetchone()
-        assert row is not None
-        gone, live = int(row["gone"]), int(row["live"])  # type: ignore[call-overload]
+        gone, live = _gone_and_live(conn, connection_id, entity, gone_ids)
         where, param = "external_id = ANY(%s)", list(gone_ids)
     seen = seen or 0
     result = Reconciliation(entity, seen, expected, gone, live, "applied")
-    if expected is not None and seen + unstored < expected:
+    if _short(seen, unstored, expected):
         return Reconciliation(entity, seen, expected, gone, live, "incomplete")
     if gone > MIN_HELD_DELETIONS and live and gone / live > max_share and not confirmed:
         conn.execute(
@@ -222,6 +216,22 @@ def reconcile(
         )
     conn.execute("DELETE FROM held_deletions WHERE connection_id = %s AND entity = %s", (connection_id, entity))
     return result
+
+
+def _gone_and_live(conn: Connection, connection_id: int, entity: str, gone_ids: Sequence[str]) -> tuple[int, int]:
+    """How many of `gone_ids` are live records, and how many live records there are."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE external_id = ANY(%s)) AS gone, count(*) AS live"
+        " FROM records WHERE connection_id = %s AND entity = %s AND deleted_at IS NULL",
+        (list(gone_ids), connection_id, entity),
+    ).fetchone()
+    assert row is not None
+    return int(row["gone"]), int(row["live"])  # type: ignore[call-overload]
+
+
+def _short(seen: int, unstored: int, expected: int | None) -> bool:
+    """The evidence rule: a listing that does not account for the provider's own total proves nothing."""
+    return expected is not None and seen + unstored < expected
 
 
 def count_reconcile(
@@ -243,16 +253,12 @@ def count_reconcile(
             " FROM records WHERE connection_id = %s AND entity = %s AND deleted_at IS NULL",
             (list(seen_ids), connection_id, entity),
         ).fetchone()
-        seen = len(seen_ids)
+        assert row is not None
+        gone, live, seen = int(row["gone"]), int(row["live"]), len(seen_ids)  # type: ignore[call-overload]
     else:
-        row = conn.execute(
-            "SELECT count(*) FILTER (WHERE external_id = ANY(%s)) AS gone, count(*) AS live"
-            " FROM records WHERE connection_id = %s AND entity = %s AND deleted_at IS NULL",
-            (list(gone_ids), connection_id, entity),
-        ).fetchone()
-    assert row is not None
-    gone, live, seen = int(row["gone"]), int(row["live"]), seen or 0  # type: ignore[call-overload]
-    if expected is not None and seen + unstored < expected:
+        gone, live = _gone_and_live(conn, connection_id, entity, gone_ids)
+    seen = seen or 0
+    if _short(seen, unstored, expected):
         return Reconciliation(entity, seen, expected, gone, live, "incomplete")
     return Reconciliation(entity, seen, expected, gone, live, "applied")
 
