@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from freshd.errors import FreshdError
+from freshd.errors import FreshdError, StoreUnavailable
 
 if TYPE_CHECKING:
     from freshd.store import Store
@@ -63,9 +63,12 @@ class SyncSlots:
         from freshd.store import cluster
 
         for _ in itertools.count():  # until claimed or cancelled: the cluster is full meanwhile
-            if await store.call(cluster.claim_slot, fence, tenant, max_running=self.max_running,
-                                tenant_max_running=self.tenant_max_running, ttl=self.lease_ttl):
-                break
+            try:
+                if await store.call(cluster.claim_slot, fence, tenant, max_running=self.max_running,
+                                    tenant_max_running=self.tenant_max_running, ttl=self.lease_ttl):
+                    break
+            except StoreUnavailable:
+                pass  # an outage, a lock timeout or a deadlock victim: try again
             await trio.sleep(CLAIM_POLL * random.uniform(0.5, 1.5))
         try:
             yield
