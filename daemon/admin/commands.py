@@ -25,7 +25,7 @@ from freshd.connectors.base import ConnectionSettings, check_settings, connector
 from freshd.errors import AdminError, ConfigError, StoreUnavailable
 from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
 from freshd.policies.staleness import Verdict
-from freshd.store import activity, cluster, connections, jobs, records, stats
+from freshd.store import activity, cluster, connections, jobs, records, stats, tokens
 from freshd.store.db import Listener
 from freshd.store.jobs import JobKind, JobOptions, JobRow, JobStatus
 from freshd.supervisor import settings_of
@@ -125,6 +125,9 @@ class DaemonAdmin:
             "trigger": self.trigger,
             "ensure": self.ensure,
             "stats": self.stats,
+            "tokens.add": self.tokens_add,
+            "tokens.list": self.tokens_list,
+            "tokens.revoke": self.tokens_revoke,
         }
 
     async def handle(self, request: Request, caller: Caller) -> Any:
@@ -722,6 +725,55 @@ class DaemonAdmin:
         except scheduler.SweepBusy:
             raise AdminError(ErrorCode.CONFLICT, f"sweep {args['sweep']!r} is already running") from None
         return {"sweep": args["sweep"], "started": True}
+
+    # -- HTTP API tokens ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _require_admin(caller: Caller, what: str) -> None:
+        if caller.tenants is not None:
+            raise AdminError(ErrorCode.FORBIDDEN, f"{what}: only administrators may manage API tokens")
+
+    @staticmethod
+    def _token_json(row: tokens.TokenRow) -> dict[str, Any]:
+        return {"id": row.id, "tenant": row.tenant, "label": row.label, "prefix": row.prefix,
+                "created_at": iso(row.created_at), "last_used_at": iso(row.last_used_at),
+                "revoked_at": iso(row.revoked_at)}
+
+    async def tokens_add(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """A bearer token for the HTTP API, scoped to one tenant; the reply is the only place it appears."""
+        self._require_admin(caller, "tokens.add")
+
+        def add(conn: Any) -> tuple[tokens.TokenRow, str]:
+            row, token = tokens.create_token(conn, args["tenant"], args.get("label"))
+            activity.log_activity(conn, "api_token.added", f"API token {row.id} ({row.prefix}...) for tenant "
+                                  f"{row.tenant} added by uid {caller.peer.uid}",
+                                  details={"id": row.id, "tenant": row.tenant, "label": row.label})
+            return row, token
+
+        row, token = await self.daemon.store.call(add)
+        log.info("api_token.added", id=row.id, tenant=row.tenant, prefix=row.prefix)
+        return {**self._token_json(row), "token": token}
+
+    async def tokens_list(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._require_admin(caller, "tokens.list")
+        rows = await self.daemon.store.call(tokens.list_tokens, tenant=args.get("tenant"))
+        return {"tokens": [self._token_json(row) for row in rows]}
+
+    async def tokens_revoke(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._require_admin(caller, "tokens.revoke")
+
+        def revoke(conn: Any) -> tokens.TokenRow | None:
+            row = tokens.revoke_token(conn, args["id"])
+            if row is not None:
+                activity.log_activity(conn, "api_token.revoked", f"API token {row.id} of tenant {row.tenant} "
+                                      f"revoked by uid {caller.peer.uid}", details={"id": row.id})
+            return row
+
+        row = await self.daemon.store.call(revoke)
+        if row is None:
+            raise AdminError(ErrorCode.NOT_FOUND, f"no API token {args['id']}")
+        log.info("api_token.revoked", id=row.id, tenant=row.tenant)
+        return self._token_json(row)
 
     # -- live progress ------------------------------------------------------------------------------
 

@@ -126,6 +126,10 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     "cancel": _JOB,
     "retry": _JOB,
     "health": {},
+    # HTTP API bearer tokens (administrators only): the token is in tokens.add's reply, and only there
+    "tokens.add": {"tenant": Arg("name", required=True), "label": Arg("str")},
+    "tokens.list": {"tenant": Arg("name")},
+    "tokens.revoke": {"id": Arg("int", required=True, minimum=1)},
     "schedule": {},
     "trigger": {"sweep": _NAME},
 }
