@@ -14,10 +14,12 @@ import httpx
 import pytest
 import trio
 
+from freshd.admin.commands import DaemonAdmin
+from freshd.admin.protocol import Caller, Peer, Request
 from freshd.config import load_config
 from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
-from freshd.errors import ConfigError
+from freshd.errors import AdminError, ConfigError
 from tests.helpers import query
 from tests.test_daemon import CREDS, Running, start_daemon
 
@@ -148,6 +150,18 @@ async def test_missing_invalid_or_revoked_tokens_get_401_and_bad_requests_4xx_ch
     assert api.acme not in listing.stdout and "shop backend" in listing.stdout
 
 
+async def test_only_administrators_manage_api_tokens(api: Api, database_url: str) -> None:
+    handler = DaemonAdmin(api.running.daemon)
+    tenant_user = Caller(Peer(1, 4242, 4242), frozenset({"acme"}))
+    for cmd, args in (("tokens.add", {"tenant": "acme"}), ("tokens.list", {}), ("tokens.revoke", {"id": 1})):
+        with pytest.raises(AdminError) as refused:
+            await handler.handle(Request(1, 1, cmd, args), tenant_user)
+        assert refused.value.code == "forbidden"
+    assert query(database_url, "SELECT count(*), count(revoked_at) FROM api_tokens") == [(1, 0)]
+    missing = await api.running.ctl("tokens", "revoke", "999", check=False)
+    assert missing.returncode == 1 and "no API token 999" in missing.stderr
+
+
 async def read_events(response: httpx.Response, *, stop_after: int | None = None) -> list[tuple[str, str, Any]]:
     """(id, event, data) of each event until the stream ends (or `stop_after` events)."""
     events: list[tuple[str, str, Any]] = []
@@ -221,6 +235,14 @@ async def test_pause_resume_and_cancel_over_http_reach_the_job(api: Api) -> None
                     await trio.sleep(0.05)
 
             await status_becomes("running")
+            # a client that hangs up mid-stream ends its subscription at once
+            hub = api.running.daemon.supervisor.hub
+            async with http.stream("GET", f"/jobs/{job_id}/events") as response:
+                assert len(await read_events(response, stop_after=1)) == 1
+                assert hub.watchers() == 1
+            with trio.fail_after(5):
+                while hub.watchers():
+                    await trio.sleep(0.02)
             paused = await http.post(f"/jobs/{job_id}/pause")
             assert paused.status_code == 202 and paused.json() == {"job_id": job_id, "requested": "pause"}
             await status_becomes("paused")

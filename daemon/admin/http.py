@@ -31,6 +31,7 @@ is 500 `internal` (logged here with its traceback, never sent).  Served by hyper
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ log = structlog.get_logger(__name__)
 PREFIX = "/api/v1"
 HEARTBEAT = 15.0  # seconds between keep-alive comments on an idle event stream (proxies cut silent ones)
 MAX_STREAMS = 256  # event streams open at once; one more gets 503
+FINISHED_STATUSES = frozenset({"completed", "partial", "failed", "cancelled"})  # a stream's last event
 
 # admin error codes -> HTTP statuses (and the API's own: unauthorized, method_not_allowed)
 HTTP_STATUS: dict[str, int] = {
@@ -120,12 +122,17 @@ class HttpError(Exception):
 
 
 def event_id(job: dict[str, Any]) -> str:
-    """An event's id: the job's status and work done (processed + failed + skipped), e.g.
-    "running.1200".  Each event is the whole job, so a resumed stream needs only to know
-    whether the state it would send first is the one the client saw last."""
+    """An event's id: the job's status and work done (processed + failed + skipped), and for a
+    live job a digest of everything shown ("running.1200.9f2c41d0"), since it changes in ways the
+    counts do not (totals learned, rates); a finished job changes no more ("completed.4000").
+    Each event is the whole job, so a resumed stream needs only to leave out the state the
+    client saw last."""
     done = sum(int(p.get("processed") or 0) + int(p.get("failed") or 0) + int(p.get("skipped") or 0)
                for p in (job.get("progress") or {}).values())
-    return f"{job.get('status')}.{done}"
+    if job.get("status") in FINISHED_STATUSES:
+        return f"{job.get('status')}.{done}"
+    digest = hashlib.blake2b(orjson.dumps(job, option=orjson.OPT_SORT_KEYS), digest_size=4).hexdigest()
+    return f"{job.get('status')}.{done}.{digest}"
 
 
 def _sse(event: str, data: Any, ident: str | None = None) -> bytes:
@@ -318,11 +325,19 @@ class HttpApi:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(heartbeat)
                 nursery.start_soon(until_disconnect, gone)
+                sent = last_seen  # never the state the client saw last, nor the same one twice
+
+                async def job_event(job: dict[str, Any]) -> None:
+                    nonlocal sent
+                    if (ident := event_id(job)) != sent:
+                        await emit(_sse("job", job, ident))
+                        sent = ident
+
                 try:
-                    if first is not None and (last_seen is None or event_id(first["job"]) != last_seen):
-                        await emit(_sse("job", first["job"], event_id(first["job"])))
+                    if first is not None:
+                        await job_event(first["job"])
                     async for event in events:
-                        await emit(_sse("job", event["job"], event_id(event["job"])))
+                        await job_event(event["job"])
                 except AdminError as exc:
                     await emit(_sse("error", {"code": exc.code, "message": exc.message}))
                 except StoreUnavailable as exc:
@@ -333,8 +348,6 @@ class HttpApi:
             async with lock:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-
-FINISHED_STATUSES = frozenset({"completed", "partial", "failed", "cancelled"})
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
