@@ -36,7 +36,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 import orjson
 import structlog
@@ -200,8 +200,7 @@ class HttpApi:
                 allowed.append(route.method)
                 continue
             args: dict[str, Any] = {}
-            for key, raw in match.groupdict().items():
-                value = unquote(raw)
+            for key, value in match.groupdict().items():  # ASGI's path is percent-decoded already
                 if key in _INT_ARGS:
                     if not value.isdigit() or len(value) > 18:
                         raise HttpError(ErrorCode.BAD_REQUEST, f"{key} must be a positive integer, got {value!r}")
