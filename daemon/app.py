@@ -5,7 +5,7 @@ Start-up, each step only after the one before it is really ready:
   2. jobs left 'running' by a daemon that died become 'interrupted' (resumed below);
   3. config connections written to the store; the supervisor starts one actor each;
      never-synced connections get their initial sync queued;
-  4. the admin socket, the metrics endpoint, the scheduler;
+  4. the admin socket, the metrics endpoint, the HTTP API (if configured), the scheduler;
   5. READY=1 to systemd.
 
 SIGHUP reloads the config file: an invalid file is refused whole and the
@@ -22,6 +22,7 @@ interrupted, and the process exits 0 within the stop deadline.
 
 from __future__ import annotations
 
+import functools
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -35,6 +36,7 @@ import trio
 from freshd import logs, metrics, systemd
 from freshd.actor import ConnectionState, PolicySettings
 from freshd.admin.commands import DaemonAdmin
+from freshd.admin.http import serve_http_api, token_authenticator
 from freshd.admin.server import AccessRules, prepare_socket_path, serve_admin
 from freshd.cluster import ClusterSettings, Membership, default_member_name
 from freshd.config import Config, load_config
@@ -91,6 +93,7 @@ class Daemon:
         self.supervisor = supervisor
         self.started_at = datetime.now(UTC)
         self.metrics_url: str | None = None
+        self.http_url: str | None = None  # the HTTP API's base URL, when [http] address is set
         self.scheduler: Any = None
         self.membership: Membership | None = None  # set once the store is open (run_daemon)
 
@@ -492,6 +495,10 @@ async def run_daemon(
                                                 per_connection=config.metrics.per_connection)
                 metrics.set_job_counts(lambda: (slots.waiting(), slots.running()))
                 daemon.metrics_url = await root.start(metrics.serve_metrics, config.metrics.address)
+            if config.http.enabled:  # the same handler, over HTTP with tenant-scoped bearer tokens
+                daemon.http_url = await root.start(functools.partial(
+                    serve_http_api, config.http.address, handler, token_authenticator(store),
+                    request_timeout=admin.request_timeout, max_body_bytes=config.http.max_body_bytes))
 
             scheduler = create_scheduler()
             add_sweeps(scheduler, daemon.sweeps())
@@ -505,7 +512,7 @@ async def run_daemon(
 
             systemd.ready()
             systemd.status(f"running: {len(supervisor.names())} connections")
-            log.info("daemon.ready", socket=str(admin.socket), metrics=daemon.metrics_url,
+            log.info("daemon.ready", socket=str(admin.socket), metrics=daemon.metrics_url, http=daemon.http_url,
                      connections=len(supervisor.names()))
             task_status.started(daemon)
         # every actor has stopped (its job interrupted at a committed cursor): our leases are

@@ -15,8 +15,8 @@ Policy:
   or as a plain integer number of seconds; they are stored as float seconds everywhere.
 * Environment variables override the file and are validated the same way:
   FRESHD_DATABASE_URL, FRESHD_SOCKET, FRESHD_STATE_DIR, FRESHD_RUNTIME_DIR,
-  FRESHD_METRICS_ADDRESS, FRESHD_LOG_LEVEL, FRESHD_LOG_FORMAT, FRESHD_MEMBER_NAME.  An empty variable counts as
-  unset, except FRESHD_METRICS_ADDRESS where "" disables the metrics endpoint.
+  FRESHD_METRICS_ADDRESS, FRESHD_HTTP_ADDRESS, FRESHD_LOG_LEVEL, FRESHD_LOG_FORMAT, FRESHD_MEMBER_NAME.
+  An empty variable counts as unset, except FRESHD_METRICS_ADDRESS where "" disables the metrics endpoint.
 * Secrets (credential values, a password in ``database_url``) never appear in ``repr()``;
   `Config.secret_values()` lists them for the log redactor.
 
@@ -137,6 +137,18 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The HTTP API for web applications (docs/HTTP.md): off unless given an address."""
+
+    address: str = ""  # host:port; "" (the default): no HTTP API
+    max_body_bytes: int = 65536  # a larger request body gets 413 unread
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"  # one of LOG_LEVELS
     format: str = "auto"  # one of LOG_FORMATS
@@ -229,6 +241,7 @@ class Config:
     runtime_dir: Path = field(default_factory=paths.default_runtime_dir)
     admin: AdminConfig = field(default_factory=AdminConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
@@ -493,7 +506,7 @@ def _string_list(reader: _Reader, key: str) -> tuple[str, ...]:
 # -- sections ------------------------------------------------------------------------------------------
 
 _TOP_KEYS = (
-    "database_url", "state_dir", "runtime_dir", "admin", "metrics", "log", "schedule", "staleness",
+    "database_url", "state_dir", "runtime_dir", "admin", "metrics", "http", "log", "schedule", "staleness",
     "sync", "store", "secrets", "policies", "connections", "cluster",
 )
 _METRICS, _SCHEDULE, _STALENESS, _SYNC = MetricsConfig(), ScheduleConfig(), StalenessConfig(), SyncConfig()
@@ -684,6 +697,17 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
     metrics_config = MetricsConfig(address=address, enabled=enabled,
                                    per_connection=metrics.boolean("per_connection", False))
 
+    http = top.table("http")
+    http.check_keys(("address", "max_body_bytes"))
+    http_address: str = http.string("address", "", empty=True)
+    if http_address:
+        try:
+            split_host_port(http_address)
+        except ValueError as exc:
+            http.fail("address", str(exc))
+    http_config = HttpConfig(address=http_address,
+                             max_body_bytes=http.integer("max_body_bytes", HttpConfig().max_body_bytes, minimum=1024))
+
     log = top.table("log")
     log.check_keys(("level", "format"))
     log_config = LogConfig(level=log.choice("level", "info", LOG_LEVELS),
@@ -810,6 +834,7 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         runtime_dir=runtime_dir,
         admin=admin_config,
         metrics=metrics_config,
+        http=http_config,
         log=log_config,
         schedule=schedule_config,
         staleness=staleness_config,
@@ -832,6 +857,7 @@ _ENV_KEYS: dict[str, tuple[str | None, str]] = {
     "FRESHD_RUNTIME_DIR": (None, "runtime_dir"),
     "FRESHD_SOCKET": ("admin", "socket"),
     "FRESHD_METRICS_ADDRESS": ("metrics", "address"),
+    "FRESHD_HTTP_ADDRESS": ("http", "address"),
     "FRESHD_LOG_LEVEL": ("log", "level"),
     "FRESHD_LOG_FORMAT": ("log", "format"),
     "FRESHD_MEMBER_NAME": ("cluster", "member_name"),

@@ -1,4 +1,4 @@
-"""freshctl: the thin admin client. Tables for people, --json for scripts.
+"""freshctl: the thin admin client (over freshd.client). Tables for people, --json for scripts.
 
 Exit codes: 0 ok; 1 the daemon answered with an error; 2 bad arguments;
 3 the daemon is not reachable.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,78 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from freshd.admin.protocol import API_VERSION
-from freshd.paths import default_socket_path, untrusted_socket_dir
+from freshd.client import Client, ClientError, Unreachable
+from freshd.paths import default_socket_path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
-class Unreachable(Exception):
-    pass
-
-
-class DaemonError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(message)
-
-
-def check_socket_dir(sock_path: Path) -> None:
-    """Refuse a socket in a /tmp directory someone else made: what we send (credentials) would be theirs."""
-    if (problem := untrusted_socket_dir(sock_path)) is not None:
-        raise Unreachable(f"refusing to connect: {problem}")
-
-
 def call(sock_path: Path, cmd: str, args: dict[str, Any], *, timeout: float) -> Any:
-    request = json.dumps({"v": API_VERSION, "id": 1, "cmd": cmd, "args": args}).encode() + b"\n"
-    check_socket_dir(sock_path)
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(sock_path))
-            sock.sendall(request)
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    break
-                data += chunk
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise Unreachable(f"freshd is not running (no socket at {sock_path})") from exc
-    except PermissionError as exc:
-        raise Unreachable(f"permission denied on {sock_path}: are you in freshd's admin group?") from exc
-    except TimeoutError as exc:
-        raise DaemonError("timeout", f"no reply from freshd within {timeout:g} s") from exc
-    if not data:
-        raise Unreachable(f"freshd closed the connection at {sock_path}")
-    reply = json.loads(data)
-    if not reply.get("ok"):
-        error = reply.get("error") or {}
-        raise DaemonError(error.get("code", "internal"), error.get("message", "unknown error"))
-    return reply["result"]
+    return Client(sock_path, timeout=timeout).call(cmd, args)
 
 
 def stream(sock_path: Path, cmd: str, args: dict[str, Any], *, timeout: float) -> Iterator[Any]:
     """A subscription: yield each event until the daemon's final reply."""
-    request = json.dumps({"v": API_VERSION, "id": 1, "cmd": cmd, "args": args}).encode() + b"\n"
-    check_socket_dir(sock_path)
-    try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(str(sock_path))
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise Unreachable(f"freshd is not running (no socket at {sock_path})") from exc
-    with sock, sock.makefile("rb") as lines:
-        sock.sendall(request)
-        sock.settimeout(None)  # a watch lasts as long as the job
-        for line in lines:
-            frame = json.loads(line)
-            if "event" in frame:
-                yield frame["event"]
-            elif not frame.get("ok"):
-                error = frame.get("error") or {}
-                raise DaemonError(error.get("code", "internal"), error.get("message", "unknown error"))
-            else:
-                return
+    return Client(sock_path, timeout=timeout).stream(cmd, args)
 
 
 def bar(fraction: float, width: int = 24) -> str:
@@ -340,6 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--days", type=int, default=7, help="the last N days (default 7)")
     stats.add_argument("--connection")
     stats.add_argument("--tenant")
+    tokens = sub.add_parser("tokens", help="HTTP API bearer tokens, each scoped to a tenant (docs/HTTP.md)")
+    tsub = tokens.add_subparsers(dest="action", required=True)
+    add_token_parser = tsub.add_parser
+    tsub.add_parser = lambda name, **kw: add_token_parser(name, parents=[common], **kw)  # type: ignore[method-assign]
+    token_add = tsub.add_parser("add", help="a new token for a tenant, printed once (only its hash is kept)")
+    token_add.add_argument("--tenant", required=True)
+    token_add.add_argument("--label", help="what it is for, shown by `tokens list`")
+    tsub.add_parser("list", help="tokens (never their values)").add_argument("--tenant")
+    tsub.add_parser("revoke", help="revoke a token at once").add_argument("id", type=int)
     sub.add_parser("health", help="health figures; exit 0 when healthy, 1 otherwise")
     sub.add_parser("members", help="the daemons sharing this database and the connections each runs")
     sub.add_parser("schedule", help="the periodic sweeps and their next run")
@@ -386,6 +335,12 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             return "sync", {"name": args.name, "full": args.full, "force": args.force,
                             "confirm_deletes": args.confirm_deletes, "entities": entities, "since": args.since,
                             "dry_run": args.dry_run or None}
+        case "tokens":
+            if args.action == "add":
+                return "tokens.add", {"tenant": args.tenant, "label": args.label}
+            if args.action == "list":
+                return "tokens.list", {"tenant": args.tenant}
+            return "tokens.revoke", {"id": args.id}
         case "health" | "schedule" | "members":
             return args.command, {}
         case "ensure":
@@ -459,6 +414,15 @@ def render(cmd: str, result: Any) -> str:
                          [[w["id"], w["trigger"], ago(w["next_run_time"]), w["running"]] for w in result["sweeps"]])
         case "trigger":
             return f"sweep {result['sweep']} started"
+        case "tokens.add":
+            return str(result["token"])  # alone on stdout, for scripts; the note goes to stderr
+        case "tokens.list":
+            return table(["ID", "TENANT", "LABEL", "TOKEN", "CREATED", "LAST USED", "REVOKED"],
+                         [[t["id"], t["tenant"], t["label"], t["prefix"] + "...", ago(t["created_at"]),
+                           ago(t["last_used_at"]), ago(t["revoked_at"]) if t["revoked_at"] else ""]
+                          for t in result["tokens"]])
+        case "tokens.revoke":
+            return f"token {result['id']} of tenant {result['tenant']} revoked"
         case "retry":
             return f"{result['job_id']} (retrying {result['items']} failed item(s) of job {result['retry_of']})"
         case _:
@@ -479,10 +443,13 @@ def main(argv: list[str] | None = None) -> int:
     except Unreachable as exc:
         print(f"freshctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except DaemonError as exc:
+    except ClientError as exc:
         print(f"freshctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(json.dumps(result, indent=2) if args.json else render(cmd, result))
+    if cmd == "tokens.add" and not args.json:
+        print(f"freshctl: token {result['id']} for tenant {result['tenant']}: it is shown only now, store it "
+              "(freshd keeps only its hash)", file=sys.stderr)
     if cmd == "health" and not result["healthy"]:
         return EXIT_ERROR  # for scripts and monitoring: the figures above say why
     return EXIT_OK

@@ -25,7 +25,7 @@ from freshd.connectors.base import ConnectionSettings, check_settings, connector
 from freshd.errors import AdminError, ConfigError, StoreUnavailable
 from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
 from freshd.policies.staleness import Verdict
-from freshd.store import activity, cluster, connections, jobs, records, stats
+from freshd.store import activity, cluster, connections, jobs, records, stats, tokens
 from freshd.store.db import Listener
 from freshd.store.jobs import JobKind, JobOptions, JobRow, JobStatus
 from freshd.supervisor import settings_of
@@ -125,6 +125,9 @@ class DaemonAdmin:
             "trigger": self.trigger,
             "ensure": self.ensure,
             "stats": self.stats,
+            "tokens.add": self.tokens_add,
+            "tokens.list": self.tokens_list,
+            "tokens.revoke": self.tokens_revoke,
         }
 
     async def handle(self, request: Request, caller: Caller) -> Any:
@@ -168,7 +171,8 @@ class DaemonAdmin:
         """Through the database to the owner (a command row and a NOTIFY); its answer is ours."""
         forwarded = {"cmd": request.cmd, "args": request.args,
                      "caller": {"pid": caller.peer.pid, "uid": caller.peer.uid, "gid": caller.peer.gid,
-                                "tenants": None if caller.tenants is None else sorted(caller.tenants)}}
+                                "tenants": None if caller.tenants is None else sorted(caller.tenants),
+                                "token_id": caller.token_id}}
         command_id = await self.daemon.store.call(cluster.post_command, owner, forwarded)
         with trio.move_on_after(max(1.0, self.daemon.config.admin.request_timeout - 1.0)):
             reply = None
@@ -206,7 +210,7 @@ class DaemonAdmin:
         who = forwarded.get("caller") or {}
         tenants = who.get("tenants")
         caller = Caller(Peer(int(who.get("pid", 0)), int(who.get("uid", -1)), int(who.get("gid", -1))),
-                        None if tenants is None else frozenset(tenants))
+                        None if tenants is None else frozenset(tenants), who.get("token_id"))
         command = self._commands.get(str(forwarded.get("cmd")))
         try:
             if command is None or forwarded.get("cmd") not in FORWARDED:
@@ -307,6 +311,7 @@ class DaemonAdmin:
             "api_version": API_VERSION,
             "started_at": iso(self.daemon.started_at),
             "metrics_url": self.daemon.metrics_url,
+            "http_url": self.daemon.http_url,
             "store": {"state": "up" if store_ok else "unavailable"},
             "connections": await self._connection_views(caller) if store_ok else [],
         }
@@ -403,7 +408,7 @@ class DaemonAdmin:
             stored = connections.set_credentials(conn, keyring, row.name, changes)
             job, _ = jobs.create_job(conn, stored.id, kind, "credentials")
             activity.log_activity(conn, "connection.credentials_set",
-                                  f"credentials of {row.name} changed by uid {caller.peer.uid}",
+                                  f"credentials of {row.name} changed by {caller.who}",
                                   connection_id=stored.id, job_id=job.id,
                                   details={"keys": sorted(changes)})  # names only, never values
             return stored, job
@@ -430,7 +435,7 @@ class DaemonAdmin:
                              f"removing {row.name!r} deletes its data (records, cursors, jobs); "
                              f"repeat with --purge to do that")
         await self.daemon.supervisor.stop(row.name)  # no actor writes to rows being deleted
-        who = f"uid {caller.peer.uid}"
+        who = caller.who
 
         def purge(conn: Any) -> dict[str, int] | None:
             counts = connections.purge_connection(conn, row.name)
@@ -511,13 +516,13 @@ class DaemonAdmin:
         if force:
             log.warning("sync.forced", connection=row.name, peer_uid=caller.peer.uid)
             await self.daemon.store.call(activity.log_activity, "sync.forced",
-                                         f"sync of {row.name} forced by uid {caller.peer.uid}",
+                                         f"sync of {row.name} forced by {caller.who}",
                                          connection_id=row.id)
         if confirm_deletes:
             log.warning("sync.confirm_deletes", connection=row.name, peer_uid=caller.peer.uid)
             await self.daemon.store.call(activity.log_activity, "sync.confirm_deletes",
-                                         f"full sync of {row.name} allowed to apply held deletions by uid "
-                                         f"{caller.peer.uid}", connection_id=row.id)
+                                         f"full sync of {row.name} allowed to apply held deletions by "
+                                         f"{caller.who}", connection_id=row.id)
         job, created = await self._store_for(row.name).call(jobs.create_job, row.id, kind, "manual",
                                                             confirm_deletes=confirm_deletes, options=options)
         self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
@@ -722,6 +727,55 @@ class DaemonAdmin:
         except scheduler.SweepBusy:
             raise AdminError(ErrorCode.CONFLICT, f"sweep {args['sweep']!r} is already running") from None
         return {"sweep": args["sweep"], "started": True}
+
+    # -- HTTP API tokens ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _require_admin(caller: Caller, what: str) -> None:
+        if caller.tenants is not None:
+            raise AdminError(ErrorCode.FORBIDDEN, f"{what}: only administrators may manage API tokens")
+
+    @staticmethod
+    def _token_json(row: tokens.TokenRow) -> dict[str, Any]:
+        return {"id": row.id, "tenant": row.tenant, "label": row.label, "prefix": row.prefix,
+                "created_at": iso(row.created_at), "last_used_at": iso(row.last_used_at),
+                "revoked_at": iso(row.revoked_at)}
+
+    async def tokens_add(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """A bearer token for the HTTP API, scoped to one tenant; the reply is the only place it appears."""
+        self._require_admin(caller, "tokens.add")
+
+        def add(conn: Any) -> tuple[tokens.TokenRow, str]:
+            row, token = tokens.create_token(conn, args["tenant"], args.get("label"))
+            activity.log_activity(conn, "api_token.added", f"API token {row.id} ({row.prefix}...) for tenant "
+                                  f"{row.tenant} added by {caller.who}",
+                                  details={"id": row.id, "tenant": row.tenant, "label": row.label})
+            return row, token
+
+        row, token = await self.daemon.store.call(add)
+        log.info("api_token.added", id=row.id, tenant=row.tenant, prefix=row.prefix)
+        return {**self._token_json(row), "token": token}
+
+    async def tokens_list(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._require_admin(caller, "tokens.list")
+        rows = await self.daemon.store.call(tokens.list_tokens, tenant=args.get("tenant"))
+        return {"tokens": [self._token_json(row) for row in rows]}
+
+    async def tokens_revoke(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self._require_admin(caller, "tokens.revoke")
+
+        def revoke(conn: Any) -> tokens.TokenRow | None:
+            row = tokens.revoke_token(conn, args["id"])
+            if row is not None:
+                activity.log_activity(conn, "api_token.revoked", f"API token {row.id} of tenant {row.tenant} "
+                                      f"revoked by {caller.who}", details={"id": row.id})
+            return row
+
+        row = await self.daemon.store.call(revoke)
+        if row is None:
+            raise AdminError(ErrorCode.NOT_FOUND, f"no API token {args['id']}")
+        log.info("api_token.revoked", id=row.id, tenant=row.tenant)
+        return self._token_json(row)
 
     # -- live progress ------------------------------------------------------------------------------
 

@@ -50,13 +50,23 @@ class Peer:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is asking, and what they may see: `tenants` None means every tenant (an administrator)."""
+    """Who is asking, and what they may see: `tenants` None means every tenant (an administrator).
+    Over the HTTP API the peer is HTTP_PEER and `token_id` names the bearer token."""
 
     peer: Peer
     tenants: frozenset[str] | None = None
+    token_id: int | None = None
 
     def sees(self, tenant: str) -> bool:
         return self.tenants is None or tenant in self.tenants
+
+    @property
+    def who(self) -> str:
+        """For the activity log: "uid 1000", or "API token 3"."""
+        return f"API token {self.token_id}" if self.token_id is not None else f"uid {self.peer.uid}"
+
+
+HTTP_PEER = Peer(pid=0, uid=-1, gid=-1)  # an HTTP API caller: no local process behind it
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +136,10 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     "cancel": _JOB,
     "retry": _JOB,
     "health": {},
+    # HTTP API bearer tokens (administrators only): the token is in tokens.add's reply, and only there
+    "tokens.add": {"tenant": Arg("name", required=True), "label": Arg("str")},
+    "tokens.list": {"tenant": Arg("name")},
+    "tokens.revoke": {"id": Arg("int", required=True, minimum=1)},
     "schedule": {},
     "trigger": {"sweep": _NAME},
 }
