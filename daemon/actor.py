@@ -133,6 +133,7 @@ class PolicySettings:
     token_refresh_buffer: float = 600.0
     limits: ProviderLimits = field(default_factory=ProviderLimits)
     max_delete_share: float = MAX_DELETE_SHARE
+    events: str | None = None  # change events to the outbox: "full", "thin" or None (no Redis configured)
 
 
 @dataclass
@@ -432,7 +433,7 @@ class ConnectionActor:
                 return await self._after_job(outcome)
             runner = JobRunner(self.store, connector, self.connection_id, active.job, active.control,
                                on_progress=self._on_progress, entities=self._entities(connector),
-                               max_delete_share=self.policy.max_delete_share)
+                               max_delete_share=self.policy.max_delete_share, events=self.policy.events)
             active.progress = runner.progress
             outcome = await runner.run()
             options = active.job.run_options

@@ -42,6 +42,7 @@ from freshd.cluster import ClusterSettings, Membership, default_member_name
 from freshd.config import Config, load_config
 from freshd.embedded_pg import open_embedded_postgres
 from freshd.errors import ConfigError, StoreUnavailable
+from freshd.events import Events
 from freshd.messages import JobQueued, Probe, RefreshToken
 from freshd.policies.breaker import BreakerState
 from freshd.policies.gate import RateGroups
@@ -50,7 +51,7 @@ from freshd.policies.staleness import Staleness, Verdict
 from freshd.scheduler import Sweep, add_sweeps, create_scheduler, serve_scheduler
 from freshd.secrets import load_keyring
 from freshd.slots import SyncSlots
-from freshd.store import Store, activity, cluster, connections, jobs, open_store, stats
+from freshd.store import Store, activity, cluster, connections, jobs, open_store, outbox, stats
 from freshd.store.jobs import JobKind
 from freshd.supervisor import Supervisor
 from freshd.sync import stored_nothing_of_something
@@ -71,6 +72,7 @@ def policy_settings(config: Config) -> PolicySettings:
         token_refresh_buffer=p.token_refresh_buffer,
         limits=p.limits,
         max_delete_share=config.sync.max_delete_share,
+        events=config.events.payload if config.events.redis_url else None,
     )
 
 
@@ -96,6 +98,7 @@ class Daemon:
         self.http_url: str | None = None  # the HTTP API's base URL, when [http] address is set
         self.scheduler: Any = None
         self.membership: Membership | None = None  # set once the store is open (run_daemon)
+        self.events: Events | None = None  # change events, when [events] redis_url is set
 
         self._reload_wanted = trio.Event()  # set by SIGHUP; one pending reload, the newest wins
 
@@ -382,7 +385,8 @@ class Daemon:
             max_age=timedelta(seconds=sync.job_max_age),
         )
         await self.store.call(activity.prune_activity, max_age=timedelta(seconds=sync.job_max_age))
-        log.info("cleanup.done", jobs_pruned=pruned)
+        published = await self.store.call(outbox.prune, timedelta(seconds=self.config.events.retention))
+        log.info("cleanup.done", jobs_pruned=pruned, events_pruned=published)
 
     def sweeps(self) -> list[Sweep]:
         schedule = self.config.schedule
@@ -473,6 +477,9 @@ async def run_daemon(
                 config.cluster.member_name or default_member_name(str(config.admin.socket)),
                 load_ids=daemon.runnable_ids, run_owned=supervisor.own, on_members=supervisor.rate_groups.reshare)
             daemon.membership = membership
+            if config.events.redis_url:
+                daemon.events = Events(store, config.events, supervisor.fences)
+                await root.start(daemon.events.serve, supervisor.hub)
             supervisor.lease_check = membership.owns
             # the first lease round before anything answers: this member's connections are running
             await root.start(membership.serve)

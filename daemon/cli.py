@@ -10,8 +10,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -89,6 +92,29 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_events(args: argparse.Namespace) -> int:
+    """Tail a stream (XREAD BLOCK): one line per event, type, record and version first."""
+    import redis
+
+    client = redis.Redis.from_url(args.redis_url)
+    last: Any = "0" if args.from_start else "$"
+    try:
+        while True:
+            reply: Any = client.xread({args.stream: last}, block=5000, count=100)
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    event = json.loads(fields[b"event"])
+                    print(f"{event['type']:15} {event['entity']}/{event['external_id']} v{event['version']}"
+                          f"{' (historical)' if event.get('historical') else ''}  {event['id']}", flush=True)
+    except redis.RedisError as exc:
+        print(f"freshd events: {args.redis_url}: {exc}", file=sys.stderr)
+        return 1
+    except (BrokenPipeError, KeyboardInterrupt):  # `| head`, Ctrl-C: a quiet end
+        sys.stderr.close()
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "simulate":
@@ -113,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--state-dir", type=Path, default=None)
     demo.set_defaults(func=_cmd_demo)
     sub.add_parser("simulate", help="run a provider simulator (freshd simulate --help)")
+    events = sub.add_parser("events", help="print the change events of a stream as they arrive (Ctrl-C stops)")
+    events.add_argument("stream", help="e.g. freshd:acme:customers")
+    events.add_argument("--redis-url", default=os.environ.get("FRESHD_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    events.add_argument("--from-start", action="store_true", help="the whole stream first, then new events")
+    events.set_defaults(func=_cmd_events)
     keygen = sub.add_parser("keygen", help="write a new secrets key file (for [secrets] key_files)")
     keygen.add_argument("path", type=Path)
     keygen.set_defaults(func=_cmd_keygen)

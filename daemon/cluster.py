@@ -139,37 +139,28 @@ class Membership:
         await self._register()
         await self._round()  # the first round before we say we are ready: our connections run
         task_status.started()
-        try:
-            while True:
-                wait = self.settings.renew_interval
-                if self.held:  # wake up no later than our deadline
-                    wait = max(0.0, min(wait, self.deadline - trio.current_time()))
-                with trio.move_on_after(wait):
-                    await self._wake.wait()
-                self._wake = trio.Event()
-                # first: past our deadline (the database was unreachable, or this process was
-                # stopped), nothing of ours may run a moment longer, whatever the next round says
-                if self.held and trio.current_time() >= self.deadline:
-                    await self._lose(list(self.held), "the leases could not be renewed in time")
-                    # back as a new incarnation: the others hand it connections only after
-                    # `handover`, so a member that keeps dropping out does not churn them
-                    self._rejoin = True
-                try:
-                    if self._rejoin:
-                        await self._register()
-                        self._rejoin = False
-                    await self._round()
-                except StoreUnavailable as exc:
-                    log.warning("cluster.round_failed", error=str(exc))
-        finally:
-            with trio.move_on_after(2.0) as scope:  # a clean leave frees our leases at once
-                scope.shield = True
-                try:
-                    await self.run_owned({}, set())
-                    await self.store.call(cluster.leave, self.id)
-                    log.info("cluster.left", member=self.id)
-                except StoreUnavailable:
-                    pass
+        # (a clean stop's leave is run_daemon's, once every actor has stopped)
+        while True:
+            wait = self.settings.renew_interval
+            if self.held:  # wake up no later than our deadline
+                wait = max(0.0, min(wait, self.deadline - trio.current_time()))
+            with trio.move_on_after(wait):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            # first: past our deadline (the database was unreachable, or this process was
+            # stopped), nothing of ours may run a moment longer, whatever the next round says
+            if self.held and trio.current_time() >= self.deadline:
+                await self._lose(list(self.held), "the leases could not be renewed in time")
+                # back as a new incarnation: the others hand it connections only after
+                # `handover`, so a member that keeps dropping out does not churn them
+                self._rejoin = True
+            try:
+                if self._rejoin:
+                    await self._register()
+                    self._rejoin = False
+                await self._round()
+            except StoreUnavailable as exc:
+                log.warning("cluster.round_failed", error=str(exc))
 
     async def _register(self) -> None:
         ttl = self.settings.lease_ttl

@@ -185,6 +185,18 @@ class SyncConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsConfig:
+    # change events to Redis Streams (docs/EVENTS.md); off without a Redis URL
+    redis_url: str | None = None
+    stream: str = "freshd:{tenant}:{entity}"  # where live events go
+    history_stream: str = "freshd:{tenant}:{entity}:history:{app}"  # an application's backfill
+    jobs_stream: str = "freshd:{tenant}:jobs"  # job lifecycle and progress
+    maxlen: int = 0  # approximate MAXLEN trimming on XADD; 0: never trim
+    payload: str = "full"  # "full": the record in every event; "thin": ids and versions only
+    retention: float = 86400.0  # published outbox rows are kept this long
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     # several daemons on one database (docs/SCALE-OUT.md); one daemon is a cluster of one
     member_name: str | None = None  # stable across restarts; default: this host and the admin socket path
@@ -248,6 +260,7 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     policies: PoliciesConfig = field(default_factory=PoliciesConfig)
     connections: tuple[ConnectionConfig, ...] = ()
@@ -507,11 +520,12 @@ def _string_list(reader: _Reader, key: str) -> tuple[str, ...]:
 
 _TOP_KEYS = (
     "database_url", "state_dir", "runtime_dir", "admin", "metrics", "http", "log", "schedule", "staleness",
-    "sync", "store", "secrets", "policies", "connections", "cluster",
+    "sync", "store", "secrets", "policies", "connections", "cluster", "events",
 )
 _METRICS, _SCHEDULE, _STALENESS, _SYNC = MetricsConfig(), ScheduleConfig(), StalenessConfig(), SyncConfig()
 _STORE = StoreConfig()
 _CLUSTER = ClusterConfig()
+_EVENTS = EventsConfig()
 _CONNECTION_KEYS = ("name", "provider", "base_url", "tenant", "credentials", "options", "enabled", "purge")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -770,6 +784,26 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
     if cluster_config.lease_ttl < 2:
         cluster.fail("lease_ttl", "must be at least 2s (it is renewed every quarter of it)")
 
+    events = top.table("events")
+    events.check_keys(("redis_url", "stream", "history_stream", "jobs_stream", "maxlen", "payload", "retention"))
+    redis_url = events.string("redis_url", None)
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        events.fail("redis_url", f"expected a redis://, rediss:// or unix:// URL, got {redis_url[:40]!r}")
+    templates = {}
+    for key, fields in (("stream", ("tenant", "entity")), ("history_stream", ("tenant", "entity", "app")),
+                        ("jobs_stream", ("tenant",))):
+        template = events.string(key, getattr(_EVENTS, key))
+        try:
+            template.format(**dict.fromkeys(fields, "x"))
+        except (KeyError, IndexError, ValueError) as exc:
+            events.fail(key, f"a template may use only {{{'}, {'.join(fields)}}}: {exc}")
+        templates[key] = template
+    events_config = EventsConfig(
+        redis_url=redis_url, maxlen=events.integer("maxlen", _EVENTS.maxlen, minimum=0),
+        payload=events.choice("payload", _EVENTS.payload, ("full", "thin")),
+        retention=events.duration("retention", _EVENTS.retention), **templates,
+    )
+
     secrets = top.table("secrets")
     secrets.check_keys(("key_files", "credential"))
     secrets_config = SecretsConfig(
@@ -841,6 +875,7 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         sync=sync_config,
         store=store_config,
         cluster=cluster_config,
+        events=events_config,
         secrets=secrets_config,
         policies=policies_config,
         connections=_connections(top, providers),
@@ -861,6 +896,7 @@ _ENV_KEYS: dict[str, tuple[str | None, str]] = {
     "FRESHD_LOG_LEVEL": ("log", "level"),
     "FRESHD_LOG_FORMAT": ("log", "format"),
     "FRESHD_MEMBER_NAME": ("cluster", "member_name"),
+    "FRESHD_REDIS_URL": ("events", "redis_url"),
 }
 
 

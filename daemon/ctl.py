@@ -235,6 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser = sub_add_parser  # type: ignore[method-assign]
     sub.add_parser("status", help="the daemon and its connections")
+    cons = sub.add_parser("consumers", help="applications reading the change events (docs/EVENTS.md)")
+    consub = cons.add_subparsers(dest="action")
+    add_consumer_parser = consub.add_parser
+    consub.add_parser = lambda name, **kw: add_consumer_parser(name, parents=[common], **kw)  # type: ignore[method-assign]
+    consub.add_parser("list")
+    cadd = consub.add_parser("add", help="register APP for a tenant: its groups, and a backfill of the history")
+    cadd.add_argument("app")
+    cadd.add_argument("--tenant", required=True)
+    cadd.add_argument("--entities", help="comma-separated (default: every entity of the tenant)")
+    cadd.add_argument("--skip-history", action="store_true", help="no backfill: live events only")
+    consub.add_parser("status").add_argument("app")
+    cback = consub.add_parser("backfill", help="queue a backfill (e.g. --since 2026-11-01 --entities customers)")
+    cback.add_argument("app")
+    cback.add_argument("--since", help="only records created or changed since this date (ISO 8601)")
+    cback.add_argument("--entities", help="comma-separated")
+    cback.add_argument("--dry-run", action="store_true", help="count and sample, publish nothing")
+    for action in ("remove", "pause", "resume", "cancel"):
+        consub.add_parser(action).add_argument("app")
     conns = sub.add_parser("connections", help="list, show, add, remove connections")
     csub = conns.add_subparsers(dest="action")
     add_connection_parser = csub.add_parser
@@ -328,6 +346,19 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
                 parser.error(str(exc))
             return "connections.add", {"name": args.name, "provider": args.provider, "base_url": args.base_url,
                                        "credentials": credentials, "tenant": args.tenant, "options": options}
+        case "consumers":
+            action = args.action or "list"
+            if action == "list":
+                return "consumers.list", {}
+            if action == "add":
+                return "consumers.add", {"app": args.app, "tenant": args.tenant,
+                                         "entities": split_list(args.entities, parser),
+                                         "skip_history": args.skip_history}
+            if action == "backfill":
+                return "consumers.backfill", {"app": args.app, "since": args.since,
+                                              "entities": split_list(args.entities, parser),
+                                              "dry_run": args.dry_run}
+            return f"consumers.{action}", {"app": args.app}
         case "sync":
             entities = [e.strip() for e in (args.entities or "").split(",") if e.strip()] or None
             if args.entities is not None and not entities:
@@ -362,7 +393,18 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             return args.command, {"id": args.id}
 
 
+def split_list(text: str | None, parser: argparse.ArgumentParser) -> list[str] | None:
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        parser.error("--entities takes a comma-separated list of entity names")
+    return items
+
+
 def render(cmd: str, result: Any) -> str:
+    if cmd.startswith("consumers."):
+        return json.dumps(result, indent=2)  # small nested records: their JSON reads best
     match cmd:
         case "status":
             return show_status(result)

@@ -88,6 +88,9 @@ min_gap = "20s"
 [metrics]
 address = "127.0.0.1:0"
 
+[events]                # change events (docs/EVENTS.md): an embedded Valkey unless FRESHD_REDIS_URL is set
+redis_url = "{redis_url}"
+
 {connections}
 """
 
@@ -115,8 +118,11 @@ async def _demo(records: int, state_dir: Path) -> None:
     from freshd.app import run_daemon
     from freshd.config import load_config
     from freshd.connectors.simulate import run_simulator
+    from freshd.embedded_pg import open_embedded_valkey
 
-    async with trio.open_nursery() as nursery:
+    async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        redis_url = os.environ.get("FRESHD_REDIS_URL") or await stack.enter_async_context(
+            open_embedded_valkey(state_dir))
         blocks = []
         for spec in DEMO_CONNECTIONS:
             port = await nursery.start(functools.partial(
@@ -125,7 +131,7 @@ async def _demo(records: int, state_dir: Path) -> None:
             ))
             blocks.append(_connection_block(spec, port))
         config_path = state_dir / "demo.toml"
-        config_path.write_text(_CONFIG.format(connections="\n".join(blocks)), encoding="utf-8")
+        config_path.write_text(_CONFIG.format(connections="\n".join(blocks), redis_url=redis_url), encoding="utf-8")
         config = load_config(config_path, env={**os.environ, "FRESHD_STATE_DIR": str(state_dir)})
 
         async def daemon_then_stop(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
@@ -135,6 +141,8 @@ async def _demo(records: int, state_dir: Path) -> None:
         daemon = await nursery.start(daemon_then_stop)
         freshctl = Path(sys.executable).with_name("freshctl")
         ctl = str(freshctl) if freshctl.exists() else "freshctl"
+        freshd = Path(sys.executable).with_name("freshd")
+        fd = str(freshd) if freshd.exists() else "freshd"
         socket = default_socket_path()
         extra = "" if Path(config.admin.socket) == socket else f" --socket {config.admin.socket}"
         print(
@@ -146,6 +154,8 @@ async def _demo(records: int, state_dir: Path) -> None:
             f"            {ctl}{extra} jobs\n"
             f"            {ctl}{extra} sync shop-eu --full\n"
             f"            {ctl}{extra} connections show shop-us\n"
+            f"  events:   {fd} events --redis-url {redis_url} freshd:acme:customers   (changes, as they happen)\n"
+            f"            {ctl}{extra} consumers add crm --tenant acme   (an application, with its backfill)\n"
             f"  stop:     Ctrl-C\n",
             flush=True,
         )

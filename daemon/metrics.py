@@ -21,6 +21,9 @@
                                                                    (too large a share, needs confirmation)
     freshd_provider_clock_skew_total{provider}            counter  provider clocks refused as a cursor source
     freshd_provider_responses_refused_total{provider,reason} counter  too_large, retry_after_too_long, deadline
+    freshd_events_published_total                         counter  change events XADDed to Redis
+    freshd_event_relay_seconds                            histogram  one XADD pipeline
+    freshd_event_relay_lag_seconds                        gauge    age of the oldest event just published
     freshd_cluster_members_alive                          gauge    daemons heart-beating on this database
     freshd_cluster_leases_held                            gauge    connections this member runs
     freshd_cluster_leases_lost_total                      counter  leases this member could not renew
@@ -105,6 +108,9 @@ __all__ = [
     "cluster_members_alive",
     "cluster_takeover_seconds",
     "db_write_seconds",
+    "event_relay_lag_seconds",
+    "event_relay_seconds",
+    "events_published_total",
     "fencing_rejections_total",
     "provider_clock_skew_total",
     "provider_request_seconds",
@@ -218,6 +224,13 @@ cluster_handovers_total = Counter("freshd_cluster_handovers_total",
 cluster_takeover_seconds = Histogram(
     "freshd_cluster_takeover_seconds", "From a dead owner's lease expiry to its take-over by this member.",
     registry=REGISTRY, buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120))
+
+events_published_total = Counter("freshd_events_published_total", "Change events XADDed to Redis Streams.",
+                                 registry=REGISTRY)
+event_relay_seconds = Histogram("freshd_event_relay_seconds", "Time of one XADD pipeline (a batch of events).",
+                                registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+event_relay_lag_seconds = Gauge("freshd_event_relay_lag_seconds",
+                                "Age of the oldest event in the last batch the relay published.", registry=REGISTRY)
 
 # -- computed at scrape time -----------------------------------------------------------------------------
 

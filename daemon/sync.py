@@ -261,9 +261,11 @@ class JobRunner:
         entities: list[str] | None = None,
         max_batch_records: int = MAX_BATCH_RECORDS,
         max_delete_share: float = MAX_DELETE_SHARE,
+        events: str | None = None,
     ) -> None:
         self.max_batch_records = max_batch_records
         self.max_delete_share = max_delete_share
+        self.events = events  # change events to the outbox: "full", "thin" or None (off)
         # what made the job partial without failing an entity (deletions not inferred, or held)
         self.warnings: list[str] = []
         self._parked = False  # the writer waits at a page boundary (paused in place)
@@ -594,7 +596,7 @@ class JobRunner:
                 progress.estimated = False  # the provider's own count
             writes.append(records.PageWrite(
                 self.connection_id, stream.name, encoded, page.deleted, page.checkpoint,
-                touch_seen=page.full_listing,
+                touch_seen=page.full_listing, events=self.events,
             ))
         progress.failed += len(failures)
         return writes, failures
@@ -609,7 +611,7 @@ class JobRunner:
         results = [records.write_page(conn, page) for page in writes]
         done = [records.reconcile(conn, self.connection_id, check.entity, **check.evidence,
                                   max_share=self.max_delete_share, confirmed=self.job.confirm_deletes,
-                                  job_id=self.job.id) for check in checks]
+                                  job_id=self.job.id, events=self.events) for check in checks]
         # the progress saved with the batch counts what it did (self.progress changes only once committed)
         jobs.commit_failures(conn, self.job.id, failures)
         jobs.save_progress(conn, self.job.id, self._progress_after(results, done))

