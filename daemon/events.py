@@ -64,7 +64,7 @@ class Streams:
     async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
 
-    async def publish(self, entries: list[tuple[str, dict[str, str]]], maxlen: int) -> None:
+    async def publish(self, entries: list[tuple[str, dict[str, Any]]], maxlen: int) -> None:
         def send() -> None:
             pipe = self._client.pipeline(transaction=False)
             for stream, fields in entries:
@@ -119,35 +119,42 @@ class Streams:
         self._client.close()
 
 
-def event_fields(row: outbox.Pending, config: EventsConfig, cursor_field: str | None) -> tuple[str, dict[str, str]]:
-    """The stream and the entry for one outbox row (the event is one JSON field, its id and type beside)."""
+def event_fields(row: outbox.Pending, config: EventsConfig) -> tuple[str, dict[str, bytes]]:
+    """The stream and the entry for one outbox row (the event is one JSON field, its id and type beside).
+    The record's JSON text goes in as the database gave it: never parsed, never re-encoded."""
     event_id = f"{row.connection_id}:{row.entity}:{row.external_id}:{row.version}"
-    payload = row.payload
-    occurred = payload.get(cursor_field) if isinstance(payload, dict) and cursor_field else None
     event = {
         "id": event_id, "type": row.type, "tenant": row.tenant, "connection": row.connection,
         "provider": row.provider, "entity": row.entity, "external_id": row.external_id, "version": row.version,
-        "occurred_at": occurred, "first_seen_at": _iso(row.first_seen_at), "synced_at": _iso(row.created_at),
+        "occurred_at": row.occurred_at, "first_seen_at": _iso(row.first_seen_at), "synced_at": _iso(row.created_at),
         "historical": row.historical,
     }
+    body = orjson.dumps(event)
     if config.payload == "full" and row.type != "record.deleted":
-        event["payload"] = payload
+        if row.payload is None:  # changed again before it was published: the newer event follows
+            body = body[:-1] + b',"superseded":true}'
+        else:
+            body = body[:-1] + b',"payload":' + row.payload.encode() + b"}"
     if row.consumer is not None:
         stream = config.history_stream.format(tenant=row.tenant, entity=row.entity, app=row.consumer)
     else:
         stream = config.stream.format(tenant=row.tenant, entity=row.entity)
-    return stream, {"id": event_id, "type": row.type, "event": orjson.dumps(event).decode()}
+    return stream, {"id": event_id.encode(), "type": row.type.encode(), "event": body}
 
 
 @functools.cache
-def _declared_cursor(provider: str, entity: str) -> str | None:
-    """The records' own modified-time field, as the provider's stream declares it (occurred_at)."""
-    from freshd.connectors.base import connector_class
+def occurred_sql() -> str:
+    """An SQL expression for a record's own modified time: each provider stream's declared cursor
+    field (the generic REST connector's streams are config, not declared: no occurred_at)."""
+    from freshd.connectors.base import connector_class, providers
 
-    for spec in connector_class(provider).streams:
-        if spec.name == entity:
-            return spec.cursor_field
-    return None
+    cases = []
+    for provider in providers():
+        for spec in connector_class(provider).streams:
+            if spec.cursor_field and re.fullmatch(r"[A-Za-z0-9_]+", spec.cursor_field):
+                cases.append(f"WHEN c.provider = '{provider}' AND o.entity = '{spec.name}'"
+                             f" THEN r.payload ->> '{spec.cursor_field}'")
+    return f"CASE {' '.join(cases)} END" if cases else "NULL"
 
 
 class Relay:
@@ -159,7 +166,7 @@ class Relay:
         self.streams = streams
         self.config = config
         self.fences = fences
-        self._jobs: dict[int, tuple[str, dict[str, str]]] = {}  # the latest event per job, not yet sent
+        self._jobs: dict[int, tuple[str, dict[str, Any]]] = {}  # the latest event per job, not yet sent
         self._wake = trio.Event()
         self._down = False
 
@@ -209,14 +216,19 @@ class Relay:
         fences = self.fences()
         if not fences:
             return 0
-        rows = await self.store.call(outbox.pending, list(fences), BATCH)
+        config, occurred = self.config, occurred_sql()
+
+        def read(conn: Any) -> tuple[list[outbox.Pending], list[tuple[str, dict[str, bytes]]]]:
+            # the events are built in the worker thread too: the trio thread keeps syncing
+            rows = outbox.pending(conn, list(fences), BATCH, occurred)
+            built = [event_fields(row, config) for row in rows
+                     # a historical event superseded while queued: the newer live event is the one that counts
+                     if not (row.historical and row.current_version is not None and row.current_version > row.version)]
+            return rows, built
+
+        rows, entries = await self.store.call(read)
         if not rows:
             return 0
-        entries = []
-        for row in rows:
-            if row.historical and row.current_version is not None and row.current_version > row.version:
-                continue  # superseded while queued: the newer live event is the one that counts
-            entries.append(event_fields(row, self.config, _declared_cursor(row.provider, row.entity)))
         if entries:
             started = trio.current_time()
             await self.streams.publish(entries, self.config.maxlen)
@@ -286,7 +298,7 @@ class Backfills:
                     return "stop", None  # paused, cancelled, or another member has it right now
                 counts, nxt = outbox.queue_backfill_chunk(
                     conn, app, tenant, backfill["entities"], since=backfill["since"], after=after,
-                    limit=BACKFILL_CHUNK, payload=self.config.payload == "full")
+                    limit=BACKFILL_CHUNK)
                 for entity, n in counts.items():
                     slot = progress.setdefault(entity, {"total": None, "queued": 0})
                     slot["queued"] += n

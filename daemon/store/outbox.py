@@ -25,19 +25,18 @@ from psycopg.types.json import Jsonb
 from freshd.store.db import Connection
 
 
-def record_changes(conn: Connection, connection_id: int, entity: str, changed: Sequence[tuple[str, bool]], *,
-                   payload: bool) -> None:
-    """Events for records just inserted or changed: (external id, created?) pairs."""
+def record_changes(conn: Connection, connection_id: int, entity: str, changed: Sequence[tuple[str, bool]]) -> None:
+    """Events for records just inserted or changed: (external id, created?) pairs.  No payload is
+    copied: the relay takes it from the record, which holds this version until the next change."""
     if not changed:
         return
     conn.execute(
-        "INSERT INTO outbox (connection_id, entity, external_id, type, version, payload)"
+        "INSERT INTO outbox (connection_id, entity, external_id, type, version)"
         " SELECT r.connection_id, r.entity, r.external_id,"
-        " CASE WHEN c.created THEN 'record.created' ELSE 'record.updated' END, r.version,"
-        " CASE WHEN %s THEN r.payload END"
+        " CASE WHEN c.created THEN 'record.created' ELSE 'record.updated' END, r.version"
         " FROM unnest(%s::text[], %s::bool[]) AS c(eid, created)"
         " JOIN records r ON r.connection_id = %s AND r.entity = %s AND r.external_id = c.eid",
-        (payload, [eid for eid, _ in changed], [created for _, created in changed], connection_id, entity),
+        ([eid for eid, _ in changed], [created for _, created in changed], connection_id, entity),
     )
 
 
@@ -65,7 +64,8 @@ class Pending:
     external_id: str
     type: str
     version: int
-    payload: Any
+    payload: str | None  # the record's JSON text while it still is this version (else None: superseded)
+    occurred_at: str | None  # the provider's own modified time of the record, when it has one
     historical: bool
     consumer: str | None
     created_at: datetime
@@ -73,12 +73,15 @@ class Pending:
     current_version: int | None  # the record's version now (a stale historical event is dropped)
 
 
-def pending(conn: Connection, connection_ids: Collection[int] | None, limit: int) -> list[Pending]:
-    """Unpublished rows of finished transactions, oldest first (`connection_ids`: only those)."""
+def pending(conn: Connection, connection_ids: Collection[int] | None, limit: int,
+            occurred: str = "NULL") -> list[Pending]:
+    """Unpublished committed rows, oldest first (`connection_ids`: only those).  `occurred` is an SQL
+    expression over `c.provider`, `o.entity` and `r.payload` giving the record's modified time."""
     rows = conn.execute(
         "SELECT o.id, o.connection_id, c.name AS connection, c.tenant, c.provider, o.entity, o.external_id,"
-        " o.type, o.version, o.payload, o.historical, o.consumer, o.created_at, r.first_seen_at,"
-        " r.version AS current_version"
+        " o.type, o.version, CASE WHEN r.version = o.version AND r.deleted_at IS NULL THEN r.payload::text END"
+        " AS payload, CASE WHEN r.version = o.version THEN " + occurred + " END AS occurred_at,"
+        " o.historical, o.consumer, o.created_at, r.first_seen_at, r.version AS current_version"
         " FROM outbox o JOIN connections c ON c.id = o.connection_id"
         " LEFT JOIN records r ON r.connection_id = o.connection_id AND r.entity = o.entity"
         "  AND r.external_id = o.external_id"
@@ -179,8 +182,8 @@ def backfill_sample(conn: Connection, tenant: str, entities: Sequence[str] | Non
 
 
 def queue_backfill_chunk(conn: Connection, app: str, tenant: str, entities: Sequence[str] | None, *,
-                         since: datetime | None, after: tuple[int, str, str] | None, limit: int,
-                         payload: bool) -> tuple[dict[str, int], tuple[int, str, str] | None]:
+                         since: datetime | None, after: tuple[int, str, str] | None,
+                         limit: int) -> tuple[dict[str, int], tuple[int, str, str] | None]:
     """The next `limit` current records (after the keyset `after`) as historical events for `app`:
     entity -> events queued, and the new keyset position (None: done)."""
     where, params = _selection(tenant, entities, since)
@@ -188,13 +191,12 @@ def queue_backfill_chunk(conn: Connection, app: str, tenant: str, entities: Sequ
         where += " AND (r.connection_id, r.entity, r.external_id) > (%s, %s, %s)"
         params += list(after)
     rows = conn.execute(
-        f"INSERT INTO outbox (connection_id, entity, external_id, type, version, payload, historical, consumer)"
-        f" SELECT r.connection_id, r.entity, r.external_id, 'record.created', r.version,"
-        f" CASE WHEN %s THEN r.payload END, true, %s"
+        f"INSERT INTO outbox (connection_id, entity, external_id, type, version, historical, consumer)"
+        f" SELECT r.connection_id, r.entity, r.external_id, 'record.created', r.version, true, %s"
         f" FROM records r JOIN connections c ON c.id = r.connection_id WHERE {where}"
         f" ORDER BY r.connection_id, r.entity, r.external_id LIMIT %s"
         f" RETURNING connection_id, entity, external_id",
-        [payload, app, *params, limit],
+        [app, *params, limit],
     ).fetchall()
     counts: dict[str, int] = {}
     last: tuple[int, str, str] | None = None

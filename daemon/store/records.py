@@ -91,7 +91,7 @@ def write_page(conn: Connection, page: PageWrite) -> WriteResult:
         updated = len(rows) - inserted
         if page.events:
             changed = [(str(row["external_id"]), bool(row["inserted"])) for row in rows if row["changed"]]
-            outbox.record_changes(conn, page.connection_id, page.entity, changed, payload=page.events == "full")
+            outbox.record_changes(conn, page.connection_id, page.entity, changed)
     if page.deleted:
         gone = tombstone(conn, page.connection_id, page.entity, page.deleted, events=page.events)
         deleted = len(gone)

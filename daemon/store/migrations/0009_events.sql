@@ -8,7 +8,9 @@ UPDATE records SET changed_at = coalesce(deleted_at, last_seen_at, first_seen_at
 ALTER TABLE records ALTER COLUMN changed_at SET DEFAULT now();
 ALTER TABLE records ALTER COLUMN changed_at SET NOT NULL;
 
--- One row per event, written in the transaction that commits the change.  The relay reads the
+-- One row per event, written in the transaction that commits the change.  No payload is copied:
+-- the relay reads it from the record while the record still is that version (a superseded
+-- event goes out without one, followed by the newer version's event, which has it).  The relay reads the
 -- committed unpublished rows in id order and marks them published one by one, so a row whose
 -- transaction commits late is read later, never skipped.
 CREATE TABLE outbox (
@@ -18,7 +20,6 @@ CREATE TABLE outbox (
     external_id   text NOT NULL,
     type          text NOT NULL CHECK (type IN ('record.created', 'record.updated', 'record.deleted')),
     version       bigint NOT NULL,
-    payload       jsonb,                    -- NULL in thin mode, and for deletions
     historical    boolean NOT NULL DEFAULT false,
     consumer      text,                     -- a backfill's application (its history stream); NULL: live
     created_at    timestamptz NOT NULL DEFAULT now(),
