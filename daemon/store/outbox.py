@@ -25,29 +25,29 @@ from psycopg.types.json import Jsonb
 from freshd.store.db import Connection
 
 
-def record_changes(conn: Connection, connection_id: int, entity: str, changed: Sequence[tuple[str, bool]]) -> None:
-    """Events for records just inserted or changed: (external id, created?) pairs.  No payload is
-    copied: the relay takes it from the record, which holds this version until the next change."""
+def record_changes(conn: Connection, connection_id: int, entity: str,
+                   changed: Sequence[tuple[str, bool, int]]) -> None:
+    """Events for records just inserted or changed: (external id, created?, version) as the upsert
+    returned them.  No payload is copied: the relay takes it from the record, which holds this
+    version until the next change."""
     if not changed:
         return
     conn.execute(
         "INSERT INTO outbox (connection_id, entity, external_id, type, version)"
-        " SELECT r.connection_id, r.entity, r.external_id,"
-        " CASE WHEN c.created THEN 'record.created' ELSE 'record.updated' END, r.version"
-        " FROM unnest(%s::text[], %s::bool[]) AS c(eid, created)"
-        " JOIN records r ON r.connection_id = %s AND r.entity = %s AND r.external_id = c.eid",
-        ([eid for eid, _ in changed], [created for _, created in changed], connection_id, entity),
+        " SELECT %s, %s, u.eid, CASE WHEN u.created THEN 'record.created' ELSE 'record.updated' END, u.version"
+        " FROM unnest(%s::text[], %s::bool[], %s::bigint[]) AS u(eid, created, version)",
+        (connection_id, entity, [c[0] for c in changed], [c[1] for c in changed], [c[2] for c in changed]),
     )
 
 
-def record_deletions(conn: Connection, connection_id: int, entity: str, external_ids: Sequence[str]) -> None:
-    if not external_ids:
+def record_deletions(conn: Connection, connection_id: int, entity: str, deleted: Sequence[tuple[str, int]]) -> None:
+    """Events for records just marked deleted: (external id, version)."""
+    if not deleted:
         return
     conn.execute(
         "INSERT INTO outbox (connection_id, entity, external_id, type, version)"
-        " SELECT r.connection_id, r.entity, r.external_id, 'record.deleted', r.version FROM records r"
-        " WHERE r.connection_id = %s AND r.entity = %s AND r.external_id = ANY(%s)",
-        (connection_id, entity, list(external_ids)),
+        " SELECT %s, %s, u.eid, 'record.deleted', u.version FROM unnest(%s::text[], %s::bigint[]) AS u(eid, version)",
+        (connection_id, entity, [d[0] for d in deleted], [d[1] for d in deleted]),
     )
 
 

@@ -34,7 +34,7 @@ ON CONFLICT (connection_id, entity, external_id) DO UPDATE
         changed_at = CASE WHEN r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL
                           THEN now() ELSE r.changed_at END
     WHERE r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL OR %(touch)s
-RETURNING r.external_id, (xmax = 0) AS inserted, r.changed_at = now() AS changed
+RETURNING r.external_id, r.version, (xmax = 0) AS inserted, r.changed_at = now() AS changed
 """
 
 
@@ -90,7 +90,8 @@ def write_page(conn: Connection, page: PageWrite) -> WriteResult:
         inserted = sum(1 for row in rows if row["inserted"])
         updated = len(rows) - inserted
         if page.events:
-            changed = [(str(row["external_id"]), bool(row["inserted"])) for row in rows if row["changed"]]
+            changed = [(str(row["external_id"]), bool(row["inserted"]), int(str(row["version"])))
+                       for row in rows if row["changed"]]
             outbox.record_changes(conn, page.connection_id, page.entity, changed)
     if page.deleted:
         gone = tombstone(conn, page.connection_id, page.entity, page.deleted, events=page.events)
@@ -107,13 +108,13 @@ def tombstone(conn: Connection, connection_id: int, entity: str, external_ids: S
     rows = conn.execute(
         "UPDATE records SET deleted_at = now(), version = version + 1, changed_at = now()"
         " WHERE connection_id = %s AND entity = %s AND external_id = ANY(%s) AND deleted_at IS NULL"
-        " RETURNING external_id",
+        " RETURNING external_id, version",
         (connection_id, entity, list(external_ids)),
     ).fetchall()
-    gone = [str(row["external_id"]) for row in rows]
+    gone = [(str(row["external_id"]), int(str(row["version"]))) for row in rows]
     if events and gone:
         outbox.record_deletions(conn, connection_id, entity, gone)
-    return gone
+    return [eid for eid, _ in gone]
 
 
 def classify_page(conn: Connection, page: PageWrite) -> WriteResult:
@@ -234,11 +235,13 @@ def reconcile(
     if gone:
         rows = conn.execute(
             f"UPDATE records SET deleted_at = now(), version = version + 1, changed_at = now()"
-            f" WHERE connection_id = %s AND entity = %s AND deleted_at IS NULL AND {where} RETURNING external_id",
+            f" WHERE connection_id = %s AND entity = %s AND deleted_at IS NULL AND {where}"
+            f" RETURNING external_id, version",
             (connection_id, entity, param),
         ).fetchall()
         if events:
-            outbox.record_deletions(conn, connection_id, entity, [str(row["external_id"]) for row in rows])
+            outbox.record_deletions(conn, connection_id, entity,
+                                    [(str(row["external_id"]), int(str(row["version"]))) for row in rows])
     conn.execute("DELETE FROM held_deletions WHERE connection_id = %s AND entity = %s", (connection_id, entity))
     return result
 
