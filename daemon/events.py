@@ -43,7 +43,7 @@ from freshd.store.jobs import JobRow
 
 log = structlog.get_logger(__name__)
 
-BATCH = 500  # outbox rows per XADD pipeline
+BATCH = 1000  # outbox rows per XADD pipeline
 IDLE = 0.2  # seconds between two looks at an empty outbox
 BACKFILL_CHUNK = 1000
 APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -169,6 +169,7 @@ class Relay:
         self._jobs: dict[int, tuple[str, dict[str, Any]]] = {}  # the latest event per job, not yet sent
         self._wake = trio.Event()
         self._down = False
+        self._acked: list[tuple[int, int]] = []  # (outbox id, connection id) Redis acknowledged, to mark
 
     def wake(self) -> None:
         self._wake.set()
@@ -214,19 +215,29 @@ class Relay:
                 self._jobs = {**jobs, **self._jobs}  # keep the latest states for the next try
                 raise
         fences = self.fences()
-        if not fences:
+        acked, self._acked = self._acked, []
+        if not fences and not acked:
             return 0
         config, occurred = self.config, occurred_sql()
 
-        def read(conn: Any) -> tuple[list[outbox.Pending], list[tuple[str, dict[str, bytes]]]]:
+        def mark_then_read(conn: Any) -> tuple[list[outbox.Pending], list[tuple[str, dict[str, bytes]]]]:
+            # the last batch Redis acknowledged is marked in the same transaction that reads the next
+            # (one round trip per batch); marked only for connections whose lease is still ours
+            if acked:
+                still = cluster.lock_fences(conn, [fences[cid] for cid in {cid for _, cid in acked} if cid in fences])
+                outbox.mark_published(conn, [row_id for row_id, cid in acked if cid in still])
+            rows = outbox.pending(conn, list(fences), BATCH, occurred) if fences else []
             # the events are built in the worker thread too: the trio thread keeps syncing
-            rows = outbox.pending(conn, list(fences), BATCH, occurred)
             built = [event_fields(row, config) for row in rows
                      # a historical event superseded while queued: the newer live event is the one that counts
                      if not (row.historical and row.current_version is not None and row.current_version > row.version)]
             return rows, built
 
-        rows, entries = await self.store.call(read)
+        try:
+            rows, entries = await self.store.call(mark_then_read)
+        except BaseException:
+            self._acked = acked + self._acked  # not marked: marked with the next batch (or published again)
+            raise
         if not rows:
             return 0
         if entries:
@@ -234,15 +245,11 @@ class Relay:
             await self.streams.publish(entries, self.config.maxlen)
             metrics.events_published_total.inc(len(entries))
             metrics.event_relay_seconds.observe(trio.current_time() - started)
-        held = {row.connection_id: fences[row.connection_id] for row in rows if row.connection_id in fences}
-
-        def mark(conn: Any) -> None:
-            still = cluster.lock_fences(conn, list(held.values()))
-            outbox.mark_published(conn, [row.id for row in rows if row.connection_id in still])
-
-        await self.store.call(mark)
+        self._acked = [(row.id, row.connection_id) for row in rows]
         oldest = min(row.created_at for row in rows)
         metrics.event_relay_lag_seconds.set(max(0.0, (datetime.now(oldest.tzinfo) - oldest).total_seconds()))
+        if len(rows) < BATCH:
+            self._wake.set()  # mark this batch at once rather than after the idle wait
         return len(rows)
 
 
