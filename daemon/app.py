@@ -206,6 +206,8 @@ class Daemon:
         """A connection that never completed a sync gets one queued: nobody has to remember."""
         states = await self.store.call(connections.list_sync_states)
         never = {s.id: s.name for s in states if s.last_success_at is None and not self.supervisor.parked(s.name)}
+        for cid in await self.store.call(jobs.ever_succeeded, list(never)):
+            never.pop(cid)  # its outcome is being written: not a connection that never synced
         queued = await self.queue_owned({cid: JobKind.INITIAL for cid in never}, trigger)
         for cid, job_id in queued.items():
             self.supervisor.send_nowait(never[cid], JobQueued(job_id))

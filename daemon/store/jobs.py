@@ -330,3 +330,15 @@ def held_deletions(conn: Connection, connection_id: int) -> list[dict[str, Any]]
         " ORDER BY held_at, entity", (connection_id,),
     ).fetchall()
     return [dict(row) for row in rows]
+
+
+def ever_succeeded(conn: Connection, connection_ids: Collection[int]) -> set[int]:
+    """Of these connections, those with a completed or partial job: one whose outcome is not yet
+    written on the connection row (a separate transaction) has synced all the same."""
+    if not connection_ids:
+        return set()
+    rows = conn.execute(
+        "SELECT DISTINCT connection_id FROM sync_jobs WHERE connection_id = ANY(%s)"
+        " AND status IN ('completed', 'partial')", (list(connection_ids),),
+    ).fetchall()
+    return {int(str(r["connection_id"])) for r in rows}
