@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--tenant", default=None)
     add.add_argument("--option", action="append", metavar="KEY=VALUE",
                      help="a provider option; VALUE is read as JSON if it is JSON (5, true, [..], {..}), else as text")
+    add.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                     help="probe the provider with these credentials first and store nothing if it refuses them "
+                          "or cannot be reached (default: on; --no-check skips it)")
     remove = csub.add_parser("remove", help="delete a connection and all its data (needs --purge)")
     remove.add_argument("name")
     remove.add_argument("--purge", action="store_true",
@@ -378,7 +381,8 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             except argparse.ArgumentTypeError as exc:
                 parser.error(str(exc))
             return "connections.add", {"name": args.name, "provider": args.provider, "base_url": args.base_url,
-                                       "credentials": credentials, "tenant": args.tenant, "options": options}
+                                       "credentials": credentials, "tenant": args.tenant, "options": options,
+                                       "check": args.check}
         case "sync":
             entities = [e.strip() for e in (args.entities or "").split(",") if e.strip()] or None
             if args.entities is not None and not entities:

@@ -149,7 +149,8 @@ async def test_connections_add_queues_the_initial_sync_and_survives_restart(
         assert shown["tenant"] == "acme" and shown["credential_keys"] == ["consumer_key", "consumer_secret"]
         assert CREDS["consumer_secret"] not in json.dumps(shown)  # secrets never leave the daemon
         dup = await running.ctl("connections", "add", "shop", "--provider", "woocommerce", "--base-url",
-                                simulators[0][1], "--credential", "consumer_key=x", check=False)
+                                simulators[0][1], "--credential", "consumer_key=x", "--credential",
+                                "consumer_secret=y", check=False)
         assert dup.returncode == 1 and "already exists" in dup.stderr
         audit = query(database_url, "SELECT kind, details::text FROM activity_log ORDER BY id")
         assert [k for k, _ in audit if k in ("connection.added", "job.completed")] == \

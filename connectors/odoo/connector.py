@@ -183,6 +183,8 @@ def _parse_odoo_time(text: str) -> datetime:
 
 class OdooConnector(Connector):
     provider = "odoo"
+    # the database and login may be options (readable in logs) or credentials: _credentials checks them
+    required_credentials = ("api_key|password",)
     streams = (PARTNERS, SALE_ORDERS, PRODUCTS)
     since_streams = frozenset({PARTNERS.name, SALE_ORDERS.name, PRODUCTS.name})
 

@@ -127,6 +127,9 @@ def _parse(text: str) -> datetime:
 
 class OrionConnector(Connector):
     provider = "orion"
+    # username and password, or a partner refresh_token with client_id and client_secret:
+    # alternatives of several keys, checked by validate_settings
+    required_credentials = ()
     streams = (CLIENTS, ACCOUNTS, AUM_HISTORY)
     since_streams = frozenset({ACCOUNTS.name})  # clients have no edited filter; AUM is by date range
 

@@ -116,6 +116,7 @@ def _fmt(moment: datetime) -> str:
 
 class PowensConnector(Connector):
     provider = "powens"
+    required_credentials = ("access_token",)  # a permanent Powens user token
     streams = (CONNECTIONS, ACCOUNTS, TRANSACTIONS)
     since_streams = frozenset({TRANSACTIONS.name})  # bank connections and accounts are listed whole
 
@@ -141,8 +142,6 @@ class PowensConnector(Connector):
     @classmethod
     def validate_settings(cls, settings: ConnectionSettings) -> None:
         where = f"connection {settings.name}"
-        if not settings.credentials.get("access_token"):
-            raise ConfigError("missing credential access_token (a permanent Powens user token)", where=where)
         page_size = settings.options.get("page_size")
         if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int)
                                       or not 1 <= page_size <= PAGE_SIZE):

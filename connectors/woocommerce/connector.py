@@ -247,6 +247,7 @@ def _stored_max_id(state: dict[str, Any]) -> int:
 
 class WooCommerceConnector(Connector):
     provider = "woocommerce"
+    required_credentials = ("consumer_key", "consumer_secret")
     streams = (CUSTOMERS, ORDERS, PRODUCTS)
     since_streams = frozenset({ORDERS.name, PRODUCTS.name})  # customers have no modified filter
 
