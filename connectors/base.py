@@ -250,6 +250,23 @@ def connector_class(provider: str) -> type[Connector]:
     return cls
 
 
+class Problems:
+    """A check that goes on after the first problem: `validate_settings` adds each one, then `check()`
+    raises them together (one ConfigError, or ConfigErrors for several)."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    def add(self, message: str, *, where: str | None = None) -> None:
+        self.errors.append(ConfigError(message, where=where))
+
+    def check(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigErrors(self.errors)
+
+
 def missing_credentials(cls: type[Connector], credentials: Mapping[str, str]) -> list[str]:
     """The declared `required_credentials` not given (non-empty): "a|b" is satisfied by either."""
     return [key for key in cls.required_credentials
