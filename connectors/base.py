@@ -16,14 +16,14 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
 from freshd import logs
 from freshd.connectors.http import Classify, ProviderClient, TokenHeader, bearer, classify_http
-from freshd.errors import ConfigError, PermanentError
+from freshd.errors import ConfigError, ConfigErrors, PermanentError
 from freshd.policies.gate import ConnectionPolicies, limits_for
 from freshd.policies.ratelimit import Rate
 from freshd.policies.tokens import Token
@@ -109,6 +109,9 @@ class Connector(ABC):
     # operation -> usage plan; "default" covers operations without their own (None: unlimited
     # until the provider says otherwise)
     rate_limits: ClassVar[Mapping[str, Rate]] = {}
+    # credential keys a connection must give (non-empty); "a|b" is either of them.  Checked by
+    # check_settings before anything is stored; alternatives the options decide stay in validate_settings
+    required_credentials: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.settings = settings
@@ -247,13 +250,60 @@ def connector_class(provider: str) -> type[Connector]:
     return cls
 
 
+class Problems:
+    """A check that goes on after the first problem: `validate_settings` adds each one, then `check()`
+    raises them together (one ConfigError, or ConfigErrors for several)."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    def add(self, message: str, *, where: str | None = None) -> None:
+        self.errors.append(ConfigError(message, where=where))
+
+    def check(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigErrors(self.errors)
+
+
+def missing_credentials(cls: type[Connector], credentials: Mapping[str, str]) -> list[str]:
+    """The declared `required_credentials` not given (non-empty): "a|b" is satisfied by either."""
+    return [key for key in cls.required_credentials
+            if not any(credentials.get(alternative) for alternative in key.split("|"))]
+
+
 def check_settings(settings: ConnectionSettings) -> None:
-    """Everything that can be checked before a connection is stored: raises ConfigError naming the option."""
-    cls = connector_class(settings.provider)
-    limits_for(cls.rate_limits, settings.options)
+    """Everything that can be checked before a connection is stored, all at once: raises ConfigError
+    naming the option (ConfigErrors, one message, when there are several problems)."""
+    cls = connector_class(settings.provider)  # an unknown provider: nothing else can be checked
+    errors: list[ConfigError] = []
+    missing = missing_credentials(cls, settings.credentials)
+    if missing:
+        def say(key: str) -> str:
+            return " (or ".join(key.split("|")) + ")" * key.count("|")
+
+        errors.append(ConfigError(f"missing credential(s): {', '.join(map(say, missing))} ({cls.provider} needs "
+                                  f"{', '.join(map(say, cls.required_credentials))})", where="credentials"))
+    try:
+        limits_for(cls.rate_limits, settings.options)
+    except ConfigError as exc:
+        errors.append(exc)
     concurrency = settings.options.get("page_concurrency")
     if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
                                     or not 1 <= concurrency <= 32):
-        raise ConfigError(f"option page_concurrency must be an integer from 1 to 32, got {concurrency!r}",
-                          where=f"connection {settings.name}")
-    cls.validate_settings(settings)
+        errors.append(ConfigError(f"option page_concurrency must be an integer from 1 to 32, got {concurrency!r}",
+                                  where=f"connection {settings.name}"))
+    # the provider's own checks, with the missing credentials stood in for (already reported above),
+    # so its option errors show too
+    stand_in = {key.split("|")[0]: "-" for key in missing}
+    try:
+        cls.validate_settings(replace(settings, credentials={**settings.credentials, **stand_in}))
+    except ConfigErrors as exc:
+        errors.extend(exc.errors)
+    except ConfigError as exc:
+        errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)

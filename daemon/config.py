@@ -37,7 +37,7 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from freshd import paths
-from freshd.errors import ConfigError
+from freshd.errors import ConfigError, ConfigErrors
 from freshd.policies.breaker import BreakerSettings
 from freshd.policies.limits import ProviderLimits
 from freshd.policies.retry import RetryPolicy
@@ -623,10 +623,17 @@ def _connection(reader: _Reader, providers: Collection[str]) -> ConnectionConfig
         try:
             check_settings(ConnectionSettings(name, provider, base_url, tenant, dict(spec.credentials),
                                               dict(options.data)))
+        except ConfigErrors as exc:  # every problem, each at its key, in one line
+            raise ConfigErrors([_located(reader, e) for e in exc.errors]) from None
         except ConfigError as exc:
-            raise ConfigError(str(exc).removeprefix(f"{exc.where}: ") if exc.where else str(exc),
-                              where=reader.where(reader.path(exc.where or "options"))) from None
+            raise _located(reader, exc) from None
     return spec
+
+
+def _located(reader: _Reader, exc: ConfigError) -> ConfigError:
+    """A provider's check, re-raised at the connection's key in the file (``file:line`` when found)."""
+    return ConfigError(str(exc).removeprefix(f"{exc.where}: ") if exc.where else str(exc),
+                       where=reader.where(reader.path(exc.where or "options")))
 
 
 def _connections(top: _Reader, providers: Collection[str]) -> tuple[ConnectionConfig, ...]:

@@ -1,33 +1,107 @@
-"""freshctl: the thin admin client (over freshd.client). Tables for people, --json for scripts.
+"""freshctl: the thin admin client. Tables for people, --json for scripts.
 
-Exit codes: 0 ok; 1 the daemon answered with an error; 2 bad arguments;
-3 the daemon is not reachable.
+Exit codes (EXIT_TABLE below; README.md and `freshctl --help` show the same):
+0 ok; 1 another error (bad_request, internal, ...; `health` unhealthy; `watch` of a job that ended
+failed or cancelled); 2 usage; 3 the daemon is not running or its socket cannot be reached;
+4 not_found; 5 conflict; 6 forbidden; 7 timeout or unavailable; 130 interrupted (Ctrl-C);
+141 stdout closed early (`| head`).
+
+Output: a table fitted to the terminal (rich) when stdout is a terminal, plain text otherwise
+(what scripts and tests read); `--json` prints the daemon's JSON, and errors as
+``{"error": {"code", "message"}}`` on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
+import re
+import shutil
 import sys
+import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from freshd import __version__
 from freshd.admin.protocol import API_VERSION
-from freshd.client import Client, ClientError, Unreachable
-from freshd.paths import default_socket_path
+from freshd.client import Client, Unreachable
+from freshd.client import ClientError as DaemonError
+from freshd.paths import default_socket_path, untrusted_socket_dir
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_FORBIDDEN, EXIT_UNAVAILABLE = 4, 5, 6, 7
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
+# the protocol's error codes (freshd.admin.protocol.ErrorCode) -> exit status; any other code is 1
+EXIT_CODES = {"not_found": EXIT_NOT_FOUND, "conflict": EXIT_CONFLICT, "forbidden": EXIT_FORBIDDEN,
+              "timeout": EXIT_UNAVAILABLE, "unavailable": EXIT_UNAVAILABLE, "unreachable": EXIT_UNREACHABLE,
+              "usage": EXIT_USAGE}
+EXIT_TABLE = """exit status:
+  0    ok
+  1    another error (bad_request, internal, ...), `health` unhealthy, `watch` of a job that failed or was cancelled
+  2    usage: bad arguments
+  3    freshd is not running, or its socket cannot be reached
+  4    not_found
+  5    conflict (e.g. the job already ended, the minimum gap between syncs)
+  6    forbidden
+  7    timeout or unavailable (the daemon, its database or a provider did not answer)
+  130  interrupted (Ctrl-C)
+  141  stdout was closed early (e.g. `| head`)"""
+
+
+def check_socket_dir(sock_path: Path) -> None:
+    """Refuse a socket in a /tmp directory someone else made: what we send (credentials) would be theirs."""
+    if (problem := untrusted_socket_dir(sock_path)) is not None:
+        raise Unreachable(f"refusing to connect: {problem}")
 
 
 def call(sock_path: Path, cmd: str, args: dict[str, Any], *, timeout: float) -> Any:
+    """One request through freshd.client (the same client applications use)."""
+    check_socket_dir(sock_path)
     return Client(sock_path, timeout=timeout).call(cmd, args)
 
 
 def stream(sock_path: Path, cmd: str, args: dict[str, Any], *, timeout: float) -> Iterator[Any]:
-    """A subscription: yield each event until the daemon's final reply."""
+    """A subscription: each event until the daemon's final reply."""
+    check_socket_dir(sock_path)
     return Client(sock_path, timeout=timeout).stream(cmd, args)
+
+
+class Style:
+    """How output looks: `rich` in a terminal (tables fitted to its width, live progress), else plain
+    text, the same every time (what scripts and tests read)."""
+
+    rich = False
+
+
+STYLE = Style()
+NUMBER = re.compile(r"^[~+-]?\d[\d,]*(\.\d+)?(%|s)?$")
+
+
+def terminal_width() -> int:
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def rendered(renderable: Any) -> str:
+    """A rich renderable as text for this terminal (its width, its colours; NO_COLOR is honoured)."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=terminal_width(), force_terminal=True, highlight=False)
+    console.print(renderable)
+    text: str = console.file.getvalue()  # type: ignore[attr-defined]
+    return text.rstrip("\n")
+
+
+def duration(seconds: float) -> str:
+    """1h02m, 4m05s, 9s."""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def bar(fraction: float, width: int = 24) -> str:
@@ -35,37 +109,93 @@ def bar(fraction: float, width: int = 24) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
+def _done(p: dict[str, Any]) -> int:
+    return int(p["processed"] + p["failed"] + p["skipped"])
+
+
+def _fraction(job: dict[str, Any], p: dict[str, Any]) -> float:
+    total = p.get("total")
+    return _done(p) / total if total else (1.0 if job["status"] == "completed" else 0.0)
+
+
+def _rate(job: dict[str, Any], p: dict[str, Any]) -> str:
+    """The current rate, shown only while the job runs (a paused or finished job has none)."""
+    return f"{p.get('rate', 0):,.0f} rec/s" if job["status"] == "running" else ""
+
+
+def job_headline(job: dict[str, Any]) -> str:
+    line = f"job {job['id']} {job['connection']} {job['kind']} {job['status']}"
+    if job.get("percent") is not None:
+        line += f" {job['percent']}%"
+    if job["status"] == "running":
+        rate = sum(p.get("rate", 0) for p in job["progress"].values())
+        line += f" {rate:,.0f} rec/s"
+        if job.get("eta_seconds") is not None:
+            line += f" eta {duration(job['eta_seconds'])}"
+    return line
+
+
 def watch_lines(job: dict[str, Any]) -> list[str]:
-    eta = f" eta {job['eta_seconds']}s" if job.get("eta_seconds") is not None else ""
-    lines = [f"job {job['id']} {job['connection']} {job['kind']} {job['status']}"
-             + (f" {job['percent']}%" if job.get("percent") is not None else "") + eta]
+    lines = [job_headline(job)]
     for entity, p in job["progress"].items():
         total = p.get("total")
-        done = p["processed"] + p["failed"] + p["skipped"]
-        fraction = done / total if total else (1.0 if job["status"] == "completed" else 0.0)
-        lines.append(f"  {entity:14} {bar(fraction)} {done}/{total if total is not None else '?'}"
-                     f"  {p.get('rate', 0):,.0f} rec/s" + (f"  {p['failed']} failed" if p["failed"] else ""))
+        rate = _rate(job, p)
+        lines.append(f"  {entity:14} {bar(_fraction(job, p))} {_done(p)}/{total if total is not None else '?'}"
+                     + (f"  {rate}" if rate else "") + (f"  {p['failed']} failed" if p["failed"] else ""))
     return lines
 
 
-def run_watch(sock_path: Path, args: dict[str, Any], *, as_json: bool, timeout: float) -> None:
-    tty = sys.stdout.isatty() and not as_json
-    drawn: dict[int, list[str]] = {}
-    height = 0
-    for event in stream(sock_path, "watch", args, timeout=timeout):
-        job = event["job"]
-        if as_json:
-            print(json.dumps(event), flush=True)
-            continue
-        drawn[job["id"]] = watch_lines(job)
-        if tty:  # redraw the block in place
-            block = [line for lines in drawn.values() for line in lines]
-            sys.stdout.write("\x1b[F\x1b[K" * height + "\n".join(block) + "\n")
-            height = len(block)
-            sys.stdout.flush()
-        else:
-            print(drawn[job["id"]][0] + " | " + "; ".join(line.strip() for line in drawn[job["id"]][1:]),
-                  flush=True)
+def watch_view(jobs: dict[int, dict[str, Any]]) -> Any:
+    """What `watch` shows in a terminal: per job a headline (status, %, rate, ETA) and a bar per entity."""
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = []
+    for job in jobs.values():
+        parts.append(Text(job_headline(job), style="bold"))
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True)
+        grid.add_column(width=min(40, max(10, terminal_width() // 3)))
+        grid.add_column(justify="right", no_wrap=True)
+        grid.add_column(justify="right", no_wrap=True)
+        grid.add_column(no_wrap=True)
+        for entity, p in job["progress"].items():
+            total = p.get("total")
+            done = _done(p)
+            progress = ProgressBar(total=float(total) if total else (None if job["status"] == "running" else 1.0),
+                                   completed=float(done) if total else _fraction(job, p))
+            grid.add_row(f"  {entity}", progress, f"{done:,}/{total:,}" if total is not None else f"{done:,}/?",
+                         _rate(job, p), f"{p['failed']} failed" if p["failed"] else "")
+        parts.append(grid)
+    return Group(*parts)
+
+
+def run_watch(sock_path: Path, args: dict[str, Any], *, as_json: bool, timeout: float) -> int:
+    """Stream a job's (or every job's) progress until it ends; 1 if the job ended failed or cancelled."""
+    shown: dict[int, dict[str, Any]] = {}
+    events = stream(sock_path, "watch", args, timeout=timeout)
+    if STYLE.rich:
+        from rich.console import Console
+        from rich.live import Live
+
+        with Live(watch_view(shown), console=Console(highlight=False), refresh_per_second=4,
+                  auto_refresh=True) as live:
+            for event in events:
+                shown[event["job"]["id"]] = event["job"]
+                live.update(watch_view(shown))
+    else:
+        for event in events:
+            job = event["job"]
+            shown[job["id"]] = job
+            if as_json:
+                print(json.dumps(event), flush=True)
+            else:
+                lines = watch_lines(job)
+                print(lines[0] + " | " + "; ".join(line.strip() for line in lines[1:]), flush=True)
+    ended = [job for job in shown.values() if job["status"] in ("failed", "cancelled")]
+    return EXIT_ERROR if args.get("id") is not None and ended else EXIT_OK
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -93,12 +223,56 @@ def due(value: str | None) -> str:
     return f"due ({text.removesuffix(' ago')} overdue)" if text.endswith(" ago") else text
 
 
+def human(value: Any) -> str:
+    """A value as a person reads it: "-" for nothing, yes/no, comma lists, key=value pairs."""
+    if value is None or value in ("", [], {}):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(_nested(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_nested(v)}" for k, v in value.items())
+    if isinstance(value, int | float):
+        return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+    return str(value)
+
+
+def _nested(value: Any) -> str:
+    """A value inside a list or table: a list of plain values as a,b; deeper structures as JSON."""
+    if isinstance(value, list | tuple) and not any(isinstance(v, dict | list | tuple) for v in value):
+        return ",".join(human(v) for v in value)
+    return json.dumps(value) if isinstance(value, dict | list | tuple) else human(value)
+
+
+def paragraph(text: str) -> str:
+    """A line of prose: wrapped to the terminal's width there, as is elsewhere."""
+    return textwrap.fill(text, width=terminal_width()) if STYLE.rich else text
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """Columns of numbers are right-aligned; in a terminal the table fits its width (long cells wrap)."""
     cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    numeric = [bool(cells) and all(r[i] == "-" or NUMBER.match(r[i]) for r in cells)
+               and any(r[i] != "-" for r in cells) for i in range(len(headers))]
+    if STYLE.rich:
+        from rich.table import Table
+
+        # headers and numbers stay whole; when the terminal is too narrow, text cells wrap
+        grid = Table(box=None, padding=(0, 1), pad_edge=False, show_edge=False, header_style="bold underline")
+        for header, right in zip(headers, numeric, strict=True):
+            grid.add_column(header, justify="right" if right else "left", no_wrap=right, overflow="fold",
+                            min_width=max(len(word) for word in header.split()))
+        for row in cells:
+            grid.add_row(*row)
+        return rendered(grid)
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    return "\n".join(lines)
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.rjust(w) if right else c.ljust(w)
+                         for c, w, right in zip(row, widths, numeric, strict=True)).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in cells)])
 
 
 def progress_text(job: dict[str, Any]) -> str:
@@ -115,17 +289,14 @@ def show_status(result: dict[str, Any]) -> str:
             f"store {result['store']['state']}, metrics {result.get('metrics_url') or 'off'}")
     rows = [[c["name"], c["provider"], c["tenant"], c["state"], c.get("breaker", "-"), c["records"],
              ago(c["last_success_at"]), due(c["next_sync_at"]), c.get("error") or ""] for c in result["connections"]]
-    return head + "\n\n" + table(["NAME", "PROVIDER", "TENANT", "STATE", "BREAKER", "RECORDS", "LAST SUCCESS",
-                                  "NEXT SYNC", "ERROR"], rows)
+    return paragraph(head) + "\n\n" + table(["NAME", "PROVIDER", "TENANT", "STATE", "BREAKER", "RECORDS",
+                                             "LAST SUCCESS", "NEXT SYNC", "ERROR"], rows)
 
 
 def show_members(result: list[dict[str, Any]]) -> str:
-    rows = [("MEMBER", "HOST", "PID", "ALIVE", "CONNECTIONS", "STARTED")]
-    for m in result:
-        rows.append((m["id"] + (" (this one)" if m.get("self") else ""), m["host"], str(m["pid"]),
-                     "yes" if m["alive"] else "no", str(m["connections"]), m["started_at"] or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    rows = [[m["id"] + (" (this one)" if m.get("self") else ""), m["host"], m["pid"], "yes" if m["alive"] else "no",
+             m["connections"], m["started_at"] or "-"] for m in result]
+    return table(["MEMBER", "HOST", "PID", "ALIVE", "CONNECTIONS", "STARTED"], rows)
 
 
 def show_jobs(result: dict[str, Any]) -> str:
@@ -188,7 +359,16 @@ def show_connection(c: dict[str, Any]) -> str:
     keys = ["name", "provider", "tenant", "base_url", "source", "state", "records", "last_success_at",
             "next_sync_at", "error", "breaker", "breaker_retry_at", "rate_limit", "token_expires_at", "health",
             "probed_at", "credential_keys", "options", "created_at"]
-    out = [f"{k:16} {c.get(k)}" for k in keys if k in c]
+    times = {"last_success_at": ago, "next_sync_at": due, "breaker_retry_at": ago, "token_expires_at": ago,
+             "probed_at": ago, "created_at": ago}
+
+    def value(key: str) -> str:
+        raw = c.get(key)
+        if key in times and raw:
+            return f"{raw} ({times[key](raw)})"
+        return human(raw)
+
+    out = [f"{k:16} {value(k)}" for k in keys if k in c]
     if c.get("job"):
         out.append(f"{'job':16} {c['job']['id']} {c['job']['status']} {progress_text(c['job'])}")
     for held in c.get("held_deletions") or []:
@@ -218,107 +398,212 @@ def option_value(text: str) -> Any:
         return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="freshctl", description="Control a running freshd.")
-    parser.add_argument("--socket", type=Path, default=None, help="admin socket (default: $FRESHD_SOCKET or "
-                                                                   f"{default_socket_path()})")
-    parser.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
-    parser.add_argument("--timeout", type=float, default=30.0)
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as JSON under --json (scripts parse one form of error)."""
+
+    json_errors = False
+
+    def error(self, message: str) -> Any:  # argparse's NoReturn, typed loosely for the override
+        if Parser.json_errors:
+            print(json.dumps({"error": {"code": "usage", "message": f"{self.prog}: {message}"}}))
+            sys.exit(EXIT_USAGE)
+        super().error(message)
+
+
+def build_parser() -> Parser:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = Parser(prog="freshctl", description="Control a running freshd over its admin socket.",
+                    formatter_class=raw, epilog="examples:\n  freshctl status\n  J=$(freshctl sync shop) && "
+                    "freshctl watch \"$J\"\n  freshctl --json jobs --status failed\n\n" + EXIT_TABLE)
+    parser.add_argument("--version", action="version", version=f"freshctl {__version__} (admin API {API_VERSION})",
+                        help="print freshctl's version and the admin API version it speaks")
+    parser.add_argument("--socket", type=Path, default=None, metavar="PATH",
+                        help=f"admin socket (default: $FRESHD_SOCKET or {default_socket_path()}); "
+                             "e.g. --socket /run/freshd/admin.sock")
+    parser.add_argument("--json", action="store_true",
+                        help="print the daemon's JSON reply (errors too: {\"error\": {\"code\", \"message\"}})")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="how long to wait for the daemon's answer (default 30); e.g. --timeout 5")
     # `--json` may also follow the command (`freshctl status --json`); SUPPRESS keeps the global value
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the daemon's JSON")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser = sub.add_parser
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the daemon's JSON reply (errors too)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def sub_add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return add_parser(name, parents=[common], **kwargs)
+    def command(group: Any, name: str, text: str, *examples: str) -> argparse.ArgumentParser:
+        cmd: argparse.ArgumentParser = group.add_parser(
+            name, parents=[common], help=text, description=text[:1].upper() + text[1:] + ".",
+            formatter_class=raw, epilog="example" + ("s" if len(examples) > 1 else "") + ":\n"
+            + "\n".join(f"  {e}" for e in examples))
+        return cmd
 
-    sub.add_parser = sub_add_parser  # type: ignore[method-assign]
-    sub.add_parser("status", help="the daemon and its connections")
-    cons = sub.add_parser("consumers", help="applications reading the change events (docs/EVENTS.md)")
-    consub = cons.add_subparsers(dest="action")
-    add_consumer_parser = consub.add_parser
-    consub.add_parser = lambda name, **kw: add_consumer_parser(name, parents=[common], **kw)  # type: ignore[method-assign]
-    consub.add_parser("list")
-    cadd = consub.add_parser("add", help="register APP for a tenant: its groups, and a backfill of the history")
-    cadd.add_argument("app")
-    cadd.add_argument("--tenant", required=True)
-    cadd.add_argument("--entities", help="comma-separated (default: every entity of the tenant)")
-    cadd.add_argument("--skip-history", action="store_true", help="no backfill: live events only")
-    consub.add_parser("status").add_argument("app")
-    cback = consub.add_parser("backfill", help="queue a backfill (e.g. --since 2026-11-01 --entities customers)")
-    cback.add_argument("app")
-    cback.add_argument("--since", help="only records created or changed since this date (ISO 8601)")
-    cback.add_argument("--entities", help="comma-separated")
-    cback.add_argument("--dry-run", action="store_true", help="count and sample, publish nothing")
-    for action in ("remove", "pause", "resume", "cancel"):
-        consub.add_parser(action).add_argument("app")
-    conns = sub.add_parser("connections", help="list, show, add, remove connections")
-    csub = conns.add_subparsers(dest="action")
-    add_connection_parser = csub.add_parser
-    csub.add_parser = lambda name, **kw: add_connection_parser(name, parents=[common], **kw)  # type: ignore[method-assign]
-    csub.add_parser("list")
-    csub.add_parser("show").add_argument("name")
-    add = csub.add_parser("add")
-    add.add_argument("name")
-    add.add_argument("--provider", required=True)
-    add.add_argument("--base-url", required=True)
-    add.add_argument("--credential", action="append", metavar="KEY=VALUE", required=True)
-    add.add_argument("--tenant", default=None)
+    command(sub, "status", "the daemon and its connections", "freshctl status")
+    conns = command(sub, "connections", "list, show, add, remove connections; set their credentials",
+                    "freshctl connections", "freshctl connections show shop")
+    csub = conns.add_subparsers(dest="action", metavar="ACTION")
+    command(csub, "list", "every connection you may see, with its state", "freshctl connections list")
+    command(csub, "show", "one connection in detail", "freshctl connections show shop").add_argument(
+        "name", help="the connection's name")
+    add = command(csub, "add", "add a connection (checked first; its initial sync is queued)",
+                  "freshctl connections add shop --provider woocommerce --base-url https://shop.example "
+                  "--credential consumer_key=ck_... --credential consumer_secret=cs_...")
+    add.add_argument("name", help="a name for it: letters, digits, '.', '_' or '-'")
+    add.add_argument("--provider", required=True,
+                     help="amazon_sp, odoo, orion, powens, rest or woocommerce; e.g. --provider woocommerce")
+    add.add_argument("--base-url", required=True, metavar="URL",
+                     help="the provider's API root; e.g. --base-url https://shop.example")
+    add.add_argument("--credential", action="append", metavar="KEY=VALUE", required=True,
+                     help="a credential (repeat for each key the provider needs); e.g. --credential api_key=...")
+    add.add_argument("--tenant", default=None, help="the tenant it belongs to (default: default); e.g. --tenant acme")
     add.add_argument("--option", action="append", metavar="KEY=VALUE",
-                     help="a provider option; VALUE is read as JSON if it is JSON (5, true, [..], {..}), else as text")
-    remove = csub.add_parser("remove", help="delete a connection and all its data (needs --purge)")
-    remove.add_argument("name")
+                     help="a provider option; VALUE is read as JSON if it is JSON (5, true, [..], {..}), else as "
+                          "text; e.g. --option page_concurrency=4")
+    add.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                     help="probe the provider with these credentials first and store nothing if it refuses them "
+                          "or cannot be reached (default: on; --no-check skips it)")
+    remove = command(csub, "remove", "delete a connection and all its data (needs --purge)",
+                     "freshctl connections remove shop --purge")
+    remove.add_argument("name", help="the connection's name")
     remove.add_argument("--purge", action="store_true",
                         help="yes, delete its records, cursors and jobs (a detached or disabled connection's too)")
-    setcred = csub.add_parser("set-credential", help="new credential values (re-authentication); KEY= removes one")
-    setcred.add_argument("name")
-    setcred.add_argument("credential", nargs="+", metavar="KEY=VALUE")
-    sync = sub.add_parser("sync", help="queue a sync (prints the job id)")
-    sync.add_argument("name")
-    sync.add_argument("--full", action="store_true")
-    sync.add_argument("--force", action="store_true")
+    setcred = command(csub, "set-credential", "new credential values (re-authentication); KEY= removes one; "
+                      "a sync starts at once", "freshctl connections set-credential shop consumer_secret=cs_new")
+    setcred.add_argument("name", help="the connection's name")
+    setcred.add_argument("credential", nargs="+", metavar="KEY=VALUE", help="a credential to set (KEY= removes it)")
+    sync = command(sub, "sync", "queue a sync; prints the job id alone (the live one if a job is already running)",
+                   "J=$(freshctl sync shop)", "freshctl sync shop --full --entities customers,orders")
+    sync.add_argument("name", help="the connection's name")
+    sync.add_argument("--full", action="store_true", help="list everything (and reconcile deletions), not just "
+                                                          "what changed")
+    sync.add_argument("--force", action="store_true", help="ignore the minimum gap between two syncs")
     sync.add_argument("--confirm-deletes", action="store_true",
                       help="with --full: apply deletions held for being over [sync] max_delete_share "
                            "(see `connections show`), once this listing is complete")
-    sync.add_argument("--entities", metavar="A,B", help="sync only these entities (comma-separated)")
+    sync.add_argument("--entities", metavar="A,B", help="sync only these entities (comma-separated); "
+                                                        "e.g. --entities customers,orders")
     sync.add_argument("--since", metavar="DATE", help="re-read from this date or time (ISO 8601, UTC unless "
-                                                      "it says otherwise); other cursors are left as they are")
+                                                      "it says otherwise); other cursors are left as they are; "
+                                                      "e.g. --since 2026-01-31")
     sync.add_argument("--dry-run", action="store_true",
                       help="fetch and count what would be created, changed and deleted; write nothing")
-    jobs = sub.add_parser("jobs", help="job history")
-    jobs.add_argument("--connection")
-    jobs.add_argument("--tenant")
+    jobs = command(sub, "jobs", "job history, newest first", "freshctl jobs --connection shop --status failed")
+    jobs.add_argument("--connection", metavar="NAME", help="only this connection's jobs; e.g. --connection shop")
+    jobs.add_argument("--tenant", help="only this tenant's jobs; e.g. --tenant acme")
     jobs.add_argument("--status", help="queued, running, paused, completed, partial, failed, cancelled, interrupted")
-    jobs.add_argument("--limit", type=int, default=50)
-    jobs.add_argument("--offset", type=int, default=0)
-    sub.add_parser("ensure", help="queue a sync if the data is missing or stale (else say how old it is)"
-                   ).add_argument("name")
-    stats = sub.add_parser("stats", help="daily statistics per connection (computed by the cleanup sweep)")
+    jobs.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    jobs.add_argument("--offset", type=int, default=0, help="skip this many first (default 0)")
+    command(sub, "ensure", "queue a sync if the data is missing or stale (else say how old it is)",
+            "freshctl ensure shop").add_argument("name", help="the connection's name")
+    stats = command(sub, "stats", "daily statistics per connection (computed by the cleanup sweep)",
+                    "freshctl stats --days 30 --tenant acme")
     stats.add_argument("--days", type=int, default=7, help="the last N days (default 7)")
-    stats.add_argument("--connection")
-    stats.add_argument("--tenant")
-    tokens = sub.add_parser("tokens", help="HTTP API bearer tokens, each scoped to a tenant (docs/HTTP.md)")
-    tsub = tokens.add_subparsers(dest="action", required=True)
-    add_token_parser = tsub.add_parser
-    tsub.add_parser = lambda name, **kw: add_token_parser(name, parents=[common], **kw)  # type: ignore[method-assign]
-    token_add = tsub.add_parser("add", help="a new token for a tenant, printed once (only its hash is kept)")
-    token_add.add_argument("--tenant", required=True)
-    token_add.add_argument("--label", help="what it is for, shown by `tokens list`")
-    tsub.add_parser("list", help="tokens (never their values)").add_argument("--tenant")
-    tsub.add_parser("revoke", help="revoke a token at once").add_argument("id", type=int)
-    sub.add_parser("health", help="health figures; exit 0 when healthy, 1 otherwise")
-    sub.add_parser("members", help="the daemons sharing this database and the connections each runs")
-    sub.add_parser("schedule", help="the periodic sweeps and their next run")
-    sub.add_parser("trigger", help="run a sweep now").add_argument("sweep")
-    watch = sub.add_parser("watch", help="live progress of a job (or --all), streamed by the daemon")
-    watch.add_argument("id", type=int, nargs="?")
-    watch.add_argument("--all", action="store_true")
-    for name, text in (("job", "one job"), ("pause", "pause a job at the next page boundary"),
+    stats.add_argument("--connection", metavar="NAME", help="only this connection; e.g. --connection shop")
+    stats.add_argument("--tenant", help="only this tenant; e.g. --tenant acme")
+    cons = command(sub, "consumers", "applications reading the change events (docs/EVENTS.md)",
+                   "freshctl consumers", "freshctl consumers add crm --tenant acme")
+    consub = cons.add_subparsers(dest="action", metavar="ACTION")
+    command(consub, "list", "the applications registered", "freshctl consumers list")
+    cadd = command(consub, "add", "register an application: its consumer groups, then a backfill of the history",
+                   "freshctl consumers add crm --tenant acme --entities customers,orders")
+    cadd.add_argument("app", help="the application's name (its consumer group's name)")
+    cadd.add_argument("--tenant", required=True, help="whose events it reads; e.g. --tenant acme")
+    cadd.add_argument("--entities", metavar="A,B", help="only these entities (default: every entity of the tenant)")
+    cadd.add_argument("--skip-history", action="store_true", help="no backfill: live events only")
+    command(consub, "status", "per entity: records, read, pending, lag; the backfill",
+            "freshctl consumers status crm").add_argument("app", help="the application's name")
+    cback = command(consub, "backfill", "queue a backfill (or, with --dry-run, count and sample it)",
+                    "freshctl consumers backfill crm --since 2026-11-01 --entities customers --dry-run")
+    cback.add_argument("app", help="the application's name")
+    cback.add_argument("--since", metavar="DATE", help="only records created or changed since (ISO 8601); "
+                                                       "e.g. --since 2026-11-01")
+    cback.add_argument("--entities", metavar="A,B", help="only these entities; e.g. --entities customers")
+    cback.add_argument("--dry-run", action="store_true", help="count and sample, publish nothing")
+    for name, text in (("remove", "its consumer groups and backfills go; other applications are untouched"),
+                       ("pause", "pause its backfill"), ("resume", "resume its backfill"),
+                       ("cancel", "cancel its backfill")):
+        command(consub, name, text, f"freshctl consumers {name} crm").add_argument(
+            "app", help="the application's name")
+    tokens = command(sub, "tokens", "HTTP API bearer tokens, each scoped to a tenant (docs/HTTP.md)",
+                     "T=$(freshctl tokens add --tenant acme --label web)", "freshctl tokens list")
+    tsub = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    token_add = command(tsub, "add", "a new token for a tenant, printed once (only its hash is kept)",
+                        "freshctl tokens add --tenant acme --label web")
+    token_add.add_argument("--tenant", required=True, help="the tenant it may see; e.g. --tenant acme")
+    token_add.add_argument("--label", help="what it is for, shown by `tokens list`; e.g. --label web")
+    command(tsub, "list", "tokens (never their values)", "freshctl tokens list --tenant acme").add_argument(
+        "--tenant", help="only this tenant's; e.g. --tenant acme")
+    command(tsub, "revoke", "revoke a token at once", "freshctl tokens revoke 3").add_argument(
+        "id", type=int, help="the token's id (see `tokens list`)")
+    command(sub, "health", "health figures; exit 0 when healthy, 1 otherwise", "freshctl health || alert")
+    command(sub, "members", "the daemons sharing this database and the connections each runs", "freshctl members")
+    command(sub, "schedule", "the periodic sweeps and their next run", "freshctl schedule")
+    command(sub, "trigger", "run a sweep now", "freshctl trigger health").add_argument(
+        "sweep", help="sync, health, tokens or cleanup (see `freshctl schedule`)")
+    watch = command(sub, "watch", "live progress of a job (or --all): rate and ETA; exit 1 if the job fails",
+                    "freshctl watch 42", "freshctl watch --all")
+    watch.add_argument("id", type=int, nargs="?", help="the job's id")
+    watch.add_argument("--all", action="store_true", help="every live job, until you stop it (Ctrl-C)")
+    for name, text in (("job", "one job in detail"), ("pause", "pause a job at the next page boundary"),
                        ("resume", "resume a paused job"), ("cancel", "cancel a job (keeps what was committed)"),
-                       ("retry", "fetch again, by id, the items a job recorded as failed")):
-        sub.add_parser(name, help=text).add_argument("id", type=int)
+                       ("retry", "fetch again, by id, the items a job recorded as failed; prints the new job id")):
+        command(sub, name, text, f"freshctl {name} 42").add_argument("id", type=int, help="the job's id")
+    completion = command(sub, "completion", "print a shell completion script",
+                         "source <(freshctl completion bash)    # in ~/.bashrc",
+                         "source <(freshctl completion zsh)     # in ~/.zshrc")
+    completion.add_argument("shell", choices=["bash", "zsh"], help="bash or zsh")
     return parser
+
+
+# --- shell completion ----------------------------------------------------------------------------
+
+
+def command_tree(parser: argparse.ArgumentParser, path: str = "") -> dict[str, tuple[list[str], list[str]]]:
+    """Command path ("" for the top, "connections add") -> (its subcommands, its options), from argparse."""
+    subs: list[str] = []
+    options: list[str] = []
+    tree: dict[str, tuple[list[str], list[str]]] = {}
+    for action in parser._actions:
+        options += [o for o in action.option_strings if o.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                subs.append(name)
+                tree.update(command_tree(child, f"{path} {name}".strip()))
+        elif action.choices and not action.option_strings:
+            subs += [str(c) for c in action.choices]
+    tree[path] = (subs, options)
+    return tree
+
+
+def completion_script(shell: str, parser: argparse.ArgumentParser) -> str:
+    """bash (and zsh through its bashcompinit) completion of commands and options, from the parser tree."""
+    tree = command_tree(parser)
+    # keys: the command path from "freshctl" on (bash has no empty keys)
+    words = "\n".join(f'    ["freshctl{" " + path if path else ""}"]="{" ".join(subs + options)}"'
+                      for path, (subs, options) in sorted(tree.items()))
+    nested = "\n".join(f'    ["freshctl{" " + path if path else ""}"]="{" ".join(subs)}"'
+                       for path, (subs, _) in sorted(tree.items()) if subs)
+    script = f"""# freshctl {__version__} completion for {shell}: source <(freshctl completion {shell})
+declare -gA _freshctl_words=(
+{words}
+)
+declare -gA _freshctl_subs=(
+{nested}
+)
+_freshctl() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" path=freshctl word i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        word="${{COMP_WORDS[i]}}"
+        if [[ " ${{_freshctl_subs[$path]-}} " == *" $word "* ]]; then
+            path="$path $word"
+        fi
+    done
+    COMPREPLY=($(compgen -W "${{_freshctl_words[$path]-}}" -- "$cur"))
+}}
+complete -F _freshctl freshctl
+"""
+    if shell == "zsh":
+        script = "autoload -U +X bashcompinit && bashcompinit\n" + script
+    return script
 
 
 def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, dict[str, Any]]:
@@ -345,7 +630,15 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             except argparse.ArgumentTypeError as exc:
                 parser.error(str(exc))
             return "connections.add", {"name": args.name, "provider": args.provider, "base_url": args.base_url,
-                                       "credentials": credentials, "tenant": args.tenant, "options": options}
+                                       "credentials": credentials, "tenant": args.tenant, "options": options,
+                                       "check": args.check}
+        case "sync":
+            entities = [e.strip() for e in (args.entities or "").split(",") if e.strip()] or None
+            if args.entities is not None and not entities:
+                parser.error("--entities takes a comma-separated list of entity names")
+            return "sync", {"name": args.name, "full": args.full, "force": args.force,
+                            "confirm_deletes": args.confirm_deletes, "entities": entities, "since": args.since,
+                            "dry_run": args.dry_run or None}
         case "consumers":
             action = args.action or "list"
             if action == "list":
@@ -359,13 +652,6 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
                                               "entities": split_list(args.entities, parser),
                                               "dry_run": args.dry_run}
             return f"consumers.{action}", {"app": args.app}
-        case "sync":
-            entities = [e.strip() for e in (args.entities or "").split(",") if e.strip()] or None
-            if args.entities is not None and not entities:
-                parser.error("--entities takes a comma-separated list of entity names")
-            return "sync", {"name": args.name, "full": args.full, "force": args.force,
-                            "confirm_deletes": args.confirm_deletes, "entities": entities, "since": args.since,
-                            "dry_run": args.dry_run or None}
         case "tokens":
             if args.action == "add":
                 return "tokens.add", {"tenant": args.tenant, "label": args.label}
@@ -422,8 +708,8 @@ def render(cmd: str, result: Any) -> str:
         case "connections.set_credential":
             return (f"credentials of {result['name']} updated ({', '.join(result['credential_keys'])}); "
                     f"sync queued as job {result['job_id']}")
-        case "sync":
-            return str(result["job_id"]) + ("" if result["created"] else f" (already {result['status']})")
+        case "sync":  # the id alone (scripts: J=$(freshctl sync NAME)); "already running" goes to stderr
+            return str(result["job_id"])
         case "ensure":
             if result["queued"] or result.get("job_id"):
                 return (f"{result['job_id']} ({'queued' if result['queued'] else 'already live'}: "
@@ -471,30 +757,58 @@ def render(cmd: str, result: Any) -> str:
             return f"job {result['job_id']}: {result['requested']} requested"
 
 
-def main(argv: list[str] | None = None) -> int:
+def report_error(code: str, message: str, *, as_json: bool) -> int:
+    """One error: JSON on stdout under --json, else one line on stderr; the exit status for its code."""
+    if as_json:
+        print(json.dumps({"error": {"code": code, "message": message}}))
+    else:
+        print(f"freshctl: {message}", file=sys.stderr)
+    return EXIT_CODES.get(code, EXIT_ERROR)
+
+
+def run(argv: list[str] | None) -> int:
+    Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(completion_script(args.shell, parser), end="")
+        return EXIT_OK
     cmd, request_args = request_for(args, parser)
     request_args = {k: v for k, v in request_args.items() if v is not None}
     sock_path = args.socket or default_socket_path()
+    STYLE.rich = sys.stdout.isatty() and not args.json
     try:
         if cmd == "watch":
-            run_watch(sock_path, request_args, as_json=args.json, timeout=args.timeout)
-            return EXIT_OK
+            return run_watch(sock_path, request_args, as_json=args.json, timeout=args.timeout)
         result = call(sock_path, cmd, request_args, timeout=args.timeout)
     except Unreachable as exc:
-        print(f"freshctl: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except ClientError as exc:
-        print(f"freshctl: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return report_error("unreachable", str(exc), as_json=args.json)
+    except DaemonError as exc:
+        return report_error(exc.code, str(exc), as_json=args.json)
     print(json.dumps(result, indent=2) if args.json else render(cmd, result))
     if cmd == "tokens.add" and not args.json:
         print(f"freshctl: token {result['id']} for tenant {result['tenant']}: it is shown only now, store it "
               "(freshd keeps only its hash)", file=sys.stderr)
+    if cmd == "sync" and not result["created"]:
+        print(f"freshctl: job {result['job_id']} is already {result['status']}", file=sys.stderr)
     if cmd == "health" and not result["healthy"]:
         return EXIT_ERROR  # for scripts and monitoring: the figures above say why
     return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `freshctl` command.  Ctrl-C and a reader that goes away (`| head`) end it quietly."""
+    try:
+        status = run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return status
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # nobody reads stdout any more: point it at /dev/null so the final flush at exit is quiet too
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

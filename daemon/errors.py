@@ -2,6 +2,7 @@
 
     FreshdError
     ├── ConfigError              configuration is invalid: refuse it whole, change nothing
+    │   └── ConfigErrors         several problems found at once, each a ConfigError, one message
     ├── StoreUnavailable         PostgreSQL cannot be reached: back off and retry
     │   └── StoreTimeout         it did not answer in time (statement/lock timeout, stop deadline)
     ├── Fenced                   this member lost the connection's lease: stop, write nothing more
@@ -35,6 +36,14 @@ class ConfigError(FreshdError):
     def __init__(self, message: str, *, where: str | None = None) -> None:
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class ConfigErrors(ConfigError):
+    """Every problem one check found (`errors`, each naming its key), reported in one line."""
+
+    def __init__(self, errors: list[ConfigError], *, where: str | None = None) -> None:
+        self.errors = errors
+        super().__init__(f"{len(errors)} problems: " + "; ".join(str(e) for e in errors), where=where)
 
 
 class StoreUnavailable(FreshdError):

@@ -2,7 +2,8 @@
 
 An actor that crashes (an exception that is not a provider's: a bug) is
 restarted with exponential backoff (1 s doubling to 60 s, with jitter); its
-error and restart count show in status.  The job it was running is marked
+error and restart count show in status; new settings for it (set-credential,
+a reload) end the backoff at once.  The job it was running is marked
 failed with the crash, so a poison page cannot spin a crash loop; the next
 sweep or `freshctl sync` starts over from the committed cursor.  A crash never
 reaches the daemon or the other actors.
@@ -71,6 +72,7 @@ class _Handle:
     restarts: int = 0
     crash: str | None = None
     backing_off: bool = False
+    wake: trio.Event = field(default_factory=trio.Event)  # new settings: end the backoff now
     done: trio.Event = field(default_factory=trio.Event)
     live_job: JobRow | Lookup | None = LOOKUP  # known at start; a restarted actor looks again
 
@@ -167,7 +169,11 @@ class Supervisor:
                     self.start(row, fence, live_job=live.get(row.id))
                 elif settings_of(row) != handle.settings:
                     handle.row, handle.settings = row, settings_of(row)
-                    self.send_nowait(name, UpdateSettings(handle.settings))
+                    if handle.backing_off:  # a crash-looping actor: restart it at once, on these
+                        log.info("actor.restart_now", connection=name, reason="settings changed")
+                        handle.wake.set()
+                    else:
+                        self.send_nowait(name, UpdateSettings(handle.settings))
 
     def parked(self, name: str) -> ConnectionState | None:
         """DISABLED or DETACHED if `name` is kept without an actor, else None."""
@@ -288,8 +294,11 @@ class Supervisor:
                             await self._fail_running_job(handle, handle.crash)
                         if trio.current_time() - started > HEALTHY_AFTER:
                             delay = BACKOFF_START
-                        await trio.sleep(delay * random.uniform(0.5, 1.0))
-                        delay = min(delay * 2, BACKOFF_MAX)
+                        handle.wake = trio.Event()
+                        with trio.move_on_after(delay * random.uniform(0.5, 1.0)):
+                            await handle.wake.wait()  # new settings (set-credential, reload) end it early
+                        # new settings start afresh; another crash on the same ones waits longer
+                        delay = BACKOFF_START if handle.wake.is_set() else min(delay * 2, BACKOFF_MAX)
                         # pick up what the store knows now (last success, error)
                         handle.row = replace(handle.row, last_success_at=actor.last_success_at)
         finally:

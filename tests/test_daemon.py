@@ -149,8 +149,9 @@ async def test_connections_add_queues_the_initial_sync_and_survives_restart(
         assert shown["tenant"] == "acme" and shown["credential_keys"] == ["consumer_key", "consumer_secret"]
         assert CREDS["consumer_secret"] not in json.dumps(shown)  # secrets never leave the daemon
         dup = await running.ctl("connections", "add", "shop", "--provider", "woocommerce", "--base-url",
-                                simulators[0][1], "--credential", "consumer_key=x", check=False)
-        assert dup.returncode == 1 and "already exists" in dup.stderr
+                                simulators[0][1], "--credential", "consumer_key=x", "--credential",
+                                "consumer_secret=y", check=False)
+        assert dup.returncode == 5 and "already exists" in dup.stderr
         audit = query(database_url, "SELECT kind, details::text FROM activity_log ORDER BY id")
         assert [k for k, _ in audit if k in ("connection.added", "job.completed")] == \
             ["connection.added", "job.completed"]
@@ -200,7 +201,7 @@ async def test_bad_admin_requests_get_clear_errors_and_change_nothing(
                                 "ftp://nowhere", "--credential", "k=v", check=False)
     assert bad_url.returncode == 1 and "base_url" in bad_url.stderr
     missing = await running.ctl("sync", "ghost", check=False)
-    assert missing.returncode == 1 and "ghost" in missing.stderr
+    assert missing.returncode == 4 and "ghost" in missing.stderr
     assert query(database_url, "SELECT count(*) FROM connections") == [(0,)]
     assert query(database_url, "SELECT count(*) FROM sync_jobs") == [(0,)]
 
@@ -330,7 +331,7 @@ async def test_pause_resume_and_cancel_through_freshctl(
     cancelled = await running.wait_job(full)
     assert cancelled["status"] == "cancelled" and stored() == 252
     again = await running.ctl("cancel", str(full), check=False)
-    assert again.returncode == 1 and "cancelled" in again.stderr  # a finished job cannot be steered
+    assert again.returncode == 5 and "cancelled" in again.stderr  # a finished job cannot be steered
 
 
 async def test_tenant_cap_queues_jobs_fairly_and_jobs_filter(
@@ -417,7 +418,7 @@ async def test_watch_streams_progress_until_the_job_ends(
     table = await running.ctl("watch", str(job_id))
     assert "customers" in table.stdout and "[########################]" in table.stdout
     missing = await running.ctl("watch", "999", check=False)
-    assert missing.returncode == 1 and "no job 999" in missing.stderr
+    assert missing.returncode == 4 and "no job 999" in missing.stderr
 
 
 async def test_health_sweep_retriggers_a_connection_that_never_synced(
@@ -463,7 +464,7 @@ async def test_a_bad_item_fails_alone_and_retry_fetches_it_again(
     assert query(database_url, "SELECT payload->>'first_name' FROM records WHERE entity = 'customers'"
                  " AND external_id = '7'") == [("Fixed",)]
     again = await running.ctl("retry", str(retry["job_id"]), check=False)
-    assert again.returncode == 1 and "no failed items" in again.stderr
+    assert again.returncode == 5 and "no failed items" in again.stderr
 
 
 async def test_health_schedule_and_trigger(
@@ -494,7 +495,7 @@ async def test_health_schedule_and_trigger(
     assert (await running.wait_job(retried["id"]))["status"] == "completed"
     assert (await running.ctl("health")).returncode == 0
     unknown = await running.ctl("trigger", "nope", check=False)
-    assert unknown.returncode == 1 and "valid sweeps" in unknown.stderr
+    assert unknown.returncode == 4 and "valid sweeps" in unknown.stderr
 
 
 async def test_minimum_gap_defers_manual_syncs_unless_forced_and_status_shows_freshness(
@@ -505,7 +506,7 @@ async def test_minimum_gap_defers_manual_syncs_unless_forced_and_status_shows_fr
     first = (await running.ctl_json("jobs"))["jobs"][0]
     await running.wait_job(first["id"])
     soon = await running.ctl("sync", "eu", check=False)
-    assert soon.returncode == 1 and "minimum gap is 5m00s" in soon.stderr and "--force" in soon.stderr
+    assert soon.returncode == 5 and "minimum gap is 5m00s" in soon.stderr and "--force" in soon.stderr
     forced = await running.ctl_json("sync", "eu", "--force")
     assert forced["created"] is True
     await running.wait_job(forced["job_id"])

@@ -36,7 +36,8 @@ async def test_rejected_credentials_then_set_credential_resumes(
     running = await start_daemon(nursery, tmp_path, database_url, "")
     wrong = "cs_wrong_3e8a1f5b7c9d2e4f6a8b0c1d3e5f7a9b"
     added = await running.ctl_json("connections", "add", "shop", "--provider", "woocommerce", "--base-url", url,
-                                   "--credential", "consumer_key=ck_e2e", "--credential", f"consumer_secret={wrong}")
+                                   "--credential", "consumer_key=ck_e2e", "--credential", f"consumer_secret={wrong}",
+                                   "--no-check")  # stored unchecked: the first sync finds them wrong
     failed = await running.wait_job(added["job_id"])
     assert failed["status"] == "failed"
     view = await wait_state(running, "shop", "reauth_required")

@@ -159,7 +159,7 @@ async def test_only_administrators_manage_api_tokens(api: Api, database_url: str
         assert refused.value.code == "forbidden"
     assert query(database_url, "SELECT count(*), count(revoked_at) FROM api_tokens") == [(1, 0)]
     missing = await api.running.ctl("tokens", "revoke", "999", check=False)
-    assert missing.returncode == 1 and "no API token 999" in missing.stderr
+    assert missing.returncode == 4 and "no API token 999" in missing.stderr
 
 
 async def read_events(response: httpx.Response, *, stop_after: int | None = None) -> list[tuple[str, str, Any]]:

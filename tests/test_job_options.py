@@ -46,11 +46,12 @@ async def synced(nursery: trio.Nursery, tmp_path: Path, database_url: str, url: 
     return running
 
 
-async def refused(running: Running, *args: str) -> str:
-    """A freshctl call that must fail with the daemon's error (exit 1) and queue nothing."""
+async def refused(running: Running, *args: str, status: int = 1) -> str:
+    """A freshctl call that must fail with the daemon's error (exit 1: bad_request; 4: not_found) and queue
+    nothing."""
     before = (await running.ctl_json("jobs"))["total"]
     result = await running.ctl(*args, check=False)
-    assert result.returncode == 1, (args, result.stdout, result.stderr)
+    assert result.returncode == status, (args, result.stdout, result.stderr)
     assert (await running.ctl_json("jobs"))["total"] == before
     return result.stderr
 
@@ -63,7 +64,7 @@ async def test_sync_entities_runs_only_those_and_an_unknown_entity_is_refused_li
         error = await refused(running, "sync", "eu", "--entities", "orders,invoices")
         assert "unknown entity 'invoices'" in error and "valid: customers, orders, products" in error
         assert "not_found" not in error
-        await refused(running, "sync", "nowhere", "--entities", "orders")  # unknown connection
+        await refused(running, "sync", "nowhere", "--entities", "orders", status=4)  # unknown connection
 
         queued = await running.ctl_json("sync", "eu", "--entities", "orders")
         assert queued["options"] == {"entities": ["orders"]}
@@ -209,7 +210,7 @@ async def test_ensure_queues_a_sync_only_when_data_is_missing_or_stale_and_is_id
         await running.wait_job(stale["job_id"])
 
         result = await running.ctl("ensure", "nowhere", check=False)
-        assert result.returncode == 1 and "nowhere" in result.stderr
+        assert result.returncode == 4 and "nowhere" in result.stderr
 
 
 async def test_health_sweep_requeues_a_connection_whose_last_sync_stored_nothing_of_a_nonzero_total(

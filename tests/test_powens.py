@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from freshd.connectors.base import ConnectionSettings
+from freshd.connectors.base import ConnectionSettings, check_settings
 from freshd.connectors.powens.connector import PowensConnector, classify
 from freshd.connectors.powens.simulator import PowensSimulator
 from freshd.connectors.simulator import serve_asgi
@@ -166,8 +166,9 @@ async def test_incremental_reads_from_last_update_and_tombstones_deleted_rows(da
 def test_settings_are_checked() -> None:
     def check(credentials: dict[str, str], **options: Any) -> str:
         with pytest.raises(ConfigError) as caught:
-            PowensConnector.validate_settings(ConnectionSettings("bank", "powens", "http://x/2.0",
-                                                                 credentials=credentials, options=options))
+            # the shared check: the declared required_credentials, then the connector's own
+            check_settings(ConnectionSettings("bank", "powens", "http://x/2.0", credentials=credentials,
+                                              options=options))
         return str(caught.value)
 
     assert "access_token" in check({})

@@ -58,6 +58,12 @@ def database_outage(server_url: str, database_url: str) -> Iterator[None]:
             conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
 
 
+
+def error_of(result: subprocess.CompletedProcess[str]) -> str:
+    """The message of a refused `freshctl --json` call (errors are JSON on stdout)."""
+    error: str = json.loads(result.stdout)["error"]["message"]
+    return error
+
 class Process:
     """`freshd run` as systemd runs it: a real process, signals, an exit code, its log on stderr."""
 
@@ -205,7 +211,7 @@ async def test_reload_that_disables_a_connection_keeps_its_data_and_reenabling_r
     assert counts(database_url, "shop") == kept  # and nothing syncs
     assert await running.states() == {"shop": "disabled"}
     refused = await running.ctl("sync", "shop")
-    assert refused.returncode == 1 and "disabled" in refused.stderr
+    assert refused.returncode == 5 and "disabled" in error_of(refused)
     assert counts(database_url, "shop") == kept  # a refused request changes nothing
     assert [m for m, _ in activity(database_url, "connection.disabled")] == \
         ["connection shop is disabled in the config: stopped, its data is kept"]
@@ -251,11 +257,11 @@ async def test_reload_that_drops_a_connection_keeps_its_data_and_shows_it_detach
 
     # deleting it is an explicit act; bad requests get a clear error and change nothing
     plain = await running.ctl("connections", "remove", "eu")
-    assert plain.returncode == 1 and "deletes its data" in plain.stderr and "--purge" in plain.stderr
+    assert plain.returncode == 1 and "deletes its data" in error_of(plain) and "--purge" in error_of(plain)
     enabled = await running.ctl("connections", "remove", "us", "--purge")
-    assert enabled.returncode == 1 and "enabled in the config file" in enabled.stderr
+    assert enabled.returncode == 5 and "enabled in the config file" in error_of(enabled)
     ghost = await running.ctl("connections", "remove", "ghost", "--purge")
-    assert ghost.returncode == 1 and "ghost" in ghost.stderr
+    assert ghost.returncode == 4 and "ghost" in error_of(ghost)
     assert counts(database_url, "eu") == kept and counts(database_url, "us")[0] > 0
     assert activity(database_url, "connection.purged") == []
 
@@ -395,7 +401,7 @@ async def test_an_admin_command_blocked_by_a_lock_answers_timeout_within_request
             started = trio.current_time()
             answer = await daemon.ctl("sync", "eu")
             elapsed = trio.current_time() - started
-            assert answer.returncode != 0 and "no answer within 3 s" in answer.stderr, answer
+            assert answer.returncode == 7 and "no answer within 3 s" in error_of(answer), answer
             assert elapsed < 3 + 1.5, elapsed  # freshctl's own start-up included
             with trio.fail_after(2):  # the blocked statement was cancelled server-side, not left waiting
                 while lock_waiters(database_url) > 0:

@@ -101,7 +101,7 @@ async def test_cleanup_sweep_stores_yesterdays_statistics_per_connection_and_fre
 
         assert (await running.ctl_json("stats", "--connection", "eu"))["stats"][0]["connection"] == "eu"
         bad = await running.ctl("stats", "--connection", "nowhere", check=False)
-        assert bad.returncode == 1 and "nowhere" in bad.stderr
+        assert bad.returncode == 4 and "nowhere" in bad.stderr
         assert (await running.ctl("stats", "--days", "0", check=False)).returncode == 2
 
 

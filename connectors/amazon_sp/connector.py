@@ -454,6 +454,7 @@ OnPage = Callable[[Any, bool], Awaitable[None]]  # (one page's payload or events
 
 class AmazonSPConnector(Connector):
     provider = "amazon_sp"
+    required_credentials = ("refresh_token", "client_id", "client_secret")  # Login with Amazon
     streams = (INVENTORY, FINANCIAL_EVENTS, REIMBURSEMENTS)
 
     @classmethod

@@ -54,6 +54,7 @@ from freshd.connectors.base import (
     ConnectionSettings,
     Connector,
     Page,
+    Problems,
     StreamSpec,
     SyncContext,
     SyncMode,
@@ -183,6 +184,8 @@ def _parse_odoo_time(text: str) -> datetime:
 
 class OdooConnector(Connector):
     provider = "odoo"
+    # the database and login may be options (readable in logs) or credentials: _credentials checks them
+    required_credentials = ("api_key|password",)
     streams = (PARTNERS, SALE_ORDERS, PRODUCTS)
     since_streams = frozenset({PARTNERS.name, SALE_ORDERS.name, PRODUCTS.name})
 
@@ -217,18 +220,23 @@ class OdooConnector(Connector):
     def validate_settings(cls, settings: ConnectionSettings) -> None:
         options = settings.options
         where = f"connection {settings.name}: options"
+        problems = Problems()
         api = options.get("api", "jsonrpc")
         if api not in APIS:
-            raise ConfigError(f"unknown api {api!r}; valid: {', '.join(APIS)}", where=f"{where}.api")
+            problems.add(f"unknown api {api!r}; valid: {', '.join(APIS)}", where=f"{where}.api")
         for key in ("page_size", "lookback", "reconcile_interval"):
             value = options.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-                raise ConfigError(f"expected a number above zero, got {value!r}", where=f"{where}.{key}")
+                problems.add(f"expected a number above zero, got {value!r}", where=f"{where}.{key}")
         fields = options.get("fields", {})
         if not isinstance(fields, Mapping) or any(k not in DEFAULT_FIELDS for k in fields):
-            raise ConfigError(f"expected a table of stream = [field, ...] for {', '.join(DEFAULT_FIELDS)}",
-                              where=f"{where}.fields")
-        _credentials(settings)
+            problems.add(f"expected a table of stream = [field, ...] for {', '.join(DEFAULT_FIELDS)}",
+                         where=f"{where}.fields")
+        try:
+            _credentials(settings)
+        except ConfigError as exc:
+            problems.errors.append(exc)
+        problems.check()
 
     async def aclose(self) -> None:
         await self.client.aclose()

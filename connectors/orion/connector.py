@@ -37,11 +37,18 @@ from typing import Any
 import httpx
 import structlog
 
-from freshd.connectors.base import ConnectionSettings, Connector, Page, StreamSpec, SyncContext, SyncMode
+from freshd.connectors.base import (
+    ConnectionSettings,
+    Connector,
+    Page,
+    Problems,
+    StreamSpec,
+    SyncContext,
+    SyncMode,
+)
 from freshd.connectors.http import classify_http
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
 from freshd.errors import (
-    ConfigError,
     PermanentError,
     ProviderError,
     RateLimited,
@@ -127,6 +134,9 @@ def _parse(text: str) -> datetime:
 
 class OrionConnector(Connector):
     provider = "orion"
+    # username and password, or a partner refresh_token with client_id and client_secret:
+    # alternatives of several keys, checked by validate_settings
+    required_credentials = ()
     streams = (CLIENTS, ACCOUNTS, AUM_HISTORY)
     since_streams = frozenset({ACCOUNTS.name})  # clients have no edited filter; AUM is by date range
 
@@ -165,24 +175,25 @@ class OrionConnector(Connector):
     def validate_settings(cls, settings: ConnectionSettings) -> None:
         creds, options = settings.credentials, settings.options
         where = f"connection {settings.name}"
+        problems = Problems()
         has_password = bool(creds.get("username") and creds.get("password"))
         if not has_password and not creds.get("refresh_token"):
-            raise ConfigError("missing credentials: username and password (or a partner refresh_token)",
-                              where=where)
+            problems.add("missing credentials: username and password (or a partner refresh_token)", where=where)
         if bool(creds.get("client_id")) != bool(creds.get("client_secret")):
-            raise ConfigError("client_id and client_secret go together (partner apps)", where=where)
+            problems.add("client_id and client_secret go together (partner apps)", where=where)
         if creds.get("refresh_token") and not creds.get("client_id"):
-            raise ConfigError("a refresh_token needs the partner client_id and client_secret", where=where)
+            problems.add("a refresh_token needs the partner client_id and client_secret", where=where)
         if options.get("paging", "odata") not in PAGING:
-            raise ConfigError(f"unknown paging {options.get('paging')!r}; valid: {', '.join(PAGING)}",
-                              where=f"{where}: options.paging")
+            problems.add(f"unknown paging {options.get('paging')!r}; valid: {', '.join(PAGING)}",
+                         where=f"{where}: options.paging")
         for key in ("page_size", "accounts_lookback", "accounts_full_interval", "aum_lookback_days",
                     "aum_history_days", "aum_interval", "aum_full_interval"):
             value = options.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0
                                       or (key == "page_size" and not 1 <= value <= 5000)):
-                raise ConfigError(f"expected a number of 0 or more{' (1 to 5000)' if key == 'page_size' else ''}, "
-                                  f"got {value!r}", where=f"{where}: options.{key}")
+                problems.add(f"expected a number of 0 or more{' (1 to 5000)' if key == 'page_size' else ''}, "
+                             f"got {value!r}", where=f"{where}: options.{key}")
+        problems.check()
 
     async def aclose(self) -> None:
         await self.client.aclose()

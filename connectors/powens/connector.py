@@ -38,11 +38,18 @@ from typing import Any
 import httpx
 import structlog
 
-from freshd.connectors.base import ConnectionSettings, Connector, Page, StreamSpec, SyncContext, SyncMode
+from freshd.connectors.base import (
+    ConnectionSettings,
+    Connector,
+    Page,
+    Problems,
+    StreamSpec,
+    SyncContext,
+    SyncMode,
+)
 from freshd.connectors.http import classify_http
 from freshd.connectors.pagination import LoopGuard
 from freshd.errors import (
-    ConfigError,
     PermanentError,
     ProviderError,
     RateLimited,
@@ -116,6 +123,7 @@ def _fmt(moment: datetime) -> str:
 
 class PowensConnector(Connector):
     provider = "powens"
+    required_credentials = ("access_token",)  # a permanent Powens user token
     streams = (CONNECTIONS, ACCOUNTS, TRANSACTIONS)
     since_streams = frozenset({TRANSACTIONS.name})  # bank connections and accounts are listed whole
 
@@ -141,17 +149,17 @@ class PowensConnector(Connector):
     @classmethod
     def validate_settings(cls, settings: ConnectionSettings) -> None:
         where = f"connection {settings.name}"
-        if not settings.credentials.get("access_token"):
-            raise ConfigError("missing credential access_token (a permanent Powens user token)", where=where)
+        problems = Problems()
         page_size = settings.options.get("page_size")
         if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int)
                                       or not 1 <= page_size <= PAGE_SIZE):
-            raise ConfigError(f"expected a whole number from 1 to {PAGE_SIZE}, got {page_size!r}",
-                              where=f"{where}: options.page_size")
+            problems.add(f"expected a whole number from 1 to {PAGE_SIZE}, got {page_size!r}",
+                         where=f"{where}: options.page_size")
         lookback = settings.options.get("lookback")
         if lookback is not None and (isinstance(lookback, bool) or not isinstance(lookback, int | float)
                                      or lookback < 0):
-            raise ConfigError(f"expected seconds (0 or more), got {lookback!r}", where=f"{where}: options.lookback")
+            problems.add(f"expected seconds (0 or more), got {lookback!r}", where=f"{where}: options.lookback")
+        problems.check()
 
     def _classify(self, response: httpx.Response) -> ProviderError | None:
         error = classify(response)

@@ -317,6 +317,8 @@ def _fingerprint(stream: RestStream) -> str:
 
 class RestConnector(Connector):
     provider = "rest"
+    # decided by options.auth (each auth kind lists its credentials): read_options checks them
+    required_credentials = ()
     # per connection (options.streams), not per class: the engine reads it from the instance
     streams: tuple[StreamSpec, ...] = ()  # type: ignore[misc]
 

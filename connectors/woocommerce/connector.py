@@ -47,6 +47,7 @@ from freshd.connectors.base import (
     ConnectionSettings,
     Connector,
     Page,
+    Problems,
     StreamSpec,
     SyncContext,
     SyncMode,
@@ -247,6 +248,7 @@ def _stored_max_id(state: dict[str, Any]) -> int:
 
 class WooCommerceConnector(Connector):
     provider = "woocommerce"
+    required_credentials = ("consumer_key", "consumer_secret")
     streams = (CUSTOMERS, ORDERS, PRODUCTS)
     since_streams = frozenset({ORDERS.name, PRODUCTS.name})  # customers have no modified filter
 
@@ -279,14 +281,16 @@ class WooCommerceConnector(Connector):
 
     @classmethod
     def validate_settings(cls, settings: ConnectionSettings) -> None:
+        problems = Problems()
         auth = settings.options.get("auth")
         if auth is not None and auth not in ("basic", "query", "oauth1"):
-            raise ConfigError(f"option auth must be one of basic, query, oauth1, got {auth!r}",
-                              where=f"connection {settings.name}")
+            problems.add(f"option auth must be one of basic, query, oauth1, got {auth!r}",
+                         where=f"connection {settings.name}")
         interval = settings.options.get("diff_interval", DIFF_INTERVAL)
         if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
-            raise ConfigError(f"option diff_interval must be a number of seconds >= 0, got {interval!r}",
-                              where=f"connection {settings.name}")
+            problems.add(f"option diff_interval must be a number of seconds >= 0, got {interval!r}",
+                         where=f"connection {settings.name}")
+        problems.check()
 
     async def probe(self) -> None:
         await self.client.get_json("customers", params={"per_page": 1, "_fields": "id"})

@@ -23,9 +23,20 @@ from freshd.actor import ConnectionState, ConnectionStatus
 from freshd.admin.consumers import ConsumerCommands
 from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Peer, Request
 from freshd.connectors.base import ConnectionSettings, check_settings, connector_class
-from freshd.errors import AdminError, ConfigError, StoreUnavailable
+from freshd.errors import (
+    AdminError,
+    AuthExpired,
+    ConfigError,
+    ConfigErrors,
+    ProviderError,
+    ReauthRequired,
+    StoreUnavailable,
+)
 from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
+from freshd.policies.gate import ConnectionPolicies
+from freshd.policies.retry import RetryPolicy
 from freshd.policies.staleness import Verdict
+from freshd.policies.tokens import Token
 from freshd.store import activity, cluster, connections, jobs, outbox, records, stats, tokens
 from freshd.store.db import Listener
 from freshd.store.jobs import JobKind, JobOptions, JobRow, JobStatus
@@ -45,6 +56,7 @@ FORWARD_POLL = 0.05  # seconds between two looks for the owner's reply
 FORWARD_IDLE = 1.0  # the owner looks for forwarded commands at least this often
 EVENTS_LAG_LIMIT = 300.0  # unpublished change events older than this make `health` unhealthy
 REMOTE_WATCH_POLL = 0.5  # `watch` of a job another member runs reads its row this often
+CHECK_TIMEOUT = 15.0  # `connections add --check`: the provider probe's deadline (within request_timeout)
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -99,6 +111,60 @@ def validate_base_url(url: str) -> None:
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise AdminError(ErrorCode.BAD_REQUEST, f"base_url must be an http(s) URL with a host, got {url!r}")
+
+
+def check_connection(settings: ConnectionSettings) -> None:
+    """`connections add`: the base URL and the provider's checks (options, required credentials), every
+    problem in one message; raises AdminError(bad_request) and nothing is stored."""
+    problems: list[str] = []
+    try:
+        validate_base_url(settings.base_url)
+    except AdminError as exc:
+        problems.append(exc.message)
+    try:
+        check_settings(settings)
+    except ConfigErrors as exc:
+        problems += [str(e) for e in exc.errors]
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if len(problems) == 1:
+        raise AdminError(ErrorCode.BAD_REQUEST, problems[0])
+    if problems:
+        raise AdminError(ErrorCode.BAD_REQUEST, f"{len(problems)} problems: " + "; ".join(problems))
+
+
+async def probe_connection(settings: ConnectionSettings, *, deadline: float) -> Token | None:
+    """`connections add --check`: build the connector and make its health probe's one cheap call, within
+    `deadline` seconds, without retries.  Refused credentials are bad_request, an unreachable or failing provider
+    unavailable (nothing is stored either way).  Returns the token the probe obtained (OAuth-style
+    providers), stored with the connection: a rotated refresh token must not be lost."""
+    cls = connector_class(settings.provider)
+    policies = ConnectionPolicies.standalone(settings.provider, cls.rate_limits, settings.options,
+                                             name=settings.name)
+    policies.retry = RetryPolicy(attempts=1, rate_limited_attempts=1)
+    what = f"check of {settings.name} against {settings.base_url}"
+    try:
+        connector = cls(settings, policies=policies)
+    except ConfigError as exc:
+        raise AdminError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    try:
+        with trio.fail_after(deadline):
+            await connector.probe()
+    except NotImplementedError:
+        log.info("connection.check_skipped", connection=settings.name, reason="the connector has no probe")
+    except trio.TooSlowError:
+        raise AdminError(ErrorCode.UNAVAILABLE, f"{what}: no answer within {deadline:g} s (is the provider "
+                         "reachable? --no-check skips this check)") from None
+    except (ReauthRequired, AuthExpired) as exc:
+        raise AdminError(ErrorCode.BAD_REQUEST, f"{what}: the provider refused the credentials: "
+                         f"{logs.scrub(str(exc))}") from None
+    except ProviderError as exc:
+        raise AdminError(ErrorCode.UNAVAILABLE, f"{what}: the provider cannot be used: {logs.scrub(str(exc))} "
+                         "(--no-check skips this check)") from None
+    finally:
+        with trio.CancelScope(shield=True):
+            await connector.aclose()
+    return policies.tokens.token
 
 
 class DaemonAdmin:
@@ -359,17 +425,18 @@ class DaemonAdmin:
             if tenant not in caller.tenants:
                 raise AdminError(ErrorCode.FORBIDDEN, f"you may add connections to tenant(s) "
                                  f"{', '.join(sorted(caller.tenants))} only")
-        validate_base_url(base_url)
-        try:
-            check_settings(ConnectionSettings(name, provider, base_url, tenant or "default",
-                                              dict(args["credentials"]), dict(args.get("options") or {})))
-        except ConfigError as exc:
-            raise AdminError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        settings = ConnectionSettings(name, provider, base_url, tenant or "default", dict(args["credentials"]),
+                                      dict(args.get("options") or {}))
+        check_connection(settings)
         existing = await self.daemon.store.call(connections.get_connection, name, self.daemon.store.keyring)
         if existing is not None:
             if not caller.sees(existing.tenant):  # names are global, but whose it is stays hidden
                 raise AdminError(ErrorCode.CONFLICT, "that connection name is not available; choose another")
             raise AdminError(ErrorCode.CONFLICT, f"a connection named {name!r} already exists")
+        token = None
+        if args.get("check"):  # within the request's deadline, with a second left to answer
+            token = await probe_connection(
+                settings, deadline=max(1.0, min(CHECK_TIMEOUT, self.daemon.config.admin.request_timeout - 2.0)))
 
         def add(conn: Any) -> tuple[connections.ConnectionRow, JobRow]:
             row, _ = connections.upsert_connection(
@@ -377,6 +444,8 @@ class DaemonAdmin:
                 base_url=base_url, options=dict(args.get("options") or {}),
                 credentials=dict(args["credentials"]), source="admin",
             )
+            if token is not None:  # the check's token: its refresh token may have rotated
+                connections.save_tokens(conn, self.daemon.store.keyring, row.id, token.as_json())
             # the initial sync is queued in the same transaction: an added connection is never forgotten
             job, _ = jobs.create_job(conn, row.id, JobKind.INITIAL, "add")
             activity.log_activity(conn, "connection.added", f"connection {name} added over the admin socket",

@@ -105,6 +105,8 @@ COMMANDS: dict[str, dict[str, Arg]] = {
         "credentials": Arg("str_map", required=True),
         "tenant": Arg("name", default="default"),
         "options": Arg("object", default={}),
+        # probe the provider first (one cheap call): refused credentials or an unreachable host store nothing
+        "check": Arg("bool", default=False),
     },
     # deletes the connection's data (records, cursors, jobs): refused without purge = true
     "connections.remove": {"name": _NAME, "purge": Arg("bool", default=False)},
