@@ -68,14 +68,14 @@ def all_tasks() -> set[trio.lowlevel.Task]:
 @asynccontextmanager
 async def serving(scheduler: TrioScheduler) -> AsyncIterator[trio.Nursery]:
     """serve_scheduler in a nursery; cancelled on exit; asserts no thread and no task is left."""
-    threads = threading.active_count()
+    threads = set(threading.enumerate())  # other tests' idle worker threads may end meanwhile: not ours
     tasks = all_tasks()
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_scheduler, scheduler)
         yield nursery
         nursery.cancel_scope.cancel()
     assert scheduler.state == STATE_STOPPED
-    assert threading.active_count() == threads
+    assert not set(threading.enumerate()) - threads, "the scheduler left a thread behind"
     assert all_tasks() == tasks
 
 

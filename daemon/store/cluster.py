@@ -164,8 +164,10 @@ def lease_round(
         rows = conn.execute(
             "UPDATE leases AS l SET owner = %s, epoch = l.epoch + 1, expires_at = now() + %s, acquired_at = now()"
             " FROM (SELECT connection_id, owner AS previous, extract(epoch FROM now() - expires_at)::float8 AS late"
+            # SKIP LOCKED: a lease still share-locked by a write in flight (or by a stopped member's
+            # open transaction, until the server ends it) is taken in a later round; the others now
             "       FROM leases WHERE connection_id = ANY(%s) AND (owner IS NULL OR expires_at < now())"
-            "       FOR UPDATE) AS free"
+            "       FOR UPDATE SKIP LOCKED) AS free"
             " WHERE l.connection_id = free.connection_id"
             " RETURNING l.connection_id, l.epoch, free.previous, free.late",
             (member_id, lease, want),

@@ -52,6 +52,7 @@ log = structlog.get_logger(__name__)
 Connection = psycopg.Connection[dict[str, object]]
 
 CONNECT_TIMEOUT = 5
+IDLE_IN_TRANSACTION = 10.0  # seconds: our transactions never wait on the client in between statements
 RETRY_CAP = 30.0
 CANCEL_TIMEOUT = 2.0  # a cancel request the server does not acknowledge in this time is given up
 STATEMENT_TIMEOUT = 30.0  # [store] statement_timeout and lock_timeout (seconds)
@@ -231,8 +232,11 @@ class Store:
     def _connect(self) -> Connection:
         # server-side bounds on every statement and lock wait: a hung database cannot hold a
         # worker thread (and the caller) longer than this
+        # and a session idle inside a transaction (a stopped process, a frozen VM) is ended by the
+        # server after IDLE_IN_TRANSACTION: its locks (a lease FOR SHARE) cannot block a take-over
         options = (f"-c search_path=freshd,public -c statement_timeout={round(self.statement_timeout * 1000)}"
-                   f" -c lock_timeout={round(self.lock_timeout * 1000)}")
+                   f" -c lock_timeout={round(self.lock_timeout * 1000)}"
+                   f" -c idle_in_transaction_session_timeout={round(IDLE_IN_TRANSACTION * 1000)}")
         return psycopg.connect(self.url, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT, options=options)
 
     def _run(
