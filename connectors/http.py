@@ -38,6 +38,7 @@ import trio
 
 from freshd import logs, metrics
 from freshd.errors import (
+    Ambiguous,
     AuthExpired,
     CircuitOpen,
     PermanentError,
@@ -217,10 +218,16 @@ class ProviderClient:
         return body
 
     async def request_json(
-        self, method: str, url: str, *, limit: str | None = None, **kwargs: Any
+        self, method: str, url: str, *, limit: str | None = None, replay_safe: bool = True, **kwargs: Any
     ) -> tuple[Any, httpx.Response]:
-        """Any method, JSON body decoded (JSON-RPC POSTs, token requests)."""
-        response, body = await self._send(method, url, decode=orjson.loads, limit=limit, **kwargs)
+        """Any method, JSON body decoded (JSON-RPC POSTs, token requests).
+
+        `replay_safe=False` (a create, anything not idempotent): a failure after which the provider
+        may have applied the request (a timeout, a dropped connection, a 5xx) is raised as
+        `Ambiguous`, never resent; the caller finds out what happened first.  Failures that prove
+        nothing was applied (429, a refused connection, an open breaker) are still retried."""
+        response, body = await self._send(method, url, decode=orjson.loads, limit=limit,
+                                          replay_safe=replay_safe, **kwargs)
         return body, response
 
     async def _attempt(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -253,7 +260,8 @@ class ProviderClient:
         return (capped, RateLimited(str(error), retry_after=cap, code=error.code)), refused
 
     async def _send(
-        self, method: str, url: str, *, decode: Callable[[bytes], Any] | None, limit: str | None, **kwargs: Any
+        self, method: str, url: str, *, decode: Callable[[bytes], Any] | None, limit: str | None,
+        replay_safe: bool = True, **kwargs: Any
     ) -> tuple[httpx.Response, Any]:
         attempt = 0
         refreshed = False
@@ -318,6 +326,8 @@ class ProviderClient:
                 attempt -= 1
                 await self.tokens.after_rejection(token, self.refresh)
                 continue
+            if not replay_safe and isinstance(error, TransientError) and not _nothing_applied(error):
+                raise Ambiguous(str(error), status=error.status, code=error.code) from error
             if not isinstance(error, TransientError) or isinstance(error, CircuitOpen) \
                     or self.retry.gives_up(attempt, error):
                 raise error
@@ -325,6 +335,13 @@ class ProviderClient:
             log.info("provider.retry", provider=self.provider, attempt=attempt, delay=round(delay, 2),
                      error=str(error))
             await trio.sleep(delay)
+
+
+def _nothing_applied(error: TransientError) -> bool:
+    """Errors that prove the provider did not act on the request: resending is safe."""
+    if isinstance(error, RateLimited | CircuitOpen):
+        return True
+    return isinstance(error.__cause__, httpx.ConnectError | httpx.ConnectTimeout)
 
 
 async def _read_body(response: httpx.Response, limit: int, provider: str) -> bytes:

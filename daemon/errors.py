@@ -11,10 +11,13 @@
     └── ProviderError            anything a provider said (or failed to say)
         ├── TransientError       retry later with backoff (timeouts, connection errors, 5xx)
         │   ├── RateLimited      429 / quota: wait `retry_after` seconds, then retry
-        │   └── CircuitOpen      the connection's breaker is open: fail fast, probe later
+        │   ├── CircuitOpen      the connection's breaker is open: fail fast, probe later
+        │   └── Ambiguous        a write that may or may not have been applied: look, then retry
         ├── AuthExpired          the access token is stale: refresh once, then retry
         ├── ReauthRequired       credentials rejected: stop syncing until an operator acts
         ├── ItemError            this one record is bad: skip it, record why, go on
+        │   ├── DuplicateKey     a write refused: a unique key (email, SKU) is already taken
+        │   └── Rejected         a write refused by the target's validation (its message kept)
         └── PermanentError       the request cannot succeed as asked: fail this entity
             └── ResponseTooLarge a body over policies.limits.max_response_bytes (as sent or inflated)
 
@@ -112,6 +115,11 @@ class CircuitOpen(TransientError):
         super().__init__(message)
 
 
+class Ambiguous(TransientError):
+    """A request that is not safe to resend (a create) failed in a way that leaves open whether the
+    provider applied it (a timeout, a dropped connection, a 5xx): look before trying again."""
+
+
 class AuthExpired(ProviderError):
     """The access token expired or was rejected in a way a refresh can fix."""
 
@@ -126,6 +134,20 @@ class ItemError(ProviderError):
     def __init__(self, message: str, *, external_id: str | None = None, **kwargs: object) -> None:
         self.external_id = external_id
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
+
+
+class DuplicateKey(ItemError):
+    """A write the target refused because a unique key is taken (WooCommerce's email-exists error,
+    a duplicate SKU, an Odoo unique constraint); `existing_id` is the holder when the target says."""
+
+    def __init__(self, message: str, *, existing_id: str | None = None, **kwargs: object) -> None:
+        self.existing_id = existing_id
+        super().__init__(message, **kwargs)
+
+
+class Rejected(ItemError):
+    """A write the target's validation refused (WooCommerce's 400, Odoo's ValidationError or
+    UserError): it will not succeed as asked; a person must look at the message."""
 
 
 class PermanentError(ProviderError):
