@@ -140,9 +140,10 @@ class DuplicateKey(ItemError):
     """A write the target refused because a unique key is taken (WooCommerce's email-exists error,
     a duplicate SKU, an Odoo unique constraint); `existing_id` is the holder when the target says."""
 
-    def __init__(self, message: str, *, existing_id: str | None = None, **kwargs: object) -> None:
+    def __init__(self, message: str, *, existing_id: str | None = None, external_id: str | None = None,
+                 status: int | None = None, code: str | None = None) -> None:
         self.existing_id = existing_id
-        super().__init__(message, **kwargs)
+        super().__init__(message, external_id=external_id, status=status, code=code)
 
 
 class Rejected(ItemError):
