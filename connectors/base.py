@@ -212,6 +212,10 @@ class Connector(ABC):
         await self.policies.tokens.valid(self.refresh_token)
         return self.policies.tokens.refreshes > before
 
+    async def reference_table(self, name: str) -> dict[str, str]:
+        """A small lookup table two-way mappings translate through (Odoo's "countries": id -> ISO code)."""
+        raise PermanentError(f"{self.provider} has no reference table {name!r}")
+
     async def probe(self) -> None:
         """The health sweep's cheap call (one small request); raises the taxonomy's errors.
 

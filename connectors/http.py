@@ -22,6 +22,7 @@ after its one refresh, and everything else are raised at once.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import ssl
 import time
@@ -48,7 +49,7 @@ from freshd.errors import (
     TransientError,
 )
 from freshd.policies.limits import ProviderLimits
-from freshd.policies.ratelimit import parse_retry_after
+from freshd.policies.ratelimit import TokenBucket, parse_retry_after
 from freshd.policies.retry import RetryPolicy
 from freshd.policies.tokens import Refresh, Token, TokenRefresher
 
@@ -119,6 +120,11 @@ def _tls_context() -> ssl.SSLContext:
 
 def bearer(token: Token) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.access_token}"}
+
+
+# Two-way sync's per-tenant write rate ([twoway] write_rate_per_minute): set around a write call
+# (freshd.twoway), every request sent while it is set, retries included, first takes a token from it.
+write_budget: contextvars.ContextVar[TokenBucket | None] = contextvars.ContextVar("write_budget", default=None)
 
 
 class ProviderClient:
@@ -271,6 +277,9 @@ class ProviderClient:
             if self.refresh is not None and self.tokens is not None:
                 token = await self.tokens.valid(self.refresh)
                 kwargs["headers"] = {**(kwargs.get("headers") or {}), **self.token_header(token)}
+            budget = write_budget.get()
+            if budget is not None:
+                await budget.acquire()
             await self.gate.before_request(limit)
             error: ProviderError | None
             response: httpx.Response | None = None

@@ -18,12 +18,14 @@ missed nudge loses nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Any
 
+import outcome
 import structlog
 import trio
 
@@ -40,6 +42,7 @@ from freshd.messages import (
     ResumeJob,
     Stop,
     UpdateSettings,
+    WithConnector,
 )
 from freshd.policies.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from freshd.policies.gate import ConnectionGate, ConnectionPolicies, RateGroups, limits_for
@@ -319,6 +322,8 @@ class ConnectionActor:
                                 and self.state is not ConnectionState.REAUTH_REQUIRED:
                             self._probing = True
                             nursery.start_soon(self._probe)
+                    case WithConnector(call, reply):
+                        nursery.start_soon(self._with_connector, call, reply)
                     case Stop():
                         nursery.cancel_scope.cancel()
                     case _:
@@ -375,6 +380,24 @@ class ConnectionActor:
         finally:
             self.probed_at = datetime.now(UTC)
             self._probing = False
+
+    async def _with_connector(self, call: Callable[[Connector], Awaitable[Any]],
+                              reply: trio.MemorySendChannel[outcome.Outcome[Any]]) -> None:
+        """A two-way write or lookup under this connection's policies; its outcome goes to `reply`."""
+        async with reply:
+            if self.state is ConnectionState.REAUTH_REQUIRED:
+                result: outcome.Outcome[Any] = outcome.Error(ReauthRequired(self.error or "re-authentication required"))
+            else:
+                connector = self._connector()
+                try:
+                    result = await outcome.acapture(call, connector)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await connector.aclose()
+                if isinstance(result, outcome.Error) and isinstance(result.error, ReauthRequired):
+                    self._needs_reauth(str(result.error))
+            with contextlib.suppress(trio.BrokenResourceError):
+                reply.send_nowait(result)
 
     def _needs_reauth(self, reason: str) -> None:
         if self.state is ConnectionState.REAUTH_REQUIRED or self.active is not None:

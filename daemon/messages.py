@@ -7,9 +7,14 @@ restarts (or misses a nudge) finds its live job there.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from freshd.connectors.base import ConnectionSettings
+import outcome
+import trio
+
+from freshd.connectors.base import ConnectionSettings, Connector
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,4 +61,16 @@ class Stop:
     """Finish the current page, mark the job interrupted, and exit."""
 
 
-ActorMessage = JobQueued | PauseJob | ResumeJob | CancelJob | UpdateSettings | RefreshToken | Probe | Stop
+@dataclass(frozen=True, slots=True)
+class WithConnector:
+    """Two-way sync: run `call` (a write, a lookup) with a connector built on this connection's
+    policies (rate limits, breaker, token refresh), and send its outcome (the value or the error
+    it raised) to `reply`.  Credentials the provider refuses put the connection into
+    reauth_required, as a sync's would."""
+
+    call: Callable[[Connector], Awaitable[Any]]
+    reply: trio.MemorySendChannel[outcome.Outcome[Any]]
+
+
+ActorMessage = (JobQueued | PauseJob | ResumeJob | CancelJob | UpdateSettings | RefreshToken | Probe | Stop
+                | WithConnector)

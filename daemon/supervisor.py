@@ -147,6 +147,11 @@ class Supervisor:
         """connection id -> the fence of the actor running it here."""
         return {handle.row.id: handle.fence for handle in self._handles.values()}
 
+    def fence_of(self, name: str) -> Fence | None:
+        """The fence of the actor running `name` here (None: not run by this member)."""
+        handle = self._handles.get(name)
+        return handle.fence if handle else None
+
     def fenced_store(self, name: str) -> Store | None:
         """The store as the actor of `name` writes to it (None: not run by this member)."""
         handle = self._handles.get(name)

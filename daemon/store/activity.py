@@ -18,18 +18,23 @@ def log_activity(
     *,
     connection_id: int | None = None,
     job_id: int | None = None,
+    run_id: int | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
     conn.execute(
-        "INSERT INTO activity_log (connection_id, job_id, kind, message, details) VALUES (%s, %s, %s, %s, %s)",
-        (connection_id, job_id, kind, logs.scrub(message), Jsonb(logs.scrub_json(details or {}))),
+        "INSERT INTO activity_log (connection_id, job_id, run_id, kind, message, details)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (connection_id, job_id, run_id, kind, logs.scrub(message), Jsonb(logs.scrub_json(details or {}))),
     )
 
 
-def recent_activity(conn: Connection, *, connection_id: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+def recent_activity(conn: Connection, *, connection_id: int | None = None, run_id: int | None = None,
+                    limit: int = 50) -> list[dict[str, Any]]:
     where, params = ("WHERE connection_id = %s", [connection_id]) if connection_id else ("", [])
+    if run_id is not None:
+        where, params = "WHERE run_id = %s", [run_id]
     rows = conn.execute(
-        f"SELECT at, connection_id, job_id, kind, message, details FROM activity_log {where}"
+        f"SELECT at, connection_id, job_id, run_id, kind, message, details FROM activity_log {where}"
         " ORDER BY id DESC LIMIT %s",
         [*params, limit],
     ).fetchall()

@@ -1,0 +1,661 @@
+"""One two-way run: bring both sides up to date, plan, then write in batches.
+
+    processing/syncing ──both sides' syncs done──> planning ──queue stored──> writing ──> done | partial
+         │ a sync failed or a side is paused: failed           (batch boundary) ├─pause──> paused ──resume──> queued
+                                                                                 └─cancel─> cancelled
+
+Crash safety: the queue, every write's intent (the idempotency log) and every batch's outcome are
+committed; a resumed run syncs both sides again, then goes on from its first pending item.  A
+create whose intent was committed but never settled is looked up at the provider by its
+reference (`Writer.find_created`) before it is sent again, so it is never made twice.
+
+Each item gets `attempts` tries (exponential backoff `backoff`..`backoff_cap` between them) for
+failures that may pass (rate limits exhausted, 5xx, an ambiguous create); then a RetryExhausted
+conflict.  Refusals go to conflicts at once: DuplicateKey (a create linked to the record holding
+the key when the provider names it), ValidationError (the provider's message), AuthError (the
+connection is put in reauth_required by its actor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import structlog
+import trio
+
+from freshd.connectors.base import Connector
+from freshd.connectors.http import write_budget
+from freshd.connectors.writes import Create, Update, WriteOp, Writer, Written
+from freshd.errors import (
+    Ambiguous,
+    AuthExpired,
+    DuplicateKey,
+    ItemError,
+    PermanentError,
+    ProviderError,
+    ReauthRequired,
+    Rejected,
+    TransientError,
+)
+from freshd.policies.ratelimit import TokenBucket
+from freshd.store import Store, activity, jobs
+from freshd.store import twoway as db
+from freshd.store.db import Connection, Fence, check_fence
+from freshd.store.jobs import JobKind, JobStatus
+from freshd.store.twoway import ConflictType, ItemStatus, Link, PairRow, RunState
+from freshd.twoway.mapping import EntityMap, Pair, Side, Tables
+from freshd.twoway.merge import Decision
+from freshd.twoway.plan import decide, plan_entity
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+SYNC_WAIT = 3600.0  # a side's catch-up sync taking longer than this fails the run
+POLL = 0.25
+
+
+class Gateway(Protocol):
+    """What a run needs from the daemon: the store, the connections' actors and their fences."""
+
+    store: Store
+
+    def fence(self, connection: str) -> Fence | None: ...
+
+    async def with_connector(self, connection: str, call: Callable[[Connector], Awaitable[T]]) -> T: ...
+
+    def nudge_job(self, connection: str, job_id: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    batch_size: int = 50
+    batch_delay: float = 0.0
+    attempts: int = 3
+    backoff: float = 1.0
+    backoff_cap: float = 16.0
+
+
+def reference(pair: str, entity: str, side: Side, source_id: str) -> str:
+    """A create's idempotency key, the same for every attempt: the created record carries it."""
+    digest = hashlib.sha256(f"{pair}|{entity}|{side}|{source_id}".encode()).hexdigest()
+    return f"fd_{digest[:24]}"
+
+
+@dataclass(slots=True)
+class PlannedWrite:
+    key: str
+    side: Side
+    op: WriteOp
+    values: dict[str, Any]  # the common values it sets
+    source_id: str | None
+
+
+@dataclass(slots=True)
+class ItemWork:
+    """One queued item in the batch being written, and what became of it."""
+
+    seq: int
+    entity: EntityMap
+    left_id: str | None
+    right_id: str | None
+    link: Link | None = None
+    decision: Decision | None = None
+    writes: dict[Side, PlannedWrite] = field(default_factory=dict)
+    written: dict[Side, Written | None] = field(default_factory=dict)  # None: applied before (a retry)
+    errors: dict[Side, ProviderError] = field(default_factory=dict)
+    attempts: int = 0
+    skip_reason: str | None = None
+
+
+class WritePath:
+    """Intent, provider call, outcome: the one way two-way sync writes to a provider."""
+
+    def __init__(self, gateway: Gateway, budget: TokenBucket) -> None:
+        self.gateway = gateway
+        self.budget = budget
+
+    async def apply(self, pair: PairRow, entity: EntityMap, side: Side, writes: Sequence[PlannedWrite],
+                    run_id: int | None) -> list[Written | ProviderError | None]:
+        """Each write's outcome, in order (None: this key was applied before).  Raises the error of
+        a call that failed whole."""
+        connection = pair.left if side is Side.LEFT else pair.right
+        stream = entity.stream(side)
+
+        def intend(conn: Connection) -> list[str]:
+            self._check(conn, connection)
+            states = []
+            for w in writes:
+                row = conn.execute("SELECT state FROM twoway_writes WHERE key = %s FOR UPDATE", (w.key,)).fetchone()
+                previous = str(row["state"]) if row else "new"
+                if previous != "applied":
+                    target = w.op.external_id if isinstance(w.op, Update) else None
+                    db.intend(conn, key=w.key, run_id=run_id, pair=pair.name, entity=entity.name, side=side.value,
+                              op="create" if isinstance(w.op, Create) else "update", source_id=w.source_id,
+                              target_id=target, fields=w.values)
+                states.append(previous)
+            return states
+
+        states = await self.gateway.store.call(intend)
+        outcomes: list[Written | ProviderError | None] = [None] * len(writes)
+        retried = [(i, w) for i, w in enumerate(writes)
+                   if states[i] == "intended" and isinstance(w.op, Create)]
+        found: dict[str, Written] = {}
+        if retried:
+            creates = [w.op for _, w in retried if isinstance(w.op, Create)]
+
+            async def find(connector: Connector) -> dict[str, Written]:
+                return await _writer(connector).find_created(stream, creates)
+
+            found = await self._call(connection, find)
+        todo = []
+        for i, w in enumerate(writes):
+            if states[i] == "applied":
+                continue
+            if w.key in found:
+                outcomes[i] = found[w.key]
+            else:
+                todo.append(i)
+        if todo:
+            ops = [writes[i].op for i in todo]
+
+            async def write(connector: Connector) -> list[Written | ProviderError]:
+                return await _writer(connector).write(stream, ops)
+
+            results = await self._call(connection, write)
+            for i, result in zip(todo, results, strict=True):
+                outcomes[i] = result
+        return outcomes
+
+    async def _call(self, connection: str, call: Callable[[Connector], Awaitable[T]]) -> T:
+        budget = self.budget
+
+        async def budgeted(connector: Connector) -> T:
+            token = write_budget.set(budget)
+            try:
+                return await call(connector)
+            finally:
+                write_budget.reset(token)
+
+        return await self.gateway.with_connector(connection, budgeted)
+
+    def _check(self, conn: Connection, connection: str) -> None:
+        fence = self.gateway.fence(connection)
+        if fence is None:
+            raise TransientError(f"connection {connection} is not run by this member: the write waits")
+        check_fence(conn, fence)
+
+
+def _writer(connector: Connector) -> Writer:
+    if not isinstance(connector, Writer):
+        raise PermanentError(f"{connector.provider} does not accept writes")
+    return connector
+
+
+class RunPaused(Exception):
+    pass
+
+
+class RunCancelled(Exception):
+    pass
+
+
+class Runner:
+    def __init__(self, gateway: Gateway, run: Mapping[str, Any], pair: PairRow, mapping: Pair, *,
+                 settings: RunSettings, budget: TokenBucket) -> None:
+        self.gateway = gateway
+        self.store = gateway.store
+        self.run_id = int(run["id"])
+        self.run = run
+        self.pair = pair
+        self.mapping = mapping
+        self.settings = settings
+        self.writes = WritePath(gateway, budget)
+        self.entities = [mapping.entities[name] for name in run["entities"]]
+        self.tables: tuple[dict[str, Mapping[str, str]], dict[str, Mapping[str, str]]] = ({}, {})
+        self.log = log.bind(run=self.run_id, pair=pair.name)
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    async def execute(self) -> RunState:
+        await self.store.call(db.set_run_state, self.run_id, RunState.PROCESSING)
+        self.log.info("twoway.run_started", entities=self.run["entities"], dry_run=self.run["dry_run"])
+        try:
+            await self._sync_up()
+            await self._load_tables()
+            if self.run["plan"] is None or self.run["dry_run"]:
+                await self._plan()
+            if self.run["dry_run"]:
+                return await self._finish(RunState.DONE)
+            await self.store.call(db.update_run, self.run_id, phase="writing")
+            while True:
+                await self._boundary()
+                items = await self.store.call(db.pending_items, self.run_id, self.settings.batch_size)
+                if not items:
+                    break
+                await self._batch(items)
+                if self.settings.batch_delay:
+                    await trio.sleep(self.settings.batch_delay)
+            stats = await self.store.call(db.queue_stats, self.run_id)
+            final = RunState.PARTIAL if stats["failed"] or stats["conflict"] else RunState.DONE
+            return await self._finish(final)
+        except RunPaused:
+            await self.store.call(db.set_run_state, self.run_id, RunState.PAUSED)
+            await self._activity("twoway.run_paused", "paused at a batch boundary")
+            return RunState.PAUSED
+        except RunCancelled:
+            await self.store.call(db.skip_pending, self.run_id, "run cancelled")
+            return await self._finish(RunState.CANCELLED)
+        except PermanentError as exc:
+            return await self._finish(RunState.FAILED, error=str(exc))
+
+    async def _finish(self, state: RunState, *, error: str | None = None) -> RunState:
+        def finish(conn: Connection) -> None:
+            db.set_run_state(conn, self.run_id, state, error=error)
+            stats = db.queue_stats(conn, self.run_id)
+            activity.log_activity(conn, f"twoway.run_{state.value}", f"run {self.run_id} of {self.pair.name} "
+                                  f"{state.value}" + (f": {error}" if error else ""), run_id=self.run_id,
+                                  details={"queue": stats})
+
+        await self.store.call(finish)
+        self.log.info("twoway.run_finished", state=state.value, error=error)
+        return state
+
+    async def _activity(self, kind: str, message: str, **details: Any) -> None:
+        await self.store.call(activity.log_activity, kind, f"run {self.run_id} of {self.pair.name}: {message}",
+                              run_id=self.run_id, details=details)
+
+    async def _boundary(self) -> None:
+        run = await self.store.call(db.get_run, self.run_id)
+        requested = run["requested"] if run else None
+        if requested == "pause":
+            raise RunPaused
+        if requested == "cancel":
+            raise RunCancelled
+
+    # -- syncing: both sides up to date ----------------------------------------------------------
+
+    async def _sync_up(self) -> None:
+        await self.store.call(db.update_run, self.run_id, phase="syncing")
+        wanted = {self.pair.left: self.pair.left_id, self.pair.right: self.pair.right_id}
+
+        def queue(conn: Connection) -> dict[str, jobs.JobRow]:
+            out = {}
+            for name, cid in wanted.items():
+                kind = JobKind.INCREMENTAL if jobs.ever_succeeded(conn, [cid]) else JobKind.INITIAL
+                job, _ = jobs.create_job(conn, cid, kind, f"twoway run {self.run_id}")
+                out[name] = job
+            db.update_run(conn, self.run_id, sync_jobs=[j.id for j in out.values()])
+            return out
+
+        queued = await self.store.call(queue)
+        for name, job in queued.items():
+            if job.status is JobStatus.PAUSED:
+                raise PermanentError(f"connection {name} has a paused sync (job {job.id}): resume or cancel it, "
+                                     "then start the run again")
+            self.gateway.nudge_job(name, job.id)
+        with trio.move_on_after(SYNC_WAIT) as waited:
+            for name, job in queued.items():
+                while True:
+                    await self._boundary()
+                    row = await self.store.call(jobs.get_job, job.id)
+                    if row is None or row.status in (JobStatus.COMPLETED, JobStatus.PARTIAL):
+                        break
+                    if row.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                        raise PermanentError(f"connection {name} could not be brought up to date "
+                                             f"(job {job.id} {row.status}: {row.error})")
+                    if row.status is JobStatus.PAUSED:
+                        raise PermanentError(f"connection {name}'s sync (job {job.id}) was paused")
+                    await trio.sleep(POLL)
+        if waited.cancelled_caught:
+            raise PermanentError(f"the syncs that bring both sides up to date took over {SYNC_WAIT:g} s")
+
+    async def _load_tables(self) -> None:
+        for index, side in enumerate(Side):
+            names = frozenset().union(*(e.tables(side) for e in self.entities))
+            connection = self.pair.left if side is Side.LEFT else self.pair.right
+            for name in sorted(names):
+                async def fetch(connector: Connector, name: str = name) -> dict[str, str]:
+                    return await connector.reference_table(name)
+
+                async def call(connection: str = connection, fetch: Any = fetch) -> dict[str, str]:
+                    table: dict[str, str] = await self.gateway.with_connector(connection, fetch)
+                    return table
+
+                self.tables[index][name] = await self._retrying(call)
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await call()
+            except TransientError:
+                if attempt >= self.settings.attempts:
+                    raise
+                await trio.sleep(self._backoff(attempt))
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(self.settings.backoff_cap, self.settings.backoff * 2 ** (attempt - 1)))
+
+    # -- planning --------------------------------------------------------------------------------
+
+    async def _plan(self) -> None:
+        await self.store.call(db.update_run, self.run_id, phase="planning")
+        summary: dict[str, dict[str, int]] = {}
+        queue: list[tuple[str, str | None, str | None]] = []
+        tables = (self.tables[0], self.tables[1])
+        for entity in self.entities:
+            def load(conn: Connection, entity: EntityMap = entity) -> tuple[Any, Any, list[Link]]:
+                return (db.live_records(conn, self.pair.left_id, entity.left_stream),
+                        db.live_records(conn, self.pair.right_id, entity.right_stream),
+                        db.links(conn, self.pair.name, entity.name))
+
+            left, right, links = await self.store.call(load)
+            plan = await trio.to_thread.run_sync(plan_entity, entity, left, right, links, tables)
+            del left, right, links
+            summary[entity.name] = plan.summary()
+            if self.run["dry_run"]:
+                continue
+
+            def keep(conn: Connection, entity: EntityMap = entity, plan: Any = plan) -> None:
+                for left_id, right_id, base in plan.base_moves:
+                    db.save_link(conn, self.pair.name, entity.name, left_id=left_id, right_id=right_id, base=base,
+                                 linked_by="natural_key")
+                for left_id, right_id in plan.natural_links:
+                    if not db.save_link(conn, self.pair.name, entity.name, left_id=left_id, right_id=right_id,
+                                        base={}, linked_by="natural_key"):
+                        raise AssertionError("a natural link the plan found free was taken")  # one live run per pair
+                for left_id, right_id, message in plan.duplicates:
+                    db.record_conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name,
+                                       type=ConflictType.DUPLICATE_KEY, left_id=left_id, right_id=right_id,
+                                       fields=[entity.key], message=message)
+
+            await self.store.call(keep)
+            queue.extend((entity.name, left_id, right_id) for left_id, right_id in plan.items)
+
+        def store_plan(conn: Connection) -> None:
+            if not self.run["dry_run"]:
+                conn.execute("DELETE FROM twoway_items WHERE run_id = %s", (self.run_id,))
+                db.add_items(conn, self.run_id, queue)
+            db.update_run(conn, self.run_id, plan=summary)
+            activity.log_activity(conn, "twoway.run_planned", f"run {self.run_id} of {self.pair.name} planned: "
+                                  f"{len(queue)} item(s)", run_id=self.run_id, details={"plan": summary})
+
+        await self.store.call(store_plan)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    async def _batch(self, items: list[dict[str, Any]]) -> None:
+        started = time.monotonic()
+        works = await self._prepare(items)
+        attempt = 0
+        while True:
+            attempt += 1
+            retry = await self._send(works, attempt)
+            if not retry or attempt >= self.settings.attempts:
+                break
+            await trio.sleep(self._backoff(attempt))
+        await self._settle(works, seconds=time.monotonic() - started)
+
+    async def _prepare(self, items: list[dict[str, Any]]) -> list[ItemWork]:
+        """Each item's writes, decided again from the store as it is now."""
+        by_entity: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            by_entity.setdefault(item["entity"], []).append(item)
+        tables = (self.tables[0], self.tables[1])
+        works: list[ItemWork] = []
+        for name, group in by_entity.items():
+            entity = self.mapping.entities[name]
+
+            def load(conn: Connection, entity: EntityMap = entity, group: list[dict[str, Any]] = group) -> Any:
+                links: dict[tuple[str | None, str | None], Link | None] = {}
+                for item in group:
+                    link = None
+                    if item["left_id"] is not None:
+                        link = db.link_of(conn, self.pair.name, entity.name, left_id=item["left_id"])
+                    if link is None and item["right_id"] is not None:
+                        link = db.link_of(conn, self.pair.name, entity.name, right_id=item["right_id"])
+                    links[(item["left_id"], item["right_id"])] = link
+                lids = [i["left_id"] for i in group if i["left_id"]] + [ln.left_id for ln in links.values() if ln]
+                rids = [i["right_id"] for i in group if i["right_id"]] + [ln.right_id for ln in links.values() if ln]
+                return (links, db.records_by_id(conn, self.pair.left_id, entity.left_stream, lids),
+                        db.records_by_id(conn, self.pair.right_id, entity.right_stream, rids))
+
+            links, left, right = await self.store.call(load)
+            for item in group:
+                work = ItemWork(item["seq"], entity, item["left_id"], item["right_id"], attempts=item["attempts"])
+                work.link = links[(item["left_id"], item["right_id"])]
+                self._decide(work, left, right, tables)
+                works.append(work)
+        works.sort(key=lambda w: w.seq)
+        return works
+
+    def _decide(self, work: ItemWork, left: Mapping[str, Any], right: Mapping[str, Any],
+                tables: tuple[Tables, Tables]) -> None:
+        entity, link = work.entity, work.link
+        if link is not None:
+            work.left_id, work.right_id = link.left_id, link.right_id
+            lrec, rrec = left.get(link.left_id), right.get(link.right_id)
+            if lrec is None or rrec is None:
+                work.skip_reason = "a record of the pair is gone (deletions are not propagated)"
+                return
+            decision = work.decision = decide(entity, link, lrec, rrec, tables)
+            for side, values in ((Side.LEFT, decision.to_left), (Side.RIGHT, decision.to_right)):
+                if values:
+                    target = link.left_id if side is Side.LEFT else link.right_id
+                    body = entity.fragment(side, values, tables[side is Side.RIGHT])
+                    key = f"u_{self.run_id}_{work.seq}_{side.value}_{work.attempts}"
+                    work.writes[side] = PlannedWrite(key, side, Update(target, body), dict(values),
+                                                     link.right_id if side is Side.LEFT else link.left_id)
+            return
+        source = Side.LEFT if work.left_id is not None else Side.RIGHT
+        source_id = work.left_id if source is Side.LEFT else work.right_id
+        assert source_id is not None
+        record = (left if source is Side.LEFT else right).get(source_id)
+        if record is None:
+            work.skip_reason = "the record to copy is gone"
+            return
+        target = source.other
+        values = entity.common(source, record, tables[source is Side.RIGHT])
+        try:
+            body = entity.fragment(target, values, tables[target is Side.RIGHT])
+        except ValueError as exc:
+            work.errors[target] = Rejected(f"cannot map the record to {target}: {exc}")
+            return
+        key = reference(self.pair.name, entity.name, target, source_id)
+        work.writes[target] = PlannedWrite(key, target, Create(body, key), values, source_id)
+
+    async def _send(self, works: list[ItemWork], attempt: int) -> bool:
+        """One attempt at every write still owed; True if some may succeed when tried again."""
+        groups: dict[tuple[Side, str], list[tuple[ItemWork, PlannedWrite]]] = {}
+        for work in works:
+            for side, planned in work.writes.items():
+                if side in work.written or (side in work.errors and not _retryable(work.errors[side])):
+                    continue
+                work.errors.pop(side, None)
+                groups.setdefault((side, work.entity.name), []).append((work, planned))
+        retry = False
+        for (side, name), members in groups.items():
+            entity = self.mapping.entities[name]
+            for work, _ in members:
+                work.attempts = max(work.attempts, attempt)
+            try:
+                outcomes = await self.writes.apply(self.pair, entity, side, [p for _, p in members], self.run_id)
+            except (ReauthRequired, AuthExpired) as exc:
+                for work, _ in members:
+                    work.errors[side] = ReauthRequired(str(exc))
+                continue
+            except TransientError as exc:
+                for work, _ in members:
+                    work.errors[side] = exc
+                retry = True
+                continue
+            except ProviderError as exc:
+                for work, _ in members:
+                    work.errors[side] = exc
+                continue
+            for (work, _), result in zip(members, outcomes, strict=True):
+                if isinstance(result, ProviderError):
+                    work.errors[side] = result
+                    retry = retry or _retryable(result)
+                else:
+                    work.written[side] = result
+        return retry
+
+    async def _settle(self, works: list[ItemWork], *, seconds: float) -> None:
+        """The batch's outcome in one transaction: writes settled, links and bases moved on, items
+        and conflicts recorded."""
+        pair = self.pair
+        counted = {"left": 0, "right": 0}
+
+        def settle(conn: Connection) -> None:
+            for connection in (pair.left, pair.right):
+                fence = self.gateway.fence(connection)
+                if fence is not None:
+                    check_fence(conn, fence)
+            for work in works:
+                self._settle_item(conn, work, counted)
+            for side, n in counted.items():
+                if n:
+                    db.count_write(conn, self.run_id, side, n)
+            activity.log_activity(
+                conn, "twoway.batch", f"run {self.run_id} of {pair.name}: batch of {len(works)} item(s)",
+                run_id=self.run_id, details={"first": works[0].seq, "last": works[-1].seq, "writes": counted,
+                                             "seconds": round(seconds, 3)})
+
+        await self.store.call(settle)
+
+    def _settle_item(self, conn: Connection, work: ItemWork, counted: dict[str, int]) -> None:
+        pair, entity = self.pair, work.entity
+        if work.skip_reason is not None:
+            db.settle_item(conn, self.run_id, work.seq, ItemStatus.SKIPPED, detail={"reason": work.skip_reason})
+            return
+        for side, planned in work.writes.items():
+            written = work.written.get(side)
+            error = work.errors.get(side)
+            if side in work.written:
+                target = written.external_id if written is not None else None
+                db.settle_write(conn, planned.key, applied=True, target_id=target)
+                if written is not None:
+                    counted[side.value] += 1
+            elif error is not None and not isinstance(error, Ambiguous):
+                db.settle_write(conn, planned.key, applied=False, error=str(error))
+            # an ambiguous create stays 'intended': it is looked up before it is ever sent again
+        conflict = False
+        if work.link is None:  # a create
+            target = next(iter(work.writes), None)
+            created = work.writes.get(target) if target else None
+            if target is None or created is None:
+                conflict = self._item_error(conn, work, next(iter(work.errors), None))
+            elif target in work.written:
+                written = work.written[target]
+                if written is None:  # applied by an earlier attempt and settled then: the link exists
+                    db.settle_item(conn, self.run_id, work.seq, ItemStatus.DONE, attempts=work.attempts)
+                    return
+                left_id = written.external_id if target is Side.LEFT else created.source_id
+                right_id = created.source_id if target is Side.LEFT else written.external_id
+                assert left_id is not None and right_id is not None
+                if not db.save_link(conn, pair.name, entity.name, left_id=left_id, right_id=right_id,
+                                    base=created.values, linked_by=f"created_{target.value}"):
+                    db.record_conflict(conn, pair=pair.name, run_id=self.run_id, entity=entity.name,
+                                       type=ConflictType.DUPLICATE_KEY, left_id=left_id, right_id=right_id,
+                                       message="created, but one of the records is already linked to another")
+                    conflict = True
+                db.settle_item(conn, self.run_id, work.seq, ItemStatus.CONFLICT if conflict else ItemStatus.DONE,
+                               left_id=left_id, right_id=right_id, attempts=work.attempts)
+                return
+            else:
+                conflict = self._item_error(conn, work, target)
+            return
+        link, decision = work.link, work.decision
+        assert decision is not None
+        base = dict(link.base)
+        for name, value in decision.base.items():
+            failed = (name in decision.to_left and Side.LEFT not in work.written) or \
+                     (name in decision.to_right and Side.RIGHT not in work.written)
+            if not failed:
+                base[name] = value
+        db.save_link(conn, pair.name, entity.name, left_id=link.left_id, right_id=link.right_id, base=base,
+                     linked_by="natural_key")
+        for mismatch, rule in decision.settled:
+            db.record_conflict(conn, pair=pair.name, run_id=self.run_id, entity=entity.name,
+                               type=ConflictType.DATA_MISMATCH, left_id=link.left_id, right_id=link.right_id,
+                               fields=[mismatch.field], base=_one(mismatch.field, mismatch.base, mismatch.has_base),
+                               left={mismatch.field: mismatch.left}, right={mismatch.field: mismatch.right},
+                               status="auto_resolved", resolution={"rule": rule.value})
+        if decision.mismatches:
+            fields = [m.field for m in decision.mismatches]
+            db.record_conflict(
+                conn, pair=pair.name, run_id=self.run_id, entity=entity.name, type=ConflictType.DATA_MISMATCH,
+                left_id=link.left_id, right_id=link.right_id, fields=fields,
+                base={m.field: m.base for m in decision.mismatches if m.has_base} if link.base else None,
+                left={m.field: m.left for m in decision.mismatches},
+                right={m.field: m.right for m in decision.mismatches},
+                message="changed on both sides to different values")
+            conflict = True
+        else:
+            db.close_stale_mismatch(conn, pair.name, entity.name, link.left_id, link.right_id)
+        if work.errors:
+            conflict = self._item_error(conn, work, next(iter(work.errors))) or conflict
+            return
+        db.settle_item(conn, self.run_id, work.seq, ItemStatus.CONFLICT if conflict else ItemStatus.DONE,
+                       attempts=work.attempts)
+
+    def _item_error(self, conn: Connection, work: ItemWork, side: Side | None) -> bool:
+        """Record why an item's write failed, as the contract says; True: it waits in conflicts."""
+        error = work.errors.get(side) if side is not None else None
+        entity = work.entity
+        if error is None:
+            db.settle_item(conn, self.run_id, work.seq, ItemStatus.SKIPPED, attempts=work.attempts,
+                           detail={"reason": "nothing to write"})
+            return False
+        kind, status = _conflict_type(error)
+        values_side = side.other if side is not None else None
+        planned = work.writes.get(side) if side is not None else None
+        left_id, right_id = work.left_id, work.right_id
+        if isinstance(error, DuplicateKey) and error.existing_id and work.link is None and side is not None \
+                and planned is not None and planned.source_id is not None:
+            # a create refused because the key is taken: link to the record holding it
+            left_id = error.existing_id if side is Side.LEFT else planned.source_id
+            right_id = planned.source_id if side is Side.LEFT else error.existing_id
+            if db.save_link(conn, self.pair.name, entity.name, left_id=left_id, right_id=right_id, base={},
+                            linked_by="natural_key"):
+                db.record_conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name,
+                                   type=ConflictType.DUPLICATE_KEY, left_id=left_id, right_id=right_id,
+                                   fields=[entity.key], message=str(error), status="auto_resolved",
+                                   resolution={"linked": error.existing_id})
+                db.settle_item(conn, self.run_id, work.seq, ItemStatus.DONE, left_id=left_id, right_id=right_id,
+                               attempts=work.attempts, detail={"linked_existing": error.existing_id})
+                return False
+        db.record_conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name, type=kind,
+                           left_id=left_id, right_id=right_id, fields=sorted(planned.values) if planned else [],
+                           left=planned.values if planned and values_side is Side.LEFT else None,
+                           right=planned.values if planned and values_side is Side.RIGHT else None,
+                           message=f"{side} refused: {error}" if side else str(error))
+        db.settle_item(conn, self.run_id, work.seq, status, attempts=work.attempts,
+                       detail={"error": str(error), "side": side.value if side else None, "type": kind.value})
+        return True
+
+
+def _one(name: str, value: Any, present: bool) -> dict[str, Any] | None:
+    return {name: value} if present else None
+
+
+def _retryable(error: ProviderError) -> bool:
+    return isinstance(error, TransientError)
+
+
+def _conflict_type(error: ProviderError) -> tuple[ConflictType, ItemStatus]:
+    if isinstance(error, ReauthRequired | AuthExpired):
+        return ConflictType.AUTH_ERROR, ItemStatus.CONFLICT
+    if isinstance(error, DuplicateKey):
+        return ConflictType.DUPLICATE_KEY, ItemStatus.CONFLICT
+    if isinstance(error, TransientError):
+        return ConflictType.RETRY_EXHAUSTED, ItemStatus.FAILED
+    if isinstance(error, Rejected | ItemError | PermanentError):
+        return ConflictType.VALIDATION_ERROR, ItemStatus.CONFLICT
+    return ConflictType.VALIDATION_ERROR, ItemStatus.CONFLICT
