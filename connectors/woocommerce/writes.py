@@ -126,6 +126,8 @@ class WooCommerceWrites:
             answer, _ = await self.client.request_json("POST", f"{entity}/batch", json=body,
                                                        replay_safe=not creates)
             for key, positions in (("create", creates), ("update", updates)):
+                if not positions:
+                    continue  # the answer has no key for an operation not asked for
                 items = answer.get(key) if isinstance(answer, dict) else None
                 if not isinstance(items, list) or len(items) != len(positions):
                     message = (f"WooCommerce {entity}/batch answered {len(items) if isinstance(items, list) else 'no'} "
