@@ -15,6 +15,13 @@ its last value, `k[]`/`k[sub]` build arrays; authentication, paging, filters and
 all read that one parse, and the OAuth base string is WC_REST_Authentication's (API_FACTS_WRITES
 §A.1, §A.7), so the official Python client's doubled parameters are accepted as a store accepts them.
 
+Writes follow API_FACTS_WRITES §A (`write_create`/`write_update`): email and SKU uniqueness with
+the real error codes (`data.resource_id` for a SKU), an `id` in a create refused, order checks,
+`meta_data` updated by id or by key (null deletes), every save moving `date_modified`, 201 with
+`Location`, and a batch that skips route validation and reports each failed item in place.
+`create`/`update`/`delete` are the tests' unchecked helpers; `counts()` says how many records
+each collection holds.
+
 Known deviations: plain HTTP accepts Basic and query keys (the real API
 accepts those over HTTPS only); `search` matches names and emails only.
 
