@@ -23,6 +23,7 @@ classification, streams, sync.
   against what is stored, fetches just the changed ids with ``include=``, and
   marks ids missing from a complete listing as deleted.  So new customers are
   as fresh as orders; edits and deletions of existing ones show within diff_interval.
+* **Writes** (two-way sync): `WooCommerceWrites` in writes.py, the Writer protocol.
 * **Full sync** lists everything and, when the listing completed without
   shifting, marks records it did not see as deleted (force-deleted records
   leave no tombstone in WooCommerce).
@@ -53,6 +54,7 @@ from freshd.connectors.base import (
     SyncMode,
 )
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
+from freshd.connectors.woocommerce.writes import WooCommerceWrites
 from freshd.errors import (
     ConfigError,
     PermanentError,
@@ -246,7 +248,7 @@ def _stored_max_id(state: dict[str, Any]) -> int:
 # --- sync --------------------------------------------------------------------------------------
 
 
-class WooCommerceConnector(Connector):
+class WooCommerceConnector(WooCommerceWrites, Connector):
     provider = "woocommerce"
     required_credentials = ("consumer_key", "consumer_secret")
     streams = (CUSTOMERS, ORDERS, PRODUCTS)

@@ -15,6 +15,13 @@ its last value, `k[]`/`k[sub]` build arrays; authentication, paging, filters and
 all read that one parse, and the OAuth base string is WC_REST_Authentication's (API_FACTS_WRITES
 §A.1, §A.7), so the official Python client's doubled parameters are accepted as a store accepts them.
 
+Writes follow API_FACTS_WRITES §A (`write_create`/`write_update`): email and SKU uniqueness with
+the real error codes (`data.resource_id` for a SKU), an `id` in a create refused, order checks,
+`meta_data` updated by id or by key (null deletes), every save moving `date_modified`, 201 with
+`Location`, and a batch that skips route validation and reports each failed item in place.
+`create`/`update`/`delete` are the tests' unchecked helpers; `counts()` says how many records
+each collection holds.
+
 Known deviations: plain HTTP accepts Basic and query keys (the real API
 accepts those over HTTPS only); `search` matches names and emails only.
 
@@ -47,6 +54,8 @@ RESOURCES = ("customers", "orders", "products")
 ORDER_STATUSES = ("pending", "processing", "on-hold", "completed", "cancelled", "refunded", "failed")
 OAUTH_WINDOW = 15 * 60
 BATCH_LIMIT = 100
+UNIQUE_KEYS = {"customers": "email", "products": "sku"}  # what the data layer keeps unique
+POST_TYPES = {"customers": "customer", "orders": "shop_order", "products": "product"}  # error codes use these
 OAUTH_REQUIRED = ("oauth_consumer_key", "oauth_timestamp", "oauth_nonce", "oauth_signature", "oauth_signature_method")
 
 
@@ -56,7 +65,12 @@ def error(status: int, code: str, message: str, **data: Any) -> Response:
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, **data: Any) -> None:
+        self.status, self.code, self.message, self.data = status, code, message, {"status": status, **data}
         self.response = error(status, code, message, **data)
+
+    def batch_item(self, rid: int) -> dict[str, Any]:
+        """How `batch_items` reports this error for one item: the WP_Error's code, message and data."""
+        return {"id": rid, "error": {"code": self.code, "message": self.message, "data": self.data}}
 
 
 def _fmt(moment: datetime) -> str:
@@ -77,6 +91,23 @@ def _parse_date(value: str, *, gmt: bool, name: str) -> datetime:
 def _pct(value: str) -> str:
     """PHP's rawurlencode (RFC 3986: only A-Z a-z 0-9 - _ . ~ stay as they are)."""
     return urllib.parse.quote(value, safe="~-._")
+
+
+def _is_email(value: Any) -> bool:
+    """Close to WordPress' is_email(): local@domain.tld, no spaces, a dot in the domain."""
+    return isinstance(value, str) and re.fullmatch(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+", value) is not None
+
+
+def _merge_line_items(rid: int, current: list[dict[str, Any]], posted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Posted line items with a known `id` change that item; the others are added."""
+    items = {item["id"]: dict(item) for item in current if isinstance(item, dict) and "id" in item}
+    for line in posted:
+        if line.get("id") in items:
+            items[line["id"]].update(line)
+        else:
+            new_id = max([rid * 10, *items]) + 1
+            items[new_id] = {**line, "id": new_id}
+    return list(items.values())
 
 
 # --- PHP's view of a request ($_GET, $_POST) -------------------------------------------------------
@@ -216,6 +247,10 @@ class _Collection:
     by_modified: list[tuple[str, int]] = field(default_factory=list)  # ascending (date_modified_gmt, id)
     sort_names: dict[int, str] = field(default_factory=dict)
     statuses: dict[int, str] = field(default_factory=dict)
+    roles: dict[int, str] = field(default_factory=dict)  # customers: the WordPress role
+    # the natural key a store keeps unique (customers: email, products: SKU), casefolded -> id
+    unique: dict[str, int] = field(default_factory=dict)
+    unique_of: dict[int, str] = field(default_factory=dict)
     next_id: int = 1
 
     def put(self, record: dict[str, Any]) -> None:
@@ -229,7 +264,24 @@ class _Collection:
         bisect.insort(self.by_modified, (record["date_modified_gmt"], rid))
         self.sort_names[rid] = str(record.get("last_name") or record.get("name") or "").lower()
         self.statuses[rid] = str(record.get("status", ""))
+        if "role" in record:
+            self.roles[rid] = str(record["role"])
+        self._index_key(rid, record.get(UNIQUE_KEYS.get(self.name, "")))
         self.next_id = max(self.next_id, rid + 1)
+
+    def _index_key(self, rid: int, value: Any) -> None:
+        old = self.unique_of.pop(rid, None)
+        if old is not None and self.unique.get(old) == rid:
+            del self.unique[old]
+        if isinstance(value, str) and value:
+            # MySQL's default collation compares case-insensitively (UNCONFIRMED for every store)
+            self.unique_of[rid] = value.casefold()
+            self.unique.setdefault(value.casefold(), rid)
+
+    def holder(self, value: str, *, other_than: int = 0) -> int:
+        """The id of the record holding this natural key (0: none, or only `other_than`)."""
+        found = self.unique.get(value.casefold(), 0)
+        return 0 if found == other_than else found
 
     def remove(self, rid: int) -> None:
         self.by_modified.remove((self.modified.pop(rid), rid))
@@ -237,6 +289,8 @@ class _Collection:
         del self.docs[rid]
         self.sort_names.pop(rid, None)
         self.statuses.pop(rid, None)
+        self.roles.pop(rid, None)
+        self._index_key(rid, None)
 
     def get(self, rid: int) -> dict[str, Any]:
         return orjson.loads(self.docs[rid])  # type: ignore[no-any-return]
@@ -261,6 +315,7 @@ class WooCommerceSimulator:
         self.fake = FakeData(seed)
         self.collections = {name: _Collection(name) for name in RESOURCES}
         self._nonces: dict[str, float] = {}
+        self._next_meta_id = 1000  # meta_data row ids (wp_postmeta.meta_id / umeta_id)
         counts = {"customers": records if customers is None else customers,
                   "orders": records if orders is None else orders,
                   "products": max(records // 10, 1) if products is None else products}
@@ -319,12 +374,13 @@ class WooCommerceSimulator:
                     "payment_method": "stripe", "payment_method_title": "Credit card",
                     "line_items": [{"id": rid * 10, "name": fake.product_name(), "product_id": fake.rng.randint(1, 50),
                                     "quantity": qty, "sku": f"SKU-{fake.rng.randint(1000, 9999)}", "price": price,
-                                    "total": total}]}
+                                    "total": total}],
+                    "meta_data": []}
         name = fake.product_name()
         return {"id": rid, "name": f"{name} {rid}", "slug": f"{name.lower().replace(' ', '-')}-{rid}", **dates,
                 "type": "simple", "status": "publish", "featured": False, "sku": f"SKU-{rid:05d}",
                 "price": fake.price(), "regular_price": fake.price(), "manage_stock": True,
-                "stock_quantity": fake.rng.randint(0, 500), "stock_status": "instock"}
+                "stock_quantity": fake.rng.randint(0, 500), "stock_status": "instock", "meta_data": []}
 
     def _now(self) -> datetime:
         return self.clock().astimezone(UTC).replace(microsecond=0)
@@ -349,12 +405,130 @@ class WooCommerceSimulator:
         return record
 
     def delete(self, resource: str, rid: int, *, force: bool = False) -> dict[str, Any]:
-        """Customers are removed; orders and products go to the trash unless forced."""
+        """Customers are removed; orders and products go to the trash unless forced.  Returns the
+        record as it was *before* (the REST response is built first, API_FACTS_WRITES §A.2)."""
         record = self.collections[resource].get(rid)
         if force or resource == "customers":
             self.collections[resource].remove(rid)
             return record
-        return self.update(resource, rid, status="trash")
+        self.update(resource, rid, status="trash")
+        return record
+
+    # --- writes as the REST controllers and data stores make them (API_FACTS_WRITES §A.2-A.5) -----
+    #
+    # `create`/`update` above are the test helpers: they store what they are given.  The REST routes
+    # and the batch route go through `write_create`/`write_update`, which check what the controller's
+    # create_item/update_item and the data layer check (the batch route skips only the route's
+    # argument validation, done in the handlers below).
+
+    def write_create(self, resource: str, item: dict[str, Any]) -> dict[str, Any]:
+        """create_item: refuse an `id`, run the data layer's checks, save, return the saved record."""
+        if item.get("id"):
+            kind = POST_TYPES[resource]
+            noun = "resource" if resource == "customers" else kind
+            raise ApiError(400, f"woocommerce_rest_{kind}_exists", f"Cannot create existing {noun}.")
+        coll = self.collections[resource]
+        fields = {k: v for k, v in item.items() if k not in ("id", "meta_data")}
+        if resource == "customers":
+            email = fields.get("email") or ""
+            if email and not _is_email(email):  # WC_Customer::set_email, before anything is saved
+                raise ApiError(400, "customer_invalid_email", "Invalid email address")
+            if not email:  # wc_create_new_customer (only reachable through the batch route)
+                raise ApiError(400, "registration-error-invalid-email", "Please provide a valid email address.")
+            if coll.holder(email):  # email_exists(): any user, whatever its role
+                raise ApiError(400, "registration-error-email-exists",
+                               f"An account is already registered with {email}. Please log in or use a "
+                               "different email address.")
+            username = fields.get("username")
+            if isinstance(username, str) and any(
+                    str(coll.get(rid).get("username", "")).casefold() == username.casefold() for rid in coll.by_id):
+                raise ApiError(400, "registration-error-username-exists",
+                               "An account is already registered with that username. Please choose another.")
+            fields.setdefault("role", "customer")
+            fields.pop("password", None)  # write-only
+        self._check_product(resource, fields, rid=0)
+        self._check_order(resource, fields, None)
+        now = self._now()
+        record = {**self._make(resource, coll.next_id, now, now), **fields}
+        record["meta_data"] = self._apply_meta(record.get("meta_data") or [], item.get("meta_data"))
+        coll.put(record)
+        return record
+
+    def write_update(self, resource: str, rid: int, item: dict[str, Any]) -> dict[str, Any]:
+        """update_item on an existing record: the controller's and the data layer's checks, then a
+        save that always moves date_modified (§A.5), even when nothing changed."""
+        coll = self.collections[resource]
+        current = coll.get(rid)
+        fields = {k: v for k, v in item.items() if k not in ("id", "meta_data")}
+        if resource == "customers":
+            email = fields.get("email")
+            if isinstance(email, str) and email and coll.holder(email, other_than=rid):
+                raise ApiError(400, "woocommerce_rest_customer_invalid_email", "Email address is invalid.")
+            if email is not None and (not isinstance(email, str) or (email and not _is_email(email))):
+                raise ApiError(400, "customer_invalid_email", "Invalid email address")
+            if "username" in fields and fields["username"] != current.get("username"):
+                raise ApiError(400, "woocommerce_rest_customer_invalid_argument", "Username isn't editable.")
+            fields.pop("password", None)
+        self._check_product(resource, fields, rid=rid)
+        self._check_order(resource, fields, current)
+        if resource == "orders" and isinstance(fields.get("line_items"), list):
+            fields["line_items"] = _merge_line_items(rid, current.get("line_items") or [], fields["line_items"])
+        record = {**current, **fields, **self._dates("date_modified", self._now())}
+        if "meta_data" in item:
+            record["meta_data"] = self._apply_meta(current.get("meta_data") or [], item["meta_data"])
+        coll.put(record)
+        return record
+
+    def _check_product(self, resource: str, fields: dict[str, Any], *, rid: int) -> None:
+        """WC_Product::set_sku: a SKU another product holds is refused, naming the holder."""
+        sku = fields.get("sku")
+        if resource != "products" or not isinstance(sku, str) or not sku:
+            return
+        holder = self.collections["products"].holder(sku, other_than=rid)
+        if holder:
+            raise ApiError(400, "product_invalid_sku", "Invalid or duplicated SKU.", resource_id=holder,
+                           unique_sku=f"{sku}-1")
+
+    def _check_order(self, resource: str, fields: dict[str, Any], current: dict[str, Any] | None) -> None:
+        """The orders controller: a known customer (0 is a guest) and a product for every new line item."""
+        if resource != "orders":
+            return
+        customer = fields.get("customer_id")
+        if customer not in (None, 0, "0") and (
+                not str(customer).isdigit() or int(str(customer)) not in self.collections["customers"].docs):
+            raise ApiError(400, "woocommerce_rest_invalid_customer_id", "Customer ID is invalid.")
+        for line in fields.get("line_items") or []:
+            if not isinstance(line, dict):
+                raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): line_items",
+                               params={"line_items": "line_items[0] is not of type object."})
+            known = current is not None and line.get("id") in {i.get("id") for i in current.get("line_items") or []}
+            if not known and not (line.get("product_id") or line.get("sku") or line.get("variation_id")):
+                raise ApiError(400, "woocommerce_rest_required_product_reference", "Product ID or SKU is required.")
+
+    def _apply_meta(self, rows: list[dict[str, Any]], incoming: Any) -> list[dict[str, Any]]:
+        """`update_meta_data(key, value, id)` for each item, then the save (API_FACTS_WRITES §A.4): with
+        an id, that row (its key may change); without, the first row with the key (other rows with
+        that key are dropped) or a new row; a null value deletes the row."""
+        out = [dict(row) for row in rows]
+        for meta in incoming if isinstance(incoming, list) else []:
+            if not isinstance(meta, dict) or not isinstance(meta.get("key"), str):
+                continue
+            key, value = meta["key"], meta.get("value")
+            target = None
+            if meta.get("id"):
+                target = next((row for row in out if row["id"] == meta["id"]), None)
+            else:
+                matches = [row for row in out if row["key"] == key]
+                for row in matches[1:]:
+                    row["value"] = None  # collapsed into the first: deleted on save
+                target = matches[0] if matches else None
+            if target is None:  # add_meta_data(key, value, unique=true)
+                out = [row for row in out if row["key"] != key]
+                self._next_meta_id += 1
+                out.append({"id": self._next_meta_id, "key": key, "value": value})
+            else:
+                target["key"], target["value"] = key, value
+        return [row for row in out if row["value"] is not None]
 
     # --- the test contract (tests/rig.py SimulatorUnderTest) -------------------------------------
 
@@ -570,8 +744,15 @@ class WooCommerceSimulator:
             allowed = set(statuses)
             ids = [i for i in ids if coll.statuses[i] in allowed]
         # orders default to "any": trashed orders are listed too
-        if customers and (role := php.text("role")) and role not in ("all", "customer"):
-            ids = []
+        if customers:  # `role` defaults to customer; `all` lists every user (API_FACTS_WRITES §A.2)
+            role = php.text("role") or "customer"
+            if role != "all":
+                ids = [i for i in ids if coll.roles.get(i) == role]
+            if (email := php.text("email")) is not None:  # exact, not a search
+                ids = [i for i in ids if i == coll.holder(email)] if email else ids
+        elif coll.name == "products" and (skus := php.text("sku")):  # comma list, exact, IN (§A.1)
+            wanted_skus = {coll.holder(part.strip()) for part in skus.split(",") if part.strip()}
+            ids = [i for i in ids if i in wanted_skus]
         if search := (php.text("search") or "").lower():
             ids = [i for i in ids if search in coll.docs[i].decode().lower()]
         if order == "desc" and orderby != "include":
@@ -612,13 +793,22 @@ class WooCommerceSimulator:
                 rels.append(f'<{url}>; rel="{rel}"')
         return ", ".join(rels)
 
-    def _record_id(self, request: Request, coll: _Collection) -> int:
+    def _record_id(self, request: Request, coll: _Collection, *, method: str = "GET") -> int:
+        """The route's id, or the controller's "invalid id" error for this method (§A.2): products and
+        orders PUT 400, DELETE 404; customers (current trunk, whose permission check looks the user up
+        first) 404 `wc_user_invalid_id`.  GET keeps the simulator's older answer (404
+        `woocommerce_rest_{customer,order,product}_invalid_id`, "Invalid ID."): a known deviation."""
         try:
             rid = int(request.params["id"])
         except ValueError:
             raise ApiError(404, "rest_no_route", "No route was found matching the URL and request method.") from None
         if rid not in coll.docs:
-            raise ApiError(404, f"woocommerce_rest_{coll.name.rstrip('s')}_invalid_id", "Invalid ID.")
+            if method == "GET":
+                raise ApiError(404, f"woocommerce_rest_{coll.name.rstrip('s')}_invalid_id", "Invalid ID.")
+            if coll.name == "customers":
+                raise ApiError(404, "wc_user_invalid_id", "Invalid user ID.")
+            raise ApiError(400 if method == "PUT" else 404, f"woocommerce_rest_{POST_TYPES[coll.name]}_invalid_id",
+                           "Invalid ID.")
         return rid
 
     async def _read(self, request: Request) -> Response:
@@ -637,28 +827,39 @@ class WooCommerceSimulator:
             raise ApiError(400, "rest_invalid_json", "Invalid JSON body passed.")
         return body
 
+    @staticmethod
+    def _route_checks(resource: str, body: dict[str, Any], *, creating: bool) -> None:
+        """What the single-record routes validate before the controller runs (the batch route skips it)."""
+        if resource == "customers" and creating and not body.get("email"):
+            raise ApiError(400, "rest_missing_callback_param", "Missing parameter(s): email", params=["email"])
+        if resource == "customers" and not creating and "email" in body and not _is_email(body["email"]):
+            # the v2/v3 schema's `format: email` (UNCONFIRMED: API_FACTS_WRITES §A.3)
+            raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): email",
+                           params={"email": "Invalid email address."})
+
     async def _create(self, request: Request) -> Response:
         def create(request: Request, php: PhpInput) -> Response:
             coll = self._resource(request)
-            body = {k: v for k, v in self._body(request).items() if k != "id"}
-            if coll.name == "customers" and not body.get("email"):
-                raise ApiError(400, "rest_missing_callback_param", "Missing parameter(s): email",
-                               params=["email"])
-            return Response.json(self.create(coll.name, **body), 201)
+            body = self._body(request)
+            self._route_checks(coll.name, body, creating=True)
+            record = self.write_create(coll.name, body)
+            location = f"{request.scheme}://{request.host}{PREFIX}/{coll.name}/{record['id']}"
+            return Response.json(record, 201, [("location", location)])
         return await self._guard(request, create)
 
     async def _update(self, request: Request) -> Response:
         def update(request: Request, php: PhpInput) -> Response:
             coll = self._resource(request)
-            rid = self._record_id(request, coll)
-            body = {k: v for k, v in self._body(request).items() if k != "id"}
-            return Response.json(self.update(coll.name, rid, **body))
+            rid = self._record_id(request, coll, method="PUT")
+            body = self._body(request)
+            self._route_checks(coll.name, body, creating=False)
+            return Response.json(self.write_update(coll.name, rid, body))
         return await self._guard(request, update)
 
     async def _delete(self, request: Request) -> Response:
         def delete(request: Request, php: PhpInput) -> Response:
             coll = self._resource(request)
-            rid = self._record_id(request, coll)
+            rid = self._record_id(request, coll, method="DELETE")
             force = (php.text("force") or "").lower() in ("1", "true")
             if coll.name == "customers" and not force:
                 raise ApiError(501, "woocommerce_rest_trash_not_supported",
@@ -668,7 +869,30 @@ class WooCommerceSimulator:
             return Response.json(self.delete(coll.name, rid, force=force))
         return await self._guard(request, delete)
 
+    def _batch_update(self, coll: _Collection, item: Any) -> dict[str, Any]:
+        rid = int(item.get("id") or 0) if isinstance(item, dict) else 0
+        try:
+            if not isinstance(item, dict):
+                raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): update")
+            if rid not in coll.docs:  # update_item's own lookup (no permission callback in a batch)
+                if coll.name == "customers":
+                    raise ApiError(400, "woocommerce_rest_invalid_id", "Invalid resource ID.")
+                raise ApiError(400, f"woocommerce_rest_{POST_TYPES[coll.name]}_invalid_id", "Invalid ID.")
+            return self.write_update(coll.name, rid, item)
+        except ApiError as exc:
+            return exc.batch_item(rid)
+
+    def _batch_delete(self, coll: _Collection, raw: Any) -> dict[str, Any]:
+        rid = int(raw) if str(raw).isdigit() else 0
+        if rid in coll.docs:
+            return self.delete(coll.name, rid, force=True)  # a batch always deletes with force=true
+        if coll.name == "customers":
+            return ApiError(400, "woocommerce_rest_invalid_id", "Invalid resource id.").batch_item(rid)
+        return ApiError(404, f"woocommerce_rest_{POST_TYPES[coll.name]}_invalid_id", "Invalid ID.").batch_item(rid)
+
     async def _batch(self, request: Request) -> Response:
+        """`batch_items`: create_item/update_item/delete_item called directly, one item after the other,
+        no transaction; 200 whatever failed, a failed create as id 0, a failed update with its id."""
         def batch(request: Request, php: PhpInput) -> Response:
             coll = self._resource(request)
             body = self._body(request)
@@ -678,20 +902,14 @@ class WooCommerceSimulator:
                                f"Unable to accept more than {BATCH_LIMIT} items for this request.")
             out: dict[str, list[Any]] = {"create": [], "update": [], "delete": []}
             for item in ops["create"]:
-                out["create"].append(self.create(coll.name, **{k: v for k, v in item.items() if k != "id"}))
-            for item in ops["update"]:
-                rid = int(item.get("id", 0))
-                if rid in coll.docs:
-                    out["update"].append(self.update(coll.name, rid, **{k: v for k, v in item.items() if k != "id"}))
-                else:
-                    out["update"].append({"id": rid, "error": {"code": "woocommerce_rest_invalid_id",
-                                                               "message": "Invalid ID.", "data": {"status": 400}}})
-            for rid in ops["delete"]:
-                if int(rid) in coll.docs:
-                    out["delete"].append(self.delete(coll.name, int(rid), force=True))
-                else:
-                    out["delete"].append({"id": int(rid), "error": {"code": "woocommerce_rest_invalid_id",
-                                                                    "message": "Invalid ID.", "data": {"status": 400}}})
+                try:
+                    if not isinstance(item, dict):
+                        raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): create")
+                    out["create"].append(self.write_create(coll.name, item))
+                except ApiError as exc:
+                    out["create"].append(exc.batch_item(0))
+            out["update"] = [self._batch_update(coll, item) for item in ops["update"]]
+            out["delete"] = [self._batch_delete(coll, rid) for rid in ops["delete"]]
             return Response.json({k: v for k, v in out.items() if ops[k]})
         return await self._guard(request, batch)
 
