@@ -17,6 +17,11 @@ classification, streams, sync.
   expiry, serialization failures, 502/503/504 -> TransientError, 429 ->
   RateLimited.  An unknown exception name is PermanentError (Odoo raised it on
   purpose); an envelope that is neither result nor error is TransientError.
+  Answering a write (create, write, unlink, load: read from the request), the
+  refusals are item errors: a unique-key ValidationError -> DuplicateKey, other
+  ValidationError/UserError/AccessError/ValueError -> Rejected, MissingError ->
+  ItemError.
+* **Writes**: `OdooWrites` (connectors/odoo/writes.py), the Writer protocol.
 * **Streams**: ``partners`` (res.partner), ``sale_orders`` (sale.order),
   ``products`` (product.product), each with a default field list (option
   ``fields = {partners = [...]}`` overrides; ``search_read`` without fields

@@ -23,8 +23,12 @@ Faithful to what a client sees (API_FACTS §3):
   ``object.execute(db, uid, key, model, method, *args)``, ``res.users.context_get``, ``fields_get``
   with Odoo's field types (``relation`` on many2one, ``selection`` choices), ``load`` on ``read``.
 
-Known deviations: one database; no access rights beyond "the right key"; ``ilike`` is a plain
-case-insensitive substring; unknown fields in ``fields`` are ignored rather than refused.
+Writes (API_FACTS_WRITES B): ``create`` (one dict -> an int over RPC; JSON-2 always ``[ids]``, 422
+when ids are sent), ``write``, ``unlink``, ``load`` with external ids (``ir.model.data``), one
+transaction per call, Odoo's error texts; see "the ORM: writes" and docs/connectors/odoo.md.
+
+Known deviations: one database; access rights are "the right key" plus `forbidden`; ``ilike`` is a
+plain case-insensitive substring; unknown fields in ``fields`` are ignored rather than refused.
 
 Lists scan a (write_date, id) or id index from the domain's lower bound on its leading field,
 so keyset paging over 100,000 records stays cheap.
