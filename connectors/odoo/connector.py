@@ -17,6 +17,11 @@ classification, streams, sync.
   expiry, serialization failures, 502/503/504 -> TransientError, 429 ->
   RateLimited.  An unknown exception name is PermanentError (Odoo raised it on
   purpose); an envelope that is neither result nor error is TransientError.
+  Answering a write (create, write, unlink, load: read from the request), the
+  refusals are item errors: a unique-key ValidationError -> DuplicateKey, other
+  ValidationError/UserError/AccessError/ValueError -> Rejected, MissingError ->
+  ItemError.
+* **Writes**: `OdooWrites` (connectors/odoo/writes.py), the Writer protocol.
 * **Streams**: ``partners`` (res.partner), ``sale_orders`` (sale.order),
   ``products`` (product.product), each with a default field list (option
   ``fields = {partners = [...]}`` overrides; ``search_read`` without fields
@@ -43,6 +48,7 @@ classification, streams, sync.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,13 +66,17 @@ from freshd.connectors.base import (
     SyncMode,
 )
 from freshd.connectors.http import classify_http
+from freshd.connectors.odoo.writes import OdooWrites
 from freshd.connectors.pagination import LoopGuard
 from freshd.errors import (
     ConfigError,
+    DuplicateKey,
+    ItemError,
     PermanentError,
     ProviderError,
     RateLimited,
     ReauthRequired,
+    Rejected,
     TransientError,
 )
 from freshd.policies.gate import ConnectionPolicies
@@ -106,8 +116,28 @@ _TRANSIENT = ("odoo.http.SessionExpiredException", "psycopg2.errors.Serializatio
               "odoo.exceptions.ConcurrencyError", "werkzeug.exceptions.ServiceUnavailable")
 
 
-def classify_error(name: str, message: str, *, status: int | None, code: Any = None) -> ProviderError:
-    """One Odoo exception (by its module.Class name) -> freshd's taxonomy."""
+# ORM writes: a refusal there is about the records sent (an item error), not the stream
+WRITE_METHODS = frozenset({"create", "write", "unlink", "load"})
+_REFUSED = ("odoo.exceptions.ValidationError", "odoo.exceptions.UserError", "odoo.exceptions.AccessError",
+            "builtins.ValueError")
+# unique constraints: a registered SQL one (OCA default_code_uniq, partner_ref_unique), the barcode check,
+# PostgreSQL's own text (B.3, B.4)
+_UNIQUE = re.compile(r"must be unique|already assigned|already exists|is equal to partner|duplicate key|"
+                     r"unique constraint", re.IGNORECASE)
+
+
+def write_refusal(message: str, *, status: int | None = None, code: str | None = None) -> ItemError:
+    """A write Odoo refused for this record: a unique key taken (DuplicateKey) or any other rule (Rejected).
+    Also reads `load`'s row messages, which carry no exception name."""
+    if _UNIQUE.search(message):
+        return DuplicateKey(message, status=status, code=code)
+    return Rejected(message, status=status, code=code)
+
+
+def classify_error(name: str, message: str, *, status: int | None, code: Any = None,
+                   method: str | None = None) -> ProviderError:
+    """One Odoo exception (by its module.Class name) -> freshd's taxonomy; `method` is the ORM method
+    called, when known (a write's ValidationError is about its record, a listing's about the stream)."""
     text = f"Odoo {name}: {message}"
     if name in _REJECTED or status == 401:
         return ReauthRequired(text, status=status, code=name)
@@ -115,7 +145,28 @@ def classify_error(name: str, message: str, *, status: int | None, code: Any = N
         return ReauthRequired(text, status=status, code=name)  # a wrong database name: fix the settings
     if name in _TRANSIENT or code == 100 or "Session Expired" in message:
         return TransientError(text, status=status, code=name)
+    if method in WRITE_METHODS:
+        if name in _REFUSED:
+            return write_refusal(text, status=status, code=name)
+        if name == "odoo.exceptions.MissingError":
+            return ItemError(text, status=status, code=name)
     return PermanentError(text, status=status, code=name)
+
+
+def _called_method(response: httpx.Response) -> str | None:
+    """The ORM method the request called: JSON-2's path, or execute_kw's fifth argument."""
+    try:
+        request = response.request
+    except RuntimeError:  # a response built without its request
+        return None
+    path = request.url.path
+    if "/json/2/" in path:
+        return path.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        args = orjson.loads(request.content)["params"]["args"]
+    except (ValueError, KeyError, TypeError, httpx.RequestNotRead):
+        return None
+    return str(args[4]) if isinstance(args, list) and len(args) > 4 else None
 
 
 def classify(response: httpx.Response) -> ProviderError | None:
@@ -132,7 +183,8 @@ def classify(response: httpx.Response) -> ProviderError | None:
         if isinstance(body, dict) and isinstance(body.get("name"), str):
             if status >= 500 and body["name"] not in _REJECTED:
                 return TransientError(f"Odoo {status} {body['name']}: {body.get('message')}", status=status)
-            return classify_error(body["name"], str(body.get("message") or ""), status=status)
+            return classify_error(body["name"], str(body.get("message") or ""), status=status,
+                                  method=_called_method(response))
         return classify_http(response)
     head = response.content[:120]
     if b'"result"' in head or not head.lstrip().startswith(b'{"jsonrpc"'):
@@ -146,7 +198,7 @@ def classify(response: httpx.Response) -> ProviderError | None:
         data = error.get("data") or {}
         return classify_error(str(data.get("name") or "odoo.exceptions.UserError"),
                               str(data.get("message") or error.get("message") or ""), status=status,
-                              code=error.get("code"))
+                              code=error.get("code"), method=_called_method(response))
     if isinstance(body, dict) and "result" in body:
         return None
     return TransientError("Odoo: a JSON-RPC answer with neither result nor error", status=status)
@@ -171,6 +223,13 @@ DEFAULT_FIELDS: Mapping[str, tuple[str, ...]] = {
 }
 
 
+# JSON-2 names every parameter: the leading ones of each method `call` is given positionally
+_PARAMETERS: Mapping[str, tuple[str, ...]] = {
+    "read": ("ids",), "create": ("vals_list",), "write": ("ids", "vals"), "unlink": ("ids",),
+    "load": ("fields", "data"), "fields_get": ("allfields", "attributes"),
+}
+
+
 def _odoo_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -182,7 +241,7 @@ def _parse_odoo_time(text: str) -> datetime:
 # --- sync -----------------------------------------------------------------------------------------------
 
 
-class OdooConnector(Connector):
+class OdooConnector(OdooWrites, Connector):
     provider = "odoo"
     # the database and login may be options (readable in logs) or credentials: _credentials checks them
     required_credentials = ("api_key|password",)
@@ -243,11 +302,11 @@ class OdooConnector(Connector):
 
     # -- calls ----------------------------------------------------------------------------------------
 
-    async def _rpc(self, service: str, method: str, args: list[Any]) -> Any:
+    async def _rpc(self, service: str, method: str, args: list[Any], *, replay_safe: bool = True) -> Any:
         body, _ = await self.client.request_json(
             "POST", "jsonrpc", json={"jsonrpc": "2.0", "method": "call",
                                      "params": {"service": service, "method": method, "args": args},
-                                     "id": next(self._ids)})
+                                     "id": next(self._ids)}, replay_safe=replay_safe)
         return body["result"]
 
     async def _uid_for_calls(self) -> int:
@@ -259,19 +318,23 @@ class OdooConnector(Connector):
             self._uid = uid
         return self._uid
 
-    async def call(self, model: str, method: str, subject: Any, **kwargs: Any) -> Any:
-        """One ORM method: `subject` is the domain (search*) or the ids (read).
+    async def call(self, model: str, method: str, *args: Any, replay_safe: bool = True, **kwargs: Any) -> Any:
+        """One ORM method: `args` are its leading parameters (the domain of search*, the ids of
+        read/write/unlink, vals_list of create, fields and rows of load).
 
-        JSON-RPC passes it positionally, as every Odoo version's signature takes it (the
-        parameter was `args` before 17.0, `domain` since); JSON-2 names it (`domain` / `ids`).
+        JSON-RPC passes them positionally, as every Odoo version's signature takes them (the
+        domain parameter was `args` before 17.0, `domain` since); JSON-2 names them.
+        `replay_safe=False` (creates): a lost answer is Ambiguous, never resent.
         """
         if self.api == "json2":
-            named = {"ids" if method == "read" else "domain": subject, **kwargs}
-            body, _ = await self.client.request_json("POST", f"json/2/{model}/{method}", json=named)
+            named = {**dict(zip(_PARAMETERS.get(method, ("domain",)), args, strict=False)), **kwargs}
+            body, _ = await self.client.request_json("POST", f"json/2/{model}/{method}", json=named,
+                                                     replay_safe=replay_safe)
             return body
         uid = await self._uid_for_calls()
         return await self._rpc("object", "execute_kw",
-                               [self.database, uid, self._key, model, method, [subject], kwargs])
+                               [self.database, uid, self._key, model, method, list(args), kwargs],
+                               replay_safe=replay_safe)
 
     async def probe(self) -> None:
         await self.call("res.partner", "search", [], limit=1)
