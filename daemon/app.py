@@ -55,6 +55,8 @@ from freshd.store import Store, activity, cluster, connections, jobs, open_store
 from freshd.store.jobs import JobKind
 from freshd.supervisor import Supervisor
 from freshd.sync import stored_nothing_of_something
+from freshd.twoway import service as twoway_pairs
+from freshd.twoway.service import TwoWay
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +101,7 @@ class Daemon:
         self.scheduler: Any = None
         self.membership: Membership | None = None  # set once the store is open (run_daemon)
         self.events: Events | None = None  # change events, when [events] redis_url is set
+        self.twoway: TwoWay | None = None  # two-way runs and resolutions (set in run_daemon)
 
         self._reload_wanted = trio.Event()  # set by SIGHUP; one pending reload, the newest wins
 
@@ -167,6 +170,11 @@ class Daemon:
                     activity.log_activity(conn, f"connection.{state.value}",
                                           f"connection {row.name} {why}: stopped, its data is kept",
                                           connection_id=row.id)
+            for pair in config.pairs:
+                problem = twoway_pairs.apply_config_pair(conn, pair)
+                if problem:
+                    activity.log_activity(conn, "twoway.pair_refused", f"pair {pair.name} not applied: {problem}")
+                    log.warning("twoway.pair_refused", pair=pair.name, error=problem)
             enabled = sorted(name for name, spec in in_file.items() if spec.enabled)
             activity.log_activity(conn, "config.applied", f"configuration applied: {len(enabled)} connection(s)",
                                   details={"connections": enabled, "parked": {n: s.value for n, s in parked.items()},
@@ -486,6 +494,8 @@ async def run_daemon(
             # the first lease round before anything answers: this member's connections are running
             await root.start(membership.serve)
             await daemon.queue_never_synced()
+            daemon.twoway = TwoWay(store, supervisor, config.twoway)
+            await root.start(daemon.twoway.serve)
 
             admin = config.admin
             handler = DaemonAdmin(daemon)

@@ -41,6 +41,7 @@ from freshd.errors import ConfigError, ConfigErrors
 from freshd.policies.breaker import BreakerSettings
 from freshd.policies.limits import ProviderLimits
 from freshd.policies.retry import RetryPolicy
+from freshd.twoway.settings import MAX_BATCH_SIZE, MAX_WRITE_RATE, PairConfig, TwoWaySettings
 
 __all__ = [
     "DEFAULT_PROVIDERS",
@@ -261,6 +262,8 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    twoway: TwoWaySettings = field(default_factory=TwoWaySettings)
+    pairs: tuple[PairConfig, ...] = ()
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     policies: PoliciesConfig = field(default_factory=PoliciesConfig)
     connections: tuple[ConnectionConfig, ...] = ()
@@ -520,7 +523,7 @@ def _string_list(reader: _Reader, key: str) -> tuple[str, ...]:
 
 _TOP_KEYS = (
     "database_url", "state_dir", "runtime_dir", "admin", "metrics", "http", "log", "schedule", "staleness",
-    "sync", "store", "secrets", "policies", "connections", "cluster", "events",
+    "sync", "store", "secrets", "policies", "connections", "cluster", "events", "twoway", "pairs",
 )
 _METRICS, _SCHEDULE, _STALENESS, _SYNC = MetricsConfig(), ScheduleConfig(), StalenessConfig(), SyncConfig()
 _STORE = StoreConfig()
@@ -657,6 +660,49 @@ def _connections(top: _Reader, providers: Collection[str]) -> tuple[ConnectionCo
         seen[spec.name] = index
         result.append(spec)
     return tuple(result)
+
+
+def _twoway(top: _Reader) -> TwoWaySettings:
+    section = top.table("twoway")
+    section.check_keys(("batch_size", "batch_delay", "write_rate_per_minute", "max_runs_per_tenant"))
+    default = TwoWaySettings()
+    batch_size = section.integer("batch_size", default.batch_size, minimum=1)
+    if batch_size > MAX_BATCH_SIZE:
+        section.fail("batch_size", f"must be at most {MAX_BATCH_SIZE}, got {batch_size}")
+    rate = section._typed("write_rate_per_minute", (int, float), "a number", default.write_rate_per_minute)
+    if not 0 < rate <= MAX_WRITE_RATE:
+        section.fail("write_rate_per_minute", f"must be above 0 and at most {MAX_WRITE_RATE:g}, got {rate}")
+    return TwoWaySettings(
+        batch_size=batch_size, batch_delay=section.duration("batch_delay", default.batch_delay, positive=False),
+        write_rate_per_minute=float(rate),
+        max_runs_per_tenant=section.integer("max_runs_per_tenant", default.max_runs_per_tenant, minimum=1))
+
+
+def _pairs(top: _Reader) -> tuple[PairConfig, ...]:
+    """[pairs.NAME]: left, right, entities (the shipped mappings) and per-entity tables (overrides);
+    the mapping itself is checked against the connections' providers when the pair is applied."""
+    section = top.table("pairs")
+    out = []
+    for name in section.data:
+        if not _NAME.fullmatch(str(name)):
+            section.fail(name, "a pair's name is letters, digits, '.', '_' or '-' (at most 64)")
+        pair = section.table(name)
+        for side in ("left", "right"):
+            if not pair.has(side):
+                pair.fail(side, f"missing required key {side!r} (a connection name)")
+        listed = _string_list(pair, "entities")
+        entities: dict[str, Any] = {entity: {} for entity in listed}
+        for key, value in pair.data.items():
+            if key in ("left", "right", "entities"):
+                continue
+            if not isinstance(value, dict):
+                pair.fail(key, "expected left, right, entities or an entity's table ([pairs.NAME.ENTITY])")
+            entities[key] = value
+        if not entities:
+            pair.fail("entities", "name at least one entity (e.g. entities = [\"customers\"])")
+        out.append(PairConfig(str(name), pair.string("left", None), pair.string("right", None),
+                              {"entities": entities}))
+    return tuple(out)
 
 
 def _check_cron(reader: _Reader, key: str, default: str) -> str:
@@ -883,6 +929,8 @@ def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
         store=store_config,
         cluster=cluster_config,
         events=events_config,
+        twoway=_twoway(top),
+        pairs=_pairs(top),
         secrets=secrets_config,
         policies=policies_config,
         connections=_connections(top, providers),

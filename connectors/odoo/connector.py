@@ -339,6 +339,13 @@ class OdooConnector(OdooWrites, Connector):
     async def probe(self) -> None:
         await self.call("res.partner", "search", [], limit=1)
 
+    async def reference_table(self, name: str) -> dict[str, str]:
+        """"countries": res.country id -> ISO code (two-way mappings write country_id from a code)."""
+        if name != "countries":
+            return await super().reference_table(name)
+        rows = await self.call("res.country", "search_read", [], fields=["code"])
+        return {str(row["id"]): str(row["code"]).upper() for row in rows if row.get("code")}
+
     # -- listing ----------------------------------------------------------------------------------------
 
     async def sync_entity(

@@ -22,6 +22,7 @@ from freshd import __version__, logs, scheduler
 from freshd.actor import ConnectionState, ConnectionStatus
 from freshd.admin.consumers import ConsumerCommands
 from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Peer, Request
+from freshd.admin.twoway import TwoWayCommands
 from freshd.connectors.base import ConnectionSettings, check_settings, connector_class
 from freshd.errors import (
     AdminError,
@@ -197,6 +198,7 @@ class DaemonAdmin:
             "tokens.list": self.tokens_list,
             "tokens.revoke": self.tokens_revoke,
             **ConsumerCommands(daemon).handlers(),
+            **TwoWayCommands(daemon).handlers(),
         }
 
     async def handle(self, request: Request, caller: Caller) -> Any:

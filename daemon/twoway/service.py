@@ -19,36 +19,23 @@ import structlog
 import trio
 
 from freshd.connectors.base import Connector, connector_class
-from freshd.errors import FreshdError, ProviderError, TransientError
+from freshd.connectors.writes import Create, Update
+from freshd.errors import ConfigError, FreshdError, ProviderError, TransientError
 from freshd.messages import JobQueued, WithConnector
 from freshd.policies.ratelimit import Rate, TokenBucket
-from freshd.store import Store
+from freshd.store import Store, activity
 from freshd.store import twoway as db
 from freshd.store.db import Fence
-from freshd.store.twoway import PairRow, RunState
+from freshd.store.twoway import Link, PairRow, RunState
 from freshd.supervisor import Supervisor
-from freshd.twoway.mapping import Pair, build_pair
-from freshd.twoway.runner import Runner, RunSettings
+from freshd.twoway.mapping import EntityMap, Pair, Side, Tables, build_pair
+from freshd.twoway.runner import PlannedWrite, Runner, RunSettings, WritePath, reference
+from freshd.twoway.settings import PairConfig, TwoWaySettings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-MAX_BATCH_SIZE = 200
-MAX_WRITE_RATE = 50.0  # requests per minute per tenant, the contract's ceiling
 TICK = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class TwoWaySettings:
-    """[twoway] in the config."""
-
-    batch_size: int = 50
-    batch_delay: float = 0.0  # seconds between batches
-    write_rate_per_minute: float = 10.0  # per tenant, at most MAX_WRITE_RATE
-    max_runs_per_tenant: int = 5
-    attempts: int = 3  # per item
-    backoff: float = 1.0  # seconds before the second attempt, doubling ...
-    backoff_cap: float = 16.0  # ... up to this
 
 
 def mapping_of(pair: PairRow) -> Pair:
@@ -57,6 +44,34 @@ def mapping_of(pair: PairRow) -> Pair:
                     for p in (pair.left_provider, pair.right_provider))
     return build_pair(pair.name, pair.left, pair.right, pair.spec,
                       providers=(pair.left_provider, pair.right_provider), streams=(streams[0], streams[1]))
+
+
+def apply_config_pair(conn: Any, pair: PairConfig) -> str | None:
+    """Store a [pairs.NAME] declaration (in the config transaction); why not, if it cannot be."""
+    rows = {side: conn.execute("SELECT id, name, tenant, provider FROM connections WHERE name = %s",
+                               (getattr(pair, side),)).fetchone() for side in ("left", "right")}
+    for side, row in rows.items():
+        if row is None:
+            return f"no connection {getattr(pair, side)!r} (the pair's {side})"
+    left, right = rows["left"], rows["right"]
+    if left["tenant"] != right["tenant"]:
+        return f"{left['name']} and {right['name']} belong to different tenants"
+    if left["id"] == right["id"]:
+        return "a pair joins two different connections"
+    existing = db.get_pair(conn, pair.name)
+    if existing is not None and (existing.left_id, existing.right_id) != (left["id"], right["id"]) \
+            and db.pair_has_links(conn, pair.name):
+        return (f"it already links records of {existing.left} and {existing.right}; a pair's connections cannot "
+                "change under its links (give the new pair another name)")
+    candidate = PairRow(pair.name, str(left["tenant"]), int(left["id"]), int(right["id"]), str(left["name"]),
+                        str(right["name"]), str(left["provider"]), str(right["provider"]), pair.spec, "config")
+    try:
+        mapping_of(candidate)
+    except ConfigError as exc:
+        return str(exc)
+    db.upsert_pair(conn, name=pair.name, tenant=candidate.tenant, left_id=candidate.left_id,
+                   right_id=candidate.right_id, spec=pair.spec, source="config")
+    return None
 
 
 class TwoWay:
@@ -165,3 +180,160 @@ class TwoWay:
 
     def running(self) -> dict[int, str]:
         return dict(self._running)
+
+    # -- manual resolution ---------------------------------------------------------------------
+
+    async def resolve(self, conflict_id: int, resolution: Resolution) -> dict[str, Any]:
+        """Write the chosen values to the side(s) that differ, move the link's base on, and mark
+        the conflict resolved (with what was written and by whom).  Refused whole when the values
+        do not fit or a provider refuses the write."""
+        conflict = await self.store.call(db.get_conflict, conflict_id)
+        if conflict is None:
+            raise ResolutionRefused(f"no conflict {conflict_id}")
+        if conflict["status"] != "unresolved":
+            raise ResolutionRefused(f"conflict {conflict_id} is already {conflict['status']}")
+        pair = await self.store.call(db.get_pair, conflict["pair"])
+        if pair is None:
+            raise ResolutionRefused(f"the pair {conflict['pair']} is gone")
+        entity = mapping_of(pair).entities.get(conflict["entity"])
+        if entity is None:
+            raise ResolutionRefused(f"the pair {pair.name} no longer maps {conflict['entity']}")
+        names = {f.name for f in entity.fields}
+        unknown = sorted(set(resolution.values) - names)
+        if unknown:
+            raise ResolutionRefused(f"{entity.name} has no field(s) {', '.join(unknown)}; its fields: "
+                                    f"{', '.join(sorted(names))}")
+        tables = await self._tables(pair, entity)
+        link = await self.store.call(_link_for, pair.name, entity.name, conflict["left_id"], conflict["right_id"])
+        left_id = link.left_id if link else conflict["left_id"]
+        right_id = link.right_id if link else conflict["right_id"]
+        records = await self.store.call(_records_for, pair, entity, left_id, right_id)
+        common: dict[Side, dict[str, Any] | None] = {}
+        for side in Side:
+            record = records[side]
+            common[side] = None if record is None else entity.common(side, record, tables[side is Side.RIGHT])
+        fields = list(conflict["fields"] or []) or sorted(names)
+        chosen: dict[str, Any] = {}
+        if resolution.take is not None:
+            taken = common[Side(resolution.take)]
+            if taken is None:
+                raise ResolutionRefused(f"the {resolution.take} record of this conflict is gone")
+            chosen = {name: taken[name] for name in fields} if link else dict(taken)
+        chosen.update(resolution.values)
+        if not chosen:
+            raise ResolutionRefused("say what to keep: take left or right, or give the field values")
+        writes = await self._write_resolution(pair, entity, conflict_id, link=link, left_id=left_id,
+                                              right_id=right_id, common=common, chosen=chosen, tables=tables)
+        who = resolution.who
+
+        def settle(conn: Any) -> dict[str, Any]:
+            if link is not None:
+                base = {**link.base, **{k: v for k, v in chosen.items() if k in names}}
+                db.save_link(conn, pair.name, entity.name, left_id=link.left_id, right_id=link.right_id, base=base,
+                             linked_by="resolution")
+            done = db.resolve_conflict(conn, conflict_id, {"take": resolution.take, "values": chosen,
+                                                           "writes": writes, "by": who})
+            activity.log_activity(conn, "twoway.conflict_resolved",
+                                  f"conflict {conflict_id} of {pair.name} resolved by {who}",
+                                  run_id=conflict["run_id"], details={"writes": writes, "take": resolution.take})
+            return done
+
+        resolved: dict[str, Any] = await self.store.call(settle)
+        return resolved
+
+    async def _tables(self, pair: PairRow, entity: EntityMap) -> tuple[Tables, Tables]:
+        out: list[dict[str, Mapping[str, str]]] = [{}, {}]
+        for index, side in enumerate(Side):
+            connection = pair.left if side is Side.LEFT else pair.right
+            for name in sorted(entity.tables(side)):
+                async def fetch(connector: Connector, name: str = name) -> dict[str, str]:
+                    return await connector.reference_table(name)
+                try:
+                    out[index][name] = await self.with_connector(connection, fetch)
+                except ProviderError as exc:
+                    raise ResolutionRefused(f"cannot read {name} from {connection}: {exc}") from None
+        return out[0], out[1]
+
+    async def _write_resolution(self, pair: PairRow, entity: EntityMap, conflict_id: int, *, link: Link | None,
+                                left_id: str | None, right_id: str | None,
+                                common: Mapping[Side, dict[str, Any] | None], chosen: dict[str, Any],
+                                tables: tuple[Tables, Tables]) -> dict[str, Any]:
+        path = WritePath(self, self.budget(pair.tenant))
+        writes: dict[str, Any] = {}
+        plans: list[PlannedWrite] = []
+        if link is not None:
+            for side in Side:
+                current = common[side] or {}
+                differ = {k: v for k, v in chosen.items() if current.get(k) != v}
+                if differ:
+                    target = link.left_id if side is Side.LEFT else link.right_id
+                    source = link.right_id if side is Side.LEFT else link.left_id
+                    plans.append(PlannedWrite(f"r_{conflict_id}_{side.value}", side,
+                                              Update(target, self._fragment(entity, side, differ, tables)),
+                                              differ, source))
+        else:
+            source_side = Side.LEFT if left_id is not None else Side.RIGHT
+            source_id = left_id if source_side is Side.LEFT else right_id
+            assert source_id is not None
+            target = source_side.other
+            values = {**(common[source_side] or {}), **chosen}
+            key = reference(pair.name, entity.name, target, source_id)
+            plans.append(PlannedWrite(key, target, Create(self._fragment(entity, target, values, tables), key),
+                                      values, source_id))
+        for planned in plans:
+            try:
+                outcomes = await path.apply(pair, entity, planned.side, [planned], None)
+            except ProviderError as exc:
+                raise ResolutionRefused(f"the {planned.side} side refused the write: {exc}") from None
+            result = outcomes[0]
+            if isinstance(result, ProviderError):
+                await self.store.call(db.settle_write, planned.key, applied=False, error=str(result))
+                raise ResolutionRefused(f"the {planned.side} side refused the write: {result}")
+            target_id = result.external_id if result is not None else None
+            await self.store.call(_settle_resolution_write, pair.name, entity.name, planned, target_id)
+            writes[planned.side.value] = {"op": "create" if isinstance(planned.op, Create) else "update",
+                                          "id": target_id, "fields": sorted(planned.values)}
+        return writes
+
+    @staticmethod
+    def _fragment(entity: EntityMap, side: Side, values: Mapping[str, Any],
+                  tables: tuple[Tables, Tables]) -> dict[str, Any]:
+        try:
+            return entity.fragment(side, values, tables[side is Side.RIGHT])
+        except ValueError as exc:
+            raise ResolutionRefused(f"cannot write that to the {side}: {exc}") from None
+
+
+def _link_for(conn: Any, pair: str, entity: str, left_id: str | None, right_id: str | None) -> Link | None:
+    if left_id is not None:
+        found = db.link_of(conn, pair, entity, left_id=left_id)
+        if found is not None:
+            return found
+    return db.link_of(conn, pair, entity, right_id=right_id) if right_id is not None else None
+
+
+def _records_for(conn: Any, pair: PairRow, entity: EntityMap, left_id: str | None,
+                 right_id: str | None) -> dict[Side, dict[str, Any] | None]:
+    left = db.records_by_id(conn, pair.left_id, entity.left_stream, [left_id]) if left_id else {}
+    right = db.records_by_id(conn, pair.right_id, entity.right_stream, [right_id]) if right_id else {}
+    return {Side.LEFT: left.get(left_id or ""), Side.RIGHT: right.get(right_id or "")}
+
+
+def _settle_resolution_write(conn: Any, pair: str, entity: str, planned: PlannedWrite, target_id: str | None) -> None:
+    db.settle_write(conn, planned.key, applied=True, target_id=target_id)
+    if isinstance(planned.op, Create) and target_id is not None and planned.source_id is not None:
+        left_id, right_id = ((target_id, planned.source_id) if planned.side is Side.LEFT
+                             else (planned.source_id, target_id))
+        db.save_link(conn, pair, entity, left_id=left_id, right_id=right_id, base=planned.values,
+                     linked_by="resolution")
+
+
+class ResolutionRefused(FreshdError):
+    """A resolution that cannot be applied as asked (bad values, a refused write): nothing changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    take: str | None  # "left" | "right"
+    values: Mapping[str, Any]  # field -> the merged value (with or without take)
+    who: str
