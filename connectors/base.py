@@ -149,6 +149,11 @@ class Connector(ABC):
         """
         raise PermanentError(self.since_problem(stream) or f"{self.provider}: no since_state for {stream.name}")
 
+    def catch_up_state(self, stream: StreamSpec, state: dict[str, Any]) -> dict[str, Any]:
+        """The stored state rewritten so this incremental listing finds every change since the last
+        sync (`JobOptions.catch_up`); the default cursor already does."""
+        return state
+
     def stream(self, name: str) -> StreamSpec:
         for spec in self.streams:
             if spec.name == name:

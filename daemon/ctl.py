@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from freshd import __version__
+from freshd import __version__, ctl_twoway
 from freshd.admin.protocol import API_VERSION
 from freshd.client import Client, Unreachable
 from freshd.client import ClientError as DaemonError
@@ -523,6 +523,7 @@ def build_parser() -> Parser:
                        ("cancel", "cancel its backfill")):
         command(consub, name, text, f"freshctl consumers {name} crm").add_argument(
             "app", help="the application's name")
+    ctl_twoway.add_commands(sub, command)
     tokens = command(sub, "tokens", "HTTP API bearer tokens, each scoped to a tenant (docs/HTTP.md)",
                      "T=$(freshctl tokens add --tenant acme --label web)", "freshctl tokens list")
     tsub = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -607,6 +608,8 @@ complete -F _freshctl freshctl
 
 
 def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, dict[str, Any]]:
+    if args.command in ctl_twoway.GROUPS:
+        return ctl_twoway.request_for(args, parser)
     match args.command:
         case "status":
             return "status", {}
@@ -689,6 +692,8 @@ def split_list(text: str | None, parser: argparse.ArgumentParser) -> list[str] |
 
 
 def render(cmd: str, result: Any) -> str:
+    if cmd.split(".", maxsplit=1)[0] in ctl_twoway.GROUPS:
+        return ctl_twoway.render(cmd, result)
     if cmd.startswith("consumers."):
         return json.dumps(result, indent=2)  # small nested records: their JSON reads best
     match cmd:

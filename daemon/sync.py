@@ -392,6 +392,8 @@ class JobRunner:
         if self.dry_run:
             progress.processed = progress.failed = progress.skipped = 0
             progress.created = progress.changed = progress.deleted = 0
+        if self.options.catch_up and state and stream.name not in self._committed:
+            return self.connector.catch_up_state(stream, state)
         if self.options.since is None or (stream.name in self._committed and not self.dry_run):
             return state
         since = datetime.fromisoformat(self.options.since)

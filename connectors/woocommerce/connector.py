@@ -416,7 +416,16 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         else:
             await ctx.emit(Page(stream.name, [], checkpoint, failures=unusable, **inferred))
 
+    def catch_up_state(self, stream: StreamSpec, state: dict[str, Any]) -> dict[str, Any]:
+        """Customers have no modified filter: changes to existing ones show only in the diff, so
+        catching up means diffing now."""
+        if stream.cursor_param is None and state.get("phase") != "full":
+            return {**state, "diff_now": True}  # the diff's checkpoint drops it
+        return state
+
     def _diff_due(self, state: dict[str, Any]) -> bool:
+        if state.get("diff_now"):
+            return True
         last = state.get("diffed_at") or state.get("full_at")
         if not last or _stored_max_id(state) == 0:
             return True

@@ -473,6 +473,9 @@ class WooCommerceSimulator:
         self._check_order(resource, fields, current)
         if resource == "orders" and isinstance(fields.get("line_items"), list):
             fields["line_items"] = _merge_line_items(rid, current.get("line_items") or [], fields["line_items"])
+        for address in ("billing", "shipping"):  # set_billing_* / set_shipping_*: only the keys sent
+            if isinstance(fields.get(address), dict) and isinstance(current.get(address), dict):
+                fields[address] = {**current[address], **fields[address]}
         record = {**current, **fields, **self._dates("date_modified", self._now())}
         if "meta_data" in item:
             record["meta_data"] = self._apply_meta(current.get("meta_data") or [], item["meta_data"])

@@ -89,11 +89,15 @@ class JobOptions:
     entities: tuple[str, ...] | None = None
     since: str | None = None
     dry_run: bool = False
+    # find every change since the last sync, also those a provider without a modified filter only
+    # shows in its periodic diff (two-way runs bring both sides up to date with it)
+    catch_up: bool = False
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobOptions:
         entities = data.get("entities")
-        return cls(tuple(entities) if entities else None, data.get("since"), bool(data.get("dry_run")))
+        return cls(tuple(entities) if entities else None, data.get("since"), bool(data.get("dry_run")),
+                   bool(data.get("catch_up")))
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -103,6 +107,8 @@ class JobOptions:
             out["since"] = self.since
         if self.dry_run:
             out["dry_run"] = True
+        if self.catch_up:
+            out["catch_up"] = True
         return out
 
 

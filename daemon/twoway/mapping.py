@@ -330,16 +330,6 @@ DEFAULTS: Mapping[tuple[str, str], Mapping[str, _F]] = {
                 "stock": {"left": "stock_quantity", "right": "qty_available", "transform": "int"},
             },
         },
-        # an order placed in the shop becomes a sale order in Odoo (created once, not compared after)
-        "orders": {
-            "left": "orders", "right": "sale_orders", "direction": "left_to_right", "key": "reference",
-            "rule": "prefer_left", "updates": False,
-            "fields": {
-                "reference": {"left": "number", "right": "client_order_ref"},
-                "total": {"left": "total", "left_transform": "money",
-                          "right": "amount_total", "right_transform": "money_float"},
-            },
-        },
     },
 }
 

@@ -282,36 +282,49 @@ class Runner:
         await self.store.call(db.update_run, self.run_id, phase="syncing")
         wanted = {self.pair.left: self.pair.left_id, self.pair.right: self.pair.right_id}
 
-        def queue(conn: Connection) -> dict[str, jobs.JobRow]:
+        streams = {self.pair.left: sorted({e.left_stream for e in self.entities}),
+                   self.pair.right: sorted({e.right_stream for e in self.entities})}
+
+        def queue(conn: Connection) -> dict[str, tuple[jobs.JobRow, bool]]:
             out = {}
             for name, cid in wanted.items():
-                kind = JobKind.INCREMENTAL if jobs.ever_succeeded(conn, [cid]) else JobKind.INITIAL
-                job, _ = jobs.create_job(conn, cid, kind, f"twoway run {self.run_id}")
-                out[name] = job
-            db.update_run(conn, self.run_id, sync_jobs=[j.id for j in out.values()])
+                if jobs.ever_succeeded(conn, [cid]):
+                    kind, options = JobKind.INCREMENTAL, jobs.JobOptions(tuple(streams[name]), catch_up=True)
+                else:
+                    kind, options = JobKind.INITIAL, None
+                out[name] = jobs.create_job(conn, cid, kind, f"twoway run {self.run_id}", options=options)
+            db.update_run(conn, self.run_id, sync_jobs=[job.id for job, _ in out.values()])
             return out
 
-        queued = await self.store.call(queue)
-        for name, job in queued.items():
-            if job.status is JobStatus.PAUSED:
-                raise PermanentError(f"connection {name} has a paused sync (job {job.id}): resume or cancel it, "
-                                     "then start the run again")
-            self.gateway.nudge_job(name, job.id)
         with trio.move_on_after(SYNC_WAIT) as waited:
-            for name, job in queued.items():
-                while True:
-                    await self._boundary()
-                    row = await self.store.call(jobs.get_job, job.id)
-                    if row is None or row.status in (JobStatus.COMPLETED, JobStatus.PARTIAL):
-                        break
-                    if row.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-                        raise PermanentError(f"connection {name} could not be brought up to date "
-                                             f"(job {job.id} {row.status}: {row.error})")
-                    if row.status is JobStatus.PAUSED:
-                        raise PermanentError(f"connection {name}'s sync (job {job.id}) was paused")
-                    await trio.sleep(POLL)
+            # a sync already live when the run starts may have begun before the last edits: after
+            # it ends, one of the run's own follows
+            for _ in range(2):
+                queued = await self.store.call(queue)
+                for name, (job, _) in queued.items():
+                    if job.status is JobStatus.PAUSED:
+                        raise PermanentError(f"connection {name} has a paused sync (job {job.id}): resume or "
+                                             "cancel it, then start the run again")
+                    self.gateway.nudge_job(name, job.id)
+                for name, (job, _) in queued.items():
+                    await self._wait_job(name, job.id)
+                if all(created for _, created in queued.values()):
+                    break
         if waited.cancelled_caught:
             raise PermanentError(f"the syncs that bring both sides up to date took over {SYNC_WAIT:g} s")
+
+    async def _wait_job(self, name: str, job_id: int) -> None:
+        while True:
+            await self._boundary()
+            row = await self.store.call(jobs.get_job, job_id)
+            if row is None or row.status in (JobStatus.COMPLETED, JobStatus.PARTIAL):
+                return
+            if row.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise PermanentError(f"connection {name} could not be brought up to date "
+                                     f"(job {job_id} {row.status}: {row.error})")
+            if row.status is JobStatus.PAUSED:
+                raise PermanentError(f"connection {name}'s sync (job {job_id}) was paused")
+            await trio.sleep(POLL)
 
     async def _load_tables(self) -> None:
         for index, side in enumerate(Side):

@@ -1,0 +1,185 @@
+"""Two-way sync between a WooCommerce and an Odoo simulator, through a real daemon and freshctl."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from freshd.connectors.odoo.simulator import OdooSimulator
+from freshd.connectors.simulator import serve_asgi
+from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
+from tests.cases_odoo import CREDS as ODOO
+from tests.helpers import query
+from tests.test_daemon import CREDS, Running, connection_block, start_daemon
+
+
+@dataclass
+class Sides:
+    shop: WooCommerceSimulator
+    erp: OdooSimulator
+    shop_url: str
+    erp_url: str
+
+    def config(self, *, pair: str = "", twoway: str = "") -> str:
+        return (connection_block("shop", self.shop_url)
+                + f'[[connections]]\nname = "erp"\nprovider = "odoo"\nbase_url = "{self.erp_url}"\n'
+                  f'credentials = {{ api_key = "{ODOO["api_key"]}" }}\n'
+                  f'options = {{ database = "{ODOO["database"]}", username = "{ODOO["username"]}" }}\n'
+                + "[twoway]\nwrite_rate_per_minute = 50\n" + twoway
+                + (pair or '[pairs.shop-erp]\nleft = "shop"\nright = "erp"\nentities = ["customers"]\n'))
+
+
+@pytest.fixture
+async def sides(nursery: trio.Nursery) -> AsyncIterator[Sides]:
+    shop = WooCommerceSimulator(records=4, seed=11, credentials=CREDS)
+    erp = OdooSimulator(records=4, seed=12, credentials=ODOO)
+    shop_port = await nursery.start(functools.partial(serve_asgi, shop.app, host="127.0.0.1", port=0))
+    erp_port = await nursery.start(functools.partial(serve_asgi, erp.app, host="127.0.0.1", port=0))
+    yield Sides(shop, erp, f"http://127.0.0.1:{shop_port}", f"http://127.0.0.1:{erp_port}")
+
+
+async def run_to_end(running: Running, *args: str) -> dict[str, Any]:
+    started = await running.ctl_json("twoway", "start", "shop-erp", *args)
+    assert started["state"] in ("queued", "processing")
+    with trio.fail_after(60):
+        while True:
+            run = await running.ctl_json("twoway", "status", str(started["id"]))
+            if run["state"] in ("done", "partial", "failed", "cancelled", "paused"):
+                return run  # type: ignore[no-any-return]
+            await trio.sleep(0.1)
+
+
+def partners_with_email(erp: OdooSimulator) -> dict[str, dict[str, Any]]:
+    return {str(p["email"]).lower(): p for p in erp.docs["res.partner"].values() if p.get("email")}
+
+
+def customers_by_email(shop: WooCommerceSimulator) -> dict[str, dict[str, Any]]:
+    coll = shop.collections["customers"]
+    return {str(c["email"]).lower(): c for c in (coll.get(rid) for rid in coll.docs)}
+
+
+def link_of(running: Running, left_id: str) -> tuple[str, dict[str, Any]]:
+    rows = query(running.database_url, "SELECT right_id, base FROM links WHERE pair = 'shop-erp' AND left_id = %s",
+                 left_id)
+    assert len(rows) == 1, rows
+    return str(rows[0][0]), rows[0][1]  # type: ignore[return-value]
+
+
+async def test_first_run_creates_each_side_missing_records_and_a_second_run_writes_nothing(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, sides: Sides,
+) -> None:
+    running = await start_daemon(nursery, tmp_path, database_url, sides.config())
+    shop_before, erp_before = customers_by_email(sides.shop), partners_with_email(sides.erp)
+    first = await run_to_end(running)
+    assert first["state"] == "done", first
+    assert first["writes"] == {"left": len(erp_before), "right": len(shop_before)}
+    assert first["queue"]["pending"] == 0 and first["percent"] == 100.0
+    assert first["plan"]["customers"]["create_left"] == len(erp_before)
+    # every email now on both sides, exactly once (no record created twice)
+    shop_after, erp_after = customers_by_email(sides.shop), partners_with_email(sides.erp)
+    assert set(shop_after) == set(erp_after) == set(shop_before) | set(erp_before)
+    assert sides.shop.counts()["customers"] == len(shop_after)
+    # a created record carries freshd's reference (found again after a crash)
+    some = next(iter(shop_after[e] for e in erp_before))
+    assert any(m["key"] == "_freshd_ref" for m in some["meta_data"])
+
+    second = await run_to_end(running)
+    assert second["state"] == "done" and second["writes"] == {"left": 0, "right": 0}, second
+    assert second["queue"]["total"] == 0
+
+
+async def test_edits_of_different_fields_on_each_side_are_both_kept_on_both_sides(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, sides: Sides,
+) -> None:
+    running = await start_daemon(nursery, tmp_path, database_url, sides.config())
+    assert (await run_to_end(running))["state"] == "done"
+    customer = next(iter(customers_by_email(sides.shop).values()))
+    partner_id, _ = link_of(running, str(customer["id"]))
+    await trio.sleep(1.1)  # both providers keep modification times in whole seconds
+    sides.shop.update("customers", customer["id"], first_name="Renamed")
+    sides.erp.write("res.partner", int(partner_id), phone="+33 9 99 99 99 99")
+    run = await run_to_end(running)
+    assert run["state"] == "done" and run["writes"] == {"left": 1, "right": 1}, json.dumps(run)
+    partner = sides.erp.docs["res.partner"][int(partner_id)]
+    assert partner["name"].startswith("Renamed ") and partner["phone"] == "+33 9 99 99 99 99"
+    assert sides.shop.get("customers", customer["id"])["billing"]["phone"] == "+33 9 99 99 99 99"
+    assert (await run_to_end(running))["writes"] == {"left": 0, "right": 0}  # no echo, no ping-pong
+
+
+async def test_same_field_changed_on_both_sides_is_one_data_mismatch_and_resolving_writes_the_choice(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, sides: Sides,
+) -> None:
+    running = await start_daemon(nursery, tmp_path, database_url, sides.config())
+    assert (await run_to_end(running))["state"] == "done"
+    customer = next(iter(customers_by_email(sides.shop).values()))
+    partner_id, base = link_of(running, str(customer["id"]))
+    await trio.sleep(1.1)
+    sides.shop.update("customers", customer["id"], billing={**customer["billing"], "city": "Ghent"})
+    sides.erp.write("res.partner", int(partner_id), city="Bruges")
+    run = await run_to_end(running)
+    assert run["state"] == "partial" and run["writes"] == {"left": 0, "right": 0}, run
+    assert run["conflicts"] == {"total": 1, "unresolved": 1, "by_type": {"DataMismatch": 1}}
+    conflicts = await running.ctl_json("conflicts", "--pair", "shop-erp", "--unresolved")
+    assert len(conflicts) == 1
+    conflict = conflicts[0]
+    assert conflict["type"] == "DataMismatch" and conflict["fields"] == ["city"]
+    assert conflict["base"] == {"city": base["city"]}
+    assert conflict["left"] == {"city": "Ghent"} and conflict["right"] == {"city": "Bruges"}
+    # a second run does not open it twice
+    await run_to_end(running)
+    assert len(await running.ctl_json("conflicts", "--unresolved")) == 1
+
+    # a bad resolution is refused and changes nothing
+    bad = await running.ctl("conflicts", "resolve", str(conflict["id"]), "--value", "nosuchfield=1", check=False)
+    assert bad.returncode != 0 and "no field(s) nosuchfield" in bad.stderr
+    assert sides.erp.docs["res.partner"][int(partner_id)]["city"] == "Bruges"
+
+    resolved = await running.ctl_json("conflicts", "resolve", str(conflict["id"]), "--take", "left")
+    assert resolved["status"] == "resolved" and resolved["resolution"]["take"] == "left"
+    assert sides.erp.docs["res.partner"][int(partner_id)]["city"] == "Ghent"
+    assert sides.shop.get("customers", customer["id"])["billing"]["city"] == "Ghent"
+    assert (await run_to_end(running))["writes"] == {"left": 0, "right": 0}
+
+
+async def test_rules_settle_a_mismatch_without_a_person(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, sides: Sides,
+) -> None:
+    pair = ('[pairs.shop-erp]\nleft = "shop"\nright = "erp"\n[pairs.shop-erp.customers]\nrule = "newest"\n'
+            '[pairs.shop-erp.customers.rules]\nphone = "prefer_right"\n')
+    running = await start_daemon(nursery, tmp_path, database_url, sides.config(pair=pair))
+    assert (await run_to_end(running))["state"] == "done"
+    customer = next(iter(customers_by_email(sides.shop).values()))
+    partner_id, _ = link_of(running, str(customer["id"]))
+    await trio.sleep(1.1)
+    sides.erp.write("res.partner", int(partner_id), city="Bruges", phone="+32 1")
+    await trio.sleep(1.1)  # the shop's edit is the newer one
+    sides.shop.update("customers", customer["id"], billing={**customer["billing"], "city": "Ghent", "phone": "+32 2"})
+    run = await run_to_end(running)
+    assert run["state"] == "done", run
+    assert run["conflicts"]["unresolved"] == 0 and run["conflicts"]["by_type"] == {"DataMismatch": 2}
+    assert sides.erp.docs["res.partner"][int(partner_id)]["city"] == "Ghent"  # newest: the shop's
+    assert sides.shop.get("customers", customer["id"])["billing"]["phone"] == "+32 1"  # prefer_right
+
+
+async def test_unknown_pair_bad_mapping_and_bad_options_are_refused_and_change_nothing(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, sides: Sides,
+) -> None:
+    running = await start_daemon(nursery, tmp_path, database_url, sides.config())
+    unknown = await running.ctl("twoway", "start", "nope", check=False)
+    assert unknown.returncode == 4 and "no pair 'nope'" in unknown.stderr
+    entity = await running.ctl("twoway", "start", "shop-erp", "--entities", "invoices", check=False)
+    assert entity.returncode == 1 and "has no entity invoices" in entity.stderr
+    bad = await running.ctl("pairs", "add", "p2", "--left", "shop", "--right", "erp", "--entities", "widgets",
+                            check=False)
+    assert bad.returncode == 1 and "no shipped mapping for widgets" in bad.stderr
+    same = await running.ctl("pairs", "add", "p3", "--left", "shop", "--right", "shop", check=False)
+    assert same.returncode == 1
+    assert [p["name"] for p in await running.ctl_json("pairs", "list")] == ["shop-erp"]
+    assert await running.ctl_json("twoway", "runs") == []
