@@ -91,6 +91,7 @@ class Faults:
     burst: float = 1.0
     timeouts: int = 0
     loop: bool = False  # provider handlers consult it: serve the first page whatever was asked
+    methods: frozenset[str] | None = None  # status and rate faults hit only these methods (None: all)
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def configure(self, spec: dict[str, Any]) -> None:
@@ -109,10 +110,12 @@ class Faults:
             self.timeouts = int(spec["timeout"])
         if "loop" in spec:
             self.loop = bool(spec["loop"])
+        if "methods" in spec:
+            self.methods = frozenset(m.upper() for m in spec["methods"]) if spec["methods"] else None
 
     def clear(self) -> None:
         self.status, self.count, self.latency, self.malformed, self.rate = None, 0, 0.0, 0, None
-        self.timeouts, self.loop = 0, False
+        self.timeouts, self.loop, self.methods = 0, False, None
         self._buckets.clear()
 
     def over_rate(self, client: str, now: float) -> float | None:
@@ -130,7 +133,8 @@ class Faults:
     def as_json(self) -> dict[str, Any]:
         return {"status": self.status, "count": self.count, "retry_after": self.retry_after,
                 "latency": self.latency, "malformed": self.malformed, "rate": self.rate, "burst": self.burst,
-                "timeout": self.timeouts, "loop": self.loop}
+                "timeout": self.timeouts, "loop": self.loop,
+                "methods": sorted(self.methods) if self.methods else None}
 
 
 def _retry_after_value(seconds: float, as_date: bool) -> str:
@@ -215,6 +219,8 @@ class SimulatorApp:
         if faults.timeouts > 0:
             faults.timeouts -= 1
             await trio.sleep(3600)  # the client's timeout ends it
+        if faults.methods is not None and request.method not in faults.methods:
+            return None
         wait = faults.over_rate(request.client, trio.current_time())
         if wait is not None:
             response = self.error_body(429, "rate_limited", "Too many requests.")

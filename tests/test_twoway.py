@@ -110,7 +110,9 @@ async def test_edits_of_different_fields_on_each_side_are_both_kept_on_both_side
     partner = sides.erp.docs["res.partner"][int(partner_id)]
     assert partner["name"].startswith("Renamed ") and partner["phone"] == "+33 9 99 99 99 99"
     assert sides.shop.get("customers", customer["id"])["billing"]["phone"] == "+33 9 99 99 99 99"
-    assert (await run_to_end(running))["writes"] == {"left": 0, "right": 0}  # no echo, no ping-pong
+    third = await run_to_end(running)
+    log = await running.ctl_json("twoway", "log", str(third["id"]))
+    assert third["writes"] == {"left": 0, "right": 0}, json.dumps(log)  # no echo, no ping-pong
 
 
 async def test_same_field_changed_on_both_sides_is_one_data_mismatch_and_resolving_writes_the_choice(
@@ -183,3 +185,109 @@ async def test_unknown_pair_bad_mapping_and_bad_options_are_refused_and_change_n
     assert same.returncode == 1
     assert [p["name"] for p in await running.ctl_json("pairs", "list")] == ["shop-erp"]
     assert await running.ctl_json("twoway", "runs") == []
+
+
+async def test_dry_run_reports_the_plan_and_writes_nothing(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, sides: Sides,
+) -> None:
+    running = await start_daemon(nursery, tmp_path, database_url, sides.config())
+    before = (sides.shop.counts()["customers"], len(sides.erp.docs["res.partner"]))
+    run = await run_to_end(running, "--dry-run")
+    assert run["state"] == "done" and run["dry_run"] and run["writes"] == {"left": 0, "right": 0}
+    plan = run["plan"]["customers"]
+    assert plan["create_left"] == len(partners_with_email(sides.erp)) and plan["create_right"] == before[0]
+    assert (sides.shop.counts()["customers"], len(sides.erp.docs["res.partner"])) == before
+    assert query(database_url, "SELECT count(*) FROM links") == [(0,)]
+
+
+async def test_refusals_become_conflicts_of_their_type_and_the_rest_of_the_batch_proceeds(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, sides: Sides,
+) -> None:
+    # a shop customer Odoo refuses (a contact needs a name) ...
+    sides.shop.create("customers", first_name="", last_name="", email="nameless@example.com",
+                      billing={"first_name": "", "last_name": "", "email": "nameless@example.com"})
+    # ... and a partner whose email a shop user outside the customer role already holds
+    taken = next(iter(partners_with_email(sides.erp)))
+    sides.shop.create("customers", email=taken, role="subscriber", first_name="Sub", last_name="Scriber")
+    running = await start_daemon(nursery, tmp_path, database_url, sides.config())
+    run = await run_to_end(running)
+    assert run["state"] == "partial", json.dumps(run)
+    conflicts = {c["type"]: c for c in await running.ctl_json("conflicts", "--pair", "shop-erp")}
+    assert "Contacts require a name" in conflicts["ValidationError"]["message"]
+    assert conflicts["ValidationError"]["left_id"] is not None and conflicts["ValidationError"]["right_id"] is None
+    duplicate = conflicts["DuplicateKey"]
+    assert duplicate["status"] in ("unresolved", "auto_resolved")  # linked to the holder when the shop names it
+    # every other item of the batches went through, once
+    emails = set(customers_by_email(sides.shop))
+    assert set(partners_with_email(sides.erp)) == emails - {"nameless@example.com"} | {taken}
+    assert run["queue"]["conflict"] >= 1 and run["queue"]["processed"] == run["queue"]["total"]
+
+
+async def test_write_refused_for_credentials_is_an_auth_conflict_and_the_connection_needs_reauth(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, sides: Sides,
+) -> None:
+    sides.shop.read_only_key = True  # reads work, writes are refused with 401
+    partners = len(partners_with_email(sides.erp))
+    running = await start_daemon(nursery, tmp_path, database_url, sides.config())
+    run = await run_to_end(running)
+    assert run["state"] == "partial", json.dumps(run)
+    assert run["writes"]["left"] == 0 and run["conflicts"]["by_type"] == {"AuthError": partners}
+    assert run["writes"]["right"] == 4  # the Odoo side's creates proceeded
+    with trio.fail_after(10):
+        while (await running.ctl_json("connections", "show", "shop"))["state"] != "reauth_required":
+            await trio.sleep(0.1)
+
+
+async def test_a_429_storm_on_writes_is_waited_out_and_persistent_5xx_ends_in_retry_exhausted(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, sides: Sides,
+) -> None:
+    retry = '[policies.retry]\nattempts = 2\nbase = "0.05s"\ncap = "0.1s"\n'
+    running = await start_daemon(nursery, tmp_path, database_url, sides.config() + retry)
+    sides.shop.app.faults.configure({"status": 429, "count": 3, "retry_after": 1, "methods": ["POST", "PUT"]})
+    started = trio.current_time()
+    run = await run_to_end(running)
+    assert run["state"] == "done", json.dumps(run)
+    assert trio.current_time() - started >= 2.5  # Retry-After held three times
+    assert sides.shop.counts()["customers"] == 8  # each created once
+
+    customer = next(iter(customers_by_email(sides.shop).values()))
+    await trio.sleep(1.1)
+    sides.erp.write("res.partner", int(link_of(running, str(customer["id"]))[0]), phone="+1 555")
+    sides.shop.app.faults.configure({"status": 503, "count": 1000, "methods": ["POST", "PUT"]})
+    run = await run_to_end(running)
+    sides.shop.app.faults.clear()
+    assert run["state"] == "partial" and run["queue"]["failed"] == 1, json.dumps(run)
+    assert run["conflicts"]["by_type"] == {"RetryExhausted": 1}
+    items = query(database_url, "SELECT attempts FROM twoway_items WHERE run_id = %s", run["id"])
+    assert items == [(3,)]
+
+
+async def test_pause_resume_and_cancel_at_batch_boundaries(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, sides: Sides,
+) -> None:
+    running = await start_daemon(nursery, tmp_path, database_url, sides.config())
+    started = await running.ctl_json("twoway", "start", "shop-erp", "--batch-size", "1", "--batch-delay", "1")
+    with trio.fail_after(30):
+        while (await running.ctl_json("twoway", "status", str(started["id"])))["queue"]["processed"] < 1:
+            await trio.sleep(0.05)
+    await running.ctl_json("twoway", "pause", str(started["id"]))
+    with trio.fail_after(30):
+        while (paused := await running.ctl_json("twoway", "status", str(started["id"])))["state"] != "paused":
+            await trio.sleep(0.05)
+    assert 0 < paused["queue"]["processed"] < paused["queue"]["total"]
+    await trio.sleep(1.5)
+    assert (await running.ctl_json("twoway", "status", str(started["id"])))["queue"] == paused["queue"]
+    await running.ctl_json("twoway", "resume", str(started["id"]))
+    with trio.fail_after(30):
+        while (await running.ctl_json("twoway", "status", str(started["id"])))["queue"]["processed"] \
+                <= paused["queue"]["processed"]:
+            await trio.sleep(0.05)
+    cancelled = await running.ctl_json("twoway", "cancel", str(started["id"]))
+    assert cancelled["requested"] == "cancel" or cancelled["state"] == "cancelled"
+    with trio.fail_after(30):
+        while (end := await running.ctl_json("twoway", "status", str(started["id"])))["state"] != "cancelled":
+            await trio.sleep(0.05)
+    assert end["queue"]["pending"] == 0 and end["queue"]["skipped"] > 0
+    # nothing half-written: every create made is linked, every link's records exist
+    links = query(database_url, "SELECT count(*) FROM links WHERE pair = 'shop-erp'")[0][0]
+    assert links == end["writes"]["left"] + end["writes"]["right"]

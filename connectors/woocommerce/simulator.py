@@ -312,6 +312,7 @@ class WooCommerceSimulator:
         self.consumer_key = creds.get("consumer_key", "ck_demo")
         self.consumer_secret = creds.get("consumer_secret", "cs_demo")
         self.clock = clock or (lambda: datetime.now(UTC))
+        self.read_only_key = False  # the key's permissions are `read` (API_FACTS_WRITES §A.7)
         self.fake = FakeData(seed)
         self.collections = {name: _Collection(name) for name in RESOURCES}
         self._nonces: dict[str, float] = {}
@@ -655,6 +656,10 @@ class WooCommerceSimulator:
         try:
             php = PhpInput.of(request)  # the one reading of the query every step below uses
             self._authenticate(request, php)
+            if self.read_only_key and request.method in ("POST", "PUT", "PATCH", "DELETE"):
+                # WC_REST_Authentication::check_permissions: a key with `read` permission only
+                raise ApiError(401, "woocommerce_rest_authentication_error",
+                               "The API key provided does not have write permissions.")
             return handler(request, php)
         except ApiError as exc:
             return exc.response

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 import trio
 
-from freshd.connectors.base import Connector
+from freshd.connectors.base import Connector, StreamSpec, connector_class
 from freshd.connectors.http import write_budget
 from freshd.connectors.writes import Create, Update, WriteOp, Writer, Written
 from freshd.errors import (
@@ -42,11 +42,12 @@ from freshd.errors import (
     TransientError,
 )
 from freshd.policies.ratelimit import TokenBucket
-from freshd.store import Store, activity, jobs
+from freshd.store import Store, activity, jobs, records
 from freshd.store import twoway as db
 from freshd.store.db import Connection, Fence, check_fence
 from freshd.store.jobs import JobKind, JobStatus
 from freshd.store.twoway import ConflictType, ItemStatus, Link, PairRow, RunState
+from freshd.sync import encode_record
 from freshd.twoway.mapping import EntityMap, Pair, Side, Tables
 from freshd.twoway.merge import Decision
 from freshd.twoway.plan import decide, plan_entity
@@ -68,6 +69,9 @@ class Gateway(Protocol):
     async def with_connector(self, connection: str, call: Callable[[Connector], Awaitable[T]]) -> T: ...
 
     def nudge_job(self, connection: str, job_id: int) -> None: ...
+
+    @property
+    def events(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +197,29 @@ def _writer(connector: Connector) -> Writer:
     if not isinstance(connector, Writer):
         raise PermanentError(f"{connector.provider} does not accept writes")
     return connector
+
+
+def written_pages(pair: PairRow, works: Sequence[ItemWork], *, events: str | None) -> list[records.PageWrite]:
+    by_stream: dict[tuple[Side, str], list[records.EncodedRecord]] = {}
+    for work in works:
+        for side, written in work.written.items():
+            if written is not None and written.record:
+                stream = work.entity.stream(side)
+                provider = pair.left_provider if side is Side.LEFT else pair.right_provider
+                try:
+                    encoded = encode_record(_spec(provider, stream), dict(written.record))
+                except ValueError:
+                    continue  # not storable as it came back: the next pull brings the record
+                by_stream.setdefault((side, stream), []).append(encoded)
+    return [records.PageWrite(pair.left_id if side is Side.LEFT else pair.right_id, stream, encoded, (), None,
+                              events=events) for (side, stream), encoded in by_stream.items()]
+
+
+def _spec(provider: str, stream: str) -> StreamSpec:
+    for spec in connector_class(provider).streams:
+        if spec.name == stream:
+            return spec
+    raise PermanentError(f"{provider} has no stream {stream}")
 
 
 class RunPaused(Exception):
@@ -525,11 +552,15 @@ class Runner:
         pair = self.pair
         counted = {"left": 0, "right": 0}
 
+        stored = self._written_pages(works)
+
         def settle(conn: Connection) -> None:
             for connection in (pair.left, pair.right):
                 fence = self.gateway.fence(connection)
                 if fence is not None:
                     check_fence(conn, fence)
+            for page in stored:  # what was written is what the store now knows of those records
+                records.write_page(conn, page)
             for work in works:
                 self._settle_item(conn, work, counted)
             for side, n in counted.items():
@@ -541,6 +572,12 @@ class Runner:
                                              "seconds": round(seconds, 3)})
 
         await self.store.call(settle)
+
+    def _written_pages(self, works: list[ItemWork]) -> list[records.PageWrite]:
+        """The records as the providers answered the writes, stored like pulled pages.  A provider's
+        modification times have whole seconds: a write and the pull after it can fall in the same
+        second, so the pull alone could keep the version from before the write."""
+        return written_pages(self.pair, works, events=self.gateway.events)
 
     def _settle_item(self, conn: Connection, work: ItemWork, counted: dict[str, int]) -> None:
         pair, entity = self.pair, work.entity

@@ -23,13 +23,13 @@ from freshd.connectors.writes import Create, Update
 from freshd.errors import ConfigError, FreshdError, ProviderError, TransientError
 from freshd.messages import JobQueued, WithConnector
 from freshd.policies.ratelimit import Rate, TokenBucket
-from freshd.store import Store, activity
+from freshd.store import Store, activity, records
 from freshd.store import twoway as db
 from freshd.store.db import Fence
 from freshd.store.twoway import Link, PairRow, RunState
 from freshd.supervisor import Supervisor
 from freshd.twoway.mapping import EntityMap, Pair, Side, Tables, build_pair
-from freshd.twoway.runner import PlannedWrite, Runner, RunSettings, WritePath, reference
+from freshd.twoway.runner import ItemWork, PlannedWrite, Runner, RunSettings, WritePath, reference, written_pages
 from freshd.twoway.settings import PairConfig, TwoWaySettings
 
 log = structlog.get_logger(__name__)
@@ -106,6 +106,10 @@ class TwoWay:
 
     def nudge_job(self, connection: str, job_id: int) -> None:
         self.supervisor.send_nowait(connection, JobQueued(job_id))
+
+    @property
+    def events(self) -> str | None:
+        return self.supervisor.policy.events
 
     def budget(self, tenant: str) -> TokenBucket:
         per_minute = self.rate_override or self.settings.write_rate_per_minute
@@ -290,7 +294,10 @@ class TwoWay:
                 await self.store.call(db.settle_write, planned.key, applied=False, error=str(result))
                 raise ResolutionRefused(f"the {planned.side} side refused the write: {result}")
             target_id = result.external_id if result is not None else None
-            await self.store.call(_settle_resolution_write, pair.name, entity.name, planned, target_id)
+            work = ItemWork(0, entity, None, None, written={planned.side: result})
+            pages = written_pages(pair, [work], events=self.events)
+            await self.store.call(_settle_resolution_write, pair.name, entity.name, planned, target_id=target_id,
+                                  pages=pages)
             writes[planned.side.value] = {"op": "create" if isinstance(planned.op, Create) else "update",
                                           "id": target_id, "fields": sorted(planned.values)}
         return writes
@@ -319,8 +326,11 @@ def _records_for(conn: Any, pair: PairRow, entity: EntityMap, left_id: str | Non
     return {Side.LEFT: left.get(left_id or ""), Side.RIGHT: right.get(right_id or "")}
 
 
-def _settle_resolution_write(conn: Any, pair: str, entity: str, planned: PlannedWrite, target_id: str | None) -> None:
+def _settle_resolution_write(conn: Any, pair: str, entity: str, planned: PlannedWrite, *, target_id: str | None,
+                             pages: list[records.PageWrite]) -> None:
     db.settle_write(conn, planned.key, applied=True, target_id=target_id)
+    for page in pages:
+        records.write_page(conn, page)
     if isinstance(planned.op, Create) and target_id is not None and planned.source_id is not None:
         left_id, right_id = ((target_id, planned.source_id) if planned.side is Side.LEFT
                              else (planned.source_id, target_id))
