@@ -37,6 +37,7 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from freshd import paths
+from freshd.addresses import split_host_port
 from freshd.errors import ConfigError, ConfigErrors
 from freshd.policies.breaker import BreakerSettings
 from freshd.policies.limits import ProviderLimits
@@ -315,21 +316,6 @@ def parse_duration(value: object) -> float:
             f"bad duration {value!r}: use a number with a unit (ms, s, m, h, d, w), e.g. \"90s\", \"1h30m\""
         )
     return sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(text))
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """``"127.0.0.1:9464"``, ``"[::1]:9464"``, ``"localhost:0"`` -> (host, port). Raises ValueError."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"expected host:port (e.g. \"127.0.0.1:9464\"), got {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"write an IPv6 address in brackets, e.g. \"[::1]:9464\", got {address!r}")
-    port = int(port_text)
-    if not host or port > 65535:
-        raise ValueError(f"expected host:port with a port from 0 to 65535, got {address!r}")
-    return host, port
 
 
 def _describe(value: object, *, show: bool = True) -> str:
