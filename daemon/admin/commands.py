@@ -22,6 +22,7 @@ from freshd import __version__, logs, scheduler
 from freshd.actor import ConnectionState, ConnectionStatus
 from freshd.admin.consumers import ConsumerCommands
 from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Peer, Request
+from freshd.admin.views import iso, job_json
 from freshd.connectors.base import ConnectionSettings, check_settings, connector_class
 from freshd.errors import (
     AdminError,
@@ -57,36 +58,6 @@ FORWARD_IDLE = 1.0  # the owner looks for forwarded commands at least this often
 EVENTS_LAG_LIMIT = 300.0  # unpublished change events older than this make `health` unhealthy
 REMOTE_WATCH_POLL = 0.5  # `watch` of a job another member runs reads its row this often
 CHECK_TIMEOUT = 15.0  # `connections add --check`: the provider probe's deadline (within request_timeout)
-
-
-def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
-
-
-def job_json(job: JobRow, live: JobProgress | None = None) -> dict[str, Any]:
-    progress = live or JobProgress.from_json(list(job.progress), job.progress)
-    return {
-        "id": job.id,
-        "connection": job.connection,
-        "kind": job.kind.value,
-        "status": job.status.value,
-        "trigger": job.trigger,
-        "progress": {
-            name: {**{k: v for k, v in p.as_json().items() if k != "state"}, "pending": p.pending,
-                   "rate": round(p.rate, 1)}
-            for name, p in progress.entities.items()
-        },
-        "totals": progress.totals(),
-        "options": job.options,
-        "percent": 100.0 if job.status is JobStatus.COMPLETED else progress.percent(),
-        "eta_seconds": progress.eta_seconds() if job.status is JobStatus.RUNNING else None,
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
-        "error": job.error,
-        "retry_of": job.retry_of,
-        "confirm_deletes": job.confirm_deletes,
-    }
 
 
 def parse_since(text: str) -> datetime:

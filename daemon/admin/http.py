@@ -42,9 +42,9 @@ import orjson
 import structlog
 import trio
 
+from freshd.addresses import split_host_port
 from freshd.admin.protocol import API_VERSION, HTTP_PEER, Caller, ErrorCode, parse_request
 from freshd.admin.server import AdminHandler
-from freshd.addresses import split_host_port
 from freshd.asgi import acknowledge_lifespan, serve_asgi
 from freshd.errors import AdminError, StoreUnavailable
 from freshd.store import Store, tokens
