@@ -5,8 +5,9 @@
 Policy:
 
 * The file is read whole, validated whole, and only then turned into a `Config`; every problem
-  found is reported at once (`ConfigErrors`; `ConfigError` when there is one) and nothing is applied (a SIGHUP with a broken file keeps the running
-  configuration).  An empty file is valid: every default, no connections.
+  found is reported at once (`ConfigErrors`; `ConfigError` when there is one) and nothing is
+  applied (a SIGHUP with a broken file keeps the running configuration).  An empty file is
+  valid: every default, no connections.
 * Errors name the key path (``connections[2].base_url``; connection indexes count from 0) and,
   when the key can be found in the text, the file and line:
   ``/etc/freshd/freshd.toml:23: connections[2].base_url: ...``.  Unknown keys are errors, with
