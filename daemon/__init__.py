@@ -7,7 +7,8 @@ Layout (one concern per module; see docs/ARCHITECTURE.md):
   sync         the sync engine: pages -> store, progress, checkpoints
   store        PostgreSQL (psycopg 3 via a bounded thread limiter), migrations
   admin        the admin socket protocol and server; ctl is its thin client
-  scheduler    APScheduler on the trio loop (periodic sweeps)
+  scheduler    APScheduler on the trio loop; sweeps: what the periodic sweeps do
+  queueing     the one funnel every job is queued through (sweeps and admin commands)
   metrics, logs, systemd, config, paths, errors, messages
 Providers live in freshd.connectors (the connectors/ folder).
 """

@@ -48,7 +48,7 @@ from freshd.policies.breaker import BreakerSettings, BreakerState, CircuitBreake
 from freshd.policies.gate import ConnectionGate, ConnectionPolicies, RateGroups, limits_for
 from freshd.policies.limits import ProviderLimits
 from freshd.policies.retry import RetryPolicy
-from freshd.policies.tokens import Token, TokenRefresher
+from freshd.policies.tokens import DEFAULT_BUFFER, Token, TokenRefresher
 from freshd.slots import SyncSlots
 from freshd.store import Store, connections, jobs
 from freshd.store.db import Fence
@@ -133,7 +133,7 @@ class PolicySettings:
 
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    token_refresh_buffer: float = 600.0
+    token_refresh_buffer: float = DEFAULT_BUFFER
     limits: ProviderLimits = field(default_factory=ProviderLimits)
     max_delete_share: float = MAX_DELETE_SHARE
     events: str | None = None  # change events to the outbox: "full", "thin" or None (no Redis configured)

@@ -43,18 +43,16 @@ from freshd.config import Config, load_config
 from freshd.embedded_pg import open_embedded_postgres
 from freshd.errors import ConfigError, StoreUnavailable
 from freshd.events import Events
-from freshd.messages import JobQueued, Probe, RefreshToken
-from freshd.policies.breaker import BreakerState
 from freshd.policies.gate import RateGroups
 from freshd.policies.ratelimit import Rate
-from freshd.policies.staleness import Staleness, Verdict
+from freshd.policies.staleness import Staleness
+from freshd.queueing import JobQueue
 from freshd.scheduler import Sweep, add_sweeps, create_scheduler, serve_scheduler
 from freshd.secrets import load_keyring
 from freshd.slots import SyncSlots
-from freshd.store import Store, activity, cluster, connections, jobs, open_store, outbox, stats
-from freshd.store.jobs import JobKind
+from freshd.store import Store, activity, cluster, connections, open_store
 from freshd.supervisor import Supervisor
-from freshd.sync import stored_nothing_of_something
+from freshd.sweeps import Sweeps, staleness_of, sweep_table
 from freshd.twoway import service as twoway_pairs
 from freshd.twoway.service import TwoWay
 
@@ -102,6 +100,8 @@ class Daemon:
         self.membership: Membership | None = None  # set once the store is open (run_daemon)
         self.events: Events | None = None  # change events, when [events] redis_url is set
         self.twoway: TwoWay | None = None  # two-way runs and resolutions (set in run_daemon)
+        self.queue = JobQueue(store, supervisor)  # every job is queued through it (freshd.queueing)
+        self.sweep = Sweeps(self)
 
         self._reload_wanted = trio.Event()  # set by SIGHUP; one pending reload, the newest wins
 
@@ -109,20 +109,6 @@ class Daemon:
         """Connections a member may lease: every stored one but those parked by this config."""
         names = await self.store.call(connections.names_by_id)
         return {cid for cid, name in names.items() if self.supervisor.parked(name) is None}
-
-    async def queue_owned(self, wanted: dict[int, JobKind], trigger: str) -> dict[int, int]:
-        """Queue jobs for connections whose lease this member holds, fenced in one transaction:
-        connection id -> live job id.  Each member's sweeps queue only its own connections."""
-        fences = self.supervisor.fences()
-        mine = {cid: kind for cid, kind in wanted.items() if cid in fences}
-        if not mine:
-            return {}
-
-        def queue(conn: Any) -> dict[int, int]:
-            held = cluster.lock_fences(conn, [fences[cid] for cid in mine])
-            return jobs.create_jobs(conn, [(cid, kind) for cid, kind in mine.items() if cid in held], trigger)
-
-        return await self.store.call(queue)
 
     # -- connections from the config file ---------------------------------------------------------
 
@@ -210,32 +196,6 @@ class Daemon:
             await self.membership.settle()  # leases follow the new config (parked ones given back)
         await self.queue_never_synced()
 
-    async def queue_never_synced(self, trigger: str = "startup") -> None:
-        """A connection that never completed a sync gets one queued: nobody has to remember."""
-        states = await self.store.call(connections.list_sync_states)
-        never = {s.id: s.name for s in states if s.last_success_at is None and not self.supervisor.parked(s.name)}
-        for cid in await self.store.call(jobs.ever_succeeded, list(never)):
-            never.pop(cid)  # its outcome is being written: not a connection that never synced
-        queued = await self.queue_owned({cid: JobKind.INITIAL for cid in never}, trigger)
-        for cid, job_id in queued.items():
-            self.supervisor.send_nowait(never[cid], JobQueued(job_id))
-
-    async def queue_stored_nothing(self) -> None:
-        """Re-queue connections whose last completed sync stored zero records while the provider
-        reported a non-zero total (past the minimum gap): their data is missing, not empty."""
-        last = await self.store.call(jobs.last_successful_jobs)
-        suspects = {cid: job for cid, job in last.items() if stored_nothing_of_something(job)}
-        if not suspects:
-            return
-        started, now = await self.store.call(jobs.last_started), datetime.now(UTC)
-        wanted = [(cid, JobKind.INCREMENTAL) for cid in suspects if self.staleness.decide(
-            now=now, last_success_at=None, last_started_at=started.get(cid), scheduled=False).verdict is Verdict.SYNC]
-        queued = await self.queue_owned(dict(wanted), "health")
-        for cid, job_id in queued.items():
-            log.warning("health.stored_nothing", connection=suspects[cid].connection, last_job=suspects[cid].id,
-                        job=job_id)
-            self.supervisor.send_nowait(suspects[cid].connection, JobQueued(job_id))
-
     def load_for_reload(self) -> Config | None:
         """The config file read afresh, or None (logged) if it is invalid: the running one stays."""
         try:
@@ -308,104 +268,33 @@ class Daemon:
             systemd.ready()
             systemd.status(f"running: {len(self.supervisor.names())} connections (configuration reloaded)")
 
-    # -- sweeps -------------------------------------------------------------------------------------
+    # -- sweeps (freshd.sweeps) ---------------------------------------------------------------------
 
     @property
     def staleness(self) -> Staleness:
-        s = self.config.staleness
-        return Staleness(fresh_below=s.fresh_below, stale_after=s.stale_after, min_gap=s.min_gap)
+        return staleness_of(self.config)
+
+    async def queue_never_synced(self, trigger: str = "startup") -> None:
+        await self.sweep.queue_never_synced(trigger)
 
     async def sync_sweep(self) -> None:
-        """Queue a sync for every connection whose data is no longer fresh (and past the minimum gap).
-
-        One read and one write transaction for the whole fleet; the queued jobs then start as the
-        daemon's and tenants' caps allow, so 10,000 due connections never start in the same second.
-        """
-        if not self.config.schedule.scheduled_sync:
-            log.debug("sync.sweep", scheduled_sync=False, queued=0)
-            return
-        policy = self.staleness
-        now = datetime.now(UTC)
-        started = await self.store.call(jobs.last_started)
-        due: dict[int, tuple[str, JobKind]] = {}
-        # failed connections come first (list_sync_states' order), so they take the first free slots
-        for state in await self.store.call(connections.list_sync_states):
-            if self.supervisor.parked(state.name):
-                continue  # disabled or detached: kept, not synced
-            decision = policy.decide(now=now, last_success_at=state.last_success_at,
-                                     last_started_at=started.get(state.id), scheduled=True)
-            if decision.verdict is Verdict.SYNC:
-                due[state.id] = (state.name, JobKind.INCREMENTAL if state.last_success_at else JobKind.INITIAL)
-        queued = await self.queue_owned({cid: kind for cid, (_, kind) in due.items()}, "schedule")
-        for cid, (name, _) in due.items():  # in due's order: the slots serve first come first
-            if cid in queued:
-                self.supervisor.send_nowait(name, JobQueued(queued[cid]))
-        log.info("sync.sweep", due=len(due), queued=len(queued))
+        await self.sweep.sync()
 
     async def health_sweep(self) -> None:
-        """Cheap checks, for a fleet of thousands: the store answers; connections that never
-        completed a sync get one; and only connections with a sign of trouble (an error, a breaker
-        not closed, stale data, a failed probe) make their provider's cheap call.  A connection
-        whose last sync succeeded within the staleness window is healthy by that sync."""
-        if await self.store.ping():
-            await self.queue_never_synced("health")
-            await self.queue_stored_nothing()
-        policy, now = self.staleness, datetime.now(UTC)
-        probed = 0
-        for status in self.supervisor.statuses():
-            troubled = (status.state is ConnectionState.ERROR or status.breaker is not BreakerState.CLOSED
-                        or status.health not in (None, "ok") or policy.is_stale(now, status.last_success_at))
-            if troubled and status.state in (ConnectionState.IDLE, ConnectionState.ERROR):
-                probed += self.supervisor.send_nowait(status.name, Probe())
-        log.info("health.sweep", connections=len(self.supervisor.names()), probed=probed)
-        systemd.status(f"running: {len(self.supervisor.names())} connections, store "
-                       f"{'up' if self.store.available else 'unavailable'}")
+        await self.sweep.health()
 
     async def token_sweep(self) -> None:
-        """Every actor refreshes its access token if it expires within the buffer (single-flight)."""
-        sent = self.supervisor.broadcast_nowait(RefreshToken())
-        log.debug("tokens.sweep", connections=sent)
-
-    async def daily_stats(self, day: date | None = None) -> list[dict[str, Any]]:
-        """Compute and store `day`'s statistics (default: yesterday, UTC), drop those past the
-        retention, and log one summary line."""
-        today = datetime.now(UTC).date()
-        day = day or today - timedelta(days=1)
-        retention = self.config.sync.stats_retention_days
-
-        def compute(conn: Any) -> list[dict[str, Any]]:
-            rows = stats.compute_day(conn, day)
-            stats.prune_stats(conn, keep_days=retention, today=today)
-            return rows
-
-        rows = await self.store.call(compute)
-        syncs = sum(r["syncs"] for r in rows)
-        successes = sum(r["successes"] for r in rows)
-        log.info("stats.daily", day=day.isoformat(), connections=len(rows), syncs=syncs, successes=successes,
-                 success_rate=round(successes / syncs, 4) if syncs else None,
-                 records=sum(sum(r["records"].values()) for r in rows),
-                 failed_items=sum(r["failed_items"] for r in rows))
-        return rows
+        await self.sweep.tokens()
 
     async def cleanup_sweep(self) -> None:
-        sync = self.config.sync
-        await self.daily_stats()  # before pruning: yesterday's jobs are still all there
-        pruned = await self.store.call(
-            jobs.prune_jobs, keep_per_connection=sync.job_history,
-            max_age=timedelta(seconds=sync.job_max_age),
-        )
-        await self.store.call(activity.prune_activity, max_age=timedelta(seconds=sync.job_max_age))
-        published = await self.store.call(outbox.prune, timedelta(seconds=self.config.events.retention))
-        log.info("cleanup.done", jobs_pruned=pruned, events_pruned=published)
+        await self.sweep.cleanup()
+
+    async def daily_stats(self, day: date | None = None) -> list[dict[str, Any]]:
+        return await self.sweep.daily_stats(day)
 
     def sweeps(self) -> list[Sweep]:
-        schedule = self.config.schedule
-        return [
-            Sweep("sync", self.sync_sweep, interval=schedule.sync_interval, jitter=schedule.jitter),
-            Sweep("health", self.health_sweep, interval=schedule.health_interval, jitter=schedule.jitter),
-            Sweep("tokens", self.token_sweep, interval=schedule.token_interval, jitter=schedule.jitter),
-            Sweep("cleanup", self.cleanup_sweep, cron=schedule.cleanup_cron, jitter=schedule.jitter),
-        ]
+        return sweep_table(self.config.schedule, sync=self.sync_sweep, health=self.health_sweep,
+                           tokens=self.token_sweep, cleanup=self.cleanup_sweep)
 
 
 def _connection_snapshot(daemon: Daemon) -> Callable[[], list[metrics.ConnectionSample]]:

@@ -4,9 +4,10 @@
 
 Policy:
 
-* The file is read whole, validated whole, and only then turned into a `Config`; any error
-  raises `ConfigError` and nothing is applied (a SIGHUP with a broken file keeps the running
-  configuration).  An empty file is valid: every default, no connections.
+* The file is read whole, validated whole, and only then turned into a `Config`; every problem
+  found is reported at once (`ConfigErrors`; `ConfigError` when there is one) and nothing is
+  applied (a SIGHUP with a broken file keeps the running configuration).  An empty file is
+  valid: every default, no connections.
 * Errors name the key path (``connections[2].base_url``; connection indexes count from 0) and,
   when the key can be found in the text, the file and line:
   ``/etc/freshd/freshd.toml:23: connections[2].base_url: ...``.  Unknown keys are errors, with
@@ -20,16 +21,21 @@ Policy:
 * Secrets (credential values, a password in ``database_url``) never appear in ``repr()``;
   `Config.secret_values()` lists them for the log redactor.
 
-`config/freshd.toml` is the documented example with every key and its default.
+Each section is read from its dataclass (`_section`): the keys are its fields, the types theirs,
+and every default is written once, on the field.  `config/freshd.toml` is the documented example
+with every key and its default.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import difflib
 import os
 import re
 import tomllib
-from collections.abc import Collection, Mapping
+import typing
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
@@ -37,10 +43,12 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from freshd import paths
+from freshd.addresses import split_host_port
 from freshd.errors import ConfigError, ConfigErrors
 from freshd.policies.breaker import BreakerSettings
 from freshd.policies.limits import ProviderLimits
 from freshd.policies.retry import RetryPolicy
+from freshd.policies.tokens import DEFAULT_BUFFER
 from freshd.twoway.settings import MAX_BATCH_SIZE, MAX_WRITE_RATE, PairConfig, TwoWaySettings
 
 __all__ = [
@@ -230,7 +238,7 @@ class RateGroupConfig:
 class PoliciesConfig:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    token_refresh_buffer: float = 600.0
+    token_refresh_buffer: float = DEFAULT_BUFFER  # seconds before expiry a token is refreshed
     rate_groups: FrozenDict[str, RateGroupConfig] = field(default_factory=FrozenDict)
     limits: ProviderLimits = field(default_factory=ProviderLimits)
 
@@ -318,21 +326,6 @@ def parse_duration(value: object) -> float:
             f"bad duration {value!r}: use a number with a unit (ms, s, m, h, d, w), e.g. \"90s\", \"1h30m\""
         )
     return sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(text))
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """``"127.0.0.1:9464"``, ``"[::1]:9464"``, ``"localhost:0"`` -> (host, port). Raises ValueError."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"expected host:port (e.g. \"127.0.0.1:9464\"), got {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"write an IPv6 address in brackets, e.g. \"[::1]:9464\", got {address!r}")
-    port = int(port_text)
-    if not host or port > 65535:
-        raise ValueError(f"expected host:port with a port from 0 to 65535, got {address!r}")
-    return host, port
 
 
 def _describe(value: object, *, show: bool = True) -> str:
@@ -436,12 +429,28 @@ class _Where:
 
 
 class _Reader:
-    """Reads one table, recording which keys were used; unknown keys are errors."""
+    """Reads one table; unknown keys are errors.  A bad value raises ConfigError (`fail`); the
+    section readers catch it with `collect`, so every problem of the file is reported at once."""
 
-    def __init__(self, data: Mapping[str, Any], prefix: str, where: _Where) -> None:
+    def __init__(self, data: Mapping[str, Any], prefix: str, where: _Where,
+                 errors: list[ConfigError] | None = None) -> None:
         self.data = data
         self.prefix = prefix
         self.where = where
+        self.errors: list[ConfigError] = [] if errors is None else errors  # shared by the whole file
+
+    @contextlib.contextmanager
+    def collect(self) -> Iterator[None]:
+        """Record a ConfigError (or each of ConfigErrors) raised inside, and go on."""
+        try:
+            yield
+        except ConfigErrors as exc:
+            self.errors.extend(exc.errors)
+        except ConfigError as exc:
+            self.errors.append(exc)
+
+    def child(self, data: Mapping[str, Any], prefix: str) -> _Reader:
+        return _Reader(data, prefix, self.where, self.errors)
 
     def path(self, key: str) -> str:
         return f"{self.prefix}.{key}" if self.prefix else key
@@ -449,10 +458,13 @@ class _Reader:
     def fail(self, key: str, message: str) -> NoReturn:
         raise ConfigError(message, where=self.where(self.path(key)))
 
-    def check_keys(self, known: Collection[str]) -> None:
-        for key in self.data:
-            if key not in known:
-                self.fail(key, f"unknown key {key!r}; {_suggest(key, known)}")
+    def check_keys(self, known: Collection[str], *, stop: bool = False) -> None:
+        """Every unknown key recorded; `stop`: raised at once instead (the table is not read further)."""
+        unknown = [ConfigError(f"unknown key {key!r}; {_suggest(key, known)}", where=self.where(self.path(key)))
+                   for key in self.data if key not in known]
+        if stop and unknown:
+            raise unknown[0] if len(unknown) == 1 else ConfigErrors(unknown)
+        self.errors.extend(unknown)
 
     def has(self, key: str) -> bool:
         return key in self.data
@@ -494,8 +506,10 @@ class _Reader:
         return seconds
 
     def table(self, key: str) -> _Reader:
-        value = self._typed(key, dict, "a table", {})
-        return _Reader(value, self.path(key), self.where)
+        value: Mapping[str, Any] = {}
+        with self.collect():  # not a table: recorded, and read as an empty one
+            value = self._typed(key, dict, "a table", {})
+        return self.child(value, self.path(key))
 
     def choice(self, key: str, default: str, choices: Collection[str]) -> str:
         value: str = self.string(key, default)
@@ -512,8 +526,8 @@ def _share(table: _Reader, key: str, default: float) -> float:
     return value
 
 
-def _string_list(reader: _Reader, key: str) -> tuple[str, ...]:
-    value = reader._typed(key, list, "a list of strings", [])
+def _string_list(reader: _Reader, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    value = reader._typed(key, list, "a list of strings", default)
     if not all(isinstance(item, str) and item for item in value):
         reader.fail(key, "expected a list of non-empty strings")
     return tuple(value)
@@ -521,15 +535,6 @@ def _string_list(reader: _Reader, key: str) -> tuple[str, ...]:
 
 # -- sections ------------------------------------------------------------------------------------------
 
-_TOP_KEYS = (
-    "database_url", "state_dir", "runtime_dir", "admin", "metrics", "http", "log", "schedule", "staleness",
-    "sync", "store", "secrets", "policies", "connections", "cluster", "events", "twoway", "pairs",
-)
-_METRICS, _SCHEDULE, _STALENESS, _SYNC = MetricsConfig(), ScheduleConfig(), StalenessConfig(), SyncConfig()
-_STORE = StoreConfig()
-_CLUSTER = ClusterConfig()
-_EVENTS = EventsConfig()
-_CONNECTION_KEYS = ("name", "provider", "base_url", "tenant", "credentials", "options", "enabled", "purge")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -564,9 +569,9 @@ def _check_http_url(url: str) -> str | None:
     return None
 
 
-def _socket_mode(reader: _Reader, key: str) -> int:
+def _socket_mode(reader: _Reader, key: str, default: int) -> int:
     if not reader.has(key):
-        return 0o660
+        return default
     value = reader.data[key]
     if not isinstance(value, str):
         reader.fail(key, f"expected an octal string like \"0660\", got {_describe(value)}")
@@ -587,7 +592,7 @@ def _freeze(value: Any, reader: _Reader, key: str) -> Any:
 
 
 def _connection(reader: _Reader, providers: Collection[str]) -> ConnectionConfig:
-    reader.check_keys(_CONNECTION_KEYS)
+    reader.check_keys(_field_names(ConnectionConfig), stop=True)  # a misspelt key may be what a check wants
     for required in ("name", "provider", "base_url"):
         if not reader.has(required):
             reader.fail(required, f"missing required key {required!r}")
@@ -649,16 +654,17 @@ def _connections(top: _Reader, providers: Collection[str]) -> tuple[ConnectionCo
     seen: dict[str, int] = {}
     for index, item in enumerate(raw):
         prefix = f"connections[{index}]"
-        if not isinstance(item, dict):
-            raise ConfigError(f"expected a table, got {_describe(item)}", where=top.where(prefix))
-        spec = _connection(_Reader(item, prefix, top.where), providers)
-        if spec.name in seen:
-            raise ConfigError(
-                f"duplicate connection name {spec.name!r} (also connections[{seen[spec.name]}])",
-                where=top.where(f"{prefix}.name"),
-            )
-        seen[spec.name] = index
-        result.append(spec)
+        with top.collect():  # each connection's problems, then the next one's
+            if not isinstance(item, dict):
+                raise ConfigError(f"expected a table, got {_describe(item)}", where=top.where(prefix))
+            spec = _connection(top.child(item, prefix), providers)
+            if spec.name in seen:
+                raise ConfigError(
+                    f"duplicate connection name {spec.name!r} (also connections[{seen[spec.name]}])",
+                    where=top.where(f"{prefix}.name"),
+                )
+            seen[spec.name] = index
+            result.append(spec)
     return tuple(result)
 
 
@@ -717,225 +723,238 @@ def _check_cron(reader: _Reader, key: str, default: str) -> str:
     return expr
 
 
-def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
-           providers: Collection[str], source: Path | None) -> Config:
-    top = _Reader(data, "", where)
-    top.check_keys(_TOP_KEYS)
+# -- sections, read from their dataclasses ---------------------------------------------------------------
 
-    database_url: str | None = top.string("database_url", None)
-    if database_url is not None and (problem := _check_database_url(database_url)) is not None:
-        top.fail("database_url", problem)
-    state_dir = Path(top.string("state_dir", str(paths.default_state_dir(env))))
-    runtime_dir = Path(top.string("runtime_dir", str(paths.default_runtime_dir(env))))
+_S = TypeVar("_S")
+Read = Callable[[_Reader, str, Any], Any]  # (table, key, the field's default) -> value; raises ConfigError
 
-    admin = top.table("admin")
-    admin.check_keys(("socket", "socket_mode", "group", "request_timeout", "idle_timeout", "max_connections",
-                      "max_connections_per_uid", "tenants"))
-    tenants_table = admin.table("tenants")
-    tenants: dict[str, TenantAccess] = {}
-    for tenant in tenants_table.data:
-        access = tenants_table.table(tenant)
-        access.check_keys(("users", "groups"))
-        tenants[tenant] = TenantAccess(users=_string_list(access, "users"), groups=_string_list(access, "groups"))
-    admin_config = AdminConfig(
-        socket=Path(admin.string("socket", str(runtime_dir / paths.SOCKET_NAME))),
-        socket_mode=_socket_mode(admin, "socket_mode"),
-        group=admin.string("group", None),
-        request_timeout=admin.duration("request_timeout", 30.0),
-        idle_timeout=admin.duration("idle_timeout", 60.0),
-        max_connections=admin.integer("max_connections", 64, minimum=ADMIN_RESERVED_CONNECTIONS + 1),
-        max_connections_per_uid=admin.integer("max_connections_per_uid", 16, minimum=1),
-        tenants=FrozenDict(tenants),
-    )
-    others = admin_config.max_connections - ADMIN_RESERVED_CONNECTIONS  # the seats anyone may take
-    if admin_config.max_connections_per_uid > others:
-        admin.fail("max_connections_per_uid", f"must be at most max_connections - {ADMIN_RESERVED_CONNECTIONS} "
-                   f"(the seats kept for root), {others}, got {admin_config.max_connections_per_uid}")
 
-    metrics = top.table("metrics")
-    metrics.check_keys(("address", "enabled", "per_connection"))
-    address: str = metrics.string("address", _METRICS.address, empty=True)
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """The field's default (None for a required field: its reader says it is missing)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _section(
+    table: _Reader, cls: type[_S], *, read: Mapping[str, Read] | None = None, given: Mapping[str, Any] | None = None,
+    minimum: Mapping[str, int] | None = None, zero_ok: Collection[str] = (),
+) -> _S:
+    """A [table] read into `cls`: one key per field, of the field's name, read by the field's type
+    (bool, int, float = a duration, str, str | None) with the field's default; `read` reads a field
+    another way, `given` fields the caller has read.  Integers are at least 1 unless `minimum`
+    says otherwise; durations are longer than zero unless in `zero_ok`.  A bad value is recorded
+    (every one is reported) and its default used: the caller checks `table.errors` before relying
+    on the values together."""
+    read, given, minimum = read or {}, given or {}, minimum or {}
+    table.check_keys(_field_names(cls))
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(typing.cast(Any, cls)):
+        if f.name in given:
+            continue
+        default, kind = _default(f), hints[f.name]
+        with table.collect():
+            if f.name in read:
+                values[f.name] = read[f.name](table, f.name, default)
+            elif kind is bool:
+                values[f.name] = table.boolean(f.name, default)
+            elif kind is int:
+                values[f.name] = table.integer(f.name, default, minimum=minimum.get(f.name, 1))
+            elif kind is float:
+                values[f.name] = table.duration(f.name, default, positive=f.name not in zero_ok)
+            elif kind in (str, str | None):
+                values[f.name] = table.string(f.name, default)
+            else:
+                raise TypeError(f"{cls.__name__}.{f.name}: no reader for {kind}; pass read= or given=")
+        values.setdefault(f.name, default)
+    return cls(**values, **given)
+
+
+def _address(table: _Reader, key: str, default: str) -> str:
+    address: str = table.string(key, default, empty=True)
     if address:
         try:
             split_host_port(address)
         except ValueError as exc:
-            metrics.fail("address", str(exc))
-    enabled = metrics.boolean("enabled", True) and bool(address)
-    metrics_config = MetricsConfig(address=address, enabled=enabled,
-                                   per_connection=metrics.boolean("per_connection", False))
+            table.fail(key, str(exc))
+    return address
 
-    http = top.table("http")
-    http.check_keys(("address", "max_body_bytes"))
-    http_address: str = http.string("address", "", empty=True)
-    if http_address:
-        try:
-            split_host_port(http_address)
-        except ValueError as exc:
-            http.fail("address", str(exc))
-    http_config = HttpConfig(address=http_address,
-                             max_body_bytes=http.integer("max_body_bytes", HttpConfig().max_body_bytes, minimum=1024))
 
-    log = top.table("log")
-    log.check_keys(("level", "format"))
-    log_config = LogConfig(level=log.choice("level", "info", LOG_LEVELS),
-                           format=log.choice("format", "auto", LOG_FORMATS))
+def _choice(choices: Collection[str]) -> Read:
+    return lambda table, key, default: table.choice(key, default, choices)
 
-    schedule = top.table("schedule")
-    schedule.check_keys(("sync_interval", "health_interval", "token_interval", "cleanup_cron",
-                         "scheduled_sync", "jitter"))
-    schedule_config = ScheduleConfig(
-        sync_interval=schedule.duration("sync_interval", _SCHEDULE.sync_interval),
-        health_interval=schedule.duration("health_interval", _SCHEDULE.health_interval),
-        token_interval=schedule.duration("token_interval", _SCHEDULE.token_interval),
-        cleanup_cron=_check_cron(schedule, "cleanup_cron", _SCHEDULE.cleanup_cron),
-        scheduled_sync=schedule.boolean("scheduled_sync", True),
-        jitter=schedule.duration("jitter", _SCHEDULE.jitter, positive=False),
-    )
 
-    staleness = top.table("staleness")
-    staleness.check_keys(("fresh_below", "stale_after", "min_gap"))
-    staleness_config = StalenessConfig(
-        fresh_below=staleness.duration("fresh_below", _STALENESS.fresh_below),
-        stale_after=staleness.duration("stale_after", _STALENESS.stale_after),
-        min_gap=staleness.duration("min_gap", _STALENESS.min_gap, positive=False),
-    )
-    if staleness_config.fresh_below >= staleness_config.stale_after:
-        staleness.fail(
-            "stale_after" if staleness.has("stale_after") else "fresh_below",
-            f"stale_after ({staleness_config.stale_after:g}s) must be longer than "
-            f"fresh_below ({staleness_config.fresh_below:g}s)",
-        )
+def _redis_url(table: _Reader, key: str, default: str | None) -> str | None:
+    url: str | None = table.string(key, default)
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        table.fail(key, f"expected a redis://, rediss:// or unix:// URL, got {url[:40]!r}")
+    return url
 
-    sync = top.table("sync")
-    sync.check_keys(("page_concurrency", "db_threads", "job_history", "job_max_age", "max_running",
-                     "tenant_max_running", "max_delete_share", "stats_retention_days"))
-    sync_config = SyncConfig(
-        page_concurrency=sync.integer("page_concurrency", _SYNC.page_concurrency, minimum=1),
-        db_threads=sync.integer("db_threads", _SYNC.db_threads, minimum=1),
-        job_history=sync.integer("job_history", _SYNC.job_history, minimum=1),
-        job_max_age=sync.duration("job_max_age", _SYNC.job_max_age),
-        max_running=sync.integer("max_running", _SYNC.max_running, minimum=1),
-        tenant_max_running=sync.integer("tenant_max_running", _SYNC.tenant_max_running, minimum=1),
-        max_delete_share=_share(sync, "max_delete_share", _SYNC.max_delete_share),
-        stats_retention_days=sync.integer("stats_retention_days", _SYNC.stats_retention_days, minimum=1),
-    )
 
-    store = top.table("store")
-    store.check_keys(("statement_timeout", "lock_timeout"))
-    store_config = StoreConfig(
-        statement_timeout=store.duration("statement_timeout", _STORE.statement_timeout),
-        lock_timeout=store.duration("lock_timeout", _STORE.lock_timeout),
-    )
-
-    cluster = top.table("cluster")
-    cluster.check_keys(("member_name", "lease_ttl", "handover"))
-    cluster_config = ClusterConfig(
-        member_name=cluster.string("member_name", None),
-        lease_ttl=cluster.duration("lease_ttl", _CLUSTER.lease_ttl),
-        handover=cluster.duration("handover", _CLUSTER.handover, positive=False),
-    )
-    if cluster_config.lease_ttl < 2:
-        cluster.fail("lease_ttl", "must be at least 2s (it is renewed every quarter of it)")
-
-    events = top.table("events")
-    events.check_keys(("redis_url", "stream", "history_stream", "jobs_stream", "maxlen", "payload", "retention"))
-    redis_url = events.string("redis_url", None)
-    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        events.fail("redis_url", f"expected a redis://, rediss:// or unix:// URL, got {redis_url[:40]!r}")
-    templates = {}
-    for key, fields in (("stream", ("tenant", "entity")), ("history_stream", ("tenant", "entity", "app")),
-                        ("jobs_stream", ("tenant",))):
-        template = events.string(key, getattr(_EVENTS, key))
+def _template(*fields: str) -> Read:
+    def read(table: _Reader, key: str, default: str) -> str:
+        template: str = table.string(key, default)
         try:
             template.format(**dict.fromkeys(fields, "x"))
         except (KeyError, IndexError, ValueError) as exc:
-            events.fail(key, f"a template may use only {{{'}, {'.join(fields)}}}: {exc}")
-        templates[key] = template
-    events_config = EventsConfig(
-        redis_url=redis_url, maxlen=events.integer("maxlen", _EVENTS.maxlen, minimum=0),
-        payload=events.choice("payload", _EVENTS.payload, ("full", "thin")),
-        retention=events.duration("retention", _EVENTS.retention), **templates,
-    )
+            table.fail(key, f"a template may use only {{{'}, {'.join(fields)}}}: {exc}")
+        return template
+    return read
 
-    secrets = top.table("secrets")
-    secrets.check_keys(("key_files", "credential"))
-    secrets_config = SecretsConfig(
-        key_files=tuple(Path(p) for p in _string_list(secrets, "key_files")),
-        credential=secrets.string("credential", None),
-    )
 
-    policies = top.table("policies")
-    policies.check_keys(("breaker", "retry", "token_refresh_buffer", "rate_groups", "limits"))
-    breaker = policies.table("breaker")
-    breaker.check_keys(("failure_threshold", "cooldown", "max_cooldown"))
-    breaker_config = BreakerSettings(
-        failure_threshold=breaker.integer("failure_threshold", 5, minimum=1),
-        cooldown=breaker.duration("cooldown", 60.0),
-        max_cooldown=breaker.duration("max_cooldown", 1800.0),
-    )
-    if breaker_config.max_cooldown < breaker_config.cooldown:
-        breaker.fail("max_cooldown", "must be at least as long as cooldown")
-    retry = policies.table("retry")
-    retry.check_keys(("attempts", "base", "cap", "rate_limited_attempts"))
-    retry_config = RetryPolicy(
-        attempts=retry.integer("attempts", 3, minimum=1),
-        base=retry.duration("base", 1.0),
-        cap=retry.duration("cap", 30.0),
-        rate_limited_attempts=retry.integer("rate_limited_attempts", 8, minimum=1),
-    )
-    limits = policies.table("limits")
-    limits.check_keys(("request_deadline", "max_retry_after", "max_response_bytes", "max_clock_skew"))
-    default_limits = ProviderLimits()
-    limits_config = ProviderLimits(
-        request_deadline=limits.duration("request_deadline", default_limits.request_deadline),
-        max_retry_after=limits.duration("max_retry_after", default_limits.max_retry_after),
-        max_response_bytes=limits.integer("max_response_bytes", default_limits.max_response_bytes, minimum=65536),
-        max_clock_skew=limits.duration("max_clock_skew", default_limits.max_clock_skew),
-    )
+def _tenants(admin: _Reader) -> FrozenDict[str, TenantAccess]:
+    table = admin.table("tenants")
+    tenants: dict[str, TenantAccess] = {}
+    for tenant in table.data:
+        with table.collect():
+            access = table.table(tenant)
+            tenants[tenant] = _section(access, TenantAccess, read={"users": _string_list, "groups": _string_list})
+    return FrozenDict(tenants)
+
+
+def _rate_groups(policies: _Reader) -> FrozenDict[str, RateGroupConfig]:
+    from freshd.policies.ratelimit import Rate
+
+    def rate(table: _Reader, key: str, default: None) -> str:
+        if not table.has(key):
+            table.fail(key, "missing required key 'rate' (e.g. \"10/min\")")
+        return str(table.string(key, default))
+
+    def burst(table: _Reader, key: str, default: float) -> float:
+        return float(table._typed(key, (int, float), "a number", default))
+
     groups = policies.table("rate_groups")
-    group_configs: dict[str, RateGroupConfig] = {}
+    configs: dict[str, RateGroupConfig] = {}
     for group in groups.data:
+        errors = len(groups.errors)
         table = groups.table(group)
-        table.check_keys(("rate", "burst"))
-        if not table.has("rate"):
-            table.fail("rate", "missing required key 'rate' (e.g. \"10/min\")")
-        rate_text: str = table.string("rate", None)
-        burst = table._typed("burst", (int, float), "a number", 1)
-        from freshd.policies.ratelimit import Rate
+        config = _section(table, RateGroupConfig, read={"rate": rate, "burst": burst})
+        if len(groups.errors) == errors:
+            with table.collect():
+                try:
+                    Rate.parse(config.rate, config.burst)
+                except ValueError as exc:
+                    table.fail("rate" if "burst" not in str(exc) else "burst", str(exc))
+                configs[group] = config
+    return FrozenDict(configs)
 
-        try:
-            Rate.parse(rate_text, float(burst))
-        except ValueError as exc:
-            table.fail("rate" if "burst" not in str(exc) else "burst", str(exc))
-        group_configs[group] = RateGroupConfig(rate_text, float(burst))
-    policies_config = PoliciesConfig(
-        breaker=breaker_config, retry=retry_config,
-        token_refresh_buffer=policies.duration("token_refresh_buffer", 600.0, positive=False),
-        rate_groups=FrozenDict(group_configs),
-        limits=limits_config,
-    )
 
-    return Config(
-        database_url=database_url,
+def _policies(top: _Reader) -> PoliciesConfig:
+    policies = top.table("policies")
+    breaker, errors = policies.table("breaker"), len(policies.errors)
+    breaker_config = _section(breaker, BreakerSettings)
+    if len(breaker.errors) == errors and breaker_config.max_cooldown < breaker_config.cooldown:
+        with breaker.collect():
+            breaker.fail("max_cooldown", "must be at least as long as cooldown")
+    return _section(policies, PoliciesConfig, zero_ok=("token_refresh_buffer",), given={
+        "breaker": breaker_config,
+        "retry": _section(policies.table("retry"), RetryPolicy),
+        "limits": _section(policies.table("limits"), ProviderLimits, minimum={"max_response_bytes": 65536}),
+        "rate_groups": _rate_groups(policies),
+    })
+
+
+def _build(data: Mapping[str, Any], where: _Where, env: Mapping[str, str],
+           providers: Collection[str], source: Path | None) -> Config:
+    """Every section read and checked; all the problems found raised together (ConfigErrors), or
+    the one found (ConfigError)."""
+    top = _Reader(data, "", where)
+    top.check_keys([name for name in _field_names(Config) if name != "source"])
+
+    def database_url(table: _Reader, key: str, default: str | None) -> str | None:
+        url: str | None = table.string(key, default)
+        if url is not None and (problem := _check_database_url(url)) is not None:
+            table.fail(key, problem)
+        return url
+
+    def path(default: Path) -> Read:
+        return lambda table, key, _: Path(table.string(key, str(default)))
+
+    url, state_dir, runtime_dir = None, paths.default_state_dir(env), paths.default_runtime_dir(env)
+    with top.collect():
+        url = database_url(top, "database_url", None)
+    with top.collect():
+        state_dir = path(state_dir)(top, "state_dir", None)
+    with top.collect():
+        runtime_dir = path(runtime_dir)(top, "runtime_dir", None)
+
+    admin, errors = top.table("admin"), len(top.errors)
+    admin_config = _section(admin, AdminConfig, given={"tenants": _tenants(admin)},
+                            read={"socket": path(runtime_dir / paths.SOCKET_NAME),
+                                  "socket_mode": _socket_mode},
+                            minimum={"max_connections": ADMIN_RESERVED_CONNECTIONS + 1})
+    others = admin_config.max_connections - ADMIN_RESERVED_CONNECTIONS  # the seats anyone may take
+    if len(top.errors) == errors and admin_config.max_connections_per_uid > others:
+        with admin.collect():
+            admin.fail("max_connections_per_uid", f"must be at most max_connections - {ADMIN_RESERVED_CONNECTIONS} "
+                       f"(the seats kept for root), {others}, got {admin_config.max_connections_per_uid}")
+
+    metrics_config = _section(top.table("metrics"), MetricsConfig, read={"address": _address})
+    if not metrics_config.address:  # an empty address disables the endpoint
+        metrics_config = dataclasses.replace(metrics_config, enabled=False)
+
+    staleness, errors = top.table("staleness"), len(top.errors)
+    staleness_config = _section(staleness, StalenessConfig, zero_ok=("min_gap",))
+    if len(top.errors) == errors and staleness_config.fresh_below >= staleness_config.stale_after:
+        with staleness.collect():
+            staleness.fail(
+                "stale_after" if staleness.has("stale_after") else "fresh_below",
+                f"stale_after ({staleness_config.stale_after:g}s) must be longer than "
+                f"fresh_below ({staleness_config.fresh_below:g}s)",
+            )
+
+    cluster, errors = top.table("cluster"), len(top.errors)
+    cluster_config = _section(cluster, ClusterConfig, zero_ok=("handover",))
+    if len(top.errors) == errors and cluster_config.lease_ttl < 2:
+        with cluster.collect():
+            cluster.fail("lease_ttl", "must be at least 2s (it is renewed every quarter of it)")
+
+    connections: tuple[ConnectionConfig, ...] = ()
+    with top.collect():
+        connections = _connections(top, providers)
+    twoway_config: TwoWaySettings = TwoWaySettings()
+    pair_configs: tuple[PairConfig, ...] = ()
+    with top.collect():
+        twoway_config = _twoway(top)
+    with top.collect():
+        pair_configs = _pairs(top)
+    config = Config(
+        database_url=url,
         state_dir=state_dir,
         runtime_dir=runtime_dir,
         admin=admin_config,
         metrics=metrics_config,
-        http=http_config,
-        log=log_config,
-        schedule=schedule_config,
+        http=_section(top.table("http"), HttpConfig, read={"address": _address},
+                      minimum={"max_body_bytes": 1024}),
+        log=_section(top.table("log"), LogConfig, read={"level": _choice(LOG_LEVELS), "format": _choice(LOG_FORMATS)}),
+        schedule=_section(top.table("schedule"), ScheduleConfig, zero_ok=("jitter",),
+                          read={"cleanup_cron": _check_cron}),
         staleness=staleness_config,
-        sync=sync_config,
-        store=store_config,
+        sync=_section(top.table("sync"), SyncConfig, read={"max_delete_share": _share}),
+        store=_section(top.table("store"), StoreConfig),
         cluster=cluster_config,
-        events=events_config,
-        twoway=_twoway(top),
-        pairs=_pairs(top),
-        secrets=secrets_config,
-        policies=policies_config,
-        connections=_connections(top, providers),
+        events=_section(top.table("events"), EventsConfig, minimum={"maxlen": 0}, read={
+            "redis_url": _redis_url, "payload": _choice(("full", "thin")),
+            "stream": _template("tenant", "entity"), "history_stream": _template("tenant", "entity", "app"),
+            "jobs_stream": _template("tenant")}),
+        secrets=_section(top.table("secrets"), SecretsConfig, read={
+            "key_files": lambda table, key, _: tuple(Path(p) for p in _string_list(table, key))}),
+        policies=_policies(top),
+        connections=connections,
+        twoway=twoway_config,
+        pairs=pair_configs,
         source=source,
     )
+    if top.errors:
+        raise top.errors[0] if len(top.errors) == 1 else ConfigErrors(top.errors)
+    return config
 
 
 # -- environment ---------------------------------------------------------------------------------------

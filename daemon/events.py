@@ -35,6 +35,7 @@ import structlog
 import trio
 
 from freshd import metrics
+from freshd.admin.views import job_json
 from freshd.config import EventsConfig
 from freshd.errors import AdminError, StoreUnavailable
 from freshd.store import Store, cluster, outbox
@@ -347,8 +348,6 @@ class Events:
 
     async def serve(self, hub: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The relay, the backfills, and job progress from the hub into the jobs stream."""
-        from freshd.admin.commands import job_json
-
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.relay.serve)

@@ -91,6 +91,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from freshd import __version__
+from freshd.addresses import split_host_port
 from freshd.asgi import acknowledge_lifespan, serve_asgi
 from freshd.logs import scrub
 
@@ -457,8 +458,6 @@ async def serve_metrics(
     through `task_status`.  Hypercorn logs through stdlib logging (WARNING+ reaches the
     output, see freshd.logs); no access log.
     """
-    from freshd.config import split_host_port  # config imports the policies, which import metrics
-
     host, port = split_host_port(address)
 
     def url(bound: int) -> str:

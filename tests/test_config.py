@@ -11,14 +11,22 @@ from pathlib import Path
 import pytest
 
 from freshd import paths
+from freshd.actor import PolicySettings
 from freshd.config import (
+    ClusterConfig,
     Config,
     ConnectionConfig,
+    EventsConfig,
+    PoliciesConfig,
+    ScheduleConfig,
+    StalenessConfig,
+    StoreConfig,
+    SyncConfig,
     load_config,
     parse_duration,
     split_host_port,
 )
-from freshd.errors import ConfigError
+from freshd.errors import ConfigError, ConfigErrors
 
 REPO = Path(__file__).resolve().parent.parent
 ENV: dict[str, str] = {"XDG_RUNTIME_DIR": "/run/user/1000", "XDG_STATE_HOME": "/home/u/.local/state"}
@@ -451,3 +459,24 @@ def test_purge_needs_enabled_false_on_the_same_connection(tmp_path: Path) -> Non
     assert load_config(write(tmp_path, WOO), env=ENV).connections[0].purge is False
     err = error_of(tmp_path, WOO.replace('name = "shop-eu"', 'name = "shop-eu"\npurge = true'))
     assert "connections[0].purge" in str(err) and "needs enabled = false" in str(err)
+
+
+def test_every_problem_of_the_file_is_reported_at_once_each_at_its_line(tmp_path: Path) -> None:
+    err = error_of(tmp_path, '[sync]\nmax_running = 0\n\n[log]\nlevel = "loud"\n\n'
+                             '[policies.breaker]\ncooldown = "soon"\n\n[metricz]\n')
+    assert isinstance(err, ConfigErrors) and len(err.errors) == 4
+    wheres = [e.where or "" for e in err.errors]
+    assert any(w.endswith(":10: metricz") for w in wheres)
+    assert any(w.endswith(":2: sync.max_running") for w in wheres)
+    assert any(w.endswith(":5: log.level") for w in wheres)
+    assert any(w.endswith(":8: policies.breaker.cooldown") for w in wheres)
+    assert str(err).startswith("4 problems: ")
+
+
+def test_each_section_default_comes_from_its_dataclass(tmp_path: Path) -> None:
+    """An empty file gives exactly the dataclasses' defaults: nothing is restated in the reader."""
+    config = load_config(write(tmp_path, ""), env=ENV)
+    assert config.policies == PoliciesConfig()
+    assert (config.schedule, config.staleness, config.sync, config.store, config.cluster, config.events) == (
+        ScheduleConfig(), StalenessConfig(), SyncConfig(), StoreConfig(), ClusterConfig(), EventsConfig())
+    assert config.policies.token_refresh_buffer == PolicySettings().token_refresh_buffer

@@ -48,7 +48,6 @@ classification, streams, sync.
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -66,17 +65,15 @@ from freshd.connectors.base import (
     SyncMode,
 )
 from freshd.connectors.http import classify_http
-from freshd.connectors.odoo.writes import OdooWrites
+from freshd.connectors.odoo.writes import OdooWrites, write_refusal
 from freshd.connectors.pagination import LoopGuard
 from freshd.errors import (
     ConfigError,
-    DuplicateKey,
     ItemError,
     PermanentError,
     ProviderError,
     RateLimited,
     ReauthRequired,
-    Rejected,
     TransientError,
 )
 from freshd.policies.gate import ConnectionPolicies
@@ -122,18 +119,6 @@ _REFUSED = ("odoo.exceptions.ValidationError", "odoo.exceptions.UserError", "odo
             "builtins.ValueError")
 # unique constraints: a registered SQL one (OCA default_code_uniq, partner_ref_unique), the barcode check,
 # PostgreSQL's own text (B.3, B.4)
-_UNIQUE = re.compile(r"must be unique|already assigned|already exists|is equal to partner|duplicate key|"
-                     r"unique constraint", re.IGNORECASE)
-
-
-def write_refusal(message: str, *, status: int | None = None, code: str | None = None) -> ItemError:
-    """A write Odoo refused for this record: a unique key taken (DuplicateKey) or any other rule (Rejected).
-    Also reads `load`'s row messages, which carry no exception name."""
-    if _UNIQUE.search(message):
-        return DuplicateKey(message, status=status, code=code)
-    return Rejected(message, status=status, code=code)
-
-
 def classify_error(name: str, message: str, *, status: int | None, code: Any = None,
                    method: str | None = None) -> ProviderError:
     """One Odoo exception (by its module.Class name) -> freshd's taxonomy; `method` is the ORM method

@@ -26,13 +26,14 @@ DuplicateKey, MissingError -> ItemError).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
 from freshd.connectors.writes import Create, Update, WriteOp, WriteOutcome, Written
-from freshd.errors import ItemError, PermanentError, ProviderError, Rejected
+from freshd.errors import DuplicateKey, ItemError, PermanentError, ProviderError, Rejected
 
 MODULE = "__freshd__"  # the ir.model.data module of the external ids freshd creates
 MODELS: Mapping[str, str] = {"partners": "res.partner", "products": "product.product", "sale_orders": "sale.order"}
@@ -40,6 +41,18 @@ MODELS: Mapping[str, str] = {"partners": "res.partner", "products": "product.pro
 REFERENCE_FIELDS: Mapping[str, str] = {"sale_orders": "client_order_ref"}
 
 Batch = Callable[[list[Any]], Awaitable[list[int]]]
+
+
+_UNIQUE = re.compile(r"must be unique|already assigned|already exists|is equal to partner|duplicate key|"
+                     r"unique constraint", re.IGNORECASE)
+
+
+def write_refusal(message: str, *, status: int | None = None, code: str | None = None) -> ItemError:
+    """A write Odoo refused for this record: a unique key taken (DuplicateKey) or any other rule (Rejected).
+    Also reads `load`'s row messages, which carry no exception name."""
+    if _UNIQUE.search(message):
+        return DuplicateKey(message, status=status, code=code)
+    return Rejected(message, status=status, code=code)
 
 
 def xmlid(reference: str) -> str:
@@ -171,8 +184,6 @@ class OdooWrites:
             errors = [m for m in (answer or {}).get("messages") or [] if m.get("type") == "error"]
             if not errors:
                 raise PermanentError(f"Odoo {model}.load answered neither ids nor errors: {str(answer)[:200]}")
-            from freshd.connectors.odoo.connector import write_refusal  # the one classification
-
             raise write_refusal(f"Odoo {model}.load: {errors[0].get('message')}", code="load")
 
         return load

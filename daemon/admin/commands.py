@@ -23,6 +23,7 @@ from freshd.actor import ConnectionState, ConnectionStatus
 from freshd.admin.consumers import ConsumerCommands
 from freshd.admin.protocol import API_VERSION, Caller, ErrorCode, Peer, Request
 from freshd.admin.twoway import TwoWayCommands
+from freshd.admin.views import iso, job_json
 from freshd.connectors.base import ConnectionSettings, check_settings, connector_class
 from freshd.errors import (
     AdminError,
@@ -33,20 +34,20 @@ from freshd.errors import (
     ReauthRequired,
     StoreUnavailable,
 )
-from freshd.messages import CancelJob, JobQueued, PauseJob, ResumeJob
+from freshd.messages import CancelJob, PauseJob, ResumeJob
 from freshd.policies.gate import ConnectionPolicies
 from freshd.policies.retry import RetryPolicy
 from freshd.policies.staleness import Verdict
 from freshd.policies.tokens import Token
+from freshd.queueing import Create
 from freshd.store import activity, cluster, connections, jobs, outbox, records, stats, tokens
 from freshd.store.db import Listener
-from freshd.store.jobs import JobKind, JobOptions, JobRow, JobStatus
+from freshd.store.jobs import JobKind, JobOptions, JobRequest, JobRow, JobStatus
 from freshd.supervisor import settings_of
 from freshd.sync import JobProgress
 
 if TYPE_CHECKING:
-    from freshd.app import Daemon
-    from freshd.store import Store
+    from freshd.admin.host import AdminHost
 
 log = structlog.get_logger(__name__)
 
@@ -58,36 +59,6 @@ FORWARD_IDLE = 1.0  # the owner looks for forwarded commands at least this often
 EVENTS_LAG_LIMIT = 300.0  # unpublished change events older than this make `health` unhealthy
 REMOTE_WATCH_POLL = 0.5  # `watch` of a job another member runs reads its row this often
 CHECK_TIMEOUT = 15.0  # `connections add --check`: the provider probe's deadline (within request_timeout)
-
-
-def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
-
-
-def job_json(job: JobRow, live: JobProgress | None = None) -> dict[str, Any]:
-    progress = live or JobProgress.from_json(list(job.progress), job.progress)
-    return {
-        "id": job.id,
-        "connection": job.connection,
-        "kind": job.kind.value,
-        "status": job.status.value,
-        "trigger": job.trigger,
-        "progress": {
-            name: {**{k: v for k, v in p.as_json().items() if k != "state"}, "pending": p.pending,
-                   "rate": round(p.rate, 1)}
-            for name, p in progress.entities.items()
-        },
-        "totals": progress.totals(),
-        "options": job.options,
-        "percent": 100.0 if job.status is JobStatus.COMPLETED else progress.percent(),
-        "eta_seconds": progress.eta_seconds() if job.status is JobStatus.RUNNING else None,
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
-        "error": job.error,
-        "retry_of": job.retry_of,
-        "confirm_deletes": job.confirm_deletes,
-    }
 
 
 def parse_since(text: str) -> datetime:
@@ -171,7 +142,7 @@ async def probe_connection(settings: ConnectionSettings, *, deadline: float) -> 
 class DaemonAdmin:
     """Implements AdminHandler for the running daemon."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: AdminHost) -> None:
         self.daemon = daemon
         self._commands: dict[str, Callable[[dict[str, Any], Caller], Awaitable[Any]]] = {
             "status": self.status,
@@ -213,11 +184,6 @@ class DaemonAdmin:
             raise AdminError(ErrorCode.UNAVAILABLE, f"the database is unavailable: {exc}") from None
 
     # -- commands for connections another member runs ----------------------------------------------
-
-    def _store_for(self, name: str) -> Store:
-        """Writes for a connection this member runs are fenced by its lease, like its actor's; one no
-        member runs right now (a lease about to be taken) is written to as is."""
-        return self.daemon.supervisor.fenced_store(name) or self.daemon.store
 
     async def _owner_elsewhere(self, request: Request, caller: Caller) -> str | None:
         """The member running the connection this command is about, if it is not this one."""
@@ -440,7 +406,7 @@ class DaemonAdmin:
             token = await probe_connection(
                 settings, deadline=max(1.0, min(CHECK_TIMEOUT, self.daemon.config.admin.request_timeout - 2.0)))
 
-        def add(conn: Any) -> tuple[connections.ConnectionRow, JobRow]:
+        def add(conn: Any, create: Create) -> tuple[connections.ConnectionRow, JobRow]:
             row, _ = connections.upsert_connection(
                 conn, self.daemon.store.keyring, name=name, tenant=tenant or "default", provider=provider,
                 base_url=base_url, options=dict(args.get("options") or {}),
@@ -449,18 +415,19 @@ class DaemonAdmin:
             if token is not None:  # the check's token: its refresh token may have rotated
                 connections.save_tokens(conn, self.daemon.store.keyring, row.id, token.as_json())
             # the initial sync is queued in the same transaction: an added connection is never forgotten
-            job, _ = jobs.create_job(conn, row.id, JobKind.INITIAL, "add")
+            job = create({row.name: JobRequest(row.id, JobKind.INITIAL)})[row.name].job
             activity.log_activity(conn, "connection.added", f"connection {name} added over the admin socket",
                                   connection_id=row.id, job_id=job.id,
                                   details={"provider": provider, "tenant": row.tenant,
                                            "credential_keys": sorted(row.credentials)})
             return row, job
 
-        row, job = await self.daemon.store.call(add)
-        self.daemon.supervisor.know(row)
-        if self.daemon.membership is not None:
-            await self.daemon.membership.settle()  # leased now, here or by the member the hash names
-        self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
+        async def lease(added: tuple[connections.ConnectionRow, JobRow]) -> None:
+            self.daemon.supervisor.know(added[0])
+            if self.daemon.membership is not None:
+                await self.daemon.membership.settle()  # leased now, here or by the member the hash names
+
+        (row, job), _ = await self.daemon.queue.queue_with(add, "add", ready=lease)
         return {"connection": {"name": row.name, "provider": row.provider, "tenant": row.tenant,
                                "base_url": row.base_url}, "job_id": job.id}
 
@@ -478,21 +445,22 @@ class DaemonAdmin:
         kind = JobKind.INCREMENTAL if row.last_success_at else JobKind.INITIAL
         keyring = self.daemon.store.keyring
 
-        def update(conn: Any) -> tuple[connections.ConnectionRow, JobRow]:
+        def update(conn: Any, create: Create) -> tuple[connections.ConnectionRow, JobRow]:
             stored = connections.set_credentials(conn, keyring, row.name, changes)
-            job, _ = jobs.create_job(conn, stored.id, kind, "credentials")
+            job = create({stored.name: JobRequest(stored.id, kind)})[stored.name].job
             activity.log_activity(conn, "connection.credentials_set",
                                   f"credentials of {row.name} changed by {caller.who}",
                                   connection_id=stored.id, job_id=job.id,
                                   details={"keys": sorted(changes)})  # names only, never values
             return stored, job
 
-        stored, job = await self._store_for(row.name).call(update)
-        for value in stored.credentials.values():
-            logs.register_secret(value)
-        await self.daemon.supervisor.apply(
-            await self.daemon.store.call(connections.list_connections, keyring))
-        self.daemon.supervisor.send_nowait(stored.name, JobQueued(job.id))
+        async def restart(updated: tuple[connections.ConnectionRow, JobRow]) -> None:
+            for value in updated[0].credentials.values():
+                logs.register_secret(value)
+            await self.daemon.supervisor.apply(
+                await self.daemon.store.call(connections.list_connections, keyring))
+
+        (stored, job), _ = await self.daemon.queue.queue_with(update, "credentials", ready=restart)
         return {"name": stored.name, "credential_keys": sorted(stored.credentials), "job_id": job.id}
 
     async def connections_remove(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
@@ -597,9 +565,8 @@ class DaemonAdmin:
             await self.daemon.store.call(activity.log_activity, "sync.confirm_deletes",
                                          f"full sync of {row.name} allowed to apply held deletions by "
                                          f"{caller.who}", connection_id=row.id)
-        job, created = await self._store_for(row.name).call(jobs.create_job, row.id, kind, "manual",
-                                                            confirm_deletes=confirm_deletes, options=options)
-        self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
+        job, created = await self.daemon.queue.queue_job(
+            row.name, JobRequest(row.id, kind, options, confirm_deletes=confirm_deletes), "manual")
         return {"job_id": job.id, "created": created, "status": job.status.value, "options": job.options}
 
     async def ensure(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
@@ -627,9 +594,8 @@ class DaemonAdmin:
         if reason is None:
             return {"job_id": None, "queued": False, "data_age_seconds": age,
                     "reason": f"the data is fresh enough ({age} s old; stale after {policy.stale_after:g} s)"}
-        job, created = await self._store_for(row.name).call(jobs.create_job, row.id, kind, "ensure",
-                                                    options=JobOptions(entities=tuple(missing) or None))
-        self.daemon.supervisor.send_nowait(row.name, JobQueued(job.id))
+        job, created = await self.daemon.queue.queue_job(
+            row.name, JobRequest(row.id, kind, JobOptions(entities=tuple(missing) or None)), "ensure")
         log.info("sync.ensure", connection=row.name, job=job.id, queued=created, reason=reason)
         return {"job_id": job.id, "queued": created, "reason": reason, "status": job.status.value,
                 "data_age_seconds": age}
@@ -739,11 +705,10 @@ class DaemonAdmin:
         failed = await self.daemon.store.call(jobs.failed_items, job.id)
         if not failed:
             raise AdminError(ErrorCode.CONFLICT, f"job {job.id} has no failed items to retry")
-        retry, created = await self._store_for(job.connection).call(jobs.create_job, job.connection_id,
-                                                                    JobKind.RETRY, "manual", retry_of=job.id)
+        retry, created = await self.daemon.queue.queue_job(
+            job.connection, JobRequest(job.connection_id, JobKind.RETRY, retry_of=job.id), "manual")
         if not created:
             raise AdminError(ErrorCode.CONFLICT, f"connection {job.connection!r} already has live job {retry.id}")
-        self.daemon.supervisor.send_nowait(job.connection, JobQueued(retry.id))
         return {"job_id": retry.id, "retry_of": job.id, "items": len(failed)}
 
     # -- health and sweeps ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from freshd.events import check_app
 from freshd.store import connections, outbox
 
 if TYPE_CHECKING:
-    from freshd.app import Daemon
+    from freshd.admin.host import AdminHost
     from freshd.events import Events
 
 Handler = Callable[[dict[str, Any], Caller], Awaitable[Any]]
@@ -34,7 +34,7 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 class ConsumerCommands:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: AdminHost) -> None:
         self.daemon = daemon
 
     def handlers(self) -> dict[str, Handler]:

@@ -42,6 +42,7 @@ import orjson
 import structlog
 import trio
 
+from freshd.addresses import split_host_port
 from freshd.admin.protocol import API_VERSION, HTTP_PEER, Caller, ErrorCode, parse_request
 from freshd.admin.server import AdminHandler
 from freshd.asgi import acknowledge_lifespan, serve_asgi
@@ -384,8 +385,6 @@ async def serve_http_api(
 ) -> None:
     """Serve the HTTP API at `address` (``host:port``; port 0: any) until cancelled; reports its base
     URL (``http://127.0.0.1:8080``) through `task_status` once listening."""
-    from freshd.config import split_host_port
-
     host, port = split_host_port(address)
     app = HttpApi(handler, authenticate, request_timeout=request_timeout, max_body_bytes=max_body_bytes)
 

@@ -28,7 +28,7 @@ from freshd.twoway.mapping import Side, build_pair, entities_spec
 from freshd.twoway.service import Resolution, ResolutionRefused, mapping_of
 
 if TYPE_CHECKING:
-    from freshd.app import Daemon
+    from freshd.admin.host import AdminHost
     from freshd.twoway.service import TwoWay
 
 Handler = Callable[[dict[str, Any], Caller], Awaitable[Any]]
@@ -73,7 +73,7 @@ def conflict_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class TwoWayCommands:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: AdminHost) -> None:
         self.daemon = daemon
 
     def handlers(self) -> dict[str, Handler]:

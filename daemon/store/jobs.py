@@ -125,43 +125,47 @@ def _job(row: dict[str, Any]) -> JobRow:
     return JobRow(**row)
 
 
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """A job wanted for one connection."""
+
+    connection_id: int
+    kind: JobKind
+    options: JobOptions = JobOptions()
+    confirm_deletes: bool = False  # may apply a reconciliation over the delete-share limit
+    retry_of: int | None = None  # a RETRY job: the job whose failed items it fetches again
+
+
+def create_jobs(conn: Connection, requests: Sequence[JobRequest], trigger: str) -> dict[int, tuple[JobRow, bool]]:
+    """Queue many connections' jobs in one statement, none for a connection that already has a live
+    one (that job is the answer): connection id -> (its live job, whether this call created it)."""
+    if not requests:
+        return {}
+    ids = [r.connection_id for r in requests]
+    created = conn.execute(
+        "INSERT INTO sync_jobs (connection_id, kind, status, trigger, retry_of, confirm_deletes, options)"
+        " SELECT cid, kind, 'queued', %s, retry_of, confirm, options"
+        " FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::boolean[], %s::jsonb[])"
+        " AS w(cid, kind, retry_of, confirm, options)"
+        " ON CONFLICT (connection_id) WHERE status IN ('queued', 'running', 'paused', 'interrupted')"
+        " DO NOTHING RETURNING id",
+        (trigger, ids, [r.kind.value for r in requests], [r.retry_of for r in requests],
+         [r.confirm_deletes for r in requests], [Jsonb(r.options.as_json()) for r in requests]),
+    ).fetchall()
+    new = {int(str(row["id"])) for row in created}
+    rows = conn.execute(
+        f"{_SELECT} WHERE j.connection_id = ANY(%s) AND j.status = ANY(%s)", (ids, [s.value for s in LIVE]),
+    ).fetchall()
+    return {job.connection_id: (job, job.id in new) for job in (_job(dict(row)) for row in rows)}
+
+
 def create_job(
     conn: Connection, connection_id: int, kind: JobKind, trigger: str, *, retry_of: int | None = None,
     confirm_deletes: bool = False, options: JobOptions | None = None,
 ) -> tuple[JobRow, bool]:
     """Queue a job unless the connection already has a live one; return (job, created)."""
-    row = conn.execute(
-        "INSERT INTO sync_jobs (connection_id, kind, status, trigger, retry_of, confirm_deletes, options)"
-        " VALUES (%s, %s, 'queued', %s, %s, %s, %s)"
-        " ON CONFLICT (connection_id) WHERE status IN ('queued', 'running', 'paused', 'interrupted')"
-        " DO NOTHING RETURNING id",
-        (connection_id, kind.value, trigger, retry_of, confirm_deletes, Jsonb((options or JobOptions()).as_json())),
-    ).fetchone()
-    if row is not None:
-        job = get_job(conn, int(row["id"]))  # type: ignore[call-overload]
-        assert job is not None
-        return job, True
-    live = live_job(conn, connection_id)
-    assert live is not None, "the unique index said a live job exists"
-    return live, False
-
-
-def create_jobs(conn: Connection, wanted: list[tuple[int, JobKind]], trigger: str) -> dict[int, int]:
-    """Many connections' jobs in one transaction (the sweeps): connection id -> live job id."""
-    if not wanted:
-        return {}
-    ids = [cid for cid, _ in wanted]
-    conn.execute(
-        "INSERT INTO sync_jobs (connection_id, kind, status, trigger)"
-        " SELECT cid, kind, 'queued', %s FROM unnest(%s::bigint[], %s::text[]) AS w(cid, kind)"
-        " ON CONFLICT (connection_id) WHERE status IN ('queued', 'running', 'paused', 'interrupted') DO NOTHING",
-        (trigger, ids, [kind.value for _, kind in wanted]),
-    )
-    rows = conn.execute(
-        "SELECT connection_id, id FROM sync_jobs WHERE connection_id = ANY(%s) AND status = ANY(%s)",
-        (ids, [s.value for s in LIVE]),
-    ).fetchall()
-    return {int(r["connection_id"]): int(r["id"]) for r in rows}  # type: ignore[call-overload]
+    request = JobRequest(connection_id, kind, options or JobOptions(), confirm_deletes, retry_of)
+    return create_jobs(conn, [request], trigger)[connection_id]
 
 
 def get_job(conn: Connection, job_id: int) -> JobRow | None:
