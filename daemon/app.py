@@ -383,7 +383,7 @@ async def run_daemon(
             # the first lease round before anything answers: this member's connections are running
             await root.start(membership.serve)
             await daemon.queue_never_synced()
-            daemon.twoway = TwoWay(store, supervisor, config.twoway)
+            daemon.twoway = TwoWay(store, supervisor, daemon.queue, config.twoway)
             await root.start(daemon.twoway.serve)
 
             admin = config.admin

@@ -42,6 +42,7 @@ from freshd.errors import (
     TransientError,
 )
 from freshd.policies.ratelimit import TokenBucket
+from freshd.queueing import Queued
 from freshd.store import Store, activity, jobs, records
 from freshd.store import twoway as db
 from freshd.store.db import Connection, Fence, check_fence
@@ -68,7 +69,7 @@ class Gateway(Protocol):
 
     async def with_connector(self, connection: str, call: Callable[[Connector], Awaitable[T]]) -> T: ...
 
-    def nudge_job(self, connection: str, job_id: int) -> None: ...
+    async def queue_jobs(self, wanted: Mapping[str, jobs.JobRequest], trigger: str) -> dict[str, Queued]: ...
 
     @property
     def events(self) -> str | None: ...
@@ -312,27 +313,25 @@ class Runner:
         streams = {self.pair.left: sorted({e.left_stream for e in self.entities}),
                    self.pair.right: sorted({e.right_stream for e in self.entities})}
 
-        def queue(conn: Connection) -> dict[str, tuple[jobs.JobRow, bool]]:
-            out = {}
-            for name, cid in wanted.items():
-                if jobs.ever_succeeded(conn, [cid]):
-                    kind, options = JobKind.INCREMENTAL, jobs.JobOptions(tuple(streams[name]), catch_up=True)
-                else:
-                    kind, options = JobKind.INITIAL, None
-                out[name] = jobs.create_job(conn, cid, kind, f"twoway run {self.run_id}", options=options)
-            db.update_run(conn, self.run_id, sync_jobs=[job.id for job, _ in out.values()])
-            return out
+        async def queue() -> dict[str, tuple[jobs.JobRow, bool]]:
+            synced = await self.store.call(jobs.ever_succeeded, list(wanted.values()))
+            requests = {name: jobs.JobRequest(cid, JobKind.INCREMENTAL, jobs.JobOptions(tuple(streams[name]),
+                                                                                        catch_up=True))
+                        if cid in synced else jobs.JobRequest(cid, JobKind.INITIAL)
+                        for name, cid in wanted.items()}
+            queued = await self.gateway.queue_jobs(requests, f"twoway run {self.run_id}")
+            await self.store.call(db.update_run, self.run_id, sync_jobs=[q.job.id for q in queued.values()])
+            return {name: (q.job, q.created) for name, q in queued.items()}
 
         with trio.move_on_after(SYNC_WAIT) as waited:
             # a sync already live when the run starts may have begun before the last edits: after
             # it ends, one of the run's own follows
             for _ in range(2):
-                queued = await self.store.call(queue)
+                queued = await queue()
                 for name, (job, _) in queued.items():
                     if job.status is JobStatus.PAUSED:
                         raise PermanentError(f"connection {name} has a paused sync (job {job.id}): resume or "
                                              "cancel it, then start the run again")
-                    self.gateway.nudge_job(name, job.id)
                 for name, (job, _) in queued.items():
                     await self._wait_job(name, job.id)
                 if all(created for _, created in queued.values()):

@@ -21,11 +21,13 @@ import trio
 from freshd.connectors.base import Connector, connector_class
 from freshd.connectors.writes import Create, Update
 from freshd.errors import ConfigError, FreshdError, ProviderError, TransientError
-from freshd.messages import JobQueued, WithConnector
+from freshd.messages import WithConnector
 from freshd.policies.ratelimit import Rate, TokenBucket
+from freshd.queueing import JobQueue, Queued
 from freshd.store import Store, activity, records
 from freshd.store import twoway as db
 from freshd.store.db import Fence
+from freshd.store.jobs import JobRequest
 from freshd.store.twoway import Link, PairRow, RunState
 from freshd.supervisor import Supervisor
 from freshd.twoway.mapping import EntityMap, Pair, Side, Tables, build_pair
@@ -75,9 +77,11 @@ def apply_config_pair(conn: Any, pair: PairConfig) -> str | None:
 
 
 class TwoWay:
-    def __init__(self, store: Store, supervisor: Supervisor, settings: TwoWaySettings | None = None) -> None:
+    def __init__(self, store: Store, supervisor: Supervisor, queue: JobQueue,
+                 settings: TwoWaySettings | None = None) -> None:
         self.store = store
         self.supervisor = supervisor
+        self.queue = queue
         self.settings = settings or TwoWaySettings()
         self._budgets: dict[str, TokenBucket] = {}
         self._running: dict[int, str] = {}  # run id -> tenant
@@ -104,8 +108,8 @@ class TwoWay:
         value: T = result.unwrap()
         return value
 
-    def nudge_job(self, connection: str, job_id: int) -> None:
-        self.supervisor.send_nowait(connection, JobQueued(job_id))
+    async def queue_jobs(self, wanted: Mapping[str, JobRequest], trigger: str) -> dict[str, Queued]:
+        return await self.queue.queue_jobs(wanted, trigger)
 
     @property
     def events(self) -> str | None:
