@@ -79,8 +79,8 @@ async def test_a_malformed_value_reads_as_null_not_an_error(database_url: str) -
             connections.upsert_connection, store.keyring, name="shop", tenant="t1", provider="woocommerce",
             base_url="http://127.0.0.1:1", options={}, credentials={"consumer_key": "k", "consumer_secret": "s"},
             source="admin")
-    bad = ('{"id": "x7", "email": {"not": "text"}, "is_paying_customer": "maybe", "date_modified_gmt": "2024-02-30T10:00:00",'
-           ' "date_created_gmt": "yesterday", "billing": "not an object"}')
+    bad = ('{"id": "x7", "email": {"not": "text"}, "is_paying_customer": "maybe",'
+           ' "date_modified_gmt": "2024-02-30T10:00:00", "date_created_gmt": "yesterday", "billing": "not an object"}')
     execute(database_url, "INSERT INTO records (connection_id, entity, external_id, payload, content_hash)"
                         " VALUES (%s, 'customers', 'x7', %s::jsonb, '\\x00')", row.id, bad)
     rows = query(database_url, "SELECT id, email, is_paying_customer, updated_at, created_at, billing_city, connection"
@@ -89,7 +89,7 @@ async def test_a_malformed_value_reads_as_null_not_an_error(database_url: str) -
     assert rows == [(None, '{"not": "text"}', None, None, None, None, "shop")]
 
 
-@pytest.mark.parametrize(("cast", "value", "expected"), [
+CASTS = [
     ("integer", "42", 42), ("integer", '"42"', 42), ("integer", "4.0", 4), ("integer", "4.5", None),
     ("integer", '"4x"', None), ("integer", "1e30", None), ("integer", "true", None), ("integer", "null", None),
     ("numeric", '"19.99"', Decimal("19.99")), ("numeric", "-3", Decimal(-3)), ("numeric", '"abc"', None),
@@ -107,11 +107,15 @@ async def test_a_malformed_value_reads_as_null_not_an_error(database_url: str) -
     ("timestamptz", '"2024-02-30"', None), ("timestamptz", '"2024-13-01"', None),
     ("timestamptz", '"2024-05-01T25:00:00"', None), ("timestamptz", '"0000-01-01"', None),
     ("timestamptz", '"May 1st"', None), ("timestamptz", '""', None), ("timestamptz", "false", None),
-])
-async def test_casts_give_null_for_what_does_not_fit(database_url: str, cast: str, value: str, expected: object) -> None:
+]
+
+
+async def test_casts_give_null_for_what_does_not_fit(database_url: str) -> None:
     async with open_store(database_url):
         pass
-    assert query(database_url, f"SELECT freshd.as_{cast}(%s::jsonb)", value) == [(expected,)]
+    got = [(cast, value, query(database_url, f"SELECT freshd.as_{cast}(%s::jsonb)", value)[0][0])
+           for cast, value, _ in CASTS]
+    assert got == CASTS
 
 
 async def test_a_changed_declaration_rebuilds_that_view_only(database_url: str,
