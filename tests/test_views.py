@@ -148,6 +148,22 @@ async def test_a_changed_declaration_rebuilds_that_view_only(database_url: str,
     assert "freshd_woocommerce.products" not in view_oids(database_url)
 
 
+async def test_a_rebuild_the_database_refuses_keeps_the_old_view_and_still_opens(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_store(database_url):
+        pass
+    execute(database_url, "CREATE VIEW public.mine AS SELECT id, email FROM freshd_woocommerce.customers")
+    before = view_oids(database_url)
+    customers, *others = WooCommerceConnector.streams
+    monkeypatch.setattr(WooCommerceConnector, "streams",
+                        (dataclasses.replace(customers, columns=columns("email")), *others))
+    with trio.fail_after(30):
+        async with open_store(database_url):
+            pass
+    assert view_oids(database_url) == before
+    assert query(database_url, "SELECT count(*) FROM public.mine") == [(0,)]
+
+
 async def test_two_members_opening_a_fresh_database_together_both_start(database_url: str) -> None:
     opened = []
 

@@ -13,7 +13,8 @@ Apps read ``freshd_woocommerce.customers`` instead of digging into ``freshd.reco
 view's definition is hashed; the hashes are kept in ``freshd.views``, and only views whose hash
 changed (or that are missing) are dropped and created again, in one transaction under an advisory
 lock, so members starting together do not race and an unchanged start runs no DDL.  A view no
-stream declares any more is dropped.
+stream declares any more is dropped.  A rebuild the database refuses (someone's object built on a
+view) is logged as ``store.views_failed`` and leaves the old views: it never stops a start.
 
 Where the declarations come from: each provider's class streams, plus the streams of the stored
 connections (`Connector.declared_streams(options)`: the generic REST connector's come from its
@@ -148,9 +149,17 @@ def ensure_views(url: str) -> list[str]:
         wanted = {(v.schema, v.entity): v for v in declared_views((r[0], r[1], r[2]) for r in rows)}
         if not _stale(conn, wanted):
             return []  # the common start: nothing to do, no lock taken
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            return _rebuild(conn, wanted)  # again under the lock: another member may have done it
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                return _rebuild(conn, wanted)  # again under the lock: another member may have done it
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            # e.g. an object of someone else's built on a view (DROP refused): the sync must not stop
+            # for the views' sake; the old views stay and the next start tries again
+            log.error("store.views_failed", error=" ".join(str(exc).split()))
+            return []
 
 
 def _stored(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[str, bool]]:
