@@ -198,7 +198,7 @@ async def test_a_declaration_change_seen_by_two_members_at_once_is_applied_once(
     assert sorted(results) == [[], ["freshd_woocommerce.customers"]]
 
 
-REST_STREAMS = [{"name": "contacts", "path": "contacts", "paginator": "none", "columns": [
+REST_STREAMS = [{"name": "contacts", "path": "contacts", "paginator": "none", "view_columns": [
     {"name": "email"}, {"name": "age", "path": "profile.age", "type": "integer"}, {"name": "id", "type": "integer"}]}]
 
 
@@ -217,15 +217,15 @@ async def test_rest_connections_declare_their_views_in_their_options(database_ur
 
 def test_rest_column_declarations_are_checked_with_the_option_path() -> None:
     def streams(column: dict[str, str]) -> object:
-        return RestConnector.declared_streams({"streams": [{**REST_STREAMS[0], "columns": [column]}]})
+        return RestConnector.declared_streams({"streams": [{**REST_STREAMS[0], "view_columns": [column]}]})
 
-    with pytest.raises(ConfigError, match=r"options.streams\[0\].columns\[0\].type: unknown column type 'int'"):
+    with pytest.raises(ConfigError, match=r"options.streams\[0\].view_columns\[0\].type: unknown column type 'int'"):
         streams({"name": "age", "type": "int"})
-    with pytest.raises(ConfigError, match=r"columns\[0\].name: column name 'version' is taken"):
+    with pytest.raises(ConfigError, match=r"view_columns\[0\].name: column name 'version' is taken"):
         streams({"name": "version"})
-    with pytest.raises(ConfigError, match=r"columns\[0\].path: 'a..b' is not a dotted path"):
+    with pytest.raises(ConfigError, match=r"view_columns\[0\].path: 'a..b' is not a dotted path"):
         streams({"name": "x", "path": "a..b"})
-    with pytest.raises(ConfigError, match=r"columns\[0\].nmae: unknown key 'nmae'; valid keys: name, path, type"):
+    with pytest.raises(ConfigError, match=r"view_columns\[0\].nmae: unknown key 'nmae'; valid keys: name, path, type"):
         streams({"nmae": "x"})
     with pytest.raises(ValueError, match="bad column name"):
         Column("Email", "email")

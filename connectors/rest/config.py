@@ -8,7 +8,7 @@ A connection's ``options`` (TOML ``[connections.options]`` or the JSON given to
     └── streams[]       RestStream: name, path, records_path, primary_key, params, incremental fields
         ├── paginator   a tagged union, registry PAGINATORS: page_number | offset | cursor | link_header | none
         ├── soft_delete optional SoftDelete: records whose `field` is one of `values` are tombstones
-        └── columns[]   RestColumn: name, path, type: the typed columns of the stream's view
+        └── view_columns[] RestColumn: name, path, type: the typed columns of the stream's view
 
 Each dataclass is its own schema: `build` reads a table field by field from the
 type hints, refuses unknown keys (listing the valid ones), and turns a problem
@@ -402,7 +402,9 @@ class RestStream:
     cursor_ascending: bool = False  # the listing returns records by cursor_field ascending
     soft_delete: SoftDelete | None = None
     item_path: str | None = None  # "customers/{id}": one record by id (freshctl retry)
-    columns: tuple[RestColumn, ...] = ()
+    # the stream's view (StreamSpec.columns); not `columns`, so that the valid keys an error lists
+    # still start with the cursor keys
+    view_columns: tuple[RestColumn, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -428,10 +430,10 @@ class RestStream:
         if self.cursor_ascending and self.cursor_field is None:
             raise Invalid("cursor_ascending", "needs 'cursor_field'")
         seen: dict[str, int] = {}
-        for index, column in enumerate(self.columns):
+        for index, column in enumerate(self.view_columns):
             if column.name in seen:
-                raise Invalid(f"columns[{index}].name",
-                              f"duplicate column name {column.name!r} (also columns[{seen[column.name]}])")
+                raise Invalid(f"view_columns[{index}].name",
+                              f"duplicate column name {column.name!r} (also view_columns[{seen[column.name]}])")
             seen[column.name] = index
 
     def spec(self) -> StreamSpec:
@@ -440,7 +442,7 @@ class RestStream:
                           cursor_param=self.incremental_param, paginator=paginator_kind(self.paginator),
                           records_path=self.records_path,
                           params={k: param_text(v) for k, v in self.params.items()},
-                          columns=tuple(column.column() for column in self.columns))
+                          columns=tuple(column.column() for column in self.view_columns))
 
 
 def param_text(value: Scalar) -> str:
