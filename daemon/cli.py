@@ -2,7 +2,7 @@
 
     freshd run [--config PATH]          run the daemon (systemd's ExecStart)
     freshd check-config [--config PATH] validate a config file and exit
-    freshd migrate [--config PATH]      apply pending database migrations and exit
+    freshd migrate [--config PATH]      apply pending database migrations, update the typed views, exit
     freshd simulate PROVIDER ...        run a provider simulator on loopback
     freshd demo                         embedded PostgreSQL + simulators + daemon
 """
@@ -59,6 +59,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from freshd.store.migrate import apply_migrations
+    from freshd.store.views import ensure_views
 
     config = _load(args.config)
     if config.database_url is None:
@@ -67,6 +68,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         return 2
     applied = apply_migrations(config.database_url)
     print(f"applied {len(applied)} migration(s)" + "".join(f"\n  {m.version:04d} {m.name}" for m in applied))
+    built = ensure_views(config.database_url)
+    print(f"rebuilt {len(built)} view(s)" + "".join(f"\n  {name}" for name in built))
     return 0
 
 

@@ -74,6 +74,7 @@ from freshd.connectors.base import (
     StreamSpec,
     SyncContext,
     SyncMode,
+    columns,
 )
 from freshd.connectors.http import classify_http
 from freshd.connectors.pagination import LoopGuard
@@ -335,11 +336,21 @@ def _payload(body: Any, what: str) -> dict[str, Any]:
 
 INVENTORY = StreamSpec("inventory_summaries", INVENTORY_PATH, cursor_field="lastUpdatedTime",
                        cursor_param="startDateTime", paginator="next_token",
-                       records_path="payload.inventorySummaries")
+                       records_path="payload.inventorySummaries", columns=columns(
+    "marketplace_id=marketplaceId", "seller_sku=sellerSku", "asin", "fn_sku=fnSku", "product_name=productName",
+    "condition", "total_quantity=totalQuantity:integer",
+    "fulfillable_quantity=inventoryDetails.fulfillableQuantity:integer",
+    "last_updated=lastUpdatedTime:timestamptz"))
 FINANCIAL_EVENTS = StreamSpec("financial_events", FINANCES_PATH, cursor_field="PostedDate",
                               cursor_param="PostedAfter", paginator="next_token",
-                              records_path="payload.FinancialEvents")
-REIMBURSEMENTS = StreamSpec("reimbursements", REPORTS_PATH, cursor_field="approval-date", paginator="report")
+                              records_path="payload.FinancialEvents", columns=columns(
+    "event_type=eventType", "posted_at=PostedDate:timestamptz", "amazon_order_id=AmazonOrderId",
+    "marketplace_name=MarketplaceName", "adjustment_type=AdjustmentType"))
+REIMBURSEMENTS = StreamSpec("reimbursements", REPORTS_PATH, cursor_field="approval-date", paginator="report",
+                            columns=columns(
+    "approved_at=approval-date:timestamptz", "reimbursement_id=reimbursement-id", "case_id=case-id",
+    "amazon_order_id=amazon-order-id", "reason", "sku", "asin", "currency=currency-unit",
+    "amount_total=amount-total:numeric", "quantity_total=quantity-reimbursed-total:integer", "source"))
 
 
 def inventory_id(marketplace: str, sku: str) -> str:

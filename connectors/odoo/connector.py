@@ -63,6 +63,7 @@ from freshd.connectors.base import (
     StreamSpec,
     SyncContext,
     SyncMode,
+    columns,
 )
 from freshd.connectors.http import classify_http
 from freshd.connectors.odoo.writes import OdooWrites, write_refusal
@@ -191,9 +192,23 @@ def classify(response: httpx.Response) -> ProviderError | None:
 
 # --- streams ------------------------------------------------------------------------------------------
 
-PARTNERS = StreamSpec("partners", "res.partner", cursor_field="write_date", cursor_param="write_date")
-SALE_ORDERS = StreamSpec("sale_orders", "sale.order", cursor_field="write_date", cursor_param="write_date")
-PRODUCTS = StreamSpec("products", "product.product", cursor_field="write_date", cursor_param="write_date")
+# many2one fields are [id, name]: `partner_id.0` is the id.  Odoo writes false for an empty field:
+# read as NULL by every type but text and boolean, so text columns here are ones Odoo always fills
+_DATES = ("created_at=create_date:timestamptz", "updated_at=write_date:timestamptz")
+PARTNERS = StreamSpec("partners", "res.partner", cursor_field="write_date", cursor_param="write_date",
+                      columns=columns(
+    "id:integer", "name", "is_company:boolean", "active:boolean", "email", "phone", "city", "zip",
+    "country_id=country_id.0:integer", "country=country_id.1", "parent_id=parent_id.0:integer", "ref",
+    "customer_rank:integer", *_DATES))
+SALE_ORDERS = StreamSpec("sale_orders", "sale.order", cursor_field="write_date", cursor_param="write_date",
+                         columns=columns(
+    "id:integer", "name", "state", "partner_id=partner_id.0:integer", "date_order:timestamptz",
+    "amount_untaxed:numeric", "amount_tax:numeric", "amount_total:numeric", "currency=currency_id.1",
+    "invoice_status", *_DATES))
+PRODUCTS = StreamSpec("products", "product.product", cursor_field="write_date", cursor_param="write_date",
+                      columns=columns(
+    "id:integer", "name", "default_code", "barcode", "list_price:numeric", "standard_price:numeric",
+    "active:boolean", "type", "qty_available:numeric", "product_tmpl_id=product_tmpl_id.0:integer", *_DATES))
 
 DEFAULT_FIELDS: Mapping[str, tuple[str, ...]] = {
     "partners": ("name", "display_name", "email", "phone", "is_company", "parent_id", "street", "city", "zip",

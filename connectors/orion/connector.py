@@ -45,6 +45,7 @@ from freshd.connectors.base import (
     StreamSpec,
     SyncContext,
     SyncMode,
+    columns,
 )
 from freshd.connectors.http import classify_http
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
@@ -115,10 +116,18 @@ def classify_token(response: httpx.Response) -> ProviderError | None:
 
 # --- streams ------------------------------------------------------------------------------------------
 
-CLIENTS = StreamSpec("clients", "Portfolio/Clients", cursor_field="editedDate", paginator="offset")
+_DATES = ("created_at=createdDate:timestamptz", "edited_at=editedDate:timestamptz")
+CLIENTS = StreamSpec("clients", "Portfolio/Clients", cursor_field="editedDate", paginator="offset", columns=columns(
+    "id:integer", "name", "first_name=firstName", "last_name=lastName", "email", "is_active=isActive:boolean",
+    "aum:numeric", "representative_id=representativeId:integer", "category", "start_date=startDate:timestamptz",
+    *_DATES))
 ACCOUNTS = StreamSpec("accounts", "Portfolio/Accounts", cursor_field="editedDate", cursor_param="editedStartDate",
-                      paginator="offset")
-AUM_HISTORY = StreamSpec("aum_history", "Portfolio/Clients/{id}/AumOverTime", cursor_field="asOfDate")
+                      paginator="offset", columns=columns(
+    "id:integer", "client_id=clientId:integer", "name", "number", "custodian", "account_type=accountType",
+    "is_active=isActive:boolean", "current_value=currentValue:numeric", "status=accountStatusDescription",
+    *_DATES))
+AUM_HISTORY = StreamSpec("aum_history", "Portfolio/Clients/{id}/AumOverTime", cursor_field="asOfDate",
+                         columns=columns("client_id=clientId:integer", "as_of=asOfDate:timestamptz", "value:numeric"))
 
 
 def _now() -> str:

@@ -46,6 +46,7 @@ from freshd.connectors.base import (
     StreamSpec,
     SyncContext,
     SyncMode,
+    columns,
 )
 from freshd.connectors.http import classify_http
 from freshd.connectors.pagination import LoopGuard
@@ -104,10 +105,18 @@ def classify(response: httpx.Response) -> ProviderError | None:
 
 # --- streams ------------------------------------------------------------------------------------------
 
-CONNECTIONS = StreamSpec("connections", "users/me/connections", records_path="connections")
-ACCOUNTS = StreamSpec("accounts", "users/me/accounts", records_path="accounts", cursor_field="last_update")
+CONNECTIONS = StreamSpec("connections", "users/me/connections", records_path="connections", columns=columns(
+    "id:integer", "connector_id=id_connector:integer", "state", "error", "active:boolean",
+    "last_update:timestamptz", "created_at=created:timestamptz"))
+ACCOUNTS = StreamSpec("accounts", "users/me/accounts", records_path="accounts", cursor_field="last_update",
+                      columns=columns(
+    "id:integer", "connection_id=id_connection:integer", "name", "number", "iban", "type", "balance:numeric",
+    "currency=currency.id", "last_update:timestamptz", "disabled:timestamptz"))
 TRANSACTIONS = StreamSpec("transactions", "users/me/transactions", records_path="transactions",
-                          cursor_field="last_update", cursor_param="last_update", paginator="offset")
+                          cursor_field="last_update", cursor_param="last_update", paginator="offset",
+                          columns=columns(
+    "id:integer", "account_id=id_account:integer", "type", "date:timestamptz", "value_date=vdate:timestamptz",
+    "value:numeric", "wording", "coming:boolean", "active:boolean", "last_update:timestamptz"))
 
 
 def _parse(text: str) -> datetime:

@@ -7,7 +7,8 @@ A connection's ``options`` (TOML ``[connections.options]`` or the JSON given to
     ├── auth            a tagged union, registry AUTH_KINDS: none | bearer | basic | api_key | oauth2_refresh
     └── streams[]       RestStream: name, path, records_path, primary_key, params, incremental fields
         ├── paginator   a tagged union, registry PAGINATORS: page_number | offset | cursor | link_header | none
-        └── soft_delete optional SoftDelete: records whose `field` is one of `values` are tombstones
+        ├── soft_delete optional SoftDelete: records whose `field` is one of `values` are tombstones
+        └── view_columns[] RestColumn: name, path, type: the typed columns of the stream's view
 
 Each dataclass is its own schema: `build` reads a table field by field from the
 type hints, refuses unknown keys (listing the valid ones), and turns a problem
@@ -29,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from freshd.connectors.base import ConnectionSettings, StreamSpec
+from freshd.connectors.base import Column, ConnectionSettings, StreamSpec, column_problem
 from freshd.errors import ConfigError
 
 Scalar = str | int | float | bool
@@ -369,6 +370,22 @@ class SoftDelete:
 
 
 @dataclass(frozen=True, slots=True)
+class RestColumn:
+    """A column of the stream's view (docs/DATA.md): `path` (dotted, default: the name) read as `type`."""
+
+    name: str
+    path: str | None = None
+    type: str = "text"
+
+    def __post_init__(self) -> None:
+        if problem := column_problem(self.name, self.path or self.name, self.type):
+            raise Invalid(*problem)
+
+    def column(self) -> Column:
+        return Column(self.name, self.path or self.name, self.type)
+
+
+@dataclass(frozen=True, slots=True)
 class RestStream:
     """One table of ``options.streams``: where the records are and how to page and filter them."""
 
@@ -385,6 +402,9 @@ class RestStream:
     cursor_ascending: bool = False  # the listing returns records by cursor_field ascending
     soft_delete: SoftDelete | None = None
     item_path: str | None = None  # "customers/{id}": one record by id (freshctl retry)
+    # the stream's view (StreamSpec.columns); not `columns`, so that the valid keys an error lists
+    # still start with the cursor keys
+    view_columns: tuple[RestColumn, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -409,13 +429,20 @@ class RestStream:
             raise Invalid("lookback", "must be 0 or more")
         if self.cursor_ascending and self.cursor_field is None:
             raise Invalid("cursor_ascending", "needs 'cursor_field'")
+        seen: dict[str, int] = {}
+        for index, column in enumerate(self.view_columns):
+            if column.name in seen:
+                raise Invalid(f"view_columns[{index}].name",
+                              f"duplicate column name {column.name!r} (also view_columns[{seen[column.name]}])")
+            seen[column.name] = index
 
     def spec(self) -> StreamSpec:
         """What the engine sees of it."""
         return StreamSpec(self.name, self.path, primary_key=self.primary_key, cursor_field=self.cursor_field,
                           cursor_param=self.incremental_param, paginator=paginator_kind(self.paginator),
                           records_path=self.records_path,
-                          params={k: param_text(v) for k, v in self.params.items()})
+                          params={k: param_text(v) for k, v in self.params.items()},
+                          columns=tuple(column.column() for column in self.view_columns))
 
 
 def param_text(value: Scalar) -> str:
@@ -461,15 +488,9 @@ class RestOptions:
         raise KeyError(name)
 
 
-def read_options(settings: ConnectionSettings) -> RestOptions:
-    """The connection's options as RestOptions, and its credentials checked against the auth kind.
-
-    Raises ConfigError naming the option (``options.streams[1].paginator``) or credential; never
-    quotes a credential's value.
-    """
-    if not re.match(r"^https?://[^/?#]+", settings.base_url or ""):
-        raise ConfigError(f"expected an http(s) URL, got {settings.base_url!r}", where="base_url")
-    raw = dict(settings.options)
+def parse_options(options: Mapping[str, Any]) -> RestOptions:
+    """The options alone as RestOptions (read_options also checks the URL and the credentials)."""
+    raw = dict(options)
     for key in ("streams", "auth", "headers"):
         # `freshctl connections add --option KEY=VALUE` gives strings: tables come as JSON text
         value = raw.get(key)
@@ -478,7 +499,18 @@ def read_options(settings: ConnectionSettings) -> RestOptions:
                 raw[key] = json.loads(value)
             except ValueError as exc:
                 raise ConfigError(f"not valid JSON: {exc}", where=f"options.{key}") from None
-    options = build(RestOptions, raw, "options", extra=FRAMEWORK_OPTIONS)
+    return build(RestOptions, raw, "options", extra=FRAMEWORK_OPTIONS)
+
+
+def read_options(settings: ConnectionSettings) -> RestOptions:
+    """The connection's options as RestOptions, and its credentials checked against the auth kind.
+
+    Raises ConfigError naming the option (``options.streams[1].paginator``) or credential; never
+    quotes a credential's value.
+    """
+    if not re.match(r"^https?://[^/?#]+", settings.base_url or ""):
+        raise ConfigError(f"expected an http(s) URL, got {settings.base_url!r}", where="base_url")
+    options = parse_options(settings.options)
     creds = settings.credentials
     # an empty Basic password is legal (some APIs take the key as the user name); it must be given
     empty_ok = {"password"} if isinstance(options.auth, BasicAuth) else set()

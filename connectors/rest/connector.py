@@ -64,6 +64,7 @@ from freshd.connectors.rest.config import (
     RestStream,
     dig,
     param_text,
+    parse_options,
     read_options,
 )
 from freshd.connectors.rest.paginators import PageRead, start_pager
@@ -329,6 +330,10 @@ class RestConnector(Connector):
     @classmethod
     def streams_for(cls, settings: ConnectionSettings) -> tuple[StreamSpec, ...]:
         return tuple(stream.spec() for stream in read_options(settings).streams)
+
+    @classmethod
+    def declared_streams(cls, options: Mapping[str, Any]) -> tuple[StreamSpec, ...]:
+        return tuple(stream.spec() for stream in parse_options(options).streams)
 
     @classmethod
     def since_problem(cls, stream: StreamSpec) -> str | None:

@@ -52,6 +52,7 @@ from freshd.connectors.base import (
     StreamSpec,
     SyncContext,
     SyncMode,
+    columns,
 )
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
 from freshd.connectors.woocommerce.writes import WooCommerceWrites
@@ -176,9 +177,20 @@ def classify(response: httpx.Response) -> ProviderError | None:
 
 # --- streams -----------------------------------------------------------------------------------
 
-CUSTOMERS = StreamSpec("customers", "customers", cursor_field="date_modified_gmt")
-ORDERS = StreamSpec("orders", "orders", cursor_field="date_modified_gmt", cursor_param="modified_after")
-PRODUCTS = StreamSpec("products", "products", cursor_field="date_modified_gmt", cursor_param="modified_after")
+_DATES = ("created_at=date_created_gmt:timestamptz", "updated_at=date_modified_gmt:timestamptz")
+CUSTOMERS = StreamSpec("customers", "customers", cursor_field="date_modified_gmt", columns=columns(
+    "id:integer", "email", "first_name", "last_name", "username", "role", "is_paying_customer:boolean",
+    "billing_company=billing.company", "billing_city=billing.city", "billing_postcode=billing.postcode",
+    "billing_country=billing.country", "billing_phone=billing.phone", *_DATES))
+ORDERS = StreamSpec("orders", "orders", cursor_field="date_modified_gmt", cursor_param="modified_after",
+                    columns=columns(
+    "id:integer", "number", "status", "currency", "total:numeric", "total_tax:numeric",
+    "shipping_total:numeric", "discount_total:numeric", "customer_id:integer", "billing_email=billing.email",
+    "billing_country=billing.country", "payment_method", "line_items:jsonb", *_DATES))
+PRODUCTS = StreamSpec("products", "products", cursor_field="date_modified_gmt", cursor_param="modified_after",
+                      columns=columns(
+    "id:integer", "name", "sku", "type", "status", "price:numeric", "regular_price:numeric",
+    "stock_quantity:integer", "stock_status", "manage_stock:boolean", *_DATES))
 
 
 @dataclass(frozen=True, slots=True)

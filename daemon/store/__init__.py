@@ -1,4 +1,4 @@
-"""PostgreSQL store: `open_store` / `Store.call` (db), migrations (migrate), and the SQL
+"""PostgreSQL store: `open_store` / `Store.call` (db), migrations (migrate), typed views (views), and the SQL
 by concern: connections, records (pages + cursors), jobs, activity, stats (daily figures)."""
 
 from freshd.store.db import Connection, Store, open_store

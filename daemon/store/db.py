@@ -365,12 +365,17 @@ async def open_store(
     url: str, *, max_connections: int = 4, apply_migrations: bool = True, keyring: Keyring | None = None,
     statement_timeout: float = STATEMENT_TIMEOUT, lock_timeout: float = LOCK_TIMEOUT,
 ) -> AsyncIterator[Store]:
-    """Open the store, apply pending migrations, and close every connection on exit."""
+    """Open the store, apply pending migrations, bring the typed views (freshd.store.views) in line with
+    the streams' declarations, and close every connection on exit."""
     store = Store(url, max_connections=max_connections, keyring=keyring,
                   statement_timeout=statement_timeout, lock_timeout=lock_timeout)
     try:
         if apply_migrations:
             await trio.to_thread.run_sync(migrate.apply_migrations, url)
+            # imported here, not at the top: `python -m freshd.store.views` runs it as __main__ (no cycle)
+            from freshd.store import views
+
+            await trio.to_thread.run_sync(views.ensure_views, url)
         metrics.store_up.set(1)
         yield store
     finally:
