@@ -112,6 +112,16 @@ class Daemon:
 
     # -- connections from the config file ---------------------------------------------------------
 
+    async def refresh_views(self) -> None:
+        """The typed views follow the connections' declarations (a REST connection's own columns):
+        nothing runs when they are current."""
+        from freshd.store import views
+
+        try:
+            await trio.to_thread.run_sync(views.ensure_views, self.store.url)
+        except StoreUnavailable as exc:
+            log.warning("store.views_not_refreshed", error=str(exc))
+
     async def apply_config(self, config: Config) -> None:
         """Make the store and the actors match `config` (at start and on reload).
 
@@ -170,6 +180,7 @@ class Daemon:
         for secret in config.secret_values():
             logs.register_secret(secret)  # redacted from every log line from now on
         parked, purged = await self.store.call(write)
+        await self.refresh_views()
         for name, what in purged.items():
             self.supervisor.forget(name)
             log.warning("connection.purged", connection=name, by="config (purge = true)", **what)

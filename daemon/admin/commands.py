@@ -428,6 +428,7 @@ class DaemonAdmin:
                 await self.daemon.membership.settle()  # leased now, here or by the member the hash names
 
         (row, job), _ = await self.daemon.queue.queue_with(add, "add", ready=lease)
+        await self.daemon.refresh_views()  # a REST connection may declare columns of its own
         return {"connection": {"name": row.name, "provider": row.provider, "tenant": row.tenant,
                                "base_url": row.base_url}, "job_id": job.id}
 

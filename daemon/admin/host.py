@@ -54,3 +54,5 @@ class AdminHost(Protocol):
 
     @property
     def staleness(self) -> Staleness: ...
+
+    async def refresh_views(self) -> None: ...  # the typed views follow the stored connections
