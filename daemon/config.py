@@ -670,18 +670,18 @@ def _connections(top: _Reader, providers: Collection[str]) -> tuple[ConnectionCo
 
 def _twoway(top: _Reader) -> TwoWaySettings:
     section = top.table("twoway")
-    section.check_keys(("batch_size", "batch_delay", "write_rate_per_minute", "max_runs_per_tenant"))
     default = TwoWaySettings()
-    batch_size = section.integer("batch_size", default.batch_size, minimum=1)
-    if batch_size > MAX_BATCH_SIZE:
-        section.fail("batch_size", f"must be at most {MAX_BATCH_SIZE}, got {batch_size}")
-    rate = section._typed("write_rate_per_minute", (int, float), "a number", default.write_rate_per_minute)
-    if not 0 < rate <= MAX_WRITE_RATE:
-        section.fail("write_rate_per_minute", f"must be above 0 and at most {MAX_WRITE_RATE:g}, got {rate}")
-    return TwoWaySettings(
-        batch_size=batch_size, batch_delay=section.duration("batch_delay", default.batch_delay, positive=False),
-        write_rate_per_minute=float(rate),
-        max_runs_per_tenant=section.integer("max_runs_per_tenant", default.max_runs_per_tenant, minimum=1))
+    batch_size, rate = default.batch_size, default.write_rate_per_minute
+    with section.collect():
+        batch_size = section.integer("batch_size", default.batch_size, minimum=1)
+        if batch_size > MAX_BATCH_SIZE:
+            section.fail("batch_size", f"must be at most {MAX_BATCH_SIZE}, got {batch_size}")
+    with section.collect():
+        rate = section._typed("write_rate_per_minute", (int, float), "a number", default.write_rate_per_minute)
+        if not 0 < rate <= MAX_WRITE_RATE:
+            section.fail("write_rate_per_minute", f"must be above 0 and at most {MAX_WRITE_RATE:g}, got {rate}")
+    read = {"batch_size": lambda *_: batch_size, "write_rate_per_minute": lambda *_: float(rate)}
+    return _section(section, TwoWaySettings, read=read, zero_ok=("batch_delay",))
 
 
 def _pairs(top: _Reader) -> tuple[PairConfig, ...]:
