@@ -24,6 +24,15 @@
     freshd_events_published_total                         counter  change events XADDed to Redis
     freshd_event_relay_seconds                            histogram  one XADD pipeline
     freshd_event_relay_lag_seconds                        gauge    age of the oldest event just published
+    freshd_twoway_runs_total{state}                       counter  two-way runs ended: done, partial, failed,
+                                                                   cancelled
+    freshd_twoway_runs_processing                         gauge    two-way runs processing in this daemon
+    freshd_twoway_items_total{outcome}                    counter  queue items settled: done, conflict,
+                                                                   failed, skipped
+    freshd_twoway_writes_total{provider}                  counter  provider writes made by two-way sync
+    freshd_twoway_conflicts_total{type}                   counter  DataMismatch, DuplicateKey, ValidationError,
+                                                                   AuthError, RetryExhausted (settled by a rule too)
+    freshd_twoway_batch_seconds                           histogram  one batch, decide to settle
     freshd_cluster_members_alive                          gauge    daemons heart-beating on this database
     freshd_cluster_leases_held                            gauge    connections this member runs
     freshd_cluster_leases_lost_total                      counter  leases this member could not renew
@@ -232,6 +241,19 @@ event_relay_seconds = Histogram("freshd_event_relay_seconds", "Time of one XADD 
                                 registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
 event_relay_lag_seconds = Gauge("freshd_event_relay_lag_seconds",
                                 "Age of the oldest event in the last batch the relay published.", registry=REGISTRY)
+
+twoway_runs_total = Counter("freshd_twoway_runs_total", "Two-way runs ended, by final state.", ["state"],
+                            registry=REGISTRY)
+twoway_runs_processing = Gauge("freshd_twoway_runs_processing", "Two-way runs processing in this daemon.",
+                               registry=REGISTRY)
+twoway_items_total = Counter("freshd_twoway_items_total", "Two-way queue items settled, by outcome.", ["outcome"],
+                             registry=REGISTRY)
+twoway_writes_total = Counter("freshd_twoway_writes_total", "Provider writes two-way sync made, by target provider.",
+                              ["provider"], registry=REGISTRY)
+twoway_conflicts_total = Counter("freshd_twoway_conflicts_total", "Two-way conflicts recorded, by type.", ["type"],
+                                 registry=REGISTRY)
+twoway_batch_seconds = Histogram("freshd_twoway_batch_seconds", "Wall time of one two-way batch, decide to settle.",
+                                 registry=REGISTRY, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 
 # -- computed at scrape time -----------------------------------------------------------------------------
 

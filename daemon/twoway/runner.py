@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 import trio
 
+from freshd import metrics
 from freshd.connectors.base import Connector, StreamSpec, connector_class
 from freshd.connectors.http import write_budget
 from freshd.connectors.writes import Create, Update, WriteOp, Writer, Written
@@ -114,6 +115,7 @@ class ItemWork:
     errors: dict[Side, ProviderError] = field(default_factory=dict)
     attempts: int = 0
     skip_reason: str | None = None
+    outcome: str | None = None  # the item's status once settled (metrics)
 
 
 class WritePath:
@@ -245,6 +247,7 @@ class Runner:
         self.entities = [mapping.entities[name] for name in run["entities"]]
         self.tables: tuple[dict[str, Mapping[str, str]], dict[str, Mapping[str, str]]] = ({}, {})
         self.log = log.bind(run=self.run_id, pair=pair.name)
+        self._conflicts: list[str] = []  # conflict types recorded by the batch being settled
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -289,6 +292,7 @@ class Runner:
                                   details={"queue": stats})
 
         await self.store.call(finish)
+        metrics.twoway_runs_total.labels(state.value).inc()
         self.log.info("twoway.run_finished", state=state.value, error=error)
         return state
 
@@ -409,7 +413,7 @@ class Runner:
                                         base={}, linked_by="natural_key"):
                         raise AssertionError("a natural link the plan found free was taken")  # one live run per pair
                 for left_id, right_id, message in plan.duplicates:
-                    db.record_conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name,
+                    self._conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name,
                                        type=ConflictType.DUPLICATE_KEY, left_id=left_id, right_id=right_id,
                                        fields=[entity.key], message=message)
 
@@ -552,6 +556,7 @@ class Runner:
         counted = {"left": 0, "right": 0}
 
         stored = self._written_pages(works)
+        self._conflicts = []
 
         def settle(conn: Connection) -> None:
             for connection in (pair.left, pair.right):
@@ -571,6 +576,15 @@ class Runner:
                                              "seconds": round(seconds, 3)})
 
         await self.store.call(settle)
+        metrics.twoway_batch_seconds.observe(seconds)
+        for kind in self._conflicts:
+            metrics.twoway_conflicts_total.labels(kind).inc()
+        for side, n in counted.items():
+            if n:
+                provider = pair.left_provider if side == "left" else pair.right_provider
+                metrics.twoway_writes_total.labels(provider).inc(n)
+        for work in works:
+            metrics.twoway_items_total.labels(work.outcome or "done").inc()
 
     def _written_pages(self, works: list[ItemWork]) -> list[records.PageWrite]:
         """The records as the providers answered the writes, stored like pulled pages.  A provider's
@@ -579,6 +593,17 @@ class Runner:
         return written_pages(self.pair, works, events=self.gateway.events)
 
     def _settle_item(self, conn: Connection, work: ItemWork, counted: dict[str, int]) -> None:
+        self._settle_one(conn, work, counted)
+        row = conn.execute("SELECT status FROM twoway_items WHERE run_id = %s AND seq = %s",
+                           (self.run_id, work.seq)).fetchone()
+        work.outcome = str(row["status"]) if row else None
+
+    def _conflict(self, conn: Connection, **values: Any) -> int:
+        """db.record_conflict, counted for the metrics once the batch commits."""
+        self._conflicts.append(values["type"].value)
+        return db.record_conflict(conn, **values)
+
+    def _settle_one(self, conn: Connection, work: ItemWork, counted: dict[str, int]) -> None:
         pair, entity = self.pair, work.entity
         if work.skip_reason is not None:
             db.settle_item(conn, self.run_id, work.seq, ItemStatus.SKIPPED, detail={"reason": work.skip_reason})
@@ -610,7 +635,7 @@ class Runner:
                 assert left_id is not None and right_id is not None
                 if not db.save_link(conn, pair.name, entity.name, left_id=left_id, right_id=right_id,
                                     base=created.values, linked_by=f"created_{target.value}"):
-                    db.record_conflict(conn, pair=pair.name, run_id=self.run_id, entity=entity.name,
+                    self._conflict(conn, pair=pair.name, run_id=self.run_id, entity=entity.name,
                                        type=ConflictType.DUPLICATE_KEY, left_id=left_id, right_id=right_id,
                                        message="created, but one of the records is already linked to another")
                     conflict = True
@@ -631,14 +656,14 @@ class Runner:
         db.save_link(conn, pair.name, entity.name, left_id=link.left_id, right_id=link.right_id, base=base,
                      linked_by="natural_key")
         for mismatch, rule in decision.settled:
-            db.record_conflict(conn, pair=pair.name, run_id=self.run_id, entity=entity.name,
+            self._conflict(conn, pair=pair.name, run_id=self.run_id, entity=entity.name,
                                type=ConflictType.DATA_MISMATCH, left_id=link.left_id, right_id=link.right_id,
                                fields=[mismatch.field], base=_one(mismatch.field, mismatch.base, mismatch.has_base),
                                left={mismatch.field: mismatch.left}, right={mismatch.field: mismatch.right},
                                status="auto_resolved", resolution={"rule": rule.value})
         if decision.mismatches:
             fields = [m.field for m in decision.mismatches]
-            db.record_conflict(
+            self._conflict(
                 conn, pair=pair.name, run_id=self.run_id, entity=entity.name, type=ConflictType.DATA_MISMATCH,
                 left_id=link.left_id, right_id=link.right_id, fields=fields,
                 base={m.field: m.base for m in decision.mismatches if m.has_base} if link.base else None,
@@ -673,14 +698,14 @@ class Runner:
             right_id = planned.source_id if side is Side.LEFT else error.existing_id
             if db.save_link(conn, self.pair.name, entity.name, left_id=left_id, right_id=right_id, base={},
                             linked_by="natural_key"):
-                db.record_conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name,
+                self._conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name,
                                    type=ConflictType.DUPLICATE_KEY, left_id=left_id, right_id=right_id,
                                    fields=[entity.key], message=str(error), status="auto_resolved",
                                    resolution={"linked": error.existing_id})
                 db.settle_item(conn, self.run_id, work.seq, ItemStatus.DONE, left_id=left_id, right_id=right_id,
                                attempts=work.attempts, detail={"linked_existing": error.existing_id})
                 return False
-        db.record_conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name, type=kind,
+        self._conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name, type=kind,
                            left_id=left_id, right_id=right_id, fields=sorted(planned.values) if planned else [],
                            left=planned.values if planned and values_side is Side.LEFT else None,
                            right=planned.values if planned and values_side is Side.RIGHT else None,

@@ -18,6 +18,7 @@ import outcome
 import structlog
 import trio
 
+from freshd import metrics
 from freshd.connectors.base import Connector, connector_class
 from freshd.connectors.writes import Create, Update
 from freshd.errors import ConfigError, FreshdError, ProviderError, TransientError
@@ -154,6 +155,7 @@ class TwoWay:
             if pair is None or not (self.supervisor.owns(pair.left) and self.supervisor.owns(pair.right)):
                 continue
             self._running[run["id"]] = tenant
+            metrics.twoway_runs_processing.set(len(self._running))
             nursery.start_soon(self._execute, run, pair)
 
     async def _execute(self, run: Mapping[str, Any], pair: PairRow) -> None:
@@ -173,6 +175,7 @@ class TwoWay:
             await self._fail(run_id, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._running.pop(run_id, None)
+            metrics.twoway_runs_processing.set(len(self._running))
 
     async def _fail(self, run_id: int, error: str) -> None:
         try:
