@@ -91,8 +91,19 @@ address = "127.0.0.1:0"
 [events]                # change events (docs/EVENTS.md): an embedded Valkey unless FRESHD_REDIS_URL is set
 redis_url = "{redis_url}"
 
+[twoway]                # two-way sync (docs/TWO-WAY.md): the demo pair below, at the contract's top rate
+write_rate_per_minute = 50
+batch_size = 200
+
+[pairs.shop-erp]        # the shop's customers and the ERP's partners kept in agreement
+left = "shop-eu"
+right = "erp"
+entities = ["customers"]
+
 {connections}
 """
+
+PAIR_INTERVAL = 60.0  # the demo starts a two-way run this often (the simulators keep changing both sides)
 
 
 
@@ -123,13 +134,14 @@ async def _demo(records: int, state_dir: Path) -> None:
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
         redis_url = os.environ.get("FRESHD_REDIS_URL") or await stack.enter_async_context(
             open_embedded_valkey(state_dir))
-        blocks = []
+        blocks, ports = [], {}
         for spec in DEMO_CONNECTIONS:
             port = await nursery.start(functools.partial(
                 run_simulator, spec.provider, host="127.0.0.1", port=0, records=records, seed=spec.seed,
                 credentials=spec.credentials, churn=1.0,
             ))
             blocks.append(_connection_block(spec, port))
+            ports[spec.name] = port
         config_path = state_dir / "demo.toml"
         config_path.write_text(_CONFIG.format(connections="\n".join(blocks), redis_url=redis_url), encoding="utf-8")
         config = load_config(config_path, env={**os.environ, "FRESHD_STATE_DIR": str(state_dir)})
@@ -139,6 +151,7 @@ async def _demo(records: int, state_dir: Path) -> None:
             nursery.cancel_scope.cancel()  # the daemon stopped (Ctrl-C): stop the simulators too
 
         daemon = await nursery.start(daemon_then_stop)
+        nursery.start_soon(_two_way_scene, Path(config.admin.socket), ports)
         freshctl = Path(sys.executable).with_name("freshctl")
         ctl = str(freshctl) if freshctl.exists() else "freshctl"
         freshd = Path(sys.executable).with_name("freshd")
@@ -156,9 +169,76 @@ async def _demo(records: int, state_dir: Path) -> None:
             f"            {ctl}{extra} connections show shop-us\n"
             f"  events:   {fd} events --redis-url {redis_url} freshd:acme:customers   (changes, as they happen)\n"
             f"            {ctl}{extra} consumers add crm --tenant acme   (an application, with its backfill)\n"
+            f"  two-way:  {ctl}{extra} twoway runs        (shop-eu <-> erp: a run every minute)\n"
+            f"            {ctl}{extra} conflicts --unresolved   (one is staged for you; then:)\n"
+            f"            {ctl}{extra} conflicts resolve ID --take left\n"
             f"  stop:     Ctrl-C\n",
             flush=True,
         )
+
+
+async def _two_way_scene(socket: Path, ports: dict[str, int]) -> None:
+    """The demo pair at work: a first run links and creates, then one customer's city is edited on
+    both sides (a DataMismatch to resolve), then a run every minute while the simulators keep
+    changing both sides."""
+    import httpx
+    import structlog
+
+    from freshd.client import ClientError, open_client
+
+    log = structlog.get_logger("freshd.demo")
+    shop = f"http://127.0.0.1:{ports['shop-eu']}/wp-json/wc/v3"
+    erp = f"http://127.0.0.1:{ports['erp']}/jsonrpc"
+
+    async def run_once(client: Any) -> dict[str, Any] | None:
+        try:
+            run = await client.call("twoway.start", {"pair": "shop-erp"})
+        except ClientError as exc:
+            log.info("demo.twoway_not_started", reason=str(exc))
+            return None
+        with trio.move_on_after(600):
+            while run["state"] not in ("done", "partial", "failed", "cancelled"):
+                await trio.sleep(1)
+                run = await client.call("twoway.status", {"id": run["id"]})
+        return dict(run)
+
+    async def rpc(http: httpx.AsyncClient, service: str, method: str, args: list[Any]) -> Any:
+        body = {"jsonrpc": "2.0", "method": "call", "params": {"service": service, "method": method, "args": args}}
+        return (await http.post(erp, json=body)).json().get("result")
+
+    async def stage_conflict(client: Any) -> None:
+        pair = next(p for p in await client.call("pairs.list") if p["name"] == "shop-erp")
+        if not pair["links"]:
+            return
+        conflicts = await client.call("conflicts.list", {"pair": "shop-erp"})
+        if any(c["fields"] == ["city"] for c in conflicts):
+            return  # staged by an earlier demo (the state directory is kept)
+        async with httpx.AsyncClient(timeout=10) as http:
+            keys = {"consumer_key": DEMO_CREDENTIALS["consumer_key"],
+                    "consumer_secret": DEMO_CREDENTIALS["consumer_secret"]}
+            customers = (await http.get(f"{shop}/customers", params={**keys, "per_page": 1})).json()
+            uid = await rpc(http, "common", "authenticate", ["demo", "api@example.com", "odoo-demo-key", {}])
+            email = customers[0]["email"]
+            found = await rpc(http, "object", "execute_kw", ["demo", uid, "odoo-demo-key", "res.partner", "search",
+                                                             [[["email", "=", email]]]])
+            if not found:
+                return
+            await trio.sleep(1.1)  # both providers keep modification times in whole seconds
+            await http.put(f"{shop}/customers/{customers[0]['id']}", params=keys,
+                           json={"billing": {"city": "Ghent"}})
+            await rpc(http, "object", "execute_kw", ["demo", uid, "odoo-demo-key", "res.partner", "write",
+                                                     [found[:1], {"city": "Bruges"}]])
+        log.info("demo.conflict_staged", email=email, shop_city="Ghent", erp_city="Bruges")
+
+    with contextlib.suppress(ClientError):
+        async with open_client(socket, timeout=30) as client:
+            await trio.sleep(5)  # the connections' first syncs start
+            first = await run_once(client)
+            if first is not None and first["state"] in ("done", "partial"):
+                await stage_conflict(client)
+            while True:
+                await run_once(client)
+                await trio.sleep(PAIR_INTERVAL)
 
 
 def run_demo(*, records: int = 2000, state_dir: Path | None = None) -> int:

@@ -64,7 +64,8 @@ def run_view(run: dict[str, Any], queue: dict[str, int], conflicts: dict[str, An
 
 def conflict_view(row: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": row["id"], "pair": row["pair"], "run_id": row["run_id"], "type": row["type"], "entity": row["entity"],
+        "id": row["id"], "pair": row["pair"], "run_id": row["run_id"], "last_run_id": row["last_run_id"],
+        "type": row["type"], "entity": row["entity"],
         "left_id": row["left_id"], "right_id": row["right_id"], "fields": list(row["fields"]), "base": row["base"],
         "left": row["left_values"], "right": row["right_values"], "message": row["message"],
         "status": row["status"], "resolution": row["resolution"], "created_at": _iso(row["created_at"]),

@@ -339,8 +339,8 @@ def write_log(conn: Connection, *, run_id: int | None = None, pair: str | None =
 
 # --- conflicts --------------------------------------------------------------------------------------
 
-_CONFLICT_COLUMNS = ("id, pair, run_id, entity, type, left_id, right_id, fields, base, left_values, right_values,"
-                     " message, status, resolution, created_at, resolved_at")
+_CONFLICT_COLUMNS = ("id, pair, run_id, last_run_id, entity, type, left_id, right_id, fields, base, left_values,"
+                     " right_values, message, status, resolution, created_at, resolved_at")
 
 
 def record_conflict(conn: Connection, *, pair: str, run_id: int | None, entity: str, type: ConflictType,
@@ -357,16 +357,19 @@ def record_conflict(conn: Connection, *, pair: str, run_id: int | None, entity: 
     if status != "unresolved":
         row = conn.execute(
             "INSERT INTO conflicts (pair, run_id, entity, type, left_id, right_id, fields, base, left_values,"
-            " right_values, message, status, resolution, resolved_at) VALUES"
-            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now()) RETURNING id", params).fetchone()
+            " right_values, message, status, resolution, resolved_at, last_run_id) VALUES"
+            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s) RETURNING id",
+            (*params, run_id)).fetchone()
     else:
         row = conn.execute(
             "INSERT INTO conflicts (pair, run_id, entity, type, left_id, right_id, fields, base, left_values,"
-            " right_values, message, status, resolution) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " right_values, message, status, resolution, last_run_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (pair, entity, type, coalesce(left_id, ''), coalesce(right_id, ''))"
-            " WHERE status = 'unresolved' DO UPDATE SET run_id = excluded.run_id, fields = excluded.fields,"
+            " WHERE status = 'unresolved' DO UPDATE SET last_run_id = excluded.last_run_id,"
+            " fields = excluded.fields,"
             " base = excluded.base, left_values = excluded.left_values, right_values = excluded.right_values,"
-            " message = excluded.message RETURNING id", params).fetchone()
+            " message = excluded.message RETURNING id", (*params, run_id)).fetchone()
     assert row is not None
     return int(str(row["id"]))
 
@@ -396,10 +399,13 @@ def list_conflicts(conn: Connection, *, pair: str | None = None, type: str | Non
                    run_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]:
     where: list[str] = ["TRUE"]
     params: list[Any] = []
-    for column, value in (("pair", pair), ("type", type), ("run_id", run_id)):
+    for column, value in (("pair", pair), ("type", type)):
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
+    if run_id is not None:
+        where.append("(run_id = %s OR last_run_id = %s)")
+        params += [run_id, run_id]
     if unresolved:
         where.append("status = 'unresolved'")
     rows = conn.execute(f"SELECT {_CONFLICT_COLUMNS} FROM conflicts WHERE {' AND '.join(where)} ORDER BY id"
@@ -408,8 +414,8 @@ def list_conflicts(conn: Connection, *, pair: str | None = None, type: str | Non
 
 
 def conflict_stats(conn: Connection, run_id: int) -> dict[str, Any]:
-    rows = conn.execute("SELECT type, status, count(*) AS n FROM conflicts WHERE run_id = %s GROUP BY type, status",
-                        (run_id,)).fetchall()
+    rows = conn.execute("SELECT type, status, count(*) AS n FROM conflicts WHERE run_id = %s OR last_run_id = %s"
+                        " GROUP BY type, status", (run_id, run_id)).fetchall()
     by_type: dict[str, int] = {}
     total = unresolved = 0
     for r in rows:

@@ -95,7 +95,8 @@ CREATE INDEX twoway_writes_by_run ON twoway_writes (run_id);
 CREATE TABLE conflicts (
     id           bigserial PRIMARY KEY,
     pair         text NOT NULL REFERENCES pairs (name) ON DELETE CASCADE,
-    run_id       bigint REFERENCES twoway_runs (id) ON DELETE SET NULL,
+    run_id       bigint REFERENCES twoway_runs (id) ON DELETE SET NULL,       -- the run that found it
+    last_run_id  bigint REFERENCES twoway_runs (id) ON DELETE SET NULL,       -- the last run that saw it
     entity       text NOT NULL,
     type         text NOT NULL CHECK (type IN ('DataMismatch', 'DuplicateKey', 'ValidationError', 'AuthError',
                                                 'RetryExhausted')),
