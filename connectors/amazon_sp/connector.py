@@ -57,7 +57,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urljoin
@@ -76,6 +76,7 @@ from freshd.connectors.base import (
     SyncMode,
     columns,
 )
+from freshd.connectors.errors import Answer, ErrorTable, classify_with, describe
 from freshd.connectors.http import classify_http
 from freshd.connectors.pagination import LoopGuard
 from freshd.errors import (
@@ -83,12 +84,10 @@ from freshd.errors import (
     ConfigError,
     PermanentError,
     ProviderError,
-    RateLimited,
-    ReauthRequired,
     TransientError,
 )
 from freshd.policies.gate import ConnectionPolicies
-from freshd.policies.ratelimit import Rate, parse_retry_after
+from freshd.policies.ratelimit import Rate
 from freshd.policies.tokens import Token
 
 log = structlog.get_logger(__name__)
@@ -214,32 +213,15 @@ class Options:
                    numbers["report_timeout"], tuple(sources))
 
 
-# LWA error codes that mean "these credentials will not work again" (LWAExceptionErrorCode.java)
-_LWA_REJECTED = {"invalid_grant", "invalid_client", "unauthorized_client", "access_denied"}
-_LWA_TRANSIENT = {"server_error", "temporarily_unavailable"}
-
-
-def classify_lwa(response: httpx.Response) -> ProviderError | None:
-    """Login with Amazon's `{"error", "error_description"}` answers -> freshd's taxonomy."""
-    status = response.status_code
-    if status < 400:
-        return None
-    code: str | None = None
-    description = f"HTTP {status}"
-    try:
-        body = response.json()
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
-            code, description = body["error"], str(body.get("error_description") or description)
-    except ValueError:
-        pass
-    text = f"Login with Amazon {status} {code or ''}: {description}".replace("  ", " ")
-    if status == 429:
-        return RateLimited(text, retry_after=parse_retry_after(response.headers.get("retry-after")), code=code)
-    if status >= 500 or code in _LWA_TRANSIENT:
-        return TransientError(text, status=status, code=code)
-    if code in _LWA_REJECTED or status in (401, 403):
-        return ReauthRequired(text, status=status, code=code)
-    return PermanentError(text, status=status, code=code)
+# Login with Amazon's `{"error", "error_description"}` answers (LWAExceptionErrorCode.java)
+LWA_ERRORS = ErrorTable(
+    "Login with Amazon", code=("error",), message=("error_description",), transient_statuses=frozenset(),
+    transient=frozenset({"server_error", "temporarily_unavailable"}),
+    # "these credentials will not work again"
+    reauth=frozenset({"invalid_grant", "invalid_client", "unauthorized_client", "access_denied"}),
+    reauth_statuses=frozenset({401, 403}),
+)
+classify_lwa = classify_with(LWA_ERRORS)
 
 
 def _access_token_header(token: Token) -> dict[str, str]:
@@ -273,18 +255,25 @@ def operation_of(method: str, path: str) -> str | None:
     return None
 
 
-def _errors(response: httpx.Response) -> tuple[str | None, str, str]:
-    """The first entry of SP-API's `{"errors": [{"code", "message", "details"}]}` body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None, f"HTTP {response.status_code}", ""
-    errors = body.get("errors") if isinstance(body, dict) else None
-    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-        first = errors[0]
-        return (str(first.get("code")) if first.get("code") else None,
-                str(first.get("message") or ""), str(first.get("details") or ""))
-    return None, f"HTTP {response.status_code}", ""
+def _sp_api(response: httpx.Response, answer: Answer) -> ProviderError | Answer | None:
+    """What SP-API's codes alone do not say: a 429 without Retry-After waits one token of the
+    operation's plan; a 403 naming the access token is an expired one ("The access token you provided
+    has expired.", "... is revoked, malformed or invalid."), other 403s lack a role; a 400 about the
+    token on a paged request is a stale nextToken."""
+    if answer.status is None or answer.status < 400:
+        return None
+    said = f"{answer.message} {answer.detail}"
+    request = _request_of(response)
+    if answer.retry_after is None and (answer.status == 429 or answer.code == "QuotaExceeded"):
+        op = operation_of(request.method, request.url.path) if request is not None else None
+        if op in USAGE_PLANS:
+            return replace(answer, retry_after=1.0 / USAGE_PLANS[op].per_second)  # one token back in its bucket
+    elif answer.status == 403 and _TOKEN_TROUBLE.search(said):
+        return AuthExpired(describe(SP_API_ERRORS, answer), status=403, code=answer.code)
+    elif answer.status == 400 and "token" in said.lower() and request is not None \
+            and any(p in request.url.params for p in _PAGING_PARAMS):
+        return StaleNextToken(describe(SP_API_ERRORS, answer), status=400, code=answer.code)
+    return answer
 
 
 def _request_of(response: httpx.Response) -> httpx.Request | None:
@@ -294,31 +283,11 @@ def _request_of(response: httpx.Response) -> httpx.Request | None:
         return None
 
 
-def classify(response: httpx.Response) -> ProviderError | None:
-    """The one table from SP-API responses to freshd's taxonomy."""
-    status = response.status_code
-    if status < 400:
-        return None
-    code, message, details = _errors(response)
-    text = f"SP-API {status} {code or ''}: {message}".replace("  ", " ") + (f" ({details})" if details else "")
-    request = _request_of(response)
-    if status == 429 or code == "QuotaExceeded":
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        op = operation_of(request.method, request.url.path) if request is not None else None
-        if retry_after is None and op in USAGE_PLANS:
-            retry_after = 1.0 / USAGE_PLANS[op].per_second  # one token back in the operation's bucket
-        return RateLimited(text, retry_after=retry_after, status=status, code=code)
-    if status >= 500 or status == 408:
-        return TransientError(text, status=status, code=code)
-    if status in (401, 403):
-        # "The access token you provided has expired." / "... is revoked, malformed or invalid."
-        if status == 401 or _TOKEN_TROUBLE.search(f"{message} {details}"):
-            return AuthExpired(text, status=status, code=code)
-        return PermanentError(text, status=status, code=code)  # e.g. the app lacks the operation's role
-    paged = request is not None and any(p in request.url.params for p in _PAGING_PARAMS)
-    if status == 400 and paged and "token" in f"{message} {details}".lower():
-        return StaleNextToken(text, status=status, code=code)
-    return PermanentError(text, status=status, code=code)
+# `{"errors": [{"code", "message", "details"}]}`
+SP_API_ERRORS = ErrorTable("SP-API", code=("errors.0.code",), message=("errors.0.message",),
+                           detail=("errors.0.details",), rate_limited=frozenset({"QuotaExceeded"}),
+                           transient_statuses=frozenset({408}), hook=_sp_api)
+classify = classify_with(SP_API_ERRORS)
 
 
 def _payload(body: Any, what: str) -> dict[str, Any]:

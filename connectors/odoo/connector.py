@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -65,20 +66,16 @@ from freshd.connectors.base import (
     SyncMode,
     columns,
 )
-from freshd.connectors.http import classify_http
-from freshd.connectors.odoo.writes import OdooWrites, write_refusal
+from freshd.connectors.errors import Answer, ErrorTable, classify_with, decide, describe
+from freshd.connectors.odoo.writes import UNIQUE, OdooWrites
 from freshd.connectors.pagination import LoopGuard
 from freshd.errors import (
     ConfigError,
-    ItemError,
-    PermanentError,
     ProviderError,
-    RateLimited,
     ReauthRequired,
     TransientError,
 )
 from freshd.policies.gate import ConnectionPolicies
-from freshd.policies.ratelimit import parse_retry_after
 
 PAGE_SIZE = 500
 ID_CHUNK = 5000
@@ -108,35 +105,70 @@ def _credentials(settings: ConnectionSettings) -> tuple[str, str, str]:
 
 # --- error classification --------------------------------------------------------------------------
 
-_REJECTED = ("odoo.exceptions.AccessDenied", "werkzeug.exceptions.Unauthorized")
-_TRANSIENT = ("odoo.http.SessionExpiredException", "psycopg2.errors.SerializationFailure",
-              "psycopg2.extensions.TransactionRollbackError", "psycopg2.OperationalError",
-              "odoo.exceptions.ConcurrencyError", "werkzeug.exceptions.ServiceUnavailable")
-
-
 # ORM writes: a refusal there is about the records sent (an item error), not the stream
 WRITE_METHODS = frozenset({"create", "write", "unlink", "load"})
-_REFUSED = ("odoo.exceptions.ValidationError", "odoo.exceptions.UserError", "odoo.exceptions.AccessError",
-            "builtins.ValueError")
-# unique constraints: a registered SQL one (OCA default_code_uniq, partner_ref_unique), the barcode check,
-# PostgreSQL's own text (B.3, B.4)
+
+
+def _odoo(response: httpx.Response, answer: Answer) -> ProviderError | Answer | None:
+    """Odoo's own reading: the JSON-RPC envelope inside an HTTP 200, and the ORM method called (a
+    write's refusals are about its records)."""
+    if answer.status is not None and answer.status >= 400:
+        if answer.code is None:
+            return answer  # no exception name (a 429, a proxy): by status
+        return _named(replace(answer, write=_called_method(response) in WRITE_METHODS))
+    head = response.content[:120]
+    if b'"result"' in head or not head.lstrip().startswith(b'{"jsonrpc"'):
+        return None  # a result (or a JSON-2 body, which has no envelope)
+    try:
+        body = orjson.loads(response.content)
+    except ValueError:
+        return None  # the client's JSON decoding reports it (retried)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        data = error.get("data") or {}
+        return _named(Answer(answer.status, code=str(data.get("name") or "odoo.exceptions.UserError"),
+                             message=str(data.get("message") or error.get("message") or ""),
+                             write=_called_method(response) in WRITE_METHODS), rpc_code=error.get("code"))
+    if isinstance(body, dict) and "result" in body:
+        return None
+    return TransientError("Odoo: a JSON-RPC answer with neither result nor error", status=answer.status)
+
+
+def _named(answer: Answer, rpc_code: Any = None) -> ProviderError | Answer:
+    """Two rules a name alone does not say: a wrong database name is a setting to fix, and
+    JSON-RPC's code 100 is an expired session."""
+    if answer.code == "psycopg2.OperationalError" and "does not exist" in answer.message \
+            and (answer.status or 0) < 500:
+        return ReauthRequired(describe(ERRORS, answer), status=answer.status, code=answer.code)
+    if rpc_code == 100:
+        return TransientError(describe(ERRORS, answer), status=answer.status, code=answer.code)
+    return answer
+
+
+# JSON-2's 4xx/5xx `{name, message}` and JSON-RPC's envelope: Odoo's exception name is the code
+ERRORS = ErrorTable(
+    "Odoo", code=("name",), message=("message", ""), hook=_odoo,
+    transient=frozenset({"odoo.http.SessionExpiredException", "psycopg2.errors.SerializationFailure",
+                         "psycopg2.extensions.TransactionRollbackError", "psycopg2.OperationalError",
+                         "odoo.exceptions.ConcurrencyError", "werkzeug.exceptions.ServiceUnavailable"}),
+    transient_messages=("Session Expired",),
+    reauth=frozenset({"odoo.exceptions.AccessDenied", "werkzeug.exceptions.Unauthorized"}),
+    reauth_statuses=frozenset({401}), expired_statuses=frozenset(),
+    # answering a write; unique constraints: a registered SQL one (OCA default_code_uniq,
+    # partner_ref_unique), the barcode check, PostgreSQL's own text (B.3, B.4)
+    rejected=frozenset({"odoo.exceptions.ValidationError", "odoo.exceptions.UserError",
+                        "odoo.exceptions.AccessError", "builtins.ValueError"}),
+    duplicate_messages=UNIQUE, missing=frozenset({"odoo.exceptions.MissingError"}),
+)
+classify = classify_with(ERRORS)
+
+
 def classify_error(name: str, message: str, *, status: int | None, code: Any = None,
                    method: str | None = None) -> ProviderError:
     """One Odoo exception (by its module.Class name) -> freshd's taxonomy; `method` is the ORM method
     called, when known (a write's ValidationError is about its record, a listing's about the stream)."""
-    text = f"Odoo {name}: {message}"
-    if name in _REJECTED or status == 401:
-        return ReauthRequired(text, status=status, code=name)
-    if name == "psycopg2.OperationalError" and "does not exist" in message:
-        return ReauthRequired(text, status=status, code=name)  # a wrong database name: fix the settings
-    if name in _TRANSIENT or code == 100 or "Session Expired" in message:
-        return TransientError(text, status=status, code=name)
-    if method in WRITE_METHODS:
-        if name in _REFUSED:
-            return write_refusal(text, status=status, code=name)
-        if name == "odoo.exceptions.MissingError":
-            return ItemError(text, status=status, code=name)
-    return PermanentError(text, status=status, code=name)
+    answer = _named(Answer(status, code=name, message=message, write=method in WRITE_METHODS), rpc_code=code)
+    return answer if isinstance(answer, ProviderError) else decide(ERRORS, answer)
 
 
 def _called_method(response: httpx.Response) -> str | None:
@@ -153,41 +185,6 @@ def _called_method(response: httpx.Response) -> str | None:
     except (ValueError, KeyError, TypeError, httpx.RequestNotRead):
         return None
     return str(args[4]) if isinstance(args, list) and len(args) > 4 else None
-
-
-def classify(response: httpx.Response) -> ProviderError | None:
-    """HTTP status first (JSON-2, proxies), then the JSON-RPC envelope inside an HTTP 200."""
-    status = response.status_code
-    if status >= 400:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if status == 429:
-            return RateLimited(f"Odoo 429: {response.text[:200]}",
-                               retry_after=parse_retry_after(response.headers.get("retry-after")))
-        if isinstance(body, dict) and isinstance(body.get("name"), str):
-            if status >= 500 and body["name"] not in _REJECTED:
-                return TransientError(f"Odoo {status} {body['name']}: {body.get('message')}", status=status)
-            return classify_error(body["name"], str(body.get("message") or ""), status=status,
-                                  method=_called_method(response))
-        return classify_http(response)
-    head = response.content[:120]
-    if b'"result"' in head or not head.lstrip().startswith(b'{"jsonrpc"'):
-        return None  # a result (or a JSON-2 body, which has no envelope)
-    try:
-        body = orjson.loads(response.content)
-    except ValueError:
-        return None  # the client's JSON decoding reports it (retried)
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        data = error.get("data") or {}
-        return classify_error(str(data.get("name") or "odoo.exceptions.UserError"),
-                              str(data.get("message") or error.get("message") or ""), status=status,
-                              code=error.get("code"), method=_called_method(response))
-    if isinstance(body, dict) and "result" in body:
-        return None
-    return TransientError("Odoo: a JSON-RPC answer with neither result nor error", status=status)
 
 
 # --- streams ------------------------------------------------------------------------------------------

@@ -43,14 +43,14 @@ REFERENCE_FIELDS: Mapping[str, str] = {"sale_orders": "client_order_ref"}
 Batch = Callable[[list[Any]], Awaitable[list[int]]]
 
 
-_UNIQUE = re.compile(r"must be unique|already assigned|already exists|is equal to partner|duplicate key|"
+UNIQUE = re.compile(r"must be unique|already assigned|already exists|is equal to partner|duplicate key|"
                      r"unique constraint", re.IGNORECASE)
 
 
 def write_refusal(message: str, *, status: int | None = None, code: str | None = None) -> ItemError:
     """A write Odoo refused for this record: a unique key taken (DuplicateKey) or any other rule (Rejected).
     Also reads `load`'s row messages, which carry no exception name."""
-    if _UNIQUE.search(message):
+    if UNIQUE.search(message):
         return DuplicateKey(message, status=status, code=code)
     return Rejected(message, status=status, code=code)
 

@@ -31,10 +31,10 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import httpx
 import structlog
 
 from freshd.connectors.base import (
@@ -47,12 +47,10 @@ from freshd.connectors.base import (
     SyncMode,
     columns,
 )
-from freshd.connectors.http import classify_http
+from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
 from freshd.errors import (
     PermanentError,
-    ProviderError,
-    RateLimited,
     ReauthRequired,
     TransientError,
 )
@@ -83,35 +81,14 @@ def session_header(token: Token) -> dict[str, str]:
 # --- error classification --------------------------------------------------------------------------
 
 
-def _message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200]
-    if isinstance(body, dict):
-        return str(body.get("Message") or body.get("message") or body)[:200]
-    return str(body)[:200]
-
-
-def classify(response: httpx.Response) -> ProviderError | None:
-    """Data calls: the generic status mapping, with Orion's message (and correlation id) kept."""
-    error = classify_http(response)
-    if error is None:
-        return None
-    correlation = response.headers.get("x-oas-correlationid")
-    text = f"Orion {response.status_code}: {_message(response)}" + (f" (correlation {correlation})"
-                                                                     if correlation else "")
-    if isinstance(error, RateLimited):
-        return error  # keeps its Retry-After
-    return type(error)(text, status=error.status, code=error.code)
-
-
-def classify_token(response: httpx.Response) -> ProviderError | None:
-    """The token call: refused credentials are not something a retry fixes."""
-    if response.status_code in (400, 401, 403):
-        return ReauthRequired(f"Orion refused the credentials ({response.status_code}): {_message(response)}",
-                              status=response.status_code, code="token_refused")
-    return classify(response)
+# Orion declares no error schema; ASP.NET answers `{"Message": ...}`.  Data calls map by status (401:
+# one refresh, one resend); the token call's 400/401/403 are refused credentials, not worth a retry.
+ERRORS = ErrorTable("Orion", message=("Message", "message", ""), text="{provider} {status}: {message}",
+                    note_header=("x-oas-correlationid", "correlation"))
+TOKEN_ERRORS = replace(ERRORS, reauth_statuses=frozenset({400, 401, 403}),
+                       reauth_text="{provider} refused the credentials ({status}): {message}")
+classify = classify_with(ERRORS)
+classify_token = classify_with(TOKEN_ERRORS)
 
 
 # --- streams ------------------------------------------------------------------------------------------

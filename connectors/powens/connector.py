@@ -48,17 +48,15 @@ from freshd.connectors.base import (
     SyncMode,
     columns,
 )
-from freshd.connectors.http import classify_http
+from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.pagination import LoopGuard
 from freshd.errors import (
     PermanentError,
     ProviderError,
-    RateLimited,
     ReauthRequired,
     TransientError,
 )
 from freshd.policies.gate import ConnectionPolicies
-from freshd.policies.ratelimit import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -79,28 +77,12 @@ REAUTH_HINT = "set a new user token with `freshctl connections set-credential {n
 # --- error classification --------------------------------------------------------------------------
 
 
-def classify(response: httpx.Response) -> ProviderError | None:
-    status = response.status_code
-    if status < 400:
-        return None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    code = body.get("code") if isinstance(body, dict) and isinstance(body.get("code"), str) else None
-    if code is None:
-        return classify_http(response)
-    text = f"Powens {status} {code}: {body.get('message') or body.get('description') or ''}".rstrip(": ")
-    if status == 401:
-        return ReauthRequired(f"{text}; the user token was refused", status=status, code=code)
-    if status == 429 or code == "rateLimiting":
-        return RateLimited(text, retry_after=parse_retry_after(response.headers.get("retry-after")),
-                           status=status)
-    if code in USER_ACTION:
-        return ReauthRequired(text, status=status, code=code)
-    if code in TRANSIENT or status >= 500 or status == 409:
-        return TransientError(text, status=status, code=code)
-    return PermanentError(text, status=status, code=code)
+# `{"code", "description", "message", "request_id"}`; a 401 is a refused user token (there is no refresh)
+ERRORS = ErrorTable("Powens", code=("code",), message=("message", "description"),
+                    rate_limited=frozenset({"rateLimiting"}), transient=TRANSIENT,
+                    transient_statuses=frozenset({408, 409, 425}), reauth=USER_ACTION,
+                    reauth_statuses=frozenset({401}), expired_statuses=frozenset())
+classify = classify_with(ERRORS)
 
 
 # --- streams ------------------------------------------------------------------------------------------
@@ -173,7 +155,7 @@ class PowensConnector(Connector):
     def _classify(self, response: httpx.Response) -> ProviderError | None:
         error = classify(response)
         if isinstance(error, ReauthRequired) and error.status == 401:
-            return ReauthRequired(f"{error}: {REAUTH_HINT.format(name=self.settings.name)}",
+            return ReauthRequired(f"{error}; the user token was refused: {REAUTH_HINT.format(name=self.settings.name)}",
                                   status=error.status, code=error.code)
         return error
 

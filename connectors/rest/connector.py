@@ -39,6 +39,7 @@ import hashlib
 import time
 import urllib.parse
 from collections.abc import Generator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,6 +54,7 @@ from freshd.connectors.base import (
     SyncContext,
     SyncMode,
 )
+from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.http import Classify, ProviderClient, bearer
 from freshd.connectors.pagination import LoopGuard
 from freshd.connectors.rest.config import (
@@ -69,15 +71,9 @@ from freshd.connectors.rest.config import (
 )
 from freshd.connectors.rest.paginators import PageRead, start_pager
 from freshd.errors import (
-    AuthExpired,
     PermanentError,
-    ProviderError,
-    RateLimited,
-    ReauthRequired,
-    TransientError,
 )
 from freshd.policies.gate import ConnectionPolicies
-from freshd.policies.ratelimit import parse_retry_after
 from freshd.policies.tokens import Token
 
 FETCH_BATCH = 100  # records per page when fetching by id
@@ -116,73 +112,26 @@ def _static_auth(options: RestOptions, credentials: Mapping[str, str]) -> tuple[
     return None, {}
 
 
-# RFC 6749 §5.2 codes that mean "these credentials will not get a token": ask the operator
-_REFUSED_GRANT = {"invalid_grant", "invalid_client", "unauthorized_client", "unsupported_grant_type"}
-
-
 # --- error classification --------------------------------------------------------------------
 
-
-def _error_details(response: httpx.Response) -> tuple[str | None, str]:
-    """(code, message) from the usual error body shapes: {"error": {"code", "message"}},
-    {"error": "code", "error_description"} (OAuth), {"code", "message"}, {"detail"/"title"}."""
-    code: Any = None
-    message: Any = None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            code, message = error.get("code") or error.get("type"), error.get("message")
-        elif isinstance(error, str):
-            code, message = error, body.get("error_description") or body.get("message")
-        else:
-            code = body.get("code")
-            message = body.get("message") or body.get("detail") or body.get("title")
-    return (None if code is None else str(code)), str(message or f"HTTP {response.status_code}")
+# the usual error bodies: {"error": {"code", "message"}}, {"error": "code", "error_description"} (OAuth),
+# {"code", "message"}, {"detail"/"title"}; a 503 with Retry-After means "come back later"
+ERRORS = ErrorTable("HTTP", code=("error.code", "error.type", "error", "code"),
+                    message=("error.message", "error_description", "message", "detail", "title"),
+                    text="{provider} {status} from {url}: {message}", wait_statuses=frozenset({503}))
+# static credentials: nothing to refresh, so a 401 means "credentials rejected: stop and ask"
+STATIC_ERRORS = replace(ERRORS, reauth_statuses=frozenset({401}))
+# the token endpoint: a grant or client refused (RFC 6749 §5.2) will not get a token on a retry
+TOKEN_ERRORS = replace(STATIC_ERRORS, reauth=frozenset({"invalid_grant", "invalid_client", "unauthorized_client",
+                                                        "unsupported_grant_type"}),
+                       reauth_text="token endpoint refused the refresh ({status} {code}): {message}")
+classify_token = classify_with(TOKEN_ERRORS)
 
 
 def make_classify(*, refreshable: bool) -> Classify:
-    """The one table from HTTP answers to freshd's taxonomy.
-
-    401 means "refresh the token" with OAuth (the framework refreshes once, then gives up) and
-    "credentials rejected" with static credentials (nothing to refresh: stop and ask).
-    """
-
-    def classify(response: httpx.Response) -> ProviderError | None:
-        status = response.status_code
-        if status < 400:
-            return None
-        code, message = _error_details(response)
-        text = f"HTTP {status} from {response.request.url.copy_with(query=None)}: {message}"
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        if status == 429:
-            return RateLimited(text, retry_after=retry_after, code=code)
-        if status == 503 and retry_after is not None:
-            return RateLimited(text, retry_after=retry_after, status=status, code=code)  # "come back later"
-        if status >= 500 or status in (408, 425):
-            return TransientError(text, status=status, code=code)
-        if status == 401:
-            if refreshable:
-                return AuthExpired(text, status=status, code=code)
-            return ReauthRequired(text, status=status, code=code)
-        return PermanentError(text, status=status, code=code)
-
-    return classify
-
-
-def classify_token(response: httpx.Response) -> ProviderError | None:
-    """The token endpoint's answers: a refused grant or client is ReauthRequired."""
-    status = response.status_code
-    if status < 400:
-        return None
-    code, message = _error_details(response)
-    if status in (400, 401) and (code in _REFUSED_GRANT or status == 401):
-        return ReauthRequired(f"token endpoint refused the refresh: {code or status}: {message}",
-                              status=status, code=code)
-    return make_classify(refreshable=False)(response)
+    """401 means "refresh the token" with OAuth (the framework refreshes once, then gives up) and
+    "credentials rejected" with static credentials."""
+    return classify_with(ERRORS if refreshable else STATIC_ERRORS)
 
 
 # --- streams -----------------------------------------------------------------------------------

@@ -54,18 +54,15 @@ from freshd.connectors.base import (
     SyncMode,
     columns,
 )
+from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
-from freshd.connectors.woocommerce.writes import WooCommerceWrites
+from freshd.connectors.woocommerce.writes import EMAIL_TAKEN, KEY_TAKEN_WITH_HOLDER, WooCommerceWrites
 from freshd.errors import (
     ConfigError,
     PermanentError,
-    ProviderError,
-    RateLimited,
-    ReauthRequired,
     TransientError,
 )
 from freshd.policies.gate import ConnectionPolicies
-from freshd.policies.ratelimit import parse_retry_after
 
 API_PREFIX = "/wp-json/wc/v3"
 PER_PAGE = 100  # the API's maximum
@@ -137,42 +134,20 @@ def build_auth(settings: ConnectionSettings) -> httpx.Auth:
 
 # --- error classification --------------------------------------------------------------------
 
-# WooCommerce's own codes that say "these credentials will not work" (API keys never expire).
-_REJECTED_CREDENTIALS = {
-    "woocommerce_rest_authentication_error",
-    "woocommerce_rest_cannot_view",
-    "woocommerce_rest_cannot_read",
-}
-
-
-def classify(response: httpx.Response) -> ProviderError | None:
-    """The one table from WooCommerce responses to freshd's taxonomy."""
-    status = response.status_code
-    if status < 400:
-        return None
-    code: str | None = None
-    message = f"HTTP {status}"
-    try:
-        body = response.json()
-        if isinstance(body, dict):
-            code = body.get("code")
-            message = str(body.get("message") or message)
-    except ValueError:
-        pass
-    text = f"WooCommerce {status} {code or ''}: {message}".replace("  ", " ")
-    if status == 429:
-        retry_after = parse_retry_after(
-            response.headers.get("retry-after") or response.headers.get("ratelimit-retry-after")
-        )
-        return RateLimited(text, retry_after=retry_after, code=code)
-    if status >= 500 or status == 408:
-        return TransientError(text, status=status, code=code)
-    if status in (401, 403):
-        if code and "nonce" in message.lower():
-            return TransientError(text, status=status, code=code)  # a fresh nonce fixes it
-        if code in _REJECTED_CREDENTIALS or status == 401:
-            return ReauthRequired(text, status=status, code=code)
-    return PermanentError(text, status=status, code=code)
+ERRORS = ErrorTable(
+    "WooCommerce", code=("code",), message=("message",),
+    retry_after_headers=("retry-after", "ratelimit-retry-after"),
+    transient_statuses=frozenset({408}),
+    transient_messages=("nonce",),  # OAuth "nonce already used": a fresh nonce fixes it
+    # codes that say "these credentials will not work" (API keys never expire)
+    reauth=frozenset({"woocommerce_rest_authentication_error", "woocommerce_rest_cannot_view",
+                      "woocommerce_rest_cannot_read"}),
+    reauth_statuses=frozenset({401}),
+    # a refused batch item (writes.py): the email or SKU taken (API_FACTS_WRITES §A.3), an unknown id
+    duplicate=EMAIL_TAKEN | KEY_TAKEN_WITH_HOLDER,
+    rejected=frozenset({"wc_user_invalid_id", "woocommerce_rest_*invalid_id"}), rejected_statuses=frozenset({400}),
+)
+classify = classify_with(ERRORS)
 
 
 # --- streams -----------------------------------------------------------------------------------
@@ -261,6 +236,7 @@ def _stored_max_id(state: dict[str, Any]) -> int:
 
 
 class WooCommerceConnector(WooCommerceWrites, Connector):
+    error_table = ERRORS
     provider = "woocommerce"
     required_credentials = ("consumer_key", "consumer_secret")
     streams = (CUSTOMERS, ORDERS, PRODUCTS)

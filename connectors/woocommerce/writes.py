@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from freshd import logs
+from freshd.connectors.errors import ErrorTable, refusal
 from freshd.connectors.http import ProviderClient
 from freshd.connectors.writes import REFERENCE_KEY, Create, Update, WriteOp, WriteOutcome, Written
 from freshd.errors import (
@@ -40,22 +41,16 @@ from freshd.errors import (
 
 BATCH_LIMIT = 100  # items per batch request, create + update + delete (API_FACTS 2.5)
 
-# per-item codes that say "this natural key is taken" (API_FACTS_WRITES §A.3)
-_EMAIL_TAKEN = frozenset({
+# per-item codes that say "this natural key is taken" (API_FACTS_WRITES §A.3): the connector's error
+# table declares them duplicates; these sets say where the holder is found
+EMAIL_TAKEN = frozenset({
     "registration-error-email-exists",  # customer create: any user, any role, holds the email
     "woocommerce_rest_customer_invalid_email",  # customer update: the email belongs to another user
 })
-_KEY_TAKEN_WITH_HOLDER = frozenset({
+KEY_TAKEN_WITH_HOLDER = frozenset({
     "product_invalid_sku",  # data.resource_id: the product holding the SKU
     "product_invalid_global_unique_id",  # GTIN/UPC/EAN/ISBN (9.1+), also with resource_id
 })
-
-
-def _invalid_id(code: str) -> bool:
-    """An unknown id, as each release and route says it: `woocommerce_rest_{type}_invalid_id` (products,
-    orders; PUT 400, DELETE 404), `woocommerce_rest_invalid_id` (customers before ~9.4, and in a batch),
-    `wc_user_invalid_id` (customers, current trunk, 404)."""
-    return code == "wc_user_invalid_id" or (code.startswith("woocommerce_rest_") and code.endswith("invalid_id"))
 
 
 def _reference_of(record: Mapping[str, Any]) -> str | None:
@@ -84,6 +79,7 @@ class WooCommerceWrites:
     """The Writer protocol (freshd.connectors.writes) for WooCommerce; needs the connector's `client`."""
 
     client: ProviderClient
+    error_table: ClassVar[ErrorTable]  # the connector's: which refused items are duplicates, which rejected
 
     writable: ClassVar[Mapping[str, frozenset[str]]] = {
         "customers": frozenset({"create", "update"}),
@@ -158,20 +154,19 @@ class WooCommerceWrites:
         status = data.get("status") if isinstance(data.get("status"), int) else None
         text = logs.scrub(f"WooCommerce {status or ''} {code}: {error.get('message') or 'refused'}".replace("  ", " "))
         values = op.values
-        if code in _EMAIL_TAKEN or code in _KEY_TAKEN_WITH_HOLDER:
+        kind = refusal(self.error_table, code, status, text) or ItemError
+        if kind is DuplicateKey:
             holder: dict[str, Any] | None = None
-            if code in _EMAIL_TAKEN and isinstance(values.get("email"), str):
+            if code in EMAIL_TAKEN and isinstance(values.get("email"), str):
                 holder = await self._holder_by_email(values["email"])
-            elif code in _KEY_TAKEN_WITH_HOLDER and str(data.get("resource_id", "")).isdigit() \
+            elif code in KEY_TAKEN_WITH_HOLDER and str(data.get("resource_id", "")).isdigit() \
                     and int(data["resource_id"]) > 0:
                 holder = await self._holder_by_id(entity, str(data["resource_id"]))
             holder_id = _record_id(holder)
             if holder is not None and holder_id and isinstance(op, Create) and _reference_of(holder) == op.reference:
                 return Written(holder_id, holder)  # an earlier attempt of this very create
             return DuplicateKey(text, existing_id=holder_id, external_id=external_id, status=status, code=code)
-        if status == 400 or _invalid_id(code):
-            return Rejected(text, external_id=external_id, status=status, code=code or None)
-        return ItemError(text, external_id=external_id, status=status, code=code or None)
+        return kind(text, external_id=external_id, status=status, code=code or None)
 
     async def _holder_by_email(self, email: str) -> dict[str, Any] | None:
         """The user holding this email, whatever its role; None when the lookup fails (the duplicate is
