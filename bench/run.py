@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["sync_woocommerce.py", "kill_test.py", "fleet.py", "policy_overhead.py", "cluster.py", "events.py", "twoway.py"]
+BENCHMARKS = ["sync_woocommerce.py", "kill_test.py", "fleet.py", "policy_overhead.py", "cluster.py", "events.py",
+              "twoway.py"]
 
 if __name__ == "__main__":
     failed = 0

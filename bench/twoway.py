@@ -28,15 +28,13 @@ from typing import Any
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sync_woocommerce import fresh_database, server_url  # noqa: E402
-
-from freshd.app import Daemon, run_daemon  # noqa: E402
-from freshd.client import open_client  # noqa: E402
-from freshd.config import load_config  # noqa: E402
-from freshd.connectors.odoo.simulator import OdooSimulator  # noqa: E402
-from freshd.connectors.simulator import serve_asgi  # noqa: E402
-from freshd.connectors.woocommerce.simulator import WooCommerceSimulator  # noqa: E402
+from freshd.app import Daemon, run_daemon
+from freshd.client import open_client
+from freshd.config import load_config
+from freshd.connectors.odoo.simulator import OdooSimulator
+from freshd.connectors.simulator import serve_asgi
+from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
+from sync_woocommerce import fresh_database, server_url
 
 WOO = {"consumer_key": "ck_bench", "consumer_secret": "cs_bench"}
 ODOO = {"database": "bench", "username": "api@bench.example", "api_key": "bench-key"}
@@ -64,7 +62,8 @@ async def bench(records: int, db: str, work: Path) -> None:
             '[metrics]\nenabled = false\n[log]\nlevel = "warning"\n[schedule]\nscheduled_sync = false\n'
             '[twoway]\nwrite_rate_per_minute = 50\n'
             f'[[connections]]\nname = "shop"\nprovider = "woocommerce"\nbase_url = "http://127.0.0.1:{shop_port}"\n'
-            f'credentials = {{ consumer_key = "{WOO["consumer_key"]}", consumer_secret = "{WOO["consumer_secret"]}" }}\n'
+            f'credentials = {{ consumer_key = "{WOO["consumer_key"]}", '
+            f'consumer_secret = "{WOO["consumer_secret"]}" }}\n'
             'options = { entities = ["customers"] }\n'
             f'[[connections]]\nname = "erp"\nprovider = "odoo"\nbase_url = "http://127.0.0.1:{erp_port}"\n'
             f'credentials = {{ api_key = "{ODOO["api_key"]}" }}\n'
