@@ -65,9 +65,9 @@ def customers_by_email(shop: WooCommerceSimulator) -> dict[str, dict[str, Any]]:
     return {str(c["email"]).lower(): c for c in (coll.get(rid) for rid in coll.docs)}
 
 
-def link_of(running: Running, left_id: str) -> tuple[str, dict[str, Any]]:
-    rows = query(running.database_url, "SELECT right_id, base FROM links WHERE pair = 'shop-erp' AND left_id = %s",
-                 left_id)
+def link_of(running: Running, left_id: str, entity: str = "customers") -> tuple[str, dict[str, Any]]:
+    rows = query(running.database_url, "SELECT right_id, base FROM links WHERE pair = 'shop-erp' AND entity = %s"
+                 " AND left_id = %s", entity, left_id)
     assert len(rows) == 1, rows
     return str(rows[0][0]), rows[0][1]  # type: ignore[return-value]
 
@@ -291,3 +291,35 @@ async def test_pause_resume_and_cancel_at_batch_boundaries(
     # nothing half-written: every create made is linked, every link's records exist
     links = query(database_url, "SELECT count(*) FROM links WHERE pair = 'shop-erp'")[0][0]
     assert links == end["writes"]["left"] + end["writes"]["right"]
+
+
+async def test_a_shop_order_becomes_a_sale_order_with_its_partner_and_products_through_their_links(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str,
+) -> None:
+    shop = WooCommerceSimulator(records=3, seed=13, credentials=CREDS, orders=0, products=0)
+    erp = OdooSimulator(records=3, seed=14, credentials=ODOO)
+    shop_port = await nursery.start(functools.partial(serve_asgi, shop.app, host="127.0.0.1", port=0))
+    erp_port = await nursery.start(functools.partial(serve_asgi, erp.app, host="127.0.0.1", port=0))
+    sides = Sides(shop, erp, f"http://127.0.0.1:{shop_port}", f"http://127.0.0.1:{erp_port}")
+    pair = '[pairs.shop-erp]\nleft = "shop"\nright = "erp"\nentities = ["customers", "products", "orders"]\n'
+    running = await start_daemon(nursery, tmp_path, database_url, sides.config(pair=pair))
+    assert (await run_to_end(running))["state"] == "done"  # customers linked, Odoo's products in the shop
+
+    customer = next(iter(customers_by_email(shop).values()))
+    partner_id, _ = link_of(running, str(customer["id"]))
+    [(shop_product, erp_product)] = query(
+        database_url, "SELECT left_id, right_id FROM links WHERE entity = 'products' ORDER BY left_id LIMIT 1")
+    line = {"product_id": int(shop_product), "quantity": 2, "price": "5.00", "sku": "x", "name": "Thing"}
+    order = shop.create("orders", customer_id=customer["id"], line_items=[{"id": 1, **line}])
+    guest = shop.create("orders", customer_id=0, line_items=[{"id": 2, **line}])
+    orders_before = set(erp.docs["sale.order"])
+    run = await run_to_end(running)
+    assert run["state"] == "partial" and run["writes"] == {"left": 0, "right": 1}, json.dumps(run)
+    [created] = [erp.docs["sale.order"][i] for i in set(erp.docs["sale.order"]) - orders_before]
+    assert created["origin"] == order["number"] and created["partner_id"][0] == int(partner_id)
+    [line_id] = created["order_line"]
+    sold = erp.docs["sale.order.line"][line_id]
+    assert sold["product_id"][0] == int(erp_product) and sold["product_uom_qty"] == 2
+    [refused] = await running.ctl_json("conflicts", "--type", "ValidationError")
+    assert refused["left_id"] == str(guest["id"])  # a guest order has no partner: for a person to decide
+    assert (await run_to_end(running))["writes"] == {"left": 0, "right": 0}  # orders are not compared after

@@ -212,7 +212,7 @@ DEFAULT_FIELDS: Mapping[str, tuple[str, ...]] = {
                  "country_id", "vat", "ref", "lang", "active", "customer_rank", "supplier_rank", "comment",
                  "create_date", "write_date"),
     "sale_orders": ("name", "partner_id", "date_order", "state", "amount_untaxed", "amount_tax", "amount_total",
-                    "currency_id", "user_id", "client_order_ref", "invoice_status", "note", "create_date",
+                    "currency_id", "user_id", "client_order_ref", "origin", "invoice_status", "note", "create_date",
                     "write_date"),
     "products": ("name", "display_name", "default_code", "barcode", "list_price", "standard_price",
                  "product_tmpl_id", "categ_id", "uom_id", "type", "active", "qty_available", "description_sale",

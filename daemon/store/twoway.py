@@ -141,6 +141,12 @@ def links(conn: Connection, pair: str, entity: str) -> list[Link]:
     return [Link(str(r["left_id"]), str(r["right_id"]), r["base"]) for r in rows]  # type: ignore[arg-type]
 
 
+def link_ids(conn: Connection, pair: str, entity: str) -> dict[str, str]:
+    """left id -> right id of every link of one entity (what other entities' fields translate through)."""
+    rows = conn.execute("SELECT left_id, right_id FROM links WHERE pair = %s AND entity = %s", (pair, entity))
+    return {str(r["left_id"]): str(r["right_id"]) for r in rows.fetchall()}
+
+
 def link_of(conn: Connection, pair: str, entity: str, *, left_id: str | None = None,
             right_id: str | None = None) -> Link | None:
     column, value = ("left_id", left_id) if left_id is not None else ("right_id", right_id)

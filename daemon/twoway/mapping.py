@@ -71,6 +71,7 @@ class Transform:
     read: Callable[[Sequence[Any], Mapping[str, Any], Tables], Any]
     write: Callable[[Any, Mapping[str, Any], Tables], list[Any]]
     tables: frozenset[str] = frozenset()  # reference tables it needs from the side's connector
+    linked: bool = False  # reads another entity's links (options.entity): "links:ENTITY" tables
 
 
 def _same_read(values: Sequence[Any], options: Mapping[str, Any], tables: Tables) -> Any:
@@ -153,6 +154,56 @@ def _country_write(value: Any, options: Mapping[str, Any], tables: Tables) -> li
     raise Unmappable(f"no country with code {value!r} on this side")
 
 
+def _links(options: Mapping[str, Any], tables: Tables, *, reverse: bool = False) -> Mapping[str, str]:
+    return tables.get(f"links:{options['entity']}{':reverse' if reverse else ''}", {})
+
+
+def _link_read(values: Sequence[Any], options: Mapping[str, Any], tables: Tables) -> Any:
+    """A reference to a record of another entity of the pair, read as the *left* record's id (the
+    right side's id is translated through that entity's links; one not linked reads as "right:ID")."""
+    rid = _many2one_id(values[0])
+    if rid is None or rid == "0":
+        return None
+    if options["side"] == "left":
+        return rid
+    return _links(options, tables, reverse=True).get(rid, f"right:{rid}")
+
+
+def _link_write(value: Any, options: Mapping[str, Any], tables: Tables) -> list[Any]:
+    if value is None:
+        return [None]
+    if options["side"] == "left":
+        return [int(value)]
+    target = _links(options, tables).get(str(value))
+    if target is None:
+        raise Unmappable(f"{options['entity']} {value} of the left is not linked to a record of the right yet")
+    return [int(target)]
+
+
+def _lines_read(values: Sequence[Any], options: Mapping[str, Any], tables: Tables) -> Any:
+    """Order lines as [{product (the left product's id), quantity, price}]; Odoo's own lines are
+    ids only (not compared: orders are created, not updated)."""
+    lines = values[0]
+    if not isinstance(lines, list) or not all(isinstance(line, Mapping) for line in lines):
+        return None
+    return [{"product": _link_read([line.get("product_id")], {**options, "side": "left"}, tables),
+             "quantity": line.get("quantity"), "price": _money_read([line.get("price")], options, tables)}
+            for line in lines]
+
+
+def _lines_write(value: Any, options: Mapping[str, Any], tables: Tables) -> list[Any]:
+    if not value:
+        return [[]]
+    if options["side"] == "left":
+        return [[{"product_id": int(line["product"]), "quantity": line["quantity"]} for line in value]]
+    out = []
+    for line in value:
+        [product] = _link_write(line["product"], options, tables)
+        out.append([0, 0, {"product_id": product, "product_uom_qty": line["quantity"],
+                           "price_unit": None if line["price"] is None else float(line["price"])}])
+    return [out]
+
+
 def _map_read(values: Sequence[Any], options: Mapping[str, Any], tables: Tables) -> Any:
     value = _text(values[0])
     reverse = {v: k for k, v in options["values"].items()}
@@ -172,6 +223,10 @@ TRANSFORMS: Mapping[str, Transform] = {t.name: t for t in (
     Transform("int", 1, _int_read, _int_write),
     Transform("country_id", 1, _country_read, _country_write, frozenset({"countries"})),  # Odoo id <-> ISO
     Transform("map", 1, _map_read, _map_write),  # options.values: common value -> this side's value
+    # a record of another entity of the pair (options.entity), through its links
+    Transform("link", 1, _link_read, _link_write, linked=True),
+    # order lines whose products are another entity of the pair (options.entity)
+    Transform("order_lines", 1, _lines_read, _lines_write, linked=True),
 )}
 
 
@@ -272,7 +327,13 @@ class EntityMap:
         return parse_time(_get(record, path)) if path else None
 
     def tables(self, side: Side) -> frozenset[str]:
+        """Reference tables from the side's connector (the "links:" ones come from the store)."""
         return frozenset().union(*(f.side(side).transform.tables for f in self.fields))
+
+    def linked_entities(self) -> frozenset[str]:
+        """The pair's other entities whose links this one's fields read."""
+        return frozenset(str(f.side(side).options["entity"]) for f in self.fields for side in Side
+                         if f.side(side).transform.linked)
 
     def field_rule(self, name: str) -> Rule:
         for f in self.fields:
@@ -330,6 +391,19 @@ DEFAULTS: Mapping[tuple[str, str], Mapping[str, _F]] = {
                 "stock": {"left": "stock_quantity", "right": "qty_available", "transform": "int"},
             },
         },
+        # an order placed in the shop becomes a sale order in Odoo: created once, never compared after
+        # (its partner and its lines' products through the customers' and products' links)
+        "orders": {
+            "left": "orders", "right": "sale_orders", "direction": "left_to_right", "key": "number",
+            "rule": "prefer_left", "updates": False,
+            "fields": {
+                "number": {"left": "number", "right": "origin"},
+                "customer": {"left": "customer_id", "right": "partner_id", "transform": "link",
+                             "entity": "customers"},
+                "lines": {"left": "line_items", "right": "order_line", "transform": "order_lines",
+                          "entity": "products"},
+            },
+        },
     },
 }
 
@@ -337,7 +411,7 @@ _MODIFIED = {"woocommerce": "date_modified_gmt", "odoo": "write_date"}
 _NULL: Mapping[str, Any] = {"odoo": False, "woocommerce": ""}
 _ENTITY_KEYS = {"left", "right", "direction", "key", "rule", "rules", "fields", "creates", "updates"}
 _FIELD_KEYS = {"left", "right", "transform", "left_transform", "right_transform", "left_values",
-               "right_values", "rule"}
+               "right_values", "rule", "entity", "left_entity", "right_entity"}
 
 
 def _choice(enum: type[StrEnum], value: Any, where: str, problems: list[ConfigError]) -> Any:
@@ -367,6 +441,13 @@ def _side_map(spec: Mapping[str, Any], side: Side, provider: str, where: str,
                                     where=f"{where}.{side}"))
         return None
     options: dict[str, Any] = {}
+    if transform.linked:
+        entity = spec.get(f"{side}_entity", spec.get("entity"))
+        if not isinstance(entity, str) or not entity:
+            problems.append(ConfigError(f"transform {transform.name} needs the entity it refers to (entity = "
+                                        "\"customers\")", where=f"{where}.entity"))
+            return None
+        options.update(entity=entity, side=side.value)
     if transform.name == "map":
         values = spec.get(f"{side}_values")
         if not isinstance(values, Mapping) or not values:
@@ -462,6 +543,10 @@ def build_pair(name: str, left: str, right: str, spec: Mapping[str, Any], *, pro
         entity = build_entity(str(ename), merged, providers, where=ewhere, streams=streams, problems=problems)
         if entity is not None:
             entities[entity.name] = entity
+    for entity in entities.values():
+        for other in sorted(entity.linked_entities() - set(entities)):
+            problems.append(ConfigError(f"{entity.name} refers to {other} records through their links: add "
+                                        f"{other} to the pair's entities", where=f"{where}.{entity.name}"))
     if len(problems) == 1:
         raise problems[0]
     if problems:

@@ -225,6 +225,15 @@ def _spec(provider: str, stream: str) -> StreamSpec:
     raise PermanentError(f"{provider} has no stream {stream}")
 
 
+def link_tables(conn: Connection, pair: str, entities: frozenset[str]) -> dict[str, Mapping[str, str]]:
+    out: dict[str, Mapping[str, str]] = {}
+    for name in entities:
+        forward = db.link_ids(conn, pair, name)
+        out[f"links:{name}"] = forward
+        out[f"links:{name}:reverse"] = {right: left for left, right in forward.items()}
+    return out
+
+
 class RunPaused(Exception):
     pass
 
@@ -258,6 +267,7 @@ class Runner:
             await self._sync_up()
             await self._load_tables()
             if self.run["plan"] is None or self.run["dry_run"]:
+                await self._load_links()
                 await self._plan()
             if self.run["dry_run"]:
                 return await self._finish(RunState.DONE)
@@ -370,6 +380,15 @@ class Runner:
 
                 self.tables[index][name] = await self._retrying(call)
 
+    async def _load_links(self) -> None:
+        """The links other entities' fields translate through ("links:ENTITY" tables, both ways),
+        read again before each batch: a run links customers before it creates their orders."""
+        names = frozenset().union(*(e.linked_entities() for e in self.entities))
+        if names:
+            found = await self.store.call(link_tables, self.pair.name, names)
+            for table in self.tables:
+                table.update(found)
+
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         attempt = 0
         while True:
@@ -434,6 +453,7 @@ class Runner:
 
     async def _batch(self, items: list[dict[str, Any]]) -> None:
         started = time.monotonic()
+        await self._load_links()
         works = await self._prepare(items)
         attempt = 0
         while True:

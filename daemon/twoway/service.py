@@ -32,7 +32,16 @@ from freshd.store.jobs import JobRequest
 from freshd.store.twoway import Link, PairRow, RunState
 from freshd.supervisor import Supervisor
 from freshd.twoway.mapping import EntityMap, Pair, Side, Tables, build_pair
-from freshd.twoway.runner import ItemWork, PlannedWrite, Runner, RunSettings, WritePath, reference, written_pages
+from freshd.twoway.runner import (
+    ItemWork,
+    PlannedWrite,
+    Runner,
+    RunSettings,
+    WritePath,
+    link_tables,
+    reference,
+    written_pages,
+)
 from freshd.twoway.settings import PairConfig, TwoWaySettings
 
 log = structlog.get_logger(__name__)
@@ -263,6 +272,10 @@ class TwoWay:
                     out[index][name] = await self.with_connector(connection, fetch)
                 except ProviderError as exc:
                     raise ResolutionRefused(f"cannot read {name} from {connection}: {exc}") from None
+        if entity.linked_entities():
+            found = await self.store.call(link_tables, pair.name, entity.linked_entities())
+            for table in out:
+                table.update(found)
         return out[0], out[1]
 
     async def _write_resolution(self, pair: PairRow, entity: EntityMap, conflict_id: int, *, link: Link | None,
