@@ -51,6 +51,7 @@ from freshd.scheduler import Sweep, add_sweeps, create_scheduler, serve_schedule
 from freshd.secrets import load_keyring
 from freshd.slots import SyncSlots
 from freshd.store import Store, activity, cluster, connections, open_store
+from freshd.store import twoway as twoway_store
 from freshd.supervisor import Supervisor
 from freshd.sweeps import Sweeps, staleness_of, sweep_table
 from freshd.twoway import service as twoway_pairs
@@ -385,7 +386,8 @@ async def run_daemon(
             membership = Membership(
                 store, cluster_settings(config),
                 config.cluster.member_name or default_member_name(str(config.admin.socket)),
-                load_ids=daemon.runnable_ids, run_owned=supervisor.own, on_members=supervisor.rate_groups.reshare)
+                load_ids=daemon.runnable_ids, run_owned=supervisor.own, on_members=supervisor.rate_groups.reshare,
+                load_groups=functools.partial(store.call, twoway_store.pair_groups))  # a pair runs on one member
             daemon.membership = membership
             if config.events.redis_url:
                 daemon.events = Events(store, config.events, supervisor.fences)

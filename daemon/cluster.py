@@ -25,7 +25,7 @@ import hashlib
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -60,22 +60,34 @@ def _weight(name: str, connection_id: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{name}\0{connection_id}".encode(), digest_size=8).digest(), "big")
 
 
-def assign(connection_ids: Iterable[int], names: Iterable[str]) -> dict[int, str]:
+def assign(connection_ids: Iterable[int], names: Iterable[str],
+           together: Mapping[int, int] | None = None) -> dict[int, str]:
     """Rendezvous hashing with bounded loads: each connection goes to the member of highest weight
     for it that still has room under ceil(n / members).  Deterministic for the same inputs (every
-    member computes the same split); a member joining or leaving moves about its share."""
+    member computes the same split); a member joining or leaving moves about its share.
+
+    `together`: connection id -> the id of its group (the two connections of a two-way pair run on
+    one member: a run writes to both).  A group goes whole to the member of highest weight for its
+    group id with room for it (else to the one with the most room: the bound is exceeded by less
+    than a group)."""
     members = sorted(set(names))
     ids = sorted(set(connection_ids))
     if not members:
         return {}
+    groups: dict[int, list[int]] = {}
+    for cid in ids:
+        groups.setdefault((together or {}).get(cid, cid), []).append(cid)
     room = dict.fromkeys(members, -(-len(ids) // len(members)))
     out: dict[int, str] = {}
-    for cid in ids:
-        for _, name in sorted(((_weight(name, cid), name) for name in members), reverse=True):
-            if room[name] > 0:
-                room[name] -= 1
-                out[cid] = name
-                break
+    for anchor in sorted(groups):
+        unit = groups[anchor]
+        ranked = [name for _, name in sorted(((_weight(name, anchor), name) for name in members), reverse=True)]
+        chosen = next((name for name in ranked if room[name] >= len(unit)), None)
+        if chosen is None:
+            chosen = max(ranked, key=lambda name: room[name])  # the first of the highest weight with most room
+        room[chosen] -= len(unit)
+        for cid in unit:
+            out[cid] = chosen
     return out
 
 
@@ -96,6 +108,8 @@ def _pid_gone(host: str, pid: int) -> bool:
 # how to run exactly those whose leases it holds (the ids in the second argument are stopped at
 # once, not at a committed cursor: their lease is gone, any write of theirs would be refused)
 LoadIds = Callable[[], Awaitable[set[int]]]
+# connection id -> its group's id, for connections that must run on one member (two-way pairs)
+LoadGroups = Callable[[], Awaitable[dict[int, int]]]
 RunOwned = Callable[[dict[int, Fence], set[int]], Awaitable[None]]
 
 
@@ -108,6 +122,7 @@ class Membership:
     run_owned: RunOwned
     # told the number of live members after every round (shared rate groups are split by it)
     on_members: Callable[[int], None] | None = None
+    load_groups: LoadGroups | None = None
     id: str = ""
     held: dict[int, int] = field(default_factory=dict)  # connection id -> epoch
     members: list[cluster.Member] = field(default_factory=list)
@@ -115,7 +130,9 @@ class Membership:
     _wake: trio.Event = field(default_factory=trio.Event)
     _lock: trio.Lock = field(default_factory=trio.Lock)  # one round at a time
     _rejoin: bool = False
-    _splits: dict[tuple[frozenset[int], frozenset[str]], dict[int, str]] = field(default_factory=dict)
+    _splits: dict[tuple[frozenset[int], frozenset[str], frozenset[tuple[int, int]]], dict[int, str]] = field(
+        default_factory=dict)
+    _groups: dict[int, int] = field(default_factory=dict)
 
     # -- what others ask ------------------------------------------------------------------------------
 
@@ -177,6 +194,7 @@ class Membership:
     async def _locked_round(self) -> None:
         started = trio.current_time()
         runnable = await self.load_ids()
+        self._groups = await self.load_groups() if self.load_groups is not None else {}
         self.members = await self.store.call(cluster.members, self.settings.lease_ttl)
         eligible = {m.name for m in self.members
                     if m.alive and (m.age >= self.settings.handover or m.id == self.id)}
@@ -221,11 +239,11 @@ class Membership:
 
     def _assign(self, ids: set[int], names: set[str]) -> dict[int, str]:
         """`assign`, remembered: between membership changes every round has the same inputs."""
-        key = (frozenset(ids), frozenset(names))
+        key = (frozenset(ids), frozenset(names), frozenset(self._groups.items()))
         if key not in self._splits:
             if len(self._splits) > 4:
                 self._splits.clear()
-            self._splits[key] = assign(ids, names)
+            self._splits[key] = assign(ids, names, self._groups)
         return self._splits[key]
 
     def _fences(self) -> dict[int, Fence]:

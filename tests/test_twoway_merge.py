@@ -156,3 +156,16 @@ def test_twoway_and_pairs_config_are_checked(tmp_path: Path) -> None:
     path.write_text('[pairs.shop-erp]\nleft = "shop"\nright = "erp"\n[pairs.shop-erp.customers]\nrule = "newest"\n')
     config = load_config(path, env={})
     assert config.pairs[0].spec == {"entities": {"customers": {"rule": "newest"}}}
+
+
+def test_a_pairs_connections_are_assigned_to_one_member_and_the_split_stays_bounded() -> None:
+    from freshd.cluster import assign
+
+    members = ["a", "b", "c"]
+    ids = list(range(1, 31))
+    together = {3: 3, 17: 3, 5: 5, 6: 5, 29: 5}  # two pairs sharing nothing; one of them a chain of three
+    split = assign(ids, members, together)
+    assert split[3] == split[17] and split[5] == split[6] == split[29]
+    loads = {m: sum(1 for owner in split.values() if owner == m) for m in members}
+    assert max(loads.values()) <= 10 + 2  # ceil(30 / 3), exceeded by less than a group at most
+    assert assign(ids, members, together) == split  # every member computes the same split

@@ -162,6 +162,8 @@ class TwoWayCommands:
             return stored
 
         stored = await self.daemon.store.call(add)
+        if self.daemon.membership is not None:
+            self.daemon.membership.wake()  # a pair's connections run on one member: the next round moves them
         return _pair_view(stored, sorted(mapping.entities), 0)
 
     async def pairs_list(self, args: dict[str, Any], caller: Caller) -> list[dict[str, Any]]:

@@ -107,6 +107,22 @@ def list_pairs(conn: Connection) -> list[PairRow]:
     return [PairRow(**r) for r in conn.execute(_PAIR_SELECT + " ORDER BY p.name").fetchall()]  # type: ignore[arg-type]
 
 
+def pair_groups(conn: Connection) -> dict[int, int]:
+    """Connections that must run on one member (a two-way run writes to both of its pair's):
+    connection id -> its group's smallest id, pairs that share a connection joined."""
+    parent: dict[int, int] = {}
+
+    def root(cid: int) -> int:
+        while parent.setdefault(cid, cid) != cid:
+            cid = parent[cid]
+        return cid
+
+    for row in conn.execute("SELECT left_id, right_id FROM pairs").fetchall():
+        a, b = root(int(str(row["left_id"]))), root(int(str(row["right_id"])))
+        parent[max(a, b)] = min(a, b)
+    return {cid: root(cid) for cid in parent}
+
+
 def pair_has_links(conn: Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM links WHERE pair = %s LIMIT 1", (name,)).fetchone() is not None
 
