@@ -56,6 +56,9 @@ async def run_to_end(running: Running, *args: str) -> dict[str, Any]:
             await trio.sleep(0.1)
 
 
+FINISHED = ("done", "partial", "failed", "cancelled")
+
+
 def partners_with_email(erp: OdooSimulator) -> dict[str, dict[str, Any]]:
     return {str(p["email"]).lower(): p for p in erp.docs["res.partner"].values() if p.get("email")}
 
@@ -323,3 +326,71 @@ async def test_a_shop_order_becomes_a_sale_order_with_its_partner_and_products_t
     [refused] = await running.ctl_json("conflicts", "--type", "ValidationError")
     assert refused["left_id"] == str(guest["id"])  # a guest order has no partner: for a person to decide
     assert (await run_to_end(running))["writes"] == {"left": 0, "right": 0}  # orders are not compared after
+
+
+async def test_a_web_backend_starts_a_run_follows_it_and_resolves_a_conflict_over_http(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, sides: Sides,
+) -> None:
+    import httpx
+
+    running = await start_daemon(nursery, tmp_path, database_url,
+                                 '[http]\naddress = "127.0.0.1:0"\n' + sides.config())
+    token = (await running.ctl("tokens", "add", "--tenant", "default")).stdout.strip()
+    async with httpx.AsyncClient(base_url=f"{running.daemon.http_url}/api/v1", timeout=30,
+                                 headers={"Authorization": f"Bearer {token}"}) as http:
+        assert [p["name"] for p in (await http.get("/pairs")).json()] == ["shop-erp"]
+        started = await http.post("/pairs/shop-erp/runs", json={"batch_size": 20})
+        assert started.status_code == 202
+        with trio.fail_after(60):
+            while (run := (await http.get(f"/runs/{started.json()['id']}")).json())["state"] != "done":
+                await trio.sleep(0.1)
+        assert run["writes"]["right"] == 4
+        customer = next(iter(customers_by_email(sides.shop).values()))
+        partner_id, _ = link_of(running, str(customer["id"]))
+        await trio.sleep(1.1)
+        sides.shop.update("customers", customer["id"], billing={**customer["billing"], "postcode": "1000"})
+        sides.erp.write("res.partner", int(partner_id), zip="9000")
+        second = (await http.post("/pairs/shop-erp/runs")).json()
+        with trio.fail_after(60):
+            while (run := (await http.get(f"/runs/{second['id']}")).json())["state"] not in FINISHED:
+                await trio.sleep(0.1)
+        assert run["state"] == "partial", json.dumps(run)
+        [conflict] = (await http.get("/conflicts", params={"unresolved": "true"})).json()
+        bad = await http.post(f"/conflicts/{conflict['id']}/resolve", json={"take": "middle"})
+        assert bad.status_code == 400
+        resolved = await http.post(f"/conflicts/{conflict['id']}/resolve", json={"values": {"zip": "1050"}})
+        assert resolved.status_code == 200 and resolved.json()["status"] == "resolved"
+    assert sides.erp.docs["res.partner"][int(partner_id)]["zip"] == "1050"
+    assert sides.shop.get("customers", customer["id"])["billing"]["postcode"] == "1050"
+
+
+async def test_at_most_max_runs_per_tenant_process_at_once_the_rest_wait_queued(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str,
+) -> None:
+    blocks, names = [], []
+    for n in range(3):
+        shop = WooCommerceSimulator(records=3, seed=40 + n, credentials=CREDS)
+        erp = OdooSimulator(records=3, seed=50 + n, credentials=ODOO)
+        shop_port = await nursery.start(functools.partial(serve_asgi, shop.app, host="127.0.0.1", port=0))
+        erp_port = await nursery.start(functools.partial(serve_asgi, erp.app, host="127.0.0.1", port=0))
+        blocks.append(
+            connection_block(f"shop{n}", f"http://127.0.0.1:{shop_port}")
+            + f'[[connections]]\nname = "erp{n}"\nprovider = "odoo"\nbase_url = "http://127.0.0.1:{erp_port}"\n'
+              f'credentials = {{ api_key = "{ODOO["api_key"]}" }}\n'
+              f'options = {{ database = "{ODOO["database"]}", username = "{ODOO["username"]}" }}\n'
+              f'[pairs.p{n}]\nleft = "shop{n}"\nright = "erp{n}"\nentities = ["customers"]\n')
+        names.append(f"p{n}")
+    running = await start_daemon(nursery, tmp_path, database_url,
+                                 "[twoway]\nwrite_rate_per_minute = 50\nmax_runs_per_tenant = 2\n" + "".join(blocks))
+    ids = [(await running.ctl_json("twoway", "start", name, "--batch-size", "1", "--batch-delay", "1"))["id"]
+           for name in names]
+    most = 0
+    with trio.fail_after(90):
+        while True:
+            states = [(await running.ctl_json("twoway", "status", str(i)))["state"] for i in ids]
+            most = max(most, states.count("processing"))
+            assert states.count("processing") <= 2, states
+            if all(s in ("done", "partial") for s in states):
+                break
+            await trio.sleep(0.2)
+    assert most == 2  # the cap was reached, and held

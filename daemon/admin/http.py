@@ -108,8 +108,21 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", _path("/jobs/{id}/cancel"), "cancel", accepted=lambda r: True),
     Route("GET", _path("/jobs/{id}/events"), "watch", stream=True),
     Route("GET", _path("/health"), "health"),
+    # two-way sync (docs/TWO-WAY.md)
+    Route("GET", _path("/pairs"), "pairs.list"),
+    Route("POST", _path("/pairs/{pair}/runs"), "twoway.start", body=True, accepted=lambda r: True),
+    Route("GET", _path("/runs"), "twoway.runs", query=("pair", "limit")),
+    Route("GET", _path("/runs/{id}"), "twoway.status"),
+    Route("POST", _path("/runs/{id}/pause"), "twoway.pause", accepted=lambda r: True),
+    Route("POST", _path("/runs/{id}/resume"), "twoway.resume", accepted=lambda r: True),
+    Route("POST", _path("/runs/{id}/cancel"), "twoway.cancel", accepted=lambda r: True),
+    Route("GET", _path("/runs/{id}/log"), "twoway.log", query=("limit",)),
+    Route("GET", _path("/conflicts"), "conflicts.list", query=("pair", "type", "unresolved", "limit")),
+    Route("GET", _path("/conflicts/{id}"), "conflicts.show"),
+    Route("POST", _path("/conflicts/{id}/resolve"), "conflicts.resolve", body=True),
 )
 _INT_ARGS = frozenset({"id", "limit", "offset"})
+_BOOL_ARGS = frozenset({"unresolved"})
 
 
 class HttpError(Exception):
@@ -242,6 +255,10 @@ class HttpApi:
                 if not value.lstrip("-").isdigit() or len(value) > 18:
                     raise HttpError(ErrorCode.BAD_REQUEST, f"{key} must be an integer, got {value!r}")
                 args[key] = int(value)
+            elif key in _BOOL_ARGS:
+                if value not in ("true", "false"):
+                    raise HttpError(ErrorCode.BAD_REQUEST, f"{key} must be true or false, got {value!r}")
+                args[key] = value == "true"
             else:
                 args[key] = value
         return args
