@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from freshd import logs
@@ -163,6 +162,15 @@ def link_ids(conn: Connection, pair: str, entity: str) -> dict[str, str]:
     return {str(r["left_id"]): str(r["right_id"]) for r in rows.fetchall()}
 
 
+def links_of(conn: Connection, pair: str, entity: str, *, left_ids: Sequence[str],
+             right_ids: Sequence[str]) -> list[Link]:
+    """The links of any of these records (one query for a batch)."""
+    rows = conn.execute(
+        "SELECT left_id, right_id, base FROM links WHERE pair = %s AND entity = %s"
+        " AND (left_id = ANY(%s) OR right_id = ANY(%s))", (pair, entity, list(left_ids), list(right_ids))).fetchall()
+    return [Link(str(r["left_id"]), str(r["right_id"]), r["base"]) for r in rows]  # type: ignore[arg-type]
+
+
 def link_of(conn: Connection, pair: str, entity: str, *, left_id: str | None = None,
             right_id: str | None = None) -> Link | None:
     column, value = ("left_id", left_id) if left_id is not None else ("right_id", right_id)
@@ -175,17 +183,16 @@ def save_link(conn: Connection, pair: str, entity: str, *, left_id: str, right_i
               linked_by: str) -> bool:
     """Link two records (or move the base of their link on).  False: either record is already linked
     to another one (the identity map stays one-to-one; the caller records a conflict)."""
-    try:
-        with conn.transaction():
-            conn.execute(
-                "INSERT INTO links (pair, entity, left_id, right_id, base, linked_by) VALUES (%s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (pair, entity, left_id) DO UPDATE SET base = excluded.base, updated_at = now()"
-                " WHERE links.right_id = excluded.right_id",
-                (pair, entity, left_id, right_id, Jsonb(dict(base)), linked_by))
-    except psycopg.errors.UniqueViolation:
-        return False
-    found = link_of(conn, pair, entity, left_id=left_id)
-    return found is not None and found.right_id == right_id
+    moved = conn.execute(
+        "UPDATE links SET base = %s, updated_at = now() WHERE pair = %s AND entity = %s AND left_id = %s"
+        " AND right_id = %s", (Jsonb(dict(base)), pair, entity, left_id, right_id)).rowcount
+    if moved:
+        return True
+    # a new link; DO NOTHING on either side's uniqueness (no savepoint needed): taken means refused
+    inserted = conn.execute(
+        "INSERT INTO links (pair, entity, left_id, right_id, base, linked_by) VALUES (%s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT DO NOTHING RETURNING 1", (pair, entity, left_id, right_id, Jsonb(dict(base)), linked_by))
+    return inserted.fetchone() is not None
 
 
 # --- runs -------------------------------------------------------------------------------------------
@@ -324,6 +331,12 @@ def intend(conn: Connection, *, key: str, run_id: int | None, pair: str, entity:
         " WHERE twoway_writes.state <> 'applied' RETURNING key",
         (key, run_id, pair, entity, side, op, source_id, target_id, Jsonb(logs.scrub_json(dict(fields))))).fetchone()
     return row is not None
+
+
+def write_states(conn: Connection, keys: Sequence[str]) -> dict[str, str]:
+    """key -> state of the writes already logged under these keys (locked until the transaction ends)."""
+    rows = conn.execute("SELECT key, state FROM twoway_writes WHERE key = ANY(%s) FOR UPDATE", (list(keys),))
+    return {str(r["key"]): str(r["state"]) for r in rows.fetchall()}
 
 
 def settle_write(conn: Connection, key: str, *, applied: bool, target_id: str | None = None,

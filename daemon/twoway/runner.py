@@ -134,10 +134,10 @@ class WritePath:
 
         def intend(conn: Connection) -> list[str]:
             self._check(conn, connection)
+            known = db.write_states(conn, [w.key for w in writes])
             states = []
             for w in writes:
-                row = conn.execute("SELECT state FROM twoway_writes WHERE key = %s FOR UPDATE", (w.key,)).fetchone()
-                previous = str(row["state"]) if row else "new"
+                previous = known.get(w.key, "new")
                 if previous != "applied":
                     target = w.op.external_id if isinstance(w.op, Update) else None
                     db.intend(conn, key=w.key, run_id=run_id, pair=pair.name, entity=entity.name, side=side.value,
@@ -475,14 +475,14 @@ class Runner:
             entity = self.mapping.entities[name]
 
             def load(conn: Connection, entity: EntityMap = entity, group: list[dict[str, Any]] = group) -> Any:
-                links: dict[tuple[str | None, str | None], Link | None] = {}
-                for item in group:
-                    link = None
-                    if item["left_id"] is not None:
-                        link = db.link_of(conn, self.pair.name, entity.name, left_id=item["left_id"])
-                    if link is None and item["right_id"] is not None:
-                        link = db.link_of(conn, self.pair.name, entity.name, right_id=item["right_id"])
-                    links[(item["left_id"], item["right_id"])] = link
+                found = db.links_of(conn, self.pair.name, entity.name,
+                                    left_ids=[i["left_id"] for i in group if i["left_id"] is not None],
+                                    right_ids=[i["right_id"] for i in group if i["right_id"] is not None])
+                by_left = {ln.left_id: ln for ln in found}
+                by_right = {ln.right_id: ln for ln in found}
+                links: dict[tuple[str | None, str | None], Link | None] = {
+                    (i["left_id"], i["right_id"]): by_left.get(i["left_id"]) or by_right.get(i["right_id"])
+                    for i in group}
                 lids = [i["left_id"] for i in group if i["left_id"]] + [ln.left_id for ln in links.values() if ln]
                 rids = [i["right_id"] for i in group if i["right_id"]] + [ln.right_id for ln in links.values() if ln]
                 return (links, db.records_by_id(conn, self.pair.left_id, entity.left_stream, lids),
@@ -614,9 +614,11 @@ class Runner:
 
     def _settle_item(self, conn: Connection, work: ItemWork, counted: dict[str, int]) -> None:
         self._settle_one(conn, work, counted)
-        row = conn.execute("SELECT status FROM twoway_items WHERE run_id = %s AND seq = %s",
-                           (self.run_id, work.seq)).fetchone()
-        work.outcome = str(row["status"]) if row else None
+
+    def _item(self, conn: Connection, work: ItemWork, status: ItemStatus, **values: Any) -> None:
+        """db.settle_item, its status kept for the metrics."""
+        work.outcome = status.value
+        db.settle_item(conn, self.run_id, work.seq, status, **values)
 
     def _conflict(self, conn: Connection, **values: Any) -> int:
         """db.record_conflict, counted for the metrics once the batch commits."""
@@ -626,7 +628,7 @@ class Runner:
     def _settle_one(self, conn: Connection, work: ItemWork, counted: dict[str, int]) -> None:
         pair, entity = self.pair, work.entity
         if work.skip_reason is not None:
-            db.settle_item(conn, self.run_id, work.seq, ItemStatus.SKIPPED, detail={"reason": work.skip_reason})
+            self._item(conn, work, ItemStatus.SKIPPED, detail={"reason": work.skip_reason})
             return
         for side, planned in work.writes.items():
             written = work.written.get(side)
@@ -648,7 +650,7 @@ class Runner:
             elif target in work.written:
                 written = work.written[target]
                 if written is None:  # applied by an earlier attempt and settled then: the link exists
-                    db.settle_item(conn, self.run_id, work.seq, ItemStatus.DONE, attempts=work.attempts)
+                    self._item(conn, work, ItemStatus.DONE, attempts=work.attempts)
                     return
                 left_id = written.external_id if target is Side.LEFT else created.source_id
                 right_id = created.source_id if target is Side.LEFT else written.external_id
@@ -659,7 +661,7 @@ class Runner:
                                        type=ConflictType.DUPLICATE_KEY, left_id=left_id, right_id=right_id,
                                        message="created, but one of the records is already linked to another")
                     conflict = True
-                db.settle_item(conn, self.run_id, work.seq, ItemStatus.CONFLICT if conflict else ItemStatus.DONE,
+                self._item(conn, work, ItemStatus.CONFLICT if conflict else ItemStatus.DONE,
                                left_id=left_id, right_id=right_id, attempts=work.attempts)
                 return
             else:
@@ -696,7 +698,7 @@ class Runner:
         if work.errors:
             conflict = self._item_error(conn, work, next(iter(work.errors))) or conflict
             return
-        db.settle_item(conn, self.run_id, work.seq, ItemStatus.CONFLICT if conflict else ItemStatus.DONE,
+        self._item(conn, work, ItemStatus.CONFLICT if conflict else ItemStatus.DONE,
                        attempts=work.attempts)
 
     def _item_error(self, conn: Connection, work: ItemWork, side: Side | None) -> bool:
@@ -704,7 +706,7 @@ class Runner:
         error = work.errors.get(side) if side is not None else None
         entity = work.entity
         if error is None:
-            db.settle_item(conn, self.run_id, work.seq, ItemStatus.SKIPPED, attempts=work.attempts,
+            self._item(conn, work, ItemStatus.SKIPPED, attempts=work.attempts,
                            detail={"reason": "nothing to write"})
             return False
         kind, status = _conflict_type(error)
@@ -722,7 +724,7 @@ class Runner:
                                    type=ConflictType.DUPLICATE_KEY, left_id=left_id, right_id=right_id,
                                    fields=[entity.key], message=str(error), status="auto_resolved",
                                    resolution={"linked": error.existing_id})
-                db.settle_item(conn, self.run_id, work.seq, ItemStatus.DONE, left_id=left_id, right_id=right_id,
+                self._item(conn, work, ItemStatus.DONE, left_id=left_id, right_id=right_id,
                                attempts=work.attempts, detail={"linked_existing": error.existing_id})
                 return False
         self._conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name, type=kind,
@@ -730,7 +732,7 @@ class Runner:
                            left=planned.values if planned and values_side is Side.LEFT else None,
                            right=planned.values if planned and values_side is Side.RIGHT else None,
                            message=f"{side} refused: {error}" if side else str(error))
-        db.settle_item(conn, self.run_id, work.seq, status, attempts=work.attempts,
+        self._item(conn, work, status, attempts=work.attempts,
                        detail={"error": str(error), "side": side.value if side else None, "type": kind.value})
         return True
 
