@@ -242,6 +242,11 @@ class RunCancelled(Exception):
     pass
 
 
+class RunMoved(Exception):
+    """A connection of the pair is no longer run by this member (its lease moved): the run stops at
+    the batch boundary, queued, and the member that runs both now resumes it."""
+
+
 class Runner:
     def __init__(self, gateway: Gateway, run: Mapping[str, Any], pair: PairRow, mapping: Pair, *,
                  settings: RunSettings, budget: TokenBucket) -> None:
@@ -290,6 +295,10 @@ class Runner:
         except RunCancelled:
             await self.store.call(db.skip_pending, self.run_id, "run cancelled")
             return await self._finish(RunState.CANCELLED)
+        except RunMoved as moved:
+            await self.store.call(db.set_run_state, self.run_id, RunState.QUEUED)
+            self.log.info("twoway.run_moved", connection=str(moved))
+            return RunState.QUEUED
         except PermanentError as exc:
             return await self._finish(RunState.FAILED, error=str(exc))
 
@@ -311,6 +320,9 @@ class Runner:
                               run_id=self.run_id, details=details)
 
     async def _boundary(self) -> None:
+        for connection in (self.pair.left, self.pair.right):
+            if self.gateway.fence(connection) is None:
+                raise RunMoved(connection)
         run = await self.store.call(db.get_run, self.run_id)
         requested = run["requested"] if run else None
         if requested == "pause":
