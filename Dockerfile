@@ -9,7 +9,7 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY daemon daemon
 COPY connectors connectors
 # no `embedded` extra: the database is external (FRESHD_DATABASE_URL)

@@ -13,7 +13,6 @@ writing), and it is where pause and cancel take effect: at a page boundary.
 
 from __future__ import annotations
 
-import importlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
 from freshd import logs
+from freshd.connectors import registry
 from freshd.connectors.http import Classify, ProviderClient, TokenHeader, bearer, classify_http
 from freshd.errors import ConfigError, ConfigErrors, PermanentError
 from freshd.policies.gate import ConnectionPolicies, limits_for
@@ -287,30 +287,15 @@ class Connector(ABC):
         """Release the connector's HTTP client."""
 
 
-# provider name -> "module:Class"; imported on first use so the daemon loads only what it runs.
-_REGISTRY = {
-    "woocommerce": "freshd.connectors.woocommerce.connector:WooCommerceConnector",
-    "odoo": "freshd.connectors.odoo.connector:OdooConnector",
-    "orion": "freshd.connectors.orion.connector:OrionConnector",
-    "amazon_sp": "freshd.connectors.amazon_sp.connector:AmazonSPConnector",
-    "powens": "freshd.connectors.powens.connector:PowensConnector",
-    "rest": "freshd.connectors.rest.connector:RestConnector",
-}
-
-
-def providers() -> tuple[str, ...]:
-    return tuple(sorted(_REGISTRY))
+providers = registry.providers  # the registered provider names, sorted
 
 
 def connector_class(provider: str) -> type[Connector]:
-    try:
-        target = _REGISTRY[provider]
-    except KeyError:
-        raise ConfigError(
-            f"unknown provider {provider!r}; valid providers: {', '.join(providers())}"
-        ) from None
-    module, _, name = target.partition(":")
-    cls: type[Connector] = getattr(importlib.import_module(module), name)
+    """The connector class of `provider` (freshd.connectors.registry; imported on first use, so the
+    daemon loads only what it runs).  An unknown name is a ConfigError listing the valid ones."""
+    cls = registry.load(registry.provider(provider).connector)
+    if not issubclass(cls, Connector):
+        raise TypeError(f"provider {provider!r}: {cls.__qualname__} is not a Connector")
     return cls
 
 

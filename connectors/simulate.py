@@ -5,25 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
-from freshd.connectors.simulator import serve_asgi
-
-# provider -> "module:Class"; every class takes (records=, seed=, credentials=), has `.app` and
-# `random_changes(count)` (creates, updates and deletes, deterministic for the seed)
-SIMULATORS = {
-    "woocommerce": "freshd.connectors.woocommerce.simulator:WooCommerceSimulator",
-    "odoo": "freshd.connectors.odoo.simulator:OdooSimulator",
-    "orion": "freshd.connectors.orion.simulator:OrionSimulator",
-    "amazon_sp": "freshd.connectors.amazon_sp.simulator:AmazonSPSimulator",
-    "powens": "freshd.connectors.powens.simulator:PowensSimulator",
-    "rest": "freshd.connectors.rest.simulator:GenericRestSimulator",
-}
+from freshd.connectors.registry import providers, simulator_class
+from freshd.connectors.simulator import Simulator, serve_asgi
 
 
 async def run_churn(changes: Callable[[int], object], per_second: float) -> None:
@@ -31,11 +19,6 @@ async def run_churn(changes: Callable[[int], object], per_second: float) -> None
     while True:
         await trio.sleep(1.0 / per_second)
         changes(1)
-
-
-def simulator_class(provider: str) -> Any:
-    module, _, name = SIMULATORS[provider].partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 async def run_simulator(
@@ -50,7 +33,7 @@ async def run_simulator(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one simulator until cancelled; reports the port it listens on."""
-    sim: Any = simulator_class(provider)(records=records, seed=seed, credentials=credentials)
+    sim: Simulator = simulator_class(provider)(records=records, seed=seed, credentials=credentials)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(functools.partial(serve_asgi, sim.app, host, port))
         if churn > 0:
@@ -60,7 +43,7 @@ async def run_simulator(
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="freshd simulate", description="Run a provider simulator on loopback.")
-    parser.add_argument("provider", help=f"one of: {', '.join(sorted(SIMULATORS))}")
+    parser.add_argument("provider", help=f"one of: {', '.join(providers())}")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--records", type=int, default=100, help="records per entity")
@@ -69,8 +52,8 @@ def main(argv: list[str]) -> int:
                         help="credentials the simulator accepts (as given to `freshctl connections add`)")
     parser.add_argument("--churn", type=float, default=0.0, help="random changes per second")
     args = parser.parse_args(argv)
-    if args.provider not in SIMULATORS:
-        parser.error(f"unknown provider {args.provider!r}; valid: {', '.join(sorted(SIMULATORS))}")
+    if args.provider not in providers():
+        parser.error(f"unknown provider {args.provider!r}; valid: {', '.join(providers())}")
     credentials = {}
     for pair in args.credential:
         key, sep, value = pair.partition("=")

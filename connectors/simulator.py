@@ -1,4 +1,4 @@
-"""What every provider simulator shares: serving, routing, fault injection, fake data.
+"""What every provider simulator is (`Simulator`) and shares: serving, routing, fault injection, fake data.
 
 A simulator is a real HTTP server on loopback (hypercorn on the trio loop, see
 freshd.asgi) speaking its provider's real paths, parameters, auth, pagination
@@ -28,7 +28,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
 import orjson
@@ -36,7 +36,7 @@ import trio
 
 from freshd.asgi import acknowledge_lifespan, serve_asgi
 
-__all__ = ["FakeData", "Faults", "Request", "Response", "SimulatorApp", "serve_asgi"]
+__all__ = ["FakeData", "Faults", "Request", "Response", "Simulator", "SimulatorApp", "serve_asgi"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +262,43 @@ class SimulatorApp:
         await send({"type": "http.response.start", "status": response.status,
                     "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]})
         await send({"type": "http.response.body", "body": response.body})
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """What every provider simulator is (`PROVIDER.simulator`, freshd.connectors.registry).
+
+    Built with `records` per entity, a `seed` (the same seed gives the same data and the same
+    changes) and the `credentials` it accepts (None: the provider's test defaults); provider-specific
+    keywords come after these and have defaults.  It serves its provider's API on `.app`
+    (`freshd simulate` runs it).  The rest is the contract the test suite drives every provider
+    through (tests/rig.py, the conformance suite).
+    """
+
+    app: SimulatorApp
+    token_requests: int  # token endpoint calls that issued a token (0 forever for key-based auth)
+
+    def __init__(self, records: int = ..., seed: int = ..., credentials: dict[str, str] | None = ...) -> None: ...
+
+    def random_changes(self, count: int) -> dict[str, int]:
+        """`count` random creates, updates and deletes (deterministic for the seed), counted by kind."""
+        ...
+
+    def count(self, entity: str) -> int:
+        """Live records of `entity` a complete sync must end with."""
+        ...
+
+    def mutate(self, entity: str) -> dict[str, str | None]:
+        """Create one record, update one, delete one (None where the entity cannot be deleted).
+
+        Returns {"created": id, "updated": id, "deleted": id or None} as external ids (strings).
+        """
+        ...
+
+    def corrupt(self, entity: str) -> str:
+        """Make one record malformed as a client would see it (e.g. a NUL in a text field);
+        returns its external id. The next sync must skip it and record why."""
+        ...
 
 
 class FakeData:

@@ -16,46 +16,27 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from freshd.connectors.base import ConnectionSettings, Connector, Page, connector_class
-from freshd.connectors.simulator import SimulatorApp, serve_asgi
+from freshd.connectors.simulator import Simulator, serve_asgi
 from freshd.policies.gate import ConnectionPolicies
 from freshd.store import Store, connections, jobs, open_store
 from freshd.store.jobs import JobKind
 from freshd.sync import JobControl, JobOutcome, JobRunner
 from tests.helpers import query
 
-
-class SimulatorUnderTest(Protocol):
-    """What every provider simulator offers the tests (besides its real HTTP API on `.app`)."""
-
-    app: SimulatorApp
-    token_requests: int  # token endpoint calls that issued a token (0 forever for key-based auth)
-
-    def count(self, entity: str) -> int:
-        """Live records of `entity` a complete sync must end with."""
-        ...
-
-    def mutate(self, entity: str) -> dict[str, str | None]:
-        """Create one record, update one, delete one (None where the entity cannot be deleted).
-
-        Returns {"created": id, "updated": id, "deleted": id or None} as external ids (strings).
-        """
-        ...
-
-    def corrupt(self, entity: str) -> str:
-        """Make one record malformed as a client would see it (e.g. a NUL in a text field);
-        returns its external id. The next sync must skip it and record why."""
-        ...
+# What every provider simulator offers the tests (besides its real HTTP API on `.app`): count, mutate,
+# corrupt, token_requests.  The package states it once, for `freshd simulate` and the registry too.
+SimulatorUnderTest = Simulator
 
 
 @dataclass(frozen=True)
 class ConformanceCase:
     provider: str
-    make_simulator: Callable[[int, int], Any]  # (records, seed) -> simulator
+    make_simulator: Callable[[int, int], SimulatorUnderTest]  # (records, seed) -> simulator
     settings: Callable[[str], ConnectionSettings]  # base URL -> settings the simulator accepts
     entities: tuple[str, ...]  # entities the suite checks (mutate/corrupt act on entities[0])
     uses_tokens: bool = False  # OAuth-style: expire_tokens must cause exactly one refresh

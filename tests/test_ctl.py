@@ -23,7 +23,7 @@ import trio
 
 from freshd import __version__, ctl
 from freshd.config import load_config
-from freshd.connectors import base
+from freshd.connectors import base, registry
 from freshd.connectors.base import (
     ConnectionSettings,
     Connector,
@@ -163,7 +163,9 @@ class _FlakyCredentialsConnector(Connector):
 async def test_set_credential_restarts_a_crash_looping_actor_at_once(
     nursery: trio.Nursery, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(base._REGISTRY, "flaky", f"{__name__}:_FlakyCredentialsConnector")
+    monkeypatch.setitem(registry.registered(), "flaky", registry.Provider(
+        "flaky", connector=f"{__name__}:_FlakyCredentialsConnector",
+        simulator="freshd.connectors.woocommerce.simulator:WooCommerceSimulator", doc=""))
     monkeypatch.setattr("freshd.supervisor.BACKOFF_START", 60.0)  # a backoff this test could never wait out
     with trio.fail_after(30):
         running = await start_daemon(nursery, tmp_path, database_url, "")

@@ -18,7 +18,7 @@ import trio
 
 from freshd.app import Daemon, run_daemon
 from freshd.config import load_config
-from freshd.connectors import base
+from freshd.connectors import registry
 from freshd.connectors.base import Connector, Page, StreamSpec, SyncContext, SyncMode
 from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
@@ -265,7 +265,9 @@ async def test_a_crashing_actor_is_restarted_and_others_keep_syncing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # the only fake here: a connector with a bug (nothing real crashes on purpose)
-    monkeypatch.setitem(base._REGISTRY, "crashy", f"{__name__}:_CrashingConnector")
+    monkeypatch.setitem(registry.registered(), "crashy", registry.Provider(
+        "crashy", connector=f"{__name__}:_CrashingConnector",
+        simulator="freshd.connectors.woocommerce.simulator:WooCommerceSimulator", doc=""))
     monkeypatch.setattr("freshd.supervisor.BACKOFF_START", 0.05)
     body = connection_block("eu", simulators[0][1]) + connection_block("bad", "http://127.0.0.1:9", provider="crashy")
     config_path = tmp_path / "freshd.toml"
