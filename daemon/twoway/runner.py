@@ -258,6 +258,9 @@ class Runner:
         self.mapping = mapping
         self.settings = settings
         self.writes = WritePath(gateway, budget)
+        gone = sorted(set(run["entities"]) - set(mapping.entities))
+        if gone:
+            raise PermanentError(f"the pair {pair.name} no longer maps {', '.join(gone)}: start a new run")
         self.entities = [mapping.entities[name] for name in run["entities"]]
         self.tables: tuple[dict[str, Mapping[str, str]], dict[str, Mapping[str, str]]] = ({}, {})
         self.log = log.bind(run=self.run_id, pair=pair.name)

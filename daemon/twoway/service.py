@@ -174,8 +174,9 @@ class TwoWay:
             runner = Runner(self, run, pair, mapping_of(pair), settings=settings, budget=self.budget(pair.tenant))
             await runner.execute()
         except (TransientError, FreshdError) as exc:
-            if isinstance(exc, ProviderError) and not isinstance(exc, TransientError):
-                await self._fail(run_id, str(exc))
+            if isinstance(exc, ConfigError) or (isinstance(exc, ProviderError)
+                                                and not isinstance(exc, TransientError)):
+                await self._fail(run_id, str(exc))  # it would fail the same way again
             else:  # the store or the lease: left as it is, resumed by the next tick (or the new owner)
                 log.warning("twoway.run_interrupted", run=run_id, error=str(exc))
                 await trio.sleep(TICK)
