@@ -682,13 +682,7 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             return args.command, {"id": args.id}
 
 
-def split_list(text: str | None, parser: argparse.ArgumentParser) -> list[str] | None:
-    if text is None:
-        return None
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        parser.error("--entities takes a comma-separated list of entity names")
-    return items
+split_list = ctl_twoway.split_list  # "a,b" -> ["a", "b"] (--entities)
 
 
 def render(cmd: str, result: Any) -> str:

@@ -64,7 +64,8 @@ def add_commands(sub: Any, command: Command) -> None:
                          help="the merged value of a field, as JSON (repeat per field); e.g. --value 'phone=\"+32 1\"'")
 
 
-def _entities(text: str | None, parser: argparse.ArgumentParser) -> list[str] | None:
+def split_list(text: str | None, parser: argparse.ArgumentParser) -> list[str] | None:
+    """--entities a,b: the names; an empty list is a usage error."""
     if text is None:
         return None
     items = [item.strip() for item in text.split(",") if item.strip()]
@@ -93,13 +94,13 @@ def request_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
     if args.command == "pairs":
         if action == "add":
             return "pairs.add", {"name": args.name, "left": args.left, "right": args.right,
-                                 "entities": _entities(args.entities, parser)}
+                                 "entities": split_list(args.entities, parser)}
         return "pairs.list", {}
     if args.command == "twoway":
         if action == "start":
             if args.batch_size is not None and not 1 <= args.batch_size <= 200:
                 parser.error("--batch-size must be 1 to 200")
-            return "twoway.start", {"pair": args.pair, "entities": _entities(args.entities, parser),
+            return "twoway.start", {"pair": args.pair, "entities": split_list(args.entities, parser),
                                     "batch_size": args.batch_size, "batch_delay": args.batch_delay,
                                     "dry_run": args.dry_run or None}
         if action == "runs":
