@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import orjson
 import psycopg
 from psycopg.conninfo import make_conninfo
 
@@ -263,7 +264,7 @@ def main() -> int:
         with fresh_database(server) as db:
             paged_s = limits.per_page_upsert(db, shaped)
         del shaped
-        size = sum(len(json.dumps(r)) for r in limits.customers(100)) / 100
+        size = sum(len(orjson.dumps(r)) for r in limits.customers(100)) / 100
         with fresh_database(server) as db:
             result = bench_freshd(db, base_url, args.records, work)
         rate = result["records_per_s"]
