@@ -536,10 +536,11 @@ class JobRunner:
         the batches in order, one transaction each, with a page boundary after each commit."""
         evidence = _ListingEvidence(stream.name, listing_started)
         send_staged, receive_staged = trio.open_memory_channel[_Staged](0)
-        failure: Exception | None = None
+        failure: Exception | None = None  # the committer's: it wins over the stage's
+        staging: Exception | None = None
 
         async def stage() -> None:
-            nonlocal failure
+            nonlocal staging
             async with receive, send_staged:
                 try:
                     async for first in receive:
@@ -553,8 +554,10 @@ class JobRunner:
                             size += len(batch[-1][0].records)
                         staged = await trio.to_thread.run_sync(self._encode, stream, batch, limiter=self._encoder)
                         await send_staged.send(staged)
+                except trio.BrokenResourceError:
+                    pass  # the committer stopped (cancel, pause, an error): it says why
                 except Exception as exc:  # the batches staged before it are still committed
-                    failure = exc
+                    staging = exc
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stage)
@@ -565,8 +568,8 @@ class JobRunner:
             except Exception as exc:
                 failure = exc
             nursery.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
+        if failure is not None or staging is not None:
+            raise failure or staging  # type: ignore[misc]
 
     async def _commit_staged(self, stream: StreamSpec, staged: _Staged, progress: EntityProgress,
                              evidence: _ListingEvidence, processed_at_start: int) -> None:
