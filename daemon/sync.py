@@ -20,6 +20,7 @@ Per entity, two tasks in one nursery:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -43,7 +44,7 @@ from freshd.store.jobs import JobKind, JobRow, JobStatus
 log = structlog.get_logger(__name__)
 
 MAX_BATCH_RECORDS = 2000  # group commit: at most this many records per transaction
-PAGES_AHEAD = 20  # pages fetched ahead of the writer (bounded memory: about 20 x 100 records)
+PAGES_AHEAD = 12  # pages fetched ahead of the writer (bounded memory: about 12 x 100 records)
 INTERRUPT_GRACE = 1.0  # seconds a pause or cancel waits for a page boundary before interrupting
 MAX_DELETE_SHARE = 0.10  # a reconciliation deleting more of an entity than this is held for confirmation
 PROGRESS_LOG_EVERY = 5.0  # seconds between two job.progress log lines of one job
@@ -209,9 +210,11 @@ def encode_record(stream: StreamSpec, record: Any) -> records.EncodedRecord:
 class _Staged:
     """A batch of pages encoded off the trio thread, waiting for its commit."""
 
-    pages: list[Page]
+    pages: list[Page]  # without their records (encoded already)
     committed: list[trio.Event | None]  # lockstep: set once the page is committed
-    writes: list[records.PageWrite]
+    size: int  # records the pages carried
+    stored: int  # records encoded (the others failed)
+    writes: list[records.PageWrite]  # a dry run's only (it classifies them)
     failures: list[tuple[str, str | None, str]]
     total: int | None  # the provider's own count, if a page gave it
     encoded: records.EncodedPages | None  # None in a dry run (nothing is written)
@@ -576,7 +579,7 @@ class JobRunner:
         provider = self.connector.provider
         batch = staged.pages
         evidence.add(batch, staged.failures)
-        stored = sum(len(w.records) for w in staged.writes)
+        stored = staged.stored
         # counted before the commit, so the progress it saves includes this batch
         before = (progress.processed, progress.failed, progress.total, progress.estimated)
         progress.processed += stored
@@ -608,7 +611,7 @@ class JobRunner:
         elapsed = now - (progress.started or now)
         if elapsed > 0:
             progress.rate = (progress.processed - processed_at_start) / elapsed
-        size = sum(len(page.records) for page in batch)
+        size = staged.size
         self._pages += len(batch)
         self._page_records += size
         seen = progress.processed + progress.failed + progress.skipped
@@ -646,7 +649,10 @@ class JobRunner:
                 self.connection_id, stream.name, encoded, page.deleted, page.checkpoint,
                 touch_seen=page.full_listing, events=self.events,
             ))
-        return _Staged([page for page, _ in batch], [event for _, event in batch], writes, failures, total,
+        # what waits for the commit is the COPY data, not the decoded records (bounded memory)
+        return _Staged([dataclasses.replace(page, records=()) for page, _ in batch], [event for _, event in batch],
+                       sum(len(page.records) for page, _ in batch), sum(len(w.records) for w in writes),
+                       writes if self.dry_run else [], failures, total,
                        None if self.dry_run else records.encode_pages(writes))
 
     def _commit_dry(
