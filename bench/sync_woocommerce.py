@@ -5,12 +5,14 @@ the simulator (`freshd simulate`), the daemon (`freshd run`, driven with
 `freshctl`), and for comparison dlt's `rest_api` source into the same
 PostgreSQL (in its own virtualenv, bench/.venv-dlt, created on first use).
 
-Figures printed:
+Figures printed, each limit measured in the same run (bench/limits.py), freshd given as a fraction of each:
+  limits  fetch only (the daemon's own connector, nothing stored), bulk upsert (COPY + one
+          INSERT … ON CONFLICT, one transaction), per-page upsert (100 rows and a commit per page)
   freshd  initial sync records/s (job started_at -> finished_at), peak RSS of the daemon (VmHWM)
   freshd  no-op incremental sync of the unchanged connection: seconds
   freshd  full re-sync records/s without and with a `freshctl watch` subscriber (progress cost)
   freshd  seconds from `freshctl connections add` to the first records stored
-  dlt     records/s (wall time of pipeline.run), peak RSS of its process
+  dlt     records/s (wall time of pipeline.run), peak RSS of its process, if `dlt` is importable
 
 Usage: .venv/bin/python bench/sync_woocommerce.py [--records 100000] [--skip-dlt]
 Database: $FRESHD_BENCH_DATABASE_URL, else the local server on 127.0.0.1:5432, else an embedded one.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -33,8 +36,11 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import orjson
 import psycopg
 from psycopg.conninfo import make_conninfo
+
+import limits
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -211,18 +217,22 @@ print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
-def bench_dlt(db: str, base_url: str, records: int, work: Path) -> dict[str, float]:
-    venv = ROOT / "bench" / ".venv-dlt"
-    if not (venv / "bin" / "python").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "dlt[postgres]"], check=True)
+def dlt_python() -> str | None:
+    """A Python that can import dlt: this one, or bench/.venv-dlt's if someone made it."""
+    if importlib.util.find_spec("dlt") is not None:
+        return sys.executable
+    venv = ROOT / "bench" / ".venv-dlt" / "bin" / "python"
+    return str(venv) if venv.exists() else None
+
+
+def bench_dlt(python: str, db: str, base_url: str, records: int, work: Path) -> dict[str, float]:
     # dlt wants a URL; psycopg's conninfo string is turned into one here
     info = psycopg.conninfo.conninfo_to_dict(db)
     host = info.get("host", "127.0.0.1")
     user, password, port = info.get("user", "postgres"), info.get("password", ""), info.get("port", 5432)
     url = f"postgresql://{user}:{password}@{host}:{port}/{info['dbname']}"
     out = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", DLT_SCRIPT, base_url, url, CREDS["consumer_key"],
+        [python, "-c", DLT_SCRIPT, base_url, url, CREDS["consumer_key"],
          CREDS["consumer_secret"], str(work / "dlt")],
         check=True, capture_output=True, text=True,
     )
@@ -246,20 +256,40 @@ def main() -> int:
         work = Path(tmp)
         wait_port(port)
         print(f"simulator: {args.records} customers at {base_url}", flush=True)
+        fetch_s, fetched = limits.fetch(base_url, CREDS)
+        assert fetched == args.records, f"fetched {fetched} of {args.records}"
+        shaped = limits.customers(args.records)
+        with fresh_database(server) as db:
+            bulk_s = limits.bulk_upsert(db, shaped)
+        with fresh_database(server) as db:
+            paged_s = limits.per_page_upsert(db, shaped)
+        del shaped
+        size = sum(len(orjson.dumps(r)) for r in limits.customers(100)) / 100
         with fresh_database(server) as db:
             result = bench_freshd(db, base_url, args.records, work)
-        print(f"freshd: {result['records_per_s']:,.0f} records/s ({result['initial_s']:.2f} s), "
+        rate = result["records_per_s"]
+        ceilings = {"fetch only (4 concurrent)": args.records / fetch_s,
+                    "bulk upsert (one transaction)": args.records / bulk_s,
+                    "per-page upsert (100 rows/commit)": args.records / paged_s}
+        print(f"records: {args.records:,} customers of {size:,.0f} bytes (JSON) each", flush=True)
+        for name, limit in ceilings.items():
+            print(f"limit  {name:36s} {limit:9,.0f} records/s   freshd = {rate / limit:5.0%} of it", flush=True)
+        print(f"freshd initial sync                        {rate:9,.0f} records/s ({result['initial_s']:.2f} s), "
               f"peak RSS {result['peak_rss_mb']:.0f} MB, no-op incremental {result['noop_incremental_s']:.2f} s",
               flush=True)
         print(f"freshd full re-sync: {result['full_unwatched_per_s']:,.0f} records/s unwatched, "
               f"{result['full_watched_per_s']:,.0f} records/s with `freshctl watch` attached "
               f"({result['watch_events']} progress events); connections add -> first records stored: "
               f"{result['add_to_first_records_s']:.3f} s", flush=True)
-        if not args.skip_dlt:
+        python = None if args.skip_dlt else dlt_python()
+        if python is None:
+            print("dlt: skipped" + ("" if args.skip_dlt else " (not importable here: pip install 'dlt[postgres]')"),
+                  flush=True)
+        else:
             with fresh_database(server) as db:
-                dlt = bench_dlt(db, base_url, args.records, work)
+                dlt = bench_dlt(python, db, base_url, args.records, work)
             print(f"dlt rest_api: {dlt['records_per_s']:,.0f} records/s ({dlt['seconds']:.2f} s), "
-                  f"peak RSS {dlt['peak_rss_mb']:.0f} MB", flush=True)
+                  f"peak RSS {dlt['peak_rss_mb']:.0f} MB; freshd = {rate / dlt['records_per_s']:.1f}x dlt", flush=True)
     return 0
 
 

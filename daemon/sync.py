@@ -5,8 +5,10 @@ Per entity, two tasks in one nursery:
     connector.sync_entity ──emit(page)──> [bounded channel] ──> writer ──> store (one tx per batch)
 
 * The writer commits records, tombstones, the connector's checkpoint, failed
-  items and the job's progress in ONE transaction; when it falls behind it
-  groups the pages already waiting into one transaction (group commit).
+  items and the job's progress in ONE transaction (records.commit_pages); when
+  it falls behind it groups the pages already waiting into one transaction
+  (group commit).  The next batch is encoded (canonical JSON, hashes, binary
+  COPY data) on a worker thread while the previous one commits.
 * Pause and cancel take effect in the writer, between two commits: the cursor
   is saved, nothing half-written.  Pause blocks the writer, and the bounded
   channel then blocks the connector; cancel stops the connector.
@@ -18,6 +20,7 @@ Per entity, two tasks in one nursery:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -41,6 +44,7 @@ from freshd.store.jobs import JobKind, JobRow, JobStatus
 log = structlog.get_logger(__name__)
 
 MAX_BATCH_RECORDS = 2000  # group commit: at most this many records per transaction
+PAGES_AHEAD = 8  # pages fetched ahead of the writer (bounded memory: about 8 x 100 records)
 INTERRUPT_GRACE = 1.0  # seconds a pause or cancel waits for a page boundary before interrupting
 MAX_DELETE_SHARE = 0.10  # a reconciliation deleting more of an entity than this is held for confirmation
 PROGRESS_LOG_EVERY = 5.0  # seconds between two job.progress log lines of one job
@@ -203,11 +207,17 @@ def encode_record(stream: StreamSpec, record: Any) -> records.EncodedRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class _Check:
-    """One reconciliation to run in a commit: records.reconcile's evidence arguments."""
+class _Staged:
+    """A batch of pages encoded off the trio thread, waiting for its commit."""
 
-    entity: str
-    evidence: dict[str, Any]
+    pages: list[Page]  # without their records (encoded already)
+    committed: list[trio.Event | None]  # lockstep: set once the page is committed
+    size: int  # records the pages carried
+    stored: int  # records encoded (the others failed)
+    writes: list[records.PageWrite]  # a dry run's only (it classifies them)
+    failures: list[tuple[str, str | None, str]]
+    total: int | None  # the provider's own count, if a page gave it
+    encoded: records.EncodedPages | None  # None in a dry run (nothing is written)
 
 
 class _ListingEvidence:
@@ -223,17 +233,17 @@ class _ListingEvidence:
         if any(p.full_listing for p in batch):
             self.unstored += len(failures)
 
-    def reconciliations(self, batch: list[Page], progress: EntityProgress) -> list[_Check]:
+    def reconciliations(self, batch: list[Page], progress: EntityProgress) -> list[records.Check]:
         checks = []
         for page in batch:
             if page.listing_complete:
                 # the provider's own count only: an estimate is no evidence
                 expected = page.total if page.total is not None else \
                     None if progress.estimated else progress.total
-                checks.append(_Check(self.entity, {"seen_since": self.started, "expected": expected,
+                checks.append(records.Check(self.entity, {"seen_since": self.started, "expected": expected,
                                                    "unstored": self.unstored}))
             if page.inferred_deleted:
-                checks.append(_Check(self.entity, {"gone_ids": list(page.inferred_deleted),
+                checks.append(records.Check(self.entity, {"gone_ids": list(page.inferred_deleted),
                                                    "seen": page.listing_seen, "expected": page.listing_total}))
         return checks
 
@@ -289,6 +299,7 @@ class JobRunner:
         self._run_processed = sum(p.processed for p in self.progress.entities.values())
         self._pages = 0
         self._page_records = 0
+        self._encoder = trio.CapacityLimiter(1)  # the worker thread encoding the next batch
         self.log = log.bind(job=job.id, connection=job.connection)
         self._logged_at = time.monotonic()
 
@@ -441,7 +452,10 @@ class JobRunner:
         # page_concurrency = 1 is lockstep: emit returns once the page is committed, so nothing is
         # fetched ahead and a crash loses at most the one page in flight
         lockstep = concurrency <= 1
-        send, receive = trio.open_memory_channel[tuple[Page, trio.Event | None]](0 if lockstep else concurrency)
+        # otherwise pages wait here while a batch commits, up to a full batch's worth: when the writer
+        # falls behind, the next transaction carries them all (group commit, up to max_batch_records)
+        ahead = 0 if lockstep else max(concurrency, PAGES_AHEAD)
+        send, receive = trio.open_memory_channel[tuple[Page, trio.Event | None]](ahead)
         runner = self
 
         class Context:
@@ -522,68 +536,106 @@ class JobRunner:
         listing_started: Any,
         processed_at_start: int,
     ) -> None:
-        provider = self.connector.provider
+        """Two stages: `stage` groups the pages waiting into a batch and encodes it on a worker thread
+        (canonical JSON, hashes, the COPY data) while the previous batch commits; this loop commits
+        the batches in order, one transaction each, with a page boundary after each commit."""
         evidence = _ListingEvidence(stream.name, listing_started)
-        async with receive:
-            async for first, first_committed in receive:
-                batch = [first]
-                committed = [first_committed]
-                size = len(first.records)
-                while size < self.max_batch_records:
-                    try:
-                        page, page_committed = receive.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    batch.append(page)
-                    committed.append(page_committed)
-                    size += len(page.records)
-                writes, failures = self._encode(stream, batch, progress)
-                evidence.add(batch, failures)
-                stored = sum(len(w.records) for w in writes)
-                # counted before the commit, so the progress it saves includes this batch
-                progress.processed += stored
-                try:
-                    if self.dry_run:
-                        results, checks = await self.store.call_retrying(
-                            self._commit_dry, writes, failures, evidence.reconciliations(batch, progress), evidence)
-                    else:
-                        results, checks = await self.store.call_retrying(
-                            self._commit, writes, failures, evidence.reconciliations(batch, progress))
-                except BaseException:
-                    progress.processed -= stored  # not committed
-                    raise
-                self._committed.add(stream.name)
-                self._count(progress, results, checks)
-                for check in checks:
-                    self._after_reconciliation(check)
-                changed = sum(r.inserted + r.updated for r in results)
-                if not self.dry_run:
-                    metrics.records_synced_total.labels(provider, stream.name).inc(stored)
-                now = time.monotonic()
-                elapsed = now - (progress.started or now)
-                if elapsed > 0:
-                    progress.rate = (progress.processed - processed_at_start) / elapsed
-                self._pages += len(batch)
-                self._page_records += size
-                seen = progress.processed + progress.failed + progress.skipped
-                if progress.total is None or (progress.estimated and seen >= progress.total):
-                    # no count, or the guess was short: at least one more page (marked as a guess)
-                    progress.total, progress.estimated = seen + max(size, 1), True
-                self._update_job_rate(now)
-                self.log.debug("job.page_committed", entity=stream.name, records=size, changed=changed,
-                               pages=len(batch))
-                self._notify()
-                for event in committed:
-                    if event is not None:
-                        event.set()
-                await self._boundary()
+        send_staged, receive_staged = trio.open_memory_channel[_Staged](0)
+        failure: Exception | None = None  # the committer's: it wins over the stage's
+        staging: Exception | None = None
 
-    def _encode(
-        self, stream: StreamSpec, batch: list[Page], progress: EntityProgress
-    ) -> tuple[list[records.PageWrite], list[tuple[str, str | None, str]]]:
+        async def stage() -> None:
+            nonlocal staging
+            async with receive, send_staged:
+                try:
+                    async for first in receive:
+                        batch = [first]
+                        size = len(first[0].records)
+                        while size < self.max_batch_records:
+                            try:
+                                batch.append(receive.receive_nowait())
+                            except (trio.WouldBlock, trio.EndOfChannel):
+                                break
+                            size += len(batch[-1][0].records)
+                        staged = await trio.to_thread.run_sync(self._encode, stream, batch, limiter=self._encoder)
+                        await send_staged.send(staged)
+                except trio.BrokenResourceError:
+                    pass  # the committer stopped (cancel, pause, an error): it says why
+                except Exception as exc:  # the batches staged before it are still committed
+                    staging = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stage)
+            try:
+                async with receive_staged:
+                    async for staged in receive_staged:
+                        await self._commit_staged(stream, staged, progress, evidence, processed_at_start)
+            except Exception as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None or staging is not None:
+            raise failure or staging  # type: ignore[misc]
+
+    async def _commit_staged(self, stream: StreamSpec, staged: _Staged, progress: EntityProgress,
+                             evidence: _ListingEvidence, processed_at_start: int) -> None:
+        provider = self.connector.provider
+        batch = staged.pages
+        evidence.add(batch, staged.failures)
+        stored = staged.stored
+        # counted before the commit, so the progress it saves includes this batch
+        before = (progress.processed, progress.failed, progress.total, progress.estimated)
+        progress.processed += stored
+        progress.failed += len(staged.failures)
+        if staged.total is not None:
+            progress.total, progress.estimated = staged.total, False  # the provider's own count
+        checks = evidence.reconciliations(batch, progress)
+        try:
+            if self.dry_run:
+                results, done = await self.store.call_retrying(
+                    self._commit_dry, staged.writes, staged.failures, checks, evidence)
+            else:
+                assert staged.encoded is not None
+                results, done = await self.store.call_retrying(
+                    records.commit_pages, staged.encoded, job_id=self.job.id, failures=staged.failures,
+                    checks=checks, max_share=self.max_delete_share, confirmed=self.job.confirm_deletes,
+                    progress=self._progress_after)
+        except BaseException:
+            progress.processed, progress.failed, progress.total, progress.estimated = before  # not committed
+            raise
+        self._committed.add(stream.name)
+        self._count(progress, results, done)
+        for check in done:
+            self._after_reconciliation(check)
+        changed = sum(r.inserted + r.updated for r in results)
+        if not self.dry_run:
+            metrics.records_synced_total.labels(provider, stream.name).inc(stored)
+        now = time.monotonic()
+        elapsed = now - (progress.started or now)
+        if elapsed > 0:
+            progress.rate = (progress.processed - processed_at_start) / elapsed
+        size = staged.size
+        self._pages += len(batch)
+        self._page_records += size
+        seen = progress.processed + progress.failed + progress.skipped
+        if progress.total is None or (progress.estimated and seen >= progress.total):
+            # no count, or the guess was short: at least one more page (marked as a guess)
+            progress.total, progress.estimated = seen + max(size, 1), True
+        self._update_job_rate(now)
+        self.log.debug("job.page_committed", entity=stream.name, records=size, changed=changed,
+                       pages=len(batch))
+        self._notify()
+        for event in staged.committed:
+            if event is not None:
+                event.set()
+        await self._boundary()
+
+    def _encode(self, stream: StreamSpec, batch: list[tuple[Page, trio.Event | None]]) -> _Staged:
+        """On a worker thread: the batch's records as the database takes them.  Pure: the progress
+        changes only when the batch commits (_commit_staged)."""
         writes = []
         failures: list[tuple[str, str | None, str]] = []
-        for page in batch:
+        total = None
+        for page, _ in batch:
             encoded = []
             for record in page.records:
                 try:
@@ -594,37 +646,23 @@ class JobRunner:
             for external_id, reason in page.failures:
                 failures.append((stream.name, external_id, reason))
             if page.total is not None:
-                progress.total = page.total
-                progress.estimated = False  # the provider's own count
+                total = page.total
             writes.append(records.PageWrite(
                 self.connection_id, stream.name, encoded, page.deleted, page.checkpoint,
                 touch_seen=page.full_listing, events=self.events,
             ))
-        progress.failed += len(failures)
-        return writes, failures
-
-    def _commit(
-        self,
-        conn: Any,
-        writes: list[records.PageWrite],
-        failures: list[tuple[str, str | None, str]],
-        checks: list[_Check],
-    ) -> tuple[list[records.WriteResult], list[records.Reconciliation]]:
-        results = [records.write_page(conn, page) for page in writes]
-        done = [records.reconcile(conn, self.connection_id, check.entity, **check.evidence,
-                                  max_share=self.max_delete_share, confirmed=self.job.confirm_deletes,
-                                  job_id=self.job.id, events=self.events) for check in checks]
-        # the progress saved with the batch counts what it did (self.progress changes only once committed)
-        jobs.commit_failures(conn, self.job.id, failures)
-        jobs.save_progress(conn, self.job.id, self._progress_after(results, done))
-        return results, done
+        # what waits for the commit is the COPY data, not the decoded records (bounded memory)
+        return _Staged([dataclasses.replace(page, records=()) for page, _ in batch], [event for _, event in batch],
+                       sum(len(page.records) for page, _ in batch), sum(len(w.records) for w in writes),
+                       writes if self.dry_run else [], failures, total,
+                       None if self.dry_run else records.encode_pages(writes))
 
     def _commit_dry(
         self,
         conn: Any,
         writes: list[records.PageWrite],
         failures: list[tuple[str, str | None, str]],
-        checks: list[_Check],
+        checks: list[records.Check],
         evidence: _ListingEvidence,
     ) -> tuple[list[records.WriteResult], list[records.Reconciliation]]:
         """A dry run's commit: what the pages would create, change and delete, counted against the

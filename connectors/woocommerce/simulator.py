@@ -360,7 +360,14 @@ class WooCommerceSimulator:
                     "shipping": {k: v for k, v in fake.address(first, last, email).items()
                                  if k not in ("email", "phone")},
                     "is_paying_customer": fake.rng.random() < 0.6, "avatar_url": "https://secure.gravatar.com/avatar/",
-                    "meta_data": []}
+                    # as WooCommerce sends them (~1.2 KB): plugin metadata and REST links (no rng draw)
+                    "meta_data": [
+                        {"id": rid * 10 + 1, "key": "wc_last_active", "value": str(int(modified.timestamp()))},
+                        {"id": rid * 10 + 2, "key": "_wcs_subscription_ids_cache", "value": [rid * 7, rid * 7 + 3]},
+                        {"id": rid * 10 + 3, "key": "mailchimp_woocommerce_is_subscribed", "value": "1"}],
+                    "_links": {"self": [{"href": f"https://shop.example.com{PREFIX}/customers/{rid}",
+                                         "targetHints": {"allow": ["GET", "POST", "PUT", "PATCH", "DELETE"]}}],
+                               "collection": [{"href": f"https://shop.example.com{PREFIX}/customers"}]}}
         if resource == "orders":
             first, last = fake.person()
             email = f"{first}.{last}@example.com".lower()

@@ -22,7 +22,6 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from freshd import logs
-from freshd.store import records
 from freshd.store.db import Connection
 
 
@@ -238,25 +237,6 @@ def set_status(conn: Connection, job_id: int, status: JobStatus, *, error: str |
     job = get_job(conn, job_id)
     assert job is not None
     return job
-
-
-def commit_pages(
-    conn: Connection,
-    job_id: int,
-    pages: Sequence[records.PageWrite],
-    progress: dict[str, dict[str, int | None]],
-    failures: Sequence[tuple[str, str | None, str]],
-) -> list[records.WriteResult]:
-    """Records, cursors, failures and progress of one or more pages: one transaction."""
-    results = [records.write_page(conn, page) for page in pages]
-    if failures:
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO failed_items (job_id, entity, external_id, reason) VALUES (%s, %s, %s, %s)",
-                [(job_id, entity, eid, reason) for entity, eid, reason in failures],
-            )
-    conn.execute("UPDATE sync_jobs SET progress = %s WHERE id = %s", (Jsonb(progress), job_id))
-    return results
 
 
 def commit_failures(conn: Connection, job_id: int, failures: Sequence[tuple[str, str | None, str]]) -> None:

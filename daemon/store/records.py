@@ -1,41 +1,66 @@
 """Records and cursors: one page of data and its checkpoint commit together.
 
-``write_page`` is the heart of "nothing lost, nothing duplicated": the
-records, tombstones, the entity's cursor and the job's progress are written in
-the caller's single transaction (see Store.call), so after a crash the cursor
-never points past data that is not stored, nor behind data that is (the
-upsert makes any replayed page a no-op).
+``commit_pages`` is the heart of "nothing lost, nothing duplicated": the
+records, tombstones, the entity's cursor, failed items and the job's progress
+are written in the caller's single transaction (see Store.call), so after a
+crash the cursor never points past data that is not stored, nor behind data
+that is (the upsert makes any replayed page a no-op).
 
-Unchanged records are not rewritten: the upsert compares a content hash.
+The write path is set-based: ``encode_pages`` (off the trio thread) turns
+pages into one binary COPY; ``write_pages`` stages it in a session temporary
+table and runs one upsert per segment.  Unchanged records are not rewritten:
+the upsert compares a content hash in SQL.  With change events on it returns
+each created or changed row (its outbox row is written in the same
+transaction); with them off, only counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from freshd.store import outbox
+from freshd.store import jobs, outbox
 from freshd.store.db import Connection
 
+# Pages reach the database as one binary COPY into this session's temporary table, then one
+# set-based upsert per segment (see `encode_pages`): no per-row parameters, one round trip each.
+_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS freshd_page_in (seg int4, eid text, payload jsonb, h bytea)"
+          " ON COMMIT DELETE ROWS")
+_COPY = "COPY freshd_page_in (seg, eid, payload, h) FROM STDIN (FORMAT BINARY)"
+
+# Unchanged rows are skipped in SQL (content hash compare): not rewritten, same version and changed_at.
+# A full listing (touch) still refreshes last_seen_at, which reconciliation reads.
 _UPSERT = """
-INSERT INTO records AS r (connection_id, entity, external_id, payload, content_hash)
-SELECT %(cid)s, %(entity)s, t.eid, t.payload::jsonb, t.h
-FROM unnest(%(eids)b::text[], %(payloads)b::text[], %(hashes)b::bytea[]) AS t(eid, payload, h)
-ON CONFLICT (connection_id, entity, external_id) DO UPDATE
-    SET payload = excluded.payload,
-        content_hash = excluded.content_hash,
-        last_seen_at = now(),
-        deleted_at = NULL,
-        version = CASE WHEN r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL
-                       THEN r.version + 1 ELSE r.version END,
-        changed_at = CASE WHEN r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL
-                          THEN now() ELSE r.changed_at END
-    WHERE r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL OR %(touch)s
-RETURNING r.external_id, r.version, (xmax = 0) AS inserted, r.changed_at = now() AS changed
+WITH up AS (
+    INSERT INTO records AS r (connection_id, entity, external_id, payload, content_hash)
+    SELECT %(cid)s, %(entity)s, t.eid, t.payload, t.h FROM freshd_page_in t WHERE t.seg = %(seg)s
+    ON CONFLICT (connection_id, entity, external_id) DO UPDATE
+        SET payload = excluded.payload,
+            content_hash = excluded.content_hash,
+            last_seen_at = now(),
+            deleted_at = NULL,
+            version = CASE WHEN r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL
+                           THEN r.version + 1 ELSE r.version END,
+            changed_at = CASE WHEN r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL
+                              THEN now() ELSE r.changed_at END
+        WHERE r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL OR %(touch)s
+    RETURNING r.external_id, r.version, (xmax = 0) AS inserted, r.changed_at = now() AS changed
+)
 """
+# events off: counts only; events on: each created or changed row, for its outbox row
+_UPSERT_COUNTS = _UPSERT + ("SELECT count(*) FILTER (WHERE inserted) AS inserted,"
+                            " count(*) FILTER (WHERE changed AND NOT inserted) AS updated FROM up")
+_UPSERT_CHANGES = _UPSERT + "SELECT external_id, version, inserted FROM up WHERE changed"
+
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_COPY_TRAILER = struct.pack("!h", -1)
+_ROW = struct.Struct("!hii")  # 4 fields; seg: length 4, value
+_LEN = struct.Struct("!i")
+_JSONB = b"\x01"  # jsonb's binary format: a version byte, then the text
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,35 +96,138 @@ class WriteResult:
     entity: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Consecutive pages written by one upsert: same `touch`, deletions only after the last one."""
+
+    seg: int
+    touch: bool
+    received: int  # records the pages carried (duplicates included)
+    rows: int  # distinct ids staged (the last version of an id wins)
+    deleted: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPages:
+    """Pages of one entity, staged as one binary COPY: built off the trio thread (`encode_pages`)."""
+
+    connection_id: int
+    entity: str
+    copy: bytes
+    segments: Sequence[Segment]
+    checkpoint: dict[str, Any] | None  # the last page's that has one: the cursor after these pages
+    events: str | None = None
+
+
+def encode_pages(pages: Sequence[PageWrite]) -> EncodedPages:
+    """Pages of one entity as COPY data, split into segments so that writing each segment's records
+    then its deletions, in order, does what writing the pages one by one would do."""
+    assert pages, "nothing to encode"
+    parts = [_COPY_HEADER]
+    segments: list[Segment] = []
+    staged: dict[str, EncodedRecord] = {}
+    received = 0
+    touch = pages[0].touch_seen
+    checkpoint = None
+
+    def close(deleted: Sequence[str]) -> None:
+        nonlocal staged, received
+        seg = len(segments)
+        head = _ROW.pack(4, 4, seg)
+        for eid, record in staged.items():
+            key = eid.encode()
+            payload = record.payload_json.encode()
+            parts.append(b"".join((head, _LEN.pack(len(key)), key, _LEN.pack(len(payload) + 1), _JSONB, payload,
+                                   _LEN.pack(len(record.content_hash)), record.content_hash)))
+        segments.append(Segment(seg, touch, received, len(staged), deleted))
+        staged, received = {}, 0
+
+    for page in pages:
+        if page.touch_seen != touch and (staged or received):
+            close(())
+        touch = page.touch_seen
+        for record in page.records:
+            staged.pop(record.external_id, None)  # re-inserted: the last version of an id, in page order
+            staged[record.external_id] = record
+        received += len(page.records)
+        if page.deleted:
+            close(page.deleted)
+        if page.checkpoint is not None:
+            checkpoint = page.checkpoint
+    if staged or received or not segments:
+        close(())
+    parts.append(_COPY_TRAILER)
+    return EncodedPages(pages[0].connection_id, pages[0].entity, b"".join(parts), segments, checkpoint,
+                        pages[0].events)
+
+
+def write_pages(conn: Connection, batch: EncodedPages) -> list[WriteResult]:
+    """Stage the pages with one COPY, then per segment one upsert (skipping unchanged rows in SQL) and
+    its tombstones, then the cursor: a WriteResult per segment.  In the caller's transaction."""
+    results = []
+    if any(segment.rows for segment in batch.segments):
+        conn.execute(_STAGE)
+        with conn.cursor().copy(_COPY) as copy:
+            copy.write(batch.copy)
+    for segment in batch.segments:
+        inserted = updated = deleted = 0
+        if segment.rows:
+            params = {"cid": batch.connection_id, "entity": batch.entity, "seg": segment.seg,
+                      "touch": segment.touch}
+            if batch.events:
+                rows = conn.execute(_UPSERT_CHANGES, params).fetchall()
+                changed = [(str(row["external_id"]), bool(row["inserted"]), int(str(row["version"])))
+                           for row in rows]
+                outbox.record_changes(conn, batch.connection_id, batch.entity, changed)
+                inserted = sum(1 for c in changed if c[1])
+                updated = len(changed) - inserted
+            else:
+                row = conn.execute(_UPSERT_COUNTS, params).fetchone()
+                assert row is not None
+                inserted, updated = int(str(row["inserted"])), int(str(row["updated"]))
+        if segment.deleted:
+            deleted = len(tombstone(conn, batch.connection_id, batch.entity, segment.deleted, events=batch.events))
+        results.append(WriteResult(inserted, updated, segment.received - inserted - updated, deleted, batch.entity))
+    if batch.checkpoint is not None:
+        save_cursor(conn, batch.connection_id, batch.entity, batch.checkpoint)
+    return results
+
+
 def write_page(conn: Connection, page: PageWrite) -> WriteResult:
-    inserted = updated = deleted = 0
-    if page.records:
-        # ON CONFLICT cannot touch one row twice in a statement: the last version of an id wins.
-        unique = {r.external_id: r for r in page.records}
-        rows = conn.execute(
-            _UPSERT,
-            {
-                "cid": page.connection_id,
-                "entity": page.entity,
-                "eids": list(unique),
-                "payloads": [r.payload_json for r in unique.values()],
-                "hashes": [r.content_hash for r in unique.values()],
-                "touch": page.touch_seen,
-            },
-        ).fetchall()
-        inserted = sum(1 for row in rows if row["inserted"])
-        updated = len(rows) - inserted
-        if page.events:
-            changed = [(str(row["external_id"]), bool(row["inserted"]), int(str(row["version"])))
-                       for row in rows if row["changed"]]
-            outbox.record_changes(conn, page.connection_id, page.entity, changed)
-    if page.deleted:
-        gone = tombstone(conn, page.connection_id, page.entity, page.deleted, events=page.events)
-        deleted = len(gone)
-    if page.checkpoint is not None:
-        save_cursor(conn, page.connection_id, page.entity, page.checkpoint)
-    unchanged = len(page.records) - inserted - updated
-    return WriteResult(inserted, updated, unchanged, deleted, page.entity)
+    """One page: records, tombstones and cursor (write_pages of one page)."""
+    (result,) = write_pages(conn, encode_pages([page]))
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One reconciliation a commit runs after its pages: `reconcile`'s evidence arguments."""
+
+    entity: str
+    evidence: dict[str, Any]
+
+
+def commit_pages(
+    conn: Connection,
+    batch: EncodedPages,
+    *,
+    job_id: int,
+    failures: Sequence[tuple[str, str | None, str]] = (),
+    checks: Sequence[Check] = (),
+    max_share: float,
+    confirmed: bool,
+    progress: Callable[[list[WriteResult], list[Reconciliation]], dict[str, Any]],
+) -> tuple[list[WriteResult], list[Reconciliation]]:
+    """The sync engine's one transaction per batch of pages: records, tombstones and the cursor
+    (`write_pages`), the reconciliations the pages completed, the items that could not be stored,
+    and the job's progress (`progress(results, reconciliations)`: what it saves counts this batch).
+    Committed together or not at all: after a crash the cursor never points past a record not stored."""
+    results = write_pages(conn, batch)
+    done = [reconcile(conn, batch.connection_id, check.entity, **check.evidence, max_share=max_share,
+                      confirmed=confirmed, job_id=job_id, events=batch.events) for check in checks]
+    jobs.commit_failures(conn, job_id, failures)
+    jobs.save_progress(conn, job_id, progress(results, done))
+    return results, done
 
 
 def tombstone(conn: Connection, connection_id: int, entity: str, external_ids: Sequence[str], *,
