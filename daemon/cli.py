@@ -28,9 +28,31 @@ def _load(path: Path | None):  # type: ignore[no-untyped-def]
     return load_config(path)
 
 
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own memory arena (up to 8 per core), and keeps
+    them: the worker threads that encode pages and run the database calls each held one.  Two
+    arenas bound that (a 100k initial sync's peak RSS: 104 MB -> 95 MB in one run of
+    bench/sync_woocommerce.py).  MALLOC_ARENA_MAX in the environment wins; no-op off glibc."""
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return  # not glibc (musl has no arenas to bound)
+    mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from freshd.app import run_daemon
     from freshd.logs import configure_logging
+
+    limit_malloc_arenas()  # before any thread starts
 
     config = _load(args.config)
     if config.database_url is None:
