@@ -169,3 +169,46 @@ def test_a_pairs_connections_are_assigned_to_one_member_and_the_split_stays_boun
     loads = {m: sum(1 for owner in split.values() if owner == m) for m in members}
     assert max(loads.values()) <= 10 + 2  # ceil(30 / 3), exceeded by less than a group at most
     assert assign(ids, members, together) == split  # every member computes the same split
+
+
+async def test_a_write_whose_lease_moved_is_refused_before_anything_reaches_the_provider(database_url: str) -> None:
+    """Scale-out: the intent's transaction checks the target connection's lease epoch first."""
+    from collections.abc import Awaitable, Callable
+
+    from freshd.connectors.writes import Update
+    from freshd.errors import Fenced
+    from freshd.policies.ratelimit import Rate, TokenBucket
+    from freshd.store import connections, open_store
+    from freshd.store import twoway as db
+    from freshd.store.db import Fence
+    from freshd.twoway.mapping import Side as S
+    from freshd.twoway.runner import PlannedWrite, WritePath
+
+    async with open_store(database_url) as store:
+        rows = []
+        for name, provider in (("shop", "woocommerce"), ("erp", "odoo")):
+            row, _ = await store.call(connections.upsert_connection, store.keyring, name=name, tenant="t",
+                                      provider=provider, base_url="http://127.0.0.1:9", options={},
+                                      credentials={"k": "v"}, source="admin")
+            rows.append(row)
+        pair = await store.call(db.upsert_pair, name="p", tenant="t", left_id=rows[0].id, right_id=rows[1].id,
+                                spec={"entities": {"customers": {}}}, source="admin")
+        calls: list[str] = []
+
+        class Gateway:
+            def __init__(self) -> None:
+                self.store = store
+
+            def fence(self, connection: str) -> Fence:
+                return Fence(rows[1].id, "gone-member", 99)  # no such lease: another member took it
+
+            async def with_connector(self, connection: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+                calls.append(connection)
+                raise AssertionError("nothing may reach the provider")
+
+        path = WritePath(Gateway(), TokenBucket(Rate(100.0, 100.0)))  # type: ignore[arg-type]
+        write = PlannedWrite("u_test", S.RIGHT, Update("7", {"city": "Ghent"}), {"city": "Ghent"}, "1")
+        with pytest.raises(Fenced):
+            await path.apply(pair, CUSTOMERS, S.RIGHT, [write], None)
+        assert calls == []
+        assert await store.call(db.write_log, pair="p") == []  # the intent was not committed either
