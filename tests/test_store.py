@@ -69,6 +69,22 @@ async def test_duplicate_ids_in_one_page_keep_the_last_version(database_url: str
     assert query(database_url, "SELECT payload->>'v' FROM records") == [("b",)]
 
 
+async def test_two_page_writes_in_one_transaction_never_mix_their_rows(database_url: str) -> None:
+    """A transaction writing two connections' pages (two-way sync stores both sides' written records)
+    staged the second page on top of the first: the first's rows landed under the second connection."""
+    async with open_store(database_url) as store:
+        shop, erp = await add_connection(store, "shop"), await add_connection(store, "erp")
+
+        def both(conn: psycopg.Connection[dict[str, object]]) -> None:
+            records.write_page(conn, page(shop, [{"id": 5, "side": "shop"}, {"id": 6, "side": "shop"}]))
+            records.write_page(conn, page(erp, [{"id": 5, "side": "erp"}]))
+
+        await store.call(both)
+    rows = query(database_url, "SELECT c.name, r.external_id, r.payload->>'side' FROM records r"
+                 " JOIN connections c ON c.id = r.connection_id ORDER BY 1, 2")
+    assert rows == [("erp", "5", "erp"), ("shop", "5", "shop"), ("shop", "6", "shop")]
+
+
 async def test_tombstones_and_resurrection(database_url: str) -> None:
     async with open_store(database_url) as store:
         cid = await add_connection(store)

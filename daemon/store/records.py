@@ -167,6 +167,9 @@ def write_pages(conn: Connection, batch: EncodedPages) -> list[WriteResult]:
     results = []
     if any(segment.rows for segment in batch.segments):
         conn.execute(_STAGE)
+        # emptied at commit, but one transaction may write several batches (two-way sync stores
+        # both sides' written records): a batch must never upsert another's staged rows
+        conn.execute("TRUNCATE freshd_page_in")
         with conn.cursor().copy(_COPY) as copy:
             copy.write(batch.copy)
     for segment in batch.segments:
