@@ -770,6 +770,9 @@ class JobRunner:
     async def _wait_while_paused(self) -> None:
         """Paused: say so, wait for resume (return) or cancel (raise _Cancelled)."""
         while True:
+            # taken before any await: a request made while the status is written sets this event
+            # (JobControl.set swaps in a fresh one, which nothing would set: a lost wake-up)
+            changed = self.control.changed
             match self.control.request:
                 case ControlRequest.CANCEL:
                     raise _Cancelled
@@ -778,7 +781,7 @@ class JobRunner:
                         self.job = await self.store.call_retrying(jobs.set_status, self.job.id, JobStatus.PAUSED)
                         self.log.info("job.paused")
                         self._notify()
-                    await self.control.changed.wait()
+                    await changed.wait()
                 case ControlRequest.NONE:
                     if self.job.status is JobStatus.PAUSED:
                         self.job = await self.store.call_retrying(jobs.set_status, self.job.id, JobStatus.RUNNING)
