@@ -440,6 +440,7 @@ class ConnectionActor:
             await self.store.call_retrying(jobs.set_status, active.job.id, JobStatus.CANCELLED,
                                            error="cancelled by request")
             self.active = None
+            await self._next_job()
             return
         self.change_state(ConnectionState.SYNCING)
         connector: Connector | None = None
@@ -512,6 +513,18 @@ class ConnectionActor:
         else:
             self.error = outcome.error
             self.change_state(ConnectionState.ERROR, reason=outcome.error)
+        await self._next_job()  # last: the job it nudges starts after this one's outcome is shown
+
+    async def _next_job(self) -> None:
+        """A job queued while this one was ending (its row already final, the actor still busy) had
+        its JobQueued ignored: look for it, so it does not wait for the next sweep (or forever)."""
+        try:
+            live = await self.store.call(jobs.live_job, self.connection_id)
+        except StoreUnavailable:
+            return  # the sync sweep queues and nudges again
+        if live is not None and live.status in (JobStatus.QUEUED, JobStatus.INTERRUPTED):
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self.mailbox_send.send_nowait(JobQueued(live.id))
 
     def _entities(self, connector: Connector) -> list[str] | None:
         wanted = self.settings.options.get("entities")

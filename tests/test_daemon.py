@@ -530,3 +530,31 @@ def test_status_says_due_rather_than_ago_for_a_next_sync_in_the_past() -> None:
     assert due((datetime.now(UTC) - timedelta(seconds=90)).isoformat()) == "due (1m overdue)"
     assert due((datetime.now(UTC) + timedelta(minutes=5, seconds=30)).isoformat()) == "in 5m"
     assert due(None) == "-"
+
+
+async def test_a_sync_queued_while_the_last_one_was_ending_still_runs(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job's row was final but its actor still busy: the JobQueued of a sync queued in that
+    window was ignored and the job waited for the next sweep (forever with scheduled syncs off;
+    a two-way run's catch-up sync hung on it in CI)."""
+    from freshd.actor import ConnectionActor
+
+    ending, release = trio.Event(), trio.Event()
+    after_job = ConnectionActor._after_job
+
+    async def slow_after_job(self: ConnectionActor, outcome: Any, **kwargs: Any) -> None:
+        if not release.is_set():
+            ending.set()
+            await release.wait()
+        await after_job(self, outcome, **kwargs)
+
+    monkeypatch.setattr(ConnectionActor, "_after_job", slow_after_job)
+    running = await start_daemon(nursery, tmp_path, database_url, connection_block("eu", simulators[0][1]))
+    with trio.fail_after(30):
+        await ending.wait()  # the initial job is completed in its row; its actor has not moved on yet
+    queued = await running.ctl_json("sync", "eu", "--force")
+    assert queued["created"], queued
+    release.set()
+    assert (await running.wait_job(queued["job_id"]))["status"] == "completed"
