@@ -13,7 +13,6 @@ writing), and it is where pause and cancel take effect: at a page boundary.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,77 +23,21 @@ from typing import Any, ClassVar, Protocol
 from freshd import logs
 from freshd.connectors import registry
 from freshd.connectors.http import Classify, ProviderClient, TokenHeader, bearer, classify_http
+from freshd.connectors.streams import COLUMN_TYPES, VIEW_COLUMNS, Column, StreamSpec, column_problem, columns
 from freshd.errors import ConfigError, ConfigErrors, PermanentError
 from freshd.policies.gate import ConnectionPolicies, limits_for
 from freshd.policies.ratelimit import Rate
 from freshd.policies.tokens import Token
 
+# the streams' declarations live in streams.py; providers import them from here with the rest
+__all__ = ["COLUMN_TYPES", "VIEW_COLUMNS", "Column", "ConnectionSettings", "Connector", "Page", "Problems",
+           "StreamSpec", "SyncContext", "SyncMode", "check_settings", "column_problem", "columns",
+           "connector_class", "missing_credentials", "providers"]
+
 
 class SyncMode(StrEnum):
     FULL = "full"  # list everything; reconcile deletions when the listing completes
     INCREMENTAL = "incremental"  # from the cursor on
-
-
-# what a view column can be (docs/DATA.md: how each is read from JSON; a value that does not fit is NULL)
-COLUMN_TYPES = ("text", "integer", "numeric", "boolean", "timestamptz", "jsonb")
-# the columns every view has (docs/DATA.md); `id` may be declared, to give the external id a type
-VIEW_COLUMNS = ("id", "connection", "tenant", "modified_at", "deleted_at", "version")
-_COLUMN_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-
-
-def column_problem(name: str, path: str, type: str) -> tuple[str, str] | None:
-    """What is wrong with a column declaration: (the key at fault, why), or None."""
-    if not _COLUMN_NAME.fullmatch(name):
-        return "name", f"bad column name {name!r}: lower-case letters, digits and '_' (max 63)"
-    if name in VIEW_COLUMNS[1:]:
-        return "name", f"column name {name!r} is taken by every view ({', '.join(VIEW_COLUMNS)})"
-    if not path or any(not part for part in path.split(".")):
-        return "path", f"{path!r} is not a dotted path into the record (e.g. \"billing.city\")"
-    if type not in COLUMN_TYPES:
-        return "type", f"unknown column type {type!r}; valid types: {', '.join(COLUMN_TYPES)}"
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    """A column of the stream's view (freshd.store.views): `path` (dotted) into the record, read as `type`.
-
-    A column named ``id`` gives the view's id (the record's external id) a type instead.
-    """
-
-    name: str
-    path: str
-    type: str = "text"
-
-    def __post_init__(self) -> None:
-        if problem := column_problem(self.name, self.path, self.type):
-            raise ValueError(f"column {self.name!r}: {problem[1]}")
-
-
-def columns(*specs: str) -> tuple[Column, ...]:
-    """Compact column declarations: ``"name"``, ``"name:type"``, ``"name=dotted.path:type"``
-    (the path defaults to the name, the type to text)."""
-    found = []
-    for spec in specs:
-        head, _, type_ = spec.partition(":")
-        name, _, path = head.partition("=")
-        found.append(Column(name, path or name, type_ or "text"))
-    return tuple(found)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSpec:
-    """A stream declared as data (the generic REST connector reads the same from config)."""
-
-    name: str
-    path: str
-    primary_key: str = "id"
-    cursor_field: str | None = None  # the records' updated-at field
-    cursor_param: str | None = None  # the server-side filter for it, if the API has one
-    paginator: str = "page_number"
-    records_path: str | None = None  # where the list sits in the body (None: the body is the list)
-    params: Mapping[str, str] = field(default_factory=dict)
-    columns: tuple[Column, ...] = ()  # the typed columns of its view (freshd.store.views, docs/DATA.md)
 
 
 @dataclass(frozen=True, slots=True)

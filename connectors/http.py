@@ -155,6 +155,7 @@ class ProviderClient:
         max_response_bytes: int | None = None,
     ) -> None:
         self.provider = provider
+        self.origin = httpx.URL(base_url)  # followed links may point here only
         self.classify = classify
         self.retry = retry or RetryPolicy()
         self.limits = limits or ProviderLimits()

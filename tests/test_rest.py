@@ -17,10 +17,10 @@ import trio
 
 from freshd.config import load_config
 from freshd.connectors.base import ConnectionSettings, Page, SyncMode, check_settings
+from freshd.connectors.listing import format_cursor
 from freshd.connectors.pagination import LoopGuard
-from freshd.connectors.rest.config import LinkHeaderPaging
-from freshd.connectors.rest.connector import RestConnector, format_cursor
-from freshd.connectors.rest.paginators import LinkHeaderPager, PageRead, links
+from freshd.connectors.paginators import LinkHeaderPager, LinkHeaderPaging, PageRead, links
+from freshd.connectors.rest.connector import RestConnector
 from freshd.connectors.rest.simulator import GenericRestSimulator
 from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.simulator import WooCommerceSimulator

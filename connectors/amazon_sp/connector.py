@@ -304,18 +304,16 @@ def _payload(body: Any, what: str) -> dict[str, Any]:
 # --- streams -----------------------------------------------------------------------------------
 
 INVENTORY = StreamSpec("inventory_summaries", INVENTORY_PATH, cursor_field="lastUpdatedTime",
-                       cursor_param="startDateTime", paginator="next_token",
-                       records_path="payload.inventorySummaries", columns=columns(
+                       cursor_param="startDateTime", columns=columns(
     "marketplace_id=marketplaceId", "seller_sku=sellerSku", "asin", "fn_sku=fnSku", "product_name=productName",
     "condition", "total_quantity=totalQuantity:integer",
     "fulfillable_quantity=inventoryDetails.fulfillableQuantity:integer",
     "last_updated=lastUpdatedTime:timestamptz"))
 FINANCIAL_EVENTS = StreamSpec("financial_events", FINANCES_PATH, cursor_field="PostedDate",
-                              cursor_param="PostedAfter", paginator="next_token",
-                              records_path="payload.FinancialEvents", columns=columns(
+                              cursor_param="PostedAfter", columns=columns(
     "event_type=eventType", "posted_at=PostedDate:timestamptz", "amazon_order_id=AmazonOrderId",
     "marketplace_name=MarketplaceName", "adjustment_type=AdjustmentType"))
-REIMBURSEMENTS = StreamSpec("reimbursements", REPORTS_PATH, cursor_field="approval-date", paginator="report",
+REIMBURSEMENTS = StreamSpec("reimbursements", REPORTS_PATH, cursor_field="approval-date",
                             columns=columns(
     "approved_at=approval-date:timestamptz", "reimbursement_id=reimbursement-id", "case_id=case-id",
     "amazon_order_id=amazon-order-id", "reason", "sku", "asin", "currency=currency-unit",

@@ -94,12 +94,12 @@ classify_token = classify_with(TOKEN_ERRORS)
 # --- streams ------------------------------------------------------------------------------------------
 
 _DATES = ("created_at=createdDate:timestamptz", "edited_at=editedDate:timestamptz")
-CLIENTS = StreamSpec("clients", "Portfolio/Clients", cursor_field="editedDate", paginator="offset", columns=columns(
+CLIENTS = StreamSpec("clients", "Portfolio/Clients", cursor_field="editedDate", columns=columns(
     "id:integer", "name", "first_name=firstName", "last_name=lastName", "email", "is_active=isActive:boolean",
     "aum:numeric", "representative_id=representativeId:integer", "category", "start_date=startDate:timestamptz",
     *_DATES))
 ACCOUNTS = StreamSpec("accounts", "Portfolio/Accounts", cursor_field="editedDate", cursor_param="editedStartDate",
-                      paginator="offset", columns=columns(
+                      columns=columns(
     "id:integer", "client_id=clientId:integer", "name", "number", "custodian", "account_type=accountType",
     "is_active=isActive:boolean", "current_value=currentValue:numeric", "status=accountStatusDescription",
     *_DATES))

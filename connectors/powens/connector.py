@@ -32,7 +32,7 @@ classification, streams, sync.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -49,7 +49,9 @@ from freshd.connectors.base import (
     columns,
 )
 from freshd.connectors.errors import ErrorTable, classify_with
-from freshd.connectors.pagination import LoopGuard
+from freshd.connectors.listing import run_listing, since_checkpoint, tune
+from freshd.connectors.paginators import OffsetPaging
+from freshd.connectors.streams import Incremental, Listing, SoftDelete
 from freshd.errors import (
     PermanentError,
     ProviderError,
@@ -87,16 +89,20 @@ classify = classify_with(ERRORS)
 
 # --- streams ------------------------------------------------------------------------------------------
 
-CONNECTIONS = StreamSpec("connections", "users/me/connections", records_path="connections", columns=columns(
+CONNECTIONS = StreamSpec("connections", "users/me/connections", columns=columns(
     "id:integer", "connector_id=id_connector:integer", "state", "error", "active:boolean",
     "last_update:timestamptz", "created_at=created:timestamptz"))
-ACCOUNTS = StreamSpec("accounts", "users/me/accounts", records_path="accounts", cursor_field="last_update",
+ACCOUNTS = StreamSpec("accounts", "users/me/accounts", cursor_field="last_update",
                       columns=columns(
     "id:integer", "connection_id=id_connection:integer", "name", "number", "iban", "type", "balance:numeric",
     "currency=currency.id", "last_update:timestamptz", "disabled:timestamptz"))
-TRANSACTIONS = StreamSpec("transactions", "users/me/transactions", records_path="transactions",
-                          cursor_field="last_update", cursor_param="last_update", paginator="offset",
-                          columns=columns(
+# `all`: deleted rows come back with `deleted` set and become tombstones; offset paging over a live
+# list, so the next listing starts no later than this one did; `total` is for progress only
+TRANSACTIONS = StreamSpec("transactions", "users/me/transactions", cursor_field="last_update",
+                          cursor_param="last_update", params={"all": ""}, listing=Listing(
+    OffsetPaging(limit=PAGE_SIZE, total_path="total", trust_total=False), records_path="transactions",
+    incremental=Incremental("last_update", "last_update", TIME_FORMAT, LOOKBACK, until_start=True),
+    soft_delete=SoftDelete("deleted", keep=False)), columns=columns(
     "id:integer", "account_id=id_account:integer", "type", "date:timestamptz", "value_date=vdate:timestamptz",
     "value:numeric", "wording", "coming:boolean", "active:boolean", "last_update:timestamptz"))
 
@@ -122,17 +128,14 @@ class PowensConnector(Connector):
         """A transactions listing from last_update=`since`, keeping the stored watermark."""
         if stream.name != TRANSACTIONS.name:
             return super().since_state(stream, state, since)
-        state = state or {}
-        return {"phase": "listing", "mode": SyncMode.INCREMENTAL.value, "listing_since": _fmt(since), "offset": 0,
-                "listing_started": _fmt(datetime.now(UTC)),
-                "watermark": state.get("since") if state.get("phase") != "listing" else state.get("watermark")}
+        return since_checkpoint(self.transactions, upgrade_checkpoint(state), since)
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.validate_settings(settings)
         super().__init__(settings, policies=policies)
         options = settings.options
-        self.page_size = int(options.get("page_size", PAGE_SIZE))
-        self.lookback = float(options.get("lookback", LOOKBACK))
+        self.transactions = tune(TRANSACTIONS, page_size=int(options.get("page_size", PAGE_SIZE)),
+                                 lookback=float(options.get("lookback", LOOKBACK)))
         self.client = self.http_client(
             settings.base_url.rstrip("/") + "/", classify=self._classify, max_connections=2,
             headers={"Authorization": f"Bearer {settings.credentials['access_token']}"})
@@ -221,41 +224,7 @@ class PowensConnector(Connector):
     # -- transactions: incremental by last_update ----------------------------------------------------
 
     async def _sync_transactions(self, state: dict[str, Any], mode: SyncMode, ctx: SyncContext) -> None:
-        resume = state.get("phase") == "listing" and state.get("mode") == mode.value
-        if resume:
-            since, offset = state.get("listing_since"), int(state.get("offset", 0))
-            started, watermark = state["listing_started"], state.get("watermark")
-        else:
-            previous = state.get("since") if mode is SyncMode.INCREMENTAL else None
-            since = _fmt(_parse(previous) - timedelta(seconds=self.lookback)) if previous else None
-            offset, started, watermark = 0, _fmt(datetime.now(UTC)), previous
-        guard = LoopGuard("Powens transactions")
-        while True:
-            params: dict[str, Any] = {"limit": self.page_size, "offset": offset, "all": ""}
-            if since is not None:
-                params["last_update"] = since
-            body, _ = await self.client.get_json(TRANSACTIONS.path, params=params)
-            rows = _records(body, "transactions")
-            guard.page([r.get("id") for r in rows])
-            offset += len(rows)
-            for row in rows:
-                stamp = row.get("last_update")
-                if isinstance(stamp, str) and (watermark is None or stamp > watermark):
-                    watermark = stamp
-            done = len(rows) < self.page_size
-            if done:
-                # Offset paging over a live list can shift rows past us; the next sync starts
-                # no later than this listing did, so anything updated meanwhile is read again.
-                newest = min(watermark, started) if watermark else started
-                checkpoint: dict[str, Any] = {"phase": "done", "since": newest}
-            else:
-                checkpoint = {"phase": "listing", "mode": mode.value, "listing_since": since, "offset": offset,
-                              "listing_started": started, "watermark": watermark}
-            total = body.get("total") if isinstance(body, dict) and isinstance(body.get("total"), int) else None
-            await ctx.emit(Page(TRANSACTIONS.name, [r for r in rows if not r.get("deleted")], checkpoint,
-                                deleted=[str(r.get("id")) for r in rows if r.get("deleted")], total=total))
-            if done:
-                return
+        await run_listing(self.transactions, upgrade_checkpoint(state), mode, ctx, self.client)
 
     async def fetch_items(self, stream: StreamSpec, ids: Sequence[str], ctx: SyncContext) -> None:
         """`freshctl retry` for transactions: by id; gone or deleted ones become tombstones."""
@@ -278,3 +247,16 @@ def _records(body: Any, key: str) -> list[dict[str, Any]]:
     if not isinstance(rows, list):
         raise TransientError(f"Powens: expected {{{key!r}: [...]}} in the answer")
     return [r for r in rows if isinstance(r, dict)]
+
+
+def upgrade_checkpoint(state: dict[str, Any] | None) -> dict[str, Any]:
+    """A transactions checkpoint written before the listing engine, as the engine's schema.
+
+    ``{"phase": "done", "since"}`` is the cursor; a listing that was under way
+    (``{"phase": "listing", "listing_since", "offset", ...}``) starts again from the filter it
+    sent: its rows are read again, which costs nothing when they did not change.
+    """
+    if not state or "phase" not in state:
+        return state or {}
+    cursor = state.get("since") if state.get("phase") == "done" else state.get("listing_since")
+    return {"cursor": cursor} if cursor else {}

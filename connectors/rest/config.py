@@ -21,169 +21,19 @@ each class's ``__post_init__`` (raise `Invalid`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar
 
 from freshd.connectors.base import Column, ConnectionSettings, StreamSpec, column_problem
+from freshd.connectors.paginators import PAGINATORS, PaginatorConfig
+from freshd.connectors.schema import Invalid, Registry, build, check_dotted, check_header, dig  # noqa: F401 - dig: re-exported
+from freshd.connectors.streams import CURSOR_FORMATS, Incremental, Listing, SoftDelete
 from freshd.errors import ConfigError
 
 Scalar = str | int | float | bool
-T = TypeVar("T")
-
-
-class Invalid(Exception):
-    """Raised by a config class's __post_init__: `key` (None: the table itself) and why."""
-
-    def __init__(self, key: str | None, message: str) -> None:
-        self.key = key
-        self.message = message
-        super().__init__(message)
-
-
-# --- the schema machinery ----------------------------------------------------------------------
-
-
-class Registry(Generic[T]):
-    """Kind name -> config class: one tagged union (auth kinds, paginator kinds)."""
-
-    def __init__(self, what: str, kinds: Mapping[str, type[T]]) -> None:
-        self.what = what
-        self.kinds = dict(kinds)
-
-    def names(self) -> str:
-        return ", ".join(sorted(self.kinds))
-
-    def build(self, raw: Any, where: str) -> T:
-        if isinstance(raw, str):
-            kind, table = raw, {}
-        elif isinstance(raw, Mapping):
-            if "kind" not in raw:
-                raise ConfigError(f"missing 'kind'; valid {self.what} kinds: {self.names()}", where=where)
-            kind, table = raw["kind"], {k: v for k, v in raw.items() if k != "kind"}
-        else:
-            raise ConfigError(f"expected a {self.what} kind (one of: {self.names()}) or a table with 'kind', "
-                              f"got {_describe(raw)}", where=where)
-        cls = self.kinds.get(kind) if isinstance(kind, str) else None
-        if cls is None:
-            raise ConfigError(f"unknown {self.what} kind {kind!r}; valid kinds: {self.names()}", where=where)
-        return build(cls, table, where)
-
-
-def _describe(value: Any) -> str:
-    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(type(value))
-    if kind is None:
-        kind = "a table" if isinstance(value, Mapping) else "an array" if isinstance(value, Sequence) \
-            else type(value).__name__
-    return kind
-
-
-def _coerce(value: Any, hint: Any, where: str, registry: Registry[Any] | None) -> Any:
-    """`value` as the type `hint` describes, or ConfigError at `where`."""
-    if registry is not None:
-        return registry.build(value, where)
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        members = get_args(hint)
-        if value is None and type(None) in members:
-            return None
-        real = [m for m in members if m is not type(None)]
-        if len(real) == 1:
-            return _coerce(value, real[0], where, None)
-        for member in real:  # a union of scalars: the first that fits as is
-            if member in (str, int, float, bool) and _fits(value, member):
-                return value
-        names = " or ".join(_type_name(m) for m in real)
-        raise ConfigError(f"expected {names}, got {_describe(value)}", where=where)
-    if origin is tuple:
-        item = get_args(hint)[0]
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-            raise ConfigError(f"expected an array, got {_describe(value)}", where=where)
-        return tuple(_coerce(v, item, f"{where}[{i}]", None) for i, v in enumerate(value))
-    if origin is not None and origin in (Mapping, dict, typing.Mapping):
-        item = get_args(hint)[1]
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"expected a table, got {_describe(value)}", where=where)
-        return types.MappingProxyType({str(k): _coerce(v, item, f"{where}.{k}", None) for k, v in value.items()})
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"expected a table, got {_describe(value)}", where=where)
-        return build(hint, value, where)
-    if hint in (str, int, float, bool):
-        if not _fits(value, hint):
-            raise ConfigError(f"expected {_type_name(hint)}, got {_describe(value)}", where=where)
-        return float(value) if hint is float else value
-    raise TypeError(f"no schema for {hint!r}")  # a programming error, not a config one
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _type_name(hint: Any) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(hint, str(hint))
-
-
-def build(cls: type[T], raw: Mapping[str, Any], where: str, *, extra: frozenset[str] = frozenset()) -> T:
-    """A config dataclass from a table: unknown keys refused with the valid ones, required keys checked.
-
-    `extra`: keys someone else reads (allowed, ignored here).
-    """
-    assert dataclasses.is_dataclass(cls)
-    hints = get_type_hints(cls)
-    known = [f for f in dataclasses.fields(cls) if f.init]
-    names = {f.name for f in known}
-    for key in raw:
-        if key not in names and key not in extra:
-            valid = ", ".join(sorted(names | extra)) or "(none)"
-            raise ConfigError(f"unknown key {key!r}; valid keys: {valid}", where=f"{where}.{key}")
-    kwargs: dict[str, Any] = {}
-    for f in known:
-        if f.name in raw:
-            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{where}.{f.name}", f.metadata.get("registry"))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required key {f.name!r}", where=f"{where}.{f.name}")
-    try:
-        return cls(**kwargs)
-    except Invalid as exc:
-        raise ConfigError(exc.message, where=f"{where}.{exc.key}" if exc.key else where) from None
-
-
-def dig(data: Any, path: str) -> Any:
-    """The value at a dotted path (``data.items``, ``links.0.href``); KeyError if it is not there."""
-    for part in path.split("."):
-        if isinstance(data, Mapping):
-            data = data[part]
-        elif isinstance(data, list) and part.lstrip("-").isdigit():
-            try:
-                data = data[int(part)]
-            except IndexError:
-                raise KeyError(path) from None
-        else:
-            raise KeyError(path)
-    return data
-
-
-def _check_dotted(key: str, value: str | None) -> None:
-    if value is not None and (not value or any(not part for part in value.split("."))):
-        raise Invalid(key, f"{value!r} is not a dotted path (e.g. \"data.items\")")
-
-
-def _check_header(key: str, value: str | None) -> None:
-    if value is not None and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
-        raise Invalid(key, f"{value!r} is not an HTTP header name")
-
 
 # --- auth --------------------------------------------------------------------------------------
 
@@ -221,7 +71,7 @@ class ApiKeyAuth:
         if (self.header is None) == (self.param is None):
             raise Invalid(None, "api_key auth needs exactly one of 'header' (e.g. \"X-API-Key\") or "
                                 "'param' (e.g. \"api_key\")")
-        _check_header("header", self.header)
+        check_header("header", self.header)
         if self.param is not None and not self.param:
             raise Invalid("param", "must not be empty")
 
@@ -252,119 +102,20 @@ AUTH_KINDS: Registry[AuthConfig] = Registry("auth", {
 })
 
 
-# --- paginators ----------------------------------------------------------------------------------
-# The kinds' settings; their state machines are in paginators.py.
-
-
-@dataclass(frozen=True, slots=True)
-class PageNumberPaging:
-    """``?page=N&per_page=S``.  The listing ends at the total-pages count (header or body path) when
-    the API gives one, else at the first empty page, or a short one if `size_param` is sent."""
-
-    page_param: str = "page"
-    size_param: str | None = "per_page"
-    size: int = 100
-    start: int = 1
-    total_pages_header: str | None = None
-    total_pages_path: str | None = None
-    total_header: str | None = None  # total records: progress, and a changed total means the pages shifted
-    total_path: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise Invalid("size", "must be at least 1")
-        if self.start < 0:
-            raise Invalid("start", "must be 0 or more")
-        for key in ("total_pages_header", "total_header"):
-            _check_header(key, getattr(self, key))
-        for key in ("total_pages_path", "total_path"):
-            _check_dotted(key, getattr(self, key))
-
-
-@dataclass(frozen=True, slots=True)
-class OffsetPaging:
-    """``?offset=N&limit=S``; ends at the total (header or body path) if given, else at a short page."""
-
-    offset_param: str = "offset"
-    limit_param: str = "limit"
-    limit: int = 100
-    total_header: str | None = None
-    total_path: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.limit < 1:
-            raise Invalid("limit", "must be at least 1")
-        _check_header("total_header", self.total_header)
-        _check_dotted("total_path", self.total_path)
-
-
-@dataclass(frozen=True, slots=True)
-class CursorPaging:
-    """The next page's token from a body path (`next_path`) or a response header (`next_header`),
-    sent back as `cursor_param`; the listing ends when no token comes back."""
-
-    cursor_param: str = "cursor"
-    next_path: str | None = None
-    next_header: str | None = None
-    size_param: str | None = None
-    size: int = 100
-
-    def __post_init__(self) -> None:
-        if (self.next_path is None) == (self.next_header is None):
-            raise Invalid(None, "cursor paging needs exactly one of 'next_path' (a dotted path into the "
-                                "body) or 'next_header'")
-        _check_dotted("next_path", self.next_path)
-        _check_header("next_header", self.next_header)
-        if self.size < 1:
-            raise Invalid("size", "must be at least 1")
-
-
-@dataclass(frozen=True, slots=True)
-class LinkHeaderPaging:
-    """RFC 8288 ``Link: <url>; rel="next"``: the next URL is followed as given (same origin only)."""
-
-    rel: str = "next"
-    size_param: str | None = None
-    size: int = 100
-
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise Invalid("size", "must be at least 1")
-
-
-@dataclass(frozen=True, slots=True)
-class NoPaging:
-    """One request returns the whole listing."""
-
-
-PaginatorConfig = PageNumberPaging | OffsetPaging | CursorPaging | LinkHeaderPaging | NoPaging
-PAGINATORS: Registry[PaginatorConfig] = Registry("paginator", {
-    "page_number": PageNumberPaging, "offset": OffsetPaging, "cursor": CursorPaging,
-    "link_header": LinkHeaderPaging, "none": NoPaging,
-})
-
-
-def paginator_kind(config: PaginatorConfig) -> str:
-    return next(name for name, cls in PAGINATORS.kinds.items() if isinstance(config, cls))
-
-
 # --- streams -------------------------------------------------------------------------------------
 
-# how the checkpointed cursor is written into `incremental_param`; any other value containing "%"
-# is a strftime pattern (applied in UTC)
-CURSOR_FORMATS = ("raw", "iso8601", "epoch", "epoch_ms")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
-class SoftDelete:
+class RestSoftDelete:
     """Records whose `field` (dotted path) holds one of `values` are stored and marked deleted."""
 
     field: str
     values: tuple[Scalar, ...]
 
     def __post_init__(self) -> None:
-        _check_dotted("field", self.field)
+        check_dotted("field", self.field)
         if not self.values:
             raise Invalid("values", "needs at least one value")
 
@@ -400,7 +151,7 @@ class RestStream:
     incremental_format: str = "raw"
     lookback: float = 0.0  # seconds (or the cursor's own units if it is a number) re-read each time
     cursor_ascending: bool = False  # the listing returns records by cursor_field ascending
-    soft_delete: SoftDelete | None = None
+    soft_delete: RestSoftDelete | None = None
     item_path: str | None = None  # "customers/{id}": one record by id (freshctl retry)
     # the stream's view (StreamSpec.columns); not `columns`, so that the valid keys an error lists
     # still start with the cursor keys
@@ -418,8 +169,8 @@ class RestStream:
             raise Invalid("item_path", "must contain {id}")
         if not self.primary_key or "." in self.primary_key:
             raise Invalid("primary_key", "must be a top-level field of the records")
-        _check_dotted("records_path", self.records_path)
-        _check_dotted("cursor_field", self.cursor_field)
+        check_dotted("records_path", self.records_path)
+        check_dotted("cursor_field", self.cursor_field)
         if self.incremental_param is not None and self.cursor_field is None:
             raise Invalid("incremental_param", "needs 'cursor_field' (the records' updated-at field)")
         if self.incremental_format not in CURSOR_FORMATS and "%" not in self.incremental_format:
@@ -436,13 +187,18 @@ class RestStream:
                               f"duplicate column name {column.name!r} (also view_columns[{seen[column.name]}])")
             seen[column.name] = index
 
-    def spec(self) -> StreamSpec:
-        """What the engine sees of it."""
+    def spec(self, page_concurrency: int = 1) -> StreamSpec:
+        """What the engine sees of it: the stream declared as data for the listing engine."""
+        incremental = None if self.cursor_field is None else Incremental(
+            self.cursor_field, self.incremental_param, self.incremental_format, self.lookback,
+            ascending=self.cursor_ascending)
+        soft_delete = None if self.soft_delete is None else SoftDelete(self.soft_delete.field, self.soft_delete.values)
         return StreamSpec(self.name, self.path, primary_key=self.primary_key, cursor_field=self.cursor_field,
-                          cursor_param=self.incremental_param, paginator=paginator_kind(self.paginator),
-                          records_path=self.records_path,
+                          cursor_param=self.incremental_param,
                           params={k: param_text(v) for k, v in self.params.items()},
-                          columns=tuple(column.column() for column in self.view_columns))
+                          columns=tuple(column.column() for column in self.view_columns),
+                          listing=Listing(self.paginator, self.records_path, incremental, soft_delete,
+                                          concurrency=page_concurrency))
 
 
 def param_text(value: Scalar) -> str:
@@ -477,7 +233,7 @@ class RestOptions:
                               f"duplicate stream name {stream.name!r} (also streams[{seen[stream.name]}])")
             seen[stream.name] = index
         for name in self.headers:
-            _check_header(f"headers.{name}", name)
+            check_header(f"headers.{name}", name)
         if self.timeout <= 0:
             raise Invalid("timeout", "must be above zero")
 

@@ -35,12 +35,11 @@ classification, streams, sync.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import urllib.parse
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -56,6 +55,7 @@ from freshd.connectors.base import (
 )
 from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.http import Classify, ProviderClient, bearer
+from freshd.connectors.listing import run_listing, soft_deleted, start_pager
 from freshd.connectors.pagination import LoopGuard
 from freshd.connectors.rest.config import (
     ApiKeyAuth,
@@ -63,13 +63,10 @@ from freshd.connectors.rest.config import (
     BearerAuth,
     OAuth2RefreshAuth,
     RestOptions,
-    RestStream,
-    dig,
     param_text,
     parse_options,
     read_options,
 )
-from freshd.connectors.rest.paginators import PageRead, start_pager
 from freshd.errors import (
     PermanentError,
 )
@@ -79,10 +76,6 @@ from freshd.policies.tokens import Token
 FETCH_BATCH = 100  # records per page when fetching by id
 
 log = structlog.get_logger(__name__)
-
-
-class _StaleResume(Exception):
-    """The first request of a resumed listing was refused: start the listing over."""
 
 # --- auth --------------------------------------------------------------------------------------
 
@@ -135,131 +128,6 @@ def make_classify(*, refreshable: bool) -> Classify:
 
 
 # --- streams -----------------------------------------------------------------------------------
-
-
-def read_records(body: Any, stream: RestStream) -> list[Any]:
-    """The page's records at `records_path` (the body itself if none).
-
-    A path that is not in the body is an error, not an empty page: a misconfigured path must not
-    look like an empty collection (a complete empty listing would mark everything deleted).
-    """
-    found = body
-    if stream.records_path is not None:
-        try:
-            found = dig(body, stream.records_path)
-        except KeyError:
-            raise PermanentError(f"{stream.name}: records_path {stream.records_path!r} is not in the response") \
-                from None
-    if found is None:
-        return []
-    if not isinstance(found, list):
-        where = f"records_path {stream.records_path!r}" if stream.records_path else "the response body"
-        raise PermanentError(f"{stream.name}: expected a list at {where}, got {type(found).__name__}")
-    return found
-
-
-def cursor_value(record: Any, path: str) -> Any:
-    try:
-        return dig(record, path)
-    except KeyError:
-        return None
-
-
-def _moment(value: Any) -> datetime | None:
-    """A cursor value as an aware datetime: ISO 8601 (naive = UTC) or epoch seconds/milliseconds."""
-    number = _number(value)
-    if number is not None:
-        seconds = number / 1000 if abs(number) > 1e11 else number  # beyond year 5138 in seconds: milliseconds
-        try:
-            return datetime.fromtimestamp(seconds, UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            return None
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return None
-
-
-def _order(value: Any) -> tuple[int, Any] | None:
-    """A sort key for cursor values: numbers, then dates, then other strings; None: not a cursor."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        return (0, float(value))
-    if isinstance(value, str):
-        moment = _moment(value)
-        return (1, moment.timestamp()) if moment is not None else (2, value)
-    return None
-
-
-def later(a: Any, b: Any) -> Any:
-    """The higher of two cursor values (either may be None)."""
-    ka, kb = _order(a), _order(b)
-    if kb is None:
-        return a
-    if ka is None:
-        return b
-    return b if kb > ka else a
-
-
-def _number(value: Any) -> float | None:
-    """A numeric cursor (a number, or a string of digits), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and value.strip().lstrip("-").replace(".", "", 1).isdigit():
-        return float(value)
-    return None
-
-
-def _like(original: str, moment: datetime) -> str:
-    """`moment` written the way the ISO 8601 `original` was (Z, offset or naive; fraction or not; T or space)."""
-    text = original.strip()
-    sep = " " if " " in text else "T"
-    spec = "microseconds" if "." in text.rsplit(sep, maxsplit=1)[-1] else "seconds"
-    written = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    if text.endswith(("Z", "z")):
-        return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep, spec) + "Z"
-    if written.tzinfo is not None:
-        return moment.astimezone(written.tzinfo).isoformat(sep, spec)
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep, spec)
-
-
-def format_cursor(value: Any, fmt: str, lookback: float) -> str:
-    """The checkpointed cursor as `incremental_param` sends it: `fmt` is raw (as the records have
-    it), iso8601 (UTC, Z), epoch, epoch_ms or a strftime pattern (UTC); minus `lookback` seconds
-    (a numeric cursor sent raw: minus `lookback` in its own units)."""
-    if fmt == "raw" and not lookback:
-        return param_text(value)
-    if fmt == "raw" and (number := _number(value)) is not None:
-        shifted = number - lookback
-        return str(int(shifted)) if shifted.is_integer() else str(shifted)
-    moment = _moment(value)
-    if moment is None:
-        raise PermanentError(f"cursor value {value!r} is not a date or an epoch time: cannot apply "
-                             f"incremental_format {fmt!r} / lookback")
-    moment -= timedelta(seconds=lookback)
-    match fmt:
-        case "raw":
-            return _like(str(value), moment)
-        case "iso8601":
-            return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        case "epoch":
-            return str(int(moment.timestamp()))
-        case "epoch_ms":
-            return str(int(moment.timestamp() * 1000))
-    return moment.astimezone(UTC).strftime(fmt)
-
-
-def _fingerprint(stream: RestStream) -> str:
-    """What makes a listing the same listing (a resumed position means nothing for another one)."""
-    shape = repr((stream.path, sorted((k, param_text(v)) for k, v in stream.params.items()), stream.paginator,
-                  stream.records_path, stream.incremental_param, stream.incremental_format, stream.lookback))
-    return hashlib.blake2b(shape.encode(), digest_size=8).hexdigest()
 
 
 # --- sync --------------------------------------------------------------------------------------
@@ -359,116 +227,19 @@ class RestConnector(Connector):
     async def probe(self) -> None:
         stream = self.options.streams[0]
         pager = start_pager(stream.paginator, LoopGuard(stream.name), origin=self.origin)
-        await self.client.get_json(stream.path, params={**self._params(stream, None), **pager.ask().params},
-                                   limit=stream.name)
-
-    def _params(self, stream: RestStream, since: str | None) -> dict[str, str]:
         params = {k: param_text(v) for k, v in stream.params.items()}
-        if since is not None and stream.incremental_param is not None:
-            params[stream.incremental_param] = since
-        return params
-
-    def _since(self, stream: RestStream, cursor: Any) -> str | None:
-        if stream.incremental_param is None or cursor is None:
-            return None
-        return format_cursor(cursor, stream.incremental_format, stream.lookback)
-
-    def _deleted(self, stream: RestStream, records: Sequence[Any]) -> list[str]:
-        rule = stream.soft_delete
-        if rule is None:
-            return []
-        return [str(r[stream.primary_key]) for r in records
-                if isinstance(r, dict) and r.get(stream.primary_key) is not None
-                and cursor_value(r, rule.field) in rule.values]
+        await self.client.get_json(stream.path, params={**params, **pager.ask().params},
+                                   limit=stream.name)
 
     async def sync_entity(
         self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
     ) -> None:
-        config = self.options.stream(stream.name)
-        state = state or {}
-        cursor = state.get("cursor")
-        since = self._since(config, cursor) if mode is SyncMode.INCREMENTAL else None
-        listing = state.get("listing")
-        # an interrupted listing with the same filter and definition continues where it stopped
-        resume = listing if isinstance(listing, dict) and isinstance(listing.get("pager"), dict) \
-            and listing.get("since") == since and listing.get("fingerprint") == _fingerprint(config) else None
-        try:
-            await self._listing(config, cursor, since, resume, ctx)
-        except _StaleResume as exc:
-            # the server refused the saved position (an expired cursor token): nothing was emitted
-            log.info("rest.resume_refused", stream=config.name, error=str(exc.__cause__))
-            await self._listing(config, cursor, since, None, ctx)
-
-    async def _listing(
-        self, config: RestStream, cursor: Any, since: str | None, resume: dict[str, Any] | None, ctx: SyncContext
-    ) -> None:
-        """One listing, page by page, each page emitted with the checkpoint to commit with it."""
-        full = since is None  # nothing filtered out on the server: the listing is the whole collection
-        fingerprint = _fingerprint(config)
-        pager = start_pager(config.paginator, LoopGuard(f"{config.name} ({config.path})"), origin=self.origin)
-        max_seen: Any = None
-        first_total: int | None = None
-        if resume is not None:
-            try:
-                pager.restore(resume["pager"])
-            except (KeyError, TypeError, ValueError):
-                pager = start_pager(config.paginator, LoopGuard(f"{config.name} ({config.path})"),
-                                    origin=self.origin)
-                resume = None  # an unreadable position: start over
-            else:
-                max_seen, first_total = resume.get("max"), resume.get("total")
-        params = self._params(config, since)
-        seen: set[str] = set()
-        shifted = False
-        any_records = False
-        first_request = True
-        while not pager.done:
-            ask = pager.ask()
-            try:
-                if ask.url is None:
-                    body, response = await self.client.get_json(config.path, params={**params, **ask.params},
-                                                                limit=config.name)
-                else:  # a followed link carries its own query
-                    body, response = await self.client.get_json(ask.url, limit=config.name)
-            except PermanentError as exc:
-                if resume is not None and first_request and exc.status in (400, 404, 410, 422):
-                    raise _StaleResume from exc
-                raise
-            first_request = False
-            records = read_records(body, config)
-            ids = [str(r[config.primary_key]) for r in records
-                   if isinstance(r, dict) and r.get(config.primary_key) is not None]
-            pager.advance(PageRead(records, ids, body, response.headers, response.request.url))
-            if pager.total is not None:
-                if first_total is None:
-                    first_total = pager.total
-                    ctx.set_total(config.name, first_total)
-                elif pager.total != first_total:
-                    shifted = True  # records came or went mid-listing: page boundaries moved
-            if not seen.isdisjoint(ids):
-                shifted = True  # an id came back on a later page: the pages moved under us
-            seen.update(ids)
-            any_records = any_records or bool(records)
-            if config.cursor_field is not None:
-                for record in records:
-                    max_seen = later(max_seen, cursor_value(record, config.cursor_field))
-            if pager.done:
-                # a shifted listing may have skipped records: keep the old cursor, re-read next time
-                checkpoint: dict[str, Any] = {"cursor": cursor if shifted else later(cursor, max_seen)}
-            else:
-                # sorted by the cursor, everything below the highest value seen is stored already
-                moving = later(cursor, max_seen) if config.cursor_ascending and not shifted else cursor
-                checkpoint = {"cursor": moving, "listing": {
-                    "since": since, "fingerprint": fingerprint, "pager": pager.position(),
-                    "max": max_seen, "total": first_total}}
-            # reconciliation needs the whole listing read in this run, unshifted, and not empty
-            complete = full and pager.done and resume is None and not shifted and any_records
-            await ctx.emit(Page(config.name, records, checkpoint, deleted=self._deleted(config, records),
-                                total=first_total, full_listing=full, listing_complete=complete))
+        await run_listing(self.stream(stream.name), state, mode, ctx, self.client, limit=stream.name,
+                          origin=self.origin)
 
     async def fetch_items(self, stream: StreamSpec, ids: Sequence[str], ctx: SyncContext) -> None:
         """GET `item_path` for each id; an id the API answers 404 for becomes a tombstone."""
-        config = self.options.stream(stream.name)
+        config, spec = self.options.stream(stream.name), self.stream(stream.name)
         if config.item_path is None:
             await super().fetch_items(stream, ids, ctx)
             return
@@ -485,4 +256,5 @@ class RestConnector(Connector):
                         continue
                     raise
                 found.append(body)
-            await ctx.emit(Page(config.name, found, None, deleted=[*gone, *self._deleted(config, found)]))
+            deleted = soft_deleted(spec.listing, spec.primary_key, found) if spec.listing else []
+            await ctx.emit(Page(config.name, found, None, deleted=[*gone, *deleted]))

@@ -1,4 +1,4 @@
-"""Paginators: one small state machine per paginator kind (settings in config.py).
+"""Paginators: each kind's settings (a dataclass, its own schema) and its state machine.
 
 A `Pager` holds one listing's position.  The connector asks it what to request
 (`ask`), hands it each response (`advance`, the one transition: it moves the
@@ -32,16 +32,106 @@ from typing import Any
 import httpx
 
 from freshd.connectors.pagination import LoopGuard
-from freshd.connectors.rest.config import (
-    CursorPaging,
-    LinkHeaderPaging,
-    NoPaging,
-    OffsetPaging,
-    PageNumberPaging,
-    PaginatorConfig,
-    dig,
-)
+from freshd.connectors.schema import Invalid, Registry, check_dotted, check_header, dig
 from freshd.errors import PermanentError
+
+# --- the kinds' settings (declared by providers, or read from the generic connector's options) ---
+
+
+@dataclass(frozen=True, slots=True)
+class PageNumberPaging:
+    """``?page=N&per_page=S``.  The listing ends at the total-pages count (header or body path) when
+    the API gives one, else at the first empty page, or a short one if `size_param` is sent."""
+
+    page_param: str = "page"
+    size_param: str | None = "per_page"
+    size: int = 100
+    start: int = 1
+    total_pages_header: str | None = None
+    total_pages_path: str | None = None
+    total_header: str | None = None  # total records: progress, and a changed total means the pages shifted
+    total_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise Invalid("size", "must be at least 1")
+        if self.start < 0:
+            raise Invalid("start", "must be 0 or more")
+        for key in ("total_pages_header", "total_header"):
+            check_header(key, getattr(self, key))
+        for key in ("total_pages_path", "total_path"):
+            check_dotted(key, getattr(self, key))
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetPaging:
+    """``?offset=N&limit=S``; ends at the total (header or body path) if given and `trust_total`, else
+    at a short page.  `verify_overlap`: pages after the first start one row early, and that row must
+    be the last one of the page before; if it is not, rows came or went before the offset (or the
+    order is unstable), so the listing counts as shifted."""
+
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    limit: int = 100
+    total_header: str | None = None
+    total_path: str | None = None
+    trust_total: bool = True
+    verify_overlap: bool = False
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise Invalid("limit", "must be at least 1")
+        check_header("total_header", self.total_header)
+        check_dotted("total_path", self.total_path)
+
+
+@dataclass(frozen=True, slots=True)
+class CursorPaging:
+    """The next page's token from a body path (`next_path`) or a response header (`next_header`),
+    sent back as `cursor_param`; the listing ends when no token comes back."""
+
+    cursor_param: str = "cursor"
+    next_path: str | None = None
+    next_header: str | None = None
+    size_param: str | None = None
+    size: int = 100
+
+    def __post_init__(self) -> None:
+        if (self.next_path is None) == (self.next_header is None):
+            raise Invalid(None, "cursor paging needs exactly one of 'next_path' (a dotted path into the "
+                                "body) or 'next_header'")
+        check_dotted("next_path", self.next_path)
+        check_header("next_header", self.next_header)
+        if self.size < 1:
+            raise Invalid("size", "must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkHeaderPaging:
+    """RFC 8288 ``Link: <url>; rel="next"``: the next URL is followed as given (same origin only)."""
+
+    rel: str = "next"
+    size_param: str | None = None
+    size: int = 100
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise Invalid("size", "must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class NoPaging:
+    """One request returns the whole listing."""
+
+
+PaginatorConfig = PageNumberPaging | OffsetPaging | CursorPaging | LinkHeaderPaging | NoPaging
+PAGINATORS: Registry[PaginatorConfig] = Registry("paginator", {
+    "page_number": PageNumberPaging, "offset": OffsetPaging, "cursor": CursorPaging,
+    "link_header": LinkHeaderPaging, "none": NoPaging,
+})
+
+
+# --- the state machines ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +173,16 @@ def _read_int(page: PageRead, header: str | None, path: str | None) -> int | Non
 
 
 class Pager(ABC):
-    """One listing's position.  `total` is the listing's size when the API says."""
+    """One listing's position.  `total` is the listing's size when the API says; after `advance`,
+    `repeated` rows at the head of the page were the previous page's (an overlap asked for), and
+    `shifted` says the pages moved under the listing."""
 
     def __init__(self, guard: LoopGuard) -> None:
         self.guard = guard
         self.done = False
         self.total: int | None = None
+        self.repeated = 0
+        self.shifted = False
 
     @abstractmethod
     def ask(self) -> Ask: ...
@@ -133,6 +227,16 @@ class PageNumberPager(Pager):
         if not self.done:
             self.page += 1
 
+    def ask_at(self, number: int) -> Ask:
+        """The request for page `number` (the engine fetches ahead once the page count is known)."""
+        return Ask(None, {self.config.page_param: str(number), **_size(self.config.size_param, self.config.size)})
+
+    def pages_left(self, page: PageRead) -> range | None:
+        """The page numbers after the current one, when the page count is known (None: it is not)."""
+        c = self.config
+        pages = _read_int(page, c.total_pages_header, c.total_pages_path)
+        return None if pages is None or self.done else range(self.page, c.start + pages)
+
     def position(self) -> dict[str, Any]:
         return {"page": self.page}
 
@@ -145,27 +249,43 @@ class OffsetPager(Pager):
         super().__init__(guard)
         self.config = config
         self.offset = 0
+        self.last_id: str | None = None  # the last row read: the overlap row of the next page
+
+    def _overlaps(self) -> bool:
+        return self.config.verify_overlap and self.offset > 0 and self.last_id is not None
 
     def ask(self) -> Ask:
-        return Ask(None, {self.config.offset_param: str(self.offset), self.config.limit_param: str(self.config.limit)})
+        start = self.offset - 1 if self._overlaps() else self.offset
+        return Ask(None, {self.config.offset_param: str(start), self.config.limit_param: str(self.config.limit)})
 
     def advance(self, page: PageRead) -> None:
         self.guard.page(page.ids)
         self.total = _read_int(page, self.config.total_header, self.config.total_path)
+        asked = self.offset - 1 if self._overlaps() else self.offset
+        self.repeated = 0
+        if asked < self.offset:
+            if page.ids and page.ids[0] == self.last_id:
+                self.repeated = 1
+            else:
+                self.shifted = True
+        if page.ids:
+            self.last_id = page.ids[-1]
         # move by what came back, not by the limit asked: a server that caps the limit skips nothing
-        self.offset += len(page.records)
+        self.offset = asked + len(page.records)
         if not page.records:
             self.done = True
-        elif self.total is not None:
+        elif self.total is not None and self.config.trust_total:
             self.done = self.offset >= self.total
         else:
             self.done = len(page.records) < self.config.limit
 
     def position(self) -> dict[str, Any]:
-        return {"offset": self.offset}
+        return {"offset": self.offset, **({"last_id": self.last_id} if self.config.verify_overlap else {})}
 
     def restore(self, position: Mapping[str, Any]) -> None:
         self.offset = int(position["offset"])
+        last = position.get("last_id")
+        self.last_id = None if last is None else str(last)
 
 
 class CursorPager(Pager):

@@ -1,0 +1,517 @@
+"""The listing engine: one resumable, incremental listing loop for every stream that declares a `Listing`.
+
+A connector hands the engine a declared stream, the stored checkpoint and its
+HTTP client; the engine pages through the listing with the stream's paginator
+(freshd.connectors.paginators), emits each page with the checkpoint to commit
+with it, and owns the rules every provider shares:
+
+* **The checkpoint** (schema 1): ``{"cursor": <high-water mark>, ...}`` between
+  listings; while one is under way, also ``"listing": {"v": 1, "since", "pager",
+  "max", "total", "started", "full", "shifted", "fingerprint", ["until"]}``, so
+  an interrupted listing with the same filter and definition resumes at the next
+  request (and starts over if the provider refuses the saved position).  Keys the
+  connector keeps of its own (``full_at``, ...) are carried along untouched.
+  Checkpoints written before the engine are read by each connector's
+  ``upgrade_checkpoint``.
+* **The cursor** (`Incremental`): the highest value seen, sent back minus the
+  lookback; it moves when a listing completes, or page by page when the records
+  come sorted by it.  `until_start` caps it at the listing's start (offset
+  paging over a live list); `window` closes the listing at the server's clock
+  and moves the cursor to that bound.
+* **Shifts**: a total that changes mid-listing, an id that comes back on a later
+  page, or an overlap row that is not the previous page's last.  A shifted
+  listing keeps the old cursor (the span is read again) and infers nothing.
+* **When a listing may infer deletions**: it is a full one (nothing filtered
+  out), read whole in this run (not resumed), not shifted, and it returned
+  records.  The store still checks the rows seen against the provider's total.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+
+from freshd.connectors.base import Page, StreamSpec, SyncContext, SyncMode
+from freshd.connectors.http import ProviderClient
+from freshd.connectors.pagination import LoopGuard, fetch_in_order
+from freshd.connectors.paginators import (
+    Ask,
+    CursorPager,
+    CursorPaging,
+    LinkHeaderPager,
+    LinkHeaderPaging,
+    NoPaging,
+    OffsetPager,
+    OffsetPaging,
+    PageNumberPager,
+    PageNumberPaging,
+    Pager,
+    PageRead,
+    PaginatorConfig,
+    SinglePager,
+)
+from freshd.connectors.schema import dig
+from freshd.connectors.streams import Incremental, Listing
+from freshd.errors import PermanentError
+
+log = structlog.get_logger(__name__)
+
+SCHEMA = 1  # the version of the "listing" part of a checkpoint
+STALE_RESUME = (400, 404, 410, 422)  # a saved position refused on a resumed listing's first request
+
+
+def start_pager(config: PaginatorConfig, guard: LoopGuard, *, origin: httpx.URL | None = None) -> Pager:
+    """A fresh state machine for one listing (`origin`: the only origin followed links may point to)."""
+    match config:
+        case PageNumberPaging():
+            return PageNumberPager(config, guard)
+        case OffsetPaging():
+            return OffsetPager(config, guard)
+        case CursorPaging():
+            return CursorPager(config, guard)
+        case LinkHeaderPaging():
+            if origin is None:
+                raise TypeError("link-header paging needs the origin links may point to")
+            return LinkHeaderPager(config, guard, origin)
+        case NoPaging():
+            return SinglePager(guard)
+    raise AssertionError(f"no pager for {config!r}")
+
+
+# --- cursor values ---------------------------------------------------------------------------------
+
+
+def cursor_value(record: Any, path: str) -> Any:
+    try:
+        return dig(record, path)
+    except KeyError:
+        return None
+
+
+def _number(value: Any) -> float | None:
+    """A numeric cursor (a number, or a string of digits), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value.strip().lstrip("-").replace(".", "", 1).isdigit():
+        return float(value)
+    return None
+
+
+def moment(value: Any) -> datetime | None:
+    """A cursor value as an aware datetime: ISO 8601 (naive = UTC) or epoch seconds/milliseconds."""
+    number = _number(value)
+    if number is not None:
+        seconds = number / 1000 if abs(number) > 1e11 else number  # beyond year 5138 in seconds: milliseconds
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+def _order(value: Any) -> tuple[int, Any] | None:
+    """A sort key for cursor values: numbers, then dates, then other strings; None: not a cursor."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return (0, float(value))
+    if isinstance(value, str):
+        parsed = moment(value)
+        return (1, parsed.timestamp()) if parsed is not None else (2, value)
+    return None
+
+
+def later(a: Any, b: Any) -> Any:
+    """The higher of two cursor values (either may be None)."""
+    ka, kb = _order(a), _order(b)
+    if kb is None:
+        return a
+    if ka is None:
+        return b
+    return b if kb > ka else a
+
+
+def earlier(a: Any, b: Any) -> Any:
+    """The lower of two cursor values (either may be None: then the other)."""
+    ka, kb = _order(a), _order(b)
+    if kb is None:
+        return a
+    if ka is None:
+        return b
+    return b if kb < ka else a
+
+
+def _like(original: str, when: datetime) -> str:
+    """`when` written the way the ISO 8601 `original` was (Z, offset or naive; fraction or not; T or space)."""
+    text = original.strip()
+    sep = " " if " " in text else "T"
+    spec = "microseconds" if "." in text.rsplit(sep, maxsplit=1)[-1] else "seconds"
+    written = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if text.endswith(("Z", "z")):
+        return when.astimezone(UTC).replace(tzinfo=None).isoformat(sep, spec) + "Z"
+    if written.tzinfo is not None:
+        return when.astimezone(written.tzinfo).isoformat(sep, spec)
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat(sep, spec)
+
+
+def format_cursor(value: Any, fmt: str, lookback: float) -> str:
+    """The checkpointed cursor as the filter parameter sends it: `fmt` is raw (as the records have
+    it), iso8601 (UTC, Z), epoch, epoch_ms or a strftime pattern (UTC); minus `lookback` seconds
+    (a numeric cursor sent raw: minus `lookback` in its own units)."""
+    if fmt == "raw" and not lookback:
+        return "true" if value is True else "false" if value is False else str(value)
+    if fmt == "raw" and (number := _number(value)) is not None:
+        shifted = number - lookback
+        return str(int(shifted)) if shifted.is_integer() else str(shifted)
+    when = moment(value)
+    if when is None:
+        raise PermanentError(f"cursor value {value!r} is not a date or an epoch time: cannot apply "
+                             f"incremental_format {fmt!r} / lookback")
+    when -= timedelta(seconds=lookback)
+    match fmt:
+        case "raw":
+            return _like(str(value), when)
+        case "iso8601":
+            return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        case "epoch":
+            return str(int(when.timestamp()))
+        case "epoch_ms":
+            return str(int(when.timestamp() * 1000))
+    return when.astimezone(UTC).strftime(fmt)
+
+
+def stamp(when: datetime, incremental: Incremental | None, sample: Any) -> Any:
+    """A clock reading written as a cursor value, like `sample` (a value the records carry) when
+    there is one, else as the declared format writes it (ISO 8601 UTC by default)."""
+    fmt = incremental.format if incremental is not None else "raw"
+    if "%" in fmt:
+        return when.astimezone(UTC).strftime(fmt)
+    if isinstance(sample, str) and moment(sample) is not None and _number(sample) is None:
+        return _like(sample, when)
+    if (isinstance(sample, int | float) and not isinstance(sample, bool)) or fmt in ("epoch", "epoch_ms"):
+        return int(when.timestamp() * (1000 if fmt == "epoch_ms" or (_number(sample) or 0) > 1e11 else 1))
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- the listing -------------------------------------------------------------------------------------
+
+
+def fingerprint(stream: StreamSpec, listing: Listing) -> str:
+    """What makes a listing the same listing (a saved position means nothing for another one)."""
+    shape = repr((stream.path, sorted(stream.params.items()), listing.paginator, listing.records_path,
+                  listing.incremental and (listing.incremental.param, listing.incremental.format,
+                                           listing.incremental.lookback)))
+    return hashlib.blake2b(shape.encode(), digest_size=8).hexdigest()
+
+
+def read_records(body: Any, stream: StreamSpec, records_path: str | None) -> list[Any]:
+    """The page's records at `records_path` (the body itself if none).
+
+    A path that is not in the body is an error, not an empty page: a misconfigured path must not
+    look like an empty collection (a complete empty listing would mark everything deleted).
+    """
+    found = body
+    if records_path is not None:
+        try:
+            found = dig(body, records_path)
+        except KeyError:
+            raise PermanentError(f"{stream.name}: records_path {records_path!r} is not in the response") from None
+    if found is None:
+        return []
+    if not isinstance(found, list):
+        where = f"records_path {records_path!r}" if records_path else "the response body"
+        raise PermanentError(f"{stream.name}: expected a list at {where}, got {type(found).__name__}")
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One page as the provider sent it: every listed item (what paging counts), the `records` to
+    store among them (None: all of them; the engine records the others it gets as failed items)
+    and why the connector set the rest aside, (external id or None, reason)."""
+
+    body: Any
+    response: httpx.Response
+    items: Sequence[Any]
+    records: Sequence[Any] | None = None
+    failures: Sequence[tuple[str | None, str]] = ()
+
+
+# how a connector reads a page (the default: GET the stream's path, records at its records_path)
+Fetch = Callable[[Ask, dict[str, str]], Awaitable[Fetched]]
+
+
+def soft_deleted(listing: Listing, primary_key: str, records: Sequence[Any]) -> list[str]:
+    rule = listing.soft_delete
+    if rule is None:
+        return []
+    found = []
+    for record in records:
+        if isinstance(record, dict) and record.get(primary_key) is not None:
+            value = cursor_value(record, rule.field)
+            if value in rule.values if rule.values else value not in (None, False, ""):
+                found.append(str(record[primary_key]))
+    return found
+
+
+class _StaleResume(Exception):
+    """The first request of a resumed listing was refused: start the listing over."""
+
+
+async def run_listing(
+    stream: StreamSpec,
+    state: Mapping[str, Any] | None,
+    mode: SyncMode,
+    ctx: SyncContext,
+    client: ProviderClient,
+    *,
+    fetch: Fetch | None = None,
+    full: bool | None = None,
+    limit: str | None = None,
+    origin: httpx.URL | None = None,
+    concurrency: int | None = None,
+) -> None:
+    """List `stream` (which declares a `Listing`) from checkpoint `state`, emitting every page.
+
+    `full`: the connector's decision that this listing reads everything (a full run is due); by
+    default a full sync, a first sync, and a stream the API cannot filter are full listings.
+    `limit`: the rate-limit bucket of its requests; `concurrency` overrides the declared one.
+    """
+    listing = stream.listing
+    if listing is None:
+        raise TypeError(f"stream {stream.name} declares no listing")
+    state = dict(state or {})
+    incremental = listing.incremental
+    cursor = state.get("cursor")
+    filtered = incremental is not None and incremental.param is not None and cursor is not None
+    if full is None:
+        full = mode is SyncMode.FULL or not filtered
+    since = format_cursor(cursor, incremental.format, incremental.lookback) \
+        if incremental is not None and not full and filtered else None
+    saved = state.get("listing")
+    resume = saved if isinstance(saved, dict) and isinstance(saved.get("pager"), dict) \
+        and saved.get("since") == since and saved.get("full", since is None) == full \
+        and saved.get("fingerprint") == fingerprint(stream, listing) else None
+
+    def start() -> _Run:
+        return _Run(stream, listing, state, ctx, client, fetch=fetch, full=full, since=since, limit=limit,
+                    origin=origin, concurrency=concurrency or listing.concurrency)
+
+    try:
+        await start().go(resume)
+    except _StaleResume as exc:
+        # the server refused the saved position (an expired cursor token): nothing was emitted
+        log.info("listing.resume_refused", stream=stream.name, error=str(exc.__cause__))
+        await start().go(None)
+
+
+class _Run:
+    """One listing under way: its pager, what it has seen, and the checkpoint each page commits."""
+
+    def __init__(self, stream: StreamSpec, listing: Listing, state: dict[str, Any], ctx: SyncContext,
+                 client: ProviderClient, *, fetch: Fetch | None, full: bool, since: str | None,
+                 limit: str | None, origin: httpx.URL | None, concurrency: int) -> None:
+        self.stream, self.listing, self.ctx, self.client = stream, listing, ctx, client
+        self.fetch = fetch or self._get
+        self.full, self.since, self.limit, self.concurrency = full, since, limit, concurrency
+        self.incremental = listing.incremental
+        self.cursor = state.get("cursor")
+        self.keep = {k: v for k, v in state.items() if k not in ("cursor", "listing", "floor")}
+        self.floor = state.get("floor")  # a `sync --since` listing ends no lower than the cursor before it
+        self.params = dict(stream.params)
+        if since is not None and self.incremental is not None and self.incremental.param is not None:
+            self.params[self.incremental.param] = since
+        self.origin = origin or client.origin
+        self.pager = start_pager(listing.paginator, LoopGuard(f"{stream.name} ({stream.path})"), origin=self.origin)
+        self.high: Any = None
+        self.total: int | None = None
+        self.started: datetime | None = None
+        self.until: str | None = None
+        self.shifted = False
+        self.resumed = False
+        self.any_records = False
+        self.seen: set[str] = set()
+
+    async def _get(self, ask: Ask, params: dict[str, str]) -> Fetched:
+        if ask.url is None:
+            body, response = await self.client.get_json(self.stream.path, params={**params, **ask.params},
+                                                        limit=self.limit)
+        else:  # a followed link carries its own query
+            body, response = await self.client.get_json(ask.url, limit=self.limit)
+        return Fetched(body, response, read_records(body, self.stream, self.listing.records_path))
+
+    def _restore(self, saved: Mapping[str, Any]) -> bool:
+        try:
+            self.pager.restore(saved["pager"])
+            started = saved.get("started")
+            self.started = datetime.fromisoformat(started) if isinstance(started, str) else None
+        except (KeyError, TypeError, ValueError):
+            self.pager = start_pager(self.listing.paginator, self.pager.guard, origin=self.origin)
+            return False  # an unreadable position: start over
+        self.high, self.total = saved.get("max"), saved.get("total")
+        self.shifted = bool(saved.get("shifted"))
+        self.pager.shifted = self.shifted
+        until = saved.get("until")
+        self.until = until if isinstance(until, str) else None
+        return True
+
+    async def go(self, resume: Mapping[str, Any] | None) -> None:
+        self.resumed = resume is not None and self._restore(resume)
+        first = True
+        while not self.pager.done:
+            fetched = await self._request(self.pager.ask(), first=first)
+            first = False
+            await self._page(fetched)
+            ahead = self.pager.pages_left(self._read(fetched)) \
+                if isinstance(self.pager, PageNumberPager) and self.concurrency > 1 else None
+            if ahead:
+                await self._fetch_ahead(ahead)
+
+    def _window_params(self) -> dict[str, str]:
+        window = self.incremental.window if self.incremental is not None else None
+        return {window: self.until} if window is not None and self.until is not None else {}
+
+    async def _request(self, ask: Ask, *, first: bool) -> Fetched:
+        try:
+            fetched = await self.fetch(ask, {**self.params, **self._window_params()})
+        except PermanentError as exc:
+            if self.resumed and first and exc.status in STALE_RESUME:
+                raise _StaleResume from exc
+            raise
+        if self.started is None:
+            self.started = self.client.server_time(fetched.response)
+        if self.incremental is not None and self.incremental.window is not None and self.until is None:
+            # closed at the server's clock (strict bound, whole seconds): nothing enters the listing
+            # while it is paged, and client clock skew cannot lose records
+            self.until = stamp(self.started + timedelta(seconds=1), self.incremental, self.cursor)
+        return fetched
+
+    async def _fetch_ahead(self, numbers: range) -> None:
+        """Page-number paging with a known page count: fetch pages ahead, hand them on in order."""
+        assert isinstance(self.pager, PageNumberPager)
+        pager = self.pager
+
+        async def fetch(number: int) -> Fetched:
+            return await self._request(pager.ask_at(number), first=False)
+
+        async def consume(number: int, fetched: Fetched) -> None:
+            await self._page(fetched)
+
+        await fetch_in_order(fetch, numbers, consume, concurrency=self.concurrency)
+
+    def _read(self, fetched: Fetched) -> PageRead:
+        pk = self.stream.primary_key
+        ids = [str(r[pk]) for r in fetched.items if isinstance(r, dict) and r.get(pk) is not None]
+        return PageRead(fetched.items, ids, fetched.body, fetched.response.headers, fetched.response.request.url)
+
+    async def _page(self, fetched: Fetched) -> None:
+        read = self._read(fetched)
+        self.pager.advance(read)
+        repeated = self.pager.repeated  # the overlap row asked for: the previous page's last
+        records = list(fetched.items[repeated:] if fetched.records is None else fetched.records[repeated:])
+        ids = read.ids[repeated:]
+        if self.pager.total is not None:
+            if self.total is None:
+                self.total = self.pager.total
+                self.ctx.set_total(self.stream.name, self.total)
+            elif self.pager.total != self.total:
+                self.shifted = True  # records came or went mid-listing: page boundaries moved
+        if self.pager.shifted or not self.seen.isdisjoint(ids):
+            self.shifted = True  # an id came back on a later page, or the overlap row moved: pages moved
+        self.seen.update(ids)
+        if self.total is None and self.pager.done and not self.resumed and len(self.seen) == len(ids):
+            self.ctx.set_total(self.stream.name, len(records))  # the whole listing fit in one page: exact
+        self.any_records = self.any_records or bool(records)
+        stored = records
+        if self.incremental is not None:
+            for record in stored:
+                self.high = later(self.high, cursor_value(record, self.incremental.field))
+        deleted = soft_deleted(self.listing, self.stream.primary_key, stored)
+        if deleted and self.listing.soft_delete is not None and not self.listing.soft_delete.keep:
+            gone = set(deleted)
+            stored = [r for r in stored if str(r.get(self.stream.primary_key)) not in gone]
+        complete = self.full and self.pager.done and not self.resumed and not self.shifted and self.any_records
+        await self.ctx.emit(Page(self.stream.name, stored, self._checkpoint(), deleted=deleted, total=self.total,
+                                 failures=fetched.failures, full_listing=self.full, listing_complete=complete))
+
+    def _checkpoint(self) -> dict[str, Any]:
+        if self.pager.done:
+            done = {**self.keep, "cursor": later(self._next_cursor(), self.floor)}
+            if self.listing.track_full and self.full and not self.resumed and not self.shifted:
+                done["full_at"] = stamp(self.started or datetime.now(UTC), None, None)
+            return done
+        # sorted by the cursor, everything below the highest value seen is stored already
+        ascending = self.incremental is not None and self.incremental.ascending
+        moving = later(self.cursor, self.high) if ascending and not self.shifted else self.cursor
+        position: dict[str, Any] = {
+            "v": SCHEMA, "since": self.since, "fingerprint": fingerprint(self.stream, self.listing),
+            "pager": self.pager.position(), "max": self.high, "total": self.total, "full": self.full,
+            "shifted": self.shifted, "started": (self.started or datetime.now(UTC)).isoformat()}
+        if self.until is not None:
+            position["until"] = self.until
+        floor = {"floor": self.floor} if self.floor is not None else {}
+        return {**self.keep, "cursor": moving, **floor, "listing": position}
+
+    def _next_cursor(self) -> Any:
+        """Where the next listing starts: a shifted listing may have skipped records, so it keeps
+        the old cursor and the span is read again."""
+        if self.shifted or self.incremental is None:
+            return self.cursor
+        started = self.started or datetime.now(UTC)
+        if self.incremental.window is not None and self.until is not None:
+            # the bound was the server's clock + 1 s, strict; a record changed in that same second,
+            # after its page was read, may be unseen: start a second before the clock (also strict)
+            end = moment(self.until)
+            return self.cursor if end is None else stamp(end - timedelta(seconds=2), self.incremental, self.until)
+        newest = later(self.cursor, self.high)
+        if self.incremental.until_start:
+            newest = earlier(newest, stamp(started, self.incremental, newest)) if newest is not None \
+                else stamp(started, self.incremental, None)
+        return newest
+
+
+def tune(stream: StreamSpec, *, page_size: int | None = None, lookback: float | None = None) -> StreamSpec:
+    """The declared stream with a connection's options applied: its page size and cursor lookback."""
+    listing = stream.listing
+    if listing is None:
+        return stream
+    paginator = listing.paginator
+    if page_size is not None:
+        size_field = "limit" if isinstance(paginator, OffsetPaging) else "size"
+        if hasattr(paginator, size_field):
+            paginator = replace(paginator, **{size_field: page_size})  # type: ignore[arg-type]
+    incremental = listing.incremental
+    if lookback is not None and incremental is not None:
+        incremental = replace(incremental, lookback=lookback)
+    return replace(stream, listing=replace(listing, paginator=paginator, incremental=incremental))
+
+
+def since_checkpoint(stream: StreamSpec, state: Mapping[str, Any] | None, since: datetime) -> dict[str, Any]:
+    """`sync --since`: the checkpoint from which an incremental listing of `stream` filters from `since`.
+
+    The stored cursor is kept as the floor of the cursor that listing ends with, so it never moves
+    back; only the listing's start changes.
+    """
+    listing = stream.listing
+    incremental = listing.incremental if listing is not None else None
+    state = dict(state or {})
+    if incremental is None or incremental.param is None:
+        raise PermanentError(f"stream {stream.name} has no server-side filter to start from a date")
+    cursor = stamp(since + timedelta(seconds=incremental.lookback), incremental, state.get("cursor"))
+    floor = later(state.get("cursor"), state.get("floor"))
+    keep = {k: v for k, v in state.items() if k not in ("cursor", "listing", "floor")}
+    return {**keep, "cursor": cursor, **({"floor": floor} if floor is not None else {})}
