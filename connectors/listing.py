@@ -420,6 +420,7 @@ class _Run:
 
     async def _page(self, fetched: Fetched) -> None:
         read = self._read(fetched)
+        was_shifted = self.shifted
         self.pager.advance(read)
         repeated = self.pager.repeated  # the overlap row asked for: the previous page's last
         records = list(fetched.items[repeated:] if fetched.records is None else fetched.records[repeated:])
@@ -432,6 +433,9 @@ class _Run:
                 self.shifted = True  # records came or went mid-listing: page boundaries moved
         if self.pager.shifted or not self.seen.isdisjoint(ids):
             self.shifted = True  # an id came back on a later page, or the overlap row moved: pages moved
+        if self.shifted and not was_shifted:
+            log.warning("listing.shifted", stream=self.stream.name, path=self.stream.path,
+                        page=self.pager.position(), total=self.total)
         self.seen.update(ids)
         if self.total is None and self.pager.done and not self.resumed and len(self.seen) == len(ids):
             self.ctx.set_total(self.stream.name, len(records))  # the whole listing fit in one page: exact

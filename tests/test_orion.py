@@ -285,7 +285,7 @@ async def test_a_shifted_accounts_listing_keeps_its_cursor(database_url: str) ->
         sim.on_page = delete_during_page_two
         await completed(rig, JobKind.FULL)
         after = query_cursor(rig, "accounts")
-        assert after["since"] <= cursor["since"] and after.get("full_at") == cursor.get("full_at")
+        assert after["cursor"] <= cursor["cursor"] and after.get("full_at") == cursor.get("full_at")
 
 
 async def test_a_new_client_gets_its_whole_aum_history(database_url: str) -> None:

@@ -48,7 +48,10 @@ from freshd.connectors.base import (
     columns,
 )
 from freshd.connectors.errors import ErrorTable, classify_with
-from freshd.connectors.pagination import LoopGuard, fetch_in_order
+from freshd.connectors.listing import run_listing, since_checkpoint, tune
+from freshd.connectors.pagination import fetch_in_order
+from freshd.connectors.paginators import OffsetPaging
+from freshd.connectors.streams import Incremental, Listing
 from freshd.errors import (
     PermanentError,
     ReauthRequired,
@@ -94,12 +97,18 @@ classify_token = classify_with(TOKEN_ERRORS)
 # --- streams ------------------------------------------------------------------------------------------
 
 _DATES = ("created_at=createdDate:timestamptz", "edited_at=editedDate:timestamptz")
-CLIENTS = StreamSpec("clients", "Portfolio/Clients", cursor_field="editedDate", columns=columns(
+# bare arrays paged with $top/$skip until a short page; pages overlap by one row, so rows that come or go
+# mid-listing are noticed (nothing is inferred from such a listing and the cursor stays)
+_PAGING = OffsetPaging(offset_param="$skip", limit_param="$top", limit=PAGE_SIZE, verify_overlap=True)
+CLIENTS = StreamSpec("clients", "Portfolio/Clients", cursor_field="editedDate", listing=Listing(_PAGING),
+                     columns=columns(
     "id:integer", "name", "first_name=firstName", "last_name=lastName", "email", "is_active=isActive:boolean",
     "aum:numeric", "representative_id=representativeId:integer", "category", "start_date=startDate:timestamptz",
     *_DATES))
 ACCOUNTS = StreamSpec("accounts", "Portfolio/Accounts", cursor_field="editedDate", cursor_param="editedStartDate",
-                      columns=columns(
+                      listing=Listing(_PAGING, incremental=Incremental(
+                          "editedDate", "editedStartDate", TIME_FORMAT, ACCOUNTS_LOOKBACK, until_start=True),
+                          track_full=True), columns=columns(
     "id:integer", "client_id=clientId:integer", "name", "number", "custodian", "account_type=accountType",
     "is_active=isActive:boolean", "current_value=currentValue:numeric", "status=accountStatusDescription",
     *_DATES))
@@ -127,23 +136,20 @@ class OrionConnector(Connector):
     since_streams = frozenset({ACCOUNTS.name})  # clients have no edited filter; AUM is by date range
 
     def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
-        """An accounts listing filtered by editedStartDate=`since`, keeping the stored watermark."""
+        """An accounts listing filtered by editedStartDate=`since`, keeping the stored cursor as its floor."""
         if stream.name != ACCOUNTS.name:
             return super().since_state(stream, state, since)
-        state = state or {}
-        keep = {"full_at": state["full_at"]} if state.get("full_at") else {}
-        return {**keep, "phase": "listing", "mode": SyncMode.INCREMENTAL.value, "full": False, "skip": 0,
-                "last_id": None, "shifted": False, "since": state.get("since"),
-                "listing_since": since.astimezone(UTC).strftime(TIME_FORMAT), "listing_started": _now(),
-                "watermark": state.get("since") if state.get("phase") != "listing" else state.get("watermark")}
+        return since_checkpoint(self.accounts, upgrade_checkpoint(state), since)
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.validate_settings(settings)
         super().__init__(settings, policies=policies)
         options = settings.options
-        self.page_size = int(options.get("page_size", PAGE_SIZE))
-        self.paging = str(options.get("paging", "odata"))
-        self.accounts_lookback = float(options.get("accounts_lookback", ACCOUNTS_LOOKBACK))
+        page_size = int(options.get("page_size", PAGE_SIZE))
+        lookback = float(options.get("accounts_lookback", ACCOUNTS_LOOKBACK))
+        plain = options.get("paging") == "plain"  # top/skip instead of OData's $top/$skip
+        self.clients, self.accounts = (tune(_plain(s) if plain else s, page_size=page_size, lookback=lookback)
+                                       for s in (CLIENTS, ACCOUNTS))
         self.accounts_full_interval = float(options.get("accounts_full_interval", ACCOUNTS_FULL_INTERVAL))
         self.aum_lookback_days = int(options.get("aum_lookback_days", AUM_LOOKBACK_DAYS))
         self.aum_history_days = int(options.get("aum_history_days", AUM_HISTORY_DAYS))
@@ -154,7 +160,7 @@ class OrionConnector(Connector):
         partner = {"client_id": creds["client_id"], "client_secret": creds["client_secret"]} \
             if creds.get("client_id") else {}
         self._partner = partner
-        self.client = self.http_client(base, classify=classify, token_header=session_header, max_connections=4)
+        self.client = self.http_client(base + "v1/", classify=classify, token_header=session_header, max_connections=4)
         self.auth = self.http_client(base, classify=classify_token, max_connections=1)
 
     @classmethod
@@ -218,29 +224,22 @@ class OrionConnector(Connector):
         return Token(body["access_token"], time.time() + lifetime, body.get("refresh_token") or None)
 
     async def probe(self) -> None:
-        await self._list(CLIENTS.path, 0, 1)
+        paging = self.clients.listing.paginator if self.clients.listing else _PAGING
+        assert isinstance(paging, OffsetPaging)
+        await self.client.get_json(CLIENTS.path, params={paging.limit_param: 1, paging.offset_param: 0})
 
     # -- listing ----------------------------------------------------------------------------------------
-
-    async def _list(self, path: str, skip: int, top: int, **params: Any) -> list[Any]:
-        """One page, as Orion sent it: a non-object item still counts toward the page's length
-        (the engine records it as a failed item), so it cannot end the listing early."""
-        names = ("$top", "$skip") if self.paging == "odata" else ("top", "skip")
-        body, _ = await self.client.get_json(f"v1/{path}", params={names[0]: top, names[1]: skip, **params})
-        if not isinstance(body, list):
-            raise TransientError(f"Orion {path}: expected a JSON array, got {type(body).__name__}")
-        return body
 
     async def sync_entity(
         self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
     ) -> None:
-        state = state or {}
-        if stream.name == CLIENTS.name:
-            await self._listing(CLIENTS, state, ctx, full=True, mode=mode)
-        elif stream.name == ACCOUNTS.name:
-            full = mode is SyncMode.FULL or not state.get("since") or \
+        state = upgrade_checkpoint(state)
+        if stream.name == CLIENTS.name:  # no edited filter: listed whole each sync, which finds deletions
+            await run_listing(self.clients, state, mode, ctx, self.client)
+        elif stream.name == ACCOUNTS.name:  # incremental, and whole at least every accounts_full_interval
+            full = mode is SyncMode.FULL or not state.get("cursor") or \
                 self._due(state.get("full_at"), self.accounts_full_interval)
-            await self._listing(ACCOUNTS, state, ctx, full=full, mode=mode)
+            await run_listing(self.accounts, state, mode, ctx, self.client, full=full)
         elif stream.name == AUM_HISTORY.name:
             await self._aum(state, mode, ctx)
         else:
@@ -248,69 +247,6 @@ class OrionConnector(Connector):
 
     def _due(self, stamp: str | None, interval: float) -> bool:
         return not stamp or (datetime.now(UTC) - _parse(stamp)).total_seconds() >= interval
-
-    async def _listing(self, stream: StreamSpec, state: dict[str, Any], ctx: SyncContext, *, full: bool,
-                       mode: SyncMode) -> None:
-        """$top/$skip pages until a short page; each checkpoint says where to resume.
-
-        Pages after the first start one row early: that row must be the last one of the page
-        before.  If it is not, rows came or went before our offset (or the order is unstable)
-        and a row may have been skipped, so the listing does not reconcile deletions and the
-        cursor does not move past what this listing may have missed.
-        """
-        resume = state.get("phase") == "listing" and state.get("mode") == mode.value
-        if resume:
-            full, offset = bool(state.get("full")), int(state.get("skip", 0))
-            since, started, watermark = state.get("listing_since"), state["listing_started"], state.get("watermark")
-            last_id, shifted = state.get("last_id"), bool(state.get("shifted"))
-        else:
-            offset, started, watermark, last_id, shifted = 0, _now(), state.get("since"), None, False
-            since = None if full or not watermark else \
-                (_parse(watermark) - timedelta(seconds=self.accounts_lookback)).strftime(TIME_FORMAT)
-        previous = state.get("since")
-        keep = {"full_at": state["full_at"]} if state.get("full_at") else {}
-        params = {"editedStartDate": since} if since else {}
-        guard = LoopGuard(f"Orion {stream.path}")
-        while True:
-            overlap = offset > 0 and last_id is not None
-            ask = offset - 1 if overlap else offset
-            raw = await self._list(stream.path, ask, self.page_size, **params)
-            guard.page([_id(r) for r in raw])
-            offset = ask + len(raw)
-            rows = raw
-            if overlap:
-                if raw and _id(raw[0]) == last_id:
-                    rows = raw[1:]
-                elif not shifted:
-                    shifted = True
-                    log.warning("orion.listing_shifted", connection=self.settings.name, stream=stream.name,
-                                offset=ask, expected=last_id, got=_id(raw[0]) if raw else None)
-            if raw:
-                last_id = _id(raw[-1])
-            for row in rows:
-                edited = row.get("editedDate") if isinstance(row, dict) else None
-                if isinstance(edited, str) and (watermark is None or edited[:19] > watermark):
-                    watermark = edited[:19]
-            done = len(raw) < self.page_size
-            if done and ask == 0:
-                ctx.set_total(stream.name, len(raw))  # the whole listing fit in its first page: exact
-            if done:
-                # offset paging over a live list: the next sync starts no later than this listing did,
-                # and a shifted listing starts where this one did (its rows may have been skipped)
-                newest = min(watermark, started) if watermark else started
-                if shifted and previous:
-                    newest = min(newest, previous)
-                checkpoint = {**keep, "phase": "done", "since": newest}
-                if full and not resume and not shifted:
-                    checkpoint["full_at"] = started
-            else:
-                checkpoint = {**keep, "phase": "listing", "mode": mode.value, "full": full, "skip": offset,
-                              "last_id": last_id, "shifted": shifted, "listing_since": since,
-                              "listing_started": started, "watermark": watermark}
-            await ctx.emit(Page(stream.name, rows, checkpoint, full_listing=full,
-                                listing_complete=full and done and not resume and not shifted))
-            if done:
-                return
 
     # -- AUM over time ------------------------------------------------------------------------------------
 
@@ -370,7 +306,7 @@ class OrionConnector(Connector):
         async def fetch(index: int) -> Page | None:
             cid = todo[index]
             try:
-                body, _ = await self.client.get_json(f"v1/Portfolio/Clients/{cid}/AumOverTime", params=window(cid))
+                body, _ = await self.client.get_json(f"Portfolio/Clients/{cid}/AumOverTime", params=window(cid))
             except PermanentError as exc:
                 if exc.status == 404:
                     return None  # removed since the clients listing: the next full pull tombstones its points
@@ -406,7 +342,7 @@ class OrionConnector(Connector):
         found: list[dict[str, Any]] = []
         gone: list[str] = []
         for rid in ids:
-            body = await self.client.get_json_if_found(f"v1/{stream.path}/{rid}")
+            body = await self.client.get_json_if_found(f"{stream.path}/{rid}")
             if isinstance(body, dict):
                 found.append(body)
             else:
@@ -425,3 +361,26 @@ def _aum_record(client_id: int, day: str, point: dict[str, Any]) -> dict[str, An
     suffix = f":{grouping}" if grouping not in (None, 0, "0") else ""
     return {**point, "id": f"{client_id}:{day}{suffix}", "entityId": point.get("id"), "clientId": client_id}
 
+
+def _plain(stream: StreamSpec) -> StreamSpec:
+    """The stream paged with top/skip (option paging = "plain") instead of OData's $top/$skip."""
+    assert stream.listing is not None
+    return replace(stream, listing=replace(stream.listing, paginator=replace(_PAGING, offset_param="skip",
+                                                                                 limit_param="top")))
+
+
+def upgrade_checkpoint(state: dict[str, Any] | None) -> dict[str, Any]:
+    """A clients/accounts checkpoint written before the listing engine, as the engine's schema.
+
+    ``{"phase": "done", "since", "full_at"?}``: the cursor and full_at.  A listing that was under way
+    (``{"phase": "listing", "listing_since", "skip", "last_id", ...}``) starts again from the filter
+    it sent (a full one, if it sent none): its rows are read again, which costs nothing when they
+    did not change.  AUM checkpoints have their own shape (``through``, ``plan``) and pass as they are.
+    """
+    if not state or "phase" not in state or "through" in state or "plan" in state or "origin" in state:
+        return state or {}
+    cursor = state.get("since") if state.get("phase") == "done" else state.get("listing_since")
+    upgraded: dict[str, Any] = {"cursor": cursor} if cursor else {}
+    if state.get("full_at"):
+        upgraded["full_at"] = state["full_at"]
+    return upgraded
