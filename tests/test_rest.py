@@ -17,7 +17,7 @@ import trio
 
 from freshd.config import load_config
 from freshd.connectors.base import ConnectionSettings, Page, SyncMode, check_settings
-from freshd.connectors.listing import format_cursor
+from freshd.connectors.cursors import format_cursor
 from freshd.connectors.pagination import LoopGuard
 from freshd.connectors.paginators import LinkHeaderPager, LinkHeaderPaging, PageRead, links
 from freshd.connectors.rest.connector import RestConnector
