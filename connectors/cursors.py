@@ -65,23 +65,22 @@ def _order(value: Any) -> tuple[int, Any] | None:
 
 
 def later(a: Any, b: Any) -> Any:
-    """The higher of two cursor values (either may be None)."""
-    ka, kb = _order(a), _order(b)
-    if kb is None:
-        return a
-    if ka is None:
-        return b
-    return b if kb > ka else a
+    """The higher of two cursor values (either may be None: then the other)."""
+    return _pick(a, b, higher=True)
 
 
 def earlier(a: Any, b: Any) -> Any:
     """The lower of two cursor values (either may be None: then the other)."""
+    return _pick(a, b, higher=False)
+
+
+def _pick(a: Any, b: Any, *, higher: bool) -> Any:
     ka, kb = _order(a), _order(b)
     if kb is None:
         return a
     if ka is None:
         return b
-    return b if kb < ka else a
+    return b if (kb > ka if higher else kb < ka) else a
 
 
 def _like(original: str, when: datetime) -> str:

@@ -41,22 +41,7 @@ from freshd.connectors.base import Page, StreamSpec, SyncContext, SyncMode
 from freshd.connectors.cursors import cursor_value, earlier, format_cursor, later, moment, stamp
 from freshd.connectors.http import ProviderClient
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
-from freshd.connectors.paginators import (
-    Ask,
-    CursorPager,
-    CursorPaging,
-    LinkHeaderPager,
-    LinkHeaderPaging,
-    NoPaging,
-    OffsetPager,
-    OffsetPaging,
-    PageNumberPager,
-    PageNumberPaging,
-    Pager,
-    PageRead,
-    PaginatorConfig,
-    SinglePager,
-)
+from freshd.connectors.paginators import Ask, OffsetPaging, PageNumberPager, PageRead, start_pager
 from freshd.connectors.schema import dig
 from freshd.connectors.streams import Listing
 from freshd.errors import PermanentError
@@ -65,24 +50,6 @@ log = structlog.get_logger(__name__)
 
 SCHEMA = 1  # the version of the "listing" part of a checkpoint
 STALE_RESUME = (400, 404, 410, 422)  # a saved position refused on a resumed listing's first request
-
-
-def start_pager(config: PaginatorConfig, guard: LoopGuard, *, origin: httpx.URL | None = None) -> Pager:
-    """A fresh state machine for one listing (`origin`: the only origin followed links may point to)."""
-    match config:
-        case PageNumberPaging():
-            return PageNumberPager(config, guard)
-        case OffsetPaging():
-            return OffsetPager(config, guard)
-        case CursorPaging():
-            return CursorPager(config, guard)
-        case LinkHeaderPaging():
-            if origin is None:
-                raise TypeError("link-header paging needs the origin links may point to")
-            return LinkHeaderPager(config, guard, origin)
-        case NoPaging():
-            return SinglePager(guard)
-    raise AssertionError(f"no pager for {config!r}")
 
 
 # --- the listing -------------------------------------------------------------------------------------

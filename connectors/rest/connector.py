@@ -55,8 +55,9 @@ from freshd.connectors.base import (
 )
 from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.http import Classify, ProviderClient, bearer
-from freshd.connectors.listing import run_listing, soft_deleted, start_pager
+from freshd.connectors.listing import run_listing, soft_deleted
 from freshd.connectors.pagination import LoopGuard
+from freshd.connectors.paginators import start_pager
 from freshd.connectors.rest.config import (
     ApiKeyAuth,
     BasicAuth,
