@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Protocol
 from freshd import logs
 from freshd.connectors import registry
 from freshd.connectors.http import Classify, ProviderClient, TokenHeader, bearer, classify_http
+from freshd.connectors.schema import build
 from freshd.connectors.streams import COLUMN_TYPES, VIEW_COLUMNS, Column, StreamSpec, column_problem, columns
 from freshd.errors import ConfigError, ConfigErrors, PermanentError
 from freshd.policies.gate import ConnectionPolicies, limits_for
@@ -30,9 +31,15 @@ from freshd.policies.ratelimit import Rate
 from freshd.policies.tokens import Token
 
 # the streams' declarations live in streams.py; providers import them from here with the rest
-__all__ = ["COLUMN_TYPES", "VIEW_COLUMNS", "Column", "ConnectionSettings", "Connector", "Page", "Problems",
-           "StreamSpec", "SyncContext", "SyncMode", "check_settings", "column_problem", "columns",
+__all__ = ["COLUMN_TYPES", "FRAMEWORK_OPTIONS", "VIEW_COLUMNS", "Column", "ConnectionSettings", "Connector", "Page",
+           "Problems", "StreamSpec", "SyncContext", "SyncMode", "check_settings", "column_problem", "columns",
            "connector_class", "missing_credentials", "providers"]
+
+
+# options any connection may carry, read by the framework (rate limits: freshd.policies.gate; entities:
+# the actor; page_concurrency: the engine): allowed next to every provider's own
+FRAMEWORK_OPTIONS = frozenset({"rate_limit", "rate_burst", "rate_limits", "rate_group", "entities",
+                               "page_concurrency"})
 
 
 class SyncMode(StrEnum):
@@ -101,21 +108,35 @@ class Connector(ABC):
     # operation -> usage plan; "default" covers operations without their own (None: unlimited
     # until the provider says otherwise)
     rate_limits: ClassVar[Mapping[str, Rate]] = {}
+    # the provider's own options as one dataclass (freshd.connectors.schema: its own schema); read by
+    # `read_options` into `self.options`, every problem named at once (None: the provider checks its own)
+    options_type: ClassVar[type[Any] | None] = None
     # credential keys a connection must give (non-empty); "a|b" is either of them.  Checked by
     # check_settings before anything is stored; alternatives the options decide stay in validate_settings
     required_credentials: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.settings = settings
+        if self.options_type is not None:
+            self.options = self.read_options(settings)
         for value in settings.credentials.values():
             logs.register_secret(value)  # masked in logs and in every error text (freshd.logs.scrub)
         self.policies = policies or ConnectionPolicies.standalone(
             self.provider, self.rate_limits, settings.options, name=settings.name)
 
-    @classmethod  # noqa: B027 - an optional hook
+    @classmethod
     def validate_settings(cls, settings: ConnectionSettings) -> None:
         """Raise ConfigError (naming the option) if `settings` cannot work; called by config load and
         `connections add` before anything is stored, so bad input changes nothing."""
+        cls.read_options(settings)
+
+    @classmethod
+    def read_options(cls, settings: ConnectionSettings) -> Any:
+        """The connection's options as `options_type` (ConfigError, or ConfigErrors naming each key)."""
+        if cls.options_type is None:
+            return None
+        return build(cls.options_type, settings.options, f"connection {settings.name}: options",
+                     extra=FRAMEWORK_OPTIONS)
 
     # streams whose incremental listing can start at a given date (`freshctl sync --since`)
     since_streams: ClassVar[frozenset[str]] = frozenset()

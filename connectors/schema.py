@@ -21,19 +21,28 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from freshd.errors import ConfigError
+from freshd.errors import ConfigError, ConfigErrors
 
 Scalar = str | int | float | bool
 T = TypeVar("T")
 
 
 class Invalid(Exception):
-    """Raised by a config class's __post_init__: `key` (None: the table itself) and why."""
+    """Raised by a config class's __post_init__: `key` (None: the table itself) and why; `more`:
+    other keys' problems found by the same check (`rules` raises them together)."""
 
-    def __init__(self, key: str | None, message: str) -> None:
+    def __init__(self, key: str | None, message: str, more: Sequence[tuple[str | None, str]] = ()) -> None:
         self.key = key
         self.message = message
+        self.more = tuple(more)
         super().__init__(message)
+
+
+def rules(*checks: tuple[str | None, bool, str]) -> None:
+    """A __post_init__'s cross-field and range rules, (key, holds, why): every broken one raised at once."""
+    broken = [(key, why) for key, holds, why in checks if not holds]
+    if broken:
+        raise Invalid(*broken[0], more=broken[1:])
 
 
 class Registry(Generic[T]):
@@ -91,12 +100,13 @@ def _coerce(value: Any, hint: Any, where: str, registry: Registry[Any] | None) -
         item = get_args(hint)[0]
         if isinstance(value, str | bytes) or not isinstance(value, Sequence):
             raise ConfigError(f"expected an array, got {_describe(value)}", where=where)
-        return tuple(_coerce(v, item, f"{where}[{i}]", None) for i, v in enumerate(value))
+        return tuple(_every([(f"{where}[{i}]", v) for i, v in enumerate(value)], item))
     if origin is not None and origin in (Mapping, dict, typing.Mapping):
         item = get_args(hint)[1]
         if not isinstance(value, Mapping):
             raise ConfigError(f"expected a table, got {_describe(value)}", where=where)
-        return types.MappingProxyType({str(k): _coerce(v, item, f"{where}.{k}", None) for k, v in value.items()})
+        values = _every([(f"{where}.{k}", v) for k, v in value.items()], item)
+        return types.MappingProxyType(dict(zip((str(k) for k in value), values, strict=True)))
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if not isinstance(value, Mapping):
             raise ConfigError(f"expected a table, got {_describe(value)}", where=where)
@@ -106,6 +116,22 @@ def _coerce(value: Any, hint: Any, where: str, registry: Registry[Any] | None) -
             raise ConfigError(f"expected {_type_name(hint)}, got {_describe(value)}", where=where)
         return float(value) if hint is float else value
     raise TypeError(f"no schema for {hint!r}")  # a programming error, not a config one
+
+
+def _every(items: list[tuple[str, Any]], hint: Any) -> list[Any]:
+    """Each (where, value) as `hint`: every item's problems reported together."""
+    found: list[Any] = []
+    problems: list[ConfigError] = []
+    for where, value in items:
+        try:
+            found.append(_coerce(value, hint, where, None))
+        except ConfigErrors as exc:
+            problems.extend(exc.errors)
+        except ConfigError as exc:
+            problems.append(exc)
+    if problems:
+        raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
+    return found
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -125,26 +151,37 @@ def _type_name(hint: Any) -> str:
 def build(cls: type[T], raw: Mapping[str, Any], where: str, *, extra: frozenset[str] = frozenset()) -> T:
     """A config dataclass from a table: unknown keys refused with the valid ones, required keys checked.
 
-    `extra`: keys someone else reads (allowed, ignored here).
+    Every problem is reported at once (ConfigErrors when there are several, each naming its key);
+    the class's own cross-field rules run once its fields are sound.  `extra`: keys someone else
+    reads (allowed, ignored here).
     """
     assert dataclasses.is_dataclass(cls)
     hints = get_type_hints(cls)
     known = [f for f in dataclasses.fields(cls) if f.init]
     names = {f.name for f in known}
+    problems: list[ConfigError] = []
     for key in raw:
         if key not in names and key not in extra:
             valid = ", ".join(sorted(names | extra)) or "(none)"
-            raise ConfigError(f"unknown key {key!r}; valid keys: {valid}", where=f"{where}.{key}")
+            problems.append(ConfigError(f"unknown key {key!r}; valid keys: {valid}", where=f"{where}.{key}"))
     kwargs: dict[str, Any] = {}
     for f in known:
         if f.name in raw:
-            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{where}.{f.name}", f.metadata.get("registry"))
+            try:
+                kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{where}.{f.name}", f.metadata.get("registry"))
+            except ConfigErrors as exc:
+                problems.extend(exc.errors)
+            except ConfigError as exc:
+                problems.append(exc)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required key {f.name!r}", where=f"{where}.{f.name}")
-    try:
-        return cls(**kwargs)
-    except Invalid as exc:
-        raise ConfigError(exc.message, where=f"{where}.{exc.key}" if exc.key else where) from None
+            problems.append(ConfigError(f"missing required key {f.name!r}", where=f"{where}.{f.name}"))
+    if not problems:
+        try:
+            return cls(**kwargs)
+        except Invalid as exc:
+            problems.extend(ConfigError(message, where=f"{where}.{key}" if key else where)
+                            for key, message in ((exc.key, exc.message), *exc.more))
+    raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
 
 
 def dig(data: Any, path: str) -> Any:

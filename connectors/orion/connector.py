@@ -31,7 +31,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -51,12 +51,9 @@ from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.listing import run_listing, since_checkpoint, tune
 from freshd.connectors.pagination import fetch_in_order
 from freshd.connectors.paginators import OffsetPaging
+from freshd.connectors.schema import rules
 from freshd.connectors.streams import Incremental, Listing
-from freshd.errors import (
-    PermanentError,
-    ReauthRequired,
-    TransientError,
-)
+from freshd.errors import ConfigError, ConfigErrors, PermanentError, ReauthRequired, TransientError
 from freshd.policies.gate import ConnectionPolicies
 from freshd.policies.tokens import Token
 
@@ -73,6 +70,27 @@ AUM_INTERVAL = 6 * 3600.0
 AUM_FULL_INTERVAL = 7 * 86400.0
 PAGING = ("odata", "plain")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+@dataclass(frozen=True, slots=True)
+class OrionOptions:
+    """A connection's options (seconds unless named in days)."""
+
+    paging: str = "odata"  # $top/$skip (OData), or "plain" top/skip
+    page_size: int = PAGE_SIZE
+    accounts_lookback: float = ACCOUNTS_LOOKBACK
+    accounts_full_interval: float = ACCOUNTS_FULL_INTERVAL
+    aum_lookback_days: int = AUM_LOOKBACK_DAYS
+    aum_history_days: int = AUM_HISTORY_DAYS
+    aum_interval: float = AUM_INTERVAL
+    aum_full_interval: float = AUM_FULL_INTERVAL
+
+    def __post_init__(self) -> None:
+        rules(("paging", self.paging in PAGING, f"unknown paging {self.paging!r}; valid: {', '.join(PAGING)}"),
+              ("page_size", 1 <= self.page_size <= 5000, f"expected 1 to 5000, got {self.page_size}"),
+              *((key, getattr(self, key) >= 0, f"expected 0 or more, got {getattr(self, key)}")
+                for key in ("accounts_lookback", "accounts_full_interval", "aum_lookback_days", "aum_history_days",
+                            "aum_interval", "aum_full_interval")))
 
 # --- auth --------------------------------------------------------------------------------------------
 
@@ -129,6 +147,8 @@ def _parse(text: str) -> datetime:
 
 class OrionConnector(Connector):
     provider = "orion"
+    options_type = OrionOptions
+    options: OrionOptions
     # username and password, or a partner refresh_token with client_id and client_secret:
     # alternatives of several keys, checked by validate_settings
     required_credentials = ()
@@ -144,17 +164,10 @@ class OrionConnector(Connector):
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.validate_settings(settings)
         super().__init__(settings, policies=policies)
-        options = settings.options
-        page_size = int(options.get("page_size", PAGE_SIZE))
-        lookback = float(options.get("accounts_lookback", ACCOUNTS_LOOKBACK))
-        plain = options.get("paging") == "plain"  # top/skip instead of OData's $top/$skip
-        self.clients, self.accounts = (tune(_plain(s) if plain else s, page_size=page_size, lookback=lookback)
-                                       for s in (CLIENTS, ACCOUNTS))
-        self.accounts_full_interval = float(options.get("accounts_full_interval", ACCOUNTS_FULL_INTERVAL))
-        self.aum_lookback_days = int(options.get("aum_lookback_days", AUM_LOOKBACK_DAYS))
-        self.aum_history_days = int(options.get("aum_history_days", AUM_HISTORY_DAYS))
-        self.aum_interval = float(options.get("aum_interval", AUM_INTERVAL))
-        self.aum_full_interval = float(options.get("aum_full_interval", AUM_FULL_INTERVAL))
+        options = self.options
+        plain = options.paging == "plain"  # top/skip instead of OData's $top/$skip
+        self.clients, self.accounts = (tune(_plain(s) if plain else s, page_size=options.page_size,
+                                            lookback=options.accounts_lookback) for s in (CLIENTS, ACCOUNTS))
         base = settings.base_url.rstrip("/") + "/"
         creds = settings.credentials
         partner = {"client_id": creds["client_id"], "client_secret": creds["client_secret"]} \
@@ -165,7 +178,7 @@ class OrionConnector(Connector):
 
     @classmethod
     def validate_settings(cls, settings: ConnectionSettings) -> None:
-        creds, options = settings.credentials, settings.options
+        creds = settings.credentials
         where = f"connection {settings.name}"
         problems = Problems()
         has_password = bool(creds.get("username") and creds.get("password"))
@@ -175,16 +188,12 @@ class OrionConnector(Connector):
             problems.add("client_id and client_secret go together (partner apps)", where=where)
         if creds.get("refresh_token") and not creds.get("client_id"):
             problems.add("a refresh_token needs the partner client_id and client_secret", where=where)
-        if options.get("paging", "odata") not in PAGING:
-            problems.add(f"unknown paging {options.get('paging')!r}; valid: {', '.join(PAGING)}",
-                         where=f"{where}: options.paging")
-        for key in ("page_size", "accounts_lookback", "accounts_full_interval", "aum_lookback_days",
-                    "aum_history_days", "aum_interval", "aum_full_interval"):
-            value = options.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0
-                                      or (key == "page_size" and not 1 <= value <= 5000)):
-                problems.add(f"expected a number of 0 or more{' (1 to 5000)' if key == 'page_size' else ''}, "
-                             f"got {value!r}", where=f"{where}: options.{key}")
+        try:
+            cls.read_options(settings)
+        except ConfigErrors as exc:
+            problems.errors.extend(exc.errors)
+        except ConfigError as exc:
+            problems.errors.append(exc)
         problems.check()
 
     async def aclose(self) -> None:
@@ -238,7 +247,7 @@ class OrionConnector(Connector):
             await run_listing(self.clients, state, mode, ctx, self.client)
         elif stream.name == ACCOUNTS.name:  # incremental, and whole at least every accounts_full_interval
             full = mode is SyncMode.FULL or not state.get("cursor") or \
-                self._due(state.get("full_at"), self.accounts_full_interval)
+                self._due(state.get("full_at"), self.options.accounts_full_interval)
             await run_listing(self.accounts, state, mode, ctx, self.client, full=full)
         elif stream.name == AUM_HISTORY.name:
             await self._aum(state, mode, ctx)
@@ -266,12 +275,13 @@ class OrionConnector(Connector):
         else:
             resume = False
             through = state.get("through")
-            origin = state.get("origin") or (today - timedelta(days=self.aum_history_days)).isoformat()
-            full = mode is SyncMode.FULL or not through or self._due(state.get("full_at"), self.aum_full_interval)
-            if not full and not self._due(state.get("pulled_at"), self.aum_interval):
+            origin = state.get("origin") or (today - timedelta(days=self.options.aum_history_days)).isoformat()
+            full = mode is SyncMode.FULL or not through or \
+                self._due(state.get("full_at"), self.options.aum_full_interval)
+            if not full and not self._due(state.get("pulled_at"), self.options.aum_interval):
                 return  # daily figures: one pull per aum_interval is enough (one request per client)
             start = origin if full or not through else \
-                max(origin, (date.fromisoformat(through) - timedelta(days=self.aum_lookback_days)).isoformat())
+                max(origin, (date.fromisoformat(through) - timedelta(days=self.options.aum_lookback_days)).isoformat())
             # clients created from the day before the last pull on are new to AUM: their whole history
             new_since = (date.fromisoformat(through) - timedelta(days=1)).isoformat() if through else None
             plan = {"origin": origin, "start": start, "end": today.isoformat(), "full": full, "after": 0,

@@ -32,6 +32,7 @@ classification, streams, sync.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +43,6 @@ from freshd.connectors.base import (
     ConnectionSettings,
     Connector,
     Page,
-    Problems,
     StreamSpec,
     SyncContext,
     SyncMode,
@@ -51,6 +51,7 @@ from freshd.connectors.base import (
 from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.listing import run_listing, since_checkpoint, tune
 from freshd.connectors.paginators import OffsetPaging
+from freshd.connectors.schema import rules
 from freshd.connectors.streams import Incremental, Listing, SoftDelete
 from freshd.errors import (
     PermanentError,
@@ -70,6 +71,17 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 USER_ACTION = frozenset({"SCARequired", "webauthRequired", "additionalInformationNeeded", "decoupled",
                          "actionNeeded", "passwordExpired", "wrongpass"})
 TRANSIENT = frozenset({"rateLimiting", "websiteUnavailable", "bug", "validating", "tooManySync"})
+
+
+@dataclass(frozen=True, slots=True)
+class PowensOptions:
+    page_size: int = PAGE_SIZE  # transactions per page, up to the documented maximum
+    lookback: float = LOOKBACK  # seconds re-read before the cursor (last_update is the server's)
+
+    def __post_init__(self) -> None:
+        rules(("page_size", 1 <= self.page_size <= PAGE_SIZE, f"expected 1 to {PAGE_SIZE}, got {self.page_size}"),
+              ("lookback", self.lookback >= 0, f"expected seconds (0 or more), got {self.lookback}"))
+
 
 # --- auth --------------------------------------------------------------------------------------------
 
@@ -120,6 +132,8 @@ def _fmt(moment: datetime) -> str:
 
 class PowensConnector(Connector):
     provider = "powens"
+    options_type = PowensOptions
+    options: PowensOptions
     required_credentials = ("access_token",)  # a permanent Powens user token
     streams = (CONNECTIONS, ACCOUNTS, TRANSACTIONS)
     since_streams = frozenset({TRANSACTIONS.name})  # bank connections and accounts are listed whole
@@ -131,29 +145,11 @@ class PowensConnector(Connector):
         return since_checkpoint(self.transactions, upgrade_checkpoint(state), since)
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
-        self.validate_settings(settings)
         super().__init__(settings, policies=policies)
-        options = settings.options
-        self.transactions = tune(TRANSACTIONS, page_size=int(options.get("page_size", PAGE_SIZE)),
-                                 lookback=float(options.get("lookback", LOOKBACK)))
+        self.transactions = tune(TRANSACTIONS, page_size=self.options.page_size, lookback=self.options.lookback)
         self.client = self.http_client(
             settings.base_url.rstrip("/") + "/", classify=self._classify, max_connections=2,
             headers={"Authorization": f"Bearer {settings.credentials['access_token']}"})
-
-    @classmethod
-    def validate_settings(cls, settings: ConnectionSettings) -> None:
-        where = f"connection {settings.name}"
-        problems = Problems()
-        page_size = settings.options.get("page_size")
-        if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int)
-                                      or not 1 <= page_size <= PAGE_SIZE):
-            problems.add(f"expected a whole number from 1 to {PAGE_SIZE}, got {page_size!r}",
-                         where=f"{where}: options.page_size")
-        lookback = settings.options.get("lookback")
-        if lookback is not None and (isinstance(lookback, bool) or not isinstance(lookback, int | float)
-                                     or lookback < 0):
-            problems.add(f"expected seconds (0 or more), got {lookback!r}", where=f"{where}: options.lookback")
-        problems.check()
 
     def _classify(self, response: httpx.Response) -> ProviderError | None:
         error = classify(response)

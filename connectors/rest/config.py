@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from freshd.connectors.base import Column, ConnectionSettings, StreamSpec, column_problem
+from freshd.connectors.base import FRAMEWORK_OPTIONS, Column, ConnectionSettings, StreamSpec, column_problem
 from freshd.connectors.paginators import PAGINATORS, PaginatorConfig
 from freshd.connectors.schema import Invalid, Registry, build, check_dotted, check_header, dig  # noqa: F401 - dig: re-exported
 from freshd.connectors.streams import CURSOR_FORMATS, Incremental, Listing, SoftDelete
@@ -208,10 +208,6 @@ def param_text(value: Scalar) -> str:
 
 
 # --- the connection's options --------------------------------------------------------------------
-
-# options the framework reads (rate limits: freshd.policies.gate; entities: the actor)
-FRAMEWORK_OPTIONS = frozenset({"rate_limit", "rate_burst", "rate_limits", "rate_group", "entities"})
-
 
 @dataclass(frozen=True, slots=True)
 class RestOptions:
