@@ -11,7 +11,8 @@ import pytest
 from freshd.config import load_config
 from freshd.errors import ConfigError
 from freshd.store.twoway import Link
-from freshd.twoway.mapping import Rule, Side, build_pair
+from freshd.twoway.declarations import build_pair
+from freshd.twoway.mapping import Rule, Side
 from freshd.twoway.merge import merge
 from freshd.twoway.plan import plan_entity
 

@@ -50,9 +50,10 @@ from freshd.store.db import Connection, Fence, check_fence
 from freshd.store.jobs import JobKind, JobStatus
 from freshd.store.twoway import ConflictType, ItemStatus, Link, PairRow, RunState
 from freshd.sync import encode_record
-from freshd.twoway.mapping import EntityMap, Pair, Side, Tables
+from freshd.twoway.mapping import EntityMap, Pair, Side
 from freshd.twoway.merge import Decision
 from freshd.twoway.plan import decide, plan_entity
+from freshd.twoway.transforms import Tables
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -31,7 +31,8 @@ from freshd.store.db import Fence
 from freshd.store.jobs import JobRequest
 from freshd.store.twoway import Link, PairRow, RunState
 from freshd.supervisor import Supervisor
-from freshd.twoway.mapping import EntityMap, Pair, Side, Tables, build_pair
+from freshd.twoway.declarations import build_pair
+from freshd.twoway.mapping import EntityMap, Pair, Side
 from freshd.twoway.runner import (
     ItemWork,
     PlannedWrite,
@@ -43,6 +44,7 @@ from freshd.twoway.runner import (
     written_pages,
 )
 from freshd.twoway.settings import PairConfig, TwoWaySettings
+from freshd.twoway.transforms import Tables
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
