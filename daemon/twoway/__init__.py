@@ -5,7 +5,9 @@
     declarations.py  the shipped defaults; a [pairs.NAME] declaration checked into a Pair
     merge.py         the three-way merge of one linked pair of records against their agreed base
     plan.py          a run's queue: which pairs of records need work (links, natural keys, creates)
-    runner.py        one run: bring both sides up to date, plan, write in batches, settle outcomes
+    runner.py        one run: bring both sides up to date, plan, write in batches, pause/cancel
+    writepath.py     intent, provider call, outcome: how runs and resolutions write to a provider
+    settle.py        a batch's outcome in one transaction: writes, links, items, conflicts
     service.py       the runs of this daemon: queued runs started under the per-tenant caps,
                      resolutions, the per-tenant write rate
 Its tables (pairs, links, twoway_runs, twoway_items, twoway_writes, conflicts) are in
