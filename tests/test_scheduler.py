@@ -26,10 +26,10 @@ from apscheduler.events import (
 from apscheduler.schedulers.base import STATE_STOPPED
 from structlog.testing import capture_logs
 
+from freshd.apscheduler_trio import TrioScheduler
 from freshd.scheduler import (
     Sweep,
     SweepBusy,
-    TrioScheduler,
     add_sweeps,
     create_scheduler,
     describe,

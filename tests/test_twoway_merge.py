@@ -11,7 +11,8 @@ import pytest
 from freshd.config import load_config
 from freshd.errors import ConfigError
 from freshd.store.twoway import Link
-from freshd.twoway.mapping import Rule, Side, build_pair
+from freshd.twoway.declarations import build_pair
+from freshd.twoway.mapping import Rule, Side
 from freshd.twoway.merge import merge
 from freshd.twoway.plan import plan_entity
 
@@ -182,7 +183,7 @@ async def test_a_write_whose_lease_moved_is_refused_before_anything_reaches_the_
     from freshd.store import twoway as db
     from freshd.store.db import Fence
     from freshd.twoway.mapping import Side as S
-    from freshd.twoway.runner import PlannedWrite, WritePath
+    from freshd.twoway.writepath import PlannedWrite, WritePath
 
     async with open_store(database_url) as store:
         rows = []

@@ -24,7 +24,8 @@ from freshd.errors import AdminError, ConfigError
 from freshd.store import activity, connections
 from freshd.store import twoway as db
 from freshd.store.twoway import ConflictType, RunState
-from freshd.twoway.mapping import Side, build_pair, entities_spec
+from freshd.twoway.declarations import build_pair, entities_spec
+from freshd.twoway.mapping import Side
 from freshd.twoway.service import Resolution, ResolutionRefused, mapping_of
 
 if TYPE_CHECKING:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from freshd.store.twoway import Link
-from freshd.twoway.mapping import EntityMap, Side, Tables
+from freshd.twoway.mapping import EntityMap, Side
 from freshd.twoway.merge import Decision, merge
+from freshd.twoway.transforms import Tables
 
 
 @dataclass(slots=True)

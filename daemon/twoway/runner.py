@@ -7,73 +7,48 @@
 Crash safety: the queue, every write's intent (the idempotency log) and every batch's outcome are
 committed; a resumed run syncs both sides again, then goes on from its first pending item.  A
 create whose intent was committed but never settled is looked up at the provider by its
-reference (`Writer.find_created`) before it is sent again, so it is never made twice.
+reference (`Writer.find_created`) before it is sent again, so it is never made twice
+(freshd.twoway.writepath).
 
 Each item gets `attempts` tries (exponential backoff `backoff`..`backoff_cap` between them) for
 failures that may pass (rate limits exhausted, 5xx, an ambiguous create); then a RetryExhausted
 conflict.  Refusals go to conflicts at once: DuplicateKey (a create linked to the record holding
 the key when the provider names it), ValidationError (the provider's message), AuthError (the
-connection is put in reauth_required by its actor).
+connection is put in reauth_required by its actor).  How a batch's outcome is recorded is
+freshd.twoway.settle.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 import trio
 
 from freshd import metrics
-from freshd.connectors.base import Connector, StreamSpec, connector_class
-from freshd.connectors.http import write_budget
-from freshd.connectors.writes import Create, Update, WriteOp, Writer, Written
-from freshd.errors import (
-    Ambiguous,
-    AuthExpired,
-    DuplicateKey,
-    ItemError,
-    PermanentError,
-    ProviderError,
-    ReauthRequired,
-    Rejected,
-    TransientError,
-)
+from freshd.connectors.base import Connector
+from freshd.connectors.writes import Create, Update
+from freshd.errors import AuthExpired, PermanentError, ProviderError, ReauthRequired, Rejected, TransientError
 from freshd.policies.ratelimit import TokenBucket
-from freshd.queueing import Queued
-from freshd.store import Store, activity, jobs, records
+from freshd.store import activity, jobs
 from freshd.store import twoway as db
-from freshd.store.db import Connection, Fence, check_fence
+from freshd.store.db import Connection
 from freshd.store.jobs import JobKind, JobStatus
-from freshd.store.twoway import ConflictType, ItemStatus, Link, PairRow, RunState
-from freshd.sync import encode_record
-from freshd.twoway.mapping import EntityMap, Pair, Side, Tables
-from freshd.twoway.merge import Decision
+from freshd.store.twoway import ConflictType, Link, PairRow, RunState
+from freshd.twoway.mapping import EntityMap, Pair, Side
 from freshd.twoway.plan import decide, plan_entity
+from freshd.twoway.settle import Settler
+from freshd.twoway.transforms import Tables
+from freshd.twoway.writepath import Gateway, ItemWork, PlannedWrite, WritePath, reference
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 SYNC_WAIT = 3600.0  # a side's catch-up sync taking longer than this fails the run
 POLL = 0.25
-
-
-class Gateway(Protocol):
-    """What a run needs from the daemon: the store, the connections' actors and their fences."""
-
-    store: Store
-
-    def fence(self, connection: str) -> Fence | None: ...
-
-    async def with_connector(self, connection: str, call: Callable[[Connector], Awaitable[T]]) -> T: ...
-
-    async def queue_jobs(self, wanted: Mapping[str, jobs.JobRequest], trigger: str) -> dict[str, Queued]: ...
-
-    @property
-    def events(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,146 +58,6 @@ class RunSettings:
     attempts: int = 3
     backoff: float = 1.0
     backoff_cap: float = 16.0
-
-
-def reference(pair: str, entity: str, side: Side, source_id: str) -> str:
-    """A create's idempotency key, the same for every attempt: the created record carries it."""
-    digest = hashlib.sha256(f"{pair}|{entity}|{side}|{source_id}".encode()).hexdigest()
-    return f"fd_{digest[:24]}"
-
-
-@dataclass(slots=True)
-class PlannedWrite:
-    key: str
-    side: Side
-    op: WriteOp
-    values: dict[str, Any]  # the common values it sets
-    source_id: str | None
-
-
-@dataclass(slots=True)
-class ItemWork:
-    """One queued item in the batch being written, and what became of it."""
-
-    seq: int
-    entity: EntityMap
-    left_id: str | None
-    right_id: str | None
-    link: Link | None = None
-    decision: Decision | None = None
-    writes: dict[Side, PlannedWrite] = field(default_factory=dict)
-    written: dict[Side, Written | None] = field(default_factory=dict)  # None: applied before (a retry)
-    errors: dict[Side, ProviderError] = field(default_factory=dict)
-    attempts: int = 0
-    skip_reason: str | None = None
-    outcome: str | None = None  # the item's status once settled (metrics)
-
-
-class WritePath:
-    """Intent, provider call, outcome: the one way two-way sync writes to a provider."""
-
-    def __init__(self, gateway: Gateway, budget: TokenBucket) -> None:
-        self.gateway = gateway
-        self.budget = budget
-
-    async def apply(self, pair: PairRow, entity: EntityMap, side: Side, writes: Sequence[PlannedWrite],
-                    run_id: int | None) -> list[Written | ProviderError | None]:
-        """Each write's outcome, in order (None: this key was applied before).  Raises the error of
-        a call that failed whole."""
-        connection = pair.left if side is Side.LEFT else pair.right
-        stream = entity.stream(side)
-
-        def intend(conn: Connection) -> list[str]:
-            self._check(conn, connection)
-            known = db.write_states(conn, [w.key for w in writes])
-            states = []
-            for w in writes:
-                previous = known.get(w.key, "new")
-                if previous != "applied":
-                    target = w.op.external_id if isinstance(w.op, Update) else None
-                    db.intend(conn, key=w.key, run_id=run_id, pair=pair.name, entity=entity.name, side=side.value,
-                              op="create" if isinstance(w.op, Create) else "update", source_id=w.source_id,
-                              target_id=target, fields=w.values)
-                states.append(previous)
-            return states
-
-        states = await self.gateway.store.call(intend)
-        outcomes: list[Written | ProviderError | None] = [None] * len(writes)
-        retried = [(i, w) for i, w in enumerate(writes)
-                   if states[i] == "intended" and isinstance(w.op, Create)]
-        found: dict[str, Written] = {}
-        if retried:
-            creates = [w.op for _, w in retried if isinstance(w.op, Create)]
-
-            async def find(connector: Connector) -> dict[str, Written]:
-                return await _writer(connector).find_created(stream, creates)
-
-            found = await self._call(connection, find)
-        todo = []
-        for i, w in enumerate(writes):
-            if states[i] == "applied":
-                continue
-            if w.key in found:
-                outcomes[i] = found[w.key]
-            else:
-                todo.append(i)
-        if todo:
-            ops = [writes[i].op for i in todo]
-
-            async def write(connector: Connector) -> list[Written | ProviderError]:
-                return await _writer(connector).write(stream, ops)
-
-            results = await self._call(connection, write)
-            for i, result in zip(todo, results, strict=True):
-                outcomes[i] = result
-        return outcomes
-
-    async def _call(self, connection: str, call: Callable[[Connector], Awaitable[T]]) -> T:
-        budget = self.budget
-
-        async def budgeted(connector: Connector) -> T:
-            token = write_budget.set(budget)
-            try:
-                return await call(connector)
-            finally:
-                write_budget.reset(token)
-
-        return await self.gateway.with_connector(connection, budgeted)
-
-    def _check(self, conn: Connection, connection: str) -> None:
-        fence = self.gateway.fence(connection)
-        if fence is None:
-            raise TransientError(f"connection {connection} is not run by this member: the write waits")
-        check_fence(conn, fence)
-
-
-def _writer(connector: Connector) -> Writer:
-    if not isinstance(connector, Writer):
-        raise PermanentError(f"{connector.provider} does not accept writes")
-    return connector
-
-
-def written_pages(pair: PairRow, works: Sequence[ItemWork], *, events: str | None) -> list[records.PageWrite]:
-    by_stream: dict[tuple[Side, str], list[records.EncodedRecord]] = {}
-    for work in works:
-        for side, written in work.written.items():
-            if written is not None and written.record:
-                stream = work.entity.stream(side)
-                provider = pair.left_provider if side is Side.LEFT else pair.right_provider
-                try:
-                    encoded = encode_record(_spec(provider, stream), dict(written.record))
-                except ValueError:
-                    continue  # not storable as it came back: the next pull brings the record
-                by_stream.setdefault((side, stream), []).append(encoded)
-    return [records.PageWrite(pair.left_id if side is Side.LEFT else pair.right_id, stream, encoded, (), None,
-                              events=events) for (side, stream), encoded in by_stream.items()]
-
-
-def _spec(provider: str, stream: str) -> StreamSpec:
-    for spec in connector_class(provider).streams:
-        if spec.name == stream:
-            return spec
-    raise PermanentError(f"{provider} has no stream {stream}")
 
 
 def link_tables(conn: Connection, pair: str, entities: frozenset[str]) -> dict[str, Mapping[str, str]]:
@@ -264,7 +99,7 @@ class Runner:
         self.entities = [mapping.entities[name] for name in run["entities"]]
         self.tables: tuple[dict[str, Mapping[str, str]], dict[str, Mapping[str, str]]] = ({}, {})
         self.log = log.bind(run=self.run_id, pair=pair.name)
-        self._conflicts: list[str] = []  # conflict types recorded by the batch being settled
+        self.settler = Settler(gateway, pair, self.run_id)
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -447,9 +282,9 @@ class Runner:
                                         base={}, linked_by="natural_key"):
                         raise AssertionError("a natural link the plan found free was taken")  # one live run per pair
                 for left_id, right_id, message in plan.duplicates:
-                    self._conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name,
-                                       type=ConflictType.DUPLICATE_KEY, left_id=left_id, right_id=right_id,
-                                       fields=[entity.key], message=message)
+                    self.settler.conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name,
+                                          type=ConflictType.DUPLICATE_KEY, left_id=left_id, right_id=right_id,
+                                          fields=[entity.key], message=message)
 
             await self.store.call(keep)
             queue.extend((entity.name, left_id, right_id) for left_id, right_id in plan.items)
@@ -477,7 +312,7 @@ class Runner:
             if not retry or attempt >= self.settings.attempts:
                 break
             await trio.sleep(self._backoff(attempt))
-        await self._settle(works, seconds=time.monotonic() - started)
+        await self.settler.settle(works, seconds=time.monotonic() - started)
 
     async def _prepare(self, items: list[dict[str, Any]]) -> list[ItemWork]:
         """Each item's writes, decided again from the store as it is now."""
@@ -584,189 +419,6 @@ class Runner:
                     work.written[side] = result
         return retry
 
-    async def _settle(self, works: list[ItemWork], *, seconds: float) -> None:
-        """The batch's outcome in one transaction: writes settled, links and bases moved on, items
-        and conflicts recorded."""
-        pair = self.pair
-        counted = {"left": 0, "right": 0}
-
-        stored = self._written_pages(works)
-        self._conflicts = []
-
-        def settle(conn: Connection) -> None:
-            for connection in (pair.left, pair.right):
-                fence = self.gateway.fence(connection)
-                if fence is not None:
-                    check_fence(conn, fence)
-            for page in stored:  # what was written is what the store now knows of those records
-                records.write_page(conn, page)
-            for work in works:
-                self._settle_item(conn, work, counted)
-            for side, n in counted.items():
-                if n:
-                    db.count_write(conn, self.run_id, side, n)
-            activity.log_activity(
-                conn, "twoway.batch", f"run {self.run_id} of {pair.name}: batch of {len(works)} item(s)",
-                run_id=self.run_id, details={"first": works[0].seq, "last": works[-1].seq, "writes": counted,
-                                             "seconds": round(seconds, 3)})
-
-        await self.store.call(settle)
-        metrics.twoway_batch_seconds.observe(seconds)
-        for kind in self._conflicts:
-            metrics.twoway_conflicts_total.labels(kind).inc()
-        for side, n in counted.items():
-            if n:
-                provider = pair.left_provider if side == "left" else pair.right_provider
-                metrics.twoway_writes_total.labels(provider).inc(n)
-        for work in works:
-            metrics.twoway_items_total.labels(work.outcome or "done").inc()
-
-    def _written_pages(self, works: list[ItemWork]) -> list[records.PageWrite]:
-        """The records as the providers answered the writes, stored like pulled pages.  A provider's
-        modification times have whole seconds: a write and the pull after it can fall in the same
-        second, so the pull alone could keep the version from before the write."""
-        return written_pages(self.pair, works, events=self.gateway.events)
-
-    def _settle_item(self, conn: Connection, work: ItemWork, counted: dict[str, int]) -> None:
-        self._settle_one(conn, work, counted)
-
-    def _item(self, conn: Connection, work: ItemWork, status: ItemStatus, **values: Any) -> None:
-        """db.settle_item, its status kept for the metrics."""
-        work.outcome = status.value
-        db.settle_item(conn, self.run_id, work.seq, status, **values)
-
-    def _conflict(self, conn: Connection, **values: Any) -> int:
-        """db.record_conflict, counted for the metrics once the batch commits."""
-        self._conflicts.append(values["type"].value)
-        return db.record_conflict(conn, **values)
-
-    def _settle_one(self, conn: Connection, work: ItemWork, counted: dict[str, int]) -> None:
-        pair, entity = self.pair, work.entity
-        if work.skip_reason is not None:
-            self._item(conn, work, ItemStatus.SKIPPED, detail={"reason": work.skip_reason})
-            return
-        for side, planned in work.writes.items():
-            written = work.written.get(side)
-            error = work.errors.get(side)
-            if side in work.written:
-                target = written.external_id if written is not None else None
-                db.settle_write(conn, planned.key, applied=True, target_id=target)
-                if written is not None:
-                    counted[side.value] += 1
-            elif error is not None and not isinstance(error, Ambiguous):
-                db.settle_write(conn, planned.key, applied=False, error=str(error))
-            # an ambiguous create stays 'intended': it is looked up before it is ever sent again
-        conflict = False
-        if work.link is None:  # a create
-            target = next(iter(work.writes), None)
-            created = work.writes.get(target) if target else None
-            if target is None or created is None:
-                conflict = self._item_error(conn, work, next(iter(work.errors), None))
-            elif target in work.written:
-                written = work.written[target]
-                if written is None:  # applied by an earlier attempt and settled then: the link exists
-                    self._item(conn, work, ItemStatus.DONE, attempts=work.attempts)
-                    return
-                left_id = written.external_id if target is Side.LEFT else created.source_id
-                right_id = created.source_id if target is Side.LEFT else written.external_id
-                assert left_id is not None and right_id is not None
-                if not db.save_link(conn, pair.name, entity.name, left_id=left_id, right_id=right_id,
-                                    base=created.values, linked_by=f"created_{target.value}"):
-                    self._conflict(conn, pair=pair.name, run_id=self.run_id, entity=entity.name,
-                                       type=ConflictType.DUPLICATE_KEY, left_id=left_id, right_id=right_id,
-                                       message="created, but one of the records is already linked to another")
-                    conflict = True
-                self._item(conn, work, ItemStatus.CONFLICT if conflict else ItemStatus.DONE,
-                               left_id=left_id, right_id=right_id, attempts=work.attempts)
-                return
-            else:
-                conflict = self._item_error(conn, work, target)
-            return
-        link, decision = work.link, work.decision
-        assert decision is not None
-        base = dict(link.base)
-        for name, value in decision.base.items():
-            failed = (name in decision.to_left and Side.LEFT not in work.written) or \
-                     (name in decision.to_right and Side.RIGHT not in work.written)
-            if not failed:
-                base[name] = value
-        db.save_link(conn, pair.name, entity.name, left_id=link.left_id, right_id=link.right_id, base=base,
-                     linked_by="natural_key")
-        for mismatch, rule in decision.settled:
-            self._conflict(conn, pair=pair.name, run_id=self.run_id, entity=entity.name,
-                               type=ConflictType.DATA_MISMATCH, left_id=link.left_id, right_id=link.right_id,
-                               fields=[mismatch.field], base=_one(mismatch.field, mismatch.base, mismatch.has_base),
-                               left={mismatch.field: mismatch.left}, right={mismatch.field: mismatch.right},
-                               status="auto_resolved", resolution={"rule": rule.value})
-        if decision.mismatches:
-            fields = [m.field for m in decision.mismatches]
-            self._conflict(
-                conn, pair=pair.name, run_id=self.run_id, entity=entity.name, type=ConflictType.DATA_MISMATCH,
-                left_id=link.left_id, right_id=link.right_id, fields=fields,
-                base={m.field: m.base for m in decision.mismatches if m.has_base} if link.base else None,
-                left={m.field: m.left for m in decision.mismatches},
-                right={m.field: m.right for m in decision.mismatches},
-                message="changed on both sides to different values")
-            conflict = True
-        else:
-            db.close_stale_mismatch(conn, pair.name, entity.name, link.left_id, link.right_id)
-        if work.errors:
-            conflict = self._item_error(conn, work, next(iter(work.errors))) or conflict
-            return
-        self._item(conn, work, ItemStatus.CONFLICT if conflict else ItemStatus.DONE,
-                       attempts=work.attempts)
-
-    def _item_error(self, conn: Connection, work: ItemWork, side: Side | None) -> bool:
-        """Record why an item's write failed, as the contract says; True: it waits in conflicts."""
-        error = work.errors.get(side) if side is not None else None
-        entity = work.entity
-        if error is None:
-            self._item(conn, work, ItemStatus.SKIPPED, attempts=work.attempts,
-                           detail={"reason": "nothing to write"})
-            return False
-        kind, status = _conflict_type(error)
-        values_side = side.other if side is not None else None
-        planned = work.writes.get(side) if side is not None else None
-        left_id, right_id = work.left_id, work.right_id
-        if isinstance(error, DuplicateKey) and error.existing_id and work.link is None and side is not None \
-                and planned is not None and planned.source_id is not None:
-            # a create refused because the key is taken: link to the record holding it
-            left_id = error.existing_id if side is Side.LEFT else planned.source_id
-            right_id = planned.source_id if side is Side.LEFT else error.existing_id
-            if db.save_link(conn, self.pair.name, entity.name, left_id=left_id, right_id=right_id, base={},
-                            linked_by="natural_key"):
-                self._conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name,
-                                   type=ConflictType.DUPLICATE_KEY, left_id=left_id, right_id=right_id,
-                                   fields=[entity.key], message=str(error), status="auto_resolved",
-                                   resolution={"linked": error.existing_id})
-                self._item(conn, work, ItemStatus.DONE, left_id=left_id, right_id=right_id,
-                               attempts=work.attempts, detail={"linked_existing": error.existing_id})
-                return False
-        self._conflict(conn, pair=self.pair.name, run_id=self.run_id, entity=entity.name, type=kind,
-                           left_id=left_id, right_id=right_id, fields=sorted(planned.values) if planned else [],
-                           left=planned.values if planned and values_side is Side.LEFT else None,
-                           right=planned.values if planned and values_side is Side.RIGHT else None,
-                           message=f"{side} refused: {error}" if side else str(error))
-        self._item(conn, work, status, attempts=work.attempts,
-                       detail={"error": str(error), "side": side.value if side else None, "type": kind.value})
-        return True
-
-
-def _one(name: str, value: Any, present: bool) -> dict[str, Any] | None:
-    return {name: value} if present else None
-
 
 def _retryable(error: ProviderError) -> bool:
     return isinstance(error, TransientError)
-
-
-def _conflict_type(error: ProviderError) -> tuple[ConflictType, ItemStatus]:
-    if isinstance(error, ReauthRequired | AuthExpired):
-        return ConflictType.AUTH_ERROR, ItemStatus.CONFLICT
-    if isinstance(error, DuplicateKey):
-        return ConflictType.DUPLICATE_KEY, ItemStatus.CONFLICT
-    if isinstance(error, TransientError):
-        return ConflictType.RETRY_EXHAUSTED, ItemStatus.FAILED
-    if isinstance(error, Rejected | ItemError | PermanentError):
-        return ConflictType.VALIDATION_ERROR, ItemStatus.CONFLICT
-    return ConflictType.VALIDATION_ERROR, ItemStatus.CONFLICT

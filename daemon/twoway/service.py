@@ -31,18 +31,12 @@ from freshd.store.db import Fence
 from freshd.store.jobs import JobRequest
 from freshd.store.twoway import Link, PairRow, RunState
 from freshd.supervisor import Supervisor
-from freshd.twoway.mapping import EntityMap, Pair, Side, Tables, build_pair
-from freshd.twoway.runner import (
-    ItemWork,
-    PlannedWrite,
-    Runner,
-    RunSettings,
-    WritePath,
-    link_tables,
-    reference,
-    written_pages,
-)
+from freshd.twoway.declarations import build_pair
+from freshd.twoway.mapping import EntityMap, Pair, Side
+from freshd.twoway.runner import Runner, RunSettings, link_tables
 from freshd.twoway.settings import PairConfig, TwoWaySettings
+from freshd.twoway.transforms import Tables
+from freshd.twoway.writepath import ItemWork, PlannedWrite, WritePath, reference, written_pages
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
