@@ -45,7 +45,8 @@ from typing import Any
 import orjson
 import trio
 
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp, random_churn
+from freshd.connectors.simcollection import random_churn
+from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
 
 UID = 2  # the API user's id (1 is OdooBot/superuser)
 MODELS = ("res.partner", "sale.order", "product.product")  # seeded, synced by the connector

@@ -34,7 +34,8 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp, random_churn
+from freshd.connectors.simcollection import random_churn
+from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
 
 TOKEN_LIFETIME = 36000.0
 CUSTODIANS = ("Schwab", "Fidelity", "Pershing", "TD Ameritrade")

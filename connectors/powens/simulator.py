@@ -29,7 +29,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp, random_churn
+from freshd.connectors.simcollection import random_churn
+from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
 
 USER_ID = 42
 MAX_LIMIT = 1000

@@ -46,7 +46,8 @@ from typing import Any
 
 import orjson
 
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp, random_churn
+from freshd.connectors.simcollection import random_churn
+from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
 
 PREFIX = "/wp-json/wc/v3"
 SITE_TZ = timezone(timedelta(hours=2))
