@@ -70,7 +70,7 @@ class Collection:
 
     def ids_from(self, bound: Any) -> list[int]:
         """Ids >= bound (an int; anything else: all), ascending."""
-        return self.ids[bisect.bisect_left(self.ids, bound):] if isinstance(bound, int) else self.ids
+        return self.ids[bisect.bisect_left(self.ids, bound) if isinstance(bound, int) else 0:]
 
 
 def seed_times(rng: random.Random, count: int, now: datetime, *, history: timedelta, span: timedelta,
@@ -169,13 +169,13 @@ class RecordSimulator:
             for created, modified in seed_times(self.fake.rng, count, now, **spread):
                 self._put(name, self._make(name, self.collections[name].next_id, created, modified))
 
-    def create(self, name: str, **fields: Any) -> dict[str, Any]:
+    def create(self, name: str, /, **fields: Any) -> dict[str, Any]:
         now = self._now()
         record = {**self._make(name, self.collections[name].next_id, now, now), **fields}
         self._put(name, record)
         return record
 
-    def update(self, name: str, rid: int, **fields: Any) -> dict[str, Any]:
+    def update(self, name: str, rid: int, /, **fields: Any) -> dict[str, Any]:
         record = {**self.collections[name].get(rid), **fields, **self._touched(name, self._now())}
         self._put(name, record)
         return record
