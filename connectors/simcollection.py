@@ -186,12 +186,12 @@ class RecordSimulator:
         return record
 
     def entity(self, name: str, *, touch: str, corrupt: str, change: Callable[[int], dict[str, Any]],
-               live: Callable[[dict[str, Any]], bool] | None = None) -> Entity:
-        """The declaration of a collection-backed entity; `live` says which records a sync ends with."""
+               live: Callable[[int], bool] | None = None) -> Entity:
+        """The declaration of a collection-backed entity; `live(id)` says which records a sync ends with."""
         coll = self.collections[name]
 
         def live_ids() -> list[int]:
-            return list(coll.ids) if live is None else [rid for rid in coll.ids if live(coll.get(rid))]
+            return list(coll.ids) if live is None else [rid for rid in coll.ids if live(rid)]
 
         return Entity(live_ids, lambda: self.create(name), lambda rid, **f: self.update(name, rid, **f),
                       lambda rid: self.delete(name, rid), touch, corrupt, change)

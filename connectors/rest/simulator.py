@@ -87,11 +87,11 @@ class GenericRestSimulator(RecordSimulator):
         self.collections = {r: Collection(r, "updated_at") for r in RESOURCES}
         self.docs = {r: c.docs for r, c in self.collections.items()}
         self.by_updated = {r: c.by_modified for r, c in self.collections.items()}
-        not_archived = lambda record: not record.get("archived")  # noqa: E731
         self.entities = {
             r: self.entity(r, touch={"contacts": "notes"}.get(r, "description"),
                            corrupt={"contacts": "last_name", "deals": "title", "tickets": "subject"}[r],
-                           change=lambda _: {"owner_id": self.fake.rng.randint(1, 12)}, live=not_archived)
+                           change=lambda _: {"owner_id": self.fake.rng.randint(1, 12)},
+                           live=lambda rid, docs=self.docs[r]: not docs[rid].get("archived"))  # type: ignore[misc]
             for r in RESOURCES}
         self.tokens: dict[str, float] = {}  # access token -> expiry (epoch seconds)
         self.refresh_tokens = {self.credentials["refresh_token"]}
