@@ -36,7 +36,7 @@ import trio
 
 from freshd.asgi import acknowledge_lifespan, serve_asgi
 
-__all__ = ["FakeData", "Faults", "Request", "Response", "Simulator", "SimulatorApp", "serve_asgi"]
+__all__ = ["ApiError", "FakeData", "Faults", "Request", "Response", "Simulator", "SimulatorApp", "serve_asgi"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,14 @@ class Response:
     def json(cls, data: Any, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:
         return cls(status, orjson.dumps(data), [("content-type", "application/json; charset=UTF-8"),
                                                 *(headers or [])])
+
+
+class ApiError(Exception):
+    """A provider error answer, raised from anywhere under a handler: the router serves `response`."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
 
 
 ErrorBody = Callable[[int, str, str], Response]  # (status, code, message) -> the provider's error response
@@ -205,7 +213,10 @@ class SimulatorApp:
                     allowed.append(method)
                     continue
                 request.params.update(match.groupdict())
-                response = await handler(request)
+                try:
+                    response = await handler(request)
+                except ApiError as exc:
+                    response = exc.response
                 if not control and self.faults.malformed > 0 and response.status == 200:
                     self.faults.malformed -= 1
                     response.body = response.body[: max(1, len(response.body) // 2)] + b"\x00{"
@@ -334,31 +345,3 @@ class FakeData:
     def product_name(self) -> str:
         return f"{self.rng.choice(['Deluxe', 'Basic', 'Pro', 'Mini', 'Ultra'])} {self.rng.choice(self.WORDS)}"
 
-
-def random_churn(
-    rng: random.Random,
-    count: int,
-    resources: tuple[str, ...] | list[str],
-    *,
-    ids: Callable[[str], list[Any]],
-    create: Callable[[str], object],
-    update: Callable[[str, Any], object],
-    delete: Callable[[str, Any], object],
-) -> dict[str, int]:
-    """`count` random changes (20 % creates, 70 % updates, 10 % deletes), deterministic for `rng`:
-    the demo's churn for simulators whose resources are plain id-keyed collections."""
-    done = {"created": 0, "updated": 0, "deleted": 0}
-    for _ in range(count):
-        resource = rng.choice(resources)
-        existing = ids(resource)
-        roll = rng.random()
-        if roll < 0.2 or not existing:
-            create(resource)
-            done["created"] += 1
-        elif roll < 0.9:
-            update(resource, rng.choice(existing))
-            done["updated"] += 1
-        else:
-            delete(resource, rng.choice(existing))
-            done["deleted"] += 1
-    return done

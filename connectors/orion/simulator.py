@@ -34,7 +34,8 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp, random_churn
+from freshd.connectors.simcollection import Entity, RecordSimulator
+from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
 
 TOKEN_LIFETIME = 36000.0
 CUSTODIANS = ("Schwab", "Fidelity", "Pershing", "TD Ameritrade")
@@ -50,7 +51,7 @@ def error_body(status: int, code: str, message: str) -> Response:
     return Response.json({"Message": message}, status, headers=[("X-OAS-CorrelationId", secrets.token_hex(8))])
 
 
-class OrionSimulator:
+class OrionSimulator(RecordSimulator):
     def __init__(
         self,
         records: int = 100,
@@ -80,6 +81,16 @@ class OrionSimulator:
         self._next_account = 1
         for _ in range(records):
             self.create_client()
+        rng = self.fake.rng
+        self.entities = {
+            "clients": Entity(lambda: sorted(self.clients), self.create_client, self.update_client,
+                              self.delete_client, touch="name", corrupt="name",
+                              change=lambda _: {"representativeId": rng.randint(1, 9)}),
+            "accounts": Entity(lambda: sorted(self.accounts),
+                               lambda: self.create_account(rng.choice(sorted(self.clients))),
+                               self.update_account, self.accounts.pop, touch="name", corrupt="name",
+                               change=lambda aid: {"currentValue": round(self.accounts[aid]["currentValue"]
+                                                                         * rng.uniform(0.98, 1.02), 2)})}
         self.app = SimulatorApp(error_body)
         self.app.actions["expire_tokens"] = self.expire_tokens
         self.app.actions["revoke_tokens"] = self.revoke_tokens
@@ -166,61 +177,15 @@ class OrionSimulator:
             day += timedelta(days=1)
         return points
 
-    # --- the test contract ------------------------------------------------------------------------
+    # --- the test contract (RecordSimulator): clients and accounts; AUM points are counted ---------
+
+    churned = ("clients", "accounts", "accounts")
 
     def count(self, entity: str) -> int:
-        if entity == "clients":
-            return len(self.clients)
-        if entity == "accounts":
-            return len(self.accounts)
+        if entity in self.entities:
+            return super().count(entity)
         today = self.clock().date()
         return sum(len(self.aum_points(c, date(1900, 1, 1), today)) for c in self.clients)
-
-    def mutate(self, entity: str) -> dict[str, str | None]:
-        ids = sorted(self.clients if entity == "clients" else self.accounts)
-        updated, deleted = ids[0], ids[-1]
-        if entity == "clients":
-            self.update_client(updated, email=f"changed{time.time_ns()}@example.com")
-            self.delete_client(deleted)
-            created = self.create_client()
-        else:
-            self.update_account(updated, currentValue=self.accounts[updated]["currentValue"] + 1)
-            del self.accounts[deleted]
-            created = self.create_account(self.accounts[updated]["clientId"])
-        return {"created": str(created["id"]), "updated": str(updated), "deleted": str(deleted)}
-
-    def corrupt(self, entity: str) -> str:
-        table = self.clients if entity == "clients" else self.accounts
-        ids = sorted(table)
-        rid = ids[len(ids) // 2]
-        (self.update_client if entity == "clients" else self.update_account)(rid, name="bad\u0000byte")
-        return str(rid)
-
-    def random_changes(self, count: int) -> dict[str, int]:
-        rng = self.fake.rng
-
-        def create(resource: str) -> None:
-            if resource == "clients":
-                self.create_client()
-            else:
-                self.create_account(rng.choice(sorted(self.clients)))
-
-        def update(resource: str, rid: int) -> None:
-            if resource == "clients":
-                self.update_client(rid, representativeId=rng.randint(1, 9))
-            else:
-                self.update_account(rid, currentValue=round(self.accounts[rid]["currentValue"]
-                                                            * rng.uniform(0.98, 1.02), 2))
-
-        def delete(resource: str, rid: int) -> None:
-            if resource == "clients":
-                self.delete_client(rid)
-            else:
-                del self.accounts[rid]
-
-        return random_churn(rng, count, ("clients", "accounts", "accounts"),
-                            ids=lambda r: sorted(self.clients if r == "clients" else self.accounts),
-                            create=create, update=update, delete=delete)
 
     def expire_tokens(self) -> None:
         self.sessions = dict.fromkeys(self.sessions, 0.0)

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp, random_churn
+from freshd.connectors.simcollection import Entity, RecordSimulator
+from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
 
 USER_ID = 42
 MAX_LIMIT = 1000
@@ -47,7 +48,7 @@ def error_body(status: int, code: str, message: str) -> Response:
     return Response.json({"code": code, "description": message, "request_id": secrets.token_hex(8)}, status)
 
 
-class PowensSimulator:
+class PowensSimulator(RecordSimulator):
     def __init__(
         self,
         records: int = 100,
@@ -60,7 +61,6 @@ class PowensSimulator:
         self.access_token = (credentials or {}).get("access_token", "powens-demo-token")
         self.clock = clock or (lambda: datetime.now(UTC))
         self.fake = FakeData(seed)
-        self.token_requests = 0  # permanent user tokens: no token endpoint
         self.revoked = False
         self.connections: dict[int, dict[str, Any]] = {}
         self.accounts: dict[int, dict[str, Any]] = {}
@@ -89,6 +89,10 @@ class PowensSimulator:
                 }
         for _ in range(records):
             self.create_transaction(now - timedelta(days=self.fake.rng.randint(0, 365)))
+        # a deleted transaction stays, `deleted` set: live ones only are counted and changed
+        self.entities = {"transactions": Entity(
+            self._live_transactions, self.create_transaction, self.update_transaction, self.delete_transaction,
+            touch="comment", corrupt="wording", change=lambda _: {"coming": self.fake.rng.random() < 0.2})}
         self.app = SimulatorApp(error_body)
         self.app.actions["revoke_tokens"] = self.revoke_tokens
         for path, handler in (("/2.0/users/{user}/connections", self._connections),
@@ -135,37 +139,12 @@ class PowensSimulator:
     def _live_transactions(self) -> list[int]:
         return sorted(t for t, r in self.transactions.items() if r["deleted"] is None)
 
-    # --- the test contract ------------------------------------------------------------------------
+    # --- the test contract (RecordSimulator): transactions; accounts and connections are counted ----
 
     def count(self, entity: str) -> int:
-        if entity == "transactions":
-            return len(self._live_transactions())
         if entity == "accounts":
             return sum(1 for a in self.accounts.values() if a["deleted"] is None)
-        return len(self.connections)
-
-    def mutate(self, entity: str) -> dict[str, str | None]:
-        if entity != "transactions":
-            raise ValueError(f"mutate acts on transactions, not {entity}")
-        live = self._live_transactions()
-        updated, deleted = live[0], live[-1]
-        self.update_transaction(updated, comment=f"changed {self.clock().isoformat()}")
-        self.delete_transaction(deleted)
-        created = self.create_transaction()
-        return {"created": str(created["id"]), "updated": str(updated), "deleted": str(deleted)}
-
-    def corrupt(self, entity: str) -> str:
-        live = self._live_transactions()
-        tid = live[len(live) // 2]
-        self.update_transaction(tid, wording="bad\u0000byte")
-        return str(tid)
-
-    def random_changes(self, count: int) -> dict[str, int]:
-        rng = self.fake.rng
-        return random_churn(rng, count, ("transactions",), ids=lambda _: self._live_transactions(),
-                            create=lambda _: self.create_transaction(),
-                            update=lambda _, tid: self.update_transaction(tid, coming=rng.random() < 0.2),
-                            delete=lambda _, tid: self.delete_transaction(tid))
+        return len(self.connections) if entity == "connections" else super().count(entity)
 
     def revoke_tokens(self) -> None:
         """The user's token was deleted (DELETE /auth/token or /auth/renew with revoke_previous)."""

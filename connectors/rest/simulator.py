@@ -32,9 +32,7 @@ Errors are ``{"error": {"code", "message"}}``; token errors are RFC 6749 §5.2
 from __future__ import annotations
 
 import base64
-import bisect
 import hmac
-import math
 import secrets
 import urllib.parse
 from collections.abc import Callable
@@ -43,7 +41,8 @@ from typing import Any
 
 import orjson
 
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp, random_churn
+from freshd.connectors.simcollection import Collection, RecordSimulator, link_header, page_count
+from freshd.connectors.simulator import ApiError, FakeData, Request, Response, SimulatorApp
 
 PREFIX = "/api/v1"
 RESOURCES = ("contacts", "deals", "tickets")
@@ -63,16 +62,11 @@ def error(status: int, code: str, message: str) -> Response:
     return Response.json({"error": {"code": code, "message": message}}, status)
 
 
-class ApiError(Exception):
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
 def _fmt(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class GenericRestSimulator:
+class GenericRestSimulator(RecordSimulator):
     def __init__(
         self,
         records: int = 100,
@@ -90,14 +84,23 @@ class GenericRestSimulator:
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.clock = clock or (lambda: datetime.now(UTC))
         self.fake = FakeData(seed)
-        self.docs: dict[str, dict[int, dict[str, Any]]] = {r: {} for r in RESOURCES}
-        self.by_updated: dict[str, list[tuple[str, int]]] = {r: [] for r in RESOURCES}  # ascending
-        self.next_id = dict.fromkeys(RESOURCES, 1)
+        self.collections = {r: Collection(r, "updated_at") for r in RESOURCES}
+        self.docs = {r: c.docs for r, c in self.collections.items()}
+        self.by_updated = {r: c.by_modified for r, c in self.collections.items()}
+        self.entities = {
+            r: self.entity(r, touch={"contacts": "notes"}.get(r, "description"),
+                           corrupt={"contacts": "last_name", "deals": "title", "tickets": "subject"}[r],
+                           change=lambda _: {"owner_id": self.fake.rng.randint(1, 12)},
+                           live=lambda rid, docs=self.docs[r]: not docs[rid].get("archived"))  # type: ignore[misc]
+            for r in RESOURCES}
         self.tokens: dict[str, float] = {}  # access token -> expiry (epoch seconds)
         self.refresh_tokens = {self.credentials["refresh_token"]}
         self.revoked = False
         self.token_requests = 0
-        self._seed(records)
+        now = self._now()
+        # seeded changes stay a minute in the past: a test's first change is always newer
+        self._seed(dict.fromkeys(RESOURCES, records), now, history=timedelta(days=400), span=timedelta(days=390),
+                   drift=timedelta(days=5), latest=now - timedelta(minutes=1))
         self.app = SimulatorApp(error)
         self.app.route("GET", PREFIX + "/records/{resource}/{id}", self._read)
         self.app.route("GET", PREFIX + "/{style}/{resource}", self._list)
@@ -106,21 +109,6 @@ class GenericRestSimulator:
         self.app.actions["revoke_tokens"] = self.revoke_tokens
 
     # --- data ------------------------------------------------------------------------------------
-
-    def _now(self) -> datetime:
-        return self.clock().astimezone(UTC).replace(microsecond=0)
-
-    def _seed(self, count: int) -> None:
-        now = self._now()
-        start = now - timedelta(days=400)
-        step = timedelta(days=390) / max(count, 1)
-        for resource in RESOURCES:
-            for i in range(count):
-                created = start + step * i
-                # seeded changes stay a minute in the past: a test's first change is always newer
-                updated = min(created + timedelta(seconds=self.fake.rng.randint(0, 5 * 86400)),
-                              now - timedelta(minutes=1))
-                self._put(resource, self._make(resource, self.next_id[resource], created, updated))
 
     def _text(self, words: int) -> str:
         vocabulary = [w.lower() for w in self.fake.WORDS] + ["customer", "asked", "about", "the", "renewal",
@@ -157,64 +145,14 @@ class GenericRestSimulator:
                 "requester": {"name": f"{first} {last}", "email": email},
                 "comments_count": fake.rng.randint(0, 12), "archived": False, **dates}
 
-    def _put(self, resource: str, record: dict[str, Any]) -> None:
-        rid = int(record["id"])
-        docs, index = self.docs[resource], self.by_updated[resource]
-        if rid in docs:
-            index.remove((docs[rid]["updated_at"], rid))
-        docs[rid] = record
-        bisect.insort(index, (record["updated_at"], rid))
-        self.next_id[resource] = max(self.next_id[resource], rid + 1)
-
-    def create(self, resource: str, **fields: Any) -> dict[str, Any]:
-        now = self._now()
-        record = {**self._make(resource, self.next_id[resource], now, now), **fields}
-        self._put(resource, record)
-        return record
-
-    def update(self, resource: str, rid: int, **fields: Any) -> dict[str, Any]:
-        record = {**self.docs[resource][rid], **fields, "updated_at": _fmt(self._now())}
-        self._put(resource, record)
-        return record
+    def _touched(self, name: str, moment: datetime) -> dict[str, Any]:
+        return {"updated_at": _fmt(moment)}
 
     def archive(self, resource: str, rid: int) -> dict[str, Any]:
         """A soft delete: the record stays listed with archived=true."""
         return self.update(resource, rid, archived=True)
 
-    def delete(self, resource: str, rid: int) -> dict[str, Any]:
-        """Gone for good: no tombstone, only a complete listing shows it."""
-        record = self.docs[resource].pop(rid)
-        self.by_updated[resource].remove((record["updated_at"], rid))
-        return record
-
-    # --- the test contract (tests/rig.py SimulatorUnderTest) -------------------------------------
-
-    def count(self, entity: str) -> int:
-        return sum(1 for r in self.docs[entity].values() if not r.get("archived"))
-
-    def mutate(self, entity: str) -> dict[str, str | None]:
-        """One create, one update (bumps updated_at), one delete (for good)."""
-        ids = sorted(self.docs[entity])
-        updated, deleted = ids[0], ids[-1]
-        field = {"contacts": "notes", "deals": "description", "tickets": "description"}[entity]
-        self.update(entity, updated, **{field: f"changed {self._now().isoformat()}"})
-        self.delete(entity, deleted)
-        created = self.create(entity)
-        return {"created": str(created["id"]), "updated": str(updated), "deleted": str(deleted)}
-
-    def corrupt(self, entity: str) -> str:
-        ids = sorted(self.docs[entity])
-        rid = ids[len(ids) // 2]
-        field = {"contacts": "last_name", "deals": "title", "tickets": "subject"}[entity]
-        self.update(entity, rid, **{field: "bad\u0000byte"})
-        return str(rid)
-
-    def random_changes(self, count: int) -> dict[str, int]:
-        rng = self.fake.rng
-        return random_churn(rng, count, RESOURCES, ids=lambda r: list(self.docs[r]), create=self.create,
-                            update=lambda r, rid: self.update(r, rid, owner_id=rng.randint(1, 12)),
-                            delete=self.delete)
-
+    # `delete` (RecordSimulator): gone for good, no tombstone; only a complete listing shows it
 
     def expire_tokens(self) -> None:
         self.tokens = dict.fromkeys(self.tokens, 0.0)
@@ -317,8 +255,7 @@ class GenericRestSimulator:
 
     def _selection(self, request: Request, resource: str) -> list[int]:
         """Ids the listing covers, in order (the filter and the sort, not the page)."""
-        index = self.by_updated[resource]
-        lo = 0
+        since_text = None
         if raw := request.arg("updated_since"):
             try:
                 since = datetime.fromtimestamp(float(raw), UTC) if raw.replace(".", "", 1).isdigit() \
@@ -327,13 +264,14 @@ class GenericRestSimulator:
                 raise ApiError(error(400, "invalid_parameter", "updated_since must be ISO 8601 or epoch seconds.")) \
                     from None
             since = since if since.tzinfo else since.replace(tzinfo=UTC)
-            lo = bisect.bisect_right(index, (_fmt(since), math.inf))
+            since_text = _fmt(since)
         sort = request.arg("sort") or "id"
         if sort not in ("id", "updated_at"):
             raise ApiError(error(400, "invalid_parameter", "sort must be one of: id, updated_at."))
+        coll = self.collections[resource]
         if sort == "updated_at":
-            return [rid for _, rid in index[lo:]]
-        return sorted(rid for _, rid in index[lo:]) if lo else sorted(self.docs[resource])
+            return coll.modified_between(since_text)
+        return sorted(coll.modified_between(since_text)) if since_text else list(coll.ids)
 
     def _list_sync(self, request: Request) -> Response:
         style, resource = request.params["style"], request.params["resource"]
@@ -350,7 +288,7 @@ class GenericRestSimulator:
         if style in ("page", "link"):
             size = self._size(request, "per_page")
             page = 1 if loop else self._int(request, "page", 1, 1)
-            pages = math.ceil(total / size)
+            pages = page_count(total, size)
             records = page_of((page - 1) * size, size)
             headers = [("x-total-count", str(total)), ("x-total-pages", str(pages))]
             if style == "page":
@@ -387,29 +325,19 @@ class GenericRestSimulator:
     def _links(self, request: Request, page: int, pages: int) -> list[tuple[str, str]]:
         base = f"{request.scheme}://{request.host}{request.path}"
         query = [(k, v) for k, v in request.query if k not in ("page", "api_key")]  # never echo a key
-        rels = []
-        for rel, number in (("prev", page - 1), ("next", page + 1), ("last", pages), ("first", 1)):
-            if 1 <= number <= pages and not (rel in ("first", "last") and pages <= 1):
-                url = base + "?" + urllib.parse.urlencode([*query, ("page", str(number))])
-                rels.append(f'<{url}>; rel="{rel}"')
-        return [("link", ", ".join(rels))] if rels else []
+        links = link_header(base, query, page, pages, ("prev", "next", "last", "first"))
+        return [("link", links)] if links else []
 
     async def _list(self, request: Request) -> Response:
-        try:
-            self._authenticate(request)
-            return self._list_sync(request)
-        except ApiError as exc:
-            return exc.response
+        self._authenticate(request)
+        return self._list_sync(request)
 
     async def _read(self, request: Request) -> Response:
+        self._authenticate(request)
+        resource = request.params["resource"]
+        if resource not in RESOURCES:
+            raise ApiError(error(404, "not_found", "No such endpoint."))
         try:
-            self._authenticate(request)
-            resource = request.params["resource"]
-            if resource not in RESOURCES:
-                raise ApiError(error(404, "not_found", "No such endpoint."))
-            try:
-                return Response.json(self.docs[resource][int(request.params["id"])])
-            except (KeyError, ValueError):
-                raise ApiError(error(404, "not_found", f"No such {resource[:-1]}.")) from None
-        except ApiError as exc:
-            return exc.response
+            return Response.json(self.docs[resource][int(request.params["id"])])
+        except (KeyError, ValueError):
+            raise ApiError(error(404, "not_found", f"No such {resource[:-1]}.")) from None
