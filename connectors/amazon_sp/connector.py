@@ -142,8 +142,8 @@ def upgrade_checkpoint(state: dict[str, Any] | None) -> dict[str, Any]:
         return state or {}
     since = state.get("since")
     since = since if isinstance(since, dict) else {}
-    markets = {m: {"cursor": iso(parse_time(value) + INVENTORY_OVERLAP)}
-               for m, value in since.items() if isinstance(value, str) and moment(value) is not None}
+    starts = {m: moment(value) for m, value in since.items() if isinstance(value, str)}
+    markets = {m: {"cursor": iso(start + INVENTORY_OVERLAP)} for m, start in starts.items() if start is not None}
     upgraded: dict[str, Any] = {"marketplaces": markets, "full_at": state.get("full_at")}
     if state.get("phase") == "listing":
         upgraded["run"] = {"mode": state.get("mode"), "full": bool(state.get("full")),
