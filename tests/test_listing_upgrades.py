@@ -12,8 +12,9 @@ import trio
 
 from freshd.connectors.amazon_sp.connector import AmazonSPConnector, upgrade_checkpoint
 from freshd.connectors.amazon_sp.simulator import AmazonSPSimulator
-from freshd.connectors.base import ConnectionSettings, Page, SyncMode
+from freshd.connectors.base import ConnectionSettings, SyncMode
 from freshd.connectors.simulator import serve_asgi
+from tests.rig import CollectPages
 
 # --- Amazon SP-API: inventory_summaries ---------------------------------------------------------------
 # before: {"phase": "done", "since": {marketplace: listing start - 5 min}, "full_at"}, and while a run
@@ -29,27 +30,13 @@ def amazon_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.pages: list[Page] = []
-
-    async def emit(self, page: Page) -> None:
-        self.pages.append(page)
-
-    async def known_versions(self, entity: str, field: str) -> dict[str, str]:
-        return {}
-
-    def set_total(self, entity: str, total: int | None, *, estimated: bool = False) -> None:
-        pass
-
-
 async def amazon_inventory(nursery: trio.Nursery, sim: AmazonSPSimulator, state: dict[str, Any] | None,
-                           mode: SyncMode, marketplaces: list[str]) -> Collect:
+                           mode: SyncMode, marketplaces: list[str]) -> CollectPages:
     port = await nursery.start(functools.partial(serve_asgi, sim.app, "127.0.0.1", 0))
     connector = AmazonSPConnector(ConnectionSettings(
         "amazon", "amazon_sp", f"http://127.0.0.1:{port}", credentials=AMAZON_CREDS,
         options={"marketplace_ids": marketplaces, "token_url": "/auth/o2/token"}))
-    ctx = Collect()
+    ctx = CollectPages()
     sim.app.requests.clear()
     with trio.fail_after(20):
         await connector.sync_entity(connector.stream("inventory_summaries"), state, mode, ctx)
