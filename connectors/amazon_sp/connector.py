@@ -177,7 +177,6 @@ class _InventoryRun:
         self.whole = True  # every marketplace read whole and unshifted (the engine's rule, per listing)
         self.records = 0
         self.current, self.current_records = "", 0
-        self.totals: dict[str, int | None] = {}
 
     def listing_full(self, marketplace: str) -> bool:
         """This marketplace is listed whole: a full run, a first listing, or a cursor past the API's horizon."""
@@ -218,9 +217,8 @@ class _InventoryRun:
         return await self.ctx.known_versions(entity, field)
 
     def set_total(self, entity: str, total: int | None, *, estimated: bool = False) -> None:
-        self.totals[self.current] = total
-        if not self.resumed and set(self.totals) == set(self.pending) and None not in self.totals.values():
-            self.ctx.set_total(entity, sum(t or 0 for t in self.totals.values()), estimated=estimated)
+        if len(self.pending) == 1 and not self.resumed:  # one listing: its count is the stream's
+            self.ctx.set_total(entity, total, estimated=estimated)
 
 
 # --- sync --------------------------------------------------------------------------------------
