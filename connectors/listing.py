@@ -17,7 +17,7 @@ with it, and owns the rules every provider shares:
   lookback; it moves when a listing completes, or page by page when the records
   come sorted by it.  `until_start` caps it at the listing's start (offset
   paging over a live list); `window` closes the listing at the server's clock
-  and moves the cursor to that bound.
+  and moves the cursor to that bound; `at_start` moves it to the listing's start.
 * **Shifts**: a total that changes mid-listing, an id that comes back on a later
   page, or an overlap row that is not the previous page's last.  A shifted
   listing keeps the old cursor (the span is read again) and infers nothing.
@@ -321,6 +321,8 @@ class _Run:
         if self.shifted or self.incremental is None:
             return self.cursor
         started = self.started or datetime.now(UTC)
+        if self.incremental.at_start:
+            return stamp(started, self.incremental, self.cursor)
         if self.incremental.window is not None and self.until is not None:
             # the bound was the server's clock + 1 s, strict; a record changed in that same second,
             # after its page was read, may be unseen: start a second before the clock (also strict)

@@ -96,6 +96,9 @@ class Incremental:
     the listing, so the next one starts no later than this one did (its server's clock).
     `window`: the listing is closed at the server's clock (`window` is the strict upper-bound
     parameter, whole seconds), and the cursor moves to that bound whatever the records say.
+    `at_start`: the cursor moves to the listing's start (its server's clock) whatever the records
+    say, for an API that filters by a change time its records do not reliably carry (SP-API
+    inventory); the lookback is the overlap the next listing reads again.
     """
 
     field: str
@@ -105,6 +108,7 @@ class Incremental:
     ascending: bool = False
     until_start: bool = False
     window: str | None = None
+    at_start: bool = False
 
     def __post_init__(self) -> None:
         check_dotted("field", self.field)

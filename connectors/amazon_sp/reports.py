@@ -1,141 +1,209 @@
-"""The Reports API 2021-06-30 of the Amazon SP simulator: a report is queued, processed, then DONE
-(or CANCELLED without data, FATAL when a test asks), its document a presigned gzip download."""
+"""Reimbursements: the ``GET_FBA_REIMBURSEMENTS_DATA`` report and the FBA reimbursement adjustments
+among the financial events (docs/connectors/amazon_sp.md "Reimbursements").
+
+Bespoke by design (issue 16): create the report, poll it until DONE, get the document, download
+(presigned, gzipped), parse the tab-separated text.  CANCELLED (no data, or asked too soon) leaves
+the range for the next report; FATAL fails the entity.  The stream's checkpoint:
+``{"events": <finance pass>, "report": {"end", "requested_at", "pending"?: {"id", "start", "end",
+"rows"}}}``.
+"""
 
 from __future__ import annotations
 
+import csv
 import gzip
-import secrets
-import uuid
-from dataclasses import dataclass
+import zlib
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 import trio
 
-from freshd.connectors.amazon_sp.seller import SellerData, error, invalid, iso, parse_time
-from freshd.connectors.simulator import ApiError, Request, Response
+from freshd.connectors.amazon_sp.api import Once, Options, iso, parse_time, utcnow
+from freshd.connectors.amazon_sp.finances import FinancialEvent, finance_pass, reimbursement_event_records
+from freshd.connectors.base import Page, SyncContext, SyncMode
+from freshd.connectors.http import ProviderClient
+from freshd.errors import PermanentError, ProviderError, TransientError
 
-DOCUMENT_URL_TTL = 300.0
+REPORTS_PATH = "/reports/2021-06-30/reports"
+DOCUMENTS_PATH = "/reports/2021-06-30/documents"
 REIMBURSEMENT_REPORT = "GET_FBA_REIMBURSEMENTS_DATA"
-REPORT_COLUMNS = (
-    "approval-date", "reimbursement-id", "case-id", "amazon-order-id", "reason", "sku", "fnsku", "asin",
-    "product-name", "condition", "currency-unit", "amount-per-unit", "amount-total",
-    "quantity-reimbursed-cash", "quantity-reimbursed-inventory", "quantity-reimbursed-total",
-    "original-reimbursement-id", "original-reimbursement-type",
-)
+REPORT_HORIZON = timedelta(days=540)
+REPORT_ROWS_PER_PAGE = 1000
+STREAM = "reimbursements"
 
 
-@dataclass
-class _Report:
-    report_id: str
-    report_type: str
-    marketplaces: list[str]
-    start: datetime
-    end: datetime
-    created: datetime
-    created_at: float  # trio clock
-    outcome: str = "DONE"  # DONE, CANCELLED or FATAL once processing ends
-    document_id: str | None = None
+def parse_report(text: str) -> tuple[list[dict[str, str]], list[str]]:
+    """A tab-separated flat file (header line first) -> rows, and reasons for lines that did not fit."""
+    reader = csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(reader, None)
+    if not header:
+        return [], []
+    header = [h.strip() for h in header]
+    rows, bad = [], []
+    for number, line in enumerate(reader, start=2):
+        if not line or line == [""]:
+            continue
+        if len(line) != len(header):
+            bad.append(f"report line {number}: {len(line)} fields, the header has {len(header)}")
+            continue
+        rows.append(dict(zip(header, line, strict=True)))
+    return rows, bad
 
 
-class Reports(SellerData):
-    """createReport, getReport, getReportDocument and the document download (AmazonSPSimulator is one)."""
+def decode_report(data: bytes, content_type: str | None) -> str:
+    """Report documents are UTF-8, or Cp1252 in some marketplaces (UNCONFIRMED: honour a charset when sent)."""
+    charset = None
+    if content_type and "charset=" in content_type.lower():
+        charset = content_type.lower().split("charset=")[1].split(";")[0].strip()
+    for encoding in (charset, "utf-8", "cp1252"):
+        if encoding:
+            try:
+                return data.decode(encoding)
+            except (LookupError, UnicodeDecodeError):
+                continue
+    return data.decode("latin-1")
 
-    report_seconds: float  # how long a report takes to be DONE
-    fail_next_report: str | None  # "FATAL" or "CANCELLED": the next report ends so
-    _reports: dict[str, _Report]
-    _documents: dict[str, tuple[bytes, float]]  # document id -> (gzip body, url expiry)
 
-    def _create_report(self, request: Request) -> Response:
+def report_records(report_id: str, rows: list[dict[str, str]]) -> tuple[list[dict[str, Any]],
+                                                                         list[tuple[str | None, str]]]:
+    records: list[dict[str, Any]] = []
+    failures: list[tuple[str | None, str]] = []
+    occurrences: Counter[str] = Counter()
+    for row in rows:
+        reimbursement = row.get("reimbursement-id", "").strip()
+        if not reimbursement:
+            failures.append((None, f"report {report_id}: a row without reimbursement-id"))
+            continue
+        key = f"report:{reimbursement}:{row.get('sku', '')}"
+        occurrences[key] += 1
+        n = occurrences[key]
+        # no report id in the record: the same row read from a later report must hash the same
+        records.append({**row, "source": "report", "id": key if n == 1 else f"{key}:{n}"})
+    return records, failures
+
+
+class Reimbursements:
+    """The reimbursements stream: the finance pass's reimbursement items, then the report."""
+
+    def __init__(self, client: ProviderClient, downloads: ProviderClient, options: Options) -> None:
+        self.client, self.downloads, self.options = client, downloads, options
+
+    async def sync(self, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext) -> None:
+        state = state or {}
+        status: dict[str, Any] = {"events": state.get("events") or {}, "report": state.get("report") or {}}
+        once = Once()
+
+        def wrap(sub: dict[str, Any]) -> dict[str, Any]:
+            status["events"] = sub
+            return {"events": sub, "report": status["report"]}
+
+        async def emit(events: list[FinancialEvent], checkpoint: dict[str, Any] | None) -> None:
+            records = [r for e in events for r in reimbursement_event_records(e)]
+            await ctx.emit(Page(STREAM, once.fresh(records), checkpoint))
+
+        if "financial_events" in self.options.sources:
+            await finance_pass(self.client, self.options, status["events"], mode, emit=emit, wrap=wrap)
+        if "report" in self.options.sources:
+            await self._report_pass(status, mode, ctx)
+
+    async def _report_pass(self, status: dict[str, Any], mode: SyncMode, ctx: SyncContext) -> None:
+        report: dict[str, Any] = status["report"]
+        now = utcnow()
+
+        def checkpoint(report_state: dict[str, Any]) -> dict[str, Any]:
+            status["report"] = report_state
+            return {"events": status["events"], "report": report_state}
+
+        pending = report.get("pending")
+        if not pending:
+            requested = report.get("requested_at")
+            if mode is SyncMode.INCREMENTAL and requested and report.get("end") and \
+                    (now - parse_time(requested)).total_seconds() < self.options.report_interval:
+                return  # FBA reports are regenerated at most every few hours: not due yet
+            if mode is SyncMode.FULL or not report.get("end"):
+                start = self.options.start_date
+            else:
+                start = parse_time(report["end"]) - self.options.finances_lookback
+            start = max(start, now - REPORT_HORIZON)
+            report_id = await self._create_report(start, now)
+            pending = {"id": report_id, "start": iso(start), "end": iso(now), "rows": 0}
+            # committed at once: an interrupted job polls this report again instead of creating another
+            await ctx.emit(Page(STREAM, [], checkpoint({**report, "pending": pending})))
         try:
-            spec = request.json()
-        except orjson.JSONDecodeError:
-            raise invalid("Invalid Input", "The request body is not valid JSON") from None
-        if not isinstance(spec, dict) or not spec.get("reportType"):
-            raise invalid("Invalid Input", "reportType is required")
-        marketplaces = spec.get("marketplaceIds")
-        if not isinstance(marketplaces, list) or not marketplaces:
-            raise invalid("Invalid Input", "marketplaceIds is required")
-        unknown = [m for m in marketplaces if m not in self.marketplaces]
-        if unknown:
-            raise invalid("Invalid Input", f"Invalid marketplaceIds: {', '.join(map(str, unknown))}")
-        now = self._now()
-        end = parse_time(spec["dataEndTime"], "dataEndTime") if spec.get("dataEndTime") else now
-        start = parse_time(spec["dataStartTime"], "dataStartTime") if spec.get("dataStartTime") \
-            else end - timedelta(days=30)
-        if start >= end:
-            raise invalid("Invalid Input", "dataStartTime must be before dataEndTime")
-        report_id = str(self.fake.rng.randint(10**10, 10**11 - 1))
-        report = _Report(report_id, str(spec["reportType"]), [str(m) for m in marketplaces], start, end, now,
-                         trio.current_time())
-        if self.fail_next_report:
-            report.outcome, self.fail_next_report = self.fail_next_report, None
-        self._reports[report_id] = report
-        return Response.json({"reportId": report_id}, 202)
+            document_id = await self._await_report(str(pending["id"]))
+        except PermanentError as exc:
+            if exc.status != 404 or not report.get("pending"):
+                raise
+            # a resumed job's report is gone (reports are kept 90 days at most): ask for a new one
+            status["report"] = {k: v for k, v in report.items() if k != "pending"}
+            await self._report_pass(status, mode, ctx)
+            return
+        if document_id is None:
+            # CANCELLED: no data, or an FBA report asked for too soon after the last one. The range is
+            # not marked read (the next report covers it again); the interval still applies.
+            kept = {k: v for k, v in report.items() if k != "pending"}
+            await ctx.emit(Page(STREAM, [], checkpoint({**kept, "requested_at": iso(now)})))
+            return
+        rows, bad = await self._read_document(document_id)
+        records, failures = report_records(str(pending["id"]), rows)
+        failures += [(None, reason) for reason in bad]
+        skip = int(pending.get("rows", 0))
+        done = {"end": pending["end"], "requested_at": iso(now)}
+        for first in range(skip, max(len(records), skip + 1), REPORT_ROWS_PER_PAGE):
+            stop = first + REPORT_ROWS_PER_PAGE
+            last = stop >= len(records)
+            state = done if last else {**report, "pending": {**pending, "rows": stop}}
+            await ctx.emit(Page(STREAM, records[first:stop], checkpoint(state), failures=failures if last else ()))
 
-    def _report_rows(self, report: _Report) -> list[dict[str, str]]:
-        if report.report_type != REIMBURSEMENT_REPORT:
-            return []
-        return [r for r in self.reimbursement_rows
-                if report.start <= parse_time(r["approval-date"], "approval-date") <= report.end]
+    async def _create_report(self, start: datetime, end: datetime) -> str:
+        body, _ = await self.client.request_json("POST", REPORTS_PATH, json={
+            "reportType": REIMBURSEMENT_REPORT, "marketplaceIds": list(self.options.marketplaces),
+            "dataStartTime": iso(start), "dataEndTime": iso(end),
+        }, limit="createReport")
+        report_id = body.get("reportId") if isinstance(body, dict) else None
+        if not report_id:
+            raise TransientError("SP-API createReport: no reportId in the response")
+        return str(report_id)
 
-    def _get_report(self, request: Request) -> Response:
-        report = self._reports.get(request.params["reportId"])
-        if report is None:
-            raise ApiError(error(404, "NotFound", "Report not found", f"reportId {request.params['reportId']}"))
-        elapsed = trio.current_time() - report.created_at
-        body: dict[str, Any] = {
-            "reportId": report.report_id, "reportType": report.report_type, "marketplaceIds": report.marketplaces,
-            "dataStartTime": iso(report.start), "dataEndTime": iso(report.end), "createdTime": iso(report.created),
-        }
-        if elapsed < self.report_seconds / 2:
-            body["processingStatus"] = "IN_QUEUE"
-        elif elapsed < self.report_seconds:
-            body["processingStatus"] = "IN_PROGRESS"
-            body["processingStartTime"] = iso(report.created)
-        else:
-            rows = self._report_rows(report)
-            status = report.outcome if report.outcome != "DONE" or rows else "CANCELLED"  # no data: cancelled
-            body.update(processingStatus=status, processingStartTime=iso(report.created),
-                        processingEndTime=iso(self._now()))
-            if status in ("DONE", "FATAL"):
-                if report.document_id is None:
-                    report.document_id = f"amzn1.spdoc.1.4.na.{uuid.uuid4()}"
-                    if status == "DONE":
-                        self._documents[report.document_id] = (gzip.compress(self._render(rows)), 0.0)
-                    else:  # FATAL reports come with a document describing the error
-                        self._documents[report.document_id] = (gzip.compress(orjson.dumps(
-                            {"errorDetails": "Report processing failed: internal error"})), 0.0)
-                body["reportDocumentId"] = report.document_id
-        return Response.json(body)
+    async def _await_report(self, report_id: str) -> str | None:
+        """Poll until the report is processed: its document id, or None when CANCELLED (no data)."""
+        delay = self.options.report_poll_interval
+        deadline = trio.current_time() + self.options.report_timeout
+        while True:
+            body, _ = await self.client.get_json(f"{REPORTS_PATH}/{report_id}", limit="getReport")
+            status = body.get("processingStatus") if isinstance(body, dict) else None
+            if status == "DONE" and body.get("reportDocumentId"):
+                return str(body["reportDocumentId"])
+            if status == "CANCELLED":
+                return None  # cancelled before processing, or no data for the range
+            if status == "FATAL":
+                raise PermanentError(f"SP-API report {report_id} ({REIMBURSEMENT_REPORT}) ended FATAL"
+                                     f" (error document {body.get('reportDocumentId')})", code="FATAL")
+            if status not in ("IN_QUEUE", "IN_PROGRESS", "DONE"):
+                raise TransientError(f"SP-API report {report_id}: unexpected processingStatus {status!r}")
+            if trio.current_time() + delay > deadline:
+                raise TransientError(f"SP-API report {report_id} still {status} after "
+                                     f"{self.options.report_timeout:g} s")
+            await trio.sleep(delay)
+            delay = min(delay * 1.5, 60.0)
 
-    @staticmethod
-    def _render(rows: list[dict[str, str]]) -> bytes:
-        lines = ["\t".join(REPORT_COLUMNS)]
-        lines += ["\t".join(row[c] for c in REPORT_COLUMNS) for row in rows]
-        return ("\n".join(lines) + "\n").encode("utf-8")
-
-    def _get_document(self, request: Request) -> Response:
-        document_id = request.params["documentId"]
-        stored = self._documents.get(document_id)
-        if stored is None:
-            raise ApiError(error(404, "NotFound", "Report document not found", f"reportDocumentId {document_id}"))
-        expires = trio.current_time() + DOCUMENT_URL_TTL
-        self._documents[document_id] = (stored[0], expires)
-        signature = secrets.token_hex(32)
-        url = (f"{request.scheme}://{request.host}/tortuga-prod-na/{document_id}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
-               f"&X-Amz-Date={self._now().strftime('%Y%m%dT%H%M%SZ')}&X-Amz-SignedHeaders=host"
-               f"&X-Amz-Expires={int(DOCUMENT_URL_TTL)}&X-Amz-Signature={signature}")
-        return Response.json({"reportDocumentId": document_id, "url": url, "compressionAlgorithm": "GZIP"})
-
-    async def _download(self, request: Request) -> Response:
-        stored = self._documents.get(request.params["key"])
-        if stored is None or not request.arg("X-Amz-Signature"):
-            return Response(403, b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>"
-                                 b"<Message>Access Denied</Message></Error>", [("content-type", "application/xml")])
-        if trio.current_time() > stored[1]:
-            return Response(403, b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>"
-                                 b"<Message>Request has expired</Message></Error>",
-                            [("content-type", "application/xml")])
-        return Response(200, stored[0], [("content-type", "application/octet-stream")])
+    async def _read_document(self, document_id: str) -> tuple[list[dict[str, str]], list[str]]:
+        """getReportDocument, download the presigned URL (valid 5 min), gunzip, parse; one retry with a new URL."""
+        for attempt in range(2):
+            body, _ = await self.client.get_json(f"{DOCUMENTS_PATH}/{document_id}", limit="getReportDocument")
+            if not isinstance(body, dict) or not body.get("url"):
+                raise TransientError(f"SP-API getReportDocument {document_id}: no url")
+            try:
+                response = await self.downloads.request("GET", str(body["url"]), limit="reportDocumentDownload")
+                data = response.content
+                # httpx already inflated it if the server sent Content-Encoding: gzip
+                if body.get("compressionAlgorithm") == "GZIP" and data[:2] == b"\x1f\x8b":
+                    data = gzip.decompress(data)
+            except (PermanentError, OSError, EOFError, zlib.error) as exc:
+                # an expired URL (403) or a truncated download: a fresh URL, once
+                if attempt == 1 or (isinstance(exc, ProviderError) and exc.status != 403):
+                    raise TransientError(f"SP-API report document {document_id}: {exc}") from exc
+                continue
+            return parse_report(decode_report(data, response.headers.get("content-type")))
+        raise AssertionError("unreachable")

@@ -56,8 +56,8 @@ from urllib.parse import parse_qsl
 import orjson
 import trio
 
-from freshd.connectors.amazon_sp.reports import REPORT_COLUMNS, Reports
 from freshd.connectors.amazon_sp.seller import MARKETPLACES, error, invalid, parse_time, sku_id
+from freshd.connectors.amazon_sp.sim_reports import REPORT_COLUMNS, Reports
 from freshd.connectors.simulator import ApiError, FakeData, Request, Response, SimulatorApp
 
 __all__ = ["REPORT_COLUMNS", "AmazonSPSimulator", "error", "sku_id"]  # tests import these here
