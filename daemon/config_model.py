@@ -1,7 +1,7 @@
 """The configuration as the daemon holds it: frozen, hashable dataclasses, one per TOML section.
 
 `Config` and its sections (`AdminConfig`, `SyncConfig`, `ConnectionConfig`, ...) are plain records:
-every key's default is written once, on its field, and the readers in freshd.config_sections take
+every key's default is written once, on its field, and `read_section` (freshd.config_reader) takes
 the keys and their types from these fields.  `FrozenDict` keeps nested tables read-only and
 hashable; `Credentials` keeps credential values out of ``repr()``, and `Config.secret_values()`
 lists every secret for the log redactor.  Nothing here reads a file: see freshd.config.
