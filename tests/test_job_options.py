@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from freshd.admin.commands import job_json
+from freshd.admin.views import job_json
 from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
 from freshd.ctl_output import show_job, watch_lines
