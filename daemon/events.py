@@ -36,7 +36,7 @@ import trio
 
 from freshd import metrics
 from freshd.admin.views import job_json
-from freshd.config import EventsConfig
+from freshd.config_model import EventsConfig
 from freshd.errors import AdminError, StoreUnavailable
 from freshd.store import Store, cluster, outbox
 from freshd.store.db import Fence

@@ -20,7 +20,7 @@ import structlog
 
 from freshd import systemd
 from freshd.actor import ConnectionState
-from freshd.config import Config, ScheduleConfig
+from freshd.config_model import Config, ScheduleConfig
 from freshd.messages import Probe, RefreshToken
 from freshd.policies.breaker import BreakerState
 from freshd.policies.staleness import Staleness, Verdict

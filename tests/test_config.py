@@ -12,7 +12,9 @@ import pytest
 
 from freshd import paths
 from freshd.actor import PolicySettings
-from freshd.config import (
+from freshd.addresses import split_host_port
+from freshd.config import load_config
+from freshd.config_model import (
     ClusterConfig,
     Config,
     ConnectionConfig,
@@ -22,10 +24,8 @@ from freshd.config import (
     StalenessConfig,
     StoreConfig,
     SyncConfig,
-    load_config,
-    parse_duration,
-    split_host_port,
 )
+from freshd.config_reader import parse_duration
 from freshd.errors import ConfigError, ConfigErrors
 
 REPO = Path(__file__).resolve().parent.parent

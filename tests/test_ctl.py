@@ -35,7 +35,8 @@ from freshd.connectors.base import (
 )
 from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
-from freshd.ctl import EXIT_TABLE, build_parser, completion_script
+from freshd.ctl_args import build_parser, completion_script
+from freshd.ctl_exit import EXIT_TABLE
 from freshd.errors import ConfigError, ConfigErrors
 from tests.helpers import query
 from tests.test_daemon import CREDS, FRESHCTL, connection_block, start_daemon
@@ -245,7 +246,7 @@ async def test_errors_under_json_are_json_on_stdout_and_exit_codes_follow_the_er
         plain = await run([*FRESHCTL, "--socket", str(tmp_path / "nowhere.sock"), "status"])
         assert plain.returncode == 3 and plain.stdout == "" and plain.stderr.startswith("freshctl: ")
         # the table maps every code the protocol has that a script may act on
-        from freshd.ctl import EXIT_CODES
+        from freshd.ctl_exit import EXIT_CODES
         assert {c: EXIT_CODES[c] for c in ("not_found", "conflict", "forbidden", "timeout", "unavailable")} == \
             {"not_found": 4, "conflict": 5, "forbidden": 6, "timeout": 7, "unavailable": 7}
 

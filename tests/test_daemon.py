@@ -525,7 +525,7 @@ async def test_minimum_gap_defers_manual_syncs_unless_forced_and_status_shows_fr
 def test_status_says_due_rather_than_ago_for_a_next_sync_in_the_past() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from freshd.ctl import due
+    from freshd.ctl_output import due
 
     assert due((datetime.now(UTC) - timedelta(seconds=90)).isoformat()) == "due (1m overdue)"
     assert due((datetime.now(UTC) + timedelta(minutes=5, seconds=30)).isoformat()) == "in 5m"

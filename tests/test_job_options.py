@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import trio
 
-from freshd.admin.commands import job_json
+from freshd.admin.views import job_json
 from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
-from freshd.ctl import show_job, watch_lines
+from freshd.ctl_output import show_job, watch_lines
 from freshd.store import jobs
 from freshd.store.jobs import JobKind, JobOptions, JobStatus
 from freshd.sync import EntityProgress, JobControl, JobProgress, JobRunner

@@ -389,7 +389,7 @@ def test_sweep_declarations_are_validated() -> None:
 async def test_the_daemons_sweeps_run_on_their_configured_schedule(autojump_clock: trio.testing.MockClock) -> None:
     """The daemon's own sweep table (Daemon.sweeps) from a config: one simulated day."""
     from freshd.app import Daemon
-    from freshd.config import Config, ScheduleConfig
+    from freshd.config_model import Config, ScheduleConfig
 
     calls: dict[str, list[float]] = {"sync": [], "health": [], "tokens": [], "cleanup": []}
 

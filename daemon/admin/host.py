@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from freshd.cluster import Membership
-from freshd.config import Config
+from freshd.config_model import Config
 from freshd.events import Events
 from freshd.policies.staleness import Staleness
 from freshd.queueing import JobQueue

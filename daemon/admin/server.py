@@ -51,7 +51,7 @@ from freshd.admin.protocol import (
     ok_reply,
     parse_request,
 )
-from freshd.config import ADMIN_RESERVED_CONNECTIONS
+from freshd.config_model import ADMIN_RESERVED_CONNECTIONS
 from freshd.errors import AdminError, StartupError, StoreUnavailable
 
 log = structlog.get_logger(__name__)
