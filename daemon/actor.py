@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import Enum, StrEnum
 from typing import Any
 
 import outcome
@@ -30,6 +29,14 @@ import structlog
 import trio
 
 from freshd import logs
+from freshd.connection_state import (
+    LOOKUP,
+    TRANSITIONS,
+    ConnectionState,
+    ConnectionStatus,
+    Lookup,
+    PolicySettings,
+)
 from freshd.connectors.base import ConnectionSettings, Connector, check_settings, connector_class
 from freshd.errors import CircuitOpen, ConfigError, Fenced, ProviderError, ReauthRequired, StoreUnavailable
 from freshd.messages import (
@@ -44,16 +51,14 @@ from freshd.messages import (
     UpdateSettings,
     WithConnector,
 )
-from freshd.policies.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from freshd.policies.breaker import CircuitBreaker
 from freshd.policies.gate import ConnectionGate, ConnectionPolicies, RateGroups, limits_for
-from freshd.policies.limits import ProviderLimits
-from freshd.policies.retry import RetryPolicy
-from freshd.policies.tokens import DEFAULT_BUFFER, Token, TokenRefresher
+from freshd.policies.tokens import Token, TokenRefresher
 from freshd.slots import SyncSlots
 from freshd.store import Store, connections, jobs
 from freshd.store.db import Fence
 from freshd.store.jobs import JobRow, JobStatus
-from freshd.sync import MAX_DELETE_SHARE, ControlRequest, JobControl, JobOutcome, JobProgress, JobRunner
+from freshd.sync import ControlRequest, JobControl, JobOutcome, JobProgress, JobRunner
 from freshd.watch import ProgressHub
 
 log = structlog.get_logger(__name__)
@@ -62,81 +67,11 @@ MAILBOX_SIZE = 64
 SHUTDOWN_WRITE_TIMEOUT = 3.0
 
 
-class Lookup(Enum):
-    """The actor's live job is not known yet: ask the store."""
-
-    TOKEN = "lookup"
-
-
-LOOKUP = Lookup.TOKEN
-
-
-class ConnectionState(StrEnum):
-    IDLE = "idle"
-    SYNCING = "syncing"
-    PAUSED = "paused"
-    ERROR = "error"  # the last sync failed; the next one may succeed
-    REAUTH_REQUIRED = "reauth_required"  # credentials rejected: no sync until they change
-    RESTARTING = "restarting"  # set by the supervisor while the actor backs off after a crash
-    # no actor at all: the connection's rows are kept, nothing syncs (set by the supervisor)
-    DISABLED = "disabled"  # `enabled = false` in the config file
-    DETACHED = "detached"  # left the config file; `freshctl connections remove NAME --purge` deletes it
-
-
-_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
-    # IDLE/ERROR -> REAUTH_REQUIRED: the token sweep or a probe found the grant refused
-    ConnectionState.IDLE: frozenset({ConnectionState.SYNCING, ConnectionState.PAUSED,
-                                     ConnectionState.REAUTH_REQUIRED}),
-    ConnectionState.SYNCING: frozenset({ConnectionState.IDLE, ConnectionState.PAUSED, ConnectionState.ERROR,
-                                        ConnectionState.REAUTH_REQUIRED}),
-    ConnectionState.PAUSED: frozenset({ConnectionState.SYNCING, ConnectionState.IDLE, ConnectionState.ERROR}),
-    ConnectionState.ERROR: frozenset({ConnectionState.SYNCING, ConnectionState.IDLE, ConnectionState.PAUSED,
-                                      ConnectionState.REAUTH_REQUIRED}),
-    ConnectionState.REAUTH_REQUIRED: frozenset({ConnectionState.IDLE}),
-    ConnectionState.RESTARTING: frozenset(set(ConnectionState)),
-    ConnectionState.DISABLED: frozenset(),  # never an actor's state: a parked connection has none
-    ConnectionState.DETACHED: frozenset(),
-}
-
-
 def _only_cancelled(exc: BaseException) -> bool:
     """True for trio.Cancelled, also when nurseries wrapped it in (nested) exception groups."""
     if isinstance(exc, BaseExceptionGroup):
         return all(_only_cancelled(e) for e in exc.exceptions)
     return isinstance(exc, trio.Cancelled)
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionStatus:
-    """What `freshctl status` shows for one connection (a frozen record)."""
-
-    name: str
-    provider: str
-    tenant: str
-    state: ConnectionState
-    last_success_at: datetime | None
-    next_sync_at: datetime | None
-    error: str | None
-    job_id: int | None
-    restarts: int = 0
-    breaker: BreakerState = BreakerState.CLOSED
-    breaker_retry_at: float | None = None  # epoch seconds: when an open breaker lets a probe through
-    rate_limit: str | None = None  # the default bucket's current rate ("2/s burst 2"), None: unlimited
-    token_expires_at: float | None = None  # epoch seconds, for OAuth-style connections
-    health: str | None = None  # the last probe's verdict: "ok" or why not
-    probed_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PolicySettings:
-    """The daemon-wide policy knobs (from [policies]); per-connection options refine the rates."""
-
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    token_refresh_buffer: float = DEFAULT_BUFFER
-    limits: ProviderLimits = field(default_factory=ProviderLimits)
-    max_delete_share: float = MAX_DELETE_SHARE
-    events: str | None = None  # change events to the outbox: "full", "thin" or None (no Redis configured)
 
 
 @dataclass
@@ -232,7 +167,7 @@ class ConnectionActor:
         old = self.state
         if new is old:
             return
-        if new not in _TRANSITIONS[old]:
+        if new not in TRANSITIONS[old]:
             raise RuntimeError(f"connection {self.settings.name}: illegal transition {old} -> {new}")
         self.state = new
         if new in (ConnectionState.ERROR, ConnectionState.REAUTH_REQUIRED):

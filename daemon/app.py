@@ -34,13 +34,13 @@ import structlog
 import trio
 
 from freshd import logs, metrics, systemd
-from freshd.actor import ConnectionState, PolicySettings
 from freshd.admin.commands import DaemonAdmin
 from freshd.admin.http import serve_http_api, token_authenticator
 from freshd.admin.server import AccessRules, prepare_socket_path, serve_admin
 from freshd.cluster import ClusterSettings, Membership, default_member_name
 from freshd.config import load_config
 from freshd.config_model import Config
+from freshd.connection_state import ConnectionState, PolicySettings
 from freshd.embedded_pg import open_embedded_postgres
 from freshd.errors import ConfigError, StoreUnavailable
 from freshd.events import Events

@@ -27,7 +27,8 @@ import structlog
 import trio
 
 from freshd import metrics
-from freshd.actor import LOOKUP, ConnectionActor, ConnectionState, ConnectionStatus, Lookup, PolicySettings
+from freshd.actor import ConnectionActor
+from freshd.connection_state import LOOKUP, ConnectionState, ConnectionStatus, Lookup, PolicySettings
 from freshd.connectors.base import ConnectionSettings
 from freshd.errors import Fenced, StoreUnavailable
 from freshd.messages import ActorMessage, Stop, UpdateSettings

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import structlog
 
 from freshd import systemd
-from freshd.actor import ConnectionState
 from freshd.config_model import Config, ScheduleConfig
+from freshd.connection_state import ConnectionState
 from freshd.messages import Probe, RefreshToken
 from freshd.policies.breaker import BreakerState
 from freshd.policies.staleness import Staleness, Verdict

@@ -36,6 +36,7 @@ import structlog
 import trio
 
 from freshd import metrics
+from freshd.connection_state import MAX_DELETE_SHARE
 from freshd.connectors.base import Connector, Page, StreamSpec, SyncMode
 from freshd.errors import ProviderError, ReauthRequired
 from freshd.store import Store, activity, jobs, records
@@ -46,7 +47,6 @@ log = structlog.get_logger(__name__)
 MAX_BATCH_RECORDS = 2000  # group commit: at most this many records per transaction
 PAGES_AHEAD = 8  # pages fetched ahead of the writer (bounded memory: about 8 x 100 records)
 INTERRUPT_GRACE = 1.0  # seconds a pause or cancel waits for a page boundary before interrupting
-MAX_DELETE_SHARE = 0.10  # a reconciliation deleting more of an entity than this is held for confirmation
 PROGRESS_LOG_EVERY = 5.0  # seconds between two job.progress log lines of one job
 
 

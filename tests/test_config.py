@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from freshd import paths
-from freshd.actor import PolicySettings
 from freshd.addresses import split_host_port
 from freshd.config import load_config
 from freshd.config_model import (
@@ -26,6 +25,7 @@ from freshd.config_model import (
     SyncConfig,
 )
 from freshd.config_reader import parse_duration
+from freshd.connection_state import PolicySettings
 from freshd.errors import ConfigError, ConfigErrors
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,10 +17,10 @@ import structlog
 import trio
 
 from freshd import __version__, logs
-from freshd.actor import ConnectionState, ConnectionStatus
 from freshd.admin.lookups import CommandGroup, Handler
 from freshd.admin.protocol import API_VERSION, Caller, ErrorCode
 from freshd.admin.views import iso, job_json
+from freshd.connection_state import ConnectionState, ConnectionStatus
 from freshd.connectors.base import ConnectionSettings, check_settings, connector_class
 from freshd.errors import AdminError, AuthExpired, ConfigError, ConfigErrors, ProviderError, ReauthRequired
 from freshd.policies.gate import ConnectionPolicies
