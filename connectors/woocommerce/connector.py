@@ -280,7 +280,7 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         base = settings.base_url.rstrip("/")
         if not base.endswith(API_PREFIX):
             base += API_PREFIX
-        self.concurrency = int(settings.options.get("page_concurrency", 4))
+        self.concurrency = int(settings.options.get("page_concurrency", _BY_MODIFIED.concurrency))
         # customers have no server-side modified filter: the full (id, modified) diff runs at most
         # this often; incremental syncs in between fetch only new customers
         self.diff_interval = float(settings.options.get("diff_interval", DIFF_INTERVAL))
