@@ -179,7 +179,7 @@ async def test_one_bad_date_header_blinds_incremental_syncs(database_url: str, n
         with trio.fail_after(30):
             outcome, _ = await rig.sync(JobKind.INCREMENTAL, entities=("orders",))
         assert outcome.status is JobStatus.COMPLETED, outcome.error
-        since = rig.cursor("orders")["since"]  # type: ignore[index]
+        since = rig.cursor("orders")["cursor"]  # type: ignore[index]
         assert since < "2027", f"the cursor moved to the provider's 2099 clock: {since}"
         assert (metrics.REGISTRY.get_sample_value("freshd_provider_clock_skew_total",
                                                   {"provider": "woocommerce"}) or 0.0) > skewed

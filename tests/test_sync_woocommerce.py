@@ -166,3 +166,31 @@ async def test_between_diffs_incremental_customers_fetch_only_new_ones(rig: Rig)
         await rig.sync(JobKind.INCREMENTAL, diff_interval=0)
     assert query(rig.database_url, "SELECT payload->>'first_name' FROM records WHERE entity='customers'"
                  " AND external_id='5'") == [("Edited",)]
+
+
+async def test_an_orders_window_that_shifts_keeps_its_start_and_infers_nothing(nursery: trio.Nursery) -> None:
+    from freshd.connectors.base import Page, SyncMode
+    from freshd.connectors.woocommerce.connector import ORDERS
+    from tests.rig import CollectPages
+
+    sim = WooCommerceSimulator(records=0, orders=300, products=1, seed=3, credentials=CREDS)
+    port = await nursery.start(functools.partial(serve_asgi, sim.app, host="127.0.0.1", port=0))
+
+    class EditAfterFirstPage(CollectPages):
+        async def emit(self, page: Page) -> None:
+            if not self.pages:
+                last = sim.collections["orders"].by_modified[-1][1]  # on the last page
+                sim.delete("orders", last, force=True)  # X-WP-Total drops: later pages move
+            await super().emit(page)
+
+    connector = WooCommerceConnector(ConnectionSettings("shop", "woocommerce", f"http://127.0.0.1:{port}",
+                                                        credentials=CREDS, options={"page_concurrency": 1}))
+    try:
+        for mode, state in ((SyncMode.FULL, {}), (SyncMode.INCREMENTAL, {"cursor": "2000-01-01T00:00:00"})):
+            ctx = EditAfterFirstPage()
+            with trio.fail_after(30):
+                await connector.sync_entity(ORDERS, state, mode, ctx)
+            assert len(ctx.pages) == 3 and not any(page.listing_complete for page in ctx.pages)
+            assert ctx.pages[-1].checkpoint == {**state, "cursor": state.get("cursor")}  # the window is read again
+    finally:
+        await connector.aclose()

@@ -8,13 +8,16 @@ classification, streams, sync.
   (HMAC-SHA256, parameters in the query string).  Option ``auth`` forces
   ``basic``, ``query`` or ``oauth1``.
 * **Pagination**: ``page``/``per_page=100``, driven by ``X-WP-TotalPages``;
-  pages after the first are fetched concurrently and committed in order.
-* **Orders, products**: incremental by ``modified_after`` with
-  ``dates_are_gmt=true``, ``orderby=modified&order=asc``, inside a closed window
+  pages after the first are fetched concurrently (option ``page_concurrency``,
+  default 4) and committed in order.  The paging headers are checked on every page.
+* **Orders, products** (declared listings, run by the listing engine):
+  incremental by ``modified_after`` with ``dates_are_gmt=true``,
+  ``orderby=modified&order=asc``, inside a closed window
   ``modified_before=<server Date of the first response>`` so nothing can enter
-  the listing while we page through it.  If ``X-WP-Total`` shrinks mid-listing
+  the listing while we page through it.  If ``X-WP-Total`` changes mid-listing
   (a record left the window, shifting later pages), the window is not
   advanced: the next sync re-reads it, and unchanged records cost nothing.
+  Trashed records (``status == "trash"``) are stored and marked deleted.
 * **Customers** have no server-side modified filter.  An incremental sync
   fetches only customers newer than the highest stored id (``orderby=id&order=desc``
   down to a known id: usually one request).  At most every ``diff_interval``
@@ -39,7 +42,8 @@ import time
 import urllib.parse
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import httpx
@@ -55,7 +59,10 @@ from freshd.connectors.base import (
     columns,
 )
 from freshd.connectors.errors import ErrorTable, classify_with
+from freshd.connectors.listing import SCHEMA, Fetched, fingerprint, format_cursor, run_listing, since_checkpoint
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
+from freshd.connectors.paginators import Ask, PageNumberPaging
+from freshd.connectors.streams import Incremental, Listing, SoftDelete
 from freshd.connectors.woocommerce.writes import EMAIL_TAKEN, KEY_TAKEN_WITH_HOLDER, WooCommerceWrites
 from freshd.errors import (
     ConfigError,
@@ -66,7 +73,7 @@ from freshd.policies.gate import ConnectionPolicies
 
 API_PREFIX = "/wp-json/wc/v3"
 PER_PAGE = 100  # the API's maximum
-WINDOW_OVERLAP = timedelta(seconds=1)  # modified_after is strict and dates have 1 s resolution
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"  # dates sent and kept as the API writes them (GMT with dates_are_gmt)
 DIFF_INTERVAL = 6 * 3600.0  # seconds between two full customer diffs (option `diff_interval`)
 
 
@@ -157,24 +164,35 @@ CUSTOMERS = StreamSpec("customers", "customers", cursor_field="date_modified_gmt
     "id:integer", "email", "first_name", "last_name", "username", "role", "is_paying_customer:boolean",
     "billing_company=billing.company", "billing_city=billing.city", "billing_postcode=billing.postcode",
     "billing_country=billing.country", "billing_phone=billing.phone", *_DATES))
+# orders and products: by modified time ascending, in a window closed at the server's clock
+# (modified_before, strict); modified_after is strict too and dates have 1 s resolution, so the next
+# window starts 2 s before this one's end (the engine's window rule); trashed records are tombstones
+_BY_MODIFIED = Listing(
+    PageNumberPaging(size=PER_PAGE, total_pages_header="X-WP-TotalPages", total_header="X-WP-Total"),
+    incremental=Incremental("date_modified_gmt", "modified_after", TIME_FORMAT, window="modified_before"),
+    soft_delete=SoftDelete("status", ("trash",)), concurrency=4)
+_MODIFIED_ASC = {"orderby": "modified", "order": "asc", "dates_are_gmt": "true"}
 ORDERS = StreamSpec("orders", "orders", cursor_field="date_modified_gmt", cursor_param="modified_after",
-                    columns=columns(
+                    params=_MODIFIED_ASC, listing=_BY_MODIFIED, columns=columns(
     "id:integer", "number", "status", "currency", "total:numeric", "total_tax:numeric",
     "shipping_total:numeric", "discount_total:numeric", "customer_id:integer", "billing_email=billing.email",
     "billing_country=billing.country", "payment_method", "line_items:jsonb", *_DATES))
 PRODUCTS = StreamSpec("products", "products", cursor_field="date_modified_gmt", cursor_param="modified_after",
-                      columns=columns(
+                      params=_MODIFIED_ASC, listing=_BY_MODIFIED, columns=columns(
     "id:integer", "name", "sku", "type", "status", "price:numeric", "regular_price:numeric",
     "stock_quantity:integer", "stock_status", "manage_stock:boolean", *_DATES))
 
 
 @dataclass(frozen=True, slots=True)
 class _Listing:
+    """One listed page, its paging headers checked (every listing rests on them)."""
+
+    body: list[Any]
+    response: httpx.Response
     records: list[dict[str, Any]]
+    failures: tuple[tuple[str | None, str], ...]  # items that are no WooCommerce record
     total: int
     total_pages: int
-    date: datetime | None
-    failures: tuple[tuple[str | None, str], ...] = ()  # items that are no WooCommerce record
 
 
 def _split_items(items: list[Any]) -> tuple[list[dict[str, Any]], tuple[tuple[str | None, str], ...]]:
@@ -250,10 +268,10 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         return super().since_problem(stream)
 
     def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
-        """A window from `since` (modified_after) to the server's clock; its end is the new cursor."""
+        """A window from `since` (modified_after) to the server's clock, the stored cursor kept as its floor."""
         if self.since_problem(stream):
             return super().since_state(stream, state, since)
-        return {"phase": "done", "since": _iso(since)}
+        return since_checkpoint(stream, upgrade_checkpoint(stream, state), since)
 
     def __init__(
         self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None,
@@ -262,7 +280,7 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         base = settings.base_url.rstrip("/")
         if not base.endswith(API_PREFIX):
             base += API_PREFIX
-        self.concurrency = int(settings.options.get("page_concurrency", 4))
+        self.concurrency = int(settings.options.get("page_concurrency", _BY_MODIFIED.concurrency))
         # customers have no server-side modified filter: the full (id, modified) diff runs at most
         # this often; incremental syncs in between fetch only new customers
         self.diff_interval = float(settings.options.get("diff_interval", DIFF_INTERVAL))
@@ -292,22 +310,26 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         body, response = await self.client.get_json(stream.path, params={"per_page": PER_PAGE, **params})
         if not isinstance(body, list):
             raise TransientError(f"WooCommerce {stream.path}: expected a JSON list, got {type(body).__name__}")
-        total, total_pages = _paging_headers(response, int(params.get("per_page", PER_PAGE)))
-        records, failures = _split_items(body)
-        return _Listing(records, total, total_pages, self.client.server_time(response), failures)
+        total, total_pages = _paging_headers(response, PER_PAGE)
+        return _Listing(body, response, *_split_items(body), total, total_pages)
+
+    async def _fetch(self, stream: StreamSpec, ask: Ask, params: dict[str, str]) -> Fetched:
+        """The engine's request for an orders/products page: checked as every listed page is."""
+        page = await self._list(stream, {**params, **ask.params})
+        return Fetched(page.body, page.response, page.body, page.records, page.failures)
 
     async def sync_entity(
         self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
     ) -> None:
-        if stream.cursor_param is None:
-            if mode is SyncMode.FULL or not state or state.get("phase") == "full":
-                await self._full_by_id(stream, state, ctx)
-            elif self._diff_due(state):
-                await self._diff_by_id(stream, state, ctx)
-            else:
-                await self._new_ids(stream, state, ctx)
+        if stream.listing is not None:
+            await run_listing(stream, upgrade_checkpoint(stream, state), mode, ctx, self.client,
+                              fetch=partial(self._fetch, stream), concurrency=self.concurrency)
+        elif mode is SyncMode.FULL or not state or state.get("phase") == "full":
+            await self._full_by_id(stream, state, ctx)
+        elif self._diff_due(state):
+            await self._diff_by_id(stream, state, ctx)
         else:
-            await self._window(stream, state, mode, ctx)
+            await self._new_ids(stream, state, ctx)
 
     async def _paged(
         self,
@@ -342,7 +364,7 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         start_page = int(resume["page"]) + 1 if resume else 1
         first = await self._list(stream, {**params, "page": 1})
         ctx.set_total(stream.name, first.total)
-        started = resume["started"] if resume else _iso(first.date or datetime.now(UTC))
+        started = resume["started"] if resume else _iso(self.client.server_time(first.response))
         if first.total_pages < start_page or first.total == 0:
             await ctx.emit(Page(stream.name, [], {"phase": "done", "full_at": started}, total=first.total))
             return
@@ -383,7 +405,7 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         # the engine checks the others against the listing's total
         gone = sorted(set(known) - set(seen)) if complete else []
         ctx.set_total(stream.name, len(changed))
-        checkpoint = {"phase": "done", "diffed_at": _iso(first.date or datetime.now(UTC)),
+        checkpoint = {"phase": "done", "diffed_at": _iso(self.client.server_time(first.response)),
                       "max_id": max((int(i) for i in seen), default=_stored_max_id(state))}
         chunks = [changed[i:i + PER_PAGE] for i in range(0, len(changed), PER_PAGE)]
 
@@ -448,48 +470,23 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
             await ctx.emit(Page(stream.name, listing.records, None, deleted=[i for i in chunk if i not in found],
                                 failures=listing.failures))
 
-    async def _window(
-        self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
-    ) -> None:
-        """Records modified in (since, until], by modified time ascending; resumable by page."""
-        state = state or {}
-        resume = state if state.get("phase") == "window" and state.get("mode") == mode.value else None
-        if resume:
-            since, until, start_page = resume.get("since"), resume["until"], int(resume["page"]) + 1
-        else:
-            since = None if mode is SyncMode.FULL else state.get("since")
-            until, start_page = None, 1
-        params: dict[str, str | int] = {"orderby": "modified", "order": "asc", "dates_are_gmt": "true"}
-        if since:
-            params["modified_after"] = since
-        first = await self._list(stream, {**params, **({"modified_before": until} if until else {}), "page": 1})
-        if until is None:
-            # close the window at the server's own clock, so client clock skew cannot lose records
-            until = _iso((first.date or datetime.now(UTC)) + timedelta(seconds=1))
-        params["modified_before"] = until
-        ctx.set_total(stream.name, first.total)
-        # `until` is the server's Date + 1 s (modified_before is strict). A record changed in that
-        # same second, after a page was read, may be unseen: the next window starts a second
-        # before it (modified_after is strict too); re-reading it costs nothing (hash unchanged).
-        advanced = _iso(datetime.fromisoformat(until).replace(tzinfo=UTC) - 2 * WINDOW_OVERLAP)
-        full = mode is SyncMode.FULL and not resume
 
-        if first.total == 0 or start_page > first.total_pages:
-            await ctx.emit(Page(stream.name, [], {"phase": "done", "since": advanced}, total=first.total))
-            return
+def upgrade_checkpoint(stream: StreamSpec, state: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An orders/products checkpoint written before the listing engine, as the engine's schema.
 
-        async def on_page(number: int, listing: _Listing, shifted: bool) -> None:
-            last = number == first.total_pages
-            if last:
-                # a shifted listing may have skipped records: keep the old window start
-                next_since = since if shifted else advanced
-                checkpoint = {"phase": "done", "since": next_since}
-            else:
-                checkpoint = {"phase": "window", "mode": mode.value, "since": since, "until": until,
-                              "page": number}
-            deleted = [str(r["id"]) for r in listing.records if r.get("status") == "trash"]
-            await ctx.emit(Page(stream.name, listing.records, checkpoint, deleted=deleted, total=first.total,
-                                failures=listing.failures,
-                                full_listing=full, listing_complete=full and last and not shifted))
-
-        await self._paged(stream, params, first, start_page, on_page)
+    ``{"phase": "done", "since"}``: ``since`` is the cursor.  A window under way (``{"phase":
+    "window", "mode", "since", "until", "page"}``, `page` the last one committed) resumes at the
+    next page of the same window: the same ``modified_after`` and ``modified_before``.
+    """
+    if not state or "phase" not in state:
+        return dict(state or {})
+    since = state.get("since")
+    cursor = {"cursor": since} if since else {}
+    listing, until = stream.listing, state.get("until")
+    if state.get("phase") != "window" or listing is None or listing.incremental is None or not until:
+        return cursor
+    sent = format_cursor(since, listing.incremental.format, listing.incremental.lookback) if since else None
+    return {**cursor, "listing": {
+        "v": SCHEMA, "since": sent, "full": sent is None, "fingerprint": fingerprint(stream, listing),
+        "pager": {"page": int(state.get("page", 0)) + 1}, "max": None, "total": None, "shifted": False,
+        "until": until}}
