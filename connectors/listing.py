@@ -21,6 +21,7 @@ with it, and owns the rules every provider shares:
 * **Shifts**: a total that changes mid-listing, an id that comes back on a later
   page, or an overlap row that is not the previous page's last.  A shifted
   listing keeps the old cursor (the span is read again) and infers nothing.
+  Keyset paging cannot shift (its position is a value), so neither sign counts there.
 * **When a listing may infer deletions**: it is a full one (nothing filtered
   out), read whole in this run (not resumed), not shifted, and it returned
   records.  The store still checks the rows seen against the provider's total.
@@ -274,9 +275,9 @@ class _Run:
             if self.total is None:
                 self.total = self.pager.total
                 self.ctx.set_total(self.stream.name, self.total)
-            elif self.pager.total != self.total:
+            elif self.pager.total != self.total and self.pager.can_shift:
                 self.shifted = True  # records came or went mid-listing: page boundaries moved
-        if self.pager.shifted or not self.seen.isdisjoint(ids):
+        if self.pager.shifted or (self.pager.can_shift and not self.seen.isdisjoint(ids)):
             self.shifted = True  # an id came back on a later page, or the overlap row moved: pages moved
         if self.shifted and not was_shifted:
             log.warning("listing.shifted", stream=self.stream.name, path=self.stream.path,

@@ -15,6 +15,7 @@ End of a listing, by kind:
     offset        an empty page; else the total records; else a short page
     cursor        no next token (absent, null or "")
     link_header   no rel="next" link
+    keyset        an empty or short page
     none          after the first response
 
 Short-page ends trust the server to return `size` records per page: set the size
@@ -27,7 +28,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -120,11 +121,35 @@ class LinkHeaderPaging:
 
 
 @dataclass(frozen=True, slots=True)
+class KeysetPaging:
+    """Keyset (seek) paging: rows sorted by `fields`, each page asked for after the last row's key
+    (`Ask.key`, the values of `fields`); ends at a short page.  The key is a value, not a count, so
+    the pages cannot shift: a row seen again was changed since it was read and moved on, and a
+    changed total is rows coming and going.  The request is the provider's (a `fetch` hook turns
+    the key into its filter), so the generic connector does not offer it.  `total_path`: a count
+    the hook puts in the body (progress)."""
+
+    fields: tuple[str, ...] = ("id",)
+    size: int = 100
+    size_param: str | None = "limit"
+    total_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.fields:
+            raise Invalid("fields", "needs at least one field")
+        for name in self.fields:
+            check_dotted("fields", name)
+        if self.size < 1:
+            raise Invalid("size", "must be at least 1")
+        check_dotted("total_path", self.total_path)
+
+
+@dataclass(frozen=True, slots=True)
 class NoPaging:
     """One request returns the whole listing."""
 
 
-PaginatorConfig = PageNumberPaging | OffsetPaging | CursorPaging | LinkHeaderPaging | NoPaging
+PaginatorConfig = PageNumberPaging | OffsetPaging | CursorPaging | LinkHeaderPaging | KeysetPaging | NoPaging
 PAGINATORS: Registry[PaginatorConfig] = Registry("paginator", {
     "page_number": PageNumberPaging, "offset": OffsetPaging, "cursor": CursorPaging,
     "link_header": LinkHeaderPaging, "none": NoPaging,
@@ -137,10 +162,12 @@ PAGINATORS: Registry[PaginatorConfig] = Registry("paginator", {
 @dataclass(frozen=True, slots=True)
 class Ask:
     """The next request: `url` to GET as given (a followed link) or None for the stream's path,
-    with the paging `params` (added to the stream's own, unless `url` is given)."""
+    with the paging `params` (added to the stream's own, unless `url` is given); `key`: keyset
+    paging's position, the last row's values of its fields (None: from the start)."""
 
     url: str | None
     params: dict[str, str]
+    key: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +202,10 @@ def _read_int(page: PageRead, header: str | None, path: str | None) -> int | Non
 class Pager(ABC):
     """One listing's position.  `total` is the listing's size when the API says; after `advance`,
     `repeated` rows at the head of the page were the previous page's (an overlap asked for), and
-    `shifted` says the pages moved under the listing."""
+    `shifted` says the pages moved under the listing.  `can_shift`: False for a kind whose pages
+    cannot move (keyset), so an id seen again or a changed total says nothing about a shift."""
+
+    can_shift: ClassVar[bool] = True
 
     def __init__(self, guard: LoopGuard) -> None:
         self.guard = guard
@@ -375,6 +405,43 @@ class LinkHeaderPager(Pager):
         self.next_url = None if url is None else str(url)
 
 
+class KeysetPager(Pager):
+    can_shift = False
+
+    def __init__(self, config: KeysetPaging, guard: LoopGuard) -> None:
+        super().__init__(guard)
+        self.config = config
+        self.key: tuple[Any, ...] | None = None
+
+    def ask(self) -> Ask:
+        return Ask(None, _size(self.config.size_param, self.config.size), self.key)
+
+    def advance(self, page: PageRead) -> None:
+        self.total = _read_int(page, None, self.config.total_path)
+        if page.records:
+            last = page.records[-1]
+            key = tuple(_field(last, name) for name in self.config.fields)
+            self.guard.cursor(key)  # the same key twice: the provider ignores the position
+            self.key = key
+        self.done = len(page.records) < self.config.size
+
+    def position(self) -> dict[str, Any]:
+        return {"key": None if self.key is None else list(self.key)}
+
+    def restore(self, position: Mapping[str, Any]) -> None:
+        key = position["key"]
+        if key is not None and (not isinstance(key, list) or len(key) != len(self.config.fields)):
+            raise ValueError(f"not a key of {self.config.fields}: {key!r}")
+        self.key = None if key is None else tuple(key)
+
+
+def _field(record: Any, path: str) -> Any:
+    try:
+        return dig(record, path)
+    except KeyError:
+        raise PermanentError(f"keyset paging: a record has no {path!r}") from None
+
+
 class SinglePager(Pager):
     def ask(self) -> Ask:
         return Ask(None, {})
@@ -400,6 +467,8 @@ def start_pager(config: PaginatorConfig, guard: LoopGuard, *, origin: httpx.URL)
             return CursorPager(config, guard)
         case LinkHeaderPaging():
             return LinkHeaderPager(config, guard, origin)
+        case KeysetPaging():
+            return KeysetPager(config, guard)
         case NoPaging():
             return SinglePager(guard)
     raise AssertionError(f"no pager for {config!r}")
