@@ -96,7 +96,7 @@ async def test_a_resumed_listing_continues_after_the_committed_page(nursery: tri
     ctx = Collect()
     await connector.sync_entity(connector.stream("partners"), None, SyncMode.FULL, ctx)
     middle = ctx.pages[1].checkpoint
-    assert middle is not None and middle["phase"] == "listing"
+    assert middle is not None and "listing" in middle
     resumed = Collect()
     await connector.sync_entity(connector.stream("partners"), middle, SyncMode.FULL, resumed)
     await connector.aclose()

@@ -27,16 +27,19 @@ classification, streams, sync.
   ``fields = {partners = [...]}`` overrides; ``search_read`` without fields
   would send every computed and binary field).  Many2one values are stored as
   Odoo sends them, ``[id, "name"]``.
-* **Paging and cursor**: keyset on ``(write_date, id)`` with
-  ``order='write_date asc, id asc'``, ``limit`` = ``page_size`` (default 500) and
-  the domain ``write_date > w OR (write_date = w AND id > i)``.  Plain
+* **Paging and cursor** (the listing engine, freshd.connectors.listing): keyset
+  on ``(write_date, id)`` with ``order='write_date asc, id asc'``, ``limit`` =
+  ``page_size`` (default 500) and the domain ``write_date > w OR (write_date = w
+  AND id > i)``; `_search_read` turns the engine's ask into that call.  Plain
   ``offset`` paging over a live table skips a record each time an earlier one
   is modified mid-listing (it moves to the end and everything shifts left);
-  the keyset cannot.  The checkpoint after each page is the last (w, i), so a
+  the keyset cannot.  The checkpoint after each page holds the last (w, i), so a
   job resumes exactly after the committed page.  An incremental sync starts
-  ``lookback`` (default 60 s) before the watermark: ``write_date`` is the writing
-  transaction's start time, so a long transaction can commit a record dated
-  before one we already read.
+  ``lookback`` (default 60 s) before the cursor (the newest ``write_date`` read):
+  ``write_date`` is the writing transaction's start time, so a long transaction
+  can commit a record dated before one we already read.  ``search_count`` before
+  the first page gives the total.  Checkpoints written before the engine are read
+  by `upgrade_checkpoint`.
 * **Archived and deleted records**: archived records (``active = False``) are
   synced with ``context.active_test = False`` and kept with ``active: false``.
   Hard deletes leave no trace in Odoo: a full sync (complete keyset listing)
@@ -50,7 +53,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -67,8 +70,11 @@ from freshd.connectors.base import (
     columns,
 )
 from freshd.connectors.errors import Answer, ErrorTable, classify_with, decide, describe
+from freshd.connectors.listing import Fetched, fingerprint, format_cursor, run_listing, since_checkpoint, tune
 from freshd.connectors.odoo.writes import UNIQUE, OdooWrites
 from freshd.connectors.pagination import LoopGuard
+from freshd.connectors.paginators import Ask, KeysetPaging
+from freshd.connectors.streams import Incremental, Listing
 from freshd.errors import (
     ConfigError,
     ProviderError,
@@ -82,6 +88,7 @@ ID_CHUNK = 5000
 LOOKBACK = 60.0
 RECONCILE_INTERVAL = 6 * 3600.0
 APIS = ("jsonrpc", "json2")
+ODOO_TIME = "%Y-%m-%d %H:%M:%S"  # how Odoo writes datetimes (UTC)
 
 # --- auth --------------------------------------------------------------------------------------------
 
@@ -189,21 +196,25 @@ def _called_method(response: httpx.Response) -> str | None:
 
 # --- streams ------------------------------------------------------------------------------------------
 
+# by (write_date, id), the newest write_date as the cursor: `_search_read` makes each ask a search_read
+LISTING = Listing(KeysetPaging(("write_date", "id"), size=PAGE_SIZE, total_path="total"),
+                  incremental=Incremental("write_date", "write_date", ODOO_TIME, LOOKBACK))
+
 # many2one fields are [id, name]: `partner_id.0` is the id.  Odoo writes false for an empty field:
 # read as NULL by every type but text and boolean, so text columns here are ones Odoo always fills
 _DATES = ("created_at=create_date:timestamptz", "updated_at=write_date:timestamptz")
 PARTNERS = StreamSpec("partners", "res.partner", cursor_field="write_date", cursor_param="write_date",
-                      columns=columns(
+                      listing=LISTING, columns=columns(
     "id:integer", "name", "is_company:boolean", "active:boolean", "email", "phone", "city", "zip",
     "country_id=country_id.0:integer", "country=country_id.1", "parent_id=parent_id.0:integer", "ref",
     "customer_rank:integer", *_DATES))
 SALE_ORDERS = StreamSpec("sale_orders", "sale.order", cursor_field="write_date", cursor_param="write_date",
-                         columns=columns(
+                         listing=LISTING, columns=columns(
     "id:integer", "name", "state", "partner_id=partner_id.0:integer", "date_order:timestamptz",
     "amount_untaxed:numeric", "amount_tax:numeric", "amount_total:numeric", "currency=currency_id.1",
     "invoice_status", *_DATES))
 PRODUCTS = StreamSpec("products", "product.product", cursor_field="write_date", cursor_param="write_date",
-                      columns=columns(
+                      listing=LISTING, columns=columns(
     "id:integer", "name", "default_code", "barcode", "list_price:numeric", "standard_price:numeric",
     "active:boolean", "type", "qty_available:numeric", "product_tmpl_id=product_tmpl_id.0:integer", *_DATES))
 
@@ -228,11 +239,11 @@ _PARAMETERS: Mapping[str, tuple[str, ...]] = {
 
 
 def _odoo_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return moment.astimezone(UTC).strftime(ODOO_TIME)
 
 
 def _parse_odoo_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    return datetime.strptime(text, ODOO_TIME).replace(tzinfo=UTC)
 
 
 # --- sync -----------------------------------------------------------------------------------------------
@@ -246,13 +257,9 @@ class OdooConnector(OdooWrites, Connector):
     since_streams = frozenset({PARTNERS.name, SALE_ORDERS.name, PRODUCTS.name})
 
     def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
-        """A keyset listing positioned just before `since`, keeping the stored watermark (`since`)."""
-        state = state or {}
-        start = _odoo_time(since - timedelta(seconds=1))
-        keep = {k: v for k, v in state.items() if k == "reconciled_at"}
-        watermark = state.get("since")
-        return {**keep, "phase": "listing", "mode": SyncMode.INCREMENTAL.value, "position_date": start,
-                "position_id": 0, "since": watermark or start, "listing_started": _odoo_time(datetime.now(UTC))}
+        """A listing from write_date >= `since`, keeping the stored cursor as its floor."""
+        listed = self.listed[stream.name]
+        return since_checkpoint(listed, upgrade_checkpoint(listed, state), since)
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.validate_settings(settings)
@@ -261,7 +268,8 @@ class OdooConnector(OdooWrites, Connector):
         self.api = str(options.get("api", "jsonrpc"))
         self.database, self.login, self._key = _credentials(settings)
         self.page_size = int(options.get("page_size", PAGE_SIZE))
-        self.lookback = float(options.get("lookback", LOOKBACK))
+        lookback = float(options.get("lookback", LOOKBACK))
+        self.listed = {spec.name: tune(spec, page_size=self.page_size, lookback=lookback) for spec in self.streams}
         self.reconcile_interval = float(options.get("reconcile_interval", RECONCILE_INTERVAL))
         self.fields = {name: list(options.get("fields", {}).get(name) or DEFAULT_FIELDS[name])
                        for name in DEFAULT_FIELDS}
@@ -299,16 +307,17 @@ class OdooConnector(OdooWrites, Connector):
 
     # -- calls ----------------------------------------------------------------------------------------
 
-    async def _rpc(self, service: str, method: str, args: list[Any], *, replay_safe: bool = True) -> Any:
-        body, _ = await self.client.request_json(
+    async def _rpc(self, service: str, method: str, args: list[Any], *,
+                   replay_safe: bool = True) -> tuple[Any, httpx.Response]:
+        body, response = await self.client.request_json(
             "POST", "jsonrpc", json={"jsonrpc": "2.0", "method": "call",
                                      "params": {"service": service, "method": method, "args": args},
                                      "id": next(self._ids)}, replay_safe=replay_safe)
-        return body["result"]
+        return body["result"], response
 
     async def _uid_for_calls(self) -> int:
         if self._uid is None:
-            uid = await self._rpc("common", "authenticate", [self.database, self.login, self._key, {}])
+            uid, _ = await self._rpc("common", "authenticate", [self.database, self.login, self._key, {}])
             if not isinstance(uid, int) or isinstance(uid, bool):
                 raise ReauthRequired(f"Odoo refused the login {self.login!r} on database {self.database!r} "
                                      "(authenticate returned false): check the username and API key")
@@ -323,11 +332,15 @@ class OdooConnector(OdooWrites, Connector):
         domain parameter was `args` before 17.0, `domain` since); JSON-2 names them.
         `replay_safe=False` (creates): a lost answer is Ambiguous, never resent.
         """
+        return (await self._call(model, method, *args, replay_safe=replay_safe, **kwargs))[0]
+
+    async def _call(self, model: str, method: str, *args: Any, replay_safe: bool = True,
+                    **kwargs: Any) -> tuple[Any, httpx.Response]:
+        """`call`, with the response it came in."""
         if self.api == "json2":
             named = {**dict(zip(_PARAMETERS.get(method, ("domain",)), args, strict=False)), **kwargs}
-            body, _ = await self.client.request_json("POST", f"json/2/{model}/{method}", json=named,
-                                                     replay_safe=replay_safe)
-            return body
+            return await self.client.request_json("POST", f"json/2/{model}/{method}", json=named,
+                                                  replay_safe=replay_safe)
         uid = await self._uid_for_calls()
         return await self._rpc("object", "execute_kw",
                                [self.database, uid, self._key, model, method, list(args), kwargs],
@@ -348,58 +361,38 @@ class OdooConnector(OdooWrites, Connector):
     async def sync_entity(
         self, stream: StreamSpec, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext
     ) -> None:
-        state = state or {}
-        if mode is SyncMode.INCREMENTAL and state.get("phase") != "listing" and self._reconcile_due(state):
+        listed = self.listed[stream.name]
+        state = upgrade_checkpoint(listed, state)
+        # the id reconciliation: not while a listing is under way, nor in a `sync --since` one (floor)
+        if mode is SyncMode.INCREMENTAL and not state.keys() & {"listing", "floor"} and self._reconcile_due(state):
             await self._reconcile_ids(stream, state, ctx)
             state = {**state, "reconciled_at": _odoo_time(datetime.now(UTC))}
-        await self._keyset(stream, state, mode, ctx)
+        first = True
 
-    async def _keyset(self, stream: StreamSpec, state: dict[str, Any], mode: SyncMode, ctx: SyncContext) -> None:
-        """Records by (write_date, id) from the cursor on; each page's checkpoint is its last key."""
-        resume = state.get("phase") == "listing" and state.get("mode") == mode.value
-        full = mode is SyncMode.FULL or not state.get("since")
-        if resume:
-            since, after_id = state.get("position_date"), int(state.get("position_id", 0))
-        elif full:
-            since, after_id = None, 0
-        else:
-            start = _parse_odoo_time(state["since"]) - timedelta(seconds=self.lookback)
-            since, after_id = _odoo_time(start), 0
+        async def fetch(ask: Ask, params: dict[str, str]) -> Fetched:
+            nonlocal first
+            count, first = first or ask.key is None, False  # a resumed listing counts what is left
+            return await self._search_read(listed, ask, params, count=count)
+
+        await run_listing(listed, state, mode, ctx, self.client, fetch=fetch)
+
+    async def _search_read(self, stream: StreamSpec, ask: Ask, params: dict[str, str], *, count: bool) -> Fetched:
+        """One keyset page: the rows after the ask's key (w, i), else from the cursor (write_date >= it)."""
         context = {"active_test": False}
-        base: list[Any] = [] if full or since is None else [["write_date", ">=", since]]
-        total = await self.call(stream.path, "search_count", base, context=context)
-        ctx.set_total(stream.name, int(total))
-        guard = LoopGuard(f"Odoo {stream.path}")
-        watermark = state.get("since") if not full else None
-        listing_started = state.get("listing_started") if resume else _odoo_time(datetime.now(UTC))
-        keep = {k: v for k, v in state.items() if k in ("reconciled_at",)}
-        while True:
-            domain: list[Any] = []
-            if since is not None:
-                domain = ["|", ["write_date", ">", since], "&", ["write_date", "=", since], ["id", ">", after_id]]
-            rows = await self.call(stream.path, "search_read", domain, fields=self.fields[stream.name],
-                                   limit=self.page_size, order="write_date asc, id asc", context=context)
-            if not isinstance(rows, list):
-                raise TransientError(f"Odoo {stream.path}: expected a list of records, got {type(rows).__name__}")
-            guard.page([r.get("id") for r in rows])
-            done = len(rows) < self.page_size
-            if rows:
-                last = rows[-1]
-                since, after_id = last.get("write_date"), int(last.get("id", 0))
-                guard.cursor((since, after_id))
-                if isinstance(since, str) and (watermark is None or since > watermark):
-                    watermark = since
-            if done:
-                # the next incremental sync starts from the newest write_date seen (minus the lookback)
-                checkpoint = {**keep, "phase": "done", "since": watermark or listing_started}
-            else:
-                checkpoint = {**keep, "phase": "listing", "mode": mode.value, "position_date": since,
-                              "position_id": after_id, "since": watermark, "listing_started": listing_started}
-            # a full listing read whole in this run (not resumed) may mark unseen records deleted
-            await ctx.emit(Page(stream.name, rows, checkpoint, total=int(total), full_listing=full,
-                                listing_complete=full and done and not resume))
-            if done:
-                return
+        since = params.get("write_date")
+        after = ask.key or ((since, 0) if since is not None else None)
+        body: dict[str, Any] = {}
+        if count:  # the listing's size, before its first page
+            base = [] if after is None else [["write_date", ">=", after[0]]]
+            body["total"] = int(await self.call(stream.path, "search_count", base, context=context))
+        domain: list[Any] = [] if after is None else \
+            ["|", ["write_date", ">", after[0]], "&", ["write_date", "=", after[0]], ["id", ">", after[1]]]
+        rows, response = await self._call(stream.path, "search_read", domain, fields=self.fields[stream.name],
+                                          limit=int(ask.params["limit"]), order="write_date asc, id asc",
+                                          context=context)
+        if not isinstance(rows, list):
+            raise TransientError(f"Odoo {stream.path}: expected a list of records, got {type(rows).__name__}")
+        return Fetched(body, response, rows)
 
     def _reconcile_due(self, state: dict[str, Any]) -> bool:
         last = state.get("reconciled_at")
@@ -440,3 +433,31 @@ class OdooConnector(OdooWrites, Connector):
                                    context={"active_test": False})
             found = {str(r.get("id")) for r in rows}
             await ctx.emit(Page(stream.name, rows, None, deleted=[str(i) for i in chunk if str(i) not in found]))
+
+
+def upgrade_checkpoint(stream: StreamSpec, state: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A checkpoint written before the listing engine, as the engine's schema (`stream`: as listed).
+
+    ``{"phase": "done", "since", "reconciled_at"?}``: `since` is the cursor.  A listing under way
+    (``{"phase": "listing", "mode", "position_date", "position_id", "since", "listing_started"}``,
+    `since` the newest write_date it had read) resumes right after its last key when the next job
+    has its mode: the filter saved with it is the one the engine derives from that cursor.
+    """
+    if not state or "phase" not in state:
+        return dict(state or {})
+    cursor = state.get("since")
+    upgraded = {**{k: v for k, v in state.items() if k == "reconciled_at"}, **({"cursor": cursor} if cursor else {})}
+    listing = stream.listing
+    if state["phase"] != "listing" or listing is None or listing.incremental is None:
+        return upgraded
+    try:
+        key = [str(state["position_date"]), int(state.get("position_id", 0))]
+        started = _parse_odoo_time(str(state["listing_started"])).isoformat() \
+            if state.get("listing_started") else None
+    except (KeyError, TypeError, ValueError):
+        return upgraded  # an unreadable position: the next listing starts from the cursor
+    full = state.get("mode") == SyncMode.FULL.value or not cursor
+    since = None if full else format_cursor(cursor, listing.incremental.format, listing.incremental.lookback)
+    return {**upgraded, "listing": {
+        "v": 1, "since": since, "fingerprint": fingerprint(stream, listing), "pager": {"key": key},
+        "max": cursor, "total": None, "full": full, "shifted": False, "started": started}}
