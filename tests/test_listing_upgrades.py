@@ -14,6 +14,9 @@ import trio
 from freshd.connectors.amazon_sp.connector import AmazonSPConnector, upgrade_checkpoint
 from freshd.connectors.amazon_sp.simulator import AmazonSPSimulator
 from freshd.connectors.base import ConnectionSettings, Connector, SyncMode
+from freshd.connectors.odoo.connector import ODOO_TIME, OdooConnector
+from freshd.connectors.odoo.connector import upgrade_checkpoint as odoo_upgrade
+from freshd.connectors.odoo.simulator import OdooSimulator
 from freshd.connectors.orion.connector import OrionConnector
 from freshd.connectors.orion.simulator import OrionSimulator
 from freshd.connectors.powens.connector import PowensConnector
@@ -403,3 +406,112 @@ def test_woo_upgrade_leaves_engine_checkpoints_alone() -> None:
     assert woo_upgrade(ORDERS, {"phase": "done", "since": None}) == {}
     engine = {"cursor": "2026-01-01T00:00:00", "listing": {"v": 1, "pager": {"page": 3}}}
     assert woo_upgrade(ORDERS, engine) == engine
+
+
+# --- Odoo: {"phase": "listing", "mode", "position_date", "position_id", "since", "listing_started"}
+# --- and {"phase": "done", "since", "reconciled_at"?} ---------------------------------------------
+
+ODOO_CREDS = {"database": "acme", "username": "api@acme.example", "api_key": "0d1f2e3c4b5a69788796"}
+
+
+def _odoo_settings(url: str) -> ConnectionSettings:
+    return ConnectionSettings("erp", "odoo", url, credentials={"api_key": ODOO_CREDS["api_key"]},
+                              options={"database": "acme", "username": ODOO_CREDS["username"], "page_size": 40})
+
+
+async def _odoo_sync(nursery: trio.Nursery, sim: OdooSimulator, state: dict[str, Any] | None,
+                     mode: SyncMode) -> CollectPages:
+    return await _sync(OdooConnector(_odoo_settings(await _serve(nursery, sim.app))), "partners", state, mode)
+
+
+def _odoo_keyed(sim: OdooSimulator) -> list[tuple[str, int]]:
+    """The partners in keyset order, (write_date, id)."""
+    return sorted((str(r["write_date"]), int(r["id"])) for r in sim.docs["res.partner"].values())
+
+
+def _odoo_listed(ctx: CollectPages) -> list[int]:
+    return [int(r["id"]) for p in ctx.pages for r in p.records]
+
+
+def _odoo_minus(moment: str, seconds: float) -> str:
+    when = datetime.strptime(moment, ODOO_TIME).replace(tzinfo=UTC) - timedelta(seconds=seconds)
+    return when.strftime(ODOO_TIME)
+
+
+def test_odoo_upgrade_shapes() -> None:
+    listed = OdooConnector(_odoo_settings("http://x")).listed["partners"]
+    assert odoo_upgrade(listed, None) == {}
+    assert odoo_upgrade(listed, {"cursor": "2024-05-01 00:00:00"}) == {"cursor": "2024-05-01 00:00:00"}
+    done = {"phase": "done", "since": "2024-05-01 10:00:00", "reconciled_at": "2024-05-01 09:00:00"}
+    assert odoo_upgrade(listed, done) == {"cursor": "2024-05-01 10:00:00", "reconciled_at": "2024-05-01 09:00:00"}
+    assert odoo_upgrade(listed, {"phase": "done", "since": "2024-05-01 10:00:00"}) == \
+        {"cursor": "2024-05-01 10:00:00"}
+    under_way = {"phase": "listing", "mode": "incremental", "position_date": "2024-05-01 10:00:00",
+                 "position_id": 17, "since": "2024-05-01 10:00:00", "listing_started": "2024-05-01 11:00:00"}
+    upgraded = odoo_upgrade(listed, under_way)
+    assert upgraded["cursor"] == "2024-05-01 10:00:00"
+    assert upgraded["listing"]["pager"] == {"key": ["2024-05-01 10:00:00", 17]}
+    assert upgraded["listing"]["since"] == "2024-05-01 09:59:00" and not upgraded["listing"]["full"]  # lookback 60 s
+    full = odoo_upgrade(listed, {**under_way, "mode": "full"})
+    assert full["listing"]["full"] and full["listing"]["since"] is None
+    # an unreadable position: the cursor alone (the next listing starts from it)
+    assert odoo_upgrade(listed, {**under_way, "position_date": None, "position_id": "x"}) == \
+        {"cursor": "2024-05-01 10:00:00"}
+
+
+async def test_odoo_old_done_checkpoint_lists_from_its_watermark_and_keeps_reconciled_at(
+        nursery: trio.Nursery) -> None:
+    sim = OdooSimulator(records=120, seed=4, credentials=ODOO_CREDS)
+    keyed = _odoo_keyed(sim)
+    since = keyed[80][0]
+    reconciled = datetime.now(UTC).strftime(ODOO_TIME)  # recent: no id reconciliation in this run
+    ctx = await _odoo_sync(nursery, sim, {"phase": "done", "since": since, "reconciled_at": reconciled},
+                           SyncMode.INCREMENTAL)
+    start = _odoo_minus(since, 60)  # the old code's start: the watermark minus the lookback
+    assert sorted(_odoo_listed(ctx)) == sorted(i for w, i in keyed if w >= start)
+    last = ctx.pages[-1].checkpoint
+    assert last == {"reconciled_at": reconciled, "cursor": keyed[-1][0]}
+    assert not any(p.full_listing for p in ctx.pages)
+
+
+async def test_odoo_old_incremental_listing_resumes_after_its_key(nursery: trio.Nursery) -> None:
+    sim = OdooSimulator(records=120, seed=5, credentials=ODOO_CREDS)
+    keyed = _odoo_keyed(sim)
+    at = keyed[50]
+    old = {"phase": "listing", "mode": "incremental", "position_date": at[0], "position_id": at[1],
+           "since": at[0], "listing_started": "2024-05-01 11:00:00", "reconciled_at": "2000-01-01 00:00:00"}
+    ctx = await _odoo_sync(nursery, sim, old, SyncMode.INCREMENTAL)
+    assert _odoo_listed(ctx) == [i for _, i in keyed[51:]]  # exactly the rest, in order: nothing twice
+    assert not ctx.pages[-1].listing_complete
+    # no id reconciliation while a listing is under way (it was due); its time is kept
+    assert ctx.pages[-1].checkpoint == {"reconciled_at": "2000-01-01 00:00:00", "cursor": keyed[-1][0]}
+
+
+async def test_odoo_old_full_listing_resumes_after_its_key(nursery: trio.Nursery) -> None:
+    sim = OdooSimulator(records=120, seed=6, credentials=ODOO_CREDS)
+    keyed = _odoo_keyed(sim)
+    at = keyed[39]
+    old = {"phase": "listing", "mode": "full", "position_date": at[0], "position_id": at[1], "since": at[0],
+           "listing_started": "2024-05-01 11:00:00"}
+    ctx = await _odoo_sync(nursery, sim, old, SyncMode.FULL)
+    assert _odoo_listed(ctx) == [i for _, i in keyed[40:]]
+    assert all(p.full_listing for p in ctx.pages)
+    assert not ctx.pages[-1].listing_complete  # resumed: never marks deletions
+    assert ctx.pages[-1].checkpoint == {"cursor": keyed[-1][0]}
+    # the same old listing met by an incremental job starts from its watermark, as the old code did
+    ctx = await _odoo_sync(nursery, sim, old, SyncMode.INCREMENTAL)
+    assert sorted(_odoo_listed(ctx)) == sorted(i for w, i in keyed if w >= _odoo_minus(at[0], 60))
+
+
+async def test_odoo_since_over_an_old_checkpoint_keeps_its_watermark(nursery: trio.Nursery) -> None:
+    sim = OdooSimulator(records=60, seed=7, credentials=ODOO_CREDS)
+    keyed = _odoo_keyed(sim)
+    connector = OdooConnector(_odoo_settings("http://x"))
+    stream = connector.stream("partners")
+    watermark = _odoo_minus(keyed[-1][0], -3600)  # ahead of every record: the cursor must not go back
+    since = datetime.strptime(keyed[20][0], ODOO_TIME).replace(tzinfo=UTC)
+    state = connector.since_state(stream, {"phase": "done", "since": watermark, "reconciled_at": "2000-01-01 00:00:00"},
+                                  since)
+    ctx = await _odoo_sync(nursery, sim, state, SyncMode.INCREMENTAL)
+    assert sorted(_odoo_listed(ctx)) == sorted(i for w, i in keyed if w >= keyed[20][0])
+    assert ctx.pages[-1].checkpoint == {"reconciled_at": "2000-01-01 00:00:00", "cursor": watermark}
