@@ -27,19 +27,16 @@ classification, streams, sync.
   ``fields = {partners = [...]}`` overrides; ``search_read`` without fields
   would send every computed and binary field).  Many2one values are stored as
   Odoo sends them, ``[id, "name"]``.
-* **Paging and cursor** (the listing engine, freshd.connectors.listing): keyset
-  on ``(write_date, id)`` with ``order='write_date asc, id asc'``, ``limit`` =
-  ``page_size`` (default 500) and the domain ``write_date > w OR (write_date = w
-  AND id > i)``; `_search_read` turns the engine's ask into that call.  Plain
+* **Paging and cursor** (freshd.connectors.listing): keyset on ``(write_date, id)``,
+  ``order='write_date asc, id asc'``, ``limit`` = ``page_size`` (default 500), the
+  domain ``write_date > w OR (write_date = w AND id > i)`` (`_search_read`).  Plain
   ``offset`` paging over a live table skips a record each time an earlier one
   is modified mid-listing (it moves to the end and everything shifts left);
   the keyset cannot.  The checkpoint after each page holds the last (w, i), so a
   job resumes exactly after the committed page.  An incremental sync starts
-  ``lookback`` (default 60 s) before the cursor (the newest ``write_date`` read):
-  ``write_date`` is the writing transaction's start time, so a long transaction
-  can commit a record dated before one we already read.  ``search_count`` before
-  the first page gives the total.  Checkpoints written before the engine are read
-  by `upgrade_checkpoint`.
+  ``lookback`` (default 60 s) before the newest ``write_date`` read: it is the writing
+  transaction's start time, so a long transaction can commit a record dated
+  before one we already read.
 * **Archived and deleted records**: archived records (``active = False``) are
   synced with ``context.active_test = False`` and kept with ``active: false``.
   Hard deletes leave no trace in Odoo: a full sync (complete keyset listing)
@@ -50,6 +47,7 @@ classification, streams, sync.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -238,10 +236,6 @@ _PARAMETERS: Mapping[str, tuple[str, ...]] = {
 }
 
 
-def _odoo_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(ODOO_TIME)
-
-
 def _parse_odoo_time(text: str) -> datetime:
     return datetime.strptime(text, ODOO_TIME).replace(tzinfo=UTC)
 
@@ -366,27 +360,18 @@ class OdooConnector(OdooWrites, Connector):
         # the id reconciliation: not while a listing is under way, nor in a `sync --since` one (floor)
         if mode is SyncMode.INCREMENTAL and not state.keys() & {"listing", "floor"} and self._reconcile_due(state):
             await self._reconcile_ids(stream, state, ctx)
-            state = {**state, "reconciled_at": _odoo_time(datetime.now(UTC))}
-        first = True
+            state = {**state, "reconciled_at": datetime.now(UTC).strftime(ODOO_TIME)}
+        await run_listing(listed, state, mode, ctx, self.client, fetch=functools.partial(self._search_read, listed))
 
-        async def fetch(ask: Ask, params: dict[str, str]) -> Fetched:
-            nonlocal first
-            count, first = first or ask.key is None, False  # a resumed listing counts what is left
-            return await self._search_read(listed, ask, params, count=count)
-
-        await run_listing(listed, state, mode, ctx, self.client, fetch=fetch)
-
-    async def _search_read(self, stream: StreamSpec, ask: Ask, params: dict[str, str], *, count: bool) -> Fetched:
+    async def _search_read(self, stream: StreamSpec, ask: Ask, params: dict[str, str]) -> Fetched:
         """One keyset page: the rows after the ask's key (w, i), else from the cursor (write_date >= it)."""
-        context = {"active_test": False}
-        since = params.get("write_date")
-        after = ask.key or ((since, 0) if since is not None else None)
+        context, since = {"active_test": False}, params.get("write_date")
+        w, i = ask.key or (since, 0)
         body: dict[str, Any] = {}
-        if count:  # the listing's size, before its first page
-            base = [] if after is None else [["write_date", ">=", after[0]]]
+        if ask.key is None:  # a listing's first page: its size first (progress, the deletion check)
+            base = [] if since is None else [["write_date", ">=", since]]
             body["total"] = int(await self.call(stream.path, "search_count", base, context=context))
-        domain: list[Any] = [] if after is None else \
-            ["|", ["write_date", ">", after[0]], "&", ["write_date", "=", after[0]], ["id", ">", after[1]]]
+        domain = [] if w is None else ["|", ["write_date", ">", w], "&", ["write_date", "=", w], ["id", ">", i]]
         rows, response = await self._call(stream.path, "search_read", domain, fields=self.fields[stream.name],
                                           limit=int(ask.params["limit"]), order="write_date asc, id asc",
                                           context=context)
@@ -396,9 +381,7 @@ class OdooConnector(OdooWrites, Connector):
 
     def _reconcile_due(self, state: dict[str, Any]) -> bool:
         last = state.get("reconciled_at")
-        if not last:
-            return True
-        return (datetime.now(UTC) - _parse_odoo_time(last)).total_seconds() >= self.reconcile_interval
+        return not last or (datetime.now(UTC) - _parse_odoo_time(last)).total_seconds() >= self.reconcile_interval
 
     async def _reconcile_ids(self, stream: StreamSpec, state: dict[str, Any], ctx: SyncContext) -> None:
         """Every id Odoo still has (archived included); stored ids it no longer has are deleted."""
@@ -445,19 +428,12 @@ def upgrade_checkpoint(stream: StreamSpec, state: Mapping[str, Any] | None) -> d
     """
     if not state or "phase" not in state:
         return dict(state or {})
-    cursor = state.get("since")
-    upgraded = {**{k: v for k, v in state.items() if k == "reconciled_at"}, **({"cursor": cursor} if cursor else {})}
-    listing = stream.listing
-    if state["phase"] != "listing" or listing is None or listing.incremental is None:
-        return upgraded
-    try:
-        key = [str(state["position_date"]), int(state.get("position_id", 0))]
-        started = _parse_odoo_time(str(state["listing_started"])).isoformat() \
-            if state.get("listing_started") else None
-    except (KeyError, TypeError, ValueError):
-        return upgraded  # an unreadable position: the next listing starts from the cursor
+    cursor, listing, position = state.get("since"), stream.listing, state.get("position_date")
+    upgraded = {k: v for k, v in state.items() if k == "reconciled_at"} | ({"cursor": cursor} if cursor else {})
+    if state["phase"] != "listing" or not isinstance(position, str) or listing is None or listing.incremental is None:
+        return upgraded  # done, or a position unreadable: the next listing starts from the cursor
     full = state.get("mode") == SyncMode.FULL.value or not cursor
     since = None if full else format_cursor(cursor, listing.incremental.format, listing.incremental.lookback)
-    return {**upgraded, "listing": {
-        "v": 1, "since": since, "fingerprint": fingerprint(stream, listing), "pager": {"key": key},
-        "max": cursor, "total": None, "full": full, "shifted": False, "started": started}}
+    return {**upgraded, "listing": {  # started: at its next response
+        "v": 1, "since": since, "fingerprint": fingerprint(stream, listing), "max": cursor, "total": None,
+        "pager": {"key": [position, int(state.get("position_id") or 0)]}, "full": full, "shifted": False}}
