@@ -67,8 +67,9 @@ from freshd.connectors.base import (
     SyncMode,
     columns,
 )
+from freshd.connectors.cursors import format_cursor
 from freshd.connectors.errors import Answer, ErrorTable, classify_with, decide, describe
-from freshd.connectors.listing import Fetched, fingerprint, format_cursor, run_listing, since_checkpoint, tune
+from freshd.connectors.listing import Fetched, fingerprint, run_listing, since_checkpoint, tune
 from freshd.connectors.odoo.writes import UNIQUE, OdooWrites
 from freshd.connectors.pagination import LoopGuard
 from freshd.connectors.paginators import Ask, KeysetPaging
