@@ -133,3 +133,10 @@ def stamp(when: datetime, incremental: Incremental | None, sample: Any) -> Any:
     if (isinstance(sample, int | float) and not isinstance(sample, bool)) or fmt in ("epoch", "epoch_ms"):
         return int(when.timestamp() * (1000 if fmt == "epoch_ms" or (_number(sample) or 0) > 1e11 else 1))
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def due(stamp: Any, interval: float) -> bool:
+    """Whether a periodic run (a full listing, an id diff, a reconciliation) is due: it never ran
+    (`stamp` None or unreadable), or `interval` seconds have passed since `stamp`."""
+    when = moment(stamp)
+    return when is None or (datetime.now(UTC) - when).total_seconds() >= interval

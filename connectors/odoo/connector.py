@@ -67,7 +67,7 @@ from freshd.connectors.base import (
     SyncMode,
     columns,
 )
-from freshd.connectors.cursors import format_cursor
+from freshd.connectors.cursors import due, format_cursor
 from freshd.connectors.errors import Answer, ErrorTable, classify_with, decide, describe
 from freshd.connectors.listing import Fetched, fingerprint, run_listing, since_checkpoint, tune
 from freshd.connectors.odoo.writes import UNIQUE, OdooWrites
@@ -237,10 +237,6 @@ _PARAMETERS: Mapping[str, tuple[str, ...]] = {
 }
 
 
-def _parse_odoo_time(text: str) -> datetime:
-    return datetime.strptime(text, ODOO_TIME).replace(tzinfo=UTC)
-
-
 # --- sync -----------------------------------------------------------------------------------------------
 
 
@@ -359,7 +355,8 @@ class OdooConnector(OdooWrites, Connector):
         listed = self.listed[stream.name]
         state = upgrade_checkpoint(listed, state)
         # the id reconciliation: not while a listing is under way, nor in a `sync --since` one (floor)
-        if mode is SyncMode.INCREMENTAL and not state.keys() & {"listing", "floor"} and self._reconcile_due(state):
+        if mode is SyncMode.INCREMENTAL and not state.keys() & {"listing", "floor"} \
+                and due(state.get("reconciled_at"), self.reconcile_interval):
             await self._reconcile_ids(stream, state, ctx)
             state = {**state, "reconciled_at": datetime.now(UTC).strftime(ODOO_TIME)}
         await run_listing(listed, state, mode, ctx, self.client, fetch=functools.partial(self._search_read, listed))
@@ -379,10 +376,6 @@ class OdooConnector(OdooWrites, Connector):
         if not isinstance(rows, list):
             raise TransientError(f"Odoo {stream.path}: expected a list of records, got {type(rows).__name__}")
         return Fetched(body, response, rows)
-
-    def _reconcile_due(self, state: dict[str, Any]) -> bool:
-        last = state.get("reconciled_at")
-        return not last or (datetime.now(UTC) - _parse_odoo_time(last)).total_seconds() >= self.reconcile_interval
 
     async def _reconcile_ids(self, stream: StreamSpec, state: dict[str, Any], ctx: SyncContext) -> None:
         """Every id Odoo still has (archived included); stored ids it no longer has are deleted."""

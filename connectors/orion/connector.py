@@ -47,6 +47,7 @@ from freshd.connectors.base import (
     SyncMode,
     columns,
 )
+from freshd.connectors.cursors import due
 from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.listing import run_listing, since_checkpoint, tune
 from freshd.connectors.pagination import fetch_in_order
@@ -136,10 +137,6 @@ AUM_HISTORY = StreamSpec("aum_history", "Portfolio/Clients/{id}/AumOverTime", cu
 
 def _now() -> str:
     return datetime.now(UTC).strftime(TIME_FORMAT)
-
-
-def _parse(text: str) -> datetime:
-    return datetime.strptime(text[:19], TIME_FORMAT).replace(tzinfo=UTC)
 
 
 # --- sync -----------------------------------------------------------------------------------------------
@@ -247,15 +244,12 @@ class OrionConnector(Connector):
             await run_listing(self.clients, state, mode, ctx, self.client)
         elif stream.name == ACCOUNTS.name:  # incremental, and whole at least every accounts_full_interval
             full = mode is SyncMode.FULL or not state.get("cursor") or \
-                self._due(state.get("full_at"), self.options.accounts_full_interval)
+                due(state.get("full_at"), self.options.accounts_full_interval)
             await run_listing(self.accounts, state, mode, ctx, self.client, full=full)
         elif stream.name == AUM_HISTORY.name:
             await self._aum(state, mode, ctx)
         else:
             raise PermanentError(f"orion has no stream {stream.name!r}")
-
-    def _due(self, stamp: str | None, interval: float) -> bool:
-        return not stamp or (datetime.now(UTC) - _parse(stamp)).total_seconds() >= interval
 
     # -- AUM over time ------------------------------------------------------------------------------------
 
@@ -277,8 +271,8 @@ class OrionConnector(Connector):
             through = state.get("through")
             origin = state.get("origin") or (today - timedelta(days=self.options.aum_history_days)).isoformat()
             full = mode is SyncMode.FULL or not through or \
-                self._due(state.get("full_at"), self.options.aum_full_interval)
-            if not full and not self._due(state.get("pulled_at"), self.options.aum_interval):
+                due(state.get("full_at"), self.options.aum_full_interval)
+            if not full and not due(state.get("pulled_at"), self.options.aum_interval):
                 return  # daily figures: one pull per aum_interval is enough (one request per client)
             start = origin if full or not through else \
                 max(origin, (date.fromisoformat(through) - timedelta(days=self.options.aum_lookback_days)).isoformat())

@@ -58,8 +58,9 @@ from freshd.connectors.base import (
     SyncMode,
     columns,
 )
+from freshd.connectors.cursors import due, format_cursor
 from freshd.connectors.errors import ErrorTable, classify_with
-from freshd.connectors.listing import SCHEMA, Fetched, fingerprint, format_cursor, run_listing, since_checkpoint
+from freshd.connectors.listing import SCHEMA, Fetched, fingerprint, run_listing, since_checkpoint
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
 from freshd.connectors.paginators import Ask, PageNumberPaging
 from freshd.connectors.streams import Incremental, Listing, SoftDelete
@@ -436,11 +437,7 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
     def _diff_due(self, state: dict[str, Any]) -> bool:
         if state.get("diff_now"):
             return True
-        last = state.get("diffed_at") or state.get("full_at")
-        if not last or _stored_max_id(state) == 0:
-            return True
-        age = datetime.now(UTC) - datetime.fromisoformat(last).replace(tzinfo=UTC)
-        return age.total_seconds() >= self.diff_interval
+        return _stored_max_id(state) == 0 or due(state.get("diffed_at") or state.get("full_at"), self.diff_interval)
 
     async def _new_ids(self, stream: StreamSpec, state: dict[str, Any], ctx: SyncContext) -> None:
         """Between two diffs: only customers created since, newest first, down to a known id."""
