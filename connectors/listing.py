@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import structlog
@@ -367,3 +368,31 @@ def since_checkpoint(stream: StreamSpec, state: Mapping[str, Any] | None, since:
     floor = later(state.get("cursor"), state.get("floor"))
     keep = {k: v for k, v in state.items() if k not in ("cursor", "listing", "floor")}
     return {**keep, "cursor": cursor, **({"floor": floor} if floor is not None else {})}
+
+
+async def fetch_by_id(stream: StreamSpec, ids: Sequence[str], ctx: SyncContext, client: ProviderClient, *,
+                      item_path: str | None = None, limit: str | None = None, batch: int = 100) -> None:
+    """`freshctl retry`: GET each record by id (`item_path`, default "<path>/{id}"), `batch` to a page.
+
+    An id the provider answers 404 or 410 for is gone: a tombstone.  A record the stream's
+    soft-delete rule matches is marked deleted (and not stored when the rule says so).
+    """
+    template = item_path or f"{stream.path}/{{id}}"
+    for start in range(0, len(ids), batch):
+        chunk = list(ids[start:start + batch])
+        found: list[Any] = []
+        gone: set[str] = set()
+        for external_id in chunk:
+            try:
+                body, _ = await client.get_json(template.replace("{id}", quote(external_id, safe="")), limit=limit)
+            except PermanentError as exc:
+                if exc.status not in (404, 410):
+                    raise
+                gone.add(external_id)
+                continue
+            found.append(body)
+        soft = set(soft_deleted(stream.listing, stream.primary_key, found)) if stream.listing else set()
+        if soft and stream.listing and stream.listing.soft_delete and not stream.listing.soft_delete.keep:
+            found = [r for r in found if not (isinstance(r, dict) and str(r.get(stream.primary_key)) in soft)]
+        deleted = [i for i in chunk if i in gone or i in soft] + sorted(soft - set(chunk))  # in the order asked
+        await ctx.emit(Page(stream.name, found, None, deleted=deleted))

@@ -49,7 +49,7 @@ from freshd.connectors.base import (
 )
 from freshd.connectors.cursors import due
 from freshd.connectors.errors import ErrorTable, classify_with
-from freshd.connectors.listing import run_listing, since_checkpoint, tune
+from freshd.connectors.listing import fetch_by_id, run_listing, since_checkpoint, tune
 from freshd.connectors.pagination import fetch_in_order
 from freshd.connectors.paginators import OffsetPaging
 from freshd.connectors.schema import rules
@@ -343,15 +343,7 @@ class OrionConnector(Connector):
         if stream.name not in (CLIENTS.name, ACCOUNTS.name):
             await super().fetch_items(stream, ids, ctx)
             return
-        found: list[dict[str, Any]] = []
-        gone: list[str] = []
-        for rid in ids:
-            body = await self.client.get_json_if_found(f"{stream.path}/{rid}")
-            if isinstance(body, dict):
-                found.append(body)
-            else:
-                gone.append(str(rid))
-        await ctx.emit(Page(stream.name, found, None, deleted=gone))
+        await fetch_by_id(self.stream(stream.name), ids, ctx, self.client)
 
 
 def _id(row: Any) -> Any:

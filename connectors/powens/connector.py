@@ -31,7 +31,7 @@ classification, streams, sync.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,7 +49,7 @@ from freshd.connectors.base import (
     columns,
 )
 from freshd.connectors.errors import ErrorTable, classify_with
-from freshd.connectors.listing import run_listing, since_checkpoint, tune
+from freshd.connectors.listing import fetch_by_id, run_listing, since_checkpoint, tune
 from freshd.connectors.paginators import OffsetPaging
 from freshd.connectors.schema import rules
 from freshd.connectors.streams import Incremental, Listing, SoftDelete
@@ -227,15 +227,7 @@ class PowensConnector(Connector):
         if stream.name != TRANSACTIONS.name:
             await super().fetch_items(stream, ids, ctx)
             return
-        found: list[Mapping[str, Any]] = []
-        gone: list[str] = []
-        for tid in ids:
-            row = await self.client.get_json_if_found(f"{TRANSACTIONS.path}/{tid}")
-            if isinstance(row, dict) and not row.get("deleted"):
-                found.append(row)
-            else:
-                gone.append(str(tid))
-        await ctx.emit(Page(TRANSACTIONS.name, found, None, deleted=gone))
+        await fetch_by_id(self.transactions, ids, ctx, self.client)
 
 
 def _records(body: Any, key: str) -> list[dict[str, Any]]:

@@ -48,14 +48,13 @@ import structlog
 from freshd.connectors.base import (
     ConnectionSettings,
     Connector,
-    Page,
     StreamSpec,
     SyncContext,
     SyncMode,
 )
 from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.http import Classify, ProviderClient, bearer
-from freshd.connectors.listing import run_listing, soft_deleted
+from freshd.connectors.listing import fetch_by_id, run_listing
 from freshd.connectors.pagination import LoopGuard
 from freshd.connectors.paginators import start_pager
 from freshd.connectors.rest.config import (
@@ -244,18 +243,4 @@ class RestConnector(Connector):
         if config.item_path is None:
             await super().fetch_items(stream, ids, ctx)
             return
-        for start in range(0, len(ids), FETCH_BATCH):
-            found: list[Any] = []
-            gone: list[str] = []
-            for external_id in ids[start:start + FETCH_BATCH]:
-                path = config.item_path.replace("{id}", urllib.parse.quote(external_id, safe=""))
-                try:
-                    body, _ = await self.client.get_json(path, limit=config.name)
-                except PermanentError as exc:
-                    if exc.status in (404, 410):
-                        gone.append(external_id)
-                        continue
-                    raise
-                found.append(body)
-            deleted = soft_deleted(spec.listing, spec.primary_key, found) if spec.listing else []
-            await ctx.emit(Page(config.name, found, None, deleted=[*gone, *deleted]))
+        await fetch_by_id(spec, ids, ctx, self.client, item_path=config.item_path, limit=config.name)
