@@ -31,9 +31,10 @@ async def one_sync(db: str, base_url: str, *, policies_on: bool) -> float:
     from freshd.connectors.http import OpenGate
     from freshd.connectors.woocommerce.connector import WooCommerceConnector
     from freshd.policies.gate import ConnectionPolicies
+    from freshd.progress import JobControl
     from freshd.store import connections, jobs, open_store
     from freshd.store.jobs import JobKind
-    from freshd.sync import JobControl, JobRunner
+    from freshd.sync import JobRunner
 
     settings = ConnectionSettings("bench", "woocommerce", base_url, credentials=CREDS,
                                   options={"entities": ["customers"]})

@@ -54,11 +54,12 @@ from freshd.messages import (
 from freshd.policies.breaker import CircuitBreaker
 from freshd.policies.gate import ConnectionGate, ConnectionPolicies, RateGroups, limits_for
 from freshd.policies.tokens import Token, TokenRefresher
+from freshd.progress import ControlRequest, JobControl, JobOutcome, JobProgress
 from freshd.slots import SyncSlots
 from freshd.store import Store, connections, jobs
 from freshd.store.db import Fence
 from freshd.store.jobs import JobRow, JobStatus
-from freshd.sync import ControlRequest, JobControl, JobOutcome, JobProgress, JobRunner
+from freshd.sync import JobRunner
 from freshd.watch import ProgressHub
 
 log = structlog.get_logger(__name__)

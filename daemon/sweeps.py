@@ -24,12 +24,12 @@ from freshd.connection_state import ConnectionState
 from freshd.messages import Probe, RefreshToken
 from freshd.policies.breaker import BreakerState
 from freshd.policies.staleness import Staleness, Verdict
+from freshd.progress import stored_nothing_of_something
 from freshd.queueing import JobQueue, JobRequest
 from freshd.scheduler import Sweep
 from freshd.store import Store, activity, connections, jobs, outbox, stats
 from freshd.store.jobs import JobKind
 from freshd.supervisor import Supervisor
-from freshd.sync import stored_nothing_of_something
 
 log = structlog.get_logger(__name__)
 

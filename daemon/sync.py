@@ -20,25 +20,20 @@ Per entity, two tasks in one nursery:
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import math
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
-import orjson
 import structlog
 import trio
 
 from freshd import metrics
+from freshd.batches import ListingEvidence, Staged, commit_dry, deltas, encode_batch, refusal
 from freshd.connection_state import MAX_DELETE_SHARE
 from freshd.connectors.base import Connector, Page, StreamSpec, SyncMode
 from freshd.errors import ProviderError, ReauthRequired
+from freshd.progress import ControlRequest, EntityProgress, JobControl, JobOutcome, JobProgress, limiter_rate
 from freshd.store import Store, activity, jobs, records
 from freshd.store.jobs import JobKind, JobRow, JobStatus
 
@@ -48,204 +43,6 @@ MAX_BATCH_RECORDS = 2000  # group commit: at most this many records per transact
 PAGES_AHEAD = 8  # pages fetched ahead of the writer (bounded memory: about 8 x 100 records)
 INTERRUPT_GRACE = 1.0  # seconds a pause or cancel waits for a page boundary before interrupting
 PROGRESS_LOG_EVERY = 5.0  # seconds between two job.progress log lines of one job
-
-
-class ControlRequest(StrEnum):
-    NONE = "none"
-    PAUSE = "pause"
-    CANCEL = "cancel"
-
-
-@dataclass
-class JobControl:
-    """Set by the actor; read by the writer at page boundaries."""
-
-    request: ControlRequest = ControlRequest.NONE
-    changed: trio.Event = field(default_factory=trio.Event)
-
-    def set(self, request: ControlRequest) -> None:
-        self.request = request
-        self.changed.set()
-        self.changed = trio.Event()
-
-
-@dataclass
-class EntityProgress:
-    total: int | None = None
-    processed: int = 0
-    failed: int = 0
-    skipped: int = 0
-    state: str = "pending"  # pending | running | done | failed
-    started: float | None = None  # monotonic
-    rate: float = 0.0  # records/s while running
-    estimated: bool = False  # `total` is an estimate (the provider offers no count)
-    # what the commits did (a dry run: what they would have done)
-    created: int = 0
-    changed: int = 0
-    deleted: int = 0
-
-    @property
-    def pending(self) -> int | None:
-        """Items still to come: total - processed - failed - skipped (None while the total is unknown)."""
-        if self.total is None:
-            return None
-        return max(0, self.total - self.processed - self.failed - self.skipped)
-
-    def as_json(self) -> dict[str, Any]:
-        return {"total": self.total, "processed": self.processed, "failed": self.failed,
-                "skipped": self.skipped, "state": self.state, "estimated": self.estimated,
-                "created": self.created, "changed": self.changed, "deleted": self.deleted}
-
-
-@dataclass
-class JobProgress:
-    entities: dict[str, EntityProgress]
-    rate: float = 0.0  # records/s of the whole job in this run (all entities so far)
-    rate_ceiling: float | None = None  # records/s the rate limiter allows, when it sets one
-
-    @classmethod
-    def from_json(cls, names: list[str], stored: dict[str, Any]) -> JobProgress:
-        entities = {}
-        for name in names:
-            saved = stored.get(name) or {}
-            entities[name] = EntityProgress(
-                total=saved.get("total"), processed=saved.get("processed", 0),
-                failed=saved.get("failed", 0), skipped=saved.get("skipped", 0),
-                state=saved.get("state", "pending"), estimated=bool(saved.get("estimated", False)),
-                created=saved.get("created", 0), changed=saved.get("changed", 0), deleted=saved.get("deleted", 0),
-            )
-        return cls(entities)
-
-    def as_json(self) -> dict[str, Any]:
-        return {name: p.as_json() for name, p in self.entities.items()}
-
-    def totals(self) -> dict[str, int | None]:
-        """The job's figures summed over its entities; `total` and `pending` count the known totals
-        (an entity finished without one counts what it went through)."""
-        total = pending = 0
-        known = False
-        for p in self.entities.values():
-            if p.total is not None:
-                known = True
-                total += max(p.total, p.processed + p.failed + p.skipped)
-                pending += (p.pending or 0) if p.state not in ("done", "failed") else 0
-            elif p.state == "done":
-                known = True
-                total += p.processed + p.failed + p.skipped
-        return {"total": total if known else None,
-                "processed": sum(p.processed for p in self.entities.values()),
-                "failed": sum(p.failed for p in self.entities.values()),
-                "skipped": sum(p.skipped for p in self.entities.values()),
-                "pending": pending if known else None}
-
-    def percent(self) -> float | None:
-        known = [p for p in self.entities.values() if p.total is not None or p.state == "done"]
-        if not known:
-            return None
-        total = done = 0.0
-        for p in self.entities.values():
-            if p.state == "done":
-                total += 1
-                done += 1
-            elif p.total:
-                total += 1
-                done += min(1.0, (p.processed + p.failed + p.skipped) / p.total)
-            else:
-                total += 1
-        return round(100.0 * done / total, 1) if total else None
-
-    def eta_seconds(self) -> float | None:
-        """The whole job's remaining time: the items still pending in the entities not finished
-        (those whose total is known so far) at the job's observed rate, or at the rate limiter's
-        ceiling when that is lower (the limiter is then the bottleneck).  None until an
-        unfinished entity has a total and some rate was observed."""
-        unfinished = [p for p in self.entities.values() if p.state not in ("done", "failed")]
-        if not unfinished:
-            return 0
-        pending = [p.pending for p in unfinished if p.pending is not None]
-        if not pending:
-            return None
-        rate = self.rate
-        if self.rate_ceiling is not None and self.rate_ceiling > 0:
-            rate = min(rate, self.rate_ceiling) if rate > 0 else self.rate_ceiling
-        if rate <= 0:
-            return None
-        return math.ceil(sum(pending) / rate)
-
-
-def stored_nothing_of_something(job: JobRow) -> bool:
-    """A finished job that stored no record while the provider reported some (a non-zero total of
-    its own, not an estimate): the data it should have brought is missing (health re-queues it)."""
-    progress = JobProgress.from_json(list(job.progress), job.progress)
-    reported = any(p.total and not p.estimated for p in progress.entities.values())
-    return reported and not any(p.processed for p in progress.entities.values())
-
-
-@dataclass(frozen=True, slots=True)
-class JobOutcome:
-    status: JobStatus
-    error: str | None
-    reauth_required: bool = False
-
-
-# a JSON \u0000 escape: preceded by an even number of backslashes (an odd run would be literal text)
-_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
-
-
-def encode_record(stream: StreamSpec, record: Any) -> records.EncodedRecord:
-    """Canonical JSON (sorted keys) and its hash: equal content, equal hash, no rewrite."""
-    if not isinstance(record, dict):
-        raise ValueError(f"record is a {type(record).__name__}, not an object")
-    key = record.get(stream.primary_key)
-    if key is None or key == "":
-        raise ValueError(f"record has no {stream.primary_key!r}")
-    data = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-    if b"\\u0000" in data and _NUL_ESCAPE.search(data):
-        # PostgreSQL's jsonb cannot hold NUL: left in, it would fail the whole page, not just this item
-        raise ValueError("record contains a NUL character (\\u0000), which PostgreSQL cannot store")
-    return records.EncodedRecord(str(key), data.decode(), hashlib.blake2b(data, digest_size=16).digest())
-
-
-@dataclass(frozen=True, slots=True)
-class _Staged:
-    """A batch of pages encoded off the trio thread, waiting for its commit."""
-
-    pages: list[Page]  # without their records (encoded already)
-    committed: list[trio.Event | None]  # lockstep: set once the page is committed
-    size: int  # records the pages carried
-    stored: int  # records encoded (the others failed)
-    writes: list[records.PageWrite]  # a dry run's only (it classifies them)
-    failures: list[tuple[str, str | None, str]]
-    total: int | None  # the provider's own count, if a page gave it
-    encoded: records.EncodedPages | None  # None in a dry run (nothing is written)
-
-
-class _ListingEvidence:
-    """What one entity's run has seen of a full listing, to check before deletions are inferred."""
-
-    def __init__(self, entity: str, started: Any) -> None:
-        self.entity = entity
-        self.started = started
-        self.unstored = 0  # items of the listing that could not be stored (still seen)
-        self.seen_ids: set[str] = set()  # a dry run's full listing: the ids it returned
-
-    def add(self, batch: list[Page], failures: list[tuple[str, str | None, str]]) -> None:
-        if any(p.full_listing for p in batch):
-            self.unstored += len(failures)
-
-    def reconciliations(self, batch: list[Page], progress: EntityProgress) -> list[records.Check]:
-        checks = []
-        for page in batch:
-            if page.listing_complete:
-                # the provider's own count only: an estimate is no evidence
-                expected = page.total if page.total is not None else \
-                    None if progress.estimated else progress.total
-                checks.append(records.Check(self.entity, {"seen_since": self.started, "expected": expected,
-                                                   "unstored": self.unstored}))
-            if page.inferred_deleted:
-                checks.append(records.Check(self.entity, {"gone_ids": list(page.inferred_deleted),
-                                                   "seen": page.listing_seen, "expected": page.listing_total}))
-        return checks
 
 
 class _Cancelled(Exception):
@@ -310,7 +107,8 @@ class JobRunner:
         self.log.info("job.started", kind=self.job.kind.value)
         mode = SyncMode.INCREMENTAL if self.job.kind is JobKind.INCREMENTAL else SyncMode.FULL
         cursors = await self.store.call_retrying(records.load_cursors, self.connection_id)
-        retry_ids = await self._retry_ids() if self.job.kind is JobKind.RETRY else None
+        retry_ids = await self.store.call_retrying(jobs.retry_work, self.job.retry_of or 0) \
+            if self.job.kind is JobKind.RETRY else None
         if retry_ids is None:  # a guess for every entity up front, so the job's ETA covers them all
             for name, progress in self.progress.entities.items():
                 await self._estimate(name, progress, mode)
@@ -411,19 +209,6 @@ class JobRunner:
         start = self.connector.since_state(stream, state, since)
         self.log.info("job.since", entity=stream.name, since=self.options.since)
         return start
-
-    async def _retry_ids(self) -> dict[str, tuple[list[str], int]]:
-        """entity -> (failed ids to fetch again, failed items without an id, which cannot be)."""
-        failed = await self.store.call_retrying(jobs.failed_items, self.job.retry_of or 0)
-        out: dict[str, tuple[list[str], int]] = {}
-        for item in failed:
-            ids, anonymous = out.get(item["entity"], ([], 0))
-            if item["external_id"] is None:
-                anonymous += 1
-            elif item["external_id"] not in ids:
-                ids.append(item["external_id"])
-            out[item["entity"]] = (ids, anonymous)
-        return out
 
     async def _retry_entity(self, stream: StreamSpec, work: tuple[list[str], int], progress: EntityProgress) -> None:
         ids, anonymous = work
@@ -539,8 +324,8 @@ class JobRunner:
         """Two stages: `stage` groups the pages waiting into a batch and encodes it on a worker thread
         (canonical JSON, hashes, the COPY data) while the previous batch commits; this loop commits
         the batches in order, one transaction each, with a page boundary after each commit."""
-        evidence = _ListingEvidence(stream.name, listing_started)
-        send_staged, receive_staged = trio.open_memory_channel[_Staged](0)
+        evidence = ListingEvidence(stream.name, listing_started)
+        send_staged, receive_staged = trio.open_memory_channel[Staged](0)
         failure: Exception | None = None  # the committer's: it wins over the stage's
         staging: Exception | None = None
 
@@ -576,8 +361,8 @@ class JobRunner:
         if failure is not None or staging is not None:
             raise failure or staging  # type: ignore[misc]
 
-    async def _commit_staged(self, stream: StreamSpec, staged: _Staged, progress: EntityProgress,
-                             evidence: _ListingEvidence, processed_at_start: int) -> None:
+    async def _commit_staged(self, stream: StreamSpec, staged: Staged, progress: EntityProgress,
+                             evidence: ListingEvidence, processed_at_start: int) -> None:
         provider = self.connector.provider
         batch = staged.pages
         evidence.add(batch, staged.failures)
@@ -592,7 +377,8 @@ class JobRunner:
         try:
             if self.dry_run:
                 results, done = await self.store.call_retrying(
-                    self._commit_dry, staged.writes, staged.failures, checks, evidence)
+                    commit_dry, staged.writes, staged.failures, checks, evidence, connection_id=self.connection_id,
+                    job_id=self.job.id, progress_after=self._progress_after)
             else:
                 assert staged.encoded is not None
                 results, done = await self.store.call_retrying(
@@ -629,57 +415,8 @@ class JobRunner:
                 event.set()
         await self._boundary()
 
-    def _encode(self, stream: StreamSpec, batch: list[tuple[Page, trio.Event | None]]) -> _Staged:
-        """On a worker thread: the batch's records as the database takes them.  Pure: the progress
-        changes only when the batch commits (_commit_staged)."""
-        writes = []
-        failures: list[tuple[str, str | None, str]] = []
-        total = None
-        for page, _ in batch:
-            encoded = []
-            for record in page.records:
-                try:
-                    encoded.append(encode_record(stream, record))
-                except (ValueError, TypeError) as exc:
-                    key = record.get(stream.primary_key) if isinstance(record, dict) else None
-                    failures.append((stream.name, None if key is None else str(key), str(exc)))
-            for external_id, reason in page.failures:
-                failures.append((stream.name, external_id, reason))
-            if page.total is not None:
-                total = page.total
-            writes.append(records.PageWrite(
-                self.connection_id, stream.name, encoded, page.deleted, page.checkpoint,
-                touch_seen=page.full_listing, events=self.events,
-            ))
-        # what waits for the commit is the COPY data, not the decoded records (bounded memory)
-        return _Staged([dataclasses.replace(page, records=()) for page, _ in batch], [event for _, event in batch],
-                       sum(len(page.records) for page, _ in batch), sum(len(w.records) for w in writes),
-                       writes if self.dry_run else [], failures, total,
-                       None if self.dry_run else records.encode_pages(writes))
-
-    def _commit_dry(
-        self,
-        conn: Any,
-        writes: list[records.PageWrite],
-        failures: list[tuple[str, str | None, str]],
-        checks: list[records.Check],
-        evidence: _ListingEvidence,
-    ) -> tuple[list[records.WriteResult], list[records.Reconciliation]]:
-        """A dry run's commit: what the pages would create, change and delete, counted against the
-        store and written nowhere but the job's own row (progress, failed items)."""
-        results = [records.classify_page(conn, page) for page in writes]
-        for page in writes:
-            evidence.seen_ids.update(r.external_id for r in page.records)
-        done = []
-        for check in checks:
-            args = dict(check.evidence)
-            if "seen_since" in args:  # nothing was touched: the ids this run saw are the evidence
-                args = {"seen_ids": list(evidence.seen_ids), "expected": args.get("expected"),
-                        "unstored": args.get("unstored", 0)}
-            done.append(records.count_reconcile(conn, self.connection_id, check.entity, **args))
-        jobs.commit_failures(conn, self.job.id, failures)
-        jobs.save_progress(conn, self.job.id, self._progress_after(results, done))
-        return results, done
+    def _encode(self, stream: StreamSpec, batch: list[tuple[Page, trio.Event | None]]) -> Staged:
+        return encode_batch(stream, batch, self.connection_id, events=self.events, dry_run=self.dry_run)
 
     def _progress_after(self, results: list[records.WriteResult],
                         checks: list[records.Reconciliation]) -> dict[str, Any]:
@@ -691,16 +428,7 @@ class JobRunner:
 
     def _deltas(self, results: list[records.WriteResult],
                 checks: list[records.Reconciliation]) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for r in results:
-            delta = out.setdefault(r.entity, {"created": 0, "changed": 0, "deleted": 0})
-            delta["created"] += r.inserted
-            delta["changed"] += r.updated
-            delta["deleted"] += r.deleted
-        for check in checks:
-            if check.outcome == "applied" and check.entity in self.progress.entities:
-                out.setdefault(check.entity, {"created": 0, "changed": 0, "deleted": 0})["deleted"] += check.gone
-        return {name: d for name, d in out.items() if name in self.progress.entities}
+        return deltas(results, checks, self.progress.entities)
 
     def _count(self, progress: EntityProgress, results: list[records.WriteResult],
                checks: list[records.Reconciliation]) -> None:
@@ -717,42 +445,21 @@ class JobRunner:
         processed = sum(p.processed for p in self.progress.entities.values()) - self._run_processed
         if elapsed > 0:
             self.progress.rate = max(0.0, processed / elapsed)
-        per_second = self._limit_per_second()
+        per_second = limiter_rate(getattr(self.connector, "policies", None))
         if per_second is not None and self._pages:
             self.progress.rate_ceiling = per_second * self._page_records / self._pages
 
-    def _limit_per_second(self) -> float | None:
-        policies = getattr(self.connector, "policies", None)
-        if policies is None:
-            return None
-        # any RequestGate will do for a sync; only ConnectionGate's buckets say a rate (progress only)
-        gate = policies.gate
-        bucket = getattr(gate, "bucket", None)
-        buckets = [bucket(None)] if callable(bucket) else []
-        buckets += list(getattr(gate, "groups", ()))
-        rates = [b.rate.per_second for b in buckets if getattr(b, "rate", None) is not None]
-        return min(rates) if rates else None
-
     def _after_reconciliation(self, check: records.Reconciliation) -> None:
         """Log and count what a reconciliation did; anything short of 'applied' makes the job partial."""
-        provider, name = self.connector.provider, check.entity
-        match check.outcome:
-            case "applied":
-                if check.gone:
-                    self.log.info("job.dry_run_deletes" if self.dry_run else "job.reconciled_deletes",
-                                  entity=name, deleted=check.gone, live=check.live)
-                return
-            case "incomplete":
-                reason = (f"{name}: listing incomplete, no deletions inferred (saw {check.seen} of "
-                          f"{check.expected} records the provider reported)")
-            case _:
-                reason = (f"{name}: held {check.gone} deletions of {check.live} records "
-                          f"({check.share:.0%} > {self.max_delete_share:.0%}); review, then apply with "
-                          f"`freshctl sync {self.job.connection} --full --confirm-deletes`")
-        metrics.reconciliations_refused_total.labels(provider, check.outcome).inc()
-        self.log.warning("job.reconciliation_refused", entity=name, outcome=check.outcome, seen=check.seen,
+        if check.outcome == "applied":
+            if check.gone:
+                self.log.info("job.dry_run_deletes" if self.dry_run else "job.reconciled_deletes",
+                              entity=check.entity, deleted=check.gone, live=check.live)
+            return
+        metrics.reconciliations_refused_total.labels(self.connector.provider, check.outcome).inc()
+        self.log.warning("job.reconciliation_refused", entity=check.entity, outcome=check.outcome, seen=check.seen,
                          expected=check.expected, gone=check.gone, live=check.live)
-        self.warnings.append(reason)
+        self.warnings.append(refusal(check, self.max_delete_share, self.job.connection))
 
     def _interrupt_wanted(self) -> bool:
         """A pause or cancel waits, and the writer is not parked at a page boundary for it."""

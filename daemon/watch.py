@@ -15,8 +15,8 @@ from contextlib import contextmanager
 
 import trio
 
+from freshd.progress import JobProgress
 from freshd.store.jobs import FINISHED, JobRow
-from freshd.sync import JobProgress
 
 Update = tuple[JobRow, JobProgress]
 BUFFER = 64

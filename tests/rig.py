@@ -23,9 +23,10 @@ import trio
 from freshd.connectors.base import ConnectionSettings, Connector, Page, connector_class
 from freshd.connectors.simulator import Simulator, serve_asgi
 from freshd.policies.gate import ConnectionPolicies
+from freshd.progress import JobControl, JobOutcome
 from freshd.store import Store, connections, jobs, open_store
 from freshd.store.jobs import JobKind
-from freshd.sync import JobControl, JobOutcome, JobRunner
+from freshd.sync import JobRunner
 from tests.helpers import query
 
 # What every provider simulator offers the tests (besides its real HTTP API on `.app`): count, mutate,

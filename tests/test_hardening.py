@@ -19,9 +19,10 @@ from freshd.connectors.base import ConnectionSettings
 from freshd.connectors.woocommerce.connector import WooCommerceConnector
 from freshd.policies.gate import ConnectionPolicies
 from freshd.policies.limits import ProviderLimits
+from freshd.progress import JobControl, JobOutcome
 from freshd.store import Store, connections, jobs, open_store
 from freshd.store.jobs import JobKind, JobStatus
-from freshd.sync import JobControl, JobOutcome, JobRunner
+from freshd.sync import JobRunner
 from tests.helpers import query
 from tests.hostile import CREDENTIALS, HostileShop
 
@@ -239,7 +240,7 @@ async def test_retry_after_999999_is_waited_out(rig: Rig) -> None:
 
 @pytest.mark.parametrize("request_kind", ["cancel", "pause"])
 async def test_cancel_and_pause_do_nothing_during_a_long_wait(rig: Rig, request_kind: str) -> None:
-    from freshd.sync import ControlRequest
+    from freshd.progress import ControlRequest
 
     await synced_250(rig)
     rig.shop.retry_after = "600"  # under the cap: waited out, unless interrupted
@@ -377,7 +378,7 @@ def limits(**values: Any) -> Callable[[ConnectionSettings], ConnectionPolicies]:
 
 async def test_progress_saved_one_batch_behind_the_commit(rig: Rig) -> None:
     """The progress a crash leaves in the job row is the progress of what was committed with it."""
-    from freshd.sync import ControlRequest
+    from freshd.progress import ControlRequest
 
     control = JobControl()
     control.set(ControlRequest.PAUSE)  # parks the writer right after its first commit

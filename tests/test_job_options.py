@@ -15,9 +15,10 @@ from freshd.admin.views import job_json
 from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
 from freshd.ctl_output import show_job, watch_lines
+from freshd.progress import EntityProgress, JobControl, JobProgress
 from freshd.store import jobs
 from freshd.store.jobs import JobKind, JobOptions, JobStatus
-from freshd.sync import EntityProgress, JobControl, JobProgress, JobRunner
+from freshd.sync import JobRunner
 from tests.helpers import query
 from tests.test_daemon import CREDS, Running, connection_block, start_daemon
 

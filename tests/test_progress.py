@@ -12,9 +12,10 @@ import trio
 
 from freshd.connectors.orion.simulator import OrionSimulator
 from freshd.connectors.simulator import serve_asgi
+from freshd.progress import JobControl, JobProgress
 from freshd.store import jobs
 from freshd.store.jobs import JobKind, JobRow, JobStatus
-from freshd.sync import JobControl, JobProgress, JobRunner
+from freshd.sync import JobRunner
 from tests.rig import Rig, open_rig
 from tests.test_orion import settings_fn
 

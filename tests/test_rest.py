@@ -26,9 +26,10 @@ from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
 from freshd.errors import ConfigError, PermanentError, ReauthRequired
 from freshd.policies.gate import ConnectionPolicies
+from freshd.progress import ControlRequest, JobControl, JobOutcome
 from freshd.store import Store, connections, jobs, open_store
 from freshd.store.jobs import JobKind, JobStatus
-from freshd.sync import ControlRequest, JobControl, JobOutcome, JobRunner
+from freshd.sync import JobRunner
 from tests.helpers import query
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "connectors" / "rest.md"

@@ -10,9 +10,10 @@ import pytest
 import trio
 
 from freshd.connectors.base import connector_class
+from freshd.progress import JobControl
 from freshd.store import jobs
 from freshd.store.jobs import JobKind, JobOptions, JobStatus
-from freshd.sync import JobControl, JobRunner
+from freshd.sync import JobRunner
 from tests.helpers import query
 from tests.rig import ConformanceCase, Rig, open_rig
 from tests.test_conformance import CASES

@@ -6,12 +6,12 @@ import psycopg
 import pytest
 import trio
 
+from freshd.batches import encode_record
 from freshd.connectors.base import StreamSpec
 from freshd.errors import StoreUnavailable
 from freshd.store import connections, jobs, open_store, records
 from freshd.store.jobs import IllegalTransition, JobKind, JobStatus
 from freshd.store.migrate import apply_migrations, available_migrations
-from freshd.sync import encode_record
 from tests.helpers import query
 
 STREAM = StreamSpec("customers", "customers")

@@ -14,9 +14,10 @@ from freshd.connectors.base import ConnectionSettings
 from freshd.connectors.simulator import serve_asgi
 from freshd.connectors.woocommerce.connector import WooCommerceConnector
 from freshd.connectors.woocommerce.simulator import WooCommerceSimulator
+from freshd.progress import ControlRequest, JobControl, JobOutcome
 from freshd.store import Store, connections, jobs, open_store
 from freshd.store.jobs import JobKind, JobStatus
-from freshd.sync import ControlRequest, JobControl, JobOutcome, JobRunner
+from freshd.sync import JobRunner
 from tests.helpers import query
 
 CREDS = {"consumer_key": "ck_test", "consumer_secret": "cs_test"}

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import trio
 import trio.lowlevel
 
+from freshd.progress import JobProgress
 from freshd.store.jobs import JobKind, JobRow, JobStatus
-from freshd.sync import JobProgress
 from freshd.watch import BUFFER, ProgressHub
 
 RUNNING = JobRow(7, 1, "shop", "default", JobKind.FULL, JobStatus.RUNNING, "test", {}, datetime.now(UTC), None,
@@ -54,7 +54,8 @@ async def test_a_cancel_sent_while_the_paused_status_is_written_is_not_lost() ->
 
     import pytest
 
-    from freshd.sync import ControlRequest, JobControl, JobRunner, _Cancelled
+    from freshd.progress import ControlRequest, JobControl
+    from freshd.sync import JobRunner, _Cancelled
 
     control = JobControl()
     control.set(ControlRequest.PAUSE)

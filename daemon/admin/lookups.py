@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from freshd.admin.protocol import Caller, ErrorCode
 from freshd.errors import AdminError
+from freshd.progress import JobProgress
 from freshd.store import connections, jobs
 from freshd.store.jobs import JobRow
-from freshd.sync import JobProgress
 
 if TYPE_CHECKING:
     from freshd.admin.host import AdminHost

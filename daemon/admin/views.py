@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from freshd.progress import JobProgress
 from freshd.store.jobs import JobRow, JobStatus
-from freshd.sync import JobProgress
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -269,6 +269,20 @@ def failed_items(conn: Connection, job_id: int) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
+def retry_work(conn: Connection, job_id: int) -> dict[str, tuple[list[str], int]]:
+    """What a retry of job `job_id` fetches again: entity -> (its failed ids, in order, once each;
+    how many failed items had no id, which cannot be fetched)."""
+    out: dict[str, tuple[list[str], int]] = {}
+    for item in failed_items(conn, job_id):
+        ids, anonymous = out.get(item["entity"], ([], 0))
+        if item["external_id"] is None:
+            anonymous += 1
+        elif item["external_id"] not in ids:
+            ids.append(item["external_id"])
+        out[item["entity"]] = (ids, anonymous)
+    return out
+
+
 def prune_jobs(conn: Connection, *, keep_per_connection: int, max_age: timedelta) -> int:
     """Cleanup: finished jobs beyond the newest N per connection, or older than max_age."""
     return conn.execute(

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from freshd.batches import encode_record
 from freshd.connectors.base import Connector, StreamSpec, connector_class
 from freshd.connectors.http import write_budget
 from freshd.connectors.writes import Create, Update, WriteOp, Writer, Written
@@ -25,7 +26,6 @@ from freshd.store import Store, jobs, records
 from freshd.store import twoway as db
 from freshd.store.db import Connection, Fence, check_fence
 from freshd.store.twoway import Link, PairRow
-from freshd.sync import encode_record
 from freshd.twoway.mapping import EntityMap, Side
 from freshd.twoway.merge import Decision
 
