@@ -90,9 +90,13 @@ TINY = {
     "connector.py": '''
         from typing import Any
 
-        from freshd.connectors.base import Connector, Page, StreamSpec, SyncContext, SyncMode
+        from freshd.connectors.base import Connector, StreamSpec, SyncContext, SyncMode
+        from freshd.connectors.listing import run_listing
+        from freshd.connectors.paginators import NoPaging
+        from freshd.connectors.streams import Listing
 
-        NOTES = StreamSpec("notes", "/notes")
+        # declared as data: one GET returns the whole listing (the listing engine does the rest)
+        NOTES = StreamSpec("notes", "/notes", listing=Listing(NoPaging()))
 
 
         class TinyConnector(Connector):
@@ -103,10 +107,9 @@ TINY = {
                                   ctx: SyncContext) -> None:
                 client = self.http_client(self.settings.base_url)
                 try:
-                    body, _ = await client.get_json(stream.path)
+                    await run_listing(stream, state, mode, ctx, client)
                 finally:
                     await client.aclose()
-                await ctx.emit(Page("notes", body, {"done": True}, full_listing=True, listing_complete=True))
     ''',
     "simulator.py": '''
         from freshd.connectors.simulator import Request, Response, SimulatorApp
