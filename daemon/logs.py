@@ -130,6 +130,7 @@ class _SecretSet:
 
 
 _secrets = _SecretSet()
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")  # what percent-encoding leaves as it is (RFC 3986 unreserved)
 
 
 def scrub_json(value: Any) -> Any:
@@ -143,8 +144,12 @@ def register_secret(value: str) -> None:
     form or path) and base64 (an Authorization header)."""
     if not isinstance(value, str) or len(value) < _MIN_SECRET_LENGTH:
         return
-    for form in {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value),
-                 urllib.parse.quote(value, safe="/"), base64.b64encode(value.encode()).decode()}:
+    if _UNRESERVED.fullmatch(value):  # most keys and tokens: every percent-encoding is the value itself
+        forms = {value, base64.b64encode(value.encode()).decode()}
+    else:
+        forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value),
+                 urllib.parse.quote(value, safe="/"), base64.b64encode(value.encode()).decode()}
+    for form in forms:
         _secrets.add(form)
 
 

@@ -18,8 +18,9 @@ view) is logged as ``store.views_failed`` and leaves the old views: it never sto
 
 Where the declarations come from: each provider's class streams, plus the streams of the stored
 connections (`Connector.declared_streams(options)`: the generic REST connector's come from its
-options).  Several connections declaring one entity differently: the columns are merged, and for a
-name declared twice differently the first connection (by name) wins, with a warning.
+options), read once per distinct (provider, options).  Several connections declaring one entity
+differently: the columns are merged, and for a name declared twice differently the first
+connection (by name) wins, with a warning (naming the first connection of each declaration).
 
     python -m freshd.store.views --markdown    the views of the built-in providers, as docs/DATA.md lists them
 """
@@ -158,7 +159,9 @@ def ensure_views(url: str) -> list[str]:
     except psycopg.OperationalError as exc:
         raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
     with conn:
-        rows = conn.execute(sql.SQL("SELECT name, provider, options FROM {}").format(
+        # one row per distinct declaration, named by its first connection (by name): a fleet's 10,000
+        # connections sharing their provider's options are a handful of rows
+        rows = conn.execute(sql.SQL("SELECT min(name), provider, options FROM {} GROUP BY provider, options").format(
             sql.Identifier(SCHEMA, "connections"))).fetchall()
         wanted = {(v.schema, v.entity): v for v in declared_views((r[0], r[1], r[2]) for r in rows)}
         if not _stale(conn, wanted):
