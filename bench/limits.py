@@ -1,7 +1,8 @@
 """The limits freshd's sync is measured against, in the same run (bench/sync_woocommerce.py).
 
 * fetch: the same client stack as the daemon (the WooCommerce connector: httpx on trio, OAuth 1.0a
-  signing, orjson, `page_concurrency` pages in flight), every page dropped: nothing encoded or stored.
+  signing, orjson, `page_concurrency` pages in flight), every page dropped: nothing encoded or stored;
+  with a latency (`set_latency`), the simulator adds it to every response.
 * bulk upsert: the same records (canonical JSON and content hash computed beforehand, untimed),
   COPY into a temporary table and one `INSERT … ON CONFLICT` into freshd's own `records` table,
   one transaction: what PostgreSQL absorbs at best.
@@ -91,8 +92,20 @@ def per_page_upsert(db: str, records: list[dict[str, Any]], page: int = 100) -> 
         return time.perf_counter() - started
 
 
-def fetch(base_url: str, credentials: dict[str, str], concurrency: int = 4) -> tuple[float, int]:
-    """Seconds to list every customer through the daemon's own connector, and the records seen."""
+def set_latency(base_url: str, seconds: float) -> None:
+    """The simulator adds `seconds` to every provider response from now on (its latency fault),
+    for whoever fetches: the fetch limit and the daemon alike."""
+    import httpx
+
+    httpx.post(f"{base_url}/_sim/faults", json={"latency": seconds}, timeout=10).raise_for_status()
+
+
+def fetch(base_url: str, credentials: dict[str, str], concurrency: int = 4,
+          latency: float | None = None) -> tuple[float, int]:
+    """Seconds to list every customer through the daemon's own connector, and the records seen
+    (`latency`: set the simulator's per-response delay first)."""
+    if latency is not None:
+        set_latency(base_url, latency)
     from freshd.connectors.base import ConnectionSettings, SyncMode, connector_class
 
     settings = ConnectionSettings(name="limit", provider="woocommerce", base_url=base_url,
@@ -119,4 +132,7 @@ def fetch(base_url: str, credentials: dict[str, str], concurrency: int = 4) -> t
         finally:
             await connector.aclose()
 
-    return trio.run(run), seen
+    cpu = time.process_time()
+    elapsed = trio.run(run)
+    fetch.cpu_seconds = time.process_time() - cpu  # type: ignore[attr-defined]  # the client's CPU, for comparison
+    return elapsed, seen

@@ -120,7 +120,6 @@ class ConnectionActor:
         self.active: ActiveJob | None = None
         self.mailbox_send, self._mailbox = trio.open_memory_channel[ActorMessage](MAILBOX_SIZE)
         self.log = log.bind(connection=settings.name)
-        self._wake = trio.Event()
         self.health: str | None = None
         self.probed_at: datetime | None = None
         self._probing = False

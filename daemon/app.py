@@ -33,7 +33,7 @@ from typing import Any
 import structlog
 import trio
 
-from freshd import logs, metrics, systemd
+from freshd import heap, logs, metrics, systemd
 from freshd.admin.commands import DaemonAdmin
 from freshd.admin.http import serve_http_api, token_authenticator
 from freshd.admin.server import AccessRules, prepare_socket_path, serve_admin
@@ -133,6 +133,7 @@ class Daemon:
         deletes it (and says so in the activity log and the daemon log).
         """
         in_file = {spec.name: spec for spec in config.connections}
+        heap.release()  # a reload may let actors, settings and the old config go (freshd.heap)
         before = {status.name: status.state for status in self.supervisor.statuses()}
         for spec in config.connections:
             if not spec.enabled and spec.purge:
@@ -148,7 +149,7 @@ class Daemon:
                     )
             parked: dict[str, ConnectionState] = {}
             purged: dict[str, dict[str, Any]] = {}
-            for row in connections.list_connections(conn, self.store.keyring):
+            for row in connections.list_heads(conn):  # no credentials opened: only names and sources matter here
                 entry = in_file.get(row.name)
                 if entry is None and row.source == "config":
                     parked[row.name] = ConnectionState.DETACHED
@@ -353,7 +354,10 @@ async def run_daemon(
     """The daemon's whole life. Returns when shut down by a signal (or cancelled)."""
     # an unusable socket path is refused before anything starts (no store change, no sync)
     prepare_socket_path(Path(config.admin.socket))
+    paused = heap.pause()  # no garbage collections while the fleet's actors are built (freshd.heap)
     async with AsyncExitStack() as stack:
+        stack.callback(heap.resume, paused)
+        stack.callback(heap.release)  # on the way out everything is let go (a test process lives on)
         systemd.status("starting: opening the store")
         url = config.database_url
         if url is None:
@@ -437,6 +441,7 @@ async def run_daemon(
             log.info("daemon.ready", socket=str(admin.socket), metrics=daemon.metrics_url, http=daemon.http_url,
                      connections=len(supervisor.names()))
             task_status.started(daemon)
+            root.start_soon(heap.settle, paused)
         # every actor has stopped (its job interrupted at a committed cursor): our leases are
         # free at once, so a restarted or surviving member resumes them without the lease time
         with trio.move_on_after(2.0):

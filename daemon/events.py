@@ -30,7 +30,6 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-import redis
 import structlog
 import trio
 
@@ -58,6 +57,8 @@ class Streams:
     """The Redis side: blocking redis-py calls in worker threads."""
 
     def __init__(self, url: str) -> None:
+        import redis  # here, not at the top: a daemon without [events] never loads redis-py (6 MB, 0.1 s)
+
         self.url = url
         self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._limiter = trio.CapacityLimiter(2)
@@ -80,6 +81,8 @@ class Streams:
     async def create_group(self, stream: str, group: str) -> None:
         """At the stream's end ($): with the backfill that follows, nothing before or after is missed."""
         def create() -> None:
+            import redis
+
             try:
                 self._client.xgroup_create(stream, group, id="$", mkstream=True)
             except redis.ResponseError as exc:
@@ -90,6 +93,8 @@ class Streams:
 
     async def destroy_group(self, stream: str, group: str) -> None:
         def destroy() -> None:
+            import redis
+
             with contextlib.suppress(redis.ResponseError):  # no such stream or group
                 self._client.xgroup_destroy(stream, group)
 
@@ -97,6 +102,8 @@ class Streams:
 
     async def group(self, stream: str, group: str) -> dict[str, Any]:
         def info() -> dict[str, Any]:
+            import redis
+
             try:
                 groups = self._client.xinfo_groups(stream)
             except redis.ResponseError:
@@ -111,6 +118,8 @@ class Streams:
         return result
 
     async def ping(self) -> bool:
+        import redis
+
         try:
             return bool(await self._run(self._client.ping))
         except redis.RedisError:
@@ -184,6 +193,8 @@ class Relay:
         self._wake.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        import redis
+
         task_status.started()
         delay = 0.5
         while True:
@@ -208,6 +219,8 @@ class Relay:
 
     async def relay_once(self) -> int:
         """One batch: read, publish, mark published (fenced). Returns the outbox rows handled."""
+        import redis
+
         if self._jobs:
             jobs, self._jobs = self._jobs, {}
             try:

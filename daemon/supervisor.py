@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 import trio
 
-from freshd import metrics
+from freshd import heap, metrics
 from freshd.actor import ConnectionActor
 from freshd.connection_state import LOOKUP, ConnectionState, ConnectionStatus, Lookup, PolicySettings
 from freshd.connectors.base import ConnectionSettings
@@ -73,7 +73,7 @@ class _Handle:
     restarts: int = 0
     crash: str | None = None
     backing_off: bool = False
-    wake: trio.Event = field(default_factory=trio.Event)  # new settings: end the backoff now
+    wake: trio.Event | None = None  # while backing off after a crash: new settings end the backoff now
     done: trio.Event = field(default_factory=trio.Event)
     live_job: JobRow | Lookup | None = LOOKUP  # known at start; a restarted actor looks again
 
@@ -164,6 +164,7 @@ class Supervisor:
                       if cid in self._owned and row.name not in self._parked}
             going = [name for name, handle in self._handles.items()
                      if name not in wanted or wanted[name][1] != handle.fence]
+
             async with trio.open_nursery() as nursery:  # stops in parallel: a hand-over of many is quick
                 for name in going:
                     nursery.start_soon(self.stop, name, self._handles[name].row.id in abrupt)
@@ -174,8 +175,9 @@ class Supervisor:
                 if handle is None:
                     self.start(row, fence, live_job=live.get(row.id))
                 elif settings_of(row) != handle.settings:
+                    heap.release()  # the old settings and policies are let go (freshd.heap)
                     handle.row, handle.settings = row, settings_of(row)
-                    if handle.backing_off:  # a crash-looping actor: restart it at once, on these
+                    if handle.backing_off and handle.wake is not None:  # crash-looping: restart it at once
                         log.info("actor.restart_now", connection=name, reason="settings changed")
                         handle.wake.set()
                     else:
@@ -200,6 +202,7 @@ class Supervisor:
         handle = self._handles.pop(name, None)
         if handle is None:
             return
+        heap.release()  # the actor is let go: collectable again (freshd.heap)
         if handle.actor is not None and not handle.backing_off and not abrupt:
             try:
                 handle.actor.mailbox_send.send_nowait(Stop())
@@ -289,8 +292,10 @@ class Supervisor:
                             # stops this handle (or starts it again under a new epoch)
                             log.warning("actor.fenced", connection=row.name, error=str(root))
                             return
+                        heap.release()  # the crashed actor is let go
                         handle.restarts += 1
                         handle.crash = f"actor crashed: {type(root).__name__}: {root}"
+                        wake = handle.wake = trio.Event()  # before backing_off: settings from now on end it
                         handle.backing_off = True
                         metrics.actor_restarts_total.labels(row.provider).inc()
                         log.error("actor.crashed", connection=row.name, restarts=handle.restarts, exc_info=exc)
@@ -300,11 +305,11 @@ class Supervisor:
                             await self._fail_running_job(handle, handle.crash)
                         if trio.current_time() - started > HEALTHY_AFTER:
                             delay = BACKOFF_START
-                        handle.wake = trio.Event()
                         with trio.move_on_after(delay * random.uniform(0.5, 1.0)):
-                            await handle.wake.wait()  # new settings (set-credential, reload) end it early
+                            await wake.wait()  # new settings (set-credential, reload) end it early
                         # new settings start afresh; another crash on the same ones waits longer
-                        delay = BACKOFF_START if handle.wake.is_set() else min(delay * 2, BACKOFF_MAX)
+                        delay = BACKOFF_START if wake.is_set() else min(delay * 2, BACKOFF_MAX)
+                        handle.wake = None
                         # pick up what the store knows now (last success, error)
                         handle.row = replace(handle.row, last_success_at=actor.last_success_at)
         finally:

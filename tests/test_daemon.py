@@ -558,3 +558,31 @@ async def test_a_sync_queued_while_the_last_one_was_ending_still_runs(
     assert queued["created"], queued
     release.set()
     assert (await running.wait_job(queued["job_id"]))["status"] == "completed"
+
+
+async def test_a_fleet_start_is_not_slowed_by_garbage_collections_and_nothing_frozen_leaks(
+    tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+) -> None:
+    """10,000 actors' start-up spent half its CPU in the cyclic collector walking the growing heap
+    (bench/fleet.py): no collections while it builds, then one, and the survivors frozen out of later
+    ones (freshd.heap).  An actor let go makes the frozen objects collectable again (a frozen cycle is
+    never freed), and so does the daemon's end."""
+    import gc
+
+    from freshd import heap
+
+    assert gc.isenabled()
+    async with trio.open_nursery() as life:
+        running = await start_daemon(life, tmp_path, database_url, connection_block("a", simulators[0][1])
+                                     + connection_block("b", simulators[1][1]))
+        await trio.sleep(heap.SETTLE_AFTER + 0.5)
+        assert gc.isenabled() and gc.get_freeze_count() > 0, "the start-up's survivors are frozen"
+        running.config_path.write_text(running.config_path.read_text().split("[[connections]]")[0]
+                                       + connection_block("a", simulators[0][1]))
+        running.daemon.request_reload_nowait()  # b leaves the config: its actor is stopped
+        with trio.fail_after(20):
+            while "b" in running.daemon.supervisor.names():
+                await trio.sleep(0.05)
+        assert gc.get_freeze_count() == 0, "an actor let go leaves nothing frozen"
+        life.cancel_scope.cancel()
+    assert gc.isenabled() and gc.get_freeze_count() == 0

@@ -167,7 +167,7 @@ class TokenBucket:
         self.not_before = 0.0
         self.granted = 0
         self.waited = 0.0  # total seconds requests spent waiting here, for metrics
-        self._lock = trio.Lock()
+        self._lock: trio.Lock | None = None  # made on the first acquire: a fleet's idle buckets need none
 
     def _refill(self, now: float) -> None:
         if self.stamp is None:
@@ -189,6 +189,8 @@ class TokenBucket:
 
     async def acquire(self) -> None:
         start = self._clock()
+        if self._lock is None:
+            self._lock = trio.Lock()
         async with self._lock:
             while (wait := self.delay()) > 0:  # noqa: ASYNC110 - the wait is computed, not signalled
                 await trio.sleep(wait)

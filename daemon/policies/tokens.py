@@ -83,7 +83,7 @@ class TokenRefresher:
         self.refreshes = 0  # successful refreshes, for status and tests
         self._persist = persist
         self._clock = clock
-        self._lock = trio.Lock()
+        self._lock: trio.Lock | None = None  # made on the first refresh: a fleet's idle refreshers need none
         self._rejected: ReauthRequired | None = None
 
     @property
@@ -107,6 +107,8 @@ class TokenRefresher:
         return await self._refresh(refresh, stale=rejected, only_if_due=False)
 
     async def _refresh(self, refresh: Refresh, *, stale: Token | None, only_if_due: bool) -> Token:
+        if self._lock is None:
+            self._lock = trio.Lock()
         async with self._lock:
             if self._rejected is not None:
                 raise self._rejected

@@ -74,6 +74,23 @@ def list_connections(conn: Connection, keyring: Keyring) -> list[ConnectionRow]:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionHead:
+    """A connection without its credentials (nothing to decrypt): what the config's reconciliation reads."""
+
+    id: int
+    name: str
+    tenant: str
+    provider: str
+    source: str
+
+
+def list_heads(conn: Connection) -> list[ConnectionHead]:
+    rows = conn.execute("SELECT id, name, tenant, provider, source FROM connections ORDER BY name").fetchall()
+    return [ConnectionHead(row["id"], row["name"], row["tenant"], row["provider"], row["source"])  # type: ignore[arg-type]
+            for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
 class SyncState:
     """What the sweeps need of a connection: no credentials, nothing to decrypt."""
 

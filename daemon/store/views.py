@@ -18,8 +18,9 @@ view) is logged as ``store.views_failed`` and leaves the old views: it never sto
 
 Where the declarations come from: each provider's class streams, plus the streams of the stored
 connections (`Connector.declared_streams(options)`: the generic REST connector's come from its
-options).  Several connections declaring one entity differently: the columns are merged, and for a
-name declared twice differently the first connection (by name) wins, with a warning.
+options), read once per distinct (provider, options).  Several connections declaring one entity
+differently: the columns are merged, and for a name declared twice differently the first
+connection (by name) wins, with a warning (naming the first connection of each declaration).
 
     python -m freshd.store.views --markdown    the views of the built-in providers, as docs/DATA.md lists them
 """
@@ -27,7 +28,9 @@ name declared twice differently the first connection (by name) wins, with a warn
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,8 +99,8 @@ _GENERATION = 1
 
 def view_spec(provider: str, stream: StreamSpec) -> ViewSpec:
     """A stream's view; ValueError if its columns clash (a duplicate name)."""
-    names = [c.name for c in stream.columns]
-    if dupes := sorted({n for n in names if names.count(n) > 1}):
+    counts = Counter(c.name for c in stream.columns)
+    if dupes := sorted(n for n, count in counts.items() if count > 1):
         raise ValueError(f"{provider} {stream.name}: column(s) declared twice: {', '.join(dupes)}")
     id_type = next((c.type for c in stream.columns if c.name == "id"), "text")
     return ViewSpec(provider, stream.name, tuple(c for c in stream.columns if c.name != "id"), id_type)
@@ -112,16 +115,28 @@ def builtin_views() -> list[ViewSpec]:
 def declared_views(connections: Iterable[tuple[str, str, Mapping[str, Any]]]) -> list[ViewSpec]:
     """The built-in views, plus those the stored connections (name, provider, options) declare."""
     merged: dict[tuple[str, str], ViewSpec] = {(v.provider, v.entity): v for v in builtin_views()}
+    # a fleet's connections mostly share their provider's streams (the class's own, or the same options):
+    # each distinct declaration is turned into views once, not once per connection
+    declared: dict[tuple[str, str], tuple[ViewSpec, ...] | ConfigError] = {}
     for name, provider, options in sorted(connections, key=lambda row: row[0]):
-        try:
-            streams = connector_class(provider).declared_streams(options)
-        except ConfigError as exc:
-            log.warning("store.views_skipped", connection=name, error=str(exc))
+        key = (provider, json.dumps(options, sort_keys=True, default=str))
+        views = declared.get(key)
+        if views is None:
+            try:
+                views = tuple(view_spec(provider, stream)
+                              for stream in connector_class(provider).declared_streams(options))
+            except ConfigError as exc:
+                views = exc
+            declared[key] = views
+        if isinstance(views, ConfigError):
+            log.warning("store.views_skipped", connection=name, error=str(views))
             continue
-        for stream in streams:
-            view = view_spec(provider, stream)
-            known = merged.get((provider, stream.name))
-            merged[(provider, stream.name)] = view if known is None else _merge(known, view, name)
+        for view in views:
+            known = merged.get((provider, view.entity))
+            if known is None or known == view:
+                merged[(provider, view.entity)] = known or view
+            else:
+                merged[(provider, view.entity)] = _merge(known, view, name)
     return sorted(merged.values(), key=lambda v: (v.provider, v.entity))
 
 
@@ -144,7 +159,9 @@ def ensure_views(url: str) -> list[str]:
     except psycopg.OperationalError as exc:
         raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
     with conn:
-        rows = conn.execute(sql.SQL("SELECT name, provider, options FROM {}").format(
+        # one row per distinct declaration, named by its first connection (by name): a fleet's 10,000
+        # connections sharing their provider's options are a handful of rows
+        rows = conn.execute(sql.SQL("SELECT min(name), provider, options FROM {} GROUP BY provider, options").format(
             sql.Identifier(SCHEMA, "connections"))).fetchall()
         wanted = {(v.schema, v.entity): v for v in declared_views((r[0], r[1], r[2]) for r in rows)}
         if not _stale(conn, wanted):
