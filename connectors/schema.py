@@ -204,6 +204,15 @@ def check_dotted(key: str, value: str | None) -> None:
         raise Invalid(key, f"{value!r} is not a dotted path (e.g. \"data.items\")")
 
 
+def check_unique(key: str, what: str, names: Sequence[str]) -> None:
+    """Each of an array's tables names itself once: the first repeat is refused, naming both places."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in seen:
+            raise Invalid(f"{key}[{index}].name", f"duplicate {what} name {name!r} (also {key}[{seen[name]}])")
+        seen[name] = index
+
+
 def check_header(key: str, value: str | None) -> None:
     if value is not None and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
         raise Invalid(key, f"{value!r} is not an HTTP header name")

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from freshd.connectors.base import FRAMEWORK_OPTIONS, Column, ConnectionSettings, StreamSpec, column_problem
 from freshd.connectors.paginators import PAGINATORS, PaginatorConfig
-from freshd.connectors.schema import Invalid, Registry, build, check_dotted, check_header, dig  # noqa: F401 - dig: re-exported
+from freshd.connectors.schema import Invalid, Registry, build, check_dotted, check_header, check_unique, dig  # noqa: F401 - dig: re-exported
 from freshd.connectors.streams import CURSOR_FORMATS, Incremental, Listing, SoftDelete
 from freshd.errors import ConfigError
 
@@ -180,12 +180,7 @@ class RestStream:
             raise Invalid("lookback", "must be 0 or more")
         if self.cursor_ascending and self.cursor_field is None:
             raise Invalid("cursor_ascending", "needs 'cursor_field'")
-        seen: dict[str, int] = {}
-        for index, column in enumerate(self.view_columns):
-            if column.name in seen:
-                raise Invalid(f"view_columns[{index}].name",
-                              f"duplicate column name {column.name!r} (also view_columns[{seen[column.name]}])")
-            seen[column.name] = index
+        check_unique("view_columns", "column", [column.name for column in self.view_columns])
 
     def spec(self, page_concurrency: int = 1) -> StreamSpec:
         """What the engine sees of it: the stream declared as data for the listing engine."""
@@ -222,12 +217,7 @@ class RestOptions:
             raise Invalid("page_concurrency", "must be at least 1")
         if not self.streams:
             raise Invalid("streams", "needs at least one stream")
-        seen: dict[str, int] = {}
-        for index, stream in enumerate(self.streams):
-            if stream.name in seen:
-                raise Invalid(f"streams[{index}].name",
-                              f"duplicate stream name {stream.name!r} (also streams[{seen[stream.name]}])")
-            seen[stream.name] = index
+        check_unique("streams", "stream", [stream.name for stream in self.streams])
         for name in self.headers:
             check_header(f"headers.{name}", name)
         if self.timeout <= 0:
