@@ -189,6 +189,14 @@ async def wait_jobs_done(database_url: str) -> None:
             await trio.sleep(0.05)
 
 
+
+async def small_shop(nursery: trio.Nursery, *, seed: int) -> tuple[WooCommerceSimulator, str]:
+    """A WooCommerce simulator with five customers, served on loopback: it and its URL."""
+    sim = WooCommerceSimulator(records=5, seed=seed, credentials=CREDS)
+    port = await nursery.start(functools.partial(serve_asgi, sim.app, "127.0.0.1", 0))
+    return sim, f"http://127.0.0.1:{port}"
+
+
 async def test_reload_that_disables_a_connection_keeps_its_data_and_reenabling_resumes_from_its_cursors(
     nursery: trio.Nursery, tmp_path: Path, database_url: str,
 ) -> None:
@@ -232,9 +240,7 @@ async def test_reload_that_drops_a_connection_keeps_its_data_and_shows_it_detach
 ) -> None:
     from structlog.testing import capture_logs
 
-    sim = WooCommerceSimulator(records=5, seed=2, credentials=CREDS)
-    port = await nursery.start(functools.partial(serve_asgi, sim.app, "127.0.0.1", 0))
-    url = f"http://127.0.0.1:{port}"
+    _, url = await small_shop(nursery, seed=2)
     running = await in_process(nursery, tmp_path, database_url,
                                connection_block("eu", url) + connection_block("us", url))
     await wait_jobs_done(database_url)
@@ -281,9 +287,7 @@ async def test_purge_flag_on_a_disabled_config_entry_deletes_its_data_and_logs_i
 ) -> None:
     from structlog.testing import capture_logs
 
-    sim = WooCommerceSimulator(records=5, seed=3, credentials=CREDS)
-    port = await nursery.start(functools.partial(serve_asgi, sim.app, "127.0.0.1", 0))
-    url = f"http://127.0.0.1:{port}"
+    _, url = await small_shop(nursery, seed=3)
     running = await in_process(nursery, tmp_path, database_url, connection_block("eu", url))
     await wait_jobs_done(database_url)
     kept = counts(database_url, "eu")
@@ -310,9 +314,7 @@ async def test_purge_flag_on_a_disabled_config_entry_deletes_its_data_and_logs_i
 async def test_sighup_while_the_database_is_down_defers_the_reload_and_the_daemon_survives(
     nursery: trio.Nursery, tmp_path: Path, database_url: str, pg_server_url: str,
 ) -> None:
-    sim = WooCommerceSimulator(records=5, seed=1, credentials=CREDS)
-    port = await nursery.start(functools.partial(serve_asgi, sim.app, "127.0.0.1", 0))
-    url = f"http://127.0.0.1:{port}"
+    _, url = await small_shop(nursery, seed=1)
     config = write_config(tmp_path, database_url, connection_block("eu", url))
     async with running(config, tmp_path) as daemon:
         with trio.fail_after(30):
