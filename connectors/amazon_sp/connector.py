@@ -56,21 +56,13 @@ from freshd.connectors.amazon_sp.api import (
 from freshd.connectors.amazon_sp.auth import access_token_header, classify_lwa, refresh
 from freshd.connectors.amazon_sp.finances import FINANCES_PATH, FinancialEvent, event_record, finance_pass
 from freshd.connectors.amazon_sp.reports import REPORTS_PATH, Reimbursements
-from freshd.connectors.base import (
-    ConnectionSettings,
-    Connector,
-    Page,
-    StreamSpec,
-    SyncContext,
-    SyncMode,
-    columns,
-)
+from freshd.connectors.base import ConnectionSettings, Connector, Page, SyncContext, SyncMode
 from freshd.connectors.cursors import moment
 from freshd.connectors.http import classify_http
 from freshd.connectors.listing import Fetch, Fetched, run_listing
 from freshd.connectors.pagination import LoopGuard
 from freshd.connectors.paginators import Ask, CursorPaging
-from freshd.connectors.streams import Incremental, Listing
+from freshd.connectors.streams import Incremental, Listing, StreamSpec, columns
 from freshd.errors import PermanentError
 from freshd.policies.gate import ConnectionPolicies
 from freshd.policies.tokens import Token

@@ -57,23 +57,14 @@ from typing import Any
 import httpx
 import orjson
 
-from freshd.connectors.base import (
-    ConnectionSettings,
-    Connector,
-    Page,
-    Problems,
-    StreamSpec,
-    SyncContext,
-    SyncMode,
-    columns,
-)
+from freshd.connectors.base import ConnectionSettings, Connector, Page, Problems, SyncContext, SyncMode
 from freshd.connectors.cursors import due, format_cursor
 from freshd.connectors.errors import Answer, ErrorTable, classify_with, decide, describe
 from freshd.connectors.listing import Fetched, fingerprint, run_listing, since_checkpoint, tune
 from freshd.connectors.odoo.writes import UNIQUE, OdooWrites
 from freshd.connectors.pagination import LoopGuard
 from freshd.connectors.paginators import Ask, KeysetPaging
-from freshd.connectors.streams import Incremental, Listing
+from freshd.connectors.streams import Incremental, Listing, StreamSpec, columns
 from freshd.errors import (
     ConfigError,
     ProviderError,

@@ -37,23 +37,14 @@ from typing import Any
 
 import structlog
 
-from freshd.connectors.base import (
-    ConnectionSettings,
-    Connector,
-    Page,
-    Problems,
-    StreamSpec,
-    SyncContext,
-    SyncMode,
-    columns,
-)
+from freshd.connectors.base import ConnectionSettings, Connector, Page, Problems, SyncContext, SyncMode
 from freshd.connectors.cursors import due
 from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.listing import fetch_by_id, run_listing, since_checkpoint, tune
 from freshd.connectors.pagination import fetch_in_order
 from freshd.connectors.paginators import OffsetPaging
 from freshd.connectors.schema import rules
-from freshd.connectors.streams import Incremental, Listing
+from freshd.connectors.streams import Incremental, Listing, StreamSpec, columns
 from freshd.errors import ConfigError, ConfigErrors, PermanentError, ReauthRequired, TransientError
 from freshd.policies.gate import ConnectionPolicies
 from freshd.policies.tokens import Token

@@ -39,20 +39,12 @@ from typing import Any
 import httpx
 import structlog
 
-from freshd.connectors.base import (
-    ConnectionSettings,
-    Connector,
-    Page,
-    StreamSpec,
-    SyncContext,
-    SyncMode,
-    columns,
-)
+from freshd.connectors.base import ConnectionSettings, Connector, Page, SyncContext, SyncMode
 from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.listing import fetch_by_id, run_listing, since_checkpoint, tune
 from freshd.connectors.paginators import OffsetPaging
 from freshd.connectors.schema import rules
-from freshd.connectors.streams import Incremental, Listing, SoftDelete
+from freshd.connectors.streams import Incremental, Listing, SoftDelete, StreamSpec, columns
 from freshd.errors import (
     PermanentError,
     ProviderError,

@@ -45,13 +45,7 @@ from typing import Any
 import httpx
 import structlog
 
-from freshd.connectors.base import (
-    ConnectionSettings,
-    Connector,
-    StreamSpec,
-    SyncContext,
-    SyncMode,
-)
+from freshd.connectors.base import ConnectionSettings, Connector, SyncContext, SyncMode
 from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.http import Classify, ProviderClient, bearer
 from freshd.connectors.listing import fetch_by_id, run_listing
@@ -67,6 +61,7 @@ from freshd.connectors.rest.config import (
     parse_options,
     read_options,
 )
+from freshd.connectors.streams import StreamSpec
 from freshd.errors import (
     PermanentError,
 )

@@ -48,22 +48,13 @@ from typing import Any
 
 import httpx
 
-from freshd.connectors.base import (
-    ConnectionSettings,
-    Connector,
-    Page,
-    Problems,
-    StreamSpec,
-    SyncContext,
-    SyncMode,
-    columns,
-)
+from freshd.connectors.base import ConnectionSettings, Connector, Page, Problems, SyncContext, SyncMode
 from freshd.connectors.cursors import due, format_cursor
 from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.listing import SCHEMA, Fetched, fingerprint, run_listing, since_checkpoint
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
 from freshd.connectors.paginators import Ask, PageNumberPaging
-from freshd.connectors.streams import Incremental, Listing, SoftDelete
+from freshd.connectors.streams import Incremental, Listing, SoftDelete, StreamSpec, columns
 from freshd.connectors.woocommerce.writes import EMAIL_TAKEN, KEY_TAKEN_WITH_HOLDER, WooCommerceWrites
 from freshd.errors import (
     ConfigError,
