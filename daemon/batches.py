@@ -34,7 +34,7 @@ def encode_record(stream: StreamSpec, record: Any) -> records.EncodedRecord:
     if b"\\u0000" in data and _NUL_ESCAPE.search(data):
         # PostgreSQL's jsonb cannot hold NUL: left in, it would fail the whole page, not just this item
         raise ValueError("record contains a NUL character (\\u0000), which PostgreSQL cannot store")
-    return records.EncodedRecord(str(key), data, hashlib.blake2b(data, digest_size=16).digest())
+    return records.EncodedRecord(str(key), data.decode(), hashlib.blake2b(data, digest_size=16).digest())
 
 
 @dataclass(frozen=True, slots=True)

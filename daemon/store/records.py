@@ -65,10 +65,10 @@ _JSONB = b"\x01"  # jsonb's binary format: a version byte, then the text
 
 @dataclass(frozen=True, slots=True)
 class EncodedRecord:
-    """A record ready for the database: its id, canonical JSON (UTF-8, as COPY sends it) and content hash."""
+    """A record ready for the database: its id, canonical JSON text and content hash."""
 
     external_id: str
-    payload: bytes
+    payload_json: str
     content_hash: bytes
 
 
@@ -136,7 +136,7 @@ def encode_pages(pages: Sequence[PageWrite]) -> EncodedPages:
         head = _ROW.pack(4, 4, seg)
         for eid, record in staged.items():
             key = eid.encode()
-            payload = record.payload
+            payload = record.payload_json.encode()
             parts.append(b"".join((head, _LEN.pack(len(key)), key, _LEN.pack(len(payload) + 1), _JSONB, payload,
                                    _LEN.pack(len(record.content_hash)), record.content_hash)))
         segments.append(Segment(seg, touch, received, len(staged), deleted))
