@@ -166,10 +166,11 @@ def write_pages(conn: Connection, batch: EncodedPages) -> list[WriteResult]:
     its tombstones, then the cursor: a WriteResult per segment.  In the caller's transaction."""
     results = []
     if any(segment.rows for segment in batch.segments):
-        conn.execute(_STAGE)
         # emptied at commit, but one transaction may write several batches (two-way sync stores
-        # both sides' written records): a batch must never upsert another's staged rows
-        conn.execute("TRUNCATE freshd_page_in")
+        # both sides' written records): a batch must never upsert another's staged rows.  One
+        # round trip for both (no parameters: the simple protocol takes several statements); every
+        # round trip of a batch's transaction waits for the GIL behind the fetching thread
+        conn.execute(f"{_STAGE}; TRUNCATE freshd_page_in")
         with conn.cursor().copy(_COPY) as copy:
             copy.write(batch.copy)
     for segment in batch.segments:
