@@ -102,17 +102,22 @@ class Fetched:
 Fetch = Callable[[Ask, dict[str, str]], Awaitable[Fetched]]
 
 
-def soft_deleted(listing: Listing, primary_key: str, records: Sequence[Any]) -> list[str]:
-    rule = listing.soft_delete
+def soft_deleted(listing: Listing | None, primary_key: str, records: Sequence[Any]) -> tuple[list[Any], list[str]]:
+    """The records to store, and the ids the stream's soft-delete rule marks deleted (records the
+    rule does not keep are left out of the first)."""
+    rule = listing.soft_delete if listing is not None else None
     if rule is None:
-        return []
-    found = []
+        return list(records), []
+    stored, deleted = [], []
     for record in records:
         if isinstance(record, dict) and record.get(primary_key) is not None:
             value = cursor_value(record, rule.field)
             if value in rule.values if rule.values else value not in (None, False, ""):
-                found.append(str(record[primary_key]))
-    return found
+                deleted.append(str(record[primary_key]))
+                if not rule.keep:
+                    continue
+        stored.append(record)
+    return stored, deleted
 
 
 class _StaleResume(Exception):
@@ -287,14 +292,10 @@ class _Run:
         if self.total is None and self.pager.done and not self.resumed and len(self.seen) == len(ids):
             self.ctx.set_total(self.stream.name, len(records))  # the whole listing fit in one page: exact
         self.any_records = self.any_records or bool(records)
-        stored = records
         if self.incremental is not None:
-            for record in stored:
+            for record in records:
                 self.high = later(self.high, cursor_value(record, self.incremental.field))
-        deleted = soft_deleted(self.listing, self.stream.primary_key, stored)
-        if deleted and self.listing.soft_delete is not None and not self.listing.soft_delete.keep:
-            gone = set(deleted)
-            stored = [r for r in stored if str(r.get(self.stream.primary_key)) not in gone]
+        stored, deleted = soft_deleted(self.listing, self.stream.primary_key, records)
         complete = self.full and self.pager.done and not self.resumed and not self.shifted and self.any_records
         await self.ctx.emit(Page(self.stream.name, stored, self._checkpoint(), deleted=deleted, total=self.total,
                                  failures=fetched.failures, full_listing=self.full, listing_complete=complete))
@@ -391,8 +392,7 @@ async def fetch_by_id(stream: StreamSpec, ids: Sequence[str], ctx: SyncContext, 
                 gone.add(external_id)
                 continue
             found.append(body)
-        soft = set(soft_deleted(stream.listing, stream.primary_key, found)) if stream.listing else set()
-        if soft and stream.listing and stream.listing.soft_delete and not stream.listing.soft_delete.keep:
-            found = [r for r in found if not (isinstance(r, dict) and str(r.get(stream.primary_key)) in soft)]
+        found, marked = soft_deleted(stream.listing, stream.primary_key, found)
+        soft = set(marked)
         deleted = [i for i in chunk if i in gone or i in soft] + sorted(soft - set(chunk))  # in the order asked
         await ctx.emit(Page(stream.name, found, None, deleted=deleted))

@@ -515,3 +515,21 @@ async def test_odoo_since_over_an_old_checkpoint_keeps_its_watermark(nursery: tr
     ctx = await _odoo_sync(nursery, sim, state, SyncMode.INCREMENTAL)
     assert sorted(_odoo_listed(ctx)) == sorted(i for w, i in keyed if w >= keyed[20][0])
     assert ctx.pages[-1].checkpoint == {"reconciled_at": "2000-01-01 00:00:00", "cursor": watermark}
+
+
+# --- the engine's soft-delete rule ---------------------------------------------------------------
+
+
+def test_an_item_that_is_no_object_beside_a_tombstoned_record_does_not_crash_the_page() -> None:
+    """A rule that does not keep soft-deleted records filtered them with `.get` on every item: an
+    item that is no object (a failed item, recorded by the engine) crashed the whole page."""
+    from freshd.connectors.listing import soft_deleted
+    from freshd.connectors.paginators import NoPaging
+    from freshd.connectors.streams import Listing, SoftDelete
+
+    page = [{"id": 1, "deleted": None}, "garbage", {"id": 2, "deleted": "2024-01-01 00:00:00"}, {"id": 3}]
+    dropped = Listing(NoPaging(), soft_delete=SoftDelete("deleted", keep=False))
+    assert soft_deleted(dropped, "id", page) == ([page[0], "garbage", page[3]], ["2"])
+    kept = Listing(NoPaging(), soft_delete=SoftDelete("deleted"))
+    assert soft_deleted(kept, "id", page) == (page, ["2"])
+    assert soft_deleted(Listing(NoPaging()), "id", page) == (page, [])
