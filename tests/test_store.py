@@ -112,6 +112,36 @@ async def test_a_failing_page_write_leaves_no_partial_rows_or_cursor(database_ur
         assert await store.call(records.count_records) == {cid: 1}
 
 
+async def test_a_pipelined_batch_commit_whose_lease_moved_writes_nothing(database_url: str) -> None:
+    """commit_pages runs as one pipeline: the fence is read with its first results, not before its
+    writes are sent; a lost lease must still roll every one of them back (records, cursor, progress)."""
+    from freshd.errors import Fenced
+    from freshd.store.db import Fence
+
+    async with open_store(database_url) as store:
+        cid = await add_connection(store)
+        job, _ = await store.call(jobs.create_job, cid, JobKind.INITIAL, "add")
+        batch = records.encode_pages([page(cid, [{"id": 1}, {"id": 2}], {"page": 1}),
+                                      page(cid, [{"id": 2, "v": 2}], {"page": 2}, deleted=("9",))])
+
+        commit = dict(job_id=job.id, failures=[("customers", "3", "bad")], max_share=0.5, confirmed=False,
+                      progress=lambda *_: {"saved": True})
+
+        with pytest.raises(Fenced):
+            await store.fenced(Fence(cid, "gone-member", 99)).call(records.commit_pages, batch, **commit)
+        assert await store.call(records.count_records) == {}
+        assert await store.call(records.load_cursors, cid) == {}
+        assert query(database_url, "SELECT progress FROM sync_jobs WHERE id = %s", job.id) != [({"saved": True},)]
+        assert query(database_url, "SELECT count(*) FROM failed_items WHERE job_id = %s", job.id) == [(0,)]
+
+        # the same call, unfenced, writes all of it: the test fails if the commit wrote nothing anyway
+        results, _ = await store.call(records.commit_pages, batch, **commit)
+        assert [(r.inserted, r.updated, r.unchanged) for r in results] == [(2, 0, 1)]
+        assert query(database_url, "SELECT progress FROM sync_jobs WHERE id = %s", job.id) == [({"saved": True},)]
+        assert await store.call(records.count_records) == {cid: 2}
+        assert await store.call(records.load_cursors, cid) == {"customers": {"page": 2}}
+
+
 async def test_one_live_job_per_connection(database_url: str) -> None:
     async with open_store(database_url) as store:
         cid = await add_connection(store)

@@ -25,6 +25,7 @@ hold the daemon past its stop deadline.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import math
@@ -50,6 +51,7 @@ T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 Connection = psycopg.Connection[dict[str, object]]
+Cursor = psycopg.Cursor[dict[str, object]]
 
 CONNECT_TIMEOUT = 5
 IDLE_IN_TRANSACTION = 10.0  # seconds: our transactions never wait on the client in between statements
@@ -79,17 +81,39 @@ class Fence:
     epoch: int
 
 
-def check_fence(conn: Connection, fence: Fence) -> None:
+def send_fence_check(conn: Connection, fence: Fence) -> Cursor:
     """First statement of every fenced transaction.  FOR SHARE: a take-over (which bumps the epoch)
-    waits for this transaction, so the write lands before it or not at all."""
-    row = conn.execute(
+    waits for this transaction, so the write lands before it or not at all.  In a pipeline its
+    answer is read with the first results (`check_fence`), before anything commits."""
+    return conn.execute(
         "SELECT 1 FROM leases WHERE connection_id = %s AND owner = %s AND epoch = %s FOR SHARE",
         (fence.connection_id, fence.member, fence.epoch),
-    ).fetchone()
-    if row is None:
+    )
+
+
+def check_fence(conn: Connection, fence: Fence) -> None:
+    """The fence check, answered now."""
+    fence_held(send_fence_check(conn, fence), fence)
+
+
+def fence_held(sent: Cursor, fence: Fence) -> None:
+    """Raises Fenced unless the check `sent` found the lease still held."""
+    if sent.fetchone() is None:
         metrics.fencing_rejections_total.inc()
         raise Fenced(f"member {fence.member} no longer holds connection {fence.connection_id}'s lease "
                      f"(epoch {fence.epoch}): write refused")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def pipelined(fn: F) -> F:
+    """Marks a store function whose transaction runs in pipeline mode: its statements go out
+    without waiting for each other's answers, and the server is waited for only when a result is
+    read (and at commit).  Only for functions that use no COPY and catch no statement's error
+    (in a pipeline an error surfaces when results are read, not at `execute`)."""
+    fn.__freshd_pipelined__ = True  # type: ignore[attr-defined]
+    return fn
 
 
 class Store:
@@ -252,10 +276,15 @@ class Store:
             if conn is None or conn.closed or conn.broken:
                 conn = call.conn = self._connect()
             started = time.perf_counter()
-            with conn.transaction():
-                if self._fence is not None:
-                    check_fence(conn, self._fence)
+            pipeline = bool(getattr(fn, "__freshd_pipelined__", False))
+            with conn.pipeline() if pipeline else contextlib.nullcontext(), conn.transaction():
+                fence = self._fence
+                sent = send_fence_check(conn, fence) if fence is not None else None
+                if fence is not None and sent is not None and not pipeline:
+                    fence_held(sent, fence)
                 call.result = fn(conn, *args, **kwargs)
+                if fence is not None and sent is not None and pipeline:
+                    fence_held(sent, fence)  # answered with fn's first results; nothing committed yet
             metrics.db_write_seconds.observe(time.perf_counter() - started)
         except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
             # the server stopped the statement; the transaction rolled back, the connection is fine

@@ -6,9 +6,11 @@ are written in the caller's single transaction (see Store.call), so after a
 crash the cursor never points past data that is not stored, nor behind data
 that is (the upsert makes any replayed page a no-op).
 
-The write path is set-based: ``encode_pages`` (off the trio thread) turns
-pages into one binary COPY; ``write_pages`` stages it in a session temporary
-table and runs one upsert per segment.  Unchanged records are not rewritten:
+The write path is set-based: ``encode_pages`` (off the trio thread) packs
+each segment's ids, payloads and hashes as three binary arrays; ``write_pages``
+runs one upsert per segment over them (``unnest``).  Being plain parameters,
+not a COPY, they let the whole batch's transaction be pipelined (`pipelined`):
+two round trips to the server, whatever it holds.  Unchanged records are not rewritten:
 the upsert compares a content hash in SQL.  With change events on it returns
 each created or changed row (its outbox row is written in the same
 transaction); with them off, only counts.
@@ -19,25 +21,75 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 
 from freshd.store import jobs, outbox
-from freshd.store.db import Connection
+from freshd.store.db import Connection, Cursor, pipelined
 
-# Pages reach the database as one binary COPY into this session's temporary table, then one
-# set-based upsert per segment (see `encode_pages`): no per-row parameters, one round trip each.
-_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS freshd_page_in (seg int4, eid text, payload jsonb, h bytea)"
-          " ON COMMIT DELETE ROWS")
-_COPY = "COPY freshd_page_in (seg, eid, payload, h) FROM STDIN (FORMAT BINARY)"
+# A segment's rows reach the database as three binary arrays (see `encode_pages`), passed as they
+# are: no per-row parameters, no staging table, nothing that keeps the transaction from a pipeline.
+
+
+class PackedArray(bytes):
+    """A one-dimensional PostgreSQL array in its binary wire format, built off the trio thread."""
+
+    ELEMENT_OID = 0
+
+
+class TextArray(PackedArray):
+    ELEMENT_OID = 25  # text
+
+
+class JsonbArray(PackedArray):
+    ELEMENT_OID = 3802  # jsonb
+
+
+class ByteaArray(PackedArray):
+    ELEMENT_OID = 17  # bytea
+
+
+def _dumper(array: type[PackedArray], array_oid: int) -> type[Dumper]:
+    class PackedDumper(Dumper):
+        format = Format.BINARY
+        oid = array_oid
+
+        def dump(self, obj: Any) -> bytes:
+            return bytes(obj) if not isinstance(obj, bytes) else obj
+
+    PackedDumper.__name__ = f"{array.__name__}Dumper"
+    return PackedDumper
+
+
+for _array, _oid in ((TextArray, 1009), (JsonbArray, 3807), (ByteaArray, 1001)):
+    psycopg.adapters.register_dumper(_array, _dumper(_array, _oid))
+
+_ARRAY_HEADER = struct.Struct("!iiIii")  # ndim, has-null flag, element type; then the one dimension, lower bound
+_LEN = struct.Struct("!i")
+_JSONB = b"\x01"  # jsonb's binary format: a version byte, then the text
+
+
+A = TypeVar("A", bound=PackedArray)
+
+
+def pack(array: type[A], items: Sequence[bytes]) -> A:
+    """`items` as a binary array of `array`'s element type (no nulls)."""
+    length = _LEN.pack
+    return array(b"".join([_ARRAY_HEADER.pack(1, 0, array.ELEMENT_OID, len(items), 1),
+                           *(length(len(item)) + item for item in items)]))
+
 
 # Unchanged rows are skipped in SQL (content hash compare): not rewritten, same version and changed_at.
 # A full listing (touch) still refreshes last_seen_at, which reconciliation reads.
 _UPSERT = """
 WITH up AS (
     INSERT INTO records AS r (connection_id, entity, external_id, payload, content_hash)
-    SELECT %(cid)s, %(entity)s, t.eid, t.payload, t.h FROM freshd_page_in t WHERE t.seg = %(seg)s
+    SELECT %(cid)s, %(entity)s, t.eid, t.payload, t.h
+    FROM unnest(%(eids)s::text[], %(payloads)s::jsonb[], %(hashes)s::bytea[]) AS t (eid, payload, h)
     ON CONFLICT (connection_id, entity, external_id) DO UPDATE
         SET payload = excluded.payload,
             content_hash = excluded.content_hash,
@@ -56,11 +108,6 @@ _UPSERT_COUNTS = _UPSERT + ("SELECT count(*) FILTER (WHERE inserted) AS inserted
                             " count(*) FILTER (WHERE changed AND NOT inserted) AS updated FROM up")
 _UPSERT_CHANGES = _UPSERT + "SELECT external_id, version, inserted FROM up WHERE changed"
 
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
-_COPY_TRAILER = struct.pack("!h", -1)
-_ROW = struct.Struct("!hii")  # 4 fields; seg: length 4, value
-_LEN = struct.Struct("!i")
-_JSONB = b"\x01"  # jsonb's binary format: a version byte, then the text
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,30 +147,31 @@ class WriteResult:
 class Segment:
     """Consecutive pages written by one upsert: same `touch`, deletions only after the last one."""
 
-    seg: int
     touch: bool
     received: int  # records the pages carried (duplicates included)
     rows: int  # distinct ids staged (the last version of an id wins)
     deleted: Sequence[str]
+    # the staged rows, as the upsert's three array parameters
+    eids: TextArray
+    payloads: JsonbArray
+    hashes: ByteaArray
 
 
 @dataclass(frozen=True, slots=True)
 class EncodedPages:
-    """Pages of one entity, staged as one binary COPY: built off the trio thread (`encode_pages`)."""
+    """Pages of one entity, ready for the database: built off the trio thread (`encode_pages`)."""
 
     connection_id: int
     entity: str
-    copy: bytes
     segments: Sequence[Segment]
     checkpoint: dict[str, Any] | None  # the last page's that has one: the cursor after these pages
     events: str | None = None
 
 
 def encode_pages(pages: Sequence[PageWrite]) -> EncodedPages:
-    """Pages of one entity as COPY data, split into segments so that writing each segment's records
-    then its deletions, in order, does what writing the pages one by one would do."""
+    """Pages of one entity as array parameters, split into segments so that writing each segment's
+    records then its deletions, in order, does what writing the pages one by one would do."""
     assert pages, "nothing to encode"
-    parts = [_COPY_HEADER]
     segments: list[Segment] = []
     staged: dict[str, EncodedRecord] = {}
     received = 0
@@ -132,14 +180,11 @@ def encode_pages(pages: Sequence[PageWrite]) -> EncodedPages:
 
     def close(deleted: Sequence[str]) -> None:
         nonlocal staged, received
-        seg = len(segments)
-        head = _ROW.pack(4, 4, seg)
-        for eid, record in staged.items():
-            key = eid.encode()
-            payload = record.payload_json.encode()
-            parts.append(b"".join((head, _LEN.pack(len(key)), key, _LEN.pack(len(payload) + 1), _JSONB, payload,
-                                   _LEN.pack(len(record.content_hash)), record.content_hash)))
-        segments.append(Segment(seg, touch, received, len(staged), deleted))
+        rows = staged.values()
+        segments.append(Segment(touch, received, len(staged), deleted,
+                                pack(TextArray, [eid.encode() for eid in staged]),
+                                pack(JsonbArray, [_JSONB + r.payload_json.encode() for r in rows]),
+                                pack(ByteaArray, [r.content_hash for r in rows])))
         staged, received = {}, 0
 
     for page in pages:
@@ -156,28 +201,23 @@ def encode_pages(pages: Sequence[PageWrite]) -> EncodedPages:
             checkpoint = page.checkpoint
     if staged or received or not segments:
         close(())
-    parts.append(_COPY_TRAILER)
-    return EncodedPages(pages[0].connection_id, pages[0].entity, b"".join(parts), segments, checkpoint,
-                        pages[0].events)
+    return EncodedPages(pages[0].connection_id, pages[0].entity, segments, checkpoint, pages[0].events)
 
 
 def write_pages(conn: Connection, batch: EncodedPages) -> list[WriteResult]:
-    """Stage the pages with one COPY, then per segment one upsert (skipping unchanged rows in SQL) and
-    its tombstones, then the cursor: a WriteResult per segment.  In the caller's transaction."""
-    results = []
-    if any(segment.rows for segment in batch.segments):
-        # emptied at commit, but one transaction may write several batches (two-way sync stores
-        # both sides' written records): a batch must never upsert another's staged rows.  One
-        # round trip for both (no parameters: the simple protocol takes several statements); every
-        # round trip of a batch's transaction waits for the GIL behind the fetching thread
-        conn.execute(f"{_STAGE}; TRUNCATE freshd_page_in")
-        with conn.cursor().copy(_COPY) as copy:
-            copy.write(batch.copy)
+    """Per segment one upsert (skipping unchanged rows in SQL) and its tombstones, then the cursor:
+    a WriteResult per segment.  In the caller's transaction.
+
+    With change events off nothing is read back before the cursor is saved, so in a pipeline
+    (`pipelined`) every statement goes out together; with them on, each segment's changed rows
+    are read as it is written (its outbox rows must precede the next segment's)."""
+    written: list[tuple[Segment, Cursor | None, int, int, int]] = []  # counts known now (events on)
     for segment in batch.segments:
-        inserted = updated = deleted = 0
+        upsert: Cursor | None = None
+        inserted = updated = 0
         if segment.rows:
-            params = {"cid": batch.connection_id, "entity": batch.entity, "seg": segment.seg,
-                      "touch": segment.touch}
+            params = {"cid": batch.connection_id, "entity": batch.entity, "touch": segment.touch,
+                      "eids": segment.eids, "payloads": segment.payloads, "hashes": segment.hashes}
             if batch.events:
                 rows = conn.execute(_UPSERT_CHANGES, params).fetchall()
                 changed = [(str(row["external_id"]), bool(row["inserted"]), int(str(row["version"])))
@@ -186,14 +226,20 @@ def write_pages(conn: Connection, batch: EncodedPages) -> list[WriteResult]:
                 inserted = sum(1 for c in changed if c[1])
                 updated = len(changed) - inserted
             else:
-                row = conn.execute(_UPSERT_COUNTS, params).fetchone()
-                assert row is not None
-                inserted, updated = int(str(row["inserted"])), int(str(row["updated"]))
-        if segment.deleted:
-            deleted = len(tombstone(conn, batch.connection_id, batch.entity, segment.deleted, events=batch.events))
-        results.append(WriteResult(inserted, updated, segment.received - inserted - updated, deleted, batch.entity))
+                upsert = conn.execute(_UPSERT_COUNTS, params)  # read below: queued in a pipeline
+        deleted = len(tombstone(conn, batch.connection_id, batch.entity, segment.deleted, events=batch.events)) \
+            if segment.deleted else 0
+        written.append((segment, upsert, inserted, updated, deleted))
     if batch.checkpoint is not None:
         save_cursor(conn, batch.connection_id, batch.entity, batch.checkpoint)
+    results = []
+    for segment, upsert, known_inserted, known_updated, deleted in written:
+        inserted, updated = known_inserted, known_updated
+        if upsert is not None:
+            row = upsert.fetchone()
+            assert row is not None
+            inserted, updated = int(str(row["inserted"])), int(str(row["updated"]))
+        results.append(WriteResult(inserted, updated, segment.received - inserted - updated, deleted, batch.entity))
     return results
 
 
@@ -211,6 +257,7 @@ class Check:
     evidence: dict[str, Any]
 
 
+@pipelined
 def commit_pages(
     conn: Connection,
     batch: EncodedPages,
