@@ -40,7 +40,7 @@ import hmac
 import secrets
 import time
 import urllib.parse
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -48,12 +48,13 @@ from typing import Any
 
 import httpx
 
-from freshd.connectors.base import ConnectionSettings, Connector, Page, Problems, SyncContext, SyncMode
+from freshd.connectors.base import ConnectionSettings, Connector, Page, SyncContext, SyncMode
 from freshd.connectors.cursors import due, format_cursor
 from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.listing import SCHEMA, Fetched, fingerprint, run_listing, since_checkpoint
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
 from freshd.connectors.paginators import Ask, PageNumberPaging
+from freshd.connectors.schema import rules
 from freshd.connectors.streams import Incremental, Listing, SoftDelete, StreamSpec, columns
 from freshd.connectors.woocommerce.writes import EMAIL_TAKEN, KEY_TAKEN_WITH_HOLDER, WooCommerceWrites
 from freshd.errors import (
@@ -112,23 +113,33 @@ class QueryKeys(httpx.Auth):
         yield request
 
 
-def build_auth(settings: ConnectionSettings) -> httpx.Auth:
+# the `auth` option's kinds: how the consumer key/secret are sent
+AUTH: Mapping[str, Callable[[str, str], httpx.Auth]] = {"basic": httpx.BasicAuth, "query": QueryKeys, "oauth1": OAuth1}
+
+
+def build_auth(settings: ConnectionSettings, kind: str | None) -> httpx.Auth:
+    """How requests authenticate: the `auth` option's kind, by default Basic over HTTPS, else OAuth 1.0a."""
     creds = settings.credentials
     missing = [k for k in ("consumer_key", "consumer_secret") if not creds.get(k)]
     if missing:
         raise ConfigError(f"missing credential(s): {', '.join(missing)}", where=f"connection {settings.name}")
-    key, secret = creds["consumer_key"], creds["consumer_secret"]
-    kind = settings.options.get("auth") or (
-        "basic" if settings.base_url.startswith("https://") else "oauth1"
-    )
-    match kind:
-        case "basic":
-            return httpx.BasicAuth(key, secret)
-        case "query":
-            return QueryKeys(key, secret)
-        case "oauth1":
-            return OAuth1(key, secret)
-    raise ConfigError(f"unknown auth {kind!r}; valid: basic, query, oauth1", where=f"connection {settings.name}")
+    kind = kind or ("basic" if settings.base_url.startswith("https://") else "oauth1")
+    return AUTH[kind](creds["consumer_key"], creds["consumer_secret"])
+
+
+@dataclass(frozen=True, slots=True)
+class WooCommerceOptions:
+    """A connection's own options (the framework's, FRAMEWORK_OPTIONS, are allowed beside them)."""
+
+    auth: str | None = None  # a kind of AUTH (None: basic over HTTPS, oauth1 over plain HTTP)
+    # seconds between two full customer diffs; incremental syncs in between fetch only new customers
+    diff_interval: float = DIFF_INTERVAL
+
+    def __post_init__(self) -> None:
+        rules(("auth", self.auth is None or self.auth in AUTH,
+               f"option auth must be one of {', '.join(AUTH)}, got {self.auth!r}"),
+              ("diff_interval", self.diff_interval >= 0,
+               f"option diff_interval must be a number of seconds >= 0, got {self.diff_interval:g}"))
 
 
 # --- error classification --------------------------------------------------------------------
@@ -248,6 +259,8 @@ def _stored_max_id(state: dict[str, Any]) -> int:
 class WooCommerceConnector(WooCommerceWrites, Connector):
     error_table = ERRORS
     provider = "woocommerce"
+    options_type = WooCommerceOptions
+    options: WooCommerceOptions
     required_credentials = ("consumer_key", "consumer_secret")
     streams = (CUSTOMERS, ORDERS, PRODUCTS)
     since_streams = frozenset({ORDERS.name, PRODUCTS.name})  # customers have no modified filter
@@ -272,25 +285,10 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         base = settings.base_url.rstrip("/")
         if not base.endswith(API_PREFIX):
             base += API_PREFIX
+        # page_concurrency is a framework option (FRAMEWORK_OPTIONS), checked by check_settings
         self.concurrency = int(settings.options.get("page_concurrency", _BY_MODIFIED.concurrency))
-        # customers have no server-side modified filter: the full (id, modified) diff runs at most
-        # this often; incremental syncs in between fetch only new customers
-        self.diff_interval = float(settings.options.get("diff_interval", DIFF_INTERVAL))
-        self.client = self.http_client(base + "/", classify=classify, auth=build_auth(settings),
+        self.client = self.http_client(base + "/", classify=classify, auth=build_auth(settings, self.options.auth),
                                        max_connections=max(self.concurrency, 1) + 1)
-
-    @classmethod
-    def validate_settings(cls, settings: ConnectionSettings) -> None:
-        problems = Problems()
-        auth = settings.options.get("auth")
-        if auth is not None and auth not in ("basic", "query", "oauth1"):
-            problems.add(f"option auth must be one of basic, query, oauth1, got {auth!r}",
-                         where=f"connection {settings.name}")
-        interval = settings.options.get("diff_interval", DIFF_INTERVAL)
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
-            problems.add(f"option diff_interval must be a number of seconds >= 0, got {interval!r}",
-                         where=f"connection {settings.name}")
-        problems.check()
 
     async def probe(self) -> None:
         await self.client.get_json("customers", params={"per_page": 1, "_fields": "id"})
@@ -428,7 +426,8 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
     def _diff_due(self, state: dict[str, Any]) -> bool:
         if state.get("diff_now"):
             return True
-        return _stored_max_id(state) == 0 or due(state.get("diffed_at") or state.get("full_at"), self.diff_interval)
+        last = state.get("diffed_at") or state.get("full_at")
+        return _stored_max_id(state) == 0 or due(last, self.options.diff_interval)
 
     async def _new_ids(self, stream: StreamSpec, state: dict[str, Any], ctx: SyncContext) -> None:
         """Between two diffs: only customers created since, newest first, down to a known id."""
