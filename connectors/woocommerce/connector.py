@@ -48,7 +48,7 @@ from typing import Any
 
 import httpx
 
-from freshd.connectors.base import ConnectionSettings, Connector, Page, SyncContext, SyncMode
+from freshd.connectors.base import ConnectionSettings, Connector, Page, SyncContext, SyncMode, missing_credentials
 from freshd.connectors.cursors import due, format_cursor
 from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.listing import SCHEMA, Fetched, fingerprint, run_listing, since_checkpoint
@@ -56,7 +56,13 @@ from freshd.connectors.pagination import LoopGuard, fetch_in_order
 from freshd.connectors.paginators import Ask, PageNumberPaging
 from freshd.connectors.schema import rules
 from freshd.connectors.streams import Incremental, Listing, SoftDelete, StreamSpec, columns
-from freshd.connectors.woocommerce.writes import EMAIL_TAKEN, KEY_TAKEN_WITH_HOLDER, WooCommerceWrites
+from freshd.connectors.woocommerce.writes import (
+    EMAIL_TAKEN,
+    KEY_TAKEN_WITH_HOLDER,
+    WooCommerceWrites,
+    not_an_id,
+    record_id,
+)
 from freshd.errors import (
     ConfigError,
     PermanentError,
@@ -120,7 +126,7 @@ AUTH: Mapping[str, Callable[[str, str], httpx.Auth]] = {"basic": httpx.BasicAuth
 def build_auth(settings: ConnectionSettings, kind: str | None) -> httpx.Auth:
     """How requests authenticate: the `auth` option's kind, by default Basic over HTTPS, else OAuth 1.0a."""
     creds = settings.credentials
-    missing = [k for k in ("consumer_key", "consumer_secret") if not creds.get(k)]
+    missing = missing_credentials(WooCommerceConnector, creds)  # the names it declares, in that order
     if missing:
         raise ConfigError(f"missing credential(s): {', '.join(missing)}", where=f"connection {settings.name}")
     kind = kind or ("basic" if settings.base_url.startswith("https://") else "oauth1")
@@ -206,14 +212,12 @@ def _split_items(items: list[Any]) -> tuple[list[dict[str, Any]], tuple[tuple[st
     for item in items:
         if not isinstance(item, dict):
             failures.append((None, f"item is a JSON {type(item).__name__}, not an object"))
-            continue
-        rid = item.get("id")
-        if isinstance(rid, int) and not isinstance(rid, bool) and rid > 0:
+        elif record_id(item) is not None:
             records.append(item)
-        elif rid is None:
+        elif item.get("id") is None:
             failures.append((None, "record has no 'id'"))
         else:
-            failures.append((str(rid)[:100], f"id {str(rid)[:40]!r} is not a WooCommerce id (a positive integer)"))
+            failures.append((str(item["id"])[:100], f"id {not_an_id(str(item['id']))}"))
     return records, tuple(failures)
 
 
@@ -302,6 +306,10 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
             raise TransientError(f"WooCommerce {stream.path}: expected a JSON list, got {type(body).__name__}")
         total, total_pages = _paging_headers(response, PER_PAGE)
         return _Listing(body, response, *_split_items(body), total, total_pages)
+
+    async def _by_ids(self, stream: StreamSpec, ids: Sequence[str]) -> _Listing:
+        """These records (at most PER_PAGE ids), in the order asked: `include=`."""
+        return await self._list(stream, {"include": ",".join(ids), "orderby": "include", "page": 1})
 
     async def _fetch(self, stream: StreamSpec, ask: Ask, params: dict[str, str]) -> Fetched:
         """The engine's request for an orders/products page: checked as every listed page is."""
@@ -400,8 +408,7 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         chunks = [changed[i:i + PER_PAGE] for i in range(0, len(changed), PER_PAGE)]
 
         async def fetch(index: int) -> _Listing:
-            ids = ",".join(chunks[index])
-            return await self._list(stream, {"include": ids, "orderby": "include", "page": 1})
+            return await self._by_ids(stream, chunks[index])
 
         async def consume(index: int, listing: _Listing) -> None:
             last = index == len(chunks) - 1
@@ -452,7 +459,7 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         """By id, 100 at a time (`include=`); ids the shop no longer returns become tombstones."""
         for start in range(0, len(ids), PER_PAGE):
             chunk = list(ids[start:start + PER_PAGE])
-            listing = await self._list(stream, {"include": ",".join(chunk), "orderby": "include", "page": 1})
+            listing = await self._by_ids(stream, chunk)
             found = {str(r["id"]) for r in listing.records}
             await ctx.emit(Page(stream.name, listing.records, None, deleted=[i for i in chunk if i not in found],
                                 failures=listing.failures))
