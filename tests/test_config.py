@@ -38,7 +38,7 @@ provider = "woocommerce"
 base_url = "https://shop.example.com"
 tenant = "acme"
 credentials = { consumer_key = "ck_live_0123456789", consumer_secret = "cs_live_abcdefghij" }
-options = { per_page = 50, entities = ["orders", "products"], nested = { a = 1 } }
+options = { diff_interval = 50, entities = ["orders", "products"], rate_limits = { customers = "2/s" } }
 """
 
 
@@ -204,11 +204,11 @@ def test_full_file(tmp_path: Path) -> None:
     assert (shop.name, shop.provider, shop.tenant, shop.enabled) == ("shop-eu", "woocommerce", "acme", True)
     assert dict(shop.credentials) == {
         "consumer_key": "ck_live_0123456789", "consumer_secret": "cs_live_abcdefghij"}
-    assert shop.options["per_page"] == 50
+    assert shop.options["diff_interval"] == 50
     assert list(shop.options["entities"]) == ["orders", "products"]
     # options go to the store as JSON: still a dict to json
     assert json.loads(json.dumps(dict(shop.options))) == {
-        "per_page": 50, "entities": ["orders", "products"], "nested": {"a": 1}}
+        "diff_interval": 50, "entities": ["orders", "products"], "rate_limits": {"customers": "2/s"}}
     assert (erp.tenant, erp.enabled, erp.options["database"]) == ("default", False, "acme")
     assert config.connection("erp") is erp
     assert config.secret_values() == {"ck_live_0123456789", "cs_live_abcdefghij", "pw-s3cret", "k-odoo"}
@@ -220,7 +220,7 @@ def test_config_is_frozen_and_hashable(tmp_path: Path) -> None:
     with pytest.raises(FrozenInstanceError):
         config.log = config.log  # type: ignore[misc]
     with pytest.raises(TypeError):
-        config.connections[0].options["per_page"] = 1  # type: ignore[index]
+        config.connections[0].options["diff_interval"] = 1  # type: ignore[index]
     with pytest.raises(TypeError):
         config.connections[0].credentials["consumer_key"] = "x"  # type: ignore[index]
 

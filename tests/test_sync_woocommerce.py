@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -195,3 +196,44 @@ async def test_an_orders_window_that_shifts_keeps_its_start_and_infers_nothing(n
             assert ctx.pages[-1].checkpoint == {**state, "cursor": state.get("cursor")}  # the window is read again
     finally:
         await connector.aclose()
+
+
+async def test_options_are_read_as_one_dataclass_with_their_defaults() -> None:
+    from freshd.connectors.woocommerce.connector import OAuth1, QueryKeys, WooCommerceOptions, build_auth
+
+    connector = WooCommerceConnector(ConnectionSettings("shop", "woocommerce", "http://x", credentials=CREDS,
+                                                        options={"entities": ["orders"], "page_concurrency": 2}))
+    await connector.aclose()
+    assert connector.options == WooCommerceOptions(auth=None, diff_interval=6 * 3600.0)
+    assert connector.concurrency == 2  # a framework option, allowed beside the provider's own
+    tuned = WooCommerceConnector(ConnectionSettings("shop", "woocommerce", "https://x", credentials=CREDS,
+                                                    options={"auth": "query", "diff_interval": 60}))
+    await tuned.aclose()
+    assert tuned.options == WooCommerceOptions(auth="query", diff_interval=60.0)
+    # no `auth`: Basic over HTTPS, OAuth 1.0a over plain HTTP (as WooCommerce requires)
+    assert isinstance(build_auth(connector.settings, None), OAuth1)
+    assert isinstance(build_auth(tuned.settings, None), httpx.BasicAuth)
+    assert isinstance(build_auth(tuned.settings, "query"), QueryKeys)
+
+
+@pytest.mark.parametrize(("options", "problems"), [
+    ({"diff_intreval": 60},
+     ["connection shop: options.diff_intreval: unknown key 'diff_intreval'; valid keys: auth, diff_interval, "
+      "entities, page_concurrency, rate_burst, rate_group, rate_limit, rate_limits"]),
+    ({"auth": "magic", "diff_interval": -1},
+     ["connection shop: options.auth: option auth must be one of basic, query, oauth1, got 'magic'",
+      "connection shop: options.diff_interval: option diff_interval must be a number of seconds >= 0, got -1"]),
+    ({"auth": 5, "diff_interval": "6h"},
+     ["connection shop: options.auth: expected a string, got an integer",
+      "connection shop: options.diff_interval: expected a number, got a string"]),
+])
+def test_bad_options_are_refused_naming_each_key_all_at_once(options: dict[str, Any], problems: list[str]) -> None:
+    from freshd.connectors.base import check_settings
+    from freshd.errors import ConfigError, ConfigErrors
+
+    settings = ConnectionSettings("shop", "woocommerce", "http://x", credentials=CREDS, options=options)
+    for refuse in (check_settings, WooCommerceConnector):  # before anything is stored, and at start
+        with pytest.raises(ConfigError) as caught:
+            refuse(settings)
+        found = caught.value.errors if isinstance(caught.value, ConfigErrors) else [caught.value]
+        assert [str(e) for e in found] == problems

@@ -40,7 +40,7 @@ import hmac
 import secrets
 import time
 import urllib.parse
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -48,14 +48,21 @@ from typing import Any
 
 import httpx
 
-from freshd.connectors.base import ConnectionSettings, Connector, Page, Problems, SyncContext, SyncMode
+from freshd.connectors.base import ConnectionSettings, Connector, Page, SyncContext, SyncMode, missing_credentials
 from freshd.connectors.cursors import due, format_cursor
 from freshd.connectors.errors import ErrorTable, classify_with
 from freshd.connectors.listing import SCHEMA, Fetched, fingerprint, run_listing, since_checkpoint
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
 from freshd.connectors.paginators import Ask, PageNumberPaging
+from freshd.connectors.schema import rules
 from freshd.connectors.streams import Incremental, Listing, SoftDelete, StreamSpec, columns
-from freshd.connectors.woocommerce.writes import EMAIL_TAKEN, KEY_TAKEN_WITH_HOLDER, WooCommerceWrites
+from freshd.connectors.woocommerce.writes import (
+    EMAIL_TAKEN,
+    KEY_TAKEN_WITH_HOLDER,
+    WooCommerceWrites,
+    not_an_id,
+    record_id,
+)
 from freshd.errors import (
     ConfigError,
     PermanentError,
@@ -112,23 +119,33 @@ class QueryKeys(httpx.Auth):
         yield request
 
 
-def build_auth(settings: ConnectionSettings) -> httpx.Auth:
+# the `auth` option's kinds: how the consumer key/secret are sent
+AUTH: Mapping[str, Callable[[str, str], httpx.Auth]] = {"basic": httpx.BasicAuth, "query": QueryKeys, "oauth1": OAuth1}
+
+
+def build_auth(settings: ConnectionSettings, kind: str | None) -> httpx.Auth:
+    """How requests authenticate: the `auth` option's kind, by default Basic over HTTPS, else OAuth 1.0a."""
     creds = settings.credentials
-    missing = [k for k in ("consumer_key", "consumer_secret") if not creds.get(k)]
+    missing = missing_credentials(WooCommerceConnector, creds)  # the names it declares, in that order
     if missing:
         raise ConfigError(f"missing credential(s): {', '.join(missing)}", where=f"connection {settings.name}")
-    key, secret = creds["consumer_key"], creds["consumer_secret"]
-    kind = settings.options.get("auth") or (
-        "basic" if settings.base_url.startswith("https://") else "oauth1"
-    )
-    match kind:
-        case "basic":
-            return httpx.BasicAuth(key, secret)
-        case "query":
-            return QueryKeys(key, secret)
-        case "oauth1":
-            return OAuth1(key, secret)
-    raise ConfigError(f"unknown auth {kind!r}; valid: basic, query, oauth1", where=f"connection {settings.name}")
+    kind = kind or ("basic" if settings.base_url.startswith("https://") else "oauth1")
+    return AUTH[kind](creds["consumer_key"], creds["consumer_secret"])
+
+
+@dataclass(frozen=True, slots=True)
+class WooCommerceOptions:
+    """A connection's own options (the framework's, FRAMEWORK_OPTIONS, are allowed beside them)."""
+
+    auth: str | None = None  # a kind of AUTH (None: basic over HTTPS, oauth1 over plain HTTP)
+    # seconds between two full customer diffs; incremental syncs in between fetch only new customers
+    diff_interval: float = DIFF_INTERVAL
+
+    def __post_init__(self) -> None:
+        rules(("auth", self.auth is None or self.auth in AUTH,
+               f"option auth must be one of {', '.join(AUTH)}, got {self.auth!r}"),
+              ("diff_interval", self.diff_interval >= 0,
+               f"option diff_interval must be a number of seconds >= 0, got {self.diff_interval:g}"))
 
 
 # --- error classification --------------------------------------------------------------------
@@ -195,14 +212,12 @@ def _split_items(items: list[Any]) -> tuple[list[dict[str, Any]], tuple[tuple[st
     for item in items:
         if not isinstance(item, dict):
             failures.append((None, f"item is a JSON {type(item).__name__}, not an object"))
-            continue
-        rid = item.get("id")
-        if isinstance(rid, int) and not isinstance(rid, bool) and rid > 0:
+        elif record_id(item) is not None:
             records.append(item)
-        elif rid is None:
+        elif item.get("id") is None:
             failures.append((None, "record has no 'id'"))
         else:
-            failures.append((str(rid)[:100], f"id {str(rid)[:40]!r} is not a WooCommerce id (a positive integer)"))
+            failures.append((str(item["id"])[:100], f"id {not_an_id(str(item['id']))}"))
     return records, tuple(failures)
 
 
@@ -248,6 +263,8 @@ def _stored_max_id(state: dict[str, Any]) -> int:
 class WooCommerceConnector(WooCommerceWrites, Connector):
     error_table = ERRORS
     provider = "woocommerce"
+    options_type = WooCommerceOptions
+    options: WooCommerceOptions
     required_credentials = ("consumer_key", "consumer_secret")
     streams = (CUSTOMERS, ORDERS, PRODUCTS)
     since_streams = frozenset({ORDERS.name, PRODUCTS.name})  # customers have no modified filter
@@ -272,25 +289,10 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         base = settings.base_url.rstrip("/")
         if not base.endswith(API_PREFIX):
             base += API_PREFIX
+        # page_concurrency is a framework option (FRAMEWORK_OPTIONS), checked by check_settings
         self.concurrency = int(settings.options.get("page_concurrency", _BY_MODIFIED.concurrency))
-        # customers have no server-side modified filter: the full (id, modified) diff runs at most
-        # this often; incremental syncs in between fetch only new customers
-        self.diff_interval = float(settings.options.get("diff_interval", DIFF_INTERVAL))
-        self.client = self.http_client(base + "/", classify=classify, auth=build_auth(settings),
+        self.client = self.http_client(base + "/", classify=classify, auth=build_auth(settings, self.options.auth),
                                        max_connections=max(self.concurrency, 1) + 1)
-
-    @classmethod
-    def validate_settings(cls, settings: ConnectionSettings) -> None:
-        problems = Problems()
-        auth = settings.options.get("auth")
-        if auth is not None and auth not in ("basic", "query", "oauth1"):
-            problems.add(f"option auth must be one of basic, query, oauth1, got {auth!r}",
-                         where=f"connection {settings.name}")
-        interval = settings.options.get("diff_interval", DIFF_INTERVAL)
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
-            problems.add(f"option diff_interval must be a number of seconds >= 0, got {interval!r}",
-                         where=f"connection {settings.name}")
-        problems.check()
 
     async def probe(self) -> None:
         await self.client.get_json("customers", params={"per_page": 1, "_fields": "id"})
@@ -304,6 +306,10 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
             raise TransientError(f"WooCommerce {stream.path}: expected a JSON list, got {type(body).__name__}")
         total, total_pages = _paging_headers(response, PER_PAGE)
         return _Listing(body, response, *_split_items(body), total, total_pages)
+
+    async def _by_ids(self, stream: StreamSpec, ids: Sequence[str]) -> _Listing:
+        """These records (at most PER_PAGE ids), in the order asked: `include=`."""
+        return await self._list(stream, {"include": ",".join(ids), "orderby": "include", "page": 1})
 
     async def _fetch(self, stream: StreamSpec, ask: Ask, params: dict[str, str]) -> Fetched:
         """The engine's request for an orders/products page: checked as every listed page is."""
@@ -402,8 +408,7 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         chunks = [changed[i:i + PER_PAGE] for i in range(0, len(changed), PER_PAGE)]
 
         async def fetch(index: int) -> _Listing:
-            ids = ",".join(chunks[index])
-            return await self._list(stream, {"include": ids, "orderby": "include", "page": 1})
+            return await self._by_ids(stream, chunks[index])
 
         async def consume(index: int, listing: _Listing) -> None:
             last = index == len(chunks) - 1
@@ -428,7 +433,8 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
     def _diff_due(self, state: dict[str, Any]) -> bool:
         if state.get("diff_now"):
             return True
-        return _stored_max_id(state) == 0 or due(state.get("diffed_at") or state.get("full_at"), self.diff_interval)
+        last = state.get("diffed_at") or state.get("full_at")
+        return _stored_max_id(state) == 0 or due(last, self.options.diff_interval)
 
     async def _new_ids(self, stream: StreamSpec, state: dict[str, Any], ctx: SyncContext) -> None:
         """Between two diffs: only customers created since, newest first, down to a known id."""
@@ -453,7 +459,7 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
         """By id, 100 at a time (`include=`); ids the shop no longer returns become tombstones."""
         for start in range(0, len(ids), PER_PAGE):
             chunk = list(ids[start:start + PER_PAGE])
-            listing = await self._list(stream, {"include": ",".join(chunk), "orderby": "include", "page": 1})
+            listing = await self._by_ids(stream, chunk)
             found = {str(r["id"]) for r in listing.records}
             await ctx.emit(Page(stream.name, listing.records, None, deleted=[i for i in chunk if i not in found],
                                 failures=listing.failures))

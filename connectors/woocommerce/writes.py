@@ -70,9 +70,19 @@ def _create_body(op: Create) -> dict[str, Any]:
     return values
 
 
-def _record_id(record: Any) -> str | None:
+def record_id(record: Any) -> str | None:
+    """A record's WooCommerce id (a positive integer) as text; None when it has none."""
     rid = record.get("id") if isinstance(record, dict) else None
     return str(rid) if isinstance(rid, int) and not isinstance(rid, bool) and rid > 0 else None
+
+
+def is_id(text: str) -> bool:
+    """Whether an external id (text) is a WooCommerce id."""
+    return text.isdigit() and int(text) > 0
+
+
+def not_an_id(text: str) -> str:
+    return f"{text[:40]!r} is not a WooCommerce id (a positive integer)"
 
 
 class WooCommerceWrites:
@@ -112,12 +122,11 @@ class WooCommerceWrites:
             if isinstance(op, Create):
                 creates.append(position)
                 body.setdefault("create", []).append(_create_body(op))
-            elif op.external_id.isdigit() and int(op.external_id) > 0:
+            elif is_id(op.external_id):
                 updates.append(position)
                 body.setdefault("update", []).append({**op.values, "id": int(op.external_id)})
             else:
-                outcomes[position] = Rejected(f"{op.external_id[:40]!r} is not a WooCommerce id (a positive "
-                                              "integer)", external_id=op.external_id)
+                outcomes[position] = Rejected(not_an_id(op.external_id), external_id=op.external_id)
         if body:
             answer, _ = await self.client.request_json("POST", f"{entity}/batch", json=body,
                                                        replay_safe=not creates)
@@ -137,7 +146,7 @@ class WooCommerceWrites:
         external_id = op.external_id if isinstance(op, Update) else None
         error = item.get("error") if isinstance(item, dict) else None
         if error is None:
-            rid = _record_id(item)
+            rid = record_id(item)
             if rid is None:
                 return ItemError(f"WooCommerce {entity}/batch answered an item without an id",
                                  external_id=external_id)
@@ -159,10 +168,9 @@ class WooCommerceWrites:
             holder: dict[str, Any] | None = None
             if code in EMAIL_TAKEN and isinstance(values.get("email"), str):
                 holder = await self._holder_by_email(values["email"])
-            elif code in KEY_TAKEN_WITH_HOLDER and str(data.get("resource_id", "")).isdigit() \
-                    and int(data["resource_id"]) > 0:
+            elif code in KEY_TAKEN_WITH_HOLDER and is_id(str(data.get("resource_id", ""))):
                 holder = await self._holder_by_id(entity, str(data["resource_id"]))
-            holder_id = _record_id(holder)
+            holder_id = record_id(holder)
             if holder is not None and holder_id and isinstance(op, Create) and _reference_of(holder) == op.reference:
                 return Written(holder_id, holder)  # an earlier attempt of this very create
             return DuplicateKey(text, existing_id=holder_id, external_id=external_id, status=status, code=code)
@@ -209,7 +217,7 @@ class WooCommerceWrites:
         wanted = {c.reference for c in creates}
         found: dict[str, Written] = {}
         for record in candidates:
-            reference, rid = _reference_of(record), _record_id(record)
+            reference, rid = _reference_of(record), record_id(record)
             # found by natural key but without our reference: someone else's record, never ours
             if reference in wanted and rid is not None and reference not in found:
                 found[reference] = Written(rid, record)
@@ -219,9 +227,8 @@ class WooCommerceWrites:
 
     async def archive(self, entity: str, external_id: str) -> WriteOutcome:
         self._refuse_unwritable(entity, "archive")
-        if not (external_id.isdigit() and int(external_id) > 0):
-            return Rejected(f"{external_id[:40]!r} is not a WooCommerce id (a positive integer)",
-                            external_id=external_id)
+        if not is_id(external_id):
+            return Rejected(not_an_id(external_id), external_id=external_id)
         try:
             # without force: the trash.  Idempotent (a resend finds it trashed: 410), so replay-safe.
             before, _ = await self.client.request_json("DELETE", f"{entity}/{external_id}")
