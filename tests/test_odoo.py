@@ -12,8 +12,9 @@ import trio
 from freshd.connectors.base import ConnectionSettings, Page, SyncMode
 from freshd.connectors.odoo.connector import OdooConnector, classify, classify_error
 from freshd.connectors.odoo.simulator import OdooSimulator
+from freshd.connectors.paginators import KeysetPaging
 from freshd.connectors.simulator import serve_asgi
-from freshd.errors import ConfigError, PermanentError, RateLimited, ReauthRequired, TransientError
+from freshd.errors import ConfigError, ConfigErrors, PermanentError, RateLimited, ReauthRequired, TransientError
 from freshd.store.jobs import JobKind, JobStatus
 from tests.rig import CollectPages, Rig, open_rig
 
@@ -172,3 +173,35 @@ def test_settings_name_what_is_missing_or_wrong() -> None:
     assert "fields" in check({"api_key": "k"}, database="d", username="u", fields={"invoices": ["name"]})
     # database and login may also sit with the credentials (older configurations)
     OdooConnector.validate_settings(ConnectionSettings("erp", "odoo", "http://x", credentials=CREDS))
+
+
+def test_options_are_one_schema_every_problem_named_at_once() -> None:
+    def problems(credentials: dict[str, str], **options: Any) -> list[ConfigError]:
+        with pytest.raises(ConfigError) as caught:
+            OdooConnector.validate_settings(ConnectionSettings("erp", "odoo", "http://x", credentials=credentials,
+                                                               options=options))
+        return caught.value.errors if isinstance(caught.value, ConfigErrors) else [caught.value]
+
+    # an unknown key names itself and the valid ones (the framework's too), beside the credentials' problem
+    typo, creds = problems({}, databse="acme", username="u")
+    assert typo.where == "connection erp: options.databse"
+    assert "unknown key 'databse'" in str(typo) and "database" in str(typo) and "page_size" in str(typo)
+    assert "rate_limit" in str(typo) and "missing database, api_key (or password) (" in str(creds)
+    # the range rules, all of them
+    found = problems({"api_key": "k"}, database="d", username="u", api="xmlrpc", page_size=0, lookback=-1,
+                     reconcile_interval=0, fields={"invoices": ["name"]})
+    assert [e.where for e in found] == [f"connection erp: options.{key}" for key in
+                                        ("api", "page_size", "lookback", "reconcile_interval", "fields")]
+    assert "unknown api 'xmlrpc'; valid: jsonrpc, json2" in str(found[0])
+    assert "expected a number above zero, got 0" in str(found[1])
+    assert "unknown stream 'invoices'" in str(found[4]) and "partners, sale_orders, products" in str(found[4])
+    (wrong,) = problems({"api_key": "k"}, database="d", username="u", fields={"partners": "name"})
+    assert wrong.where == "connection erp: options.fields.partners" and "expected an array" in str(wrong)
+    # framework options stay allowed; the options as the connector reads them
+    connector = OdooConnector(ConnectionSettings("erp", "odoo", "http://x", credentials={"api_key": "k"}, options={
+        "database": "d", "username": "u", "page_size": 7, "entities": ["partners"], "fields": {"partners": ["name"]}}))
+    assert (connector.options.page_size, connector.options.api) == (7, "jsonrpc")
+    assert connector.fields["partners"] == ["name"]
+    assert connector.listed["partners"].listing is not None
+    assert connector.listed["partners"].listing.paginator == KeysetPaging(("write_date", "id"), size=7,
+                                                                          total_path="total")
