@@ -60,7 +60,7 @@ import orjson
 from freshd.connectors.base import ConnectionSettings, Connector, Page, Problems, SyncContext, SyncMode
 from freshd.connectors.cursors import due, format_cursor
 from freshd.connectors.errors import Answer, ErrorTable, classify_with, decide, describe
-from freshd.connectors.listing import Fetched, fingerprint, run_listing, since_checkpoint, tune
+from freshd.connectors.listing import SCHEMA, Fetched, fingerprint, run_listing, since_checkpoint, tune
 from freshd.connectors.odoo.writes import UNIQUE, OdooWrites
 from freshd.connectors.pagination import LoopGuard
 from freshd.connectors.paginators import Ask, KeysetPaging
@@ -269,7 +269,7 @@ class OdooConnector(OdooWrites, Connector):
     # the database and login may be options (readable in logs) or credentials: _credentials checks them
     required_credentials = ("api_key|password",)
     streams = (PARTNERS, SALE_ORDERS, PRODUCTS)
-    since_streams = frozenset({PARTNERS.name, SALE_ORDERS.name, PRODUCTS.name})
+    since_streams = frozenset(spec.name for spec in streams)  # every one filters by write_date
 
     def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
         """A listing from write_date >= `since`, keeping the stored cursor as its floor."""
@@ -297,10 +297,8 @@ class OdooConnector(OdooWrites, Connector):
         options: OdooOptions | None = None
         try:
             options = cls.read_options(settings)
-        except ConfigErrors as exc:
-            problems.errors.extend(exc.errors)
         except ConfigError as exc:
-            problems.errors.append(exc)
+            problems.errors.extend(exc.errors if isinstance(exc, ConfigErrors) else [exc])
         try:
             _credentials(settings, options)
         except ConfigError as exc:
@@ -420,10 +418,9 @@ class OdooConnector(OdooWrites, Connector):
         wanted = [int(i) for i in ids if str(i).isdigit()]
         for start in range(0, len(wanted), self.options.page_size):
             chunk = wanted[start:start + self.options.page_size]
-            rows = await self.call(stream.path, "read", chunk, fields=self.fields[stream.name],
-                                   context={"active_test": False})
-            found = {str(r.get("id")) for r in rows}
-            await ctx.emit(Page(stream.name, rows, None, deleted=[str(i) for i in chunk if str(i) not in found]))
+            found = await self._read(stream.name, chunk)  # the stream's fields, archived included
+            await ctx.emit(Page(stream.name, list(found.values()), None,
+                                deleted=[str(i) for i in chunk if i not in found]))
 
 
 def upgrade_checkpoint(stream: StreamSpec, state: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -443,5 +440,5 @@ def upgrade_checkpoint(stream: StreamSpec, state: Mapping[str, Any] | None) -> d
     full = state.get("mode") == SyncMode.FULL.value or not cursor
     since = None if full else format_cursor(cursor, listing.incremental.format, listing.incremental.lookback)
     return {**upgraded, "listing": {  # started: at its next response
-        "v": 1, "since": since, "fingerprint": fingerprint(stream, listing), "max": cursor, "total": None,
+        "v": SCHEMA, "since": since, "fingerprint": fingerprint(stream, listing), "max": cursor, "total": None,
         "pager": {"key": [position, int(state.get("position_id") or 0)]}, "full": full, "shifted": False}}
