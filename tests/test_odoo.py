@@ -12,8 +12,9 @@ import trio
 from freshd.connectors.base import ConnectionSettings, Page, SyncMode
 from freshd.connectors.odoo.connector import OdooConnector, classify, classify_error
 from freshd.connectors.odoo.simulator import OdooSimulator
+from freshd.connectors.paginators import KeysetPaging
 from freshd.connectors.simulator import serve_asgi
-from freshd.errors import ConfigError, PermanentError, RateLimited, ReauthRequired, TransientError
+from freshd.errors import ConfigError, ConfigErrors, PermanentError, RateLimited, ReauthRequired, TransientError
 from freshd.store.jobs import JobKind, JobStatus
 from tests.rig import CollectPages, Rig, open_rig
 
@@ -107,6 +108,23 @@ async def test_a_resumed_listing_continues_after_the_committed_page(nursery: tri
     assert not resumed.pages[-1].listing_complete  # a resumed listing never marks deletions
 
 
+async def test_retry_reads_by_id_archived_included_and_gone_ids_are_tombstones(nursery: trio.Nursery) -> None:
+    sim = OdooSimulator(records=30, seed=4, credentials=CREDS)
+    port = await nursery.start(functools.partial(serve_asgi, sim.app, "127.0.0.1", 0))
+    archived, kept, gone = sim.ids["res.partner"][:3]
+    sim.write("res.partner", archived, active=False)
+    sim.delete("res.partner", gone)
+    connector = OdooConnector(settings_fn(page_size=2)(f"http://127.0.0.1:{port}"))
+    ctx = CollectPages()
+    with trio.fail_after(20):
+        await connector.fetch_items(connector.stream("partners"), [str(archived), str(kept), str(gone), "x"], ctx)
+    await connector.aclose()
+    first, second = ctx.pages  # page_size ids a read; an id that is no integer is not asked for
+    assert [r["id"] for r in first.records] == [archived, kept] and not first.deleted
+    assert first.records[0]["active"] is False and set(first.records[0]) == {"id", *connector.fields["partners"]}
+    assert not second.records and list(second.deleted) == [str(gone)]
+
+
 @pytest.mark.parametrize("api", ["jsonrpc", "json2"])
 async def test_a_wrong_key_is_reauth_required(database_url: str, api: str) -> None:
     sim = OdooSimulator(records=10, seed=1, credentials=CREDS)
@@ -172,3 +190,35 @@ def test_settings_name_what_is_missing_or_wrong() -> None:
     assert "fields" in check({"api_key": "k"}, database="d", username="u", fields={"invoices": ["name"]})
     # database and login may also sit with the credentials (older configurations)
     OdooConnector.validate_settings(ConnectionSettings("erp", "odoo", "http://x", credentials=CREDS))
+
+
+def test_options_are_one_schema_every_problem_named_at_once() -> None:
+    def problems(credentials: dict[str, str], **options: Any) -> list[ConfigError]:
+        with pytest.raises(ConfigError) as caught:
+            OdooConnector.validate_settings(ConnectionSettings("erp", "odoo", "http://x", credentials=credentials,
+                                                               options=options))
+        return caught.value.errors if isinstance(caught.value, ConfigErrors) else [caught.value]
+
+    # an unknown key names itself and the valid ones (the framework's too), beside the credentials' problem
+    typo, creds = problems({}, databse="acme", username="u")
+    assert typo.where == "connection erp: options.databse"
+    assert "unknown key 'databse'" in str(typo) and "database" in str(typo) and "page_size" in str(typo)
+    assert "rate_limit" in str(typo) and "missing database, api_key (or password) (" in str(creds)
+    # the range rules, all of them
+    found = problems({"api_key": "k"}, database="d", username="u", api="xmlrpc", page_size=0, lookback=-1,
+                     reconcile_interval=0, fields={"invoices": ["name"]})
+    assert [e.where for e in found] == [f"connection erp: options.{key}" for key in
+                                        ("api", "page_size", "lookback", "reconcile_interval", "fields")]
+    assert "unknown api 'xmlrpc'; valid: jsonrpc, json2" in str(found[0])
+    assert "expected a number above zero, got 0" in str(found[1])
+    assert "unknown stream 'invoices'" in str(found[4]) and "partners, sale_orders, products" in str(found[4])
+    (wrong,) = problems({"api_key": "k"}, database="d", username="u", fields={"partners": "name"})
+    assert wrong.where == "connection erp: options.fields.partners" and "expected an array" in str(wrong)
+    # framework options stay allowed; the options as the connector reads them
+    connector = OdooConnector(ConnectionSettings("erp", "odoo", "http://x", credentials={"api_key": "k"}, options={
+        "database": "d", "username": "u", "page_size": 7, "entities": ["partners"], "fields": {"partners": ["name"]}}))
+    assert (connector.options.page_size, connector.options.api) == (7, "jsonrpc")
+    assert connector.fields["partners"] == ["name"]
+    assert connector.listed["partners"].listing is not None
+    assert connector.listed["partners"].listing.paginator == KeysetPaging(("write_date", "id"), size=7,
+                                                                          total_path="total")

@@ -50,7 +50,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,13 +60,15 @@ import orjson
 from freshd.connectors.base import ConnectionSettings, Connector, Page, Problems, SyncContext, SyncMode
 from freshd.connectors.cursors import due, format_cursor
 from freshd.connectors.errors import Answer, ErrorTable, classify_with, decide, describe
-from freshd.connectors.listing import Fetched, fingerprint, run_listing, since_checkpoint, tune
+from freshd.connectors.listing import SCHEMA, Fetched, fingerprint, run_listing, since_checkpoint, tune
 from freshd.connectors.odoo.writes import UNIQUE, OdooWrites
 from freshd.connectors.pagination import LoopGuard
 from freshd.connectors.paginators import Ask, KeysetPaging
+from freshd.connectors.schema import rules
 from freshd.connectors.streams import Incremental, Listing, StreamSpec, columns
 from freshd.errors import (
     ConfigError,
+    ConfigErrors,
     ProviderError,
     ReauthRequired,
     TransientError,
@@ -80,18 +82,47 @@ RECONCILE_INTERVAL = 6 * 3600.0
 APIS = ("jsonrpc", "json2")
 ODOO_TIME = "%Y-%m-%d %H:%M:%S"  # how Odoo writes datetimes (UTC)
 
+
+@dataclass(frozen=True, slots=True)
+class OdooOptions:
+    """A connection's options (seconds for durations).  The database and login may sit with the
+    credentials instead (older configurations): `_credentials` checks that one of them gives each."""
+
+    api: str = "jsonrpc"  # JSON-RPC (every version), or JSON-2 (Odoo 19+)
+    database: str = ""
+    username: str = ""  # the login the API key belongs to (JSON-RPC only)
+    page_size: int = PAGE_SIZE  # records per search_read (and per read of `freshctl retry`)
+    lookback: float = LOOKBACK  # read before the newest write_date (a long transaction commits late)
+    reconcile_interval: float = RECONCILE_INTERVAL  # between id reconciliations of incremental syncs
+    # stream -> the fields search_read asks for (a stream not named, or an empty list: DEFAULT_FIELDS)
+    fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.fields if name not in DEFAULT_FIELDS]
+        rules(("api", self.api in APIS, f"unknown api {self.api!r}; valid: {', '.join(APIS)}"),
+              *((key, getattr(self, key) > 0, f"expected a number above zero, got {getattr(self, key)!r}")
+                for key in ("page_size", "lookback", "reconcile_interval")),
+              ("fields", not unknown, f"unknown stream {', '.join(map(repr, unknown))}: expected a table of "
+                                      f"stream = [field, ...] for {', '.join(DEFAULT_FIELDS)}"))
+
+
 # --- auth --------------------------------------------------------------------------------------------
 
 
-def _credentials(settings: ConnectionSettings) -> tuple[str, str, str]:
+def _credentials(settings: ConnectionSettings, options: OdooOptions | None) -> tuple[str, str, str]:
     """(database, login, key).  The database and login are identifiers, not secrets: options
-    (so logs keep them readable), or credentials for configurations that keep them there."""
-    creds, options = settings.credentials, settings.options
-    database = str(options.get("database") or creds.get("database") or "")
-    login = str(options.get("username") or creds.get("username") or "")
+    (so logs keep them readable), or credentials for configurations that keep them there.
+    `options` None: they were refused (and reported); the identifiers they give still count."""
+    creds = settings.credentials
+
+    def given(key: str) -> Any:
+        return settings.options.get(key) if options is None else getattr(options, key)
+
+    database = str(given("database") or creds.get("database") or "")
+    login = str(given("username") or creds.get("username") or "")
     key = creds.get("api_key") or creds.get("password") or ""
     needed = {"database": database, "api_key (or password)": key}
-    if settings.options.get("api", "jsonrpc") == "jsonrpc":
+    if (given("api") or "jsonrpc") == "jsonrpc":
         needed["username"] = login
     missing = [k for k, v in needed.items() if not v]
     if missing:
@@ -233,10 +264,12 @@ _PARAMETERS: Mapping[str, tuple[str, ...]] = {
 
 class OdooConnector(OdooWrites, Connector):
     provider = "odoo"
+    options_type = OdooOptions
+    options: OdooOptions
     # the database and login may be options (readable in logs) or credentials: _credentials checks them
     required_credentials = ("api_key|password",)
     streams = (PARTNERS, SALE_ORDERS, PRODUCTS)
-    since_streams = frozenset({PARTNERS.name, SALE_ORDERS.name, PRODUCTS.name})
+    since_streams = frozenset(spec.name for spec in streams)  # every one filters by write_date
 
     def since_state(self, stream: StreamSpec, state: dict[str, Any] | None, since: datetime) -> dict[str, Any]:
         """A listing from write_date >= `since`, keeping the stored cursor as its floor."""
@@ -246,17 +279,13 @@ class OdooConnector(OdooWrites, Connector):
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         self.validate_settings(settings)
         super().__init__(settings, policies=policies)
-        options = settings.options
-        self.api = str(options.get("api", "jsonrpc"))
-        self.database, self.login, self._key = _credentials(settings)
-        self.page_size = int(options.get("page_size", PAGE_SIZE))
-        lookback = float(options.get("lookback", LOOKBACK))
-        self.listed = {spec.name: tune(spec, page_size=self.page_size, lookback=lookback) for spec in self.streams}
-        self.reconcile_interval = float(options.get("reconcile_interval", RECONCILE_INTERVAL))
-        self.fields = {name: list(options.get("fields", {}).get(name) or DEFAULT_FIELDS[name])
-                       for name in DEFAULT_FIELDS}
+        options = self.options
+        self.database, self.login, self._key = _credentials(settings, options)
+        self.listed = {spec.name: tune(spec, page_size=options.page_size, lookback=options.lookback)
+                       for spec in self.streams}
+        self.fields = {name: list(options.fields.get(name) or DEFAULT_FIELDS[name]) for name in DEFAULT_FIELDS}
         headers = {"Authorization": f"bearer {self._key}", "X-Odoo-Database": self.database} \
-            if self.api == "json2" else None
+            if options.api == "json2" else None
         self.client = self.http_client(settings.base_url.rstrip("/") + "/", classify=classify, headers=headers,
                                        max_connections=2)
         self._uid: int | None = None
@@ -264,22 +293,14 @@ class OdooConnector(OdooWrites, Connector):
 
     @classmethod
     def validate_settings(cls, settings: ConnectionSettings) -> None:
-        options = settings.options
-        where = f"connection {settings.name}: options"
         problems = Problems()
-        api = options.get("api", "jsonrpc")
-        if api not in APIS:
-            problems.add(f"unknown api {api!r}; valid: {', '.join(APIS)}", where=f"{where}.api")
-        for key in ("page_size", "lookback", "reconcile_interval"):
-            value = options.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-                problems.add(f"expected a number above zero, got {value!r}", where=f"{where}.{key}")
-        fields = options.get("fields", {})
-        if not isinstance(fields, Mapping) or any(k not in DEFAULT_FIELDS for k in fields):
-            problems.add(f"expected a table of stream = [field, ...] for {', '.join(DEFAULT_FIELDS)}",
-                         where=f"{where}.fields")
+        options: OdooOptions | None = None
         try:
-            _credentials(settings)
+            options = cls.read_options(settings)
+        except ConfigError as exc:
+            problems.errors.extend(exc.errors if isinstance(exc, ConfigErrors) else [exc])
+        try:
+            _credentials(settings, options)
         except ConfigError as exc:
             problems.errors.append(exc)
         problems.check()
@@ -319,7 +340,7 @@ class OdooConnector(OdooWrites, Connector):
     async def _call(self, model: str, method: str, *args: Any, replay_safe: bool = True,
                     **kwargs: Any) -> tuple[Any, httpx.Response]:
         """`call`, with the response it came in."""
-        if self.api == "json2":
+        if self.options.api == "json2":
             named = {**dict(zip(_PARAMETERS.get(method, ("domain",)), args, strict=False)), **kwargs}
             return await self.client.request_json("POST", f"json/2/{model}/{method}", json=named,
                                                   replay_safe=replay_safe)
@@ -347,7 +368,7 @@ class OdooConnector(OdooWrites, Connector):
         state = upgrade_checkpoint(listed, state)
         # the id reconciliation: not while a listing is under way, nor in a `sync --since` one (floor)
         if mode is SyncMode.INCREMENTAL and not state.keys() & {"listing", "floor"} \
-                and due(state.get("reconciled_at"), self.reconcile_interval):
+                and due(state.get("reconciled_at"), self.options.reconcile_interval):
             await self._reconcile_ids(stream, state, ctx)
             state = {**state, "reconciled_at": datetime.now(UTC).strftime(ODOO_TIME)}
         await run_listing(listed, state, mode, ctx, self.client, fetch=functools.partial(self._search_read, listed))
@@ -395,12 +416,11 @@ class OdooConnector(OdooWrites, Connector):
     async def fetch_items(self, stream: StreamSpec, ids: Sequence[str], ctx: SyncContext) -> None:
         """`freshctl retry`: read by id; ids Odoo no longer has become tombstones."""
         wanted = [int(i) for i in ids if str(i).isdigit()]
-        for start in range(0, len(wanted), self.page_size):
-            chunk = wanted[start:start + self.page_size]
-            rows = await self.call(stream.path, "read", chunk, fields=self.fields[stream.name],
-                                   context={"active_test": False})
-            found = {str(r.get("id")) for r in rows}
-            await ctx.emit(Page(stream.name, rows, None, deleted=[str(i) for i in chunk if str(i) not in found]))
+        for start in range(0, len(wanted), self.options.page_size):
+            chunk = wanted[start:start + self.options.page_size]
+            found = await self._read(stream.name, chunk)  # the stream's fields, archived included
+            await ctx.emit(Page(stream.name, list(found.values()), None,
+                                deleted=[str(i) for i in chunk if i not in found]))
 
 
 def upgrade_checkpoint(stream: StreamSpec, state: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -420,5 +440,5 @@ def upgrade_checkpoint(stream: StreamSpec, state: Mapping[str, Any] | None) -> d
     full = state.get("mode") == SyncMode.FULL.value or not cursor
     since = None if full else format_cursor(cursor, listing.incremental.format, listing.incremental.lookback)
     return {**upgraded, "listing": {  # started: at its next response
-        "v": 1, "since": since, "fingerprint": fingerprint(stream, listing), "max": cursor, "total": None,
+        "v": SCHEMA, "since": since, "fingerprint": fingerprint(stream, listing), "max": cursor, "total": None,
         "pager": {"key": [position, int(state.get("position_id") or 0)]}, "full": full, "shifted": False}}
