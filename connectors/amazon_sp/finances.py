@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from freshd.connectors.amazon_sp.api import Options, digest, iso, parse_time, payload, restarting, utcnow
+from freshd.connectors.amazon_sp.api import Options, digest, iso, payload, restarting, utcnow
 from freshd.connectors.base import SyncMode
+from freshd.connectors.cursors import moment
 from freshd.connectors.http import ProviderClient
 from freshd.connectors.pagination import LoopGuard
 
@@ -120,12 +121,13 @@ async def finance_pass(
     sub = sub or {}
     end = utcnow() - POSTED_BEFORE_SAFETY
     watermark = sub.get("posted_after")
-    if sub.get("phase") == "windows" and sub.get("mode") == mode.value and watermark:
-        start = parse_time(watermark)  # a resumed job: its windows before this one are stored
-    elif mode is SyncMode.FULL or not watermark:
-        start = options.start_date
+    since = moment(watermark)
+    if sub.get("phase") == "windows" and sub.get("mode") == mode.value and since:
+        start = since  # a resumed job: its windows before this one are stored
+    elif mode is SyncMode.FULL or since is None:
+        start = options.start
     else:
-        start = parse_time(watermark) - options.finances_lookback  # late events
+        start = since - options.finances_lookback  # late events
     spans = windows(start, end)
     final = {"phase": "done", "posted_after": iso(end) if spans else watermark or iso(end)}
     if not spans:

@@ -19,9 +19,10 @@ from typing import Any
 
 import trio
 
-from freshd.connectors.amazon_sp.api import Once, Options, iso, parse_time, utcnow
+from freshd.connectors.amazon_sp.api import Once, Options, iso, utcnow
 from freshd.connectors.amazon_sp.finances import FinancialEvent, finance_pass, reimbursement_event_records
 from freshd.connectors.base import Page, SyncContext, SyncMode
+from freshd.connectors.cursors import due, moment
 from freshd.connectors.http import ProviderClient
 from freshd.errors import PermanentError, ProviderError, TransientError
 
@@ -117,14 +118,10 @@ class Reimbursements:
 
         pending = report.get("pending")
         if not pending:
-            requested = report.get("requested_at")
-            if mode is SyncMode.INCREMENTAL and requested and report.get("end") and \
-                    (now - parse_time(requested)).total_seconds() < self.options.report_interval:
+            end, requested = moment(report.get("end")), report.get("requested_at")
+            if mode is SyncMode.INCREMENTAL and end and not due(requested, self.options.report_interval):
                 return  # FBA reports are regenerated at most every few hours: not due yet
-            if mode is SyncMode.FULL or not report.get("end"):
-                start = self.options.start_date
-            else:
-                start = parse_time(report["end"]) - self.options.finances_lookback
+            start = self.options.start if mode is SyncMode.FULL or end is None else end - self.options.finances_lookback
             start = max(start, now - REPORT_HORIZON)
             report_id = await self._create_report(start, now)
             pending = {"id": report_id, "start": iso(start), "end": iso(now), "rows": 0}
@@ -168,7 +165,7 @@ class Reimbursements:
 
     async def _await_report(self, report_id: str) -> str | None:
         """Poll until the report is processed: its document id, or None when CANCELLED (no data)."""
-        delay = self.options.report_poll_interval
+        delay = max(self.options.report_poll_interval, 0.01)
         deadline = trio.current_time() + self.options.report_timeout
         while True:
             body, _ = await self.client.get_json(f"{REPORTS_PATH}/{report_id}", limit="getReport")
