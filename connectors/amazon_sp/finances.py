@@ -20,10 +20,12 @@ from freshd.connectors.base import SyncMode
 from freshd.connectors.cursors import moment
 from freshd.connectors.http import ProviderClient
 from freshd.connectors.pagination import LoopGuard
+from freshd.connectors.paginators import CursorPager, CursorPaging, PageRead
 
 FINANCES_PATH = "/finances/v0/financialEvents"
 MAX_WINDOW = timedelta(days=180)  # financial events: a longer PostedAfter..PostedBefore comes back empty
 POSTED_BEFORE_SAFETY = timedelta(minutes=3)  # the 2-minute rule, plus a minute of clock skew
+EVENTS_PAGING = CursorPaging("NextToken", next_path="payload.NextToken", size_param="MaxResultsPerPage", size=100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,24 +83,19 @@ Emit = Callable[[list[FinancialEvent], dict[str, Any] | None], Awaitable[None]]
 
 async def read_window(client: ProviderClient, after: datetime, before: datetime, on_page: OnPage) -> None:
     """One PostedAfter..PostedBefore window, all pages; restarted whole if its NextToken went stale."""
-    params: dict[str, str | int] = {"PostedAfter": iso(after), "PostedBefore": iso(before), "MaxResultsPerPage": 100}
+    params = {"PostedAfter": iso(after), "PostedBefore": iso(before)}
 
     async def listing() -> None:
-        guard = LoopGuard(f"SP-API listFinancialEvents {iso(after)}..{iso(before)}")
+        pager = CursorPager(EVENTS_PAGING, LoopGuard(f"SP-API listFinancialEvents {iso(after)}..{iso(before)}"))
         occurrences: Counter[str] = Counter()  # identical events of one window: :2, :3, ...
-        token: str | None = None
-        while True:
-            body, _ = await client.get_json(FINANCES_PATH, params={**params, **({"NextToken": token} if token else {})},
-                                            limit="listFinancialEvents")
+        while not pager.done:
+            body, response = await client.get_json(FINANCES_PATH, params={**params, **pager.ask().params},
+                                                   limit="listFinancialEvents")
             page = payload(body, "listFinancialEvents")
-            token = page.get("NextToken") or None
             events = list(flatten_events(page.get("FinancialEvents") or {}, occurrences))
-            guard.page([e.digest for e in events])
-            if token:
-                guard.cursor(token)
-            await on_page(events, token is None)
-            if token is None:
-                return
+            pager.guard.page([e.digest for e in events])
+            pager.advance(PageRead(events, [], body, response.headers, response.url))
+            await on_page(events, pager.done)
 
     await restarting(listing, "SP-API listFinancialEvents: NextToken expired {n} times in a row",
                      what="financial events", window=params)
