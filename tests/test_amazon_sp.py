@@ -279,7 +279,9 @@ def test_options_are_checked_by_the_schema_engine_every_problem_at_once() -> Non
         "marketplace_ids": (US, " A1PA6795UKMFR9"), "token_url": "/auth/o2/token", "start_date": "2024-05-06"}))
     assert options.base_url == "http://127.0.0.1:9" and options.token_url == "http://127.0.0.1:9/auth/o2/token"
     assert options.marketplaces == (US, "A1PA6795UKMFR9")
-    assert options.start == datetime(2024, 5, 6, tzinfo=UTC) and options.finances_lookback == timedelta(hours=48)
+    assert options.since(None, SyncMode.INCREMENTAL) == options.start == datetime(2024, 5, 6, tzinfo=UTC)
+    assert options.since("2024-06-03T00:00:00Z", SyncMode.INCREMENTAL) == datetime(2024, 6, 1, tzinfo=UTC)
+    assert options.since("2024-06-03T00:00:00Z", SyncMode.FULL) == options.start
 
 
 # --- the connector end to end ---------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import orjson
 import structlog
 
 from freshd.connectors.amazon_sp.auth import LWA_TOKEN_URL
-from freshd.connectors.base import FRAMEWORK_OPTIONS, ConnectionSettings, Problems
+from freshd.connectors.base import FRAMEWORK_OPTIONS, ConnectionSettings, Problems, SyncMode
+from freshd.connectors.cursors import moment
 from freshd.connectors.errors import Answer, ErrorTable, classify_with, describe
 from freshd.connectors.schema import build, rules
 from freshd.errors import AuthExpired, ConfigError, ConfigErrors, PermanentError, ProviderError, TransientError
@@ -98,13 +99,12 @@ class SPOptions:
         given = _date(self.start_date) if self.start_date else None
         return given or utcnow() - timedelta(days=self.history_days)
 
-    @property
-    def finances_lookback(self) -> timedelta:
-        return timedelta(hours=self.finances_lookback_hours)
-
-    @property
-    def sources(self) -> tuple[str, ...]:
-        return self.reimbursement_sources
+    def since(self, watermark: Any, mode: SyncMode) -> datetime:
+        """Where a finance or report pass starts: `start` for a full sync or a first one, else the
+        watermark (a checkpoint's time) minus `finances_lookback_hours`, for events that post late."""
+        after = moment(watermark)
+        return self.start if mode is SyncMode.FULL or after is None else \
+            after - timedelta(hours=self.finances_lookback_hours)
 
 
 def _date(text: str) -> datetime | None:

@@ -54,7 +54,7 @@ from freshd.connectors.amazon_sp.api import (
     utcnow,
 )
 from freshd.connectors.amazon_sp.auth import access_token_header, classify_lwa, refresh
-from freshd.connectors.amazon_sp.finances import FINANCES_PATH, FinancialEvent, event_record, finance_pass
+from freshd.connectors.amazon_sp.finances import FINANCES_PATH, event_record, finance_pass
 from freshd.connectors.amazon_sp.reports import REPORTS_PATH, Reimbursements
 from freshd.connectors.base import ConnectionSettings, Connector, Page, SyncContext, SyncMode
 from freshd.connectors.cursors import due, moment
@@ -264,13 +264,8 @@ class AmazonSPConnector(Connector):
         if stream.name == INVENTORY.name:
             await self._sync_inventory(state, mode, ctx)
         elif stream.name == FINANCIAL_EVENTS.name:
-            once = Once()
-
-            async def emit(events: list[FinancialEvent], checkpoint: dict[str, Any] | None) -> None:
-                await ctx.emit(Page(FINANCIAL_EVENTS.name, once.fresh([event_record(e) for e in events]),
-                                    checkpoint))
-
-            await finance_pass(self.client, self.options, state, mode, emit=emit, wrap=lambda sub: sub)
+            await finance_pass(self.client, self.options, state, mode, ctx, entity=FINANCIAL_EVENTS.name,
+                               records=lambda event: [event_record(event)], wrap=lambda sub: sub)
         elif stream.name == REIMBURSEMENTS.name:
             await self.reimbursements.sync(state, mode, ctx)
         else:

@@ -19,10 +19,10 @@ from typing import Any
 
 import trio
 
-from freshd.connectors.amazon_sp.api import Once, Options, iso, utcnow
-from freshd.connectors.amazon_sp.finances import FinancialEvent, finance_pass, reimbursement_event_records
+from freshd.connectors.amazon_sp.api import Options, iso, utcnow
+from freshd.connectors.amazon_sp.finances import finance_pass, reimbursement_event_records
 from freshd.connectors.base import Page, SyncContext, SyncMode
-from freshd.connectors.cursors import due, moment
+from freshd.connectors.cursors import due
 from freshd.connectors.http import ProviderClient
 from freshd.errors import PermanentError, ProviderError, TransientError
 
@@ -52,11 +52,8 @@ def parse_report(text: str) -> tuple[list[dict[str, str]], list[str]]:
     return rows, bad
 
 
-def decode_report(data: bytes, content_type: str | None) -> str:
+def decode_report(data: bytes, charset: str | None) -> str:
     """Report documents are UTF-8, or Cp1252 in some marketplaces (UNCONFIRMED: honour a charset when sent)."""
-    charset = None
-    if content_type and "charset=" in content_type.lower():
-        charset = content_type.lower().split("charset=")[1].split(";")[0].strip()
     for encoding in (charset, "utf-8", "cp1252"):
         if encoding:
             try:
@@ -93,19 +90,15 @@ class Reimbursements:
     async def sync(self, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext) -> None:
         state = state or {}
         status: dict[str, Any] = {"events": state.get("events") or {}, "report": state.get("report") or {}}
-        once = Once()
 
         def wrap(sub: dict[str, Any]) -> dict[str, Any]:
             status["events"] = sub
             return {"events": sub, "report": status["report"]}
 
-        async def emit(events: list[FinancialEvent], checkpoint: dict[str, Any] | None) -> None:
-            records = [r for e in events for r in reimbursement_event_records(e)]
-            await ctx.emit(Page(STREAM, once.fresh(records), checkpoint))
-
-        if "financial_events" in self.options.sources:
-            await finance_pass(self.client, self.options, status["events"], mode, emit=emit, wrap=wrap)
-        if "report" in self.options.sources:
+        if "financial_events" in self.options.reimbursement_sources:
+            await finance_pass(self.client, self.options, status["events"], mode, ctx, entity=STREAM,
+                               records=reimbursement_event_records, wrap=wrap)
+        if "report" in self.options.reimbursement_sources:
             await self._report_pass(status, mode, ctx)
 
     async def _report_pass(self, status: dict[str, Any], mode: SyncMode, ctx: SyncContext) -> None:
@@ -118,10 +111,10 @@ class Reimbursements:
 
         pending = report.get("pending")
         if not pending:
-            end, requested = moment(report.get("end")), report.get("requested_at")
-            if mode is SyncMode.INCREMENTAL and end and not due(requested, self.options.report_interval):
+            if mode is SyncMode.INCREMENTAL and report.get("end") and \
+                    not due(report.get("requested_at"), self.options.report_interval):
                 return  # FBA reports are regenerated at most every few hours: not due yet
-            start = self.options.start if mode is SyncMode.FULL or end is None else end - self.options.finances_lookback
+            start = self.options.since(report.get("end"), mode)
             start = max(start, now - REPORT_HORIZON)
             report_id = await self._create_report(start, now)
             pending = {"id": report_id, "start": iso(start), "end": iso(now), "rows": 0}
@@ -202,5 +195,5 @@ class Reimbursements:
                 if attempt == 1 or (isinstance(exc, ProviderError) and exc.status != 403):
                     raise TransientError(f"SP-API report document {document_id}: {exc}") from exc
                 continue
-            return parse_report(decode_report(data, response.headers.get("content-type")))
+            return parse_report(decode_report(data, response.charset_encoding))  # Content-Type's charset
         raise AssertionError("unreachable")
