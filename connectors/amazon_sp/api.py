@@ -5,6 +5,7 @@ restart of a listing whose pagination token went stale.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -187,7 +188,9 @@ def _sp_api(response: httpx.Response, answer: Answer) -> ProviderError | Answer 
     if answer.status is None or answer.status < 400:
         return None
     said = f"{answer.message} {answer.detail}"
-    request = _request_of(response)
+    request: httpx.Request | None = None
+    with contextlib.suppress(RuntimeError):  # a Response built by hand (tests)
+        request = response.request
     if answer.retry_after is None and (answer.status == 429 or answer.code == "QuotaExceeded"):
         op = operation_of(request.method, request.url.path) if request is not None else None
         if op in USAGE_PLANS:
@@ -198,13 +201,6 @@ def _sp_api(response: httpx.Response, answer: Answer) -> ProviderError | Answer 
             and any(p in request.url.params for p in _PAGING_PARAMS):
         return StaleNextToken(describe(SP_API_ERRORS, answer), status=400, code=answer.code)
     return answer
-
-
-def _request_of(response: httpx.Response) -> httpx.Request | None:
-    try:
-        return response.request
-    except RuntimeError:  # a Response built by hand (tests)
-        return None
 
 
 # `{"errors": [{"code", "message", "details"}]}`
