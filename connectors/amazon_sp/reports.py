@@ -114,25 +114,24 @@ class Reimbursements:
             if mode is SyncMode.INCREMENTAL and report.get("end") and \
                     not due(report.get("requested_at"), self.options.report_interval):
                 return  # FBA reports are regenerated at most every few hours: not due yet
-            start = self.options.since(report.get("end"), mode)
-            start = max(start, now - REPORT_HORIZON)
+            start = max(self.options.since(report.get("end"), mode), now - REPORT_HORIZON)
             report_id = await self._create_report(start, now)
             pending = {"id": report_id, "start": iso(start), "end": iso(now), "rows": 0}
             # committed at once: an interrupted job polls this report again instead of creating another
             await ctx.emit(Page(STREAM, [], checkpoint({**report, "pending": pending})))
+        kept = {k: v for k, v in report.items() if k != "pending"}  # the report state without this report
         try:
             document_id = await self._await_report(str(pending["id"]))
         except PermanentError as exc:
             if exc.status != 404 or not report.get("pending"):
                 raise
             # a resumed job's report is gone (reports are kept 90 days at most): ask for a new one
-            status["report"] = {k: v for k, v in report.items() if k != "pending"}
+            status["report"] = kept
             await self._report_pass(status, mode, ctx)
             return
         if document_id is None:
             # CANCELLED: no data, or an FBA report asked for too soon after the last one. The range is
             # not marked read (the next report covers it again); the interval still applies.
-            kept = {k: v for k, v in report.items() if k != "pending"}
             await ctx.emit(Page(STREAM, [], checkpoint({**kept, "requested_at": iso(now)})))
             return
         rows, bad = await self._read_document(document_id)
