@@ -94,6 +94,9 @@ def _coerce(value: Any, hint: Any, where: str, registry: Registry[Any] | None) -
         for member in real:  # a union of scalars: the first that fits as is
             if member in (str, int, float, bool) and _fits(value, member):
                 return value
+        arrays = [m for m in real if get_origin(m) is tuple]  # or an array ("a list, or a comma-separated string")
+        if arrays and isinstance(value, Sequence) and not isinstance(value, str | bytes):
+            return _coerce(value, arrays[0], where, None)
         names = " or ".join(_type_name(m) for m in real)
         raise ConfigError(f"expected {names}, got {_describe(value)}", where=where)
     if origin is tuple:
@@ -145,6 +148,8 @@ def _fits(value: Any, hint: Any) -> bool:
 
 
 def _type_name(hint: Any) -> str:
+    if get_origin(hint) is tuple:
+        return "an array"
     return {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(hint, str(hint))
 
 

@@ -7,6 +7,7 @@ import functools
 import gzip
 import io
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +26,15 @@ from freshd.connectors.amazon_sp.connector import (
 from freshd.connectors.amazon_sp.simulator import REPORT_COLUMNS, AmazonSPSimulator
 from freshd.connectors.base import ConnectionSettings, Page, SyncMode
 from freshd.connectors.simulator import serve_asgi
-from freshd.errors import AuthExpired, ConfigError, PermanentError, RateLimited, ReauthRequired, TransientError
+from freshd.errors import (
+    AuthExpired,
+    ConfigError,
+    ConfigErrors,
+    PermanentError,
+    RateLimited,
+    ReauthRequired,
+    TransientError,
+)
 from freshd.policies.gate import ConnectionPolicies
 from freshd.policies.ratelimit import Rate
 from freshd.store.jobs import JobKind, JobStatus
@@ -249,6 +258,30 @@ def test_settings_are_checked_and_regions_give_the_host() -> None:
     assert AmazonSPConnector.rate_limits["createReport"] == Rate(0.0167, 15)
     assert AmazonSPConnector.rate_limits["getReport"] == Rate(2.0, 15)
     assert AmazonSPConnector.rate_limits["getReportDocument"] == Rate(0.0167, 15)
+
+
+def test_options_are_checked_by_the_schema_engine_every_problem_at_once() -> None:
+    settings = ConnectionSettings("a", "amazon_sp", "", credentials=CREDS, options={
+        "region": "xx", "marketplace_ids": " , ", "history_days": -1, "start_date": "someday",
+        "reimbursement_sources": ["emails"], "page_concurrency": 2})
+    with pytest.raises(ConfigErrors) as caught:
+        AmazonSPConnector.validate_settings(settings)
+    assert [e.where for e in caught.value.errors] == [
+        f"connection a: options.{key}" for key in ("region", "marketplace_ids", "history_days", "start_date",
+                                                   "reimbursement_sources")]
+    assert "valid: na, eu, fe" in str(caught.value) and "ISO 8601" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"options\.marketplace: unknown key 'marketplace'; valid keys: .*_ids"):
+        AmazonSPConnector.validate_settings(replace(settings, options={"region": "eu", "marketplace": [US]}))
+    with pytest.raises(ConfigError, match=r"options\.report_timeout: expected a number, got a string"):
+        AmazonSPConnector.validate_settings(replace(settings, options={"region": "eu", "marketplace_ids": [US],
+                                                                      "report_timeout": "1h"}))
+    options = AmazonSPConnector.read_options(replace(settings, base_url="http://127.0.0.1:9/", options={
+        "marketplace_ids": (US, " A1PA6795UKMFR9"), "token_url": "/auth/o2/token", "start_date": "2024-05-06"}))
+    assert options.base_url == "http://127.0.0.1:9" and options.token_url == "http://127.0.0.1:9/auth/o2/token"
+    assert options.marketplaces == (US, "A1PA6795UKMFR9")
+    assert options.since(None, SyncMode.INCREMENTAL) == options.start == datetime(2024, 5, 6, tzinfo=UTC)
+    assert options.since("2024-06-03T00:00:00Z", SyncMode.INCREMENTAL) == datetime(2024, 6, 1, tzinfo=UTC)
+    assert options.since("2024-06-03T00:00:00Z", SyncMode.FULL) == options.start
 
 
 # --- the connector end to end ---------------------------------------------------------------------------

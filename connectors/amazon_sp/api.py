@@ -5,10 +5,11 @@ restart of a listing whose pagination token went stale.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urljoin
@@ -18,9 +19,11 @@ import orjson
 import structlog
 
 from freshd.connectors.amazon_sp.auth import LWA_TOKEN_URL
-from freshd.connectors.base import ConnectionSettings
+from freshd.connectors.base import FRAMEWORK_OPTIONS, ConnectionSettings, Problems, SyncMode
+from freshd.connectors.cursors import moment
 from freshd.connectors.errors import Answer, ErrorTable, classify_with, describe
-from freshd.errors import AuthExpired, ConfigError, PermanentError, ProviderError, TransientError
+from freshd.connectors.schema import build, rules
+from freshd.errors import AuthExpired, ConfigError, ConfigErrors, PermanentError, ProviderError, TransientError
 from freshd.policies.ratelimit import Rate
 
 log = structlog.get_logger(__name__)
@@ -31,14 +34,6 @@ REGIONS = {  # API_FACTS §4.2
     "fe": "https://sellingpartnerapi-fe.amazon.com",
 }
 MAX_RESTARTS = 3  # a listing whose pagination token keeps expiring gives up after this many restarts
-DEFAULTS: dict[str, Any] = {
-    "history_days": 730,  # first sync of finances/reimbursements reaches this far back (or start_date)
-    "finances_lookback_hours": 48.0,
-    "inventory_full_interval": 86400.0,
-    "report_interval": 4 * 3600.0,
-    "report_poll_interval": 10.0,
-    "report_timeout": 3600.0,
-}
 SOURCES = ("report", "financial_events")
 
 # operation -> usage plan (API_FACTS §4.3, §4.4, §4.6); the gate's buckets start from these
@@ -60,77 +55,102 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_time(value: str) -> datetime:
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
-
-
 # --- options -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Options:
-    """A connection's settings, checked once (ConfigError names the bad key)."""
+class SPOptions:
+    """A connection's options as written (docs/connectors/amazon_sp.md "Config"), built by the schema
+    engine (`AmazonSPConnector.options_type`): every problem named at once; the values the code reads
+    (the marketplaces, the start, the lookback) are its properties."""
 
-    base_url: str
-    token_url: str
-    marketplaces: tuple[str, ...]
-    start_date: datetime
-    finances_lookback: timedelta
-    inventory_full_interval: float
-    report_interval: float
-    report_poll_interval: float
-    report_timeout: float
-    sources: tuple[str, ...]
+    marketplace_ids: str | tuple[str, ...] = ()  # a list, or a comma-separated string: at least one
+    region: str | None = None  # picks the host when the connection's base_url is empty
+    token_url: str = LWA_TOKEN_URL  # a path is resolved against the SP-API host (simulators, proxies)
+    start_date: str | None = None  # ISO 8601; default: history_days ago
+    history_days: float = 730  # first sync of finances/reimbursements reaches this far back (or start_date)
+    finances_lookback_hours: float = 48.0
+    inventory_full_interval: float = 86400.0
+    report_interval: float = 4 * 3600.0
+    report_poll_interval: float = 10.0
+    report_timeout: float = 3600.0
+    reimbursement_sources: tuple[str, ...] = SOURCES
+
+    def __post_init__(self) -> None:
+        rules(("region", self.region is None or self.region in REGIONS,
+               f"unknown region {self.region!r}; valid: {', '.join(REGIONS)}"),
+              ("marketplace_ids", bool(self.marketplaces),
+               "at least one marketplace id is required, e.g. [\"ATVPDKIKX0DER\"]"),
+              *((key, getattr(self, key) >= 0, f"expected a number >= 0, got {getattr(self, key)!r}")
+                for key in ("history_days", "finances_lookback_hours", "inventory_full_interval", "report_interval",
+                            "report_poll_interval", "report_timeout")),
+              ("start_date", not self.start_date or _date(self.start_date) is not None,
+               f"expected an ISO 8601 date, got {self.start_date!r}"),
+              ("reimbursement_sources", set(self.reimbursement_sources) <= set(SOURCES),
+               f"expected a subset of {list(SOURCES)}, got {list(self.reimbursement_sources)!r}"))
+
+    @property
+    def marketplaces(self) -> tuple[str, ...]:
+        raw = self.marketplace_ids
+        return tuple(m.strip() for m in (raw.split(",") if isinstance(raw, str) else raw) if m.strip())
+
+    @property
+    def start(self) -> datetime:
+        """Where a first sync of financial events and reimbursements starts."""
+        given = _date(self.start_date) if self.start_date else None
+        return given or utcnow() - timedelta(days=self.history_days)
+
+    def since(self, watermark: Any, mode: SyncMode) -> datetime:
+        """Where a finance or report pass starts: `start` for a full sync or a first one, else the
+        watermark (a checkpoint's time) minus `finances_lookback_hours`, for events that post late."""
+        after = moment(watermark)
+        return self.start if mode is SyncMode.FULL or after is None else \
+            after - timedelta(hours=self.finances_lookback_hours)
+
+
+def _date(text: str) -> datetime | None:
+    """An ISO 8601 date or time (naive: UTC), to the second; None if it is not one."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Options(SPOptions):
+    """The options with the host they resolve to: `base_url` from the connection or the region,
+    `token_url` joined to it when it is a path."""
+
+    base_url: str = ""
 
     @classmethod
     def parse(cls, settings: ConnectionSettings) -> Options:
+        """The connection's options (ConfigError, or ConfigErrors naming each key)."""
         where = f"connection {settings.name}"
+        problems = Problems()
         missing = [k for k in ("refresh_token", "client_id", "client_secret") if not settings.credentials.get(k)]
         if missing:
-            raise ConfigError(f"missing credential(s): {', '.join(missing)}", where=where)
-        opts = settings.options
-        region = opts.get("region")
-        if region is not None and region not in REGIONS:
-            raise ConfigError(f"unknown region {region!r}; valid: {', '.join(REGIONS)}",
-                              where=f"{where} options.region")
-        base_url = (settings.base_url or (REGIONS[region] if region else "")).rstrip("/")
-        if not base_url:
-            raise ConfigError("base_url (the SP-API host) or options.region is required", where=where)
+            problems.add(f"missing credential(s): {', '.join(missing)}", where=where)
+        declared: SPOptions | None = None
+        try:
+            declared = build(SPOptions, settings.options, f"{where}: options", extra=FRAMEWORK_OPTIONS)
+        except ConfigError as exc:
+            problems.errors.extend(exc.errors if isinstance(exc, ConfigErrors) else [exc])
+        region = str(settings.options.get("region") or "")
+        base_url = (settings.base_url or REGIONS.get(region, "")).rstrip("/")
         host = re.match(r"https://sellingpartnerapi-(na|eu|fe)\.amazon\.com$", base_url)
-        if region and host and host.group(1) != region:
-            raise ConfigError(f"base_url {base_url} is not the {region} endpoint", where=f"{where} options.region")
-        raw = opts.get("marketplace_ids")
-        marketplaces = tuple(m.strip() for m in raw.split(",") if m.strip()) if isinstance(raw, str) else \
-            tuple(str(m) for m in raw) if isinstance(raw, list | tuple) else ()
-        if not marketplaces:
-            raise ConfigError("at least one marketplace id is required, e.g. [\"ATVPDKIKX0DER\"]",
-                              where=f"{where} options.marketplace_ids")
-        numbers: dict[str, float] = {}
-        for key in ("history_days", "finances_lookback_hours", "inventory_full_interval", "report_interval",
-                    "report_poll_interval", "report_timeout"):
-            value = opts.get(key, DEFAULTS[key])
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"expected a number >= 0, got {value!r}", where=f"{where} options.{key}")
-            numbers[key] = float(value)
-        start = utcnow() - timedelta(days=numbers["history_days"])
-        if opts.get("start_date"):
-            try:
-                start = parse_time(str(opts["start_date"]))
-            except ValueError:
-                raise ConfigError(f"expected an ISO 8601 date, got {opts['start_date']!r}",
-                                  where=f"{where} options.start_date") from None
-        sources = opts.get("reimbursement_sources", list(SOURCES))
-        if not isinstance(sources, list | tuple) or not set(sources) <= set(SOURCES):
-            raise ConfigError(f"expected a subset of {list(SOURCES)}, got {sources!r}",
-                              where=f"{where} options.reimbursement_sources")
-        token_url = str(opts.get("token_url") or LWA_TOKEN_URL)
+        if not base_url and not region:  # an unknown region is the engine's to report
+            problems.add("base_url (the SP-API host) or options.region is required", where=where)
+        elif region in REGIONS and host and host.group(1) != region:
+            problems.add(f"base_url {base_url} is not the {region} endpoint", where=f"{where}: options.region")
+        problems.check()
+        assert declared is not None  # else problems.check() raised
+        token_url = declared.token_url
         if not token_url.startswith(("http://", "https://")):
-            token_url = urljoin(base_url + "/", token_url)  # a path on the SP-API host (simulators, proxies)
-        return cls(base_url, token_url, marketplaces, start.replace(microsecond=0),
-                   timedelta(hours=numbers["finances_lookback_hours"]), numbers["inventory_full_interval"],
-                   numbers["report_interval"], max(numbers["report_poll_interval"], 0.01),
-                   numbers["report_timeout"], tuple(sources))
+            token_url = urljoin(base_url + "/", token_url)  # a path on the SP-API host
+        values = {f.name: getattr(declared, f.name) for f in fields(SPOptions)}
+        return cls(**{**values, "token_url": token_url}, base_url=base_url)
 
 
 # --- error classification --------------------------------------------------------------------
@@ -168,7 +188,9 @@ def _sp_api(response: httpx.Response, answer: Answer) -> ProviderError | Answer 
     if answer.status is None or answer.status < 400:
         return None
     said = f"{answer.message} {answer.detail}"
-    request = _request_of(response)
+    request: httpx.Request | None = None
+    with contextlib.suppress(RuntimeError):  # a Response built by hand (tests)
+        request = response.request
     if answer.retry_after is None and (answer.status == 429 or answer.code == "QuotaExceeded"):
         op = operation_of(request.method, request.url.path) if request is not None else None
         if op in USAGE_PLANS:
@@ -179,13 +201,6 @@ def _sp_api(response: httpx.Response, answer: Answer) -> ProviderError | Answer 
             and any(p in request.url.params for p in _PAGING_PARAMS):
         return StaleNextToken(describe(SP_API_ERRORS, answer), status=400, code=answer.code)
     return answer
-
-
-def _request_of(response: httpx.Response) -> httpx.Request | None:
-    try:
-        return response.request
-    except RuntimeError:  # a Response built by hand (tests)
-        return None
 
 
 # `{"errors": [{"code", "message", "details"}]}`

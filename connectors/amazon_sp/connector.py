@@ -45,19 +45,19 @@ from freshd.connectors.amazon_sp.api import (
     USAGE_PLANS,
     Once,
     Options,
+    SPOptions,
     StaleNextToken,
     classify,
     iso,
-    parse_time,
     payload,
     restarting,
     utcnow,
 )
 from freshd.connectors.amazon_sp.auth import access_token_header, classify_lwa, refresh
-from freshd.connectors.amazon_sp.finances import FINANCES_PATH, FinancialEvent, event_record, finance_pass
+from freshd.connectors.amazon_sp.finances import FINANCES_PATH, event_record, finance_pass
 from freshd.connectors.amazon_sp.reports import REPORTS_PATH, Reimbursements
 from freshd.connectors.base import ConnectionSettings, Connector, Page, SyncContext, SyncMode
-from freshd.connectors.cursors import moment
+from freshd.connectors.cursors import due, moment
 from freshd.connectors.http import classify_http
 from freshd.connectors.listing import Fetch, Fetched, run_listing
 from freshd.connectors.pagination import LoopGuard
@@ -160,8 +160,7 @@ class _InventoryRun:
         if isinstance(run, dict) and self.resumed:
             self.full, self.started, self.done = bool(run["full"]), str(run["started"]), list(run["done"])
         else:
-            self.full = mode is SyncMode.FULL or not self.full_at or \
-                (now - parse_time(self.full_at)).total_seconds() >= full_interval
+            self.full = mode is SyncMode.FULL or due(self.full_at, full_interval)
             self.started, self.done = iso(now), []
             # a new run: no marketplace resumes a listing the last one left
             self.markets = {m: {k: v for k, v in s.items() if k != "listing"} for m, s in self.markets.items()}
@@ -219,6 +218,8 @@ class _InventoryRun:
 
 class AmazonSPConnector(Connector):
     provider = "amazon_sp"
+    options_type = SPOptions  # read as Options: the host they resolve to added (read_options)
+    options: Options
     required_credentials = ("refresh_token", "client_id", "client_secret")  # Login with Amazon
     streams = (INVENTORY, FINANCIAL_EVENTS, REIMBURSEMENTS)
     rate_limits = USAGE_PLANS
@@ -230,7 +231,6 @@ class AmazonSPConnector(Connector):
 
     def __init__(self, settings: ConnectionSettings, *, policies: ConnectionPolicies | None = None) -> None:
         super().__init__(settings, policies=policies)
-        self.options = Options.parse(settings)
         self.concurrency = int(settings.options.get("page_concurrency", 2))
         agent = {"User-Agent": "freshd/0.1 (Language=Python)"}
         self.client = self.http_client(self.options.base_url, classify=classify, headers=agent,
@@ -243,8 +243,8 @@ class AmazonSPConnector(Connector):
         self.reimbursements = Reimbursements(self.client, self.downloads, self.options)
 
     @classmethod
-    def validate_settings(cls, settings: ConnectionSettings) -> None:
-        Options.parse(settings)
+    def read_options(cls, settings: ConnectionSettings) -> Options:
+        return Options.parse(settings)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -264,13 +264,8 @@ class AmazonSPConnector(Connector):
         if stream.name == INVENTORY.name:
             await self._sync_inventory(state, mode, ctx)
         elif stream.name == FINANCIAL_EVENTS.name:
-            once = Once()
-
-            async def emit(events: list[FinancialEvent], checkpoint: dict[str, Any] | None) -> None:
-                await ctx.emit(Page(FINANCIAL_EVENTS.name, once.fresh([event_record(e) for e in events]),
-                                    checkpoint))
-
-            await finance_pass(self.client, self.options, state, mode, emit=emit, wrap=lambda sub: sub)
+            await finance_pass(self.client, self.options, state, mode, ctx, entity=FINANCIAL_EVENTS.name,
+                               records=lambda event: [event_record(event)], wrap=lambda sub: sub)
         elif stream.name == REIMBURSEMENTS.name:
             await self.reimbursements.sync(state, mode, ctx)
         else:

@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from freshd.connectors.amazon_sp.api import Options, digest, iso, parse_time, payload, restarting, utcnow
-from freshd.connectors.base import SyncMode
+from freshd.connectors.amazon_sp.api import Once, Options, digest, iso, payload, restarting, utcnow
+from freshd.connectors.base import Page, SyncContext, SyncMode
+from freshd.connectors.cursors import moment
 from freshd.connectors.http import ProviderClient
 from freshd.connectors.pagination import LoopGuard
+from freshd.connectors.paginators import CursorPager, CursorPaging, PageRead
 
 FINANCES_PATH = "/finances/v0/financialEvents"
 MAX_WINDOW = timedelta(days=180)  # financial events: a longer PostedAfter..PostedBefore comes back empty
 POSTED_BEFORE_SAFETY = timedelta(minutes=3)  # the 2-minute rule, plus a minute of clock skew
+EVENTS_PAGING = CursorPaging("NextToken", next_path="payload.NextToken", size_param="MaxResultsPerPage", size=100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,29 +78,23 @@ def windows(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
 
 
 OnPage = Callable[[list[FinancialEvent], bool], Awaitable[None]]  # (one page's events, is it the window's last)
-Emit = Callable[[list[FinancialEvent], dict[str, Any] | None], Awaitable[None]]
 
 
 async def read_window(client: ProviderClient, after: datetime, before: datetime, on_page: OnPage) -> None:
     """One PostedAfter..PostedBefore window, all pages; restarted whole if its NextToken went stale."""
-    params: dict[str, str | int] = {"PostedAfter": iso(after), "PostedBefore": iso(before), "MaxResultsPerPage": 100}
+    params = {"PostedAfter": iso(after), "PostedBefore": iso(before)}
 
     async def listing() -> None:
-        guard = LoopGuard(f"SP-API listFinancialEvents {iso(after)}..{iso(before)}")
+        pager = CursorPager(EVENTS_PAGING, LoopGuard(f"SP-API listFinancialEvents {iso(after)}..{iso(before)}"))
         occurrences: Counter[str] = Counter()  # identical events of one window: :2, :3, ...
-        token: str | None = None
-        while True:
-            body, _ = await client.get_json(FINANCES_PATH, params={**params, **({"NextToken": token} if token else {})},
-                                            limit="listFinancialEvents")
+        while not pager.done:
+            body, response = await client.get_json(FINANCES_PATH, params={**params, **pager.ask().params},
+                                                   limit="listFinancialEvents")
             page = payload(body, "listFinancialEvents")
-            token = page.get("NextToken") or None
             events = list(flatten_events(page.get("FinancialEvents") or {}, occurrences))
-            guard.page([e.digest for e in events])
-            if token:
-                guard.cursor(token)
-            await on_page(events, token is None)
-            if token is None:
-                return
+            pager.guard.page([e.digest for e in events])
+            pager.advance(PageRead(events, [], body, response.headers, response.url))
+            await on_page(events, pager.done)
 
     await restarting(listing, "SP-API listFinancialEvents: NextToken expired {n} times in a row",
                      what="financial events", window=params)
@@ -108,35 +105,36 @@ async def finance_pass(
     options: Options,
     sub: dict[str, Any] | None,
     mode: SyncMode,
+    ctx: SyncContext,
     *,
-    emit: Emit,
+    entity: str,
+    records: Callable[[FinancialEvent], list[dict[str, Any]]],
     wrap: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> dict[str, Any]:
     """Financial events from the watermark (minus the lookback) to now - 3 min, in <= 180-day windows.
 
-    `emit(events, checkpoint)` gets each page; `wrap` turns this pass's state into the stream's
-    checkpoint.  Returns the pass's final state.
+    Each page goes to `entity` as the `records` of its events (those this run already emitted
+    unchanged left out); `wrap` turns this pass's state into the stream's checkpoint.  Returns the
+    pass's final state.
     """
     sub = sub or {}
     end = utcnow() - POSTED_BEFORE_SAFETY
     watermark = sub.get("posted_after")
-    if sub.get("phase") == "windows" and sub.get("mode") == mode.value and watermark:
-        start = parse_time(watermark)  # a resumed job: its windows before this one are stored
-    elif mode is SyncMode.FULL or not watermark:
-        start = options.start_date
-    else:
-        start = parse_time(watermark) - options.finances_lookback  # late events
+    resumed = moment(watermark) if sub.get("phase") == "windows" and sub.get("mode") == mode.value else None
+    start = resumed or options.since(watermark, mode)  # resumed: its windows before this one are stored
     spans = windows(start, end)
     final = {"phase": "done", "posted_after": iso(end) if spans else watermark or iso(end)}
     if not spans:
-        await emit([], wrap(final))
+        await ctx.emit(Page(entity, [], wrap(final)))
         return final
+    once = Once()
     for index, (after, before) in enumerate(spans):
         ended = final if index == len(spans) - 1 else {"phase": "windows", "mode": mode.value,
                                                        "posted_after": iso(before)}
 
         async def on_page(events: list[FinancialEvent], last: bool, ended: dict[str, Any] = ended) -> None:
-            await emit(events, wrap(ended) if last else None)
+            fresh = once.fresh([record for event in events for record in records(event)])
+            await ctx.emit(Page(entity, fresh, wrap(ended) if last else None))
 
         await read_window(client, after, before, on_page)
     return final

@@ -19,9 +19,10 @@ from typing import Any
 
 import trio
 
-from freshd.connectors.amazon_sp.api import Once, Options, iso, parse_time, utcnow
-from freshd.connectors.amazon_sp.finances import FinancialEvent, finance_pass, reimbursement_event_records
+from freshd.connectors.amazon_sp.api import Options, iso, utcnow
+from freshd.connectors.amazon_sp.finances import finance_pass, reimbursement_event_records
 from freshd.connectors.base import Page, SyncContext, SyncMode
+from freshd.connectors.cursors import due
 from freshd.connectors.http import ProviderClient
 from freshd.errors import PermanentError, ProviderError, TransientError
 
@@ -51,11 +52,8 @@ def parse_report(text: str) -> tuple[list[dict[str, str]], list[str]]:
     return rows, bad
 
 
-def decode_report(data: bytes, content_type: str | None) -> str:
+def decode_report(data: bytes, charset: str | None) -> str:
     """Report documents are UTF-8, or Cp1252 in some marketplaces (UNCONFIRMED: honour a charset when sent)."""
-    charset = None
-    if content_type and "charset=" in content_type.lower():
-        charset = content_type.lower().split("charset=")[1].split(";")[0].strip()
     for encoding in (charset, "utf-8", "cp1252"):
         if encoding:
             try:
@@ -92,19 +90,15 @@ class Reimbursements:
     async def sync(self, state: dict[str, Any] | None, mode: SyncMode, ctx: SyncContext) -> None:
         state = state or {}
         status: dict[str, Any] = {"events": state.get("events") or {}, "report": state.get("report") or {}}
-        once = Once()
 
         def wrap(sub: dict[str, Any]) -> dict[str, Any]:
             status["events"] = sub
             return {"events": sub, "report": status["report"]}
 
-        async def emit(events: list[FinancialEvent], checkpoint: dict[str, Any] | None) -> None:
-            records = [r for e in events for r in reimbursement_event_records(e)]
-            await ctx.emit(Page(STREAM, once.fresh(records), checkpoint))
-
-        if "financial_events" in self.options.sources:
-            await finance_pass(self.client, self.options, status["events"], mode, emit=emit, wrap=wrap)
-        if "report" in self.options.sources:
+        if "financial_events" in self.options.reimbursement_sources:
+            await finance_pass(self.client, self.options, status["events"], mode, ctx, entity=STREAM,
+                               records=reimbursement_event_records, wrap=wrap)
+        if "report" in self.options.reimbursement_sources:
             await self._report_pass(status, mode, ctx)
 
     async def _report_pass(self, status: dict[str, Any], mode: SyncMode, ctx: SyncContext) -> None:
@@ -117,32 +111,27 @@ class Reimbursements:
 
         pending = report.get("pending")
         if not pending:
-            requested = report.get("requested_at")
-            if mode is SyncMode.INCREMENTAL and requested and report.get("end") and \
-                    (now - parse_time(requested)).total_seconds() < self.options.report_interval:
+            if mode is SyncMode.INCREMENTAL and report.get("end") and \
+                    not due(report.get("requested_at"), self.options.report_interval):
                 return  # FBA reports are regenerated at most every few hours: not due yet
-            if mode is SyncMode.FULL or not report.get("end"):
-                start = self.options.start_date
-            else:
-                start = parse_time(report["end"]) - self.options.finances_lookback
-            start = max(start, now - REPORT_HORIZON)
+            start = max(self.options.since(report.get("end"), mode), now - REPORT_HORIZON)
             report_id = await self._create_report(start, now)
             pending = {"id": report_id, "start": iso(start), "end": iso(now), "rows": 0}
             # committed at once: an interrupted job polls this report again instead of creating another
             await ctx.emit(Page(STREAM, [], checkpoint({**report, "pending": pending})))
+        kept = {k: v for k, v in report.items() if k != "pending"}  # the report state without this report
         try:
             document_id = await self._await_report(str(pending["id"]))
         except PermanentError as exc:
             if exc.status != 404 or not report.get("pending"):
                 raise
             # a resumed job's report is gone (reports are kept 90 days at most): ask for a new one
-            status["report"] = {k: v for k, v in report.items() if k != "pending"}
+            status["report"] = kept
             await self._report_pass(status, mode, ctx)
             return
         if document_id is None:
             # CANCELLED: no data, or an FBA report asked for too soon after the last one. The range is
             # not marked read (the next report covers it again); the interval still applies.
-            kept = {k: v for k, v in report.items() if k != "pending"}
             await ctx.emit(Page(STREAM, [], checkpoint({**kept, "requested_at": iso(now)})))
             return
         rows, bad = await self._read_document(document_id)
@@ -168,7 +157,7 @@ class Reimbursements:
 
     async def _await_report(self, report_id: str) -> str | None:
         """Poll until the report is processed: its document id, or None when CANCELLED (no data)."""
-        delay = self.options.report_poll_interval
+        delay = max(self.options.report_poll_interval, 0.01)
         deadline = trio.current_time() + self.options.report_timeout
         while True:
             body, _ = await self.client.get_json(f"{REPORTS_PATH}/{report_id}", limit="getReport")
@@ -205,5 +194,5 @@ class Reimbursements:
                 if attempt == 1 or (isinstance(exc, ProviderError) and exc.status != 403):
                     raise TransientError(f"SP-API report document {document_id}: {exc}") from exc
                 continue
-            return parse_report(decode_report(data, response.headers.get("content-type")))
+            return parse_report(decode_report(data, response.charset_encoding))  # Content-Type's charset
         raise AssertionError("unreachable")
