@@ -36,7 +36,8 @@ import trio
 
 from freshd.asgi import acknowledge_lifespan, serve_asgi
 
-__all__ = ["ApiError", "FakeData", "Faults", "Request", "Response", "Simulator", "SimulatorApp", "serve_asgi"]
+__all__ = ["ApiError", "FakeData", "Faults", "Request", "Response", "Simulator", "SimulatorApp", "serve_asgi",
+           "take_token"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,15 @@ ErrorBody = Callable[[int, str, str], Response]  # (status, code, message) -> th
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def take_token(buckets: dict[str, tuple[float, float]], key: str, rate: float, burst: float, now: float) -> bool:
+    """A token bucket per key (tokens, last refill), refilled at `rate` a second up to `burst`:
+    whether a token was there to take."""
+    tokens, stamp = buckets.get(key, (burst, now))
+    tokens = min(burst, tokens + (now - stamp) * rate)
+    buckets[key] = (tokens - 1, now) if tokens >= 1 else (tokens, now)
+    return tokens >= 1
+
+
 @dataclass
 class Faults:
     """Injected misbehaviour, consumed request by request."""
@@ -128,15 +138,9 @@ class Faults:
 
     def over_rate(self, client: str, now: float) -> float | None:
         """Token bucket per client: None if allowed, else seconds until a token is back."""
-        if self.rate is None:
+        if self.rate is None or take_token(self._buckets, client, self.rate, self.burst, now):
             return None
-        tokens, stamp = self._buckets.get(client, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-        if tokens < 1:
-            self._buckets[client] = (tokens, now)
-            return (1 - tokens) / self.rate
-        self._buckets[client] = (tokens - 1, now)
-        return None
+        return (1 - self._buckets[client][0]) / self.rate
 
     def as_json(self) -> dict[str, Any]:
         return {"status": self.status, "count": self.count, "retry_after": self.retry_after,

@@ -58,7 +58,7 @@ import trio
 
 from freshd.connectors.amazon_sp.seller import MARKETPLACES, error, invalid, parse_time, sku_id
 from freshd.connectors.amazon_sp.sim_reports import REPORT_COLUMNS, Reports
-from freshd.connectors.simulator import ApiError, FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simulator import ApiError, FakeData, Request, Response, SimulatorApp, take_token
 
 __all__ = ["REPORT_COLUMNS", "AmazonSPSimulator", "error", "sku_id"]  # tests import these here
 
@@ -106,16 +106,10 @@ class Quotas:
     def take(self, op: str) -> bool:
         if not self.enforce or op not in self.plans:
             return True
-        rate, burst = self.plans[op]
-        now = trio.current_time()
-        tokens, stamp = self._buckets.get(op, (burst, now))
-        tokens = min(burst, tokens + (now - stamp) * rate)
-        if tokens < 1:
-            self._buckets[op] = (tokens, now)
-            self.throttled += 1
-            return False
-        self._buckets[op] = (tokens - 1, now)
-        return True
+        if take_token(self._buckets, op, *self.plans[op], trio.current_time()):
+            return True
+        self.throttled += 1
+        return False
 
     def drain(self, op: str) -> None:
         """Another worker of the same application just spent this operation's whole burst."""
