@@ -18,6 +18,8 @@ and its own error shape; this module adds the `/_sim/` control endpoints
                          {"revoke_tokens": true}                           refresh grants are refused too
     DELETE /_sim/faults                                                    clear all faults
     GET    /_sim/stats                                                     requests served, by path
+    POST   /_sim/mutate  {"count": 10}       10 random changes (simulators that pass `changes`)
+    GET    /_sim/state                       what the simulator holds (simulators that pass `state`)
 """
 
 from __future__ import annotations
@@ -160,19 +162,29 @@ def _retry_after_value(seconds: float, as_date: bool) -> str:
 class SimulatorApp:
     """A tiny ASGI router with the shared control endpoints and fault layer."""
 
-    def __init__(self, error_body: ErrorBody) -> None:
+    def __init__(self, error_body: ErrorBody, *, changes: Callable[[int], dict[str, int]] | None = None,
+                 state: Callable[[], dict[str, int]] | None = None, **actions: Callable[[], None]) -> None:
+        """`actions`: the provider's hooks for the token faults ("expire_tokens", "revoke_tokens");
+        `changes` (the simulator's random_changes) and `state` serve /_sim/mutate and /_sim/state."""
         self.error_body = error_body
         self.faults = Faults()
         self.stats: Counter[str] = Counter()
         # the most recent requests (path, query), for tests that check what a client asked for
         self.requests: deque[tuple[str, dict[str, str]]] = deque(maxlen=10_000)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
-        # provider hooks for the token faults: "expire_tokens", "revoke_tokens" -> callable
-        self.actions: dict[str, Callable[[], None]] = {}
+        self.actions: dict[str, Callable[[], None]] = dict(actions)
         self.route("POST", "/_sim/faults", self._set_faults)
         self.route("DELETE", "/_sim/faults", self._clear_faults)
         self.route("GET", "/_sim/faults", self._get_faults)
         self.route("GET", "/_sim/stats", self._get_stats)
+        if changes is not None:
+            async def mutate(request: Request) -> Response:
+                return Response.json(changes(int((request.json() or {}).get("count", 1))))
+            self.route("POST", "/_sim/mutate", mutate)
+        if state is not None:
+            async def current(request: Request) -> Response:
+                return Response.json(state())
+            self.route("GET", "/_sim/state", current)
 
     def route(self, method: str, pattern: str, handler: Handler) -> None:
         """`pattern` uses {name} for a path segment, e.g. /wp-json/wc/v3/{resource}/{id}."""

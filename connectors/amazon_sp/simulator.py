@@ -162,9 +162,8 @@ class AmazonSPSimulator(Reports):
         self.events, self.reimbursement_rows = [], []
         self._seed_seller(records, history_days, records if events is None else events,
                    max(records // 10, 3) if reimbursements is None else reimbursements)
-        self.app = SimulatorApp(error)
-        self.app.actions["expire_tokens"] = self.expire_tokens
-        self.app.actions["revoke_tokens"] = self.revoke_tokens
+        self.app = SimulatorApp(error, changes=self.random_changes, state=self._state,
+                                expire_tokens=self.expire_tokens, revoke_tokens=self.revoke_tokens)
         self.app.route("POST", "/auth/o2/token", self._token)
         self._api("GET", "/fba/inventory/v1/summaries", "getInventorySummaries", self._inventory)
         self._api("GET", "/finances/v0/financialEvents", "listFinancialEvents", self._financial_events)
@@ -173,8 +172,6 @@ class AmazonSPSimulator(Reports):
         self._api("GET", "/reports/2021-06-30/documents/{documentId}", "getReportDocument", self._get_document)
         self.app.route("GET", "/tortuga-prod-na/{key}", self._download)
         self.app.route("POST", "/_sim/quotas", self._quotas_endpoint)
-        self.app.route("POST", "/_sim/mutate", self._mutate_endpoint)
-        self.app.route("GET", "/_sim/state", self._state_endpoint)
 
     # --- auth --------------------------------------------------------------------------------------
 
@@ -380,10 +377,5 @@ class AmazonSPSimulator(Reports):
         return Response.json({"enforce": self.quotas.enforce, "throttled": self.quotas.throttled,
                               "plans": {op: {"rate": r, "burst": b} for op, (r, b) in self.quotas.plans.items()}})
 
-    async def _mutate_endpoint(self, request: Request) -> Response:
-        body = request.json() or {}
-        return Response.json(self.random_changes(int(body.get("count", 1))))
-
-    async def _state_endpoint(self, request: Request) -> Response:
-        return Response.json({e: self.count(e) for e in ("inventory_summaries", "financial_events",
-                                                         "reimbursements")})
+    def _state(self) -> dict[str, int]:
+        return {e: self.count(e) for e in ("inventory_summaries", "financial_events", "reimbursements")}

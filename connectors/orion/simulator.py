@@ -91,9 +91,7 @@ class OrionSimulator(RecordSimulator):
                                self.update_account, self.accounts.pop, touch="name", corrupt="name",
                                change=lambda aid: {"currentValue": round(self.accounts[aid]["currentValue"]
                                                                          * rng.uniform(0.98, 1.02), 2)})}
-        self.app = SimulatorApp(error_body)
-        self.app.actions["expire_tokens"] = self.expire_tokens
-        self.app.actions["revoke_tokens"] = self.revoke_tokens
+        self.app = SimulatorApp(error_body, expire_tokens=self.expire_tokens, revoke_tokens=self.revoke_tokens)
         for method in ("GET", "POST"):
             self.app.route(method, "/api/v1/Security/Token", self._token)
         for path, handler in (("/api/v1/Portfolio/Clients", self._clients),

@@ -93,8 +93,7 @@ class PowensSimulator(RecordSimulator):
         self.entities = {"transactions": Entity(
             self._live_transactions, self.create_transaction, self.update_transaction, self.delete_transaction,
             touch="comment", corrupt="wording", change=lambda _: {"coming": self.fake.rng.random() < 0.2})}
-        self.app = SimulatorApp(error_body)
-        self.app.actions["revoke_tokens"] = self.revoke_tokens
+        self.app = SimulatorApp(error_body, revoke_tokens=self.revoke_tokens)
         for path, handler in (("/2.0/users/{user}/connections", self._connections),
                               ("/2.0/users/{user}/accounts", self._accounts),
                               ("/2.0/users/{user}/transactions", self._transactions),

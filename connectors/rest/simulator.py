@@ -101,12 +101,10 @@ class GenericRestSimulator(RecordSimulator):
         # seeded changes stay a minute in the past: a test's first change is always newer
         self._seed(dict.fromkeys(RESOURCES, records), now, history=timedelta(days=400), span=timedelta(days=390),
                    drift=timedelta(days=5), latest=now - timedelta(minutes=1))
-        self.app = SimulatorApp(error)
+        self.app = SimulatorApp(error, expire_tokens=self.expire_tokens, revoke_tokens=self.revoke_tokens)
         self.app.route("GET", PREFIX + "/records/{resource}/{id}", self._read)
         self.app.route("GET", PREFIX + "/{style}/{resource}", self._list)
         self.app.route("POST", "/oauth/token", self._token)
-        self.app.actions["expire_tokens"] = self.expire_tokens
-        self.app.actions["revoke_tokens"] = self.revoke_tokens
 
     # --- data ------------------------------------------------------------------------------------
 

@@ -85,7 +85,7 @@ class WooCommerceSimulator(WooStore):
         now = self.clock().replace(microsecond=0)
         self._seed(counts, now, history=timedelta(days=365), span=timedelta(days=300), drift=timedelta(days=5),
                    latest=now)
-        self.app = SimulatorApp(error)
+        self.app = SimulatorApp(error, changes=self.random_changes, state=self.counts)
         for resource in RESOURCES:
             base = f"{PREFIX}/{resource}"
             self.app.route("GET", base, self._list)
@@ -94,8 +94,6 @@ class WooCommerceSimulator(WooStore):
             self.app.route("GET", base + "/{id}", self._read)
             self.app.route("PUT", base + "/{id}", self._update)
             self.app.route("DELETE", base + "/{id}", self._delete)
-        self.app.route("POST", "/_sim/mutate", self._mutate_endpoint)
-        self.app.route("GET", "/_sim/state", self._state_endpoint)
 
     # --- auth (WC_REST_Authentication, API_FACTS_WRITES §A.7) ------------------------------------
 
@@ -379,10 +377,3 @@ class WooCommerceSimulator(WooStore):
             out["delete"] = [self._batch_delete(coll, rid) for rid in ops["delete"]]
             return Response.json({k: v for k, v in out.items() if ops[k]})
         return await self._guard(request, batch)
-
-    async def _mutate_endpoint(self, request: Request) -> Response:
-        body = request.json() or {}
-        return Response.json(self.random_changes(int(body.get("count", 1))))
-
-    async def _state_endpoint(self, request: Request) -> Response:
-        return Response.json(self.counts())
