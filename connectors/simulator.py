@@ -38,8 +38,8 @@ import trio
 
 from freshd.asgi import acknowledge_lifespan, serve_asgi
 
-__all__ = ["ApiError", "FakeData", "Faults", "Request", "Response", "Simulator", "SimulatorApp", "serve_asgi",
-           "take_token"]
+__all__ = ["ApiError", "FakeData", "Faults", "Handler", "Request", "Response", "Simulator", "SimulatorApp",
+           "serve_asgi", "take_token"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +86,7 @@ class ApiError(Exception):
 
 ErrorBody = Callable[[int, str, str], Response]  # (status, code, message) -> the provider's error response
 Handler = Callable[[Request], Awaitable[Response]]
+Guard = Callable[[Request], None]  # a route's auth check: raises ApiError to refuse the request
 
 
 def take_token(buckets: dict[str, tuple[float, float]], key: str, rate: float, burst: float, now: float) -> bool:
@@ -171,7 +172,7 @@ class SimulatorApp:
         self.stats: Counter[str] = Counter()
         # the most recent requests (path, query), for tests that check what a client asked for
         self.requests: deque[tuple[str, dict[str, str]]] = deque(maxlen=10_000)
-        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._routes: list[tuple[str, re.Pattern[str], Handler, Guard | None]] = []
         self.actions: dict[str, Callable[[], None]] = dict(actions)
         self.route("POST", "/_sim/faults", self._set_faults)
         self.route("DELETE", "/_sim/faults", self._clear_faults)
@@ -186,10 +187,11 @@ class SimulatorApp:
                 return Response.json(state())
             self.route("GET", "/_sim/state", current)
 
-    def route(self, method: str, pattern: str, handler: Handler) -> None:
-        """`pattern` uses {name} for a path segment, e.g. /wp-json/wc/v3/{resource}/{id}."""
+    def route(self, method: str, pattern: str, handler: Handler, guard: Guard | None = None) -> None:
+        """`pattern` uses {name} for a path segment, e.g. /wp-json/wc/v3/{resource}/{id}; `guard`
+        (the provider's auth check) runs before the handler."""
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "/?$", re.IGNORECASE)
-        self._routes.append((method, regex, handler))
+        self._routes.append((method, regex, handler, guard))
 
     async def _set_faults(self, request: Request) -> Response:
         spec = request.json()
@@ -222,7 +224,7 @@ class SimulatorApp:
             if fault is not None:
                 return fault
         allowed = []
-        for method, regex, handler in self._routes:
+        for method, regex, handler, guard in self._routes:
             match = regex.match(request.path)
             if match:
                 if method != request.method:
@@ -230,6 +232,8 @@ class SimulatorApp:
                     continue
                 request.params.update(match.groupdict())
                 try:
+                    if guard is not None:
+                        guard(request)
                     response = await handler(request)
                 except ApiError as exc:
                     response = exc.response

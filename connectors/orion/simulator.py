@@ -35,7 +35,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from freshd.connectors.simcollection import Entity, RecordSimulator
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simulator import ApiError, FakeData, Request, Response, SimulatorApp
 
 TOKEN_LIFETIME = 36000.0
 CUSTODIANS = ("Schwab", "Fidelity", "Pershing", "TD Ameritrade")
@@ -99,7 +99,7 @@ class OrionSimulator(RecordSimulator):
                               ("/api/v1/Portfolio/Clients/{id}/AumOverTime", self._aum),
                               ("/api/v1/Portfolio/Accounts", self._accounts),
                               ("/api/v1/Portfolio/Accounts/{id}", self._account)):
-            self.app.route("GET", path, handler)
+            self.app.route("GET", path, handler, guard=self._check)
 
     # --- data ------------------------------------------------------------------------------------
 
@@ -231,11 +231,10 @@ class OrionSimulator(RecordSimulator):
             return self._issue(partner, "refresh_token")
         return error_body(401, "", "Authorization has been denied for this request.")
 
-    def _check(self, request: Request) -> Response | None:
+    def _check(self, request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "session" or self.sessions.get(token, 0.0) < time.time():
-            return error_body(401, "", "Authorization has been denied for this request.")
-        return None
+            raise ApiError(error_body(401, "", "Authorization has been denied for this request."))
 
     def _page(self, request: Request, select: Callable[[], list[dict[str, Any]]]) -> Response:
         """One $top/$skip (or top/skip) slice of what `select` lists, in id order."""
@@ -251,23 +250,17 @@ class OrionSimulator(RecordSimulator):
         return Response.json(select()[skip:skip + top])
 
     async def _clients(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
         active = request.arg("isActive")
         return self._page(request, lambda: [c for _, c in sorted(self.clients.items())
                                             if active is None or c["isActive"] == (active.lower() == "true")])
 
     async def _client(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
         client = self.clients.get(int(request.params["id"])) if request.params["id"].isdigit() else None
         if client is None:
             return error_body(404, "", "Client not found.")
         return Response.json(client)
 
     async def _accounts(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
         try:
             start = request.arg("editedStartDate")
             end = request.arg("editedEndDate")
@@ -280,16 +273,12 @@ class OrionSimulator(RecordSimulator):
             if (start_at is None or a["editedDate"] >= start_at) and (end_at is None or a["editedDate"] <= end_at)])
 
     async def _account(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
         account = self.accounts.get(int(request.params["id"])) if request.params["id"].isdigit() else None
         if account is None:
             return error_body(404, "", "Account not found.")
         return Response.json(account)
 
     async def _aum(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
         cid = int(request.params["id"]) if request.params["id"].isdigit() else 0
         if cid not in self.clients:
             return error_body(404, "", "Client not found.")

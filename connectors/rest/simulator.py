@@ -102,8 +102,8 @@ class GenericRestSimulator(RecordSimulator):
         self._seed(dict.fromkeys(RESOURCES, records), now, history=timedelta(days=400), span=timedelta(days=390),
                    drift=timedelta(days=5), latest=now - timedelta(minutes=1))
         self.app = SimulatorApp(error, expire_tokens=self.expire_tokens, revoke_tokens=self.revoke_tokens)
-        self.app.route("GET", PREFIX + "/records/{resource}/{id}", self._read)
-        self.app.route("GET", PREFIX + "/{style}/{resource}", self._list)
+        self.app.route("GET", PREFIX + "/records/{resource}/{id}", self._read, guard=self._authenticate)
+        self.app.route("GET", PREFIX + "/{style}/{resource}", self._list, guard=self._authenticate)
         self.app.route("POST", "/oauth/token", self._token)
 
     # --- data ------------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ class GenericRestSimulator(RecordSimulator):
             return coll.modified_between(since_text)
         return sorted(coll.modified_between(since_text)) if since_text else list(coll.ids)
 
-    def _list_sync(self, request: Request) -> Response:
+    async def _list(self, request: Request) -> Response:
         style, resource = request.params["style"], request.params["resource"]
         if style not in STYLES or resource not in RESOURCES:
             raise ApiError(error(404, "not_found", "No such endpoint."))
@@ -326,12 +326,7 @@ class GenericRestSimulator(RecordSimulator):
         links = link_header(base, query, page, pages, ("prev", "next", "last", "first"))
         return [("link", links)] if links else []
 
-    async def _list(self, request: Request) -> Response:
-        self._authenticate(request)
-        return self._list_sync(request)
-
     async def _read(self, request: Request) -> Response:
-        self._authenticate(request)
         resource = request.params["resource"]
         if resource not in RESOURCES:
             raise ApiError(error(404, "not_found", "No such endpoint."))
