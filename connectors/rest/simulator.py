@@ -231,25 +231,19 @@ class GenericRestSimulator(RecordSimulator):
 
     # --- handlers ----------------------------------------------------------------------------------
 
-    def _size(self, request: Request, name: str) -> int:
-        raw = request.arg(name)
-        try:
-            size = DEFAULT_SIZE if raw in (None, "") else int(raw or "")
-        except ValueError:
-            raise ApiError(error(400, "invalid_parameter", f"{name} must be an integer.")) from None
-        if not 1 <= size <= MAX_SIZE:
-            raise ApiError(error(400, "invalid_parameter", f"{name} must be between 1 and {MAX_SIZE}."))
-        return size
-
-    def _int(self, request: Request, name: str, default: int, low: int) -> int:
+    def _int(self, request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
         raw = request.arg(name)
         try:
             value = default if raw in (None, "") else int(raw or "")
         except ValueError:
             raise ApiError(error(400, "invalid_parameter", f"{name} must be an integer.")) from None
-        if value < low:
-            raise ApiError(error(400, "invalid_parameter", f"{name} must be at least {low}."))
+        if value < low or (high is not None and value > high):
+            bound = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise ApiError(error(400, "invalid_parameter", f"{name} must be {bound}."))
         return value
+
+    def _size(self, request: Request, name: str) -> int:
+        return self._int(request, name, DEFAULT_SIZE, 1, MAX_SIZE)
 
     def _selection(self, request: Request, resource: str) -> list[int]:
         """Ids the listing covers, in order (the filter and the sort, not the page)."""
