@@ -35,7 +35,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from freshd.connectors.simcollection import Entity, RecordSimulator
-from freshd.connectors.simulator import ApiError, FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simulator import ApiError, FakeData, Handler, Request, Response, SimulatorApp
 
 TOKEN_LIFETIME = 36000.0
 CUSTODIANS = ("Schwab", "Fidelity", "Pershing", "TD Ameritrade")
@@ -95,10 +95,10 @@ class OrionSimulator(RecordSimulator):
         for method in ("GET", "POST"):
             self.app.route(method, "/api/v1/Security/Token", self._token)
         for path, handler in (("/api/v1/Portfolio/Clients", self._clients),
-                              ("/api/v1/Portfolio/Clients/{id}", self._client),
+                              ("/api/v1/Portfolio/Clients/{id}", self._one(self.clients, "Client")),
                               ("/api/v1/Portfolio/Clients/{id}/AumOverTime", self._aum),
                               ("/api/v1/Portfolio/Accounts", self._accounts),
-                              ("/api/v1/Portfolio/Accounts/{id}", self._account)):
+                              ("/api/v1/Portfolio/Accounts/{id}", self._one(self.accounts, "Account"))):
             self.app.route("GET", path, handler, guard=self._check)
 
     # --- data ------------------------------------------------------------------------------------
@@ -254,11 +254,13 @@ class OrionSimulator(RecordSimulator):
         return self._page(request, lambda: [c for _, c in sorted(self.clients.items())
                                             if active is None or c["isActive"] == (active.lower() == "true")])
 
-    async def _client(self, request: Request) -> Response:
-        client = self.clients.get(int(request.params["id"])) if request.params["id"].isdigit() else None
-        if client is None:
-            return error_body(404, "", "Client not found.")
-        return Response.json(client)
+    @staticmethod
+    def _one(records: dict[int, dict[str, Any]], noun: str) -> Handler:
+        """GET one client or account by id."""
+        async def read(request: Request) -> Response:
+            record = records.get(int(request.params["id"])) if request.params["id"].isdigit() else None
+            return error_body(404, "", f"{noun} not found.") if record is None else Response.json(record)
+        return read
 
     async def _accounts(self, request: Request) -> Response:
         try:
@@ -271,12 +273,6 @@ class OrionSimulator(RecordSimulator):
         return self._page(request, lambda: [
             a for _, a in sorted(self.accounts.items())
             if (start_at is None or a["editedDate"] >= start_at) and (end_at is None or a["editedDate"] <= end_at)])
-
-    async def _account(self, request: Request) -> Response:
-        account = self.accounts.get(int(request.params["id"])) if request.params["id"].isdigit() else None
-        if account is None:
-            return error_body(404, "", "Account not found.")
-        return Response.json(account)
 
     async def _aum(self, request: Request) -> Response:
         cid = int(request.params["id"]) if request.params["id"].isdigit() else 0
