@@ -182,14 +182,12 @@ class WooCommerceSimulator(WooStore):
             page, offset = 1, -1
         order = (php.text("order") or ("asc" if customers else "desc")).lower()
         if order not in ("asc", "desc"):
-            raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): order",
-                           params={"order": "order is not one of asc, desc."})
+            raise ApiError.invalid_param("order", "order is not one of asc, desc.")
         valid = ("id", "include", "name", "registered_date") if customers else \
             ("date", "id", "include", "title", "slug", "modified")
         orderby = php.text("orderby") or ("name" if customers else "date")
         if orderby not in valid:
-            raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): orderby",
-                           params={"orderby": f"orderby is not one of {', '.join(valid)}."})
+            raise ApiError.invalid_param("orderby", f"orderby is not one of {', '.join(valid)}.")
         include = php.ids("include")
         exclude = set(php.ids("exclude") or [])
 
