@@ -60,8 +60,14 @@ class Request:
                 return value
         return default
 
-    def json(self) -> Any:
-        return orjson.loads(self.body) if self.body else None
+    def json(self, invalid: Exception | None = None) -> Any:
+        """The body as JSON (None when empty); a malformed body raises `invalid` when one is given."""
+        try:
+            return orjson.loads(self.body) if self.body else None
+        except orjson.JSONDecodeError:
+            if invalid is None:
+                raise
+            raise invalid from None
 
 
 @dataclass(slots=True)

@@ -48,10 +48,7 @@ class Reports(SellerData):
     _documents: dict[str, tuple[bytes, float]]  # document id -> (gzip body, url expiry)
 
     def _create_report(self, request: Request) -> Response:
-        try:
-            spec = request.json()
-        except orjson.JSONDecodeError:
-            raise invalid("Invalid Input", "The request body is not valid JSON") from None
+        spec = request.json(invalid("Invalid Input", "The request body is not valid JSON"))
         if not isinstance(spec, dict) or not spec.get("reportType"):
             raise invalid("Invalid Input", "reportType is required")
         marketplaces = spec.get("marketplaceIds")

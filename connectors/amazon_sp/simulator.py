@@ -53,7 +53,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 import trio
 
 from freshd.connectors.amazon_sp.seller import MARKETPLACES, error, invalid, parse_time, sku_id
@@ -217,10 +216,7 @@ class AmazonSPSimulator(Reports):
     def _form(request: Request) -> dict[str, str]:
         kind = request.headers.get("content-type", "")
         if "json" in kind:
-            try:
-                data = request.json()
-            except orjson.JSONDecodeError:
-                raise lwa_error(400, "invalid_request", "Malformed request body") from None
+            data = request.json(lwa_error(400, "invalid_request", "Malformed request body"))
             return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
         return dict(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
 

@@ -362,10 +362,7 @@ class OdooSimulator(OrmWrites):
             db = request.headers.get("x-odoo-database")
             if db is not None and db != self.database:
                 raise OdooError("werkzeug.exceptions.NotFound", f"database {db!r} not found", status=404)
-            try:
-                body = request.json() or {}
-            except ValueError:
-                raise OdooError("werkzeug.exceptions.BadRequest", "Invalid JSON data", status=400) from None
+            body = request.json(OdooError("werkzeug.exceptions.BadRequest", "Invalid JSON data", status=400)) or {}
             if not isinstance(body, dict):
                 raise OdooError("werkzeug.exceptions.BadRequest", "expected a JSON object", status=400)
             model, method = request.params["model"], request.params["method"]

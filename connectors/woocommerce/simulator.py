@@ -290,10 +290,7 @@ class WooCommerceSimulator(WooStore):
                         [("content-type", "application/json; charset=UTF-8")])
 
     def _body(self, request: Request) -> dict[str, Any]:
-        try:
-            body = request.json()
-        except orjson.JSONDecodeError:
-            raise ApiError(400, "rest_invalid_json", "Invalid JSON body passed.") from None
+        body = request.json(ApiError(400, "rest_invalid_json", "Invalid JSON body passed."))
         if not isinstance(body, dict):
             raise ApiError(400, "rest_invalid_json", "Invalid JSON body passed.")
         return body
