@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from freshd.connectors.simulator import FakeData
+from freshd.connectors.simulator import FakeData, Request
 
 __all__ = ["Collection", "Entity", "RecordSimulator", "link_header", "page_count", "random_churn", "seed_times"]
 
@@ -87,15 +87,17 @@ def page_count(total: int, size: int) -> int:
     return math.ceil(total / size) if total else 0
 
 
-def link_header(base: str, query: list[tuple[str, str]], page: int, pages: int, rels: Sequence[str]) -> str:
-    """An RFC 8288 `Link` value for page-numbered listings, relations in `rels` order (first/last
-    only when there is more than one page)."""
+def link_header(request: Request, query: list[tuple[str, str]], page: int, pages: int,
+                rels: Sequence[str]) -> list[tuple[str, str]]:
+    """The RFC 8288 `Link` header of a page-numbered listing at `request`'s URL (none without a link),
+    relations in `rels` order (first/last only when there is more than one page)."""
+    base = f"{request.scheme}://{request.host}{request.path}"
     numbers = {"first": 1, "prev": page - 1, "next": page + 1, "last": pages}
     links = []
     for rel in rels:
         if 1 <= numbers[rel] <= pages and not (rel in ("first", "last") and pages <= 1):
             links.append(f'<{base}?{urllib.parse.urlencode([*query, ("page", str(numbers[rel]))])}>; rel="{rel}"')
-    return ", ".join(links)
+    return [("link", ", ".join(links))] if links else []
 
 
 def random_churn(

@@ -315,10 +315,8 @@ class GenericRestSimulator(RecordSimulator):
             raise ApiError(error(400, "invalid_cursor", "The cursor is invalid or expired.")) from None
 
     def _links(self, request: Request, page: int, pages: int) -> list[tuple[str, str]]:
-        base = f"{request.scheme}://{request.host}{request.path}"
         query = [(k, v) for k, v in request.query if k not in ("page", "api_key")]  # never echo a key
-        links = link_header(base, query, page, pages, ("prev", "next", "last", "first"))
-        return [("link", links)] if links else []
+        return link_header(request, query, page, pages, ("prev", "next", "last", "first"))
 
     async def _read(self, request: Request) -> Response:
         resource = request.params["resource"]

@@ -256,15 +256,9 @@ class WooCommerceSimulator(WooStore):
         headers = [("content-type", "application/json; charset=UTF-8"), ("x-wp-total", str(total)),
                    ("x-wp-totalpages", str(pages)), ("date", time.strftime("%a, %d %b %Y %H:%M:%S GMT",
                                                                             self._now().timetuple()))]
-        links = self._links(request, php, page, pages)
-        if links:
-            headers.append(("link", links))
+        # WordPress rebuilds the links' query from the parsed $_GET (each key once), then sets `page`
+        headers += link_header(request, php.link_query(), page, pages, ("first", "prev", "next", "last"))
         return Response(200, body, headers)
-
-    def _links(self, request: Request, php: PhpInput, page: int, pages: int) -> str:
-        """WordPress rebuilds the query from the parsed $_GET (each key once), then sets `page`."""
-        base = f"{request.scheme}://{request.host}{request.path}"
-        return link_header(base, php.link_query(), page, pages, ("first", "prev", "next", "last"))
 
     def _record_id(self, request: Request, coll: WooCollection, *, method: str = "GET") -> int:
         """The route's id, or the controller's "invalid id" error for this method (§A.2): products and
