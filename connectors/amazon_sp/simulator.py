@@ -176,8 +176,7 @@ class AmazonSPSimulator(Reports):
 
     def expire_tokens(self) -> None:
         """Every access token issued so far is now expired (403 "has expired")."""
-        for token in self._tokens:
-            self._tokens[token] = 0.0
+        self._tokens = dict.fromkeys(self._tokens, 0.0)
 
     def revoke_tokens(self) -> None:
         """The seller revoked the authorization: tokens expire and the refresh token gets invalid_grant."""
