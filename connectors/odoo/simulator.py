@@ -65,6 +65,13 @@ __all__ = ["COUNTRY_IDS", "UID", "OdooError", "OdooSimulator", "error_body"]  # 
 ORM_WRITES = ("create", "write", "unlink", "load")
 SERVER_VERSION = "19.0"
 USER_CONTEXT = {"lang": "en_US", "tz": "Europe/Brussels", "uid": UID}  # res.users.context_get()
+# the ORM methods served: their positional parameters, and the keywords they take beyond those and `context`
+SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "search_read": (("domain", "fields", "offset", "limit", "order"), ("load",)),
+    "search": (("domain", "offset", "limit", "order"), ()), "search_count": (("domain",), ("limit",)),
+    "read": (("ids", "fields", "load"), ()), "fields_get": (("allfields", "attributes"), ()),
+    "create": (("vals_list",), ()), "write": (("ids", "vals"), ()), "unlink": (("ids",), ()),
+    "load": (("fields", "data"), ())}
 
 
 # JSON-2's status for an exception (B.2: `http_status` of odoo/exceptions.py; ValueError: the simulator's
@@ -250,25 +257,14 @@ class OdooSimulator(OrmWrites):
         context = kwargs.get("context") or {}
         if model == "res.users" and method == "context_get":  # the one res.users method served
             return dict(USER_CONTEXT)
-        allowed = {"search_read": {"domain", "fields", "offset", "limit", "order", "context", "load"},
-                   "search": {"domain", "offset", "limit", "order", "context"},
-                   "search_count": {"domain", "limit", "context"},
-                   "read": {"ids", "fields", "context", "load"},
-                   "fields_get": {"attributes", "allfields", "context"},
-                   "create": {"vals_list", "context"}, "write": {"ids", "vals", "context"},
-                   "unlink": {"ids", "context"}, "load": {"fields", "data", "context"}}.get(method)
-        if allowed is None:
+        if method not in SIGNATURES:
             raise OdooError("builtins.AttributeError",
                             f"The method '{method}' does not exist on the model '{model}'")
-        unknown = set(kwargs) - allowed
+        names, keywords = SIGNATURES[method]
+        unknown = set(kwargs) - {*names, *keywords, "context"}
         if unknown:
             raise OdooError("builtins.TypeError", f"{method}() got an unexpected keyword argument "
                             f"'{sorted(unknown)[0]}'", status=422)
-        names = {"search_read": ["domain", "fields", "offset", "limit", "order"],
-                 "search": ["domain", "offset", "limit", "order"], "search_count": ["domain"],
-                 "read": ["ids", "fields", "load"], "fields_get": ["allfields", "attributes"],
-                 "create": ["vals_list"], "write": ["ids", "vals"], "unlink": ["ids"], "load": ["fields", "data"],
-                 }[method]
         params = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k != "context"}
         if method in ORM_WRITES:
             return self._orm_write(model, method, params, context, json2)
