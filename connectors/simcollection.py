@@ -144,15 +144,18 @@ class Entity:
 class RecordSimulator:
     """The clock, the fake data, collection-backed create/update/delete and the test contract.
 
-    A simulator sets `clock`, `fake`, `collections` and `entities`; collection-backed ones define
-    `_make` (a new record) and `_touched` (the fields a save moves)."""
+    A simulator starts here (the clock, the fake data), then sets `collections` and `entities`;
+    collection-backed ones define `_make` (a new record) and `_touched` (the fields a save moves)."""
 
     token_requests = 0  # tokens issued (key-based auth: 0 forever)
-    clock: Callable[[], datetime]
-    fake: FakeData
     collections: dict[str, Collection]
     entities: dict[str, Entity]
     churned: tuple[str, ...] = ()  # random_changes picks among these (default: every entity)
+
+    def __init__(self, seed: int, clock: Callable[[], datetime] | None) -> None:
+        """Fake data drawn from `seed` (the same seed, the same data), and the clock (None: the wall clock)."""
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.fake = FakeData(seed)
 
     def _now(self) -> datetime:
         return self.clock().astimezone(UTC).replace(microsecond=0)

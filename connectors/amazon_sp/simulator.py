@@ -49,7 +49,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -57,7 +57,7 @@ import trio
 
 from freshd.connectors.amazon_sp.seller import MARKETPLACES, error, invalid, parse_time, sku_id
 from freshd.connectors.amazon_sp.sim_reports import REPORT_COLUMNS, Reports
-from freshd.connectors.simulator import ApiError, FakeData, Request, Response, SimulatorApp, take_token
+from freshd.connectors.simulator import ApiError, Request, Response, SimulatorApp, take_token
 
 __all__ = ["REPORT_COLUMNS", "AmazonSPSimulator", "error", "sku_id"]  # tests import these here
 
@@ -137,8 +137,7 @@ class AmazonSPSimulator(Reports):
         self.client_id = creds.get("client_id", "amzn1.application-oa2-client.demo")
         self.client_secret = creds.get("client_secret", "amzn1.oa2-cs.v1.demo")
         self.refresh_token = creds.get("refresh_token", "Atzr|demo-refresh-token")
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self.fake = FakeData(seed)
+        super().__init__(seed, clock)
         self.marketplaces = tuple(marketplaces)
         for marketplace in self.marketplaces:
             if marketplace not in MARKETPLACES:
@@ -148,7 +147,6 @@ class AmazonSPSimulator(Reports):
         self.token_lifetime = token_lifetime
         self.report_seconds = report_seconds
         self.quotas = Quotas(enforce=enforce_quotas)
-        self.token_requests = 0  # tokens issued (tests/rig.py contract)
         self.last_token_request: tuple[str, dict[str, str]] | None = None  # (content-type, fields), for tests
         self.fail_next_report: str | None = None  # "FATAL" or "CANCELLED": the next report ends so
         self._tokens: dict[str, float] = {}  # access token -> expiry (epoch seconds)

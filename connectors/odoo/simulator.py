@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -103,9 +103,7 @@ class OdooSimulator(OrmWrites):
         self.database = creds.get("database", "demo")
         self.login = creds.get("username", "api@example.com")
         self.api_key = creds.get("api_key") or creds.get("password") or "odoo-demo-key"
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self.fake = FakeData(seed)
-        self.token_requests = 0  # API keys: no token endpoint
+        super().__init__(seed, clock)
         self.collections = {m: Collection(m, "write_date") for m in (*MODELS, *AUX_MODELS)}
         self.docs = {m: c.docs for m, c in self.collections.items()}  # a test drops a model from here
         self.ids = {m: c.ids for m, c in self.collections.items()}

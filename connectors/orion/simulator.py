@@ -35,7 +35,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from freshd.connectors.simcollection import Entity, RecordSimulator
-from freshd.connectors.simulator import ApiError, FakeData, Handler, Request, Response, SimulatorApp
+from freshd.connectors.simulator import ApiError, Handler, Request, Response, SimulatorApp
 
 TOKEN_LIFETIME = 36000.0
 CUSTODIANS = ("Schwab", "Fidelity", "Pershing", "TD Ameritrade")
@@ -67,9 +67,7 @@ class OrionSimulator(RecordSimulator):
         self.client_id = creds.get("client_id", "1234")
         self.client_secret = creds.get("client_secret", "d3m0-5ecret")
         self.history_days = history_days
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self.fake = FakeData(seed)
-        self.token_requests = 0  # tokens issued (Basic or refresh)
+        super().__init__(seed, clock)
         self.grants: Counter[str] = Counter()  # tokens issued by grant: "password", "refresh_token"
         # a test hook: called with (path, skip) before a listing page is served (to change data mid-listing)
         self.on_page: Callable[[str, int], None] | None = None

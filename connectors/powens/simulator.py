@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from freshd.connectors.simcollection import Entity, RecordSimulator
-from freshd.connectors.simulator import ApiError, FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simulator import ApiError, Request, Response, SimulatorApp
 
 USER_ID = 42
 MAX_LIMIT = 1000
@@ -59,8 +59,7 @@ class PowensSimulator(RecordSimulator):
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.access_token = (credentials or {}).get("access_token", "powens-demo-token")
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self.fake = FakeData(seed)
+        super().__init__(seed, clock)
         self.revoked = False
         self.connections: dict[int, dict[str, Any]] = {}
         self.accounts: dict[int, dict[str, Any]] = {}

@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 
 from freshd.connectors.simcollection import Collection, RecordSimulator, link_header, page_count
-from freshd.connectors.simulator import ApiError, FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simulator import ApiError, Request, Response, SimulatorApp
 
 PREFIX = "/api/v1"
 RESOURCES = ("contacts", "deals", "tickets")
@@ -82,8 +82,7 @@ class GenericRestSimulator(RecordSimulator):
         self.credentials = {**DEFAULT_CREDENTIALS, **(credentials or {})}
         self.auth = auth
         self.rotate_refresh_tokens = rotate_refresh_tokens
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self.fake = FakeData(seed)
+        super().__init__(seed, clock)
         self.collections = {r: Collection(r, "updated_at") for r in RESOURCES}
         self.docs = {r: c.docs for r, c in self.collections.items()}
         self.by_updated = {r: c.by_modified for r, c in self.collections.items()}
@@ -96,7 +95,6 @@ class GenericRestSimulator(RecordSimulator):
         self.tokens: dict[str, float] = {}  # access token -> expiry (epoch seconds)
         self.refresh_tokens = {self.credentials["refresh_token"]}
         self.revoked = False
-        self.token_requests = 0
         now = self._now()
         # seeded changes stay a minute in the past: a test's first change is always newer
         self._seed(dict.fromkeys(RESOURCES, records), now, history=timedelta(days=400), span=timedelta(days=390),

@@ -34,13 +34,13 @@ import hmac
 import time
 import urllib.parse
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
 from freshd.connectors.simcollection import link_header, page_count
-from freshd.connectors.simulator import FakeData, Handler, Request, Response, SimulatorApp
+from freshd.connectors.simulator import Handler, Request, Response, SimulatorApp
 from freshd.connectors.woocommerce.php import ApiError, PhpInput, PhpValue, error, oauth_base_string, php_parse
 from freshd.connectors.woocommerce.store import ORDER_STATUSES, POST_TYPES, PREFIX, RESOURCES, WooCollection, WooStore
 
@@ -64,9 +64,8 @@ class WooCommerceSimulator(WooStore):
         creds = credentials or {}
         self.consumer_key = creds.get("consumer_key", "ck_demo")
         self.consumer_secret = creds.get("consumer_secret", "cs_demo")
-        self.clock = clock or (lambda: datetime.now(UTC))
+        super().__init__(seed, clock)
         self.read_only_key = False  # the key's permissions are `read` (API_FACTS_WRITES §A.7)
-        self.fake = FakeData(seed)
         self.collections = {name: WooCollection(name) for name in RESOURCES}
         rng = self.fake.rng
         spec: dict[str, tuple[str, str, Callable[[int], dict[str, Any]]]] = {  # mutate, corrupt, churn
