@@ -188,12 +188,11 @@ class GenericRestSimulator(RecordSimulator):
             if hmac.compare_digest(user, creds["username"]) and hmac.compare_digest(password, creds["password"]):
                 return
             raise ApiError(error(401, "invalid_credentials", "Invalid username or password."))
-        if "x-api-key" in request.headers and self._accepts("api_key_header"):
-            if hmac.compare_digest(request.headers["x-api-key"], creds["api_key"]):
-                return
-            raise ApiError(error(401, "invalid_api_key", "Invalid API key."))
-        if request.arg("api_key") is not None and self._accepts("api_key_query"):
-            if hmac.compare_digest(request.arg("api_key") or "", creds["api_key"]):
+        key = request.headers.get("x-api-key") if self._accepts("api_key_header") else None
+        if key is None and self._accepts("api_key_query"):
+            key = request.arg("api_key")
+        if key is not None:  # the header's, else the query's
+            if hmac.compare_digest(key, creds["api_key"]):
                 return
             raise ApiError(error(401, "invalid_api_key", "Invalid API key."))
         raise ApiError(error(401, "unauthorized", "Authentication required."))
