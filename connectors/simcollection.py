@@ -20,7 +20,8 @@ from typing import Any
 
 from freshd.connectors.simulator import FakeData, Request
 
-__all__ = ["Collection", "Entity", "RecordSimulator", "link_header", "page_count", "random_churn", "seed_times"]
+__all__ = ["Collection", "Entity", "RecordSimulator", "iso", "link_header", "page_count", "random_churn",
+           "seed_times"]
 
 
 class Collection:
@@ -81,6 +82,11 @@ def seed_times(rng: random.Random, count: int, now: datetime, *, history: timede
     for i in range(count):
         created = start + step * i
         yield created, min(created + timedelta(seconds=rng.randint(0, int(drift.total_seconds()))), latest)
+
+
+def iso(moment: datetime) -> str:
+    """`moment` in UTC as ISO 8601 to the second with a `Z` (the generic REST API's and SP-API's dates)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def page_count(total: int, size: int) -> int:

@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 import trio
 
-from freshd.connectors.amazon_sp.seller import SellerData, error, invalid, iso, parse_time
+from freshd.connectors.amazon_sp.seller import SellerData, error, invalid, parse_time
+from freshd.connectors.simcollection import iso
 from freshd.connectors.simulator import ApiError, Request, Response
 
 DOCUMENT_URL_TTL = 300.0

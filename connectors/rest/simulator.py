@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from freshd.connectors.simcollection import Collection, RecordSimulator, link_header, page_count
+from freshd.connectors.simcollection import Collection, RecordSimulator, iso, link_header, page_count
 from freshd.connectors.simulator import ApiError, Request, Response, SimulatorApp
 
 PREFIX = "/api/v1"
@@ -60,10 +60,6 @@ DEFAULT_CREDENTIALS = {
 
 def error(status: int, code: str, message: str) -> Response:
     return Response.json({"error": {"code": code, "message": message}}, status)
-
-
-def _fmt(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class GenericRestSimulator(RecordSimulator):
@@ -114,7 +110,7 @@ class GenericRestSimulator(RecordSimulator):
 
     def _make(self, resource: str, rid: int, created: datetime, updated: datetime) -> dict[str, Any]:
         fake = self.fake
-        dates = {"created_at": _fmt(created), "updated_at": _fmt(updated)}
+        dates = {"created_at": iso(created), "updated_at": iso(updated)}
         first, last = fake.person()
         email = f"{first}.{last}.{rid}@example.com".lower()
         if resource == "contacts":
@@ -142,7 +138,7 @@ class GenericRestSimulator(RecordSimulator):
                 "comments_count": fake.rng.randint(0, 12), "archived": False, **dates}
 
     def _touched(self, name: str, moment: datetime) -> dict[str, Any]:
-        return {"updated_at": _fmt(moment)}
+        return {"updated_at": iso(moment)}
 
     def archive(self, resource: str, rid: int) -> dict[str, Any]:
         """A soft delete: the record stays listed with archived=true."""
@@ -253,7 +249,7 @@ class GenericRestSimulator(RecordSimulator):
                 raise ApiError(error(400, "invalid_parameter", "updated_since must be ISO 8601 or epoch seconds.")) \
                     from None
             since = since if since.tzinfo else since.replace(tzinfo=UTC)
-            since_text = _fmt(since)
+            since_text = iso(since)
         sort = request.arg("sort") or "id"
         if sort not in ("id", "updated_at"):
             raise ApiError(error(400, "invalid_parameter", "sort must be one of: id, updated_at."))
