@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from freshd.connectors.simulator import FakeData
+from freshd.connectors.simulator import FakeData, Request
 
-__all__ = ["Collection", "Entity", "RecordSimulator", "link_header", "page_count", "random_churn", "seed_times"]
+__all__ = ["Collection", "Entity", "RecordSimulator", "iso", "link_header", "page_count", "random_churn",
+           "seed_times"]
 
 
 class Collection:
@@ -83,19 +84,26 @@ def seed_times(rng: random.Random, count: int, now: datetime, *, history: timede
         yield created, min(created + timedelta(seconds=rng.randint(0, int(drift.total_seconds()))), latest)
 
 
+def iso(moment: datetime) -> str:
+    """`moment` in UTC as ISO 8601 to the second with a `Z` (the generic REST API's and SP-API's dates)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def page_count(total: int, size: int) -> int:
     return math.ceil(total / size) if total else 0
 
 
-def link_header(base: str, query: list[tuple[str, str]], page: int, pages: int, rels: Sequence[str]) -> str:
-    """An RFC 8288 `Link` value for page-numbered listings, relations in `rels` order (first/last
-    only when there is more than one page)."""
+def link_header(request: Request, query: list[tuple[str, str]], page: int, pages: int,
+                rels: Sequence[str]) -> list[tuple[str, str]]:
+    """The RFC 8288 `Link` header of a page-numbered listing at `request`'s URL (none without a link),
+    relations in `rels` order (first/last only when there is more than one page)."""
+    base = f"{request.scheme}://{request.host}{request.path}"
     numbers = {"first": 1, "prev": page - 1, "next": page + 1, "last": pages}
     links = []
     for rel in rels:
         if 1 <= numbers[rel] <= pages and not (rel in ("first", "last") and pages <= 1):
             links.append(f'<{base}?{urllib.parse.urlencode([*query, ("page", str(numbers[rel]))])}>; rel="{rel}"')
-    return ", ".join(links)
+    return [("link", ", ".join(links))] if links else []
 
 
 def random_churn(
@@ -142,15 +150,18 @@ class Entity:
 class RecordSimulator:
     """The clock, the fake data, collection-backed create/update/delete and the test contract.
 
-    A simulator sets `clock`, `fake`, `collections` and `entities`; collection-backed ones define
-    `_make` (a new record) and `_touched` (the fields a save moves)."""
+    A simulator starts here (the clock, the fake data), then sets `collections` and `entities`;
+    collection-backed ones define `_make` (a new record) and `_touched` (the fields a save moves)."""
 
     token_requests = 0  # tokens issued (key-based auth: 0 forever)
-    clock: Callable[[], datetime]
-    fake: FakeData
     collections: dict[str, Collection]
     entities: dict[str, Entity]
     churned: tuple[str, ...] = ()  # random_changes picks among these (default: every entity)
+
+    def __init__(self, seed: int, clock: Callable[[], datetime] | None) -> None:
+        """Fake data drawn from `seed` (the same seed, the same data), and the clock (None: the wall clock)."""
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.fake = FakeData(seed)
 
     def _now(self) -> datetime:
         return self.clock().astimezone(UTC).replace(microsecond=0)

@@ -18,6 +18,8 @@ and its own error shape; this module adds the `/_sim/` control endpoints
                          {"revoke_tokens": true}                           refresh grants are refused too
     DELETE /_sim/faults                                                    clear all faults
     GET    /_sim/stats                                                     requests served, by path
+    POST   /_sim/mutate  {"count": 10}       10 random changes (simulators that pass `changes`)
+    GET    /_sim/state                       what the simulator holds (simulators that pass `state`)
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import trio
 
 from freshd.asgi import acknowledge_lifespan, serve_asgi
 
-__all__ = ["ApiError", "FakeData", "Faults", "Request", "Response", "Simulator", "SimulatorApp", "serve_asgi"]
+__all__ = ["ApiError", "FakeData", "Faults", "Handler", "Request", "Response", "Simulator", "SimulatorApp",
+           "serve_asgi", "take_token"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +60,14 @@ class Request:
                 return value
         return default
 
-    def json(self) -> Any:
-        return orjson.loads(self.body) if self.body else None
+    def json(self, invalid: Exception | None = None) -> Any:
+        """The body as JSON (None when empty); a malformed body raises `invalid` when one is given."""
+        try:
+            return orjson.loads(self.body) if self.body else None
+        except orjson.JSONDecodeError:
+            if invalid is None:
+                raise
+            raise invalid from None
 
 
 @dataclass(slots=True)
@@ -83,6 +92,16 @@ class ApiError(Exception):
 
 ErrorBody = Callable[[int, str, str], Response]  # (status, code, message) -> the provider's error response
 Handler = Callable[[Request], Awaitable[Response]]
+Guard = Callable[[Request], None]  # a route's auth check: raises ApiError to refuse the request
+
+
+def take_token(buckets: dict[str, tuple[float, float]], key: str, rate: float, burst: float, now: float) -> bool:
+    """A token bucket per key (tokens, last refill), refilled at `rate` a second up to `burst`:
+    whether a token was there to take."""
+    tokens, stamp = buckets.get(key, (burst, now))
+    tokens = min(burst, tokens + (now - stamp) * rate)
+    buckets[key] = (tokens - 1, now) if tokens >= 1 else (tokens, now)
+    return tokens >= 1
 
 
 @dataclass
@@ -128,15 +147,9 @@ class Faults:
 
     def over_rate(self, client: str, now: float) -> float | None:
         """Token bucket per client: None if allowed, else seconds until a token is back."""
-        if self.rate is None:
+        if self.rate is None or take_token(self._buckets, client, self.rate, self.burst, now):
             return None
-        tokens, stamp = self._buckets.get(client, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-        if tokens < 1:
-            self._buckets[client] = (tokens, now)
-            return (1 - tokens) / self.rate
-        self._buckets[client] = (tokens - 1, now)
-        return None
+        return (1 - self._buckets[client][0]) / self.rate
 
     def as_json(self) -> dict[str, Any]:
         return {"status": self.status, "count": self.count, "retry_after": self.retry_after,
@@ -156,24 +169,35 @@ def _retry_after_value(seconds: float, as_date: bool) -> str:
 class SimulatorApp:
     """A tiny ASGI router with the shared control endpoints and fault layer."""
 
-    def __init__(self, error_body: ErrorBody) -> None:
+    def __init__(self, error_body: ErrorBody, *, changes: Callable[[int], dict[str, int]] | None = None,
+                 state: Callable[[], dict[str, int]] | None = None, **actions: Callable[[], None]) -> None:
+        """`actions`: the provider's hooks for the token faults ("expire_tokens", "revoke_tokens");
+        `changes` (the simulator's random_changes) and `state` serve /_sim/mutate and /_sim/state."""
         self.error_body = error_body
         self.faults = Faults()
         self.stats: Counter[str] = Counter()
         # the most recent requests (path, query), for tests that check what a client asked for
         self.requests: deque[tuple[str, dict[str, str]]] = deque(maxlen=10_000)
-        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
-        # provider hooks for the token faults: "expire_tokens", "revoke_tokens" -> callable
-        self.actions: dict[str, Callable[[], None]] = {}
+        self._routes: list[tuple[str, re.Pattern[str], Handler, Guard | None]] = []
+        self.actions: dict[str, Callable[[], None]] = dict(actions)
         self.route("POST", "/_sim/faults", self._set_faults)
         self.route("DELETE", "/_sim/faults", self._clear_faults)
         self.route("GET", "/_sim/faults", self._get_faults)
         self.route("GET", "/_sim/stats", self._get_stats)
+        if changes is not None:
+            async def mutate(request: Request) -> Response:
+                return Response.json(changes(int((request.json() or {}).get("count", 1))))
+            self.route("POST", "/_sim/mutate", mutate)
+        if state is not None:
+            async def current(request: Request) -> Response:
+                return Response.json(state())
+            self.route("GET", "/_sim/state", current)
 
-    def route(self, method: str, pattern: str, handler: Handler) -> None:
-        """`pattern` uses {name} for a path segment, e.g. /wp-json/wc/v3/{resource}/{id}."""
+    def route(self, method: str, pattern: str, handler: Handler, guard: Guard | None = None) -> None:
+        """`pattern` uses {name} for a path segment, e.g. /wp-json/wc/v3/{resource}/{id}; `guard`
+        (the provider's auth check) runs before the handler."""
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "/?$", re.IGNORECASE)
-        self._routes.append((method, regex, handler))
+        self._routes.append((method, regex, handler, guard))
 
     async def _set_faults(self, request: Request) -> Response:
         spec = request.json()
@@ -206,7 +230,7 @@ class SimulatorApp:
             if fault is not None:
                 return fault
         allowed = []
-        for method, regex, handler in self._routes:
+        for method, regex, handler, guard in self._routes:
             match = regex.match(request.path)
             if match:
                 if method != request.method:
@@ -214,6 +238,8 @@ class SimulatorApp:
                     continue
                 request.params.update(match.groupdict())
                 try:
+                    if guard is not None:
+                        guard(request)
                     response = await handler(request)
                 except ApiError as exc:
                     response = exc.response

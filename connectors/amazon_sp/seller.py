@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from freshd.connectors.simcollection import RecordSimulator
+from freshd.connectors.simcollection import RecordSimulator, iso
 from freshd.connectors.simulator import ApiError, FakeData, Response
 
 MARKETPLACES = {  # id -> (name, currency)
@@ -48,10 +48,6 @@ def error(status: int, code: str, message: str, details: str = "") -> Response:
 def invalid(message: str, details: str = "") -> ApiError:
     return ApiError(error(400, "InvalidInput", message, details))
 
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: str, name: str) -> datetime:

@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 import trio
 
-from freshd.connectors.amazon_sp.seller import SellerData, error, invalid, iso, parse_time
+from freshd.connectors.amazon_sp.seller import SellerData, error, invalid, parse_time
+from freshd.connectors.simcollection import iso
 from freshd.connectors.simulator import ApiError, Request, Response
 
 DOCUMENT_URL_TTL = 300.0
@@ -48,10 +49,7 @@ class Reports(SellerData):
     _documents: dict[str, tuple[bytes, float]]  # document id -> (gzip body, url expiry)
 
     def _create_report(self, request: Request) -> Response:
-        try:
-            spec = request.json()
-        except orjson.JSONDecodeError:
-            raise invalid("Invalid Input", "The request body is not valid JSON") from None
+        spec = request.json(invalid("Invalid Input", "The request body is not valid JSON"))
         if not isinstance(spec, dict) or not spec.get("reportType"):
             raise invalid("Invalid Input", "reportType is required")
         marketplaces = spec.get("marketplaceIds")

@@ -49,16 +49,15 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 import trio
 
 from freshd.connectors.amazon_sp.seller import MARKETPLACES, error, invalid, parse_time, sku_id
 from freshd.connectors.amazon_sp.sim_reports import REPORT_COLUMNS, Reports
-from freshd.connectors.simulator import ApiError, FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simulator import ApiError, Request, Response, SimulatorApp, take_token
 
 __all__ = ["REPORT_COLUMNS", "AmazonSPSimulator", "error", "sku_id"]  # tests import these here
 
@@ -106,16 +105,10 @@ class Quotas:
     def take(self, op: str) -> bool:
         if not self.enforce or op not in self.plans:
             return True
-        rate, burst = self.plans[op]
-        now = trio.current_time()
-        tokens, stamp = self._buckets.get(op, (burst, now))
-        tokens = min(burst, tokens + (now - stamp) * rate)
-        if tokens < 1:
-            self._buckets[op] = (tokens, now)
-            self.throttled += 1
-            return False
-        self._buckets[op] = (tokens - 1, now)
-        return True
+        if take_token(self._buckets, op, *self.plans[op], trio.current_time()):
+            return True
+        self.throttled += 1
+        return False
 
     def drain(self, op: str) -> None:
         """Another worker of the same application just spent this operation's whole burst."""
@@ -144,8 +137,7 @@ class AmazonSPSimulator(Reports):
         self.client_id = creds.get("client_id", "amzn1.application-oa2-client.demo")
         self.client_secret = creds.get("client_secret", "amzn1.oa2-cs.v1.demo")
         self.refresh_token = creds.get("refresh_token", "Atzr|demo-refresh-token")
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self.fake = FakeData(seed)
+        super().__init__(seed, clock)
         self.marketplaces = tuple(marketplaces)
         for marketplace in self.marketplaces:
             if marketplace not in MARKETPLACES:
@@ -155,7 +147,6 @@ class AmazonSPSimulator(Reports):
         self.token_lifetime = token_lifetime
         self.report_seconds = report_seconds
         self.quotas = Quotas(enforce=enforce_quotas)
-        self.token_requests = 0  # tokens issued (tests/rig.py contract)
         self.last_token_request: tuple[str, dict[str, str]] | None = None  # (content-type, fields), for tests
         self.fail_next_report: str | None = None  # "FATAL" or "CANCELLED": the next report ends so
         self._tokens: dict[str, float] = {}  # access token -> expiry (epoch seconds)
@@ -168,9 +159,8 @@ class AmazonSPSimulator(Reports):
         self.events, self.reimbursement_rows = [], []
         self._seed_seller(records, history_days, records if events is None else events,
                    max(records // 10, 3) if reimbursements is None else reimbursements)
-        self.app = SimulatorApp(error)
-        self.app.actions["expire_tokens"] = self.expire_tokens
-        self.app.actions["revoke_tokens"] = self.revoke_tokens
+        self.app = SimulatorApp(error, changes=self.random_changes, state=self._state,
+                                expire_tokens=self.expire_tokens, revoke_tokens=self.revoke_tokens)
         self.app.route("POST", "/auth/o2/token", self._token)
         self._api("GET", "/fba/inventory/v1/summaries", "getInventorySummaries", self._inventory)
         self._api("GET", "/finances/v0/financialEvents", "listFinancialEvents", self._financial_events)
@@ -179,15 +169,12 @@ class AmazonSPSimulator(Reports):
         self._api("GET", "/reports/2021-06-30/documents/{documentId}", "getReportDocument", self._get_document)
         self.app.route("GET", "/tortuga-prod-na/{key}", self._download)
         self.app.route("POST", "/_sim/quotas", self._quotas_endpoint)
-        self.app.route("POST", "/_sim/mutate", self._mutate_endpoint)
-        self.app.route("GET", "/_sim/state", self._state_endpoint)
 
     # --- auth --------------------------------------------------------------------------------------
 
     def expire_tokens(self) -> None:
         """Every access token issued so far is now expired (403 "has expired")."""
-        for token in self._tokens:
-            self._tokens[token] = 0.0
+        self._tokens = dict.fromkeys(self._tokens, 0.0)
 
     def revoke_tokens(self) -> None:
         """The seller revoked the authorization: tokens expire and the refresh token gets invalid_grant."""
@@ -226,10 +213,7 @@ class AmazonSPSimulator(Reports):
     def _form(request: Request) -> dict[str, str]:
         kind = request.headers.get("content-type", "")
         if "json" in kind:
-            try:
-                data = request.json()
-            except orjson.JSONDecodeError:
-                raise lwa_error(400, "invalid_request", "Malformed request body") from None
+            data = request.json(lwa_error(400, "invalid_request", "Malformed request body"))
             return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
         return dict(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
 
@@ -386,10 +370,5 @@ class AmazonSPSimulator(Reports):
         return Response.json({"enforce": self.quotas.enforce, "throttled": self.quotas.throttled,
                               "plans": {op: {"rate": r, "burst": b} for op, (r, b) in self.quotas.plans.items()}})
 
-    async def _mutate_endpoint(self, request: Request) -> Response:
-        body = request.json() or {}
-        return Response.json(self.random_changes(int(body.get("count", 1))))
-
-    async def _state_endpoint(self, request: Request) -> Response:
-        return Response.json({e: self.count(e) for e in ("inventory_summaries", "financial_events",
-                                                         "reimbursements")})
+    def _state(self) -> dict[str, int]:
+        return {e: self.count(e) for e in ("inventory_summaries", "financial_events", "reimbursements")}

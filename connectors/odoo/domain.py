@@ -3,9 +3,12 @@ a listing can start from."""
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from freshd.connectors.odoo.models import OdooError
+
+_ORDERINGS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
 def _term_ok(record: dict[str, Any], term: list[Any]) -> bool:
@@ -23,11 +26,7 @@ def _term_ok(record: dict[str, Any], term: list[Any]) -> bool:
         case ">" | ">=" | "<" | "<=":
             if have is None or value is None or value is False:
                 return False
-            if op == ">":
-                return bool(have > value)
-            if op == ">=":
-                return bool(have >= value)
-            return bool(have < value) if op == "<" else bool(have <= value)
+            return bool(_ORDERINGS[op](have, value))
         case "in":
             return have in value
         case "not in":

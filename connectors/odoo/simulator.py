@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -65,6 +65,13 @@ __all__ = ["COUNTRY_IDS", "UID", "OdooError", "OdooSimulator", "error_body"]  # 
 ORM_WRITES = ("create", "write", "unlink", "load")
 SERVER_VERSION = "19.0"
 USER_CONTEXT = {"lang": "en_US", "tz": "Europe/Brussels", "uid": UID}  # res.users.context_get()
+# the ORM methods served: their positional parameters, and the keywords they take beyond those and `context`
+SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "search_read": (("domain", "fields", "offset", "limit", "order"), ("load",)),
+    "search": (("domain", "offset", "limit", "order"), ()), "search_count": (("domain",), ("limit",)),
+    "read": (("ids", "fields", "load"), ()), "fields_get": (("allfields", "attributes"), ()),
+    "create": (("vals_list",), ()), "write": (("ids", "vals"), ()), "unlink": (("ids",), ()),
+    "load": (("fields", "data"), ())}
 
 
 # JSON-2's status for an exception (B.2: `http_status` of odoo/exceptions.py; ValueError: the simulator's
@@ -96,9 +103,7 @@ class OdooSimulator(OrmWrites):
         self.database = creds.get("database", "demo")
         self.login = creds.get("username", "api@example.com")
         self.api_key = creds.get("api_key") or creds.get("password") or "odoo-demo-key"
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self.fake = FakeData(seed)
-        self.token_requests = 0  # API keys: no token endpoint
+        super().__init__(seed, clock)
         self.collections = {m: Collection(m, "write_date") for m in (*MODELS, *AUX_MODELS)}
         self.docs = {m: c.docs for m, c in self.collections.items()}  # a test drops a model from here
         self.ids = {m: c.ids for m, c in self.collections.items()}
@@ -250,25 +255,14 @@ class OdooSimulator(OrmWrites):
         context = kwargs.get("context") or {}
         if model == "res.users" and method == "context_get":  # the one res.users method served
             return dict(USER_CONTEXT)
-        allowed = {"search_read": {"domain", "fields", "offset", "limit", "order", "context", "load"},
-                   "search": {"domain", "offset", "limit", "order", "context"},
-                   "search_count": {"domain", "limit", "context"},
-                   "read": {"ids", "fields", "context", "load"},
-                   "fields_get": {"attributes", "allfields", "context"},
-                   "create": {"vals_list", "context"}, "write": {"ids", "vals", "context"},
-                   "unlink": {"ids", "context"}, "load": {"fields", "data", "context"}}.get(method)
-        if allowed is None:
+        if method not in SIGNATURES:
             raise OdooError("builtins.AttributeError",
                             f"The method '{method}' does not exist on the model '{model}'")
-        unknown = set(kwargs) - allowed
+        names, keywords = SIGNATURES[method]
+        unknown = set(kwargs) - {*names, *keywords, "context"}
         if unknown:
             raise OdooError("builtins.TypeError", f"{method}() got an unexpected keyword argument "
                             f"'{sorted(unknown)[0]}'", status=422)
-        names = {"search_read": ["domain", "fields", "offset", "limit", "order"],
-                 "search": ["domain", "offset", "limit", "order"], "search_count": ["domain"],
-                 "read": ["ids", "fields", "load"], "fields_get": ["allfields", "attributes"],
-                 "create": ["vals_list"], "write": ["ids", "vals"], "unlink": ["ids"], "load": ["fields", "data"],
-                 }[method]
         params = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k != "context"}
         if method in ORM_WRITES:
             return self._orm_write(model, method, params, context, json2)
@@ -362,10 +356,7 @@ class OdooSimulator(OrmWrites):
             db = request.headers.get("x-odoo-database")
             if db is not None and db != self.database:
                 raise OdooError("werkzeug.exceptions.NotFound", f"database {db!r} not found", status=404)
-            try:
-                body = request.json() or {}
-            except ValueError:
-                raise OdooError("werkzeug.exceptions.BadRequest", "Invalid JSON data", status=400) from None
+            body = request.json(OdooError("werkzeug.exceptions.BadRequest", "Invalid JSON data", status=400)) or {}
             if not isinstance(body, dict):
                 raise OdooError("werkzeug.exceptions.BadRequest", "expected a JSON object", status=400)
             model, method = request.params["model"], request.params["method"]

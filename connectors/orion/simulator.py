@@ -35,7 +35,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from freshd.connectors.simcollection import Entity, RecordSimulator
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simulator import ApiError, Handler, Request, Response, SimulatorApp
 
 TOKEN_LIFETIME = 36000.0
 CUSTODIANS = ("Schwab", "Fidelity", "Pershing", "TD Ameritrade")
@@ -67,9 +67,7 @@ class OrionSimulator(RecordSimulator):
         self.client_id = creds.get("client_id", "1234")
         self.client_secret = creds.get("client_secret", "d3m0-5ecret")
         self.history_days = history_days
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self.fake = FakeData(seed)
-        self.token_requests = 0  # tokens issued (Basic or refresh)
+        super().__init__(seed, clock)
         self.grants: Counter[str] = Counter()  # tokens issued by grant: "password", "refresh_token"
         # a test hook: called with (path, skip) before a listing page is served (to change data mid-listing)
         self.on_page: Callable[[str, int], None] | None = None
@@ -91,17 +89,15 @@ class OrionSimulator(RecordSimulator):
                                self.update_account, self.accounts.pop, touch="name", corrupt="name",
                                change=lambda aid: {"currentValue": round(self.accounts[aid]["currentValue"]
                                                                          * rng.uniform(0.98, 1.02), 2)})}
-        self.app = SimulatorApp(error_body)
-        self.app.actions["expire_tokens"] = self.expire_tokens
-        self.app.actions["revoke_tokens"] = self.revoke_tokens
+        self.app = SimulatorApp(error_body, expire_tokens=self.expire_tokens, revoke_tokens=self.revoke_tokens)
         for method in ("GET", "POST"):
             self.app.route(method, "/api/v1/Security/Token", self._token)
         for path, handler in (("/api/v1/Portfolio/Clients", self._clients),
-                              ("/api/v1/Portfolio/Clients/{id}", self._client),
+                              ("/api/v1/Portfolio/Clients/{id}", self._one(self.clients, "Client")),
                               ("/api/v1/Portfolio/Clients/{id}/AumOverTime", self._aum),
                               ("/api/v1/Portfolio/Accounts", self._accounts),
-                              ("/api/v1/Portfolio/Accounts/{id}", self._account)):
-            self.app.route("GET", path, handler)
+                              ("/api/v1/Portfolio/Accounts/{id}", self._one(self.accounts, "Account"))):
+            self.app.route("GET", path, handler, guard=self._check)
 
     # --- data ------------------------------------------------------------------------------------
 
@@ -233,11 +229,10 @@ class OrionSimulator(RecordSimulator):
             return self._issue(partner, "refresh_token")
         return error_body(401, "", "Authorization has been denied for this request.")
 
-    def _check(self, request: Request) -> Response | None:
+    def _check(self, request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "session" or self.sessions.get(token, 0.0) < time.time():
-            return error_body(401, "", "Authorization has been denied for this request.")
-        return None
+            raise ApiError(error_body(401, "", "Authorization has been denied for this request."))
 
     def _page(self, request: Request, select: Callable[[], list[dict[str, Any]]]) -> Response:
         """One $top/$skip (or top/skip) slice of what `select` lists, in id order."""
@@ -253,23 +248,19 @@ class OrionSimulator(RecordSimulator):
         return Response.json(select()[skip:skip + top])
 
     async def _clients(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
         active = request.arg("isActive")
         return self._page(request, lambda: [c for _, c in sorted(self.clients.items())
                                             if active is None or c["isActive"] == (active.lower() == "true")])
 
-    async def _client(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
-        client = self.clients.get(int(request.params["id"])) if request.params["id"].isdigit() else None
-        if client is None:
-            return error_body(404, "", "Client not found.")
-        return Response.json(client)
+    @staticmethod
+    def _one(records: dict[int, dict[str, Any]], noun: str) -> Handler:
+        """GET one client or account by id."""
+        async def read(request: Request) -> Response:
+            record = records.get(int(request.params["id"])) if request.params["id"].isdigit() else None
+            return error_body(404, "", f"{noun} not found.") if record is None else Response.json(record)
+        return read
 
     async def _accounts(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
         try:
             start = request.arg("editedStartDate")
             end = request.arg("editedEndDate")
@@ -281,17 +272,7 @@ class OrionSimulator(RecordSimulator):
             a for _, a in sorted(self.accounts.items())
             if (start_at is None or a["editedDate"] >= start_at) and (end_at is None or a["editedDate"] <= end_at)])
 
-    async def _account(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
-        account = self.accounts.get(int(request.params["id"])) if request.params["id"].isdigit() else None
-        if account is None:
-            return error_body(404, "", "Account not found.")
-        return Response.json(account)
-
     async def _aum(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
         cid = int(request.params["id"]) if request.params["id"].isdigit() else 0
         if cid not in self.clients:
             return error_body(404, "", "Client not found.")

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from freshd.connectors.simcollection import Entity, RecordSimulator
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simulator import ApiError, Request, Response, SimulatorApp
 
 USER_ID = 42
 MAX_LIMIT = 1000
@@ -59,8 +59,7 @@ class PowensSimulator(RecordSimulator):
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.access_token = (credentials or {}).get("access_token", "powens-demo-token")
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self.fake = FakeData(seed)
+        super().__init__(seed, clock)
         self.revoked = False
         self.connections: dict[int, dict[str, Any]] = {}
         self.accounts: dict[int, dict[str, Any]] = {}
@@ -93,13 +92,12 @@ class PowensSimulator(RecordSimulator):
         self.entities = {"transactions": Entity(
             self._live_transactions, self.create_transaction, self.update_transaction, self.delete_transaction,
             touch="comment", corrupt="wording", change=lambda _: {"coming": self.fake.rng.random() < 0.2})}
-        self.app = SimulatorApp(error_body)
-        self.app.actions["revoke_tokens"] = self.revoke_tokens
+        self.app = SimulatorApp(error_body, revoke_tokens=self.revoke_tokens)
         for path, handler in (("/2.0/users/{user}/connections", self._connections),
                               ("/2.0/users/{user}/accounts", self._accounts),
                               ("/2.0/users/{user}/transactions", self._transactions),
                               ("/2.0/users/{user}/transactions/{id}", self._transaction)):
-            self.app.route("GET", path, handler)
+            self.app.route("GET", path, handler, guard=self._check)
 
     # --- data ------------------------------------------------------------------------------------
 
@@ -152,24 +150,19 @@ class PowensSimulator(RecordSimulator):
 
     # --- HTTP ------------------------------------------------------------------------------------
 
-    def _check(self, request: Request) -> Response | None:
+    def _check(self, request: Request) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if self.revoked or scheme.lower() != "bearer" or token != self.access_token:
-            return error_body(401, "invalidToken", "The token is invalid or expired.")
+            raise ApiError(error_body(401, "invalidToken", "The token is invalid or expired."))
         user = request.params.get("user", "")
         if user not in ("me", str(USER_ID)):
-            return error_body(404, "userNotFound", f"User {user} not found.")
-        return None
+            raise ApiError(error_body(404, "userNotFound", f"User {user} not found."))
 
     async def _connections(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
         return Response.json({"connections": [self.connections[c] for c in sorted(self.connections)]})
 
     async def _accounts(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
         show_all = request.arg("all") is not None
         rows = [a for _, a in sorted(self.accounts.items())
                 if show_all or (a["deleted"] is None and a["disabled"] is None)]
@@ -192,8 +185,6 @@ class PowensSimulator(RecordSimulator):
         return totals
 
     async def _transactions(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
         limit_text = request.arg("limit")
         if limit_text is None:
             return error_body(400, "missingParameter", "Missing parameter 'limit'.")
@@ -225,8 +216,6 @@ class PowensSimulator(RecordSimulator):
         })
 
     async def _transaction(self, request: Request) -> Response:
-        if (refused := self._check(request)) is not None:
-            return refused
         record = self.transactions.get(int(request.params["id"])) if request.params["id"].isdigit() else None
         if record is None:
             return error_body(404, "transactionNotFound", "Transaction not found.")

@@ -41,8 +41,8 @@ from typing import Any
 
 import orjson
 
-from freshd.connectors.simcollection import Collection, RecordSimulator, link_header, page_count
-from freshd.connectors.simulator import ApiError, FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simcollection import Collection, RecordSimulator, iso, link_header, page_count
+from freshd.connectors.simulator import ApiError, Request, Response, SimulatorApp
 
 PREFIX = "/api/v1"
 RESOURCES = ("contacts", "deals", "tickets")
@@ -62,10 +62,6 @@ def error(status: int, code: str, message: str) -> Response:
     return Response.json({"error": {"code": code, "message": message}}, status)
 
 
-def _fmt(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class GenericRestSimulator(RecordSimulator):
     def __init__(
         self,
@@ -82,8 +78,7 @@ class GenericRestSimulator(RecordSimulator):
         self.credentials = {**DEFAULT_CREDENTIALS, **(credentials or {})}
         self.auth = auth
         self.rotate_refresh_tokens = rotate_refresh_tokens
-        self.clock = clock or (lambda: datetime.now(UTC))
-        self.fake = FakeData(seed)
+        super().__init__(seed, clock)
         self.collections = {r: Collection(r, "updated_at") for r in RESOURCES}
         self.docs = {r: c.docs for r, c in self.collections.items()}
         self.by_updated = {r: c.by_modified for r, c in self.collections.items()}
@@ -96,17 +91,14 @@ class GenericRestSimulator(RecordSimulator):
         self.tokens: dict[str, float] = {}  # access token -> expiry (epoch seconds)
         self.refresh_tokens = {self.credentials["refresh_token"]}
         self.revoked = False
-        self.token_requests = 0
         now = self._now()
         # seeded changes stay a minute in the past: a test's first change is always newer
         self._seed(dict.fromkeys(RESOURCES, records), now, history=timedelta(days=400), span=timedelta(days=390),
                    drift=timedelta(days=5), latest=now - timedelta(minutes=1))
-        self.app = SimulatorApp(error)
-        self.app.route("GET", PREFIX + "/records/{resource}/{id}", self._read)
-        self.app.route("GET", PREFIX + "/{style}/{resource}", self._list)
+        self.app = SimulatorApp(error, expire_tokens=self.expire_tokens, revoke_tokens=self.revoke_tokens)
+        self.app.route("GET", PREFIX + "/records/{resource}/{id}", self._read, guard=self._authenticate)
+        self.app.route("GET", PREFIX + "/{style}/{resource}", self._list, guard=self._authenticate)
         self.app.route("POST", "/oauth/token", self._token)
-        self.app.actions["expire_tokens"] = self.expire_tokens
-        self.app.actions["revoke_tokens"] = self.revoke_tokens
 
     # --- data ------------------------------------------------------------------------------------
 
@@ -118,7 +110,7 @@ class GenericRestSimulator(RecordSimulator):
 
     def _make(self, resource: str, rid: int, created: datetime, updated: datetime) -> dict[str, Any]:
         fake = self.fake
-        dates = {"created_at": _fmt(created), "updated_at": _fmt(updated)}
+        dates = {"created_at": iso(created), "updated_at": iso(updated)}
         first, last = fake.person()
         email = f"{first}.{last}.{rid}@example.com".lower()
         if resource == "contacts":
@@ -146,7 +138,7 @@ class GenericRestSimulator(RecordSimulator):
                 "comments_count": fake.rng.randint(0, 12), "archived": False, **dates}
 
     def _touched(self, name: str, moment: datetime) -> dict[str, Any]:
-        return {"updated_at": _fmt(moment)}
+        return {"updated_at": iso(moment)}
 
     def archive(self, resource: str, rid: int) -> dict[str, Any]:
         """A soft delete: the record stays listed with archived=true."""
@@ -192,12 +184,11 @@ class GenericRestSimulator(RecordSimulator):
             if hmac.compare_digest(user, creds["username"]) and hmac.compare_digest(password, creds["password"]):
                 return
             raise ApiError(error(401, "invalid_credentials", "Invalid username or password."))
-        if "x-api-key" in request.headers and self._accepts("api_key_header"):
-            if hmac.compare_digest(request.headers["x-api-key"], creds["api_key"]):
-                return
-            raise ApiError(error(401, "invalid_api_key", "Invalid API key."))
-        if request.arg("api_key") is not None and self._accepts("api_key_query"):
-            if hmac.compare_digest(request.arg("api_key") or "", creds["api_key"]):
+        key = request.headers.get("x-api-key") if self._accepts("api_key_header") else None
+        if key is None and self._accepts("api_key_query"):
+            key = request.arg("api_key")
+        if key is not None:  # the header's, else the query's
+            if hmac.compare_digest(key, creds["api_key"]):
                 return
             raise ApiError(error(401, "invalid_api_key", "Invalid API key."))
         raise ApiError(error(401, "unauthorized", "Authentication required."))
@@ -233,25 +224,19 @@ class GenericRestSimulator(RecordSimulator):
 
     # --- handlers ----------------------------------------------------------------------------------
 
-    def _size(self, request: Request, name: str) -> int:
-        raw = request.arg(name)
-        try:
-            size = DEFAULT_SIZE if raw in (None, "") else int(raw or "")
-        except ValueError:
-            raise ApiError(error(400, "invalid_parameter", f"{name} must be an integer.")) from None
-        if not 1 <= size <= MAX_SIZE:
-            raise ApiError(error(400, "invalid_parameter", f"{name} must be between 1 and {MAX_SIZE}."))
-        return size
-
-    def _int(self, request: Request, name: str, default: int, low: int) -> int:
+    def _int(self, request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
         raw = request.arg(name)
         try:
             value = default if raw in (None, "") else int(raw or "")
         except ValueError:
             raise ApiError(error(400, "invalid_parameter", f"{name} must be an integer.")) from None
-        if value < low:
-            raise ApiError(error(400, "invalid_parameter", f"{name} must be at least {low}."))
+        if value < low or (high is not None and value > high):
+            bound = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise ApiError(error(400, "invalid_parameter", f"{name} must be {bound}."))
         return value
+
+    def _size(self, request: Request, name: str) -> int:
+        return self._int(request, name, DEFAULT_SIZE, 1, MAX_SIZE)
 
     def _selection(self, request: Request, resource: str) -> list[int]:
         """Ids the listing covers, in order (the filter and the sort, not the page)."""
@@ -264,7 +249,7 @@ class GenericRestSimulator(RecordSimulator):
                 raise ApiError(error(400, "invalid_parameter", "updated_since must be ISO 8601 or epoch seconds.")) \
                     from None
             since = since if since.tzinfo else since.replace(tzinfo=UTC)
-            since_text = _fmt(since)
+            since_text = iso(since)
         sort = request.arg("sort") or "id"
         if sort not in ("id", "updated_at"):
             raise ApiError(error(400, "invalid_parameter", "sort must be one of: id, updated_at."))
@@ -273,7 +258,7 @@ class GenericRestSimulator(RecordSimulator):
             return coll.modified_between(since_text)
         return sorted(coll.modified_between(since_text)) if since_text else list(coll.ids)
 
-    def _list_sync(self, request: Request) -> Response:
+    async def _list(self, request: Request) -> Response:
         style, resource = request.params["style"], request.params["resource"]
         if style not in STYLES or resource not in RESOURCES:
             raise ApiError(error(404, "not_found", "No such endpoint."))
@@ -323,17 +308,10 @@ class GenericRestSimulator(RecordSimulator):
             raise ApiError(error(400, "invalid_cursor", "The cursor is invalid or expired.")) from None
 
     def _links(self, request: Request, page: int, pages: int) -> list[tuple[str, str]]:
-        base = f"{request.scheme}://{request.host}{request.path}"
         query = [(k, v) for k, v in request.query if k not in ("page", "api_key")]  # never echo a key
-        links = link_header(base, query, page, pages, ("prev", "next", "last", "first"))
-        return [("link", links)] if links else []
-
-    async def _list(self, request: Request) -> Response:
-        self._authenticate(request)
-        return self._list_sync(request)
+        return link_header(request, query, page, pages, ("prev", "next", "last", "first"))
 
     async def _read(self, request: Request) -> Response:
-        self._authenticate(request)
         resource = request.params["resource"]
         if resource not in RESOURCES:
             raise ApiError(error(404, "not_found", "No such endpoint."))

@@ -35,6 +35,11 @@ class ApiError(simulator.ApiError):
         """How `batch_items` reports this error for one item: the WP_Error's code, message and data."""
         return {"id": rid, "error": {"code": self.code, "message": self.message, "data": self.data}}
 
+    @classmethod
+    def invalid_param(cls, name: str, reason: str) -> ApiError:
+        """WP_REST_Request's 400 for one parameter its route's schema refuses, and why."""
+        return cls(400, "rest_invalid_param", f"Invalid parameter(s): {name}", params={name: reason})
+
 
 
 def wp_date(moment: datetime) -> str:
@@ -164,8 +169,7 @@ class PhpInput:
         """A scalar parameter; an array where a string is expected is WordPress' 400."""
         found = self.value(name)
         if isinstance(found, dict):
-            raise ApiError(400, "rest_invalid_param", f"Invalid parameter(s): {name}",
-                           params={name: f"{name} is not of type string."})
+            raise ApiError.invalid_param(name, f"{name} is not of type string.")
         return found
 
     def items(self, name: str) -> list[str] | None:
@@ -185,8 +189,7 @@ class PhpInput:
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise ApiError(400, "rest_invalid_param", f"Invalid parameter(s): {name}",
-                           params={name: f"Invalid date: {value}"}) from None
+            raise ApiError.invalid_param(name, f"Invalid date: {value}") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC if gmt else SITE_TZ)
         return wp_date(moment.astimezone(UTC))
@@ -213,12 +216,10 @@ class PhpInput:
         try:
             value = int(raw)  # type: ignore[arg-type]
         except (TypeError, ValueError):  # an array, or not a number
-            raise ApiError(400, "rest_invalid_param", f"Invalid parameter(s): {name}",
-                           params={name: f"{name} is not of type integer."}) from None
+            raise ApiError.invalid_param(name, f"{name} is not of type integer.") from None
         if value < low or (high is not None and value > high):
             bound = f"between {low} and {high} (inclusive)" if high is not None else f"greater than or equal to {low}"
-            raise ApiError(400, "rest_invalid_param", f"Invalid parameter(s): {name}",
-                           params={name: f"{name} must be {bound}"})
+            raise ApiError.invalid_param(name, f"{name} must be {bound}")
         return value
 
     def ids(self, name: str) -> list[int] | None:
@@ -229,5 +230,4 @@ class PhpInput:
         try:
             return [int(x) for x in raw]
         except ValueError:
-            raise ApiError(400, "rest_invalid_param", f"Invalid parameter(s): {name}",
-                           params={name: f"{name}[0] is not of type integer."}) from None
+            raise ApiError.invalid_param(name, f"{name}[0] is not of type integer.") from None

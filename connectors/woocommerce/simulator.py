@@ -34,13 +34,13 @@ import hmac
 import time
 import urllib.parse
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
 from freshd.connectors.simcollection import link_header, page_count
-from freshd.connectors.simulator import FakeData, Request, Response, SimulatorApp
+from freshd.connectors.simulator import Handler, Request, Response, SimulatorApp
 from freshd.connectors.woocommerce.php import ApiError, PhpInput, PhpValue, error, oauth_base_string, php_parse
 from freshd.connectors.woocommerce.store import ORDER_STATUSES, POST_TYPES, PREFIX, RESOURCES, WooCollection, WooStore
 
@@ -64,9 +64,8 @@ class WooCommerceSimulator(WooStore):
         creds = credentials or {}
         self.consumer_key = creds.get("consumer_key", "ck_demo")
         self.consumer_secret = creds.get("consumer_secret", "cs_demo")
-        self.clock = clock or (lambda: datetime.now(UTC))
+        super().__init__(seed, clock)
         self.read_only_key = False  # the key's permissions are `read` (API_FACTS_WRITES §A.7)
-        self.fake = FakeData(seed)
         self.collections = {name: WooCollection(name) for name in RESOURCES}
         rng = self.fake.rng
         spec: dict[str, tuple[str, str, Callable[[int], dict[str, Any]]]] = {  # mutate, corrupt, churn
@@ -85,17 +84,15 @@ class WooCommerceSimulator(WooStore):
         now = self.clock().replace(microsecond=0)
         self._seed(counts, now, history=timedelta(days=365), span=timedelta(days=300), drift=timedelta(days=5),
                    latest=now)
-        self.app = SimulatorApp(error)
+        self.app = SimulatorApp(error, changes=self.random_changes, state=self.counts)
         for resource in RESOURCES:
             base = f"{PREFIX}/{resource}"
-            self.app.route("GET", base, self._list)
-            self.app.route("POST", base, self._create)
-            self.app.route("POST", base + "/batch", self._batch)
-            self.app.route("GET", base + "/{id}", self._read)
-            self.app.route("PUT", base + "/{id}", self._update)
-            self.app.route("DELETE", base + "/{id}", self._delete)
-        self.app.route("POST", "/_sim/mutate", self._mutate_endpoint)
-        self.app.route("GET", "/_sim/state", self._state_endpoint)
+            self.app.route("GET", base, self._guarded(self._list))
+            self.app.route("POST", base, self._guarded(self._create))
+            self.app.route("POST", base + "/batch", self._guarded(self._batch))
+            self.app.route("GET", base + "/{id}", self._guarded(self._read))
+            self.app.route("PUT", base + "/{id}", self._guarded(self._update))
+            self.app.route("DELETE", base + "/{id}", self._guarded(self._delete))
 
     # --- auth (WC_REST_Authentication, API_FACTS_WRITES §A.7) ------------------------------------
 
@@ -162,19 +159,19 @@ class WooCommerceSimulator(WooStore):
     def _resource(self, request: Request) -> WooCollection:
         return self.collections[request.path[len(PREFIX) + 1:].split("/")[0].lower()]
 
-    async def _guard(self, request: Request, handler: Callable[[Request, PhpInput], Response]) -> Response:
-        php = PhpInput.of(request)  # the one reading of the query every step below uses
-        self._authenticate(request, php)
-        if self.read_only_key and request.method in ("POST", "PUT", "PATCH", "DELETE"):
-            # WC_REST_Authentication::check_permissions: a key with `read` permission only
-            raise ApiError(401, "woocommerce_rest_authentication_error",
-                           "The API key provided does not have write permissions.")
-        return handler(request, php)
+    def _guarded(self, handler: Callable[[Request, PhpInput], Response]) -> Handler:
+        """A route's handler behind the authentication and the key's permissions."""
+        async def serve(request: Request) -> Response:
+            php = PhpInput.of(request)  # the one reading of the query every step below uses
+            self._authenticate(request, php)
+            if self.read_only_key and request.method in ("POST", "PUT", "PATCH", "DELETE"):
+                # WC_REST_Authentication::check_permissions: a key with `read` permission only
+                raise ApiError(401, "woocommerce_rest_authentication_error",
+                               "The API key provided does not have write permissions.")
+            return handler(request, php)
+        return serve
 
-    async def _list(self, request: Request) -> Response:
-        return await self._guard(request, self._list_sync)
-
-    def _list_sync(self, request: Request, php: PhpInput) -> Response:
+    def _list(self, request: Request, php: PhpInput) -> Response:
         coll = self._resource(request)
         customers = coll.name == "customers"
         per_page = php.integer("per_page", 10, 1, 100)
@@ -184,14 +181,12 @@ class WooCommerceSimulator(WooStore):
             page, offset = 1, -1
         order = (php.text("order") or ("asc" if customers else "desc")).lower()
         if order not in ("asc", "desc"):
-            raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): order",
-                           params={"order": "order is not one of asc, desc."})
+            raise ApiError.invalid_param("order", "order is not one of asc, desc.")
         valid = ("id", "include", "name", "registered_date") if customers else \
             ("date", "id", "include", "title", "slug", "modified")
         orderby = php.text("orderby") or ("name" if customers else "date")
         if orderby not in valid:
-            raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): orderby",
-                           params={"orderby": f"orderby is not one of {', '.join(valid)}."})
+            raise ApiError.invalid_param("orderby", f"orderby is not one of {', '.join(valid)}.")
         include = php.ids("include")
         exclude = set(php.ids("exclude") or [])
 
@@ -260,15 +255,9 @@ class WooCommerceSimulator(WooStore):
         headers = [("content-type", "application/json; charset=UTF-8"), ("x-wp-total", str(total)),
                    ("x-wp-totalpages", str(pages)), ("date", time.strftime("%a, %d %b %Y %H:%M:%S GMT",
                                                                             self._now().timetuple()))]
-        links = self._links(request, php, page, pages)
-        if links:
-            headers.append(("link", links))
+        # WordPress rebuilds the links' query from the parsed $_GET (each key once), then sets `page`
+        headers += link_header(request, php.link_query(), page, pages, ("first", "prev", "next", "last"))
         return Response(200, body, headers)
-
-    def _links(self, request: Request, php: PhpInput, page: int, pages: int) -> str:
-        """WordPress rebuilds the query from the parsed $_GET (each key once), then sets `page`."""
-        base = f"{request.scheme}://{request.host}{request.path}"
-        return link_header(base, php.link_query(), page, pages, ("first", "prev", "next", "last"))
 
     def _record_id(self, request: Request, coll: WooCollection, *, method: str = "GET") -> int:
         """The route's id, or the controller's "invalid id" error for this method (§A.2): products and
@@ -288,53 +277,41 @@ class WooCommerceSimulator(WooStore):
                            "Invalid ID.")
         return rid
 
-    async def _read(self, request: Request) -> Response:
-        def read(request: Request, php: PhpInput) -> Response:
-            coll = self._resource(request)
-            return Response(200, coll.docs[self._record_id(request, coll)],
-                            [("content-type", "application/json; charset=UTF-8")])
-        return await self._guard(request, read)
+    def _read(self, request: Request, php: PhpInput) -> Response:
+        coll = self._resource(request)
+        return Response(200, coll.docs[self._record_id(request, coll)],
+                        [("content-type", "application/json; charset=UTF-8")])
 
     def _body(self, request: Request) -> dict[str, Any]:
-        try:
-            body = request.json()
-        except orjson.JSONDecodeError:
-            raise ApiError(400, "rest_invalid_json", "Invalid JSON body passed.") from None
+        body = request.json(ApiError(400, "rest_invalid_json", "Invalid JSON body passed."))
         if not isinstance(body, dict):
             raise ApiError(400, "rest_invalid_json", "Invalid JSON body passed.")
         return body
 
-    async def _create(self, request: Request) -> Response:
-        def create(request: Request, php: PhpInput) -> Response:
-            coll = self._resource(request)
-            body = self._body(request)
-            self._route_checks(coll.name, body, creating=True)
-            record = self.write_create(coll.name, body)
-            location = f"{request.scheme}://{request.host}{PREFIX}/{coll.name}/{record['id']}"
-            return Response.json(record, 201, [("location", location)])
-        return await self._guard(request, create)
+    def _create(self, request: Request, php: PhpInput) -> Response:
+        coll = self._resource(request)
+        body = self._body(request)
+        self._route_checks(coll.name, body, creating=True)
+        record = self.write_create(coll.name, body)
+        location = f"{request.scheme}://{request.host}{PREFIX}/{coll.name}/{record['id']}"
+        return Response.json(record, 201, [("location", location)])
 
-    async def _update(self, request: Request) -> Response:
-        def update(request: Request, php: PhpInput) -> Response:
-            coll = self._resource(request)
-            rid = self._record_id(request, coll, method="PUT")
-            body = self._body(request)
-            self._route_checks(coll.name, body, creating=False)
-            return Response.json(self.write_update(coll.name, rid, body))
-        return await self._guard(request, update)
+    def _update(self, request: Request, php: PhpInput) -> Response:
+        coll = self._resource(request)
+        rid = self._record_id(request, coll, method="PUT")
+        body = self._body(request)
+        self._route_checks(coll.name, body, creating=False)
+        return Response.json(self.write_update(coll.name, rid, body))
 
-    async def _delete(self, request: Request) -> Response:
-        def delete(request: Request, php: PhpInput) -> Response:
-            coll = self._resource(request)
-            rid = self._record_id(request, coll, method="DELETE")
-            force = (php.text("force") or "").lower() in ("1", "true")
-            if coll.name == "customers" and not force:
-                raise ApiError(501, "woocommerce_rest_trash_not_supported",
-                               "Customers do not support trashing.")
-            if not force and coll.statuses.get(rid) == "trash":
-                raise ApiError(410, "woocommerce_rest_already_trashed", "The resource has already been deleted.")
-            return Response.json(self.delete(coll.name, rid, force=force))
-        return await self._guard(request, delete)
+    def _delete(self, request: Request, php: PhpInput) -> Response:
+        coll = self._resource(request)
+        rid = self._record_id(request, coll, method="DELETE")
+        force = (php.text("force") or "").lower() in ("1", "true")
+        if coll.name == "customers" and not force:
+            raise ApiError(501, "woocommerce_rest_trash_not_supported", "Customers do not support trashing.")
+        if not force and coll.statuses.get(rid) == "trash":
+            raise ApiError(410, "woocommerce_rest_already_trashed", "The resource has already been deleted.")
+        return Response.json(self.delete(coll.name, rid, force=force))
 
     def _batch_update(self, coll: WooCollection, item: Any) -> dict[str, Any]:
         rid = int(item.get("id") or 0) if isinstance(item, dict) else 0
@@ -357,32 +334,23 @@ class WooCommerceSimulator(WooStore):
             return ApiError(400, "woocommerce_rest_invalid_id", "Invalid resource id.").batch_item(rid)
         return ApiError(404, f"woocommerce_rest_{POST_TYPES[coll.name]}_invalid_id", "Invalid ID.").batch_item(rid)
 
-    async def _batch(self, request: Request) -> Response:
+    def _batch(self, request: Request, php: PhpInput) -> Response:
         """`batch_items`: create_item/update_item/delete_item called directly, one item after the other,
         no transaction; 200 whatever failed, a failed create as id 0, a failed update with its id."""
-        def batch(request: Request, php: PhpInput) -> Response:
-            coll = self._resource(request)
-            body = self._body(request)
-            ops = {k: body.get(k) or [] for k in ("create", "update", "delete")}
-            if sum(len(v) for v in ops.values()) > BATCH_LIMIT:
-                raise ApiError(413, "woocommerce_rest_request_entity_too_large",
-                               f"Unable to accept more than {BATCH_LIMIT} items for this request.")
-            out: dict[str, list[Any]] = {"create": [], "update": [], "delete": []}
-            for item in ops["create"]:
-                try:
-                    if not isinstance(item, dict):
-                        raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): create")
-                    out["create"].append(self.write_create(coll.name, item))
-                except ApiError as exc:
-                    out["create"].append(exc.batch_item(0))
-            out["update"] = [self._batch_update(coll, item) for item in ops["update"]]
-            out["delete"] = [self._batch_delete(coll, rid) for rid in ops["delete"]]
-            return Response.json({k: v for k, v in out.items() if ops[k]})
-        return await self._guard(request, batch)
-
-    async def _mutate_endpoint(self, request: Request) -> Response:
-        body = request.json() or {}
-        return Response.json(self.random_changes(int(body.get("count", 1))))
-
-    async def _state_endpoint(self, request: Request) -> Response:
-        return Response.json(self.counts())
+        coll = self._resource(request)
+        body = self._body(request)
+        ops = {k: body.get(k) or [] for k in ("create", "update", "delete")}
+        if sum(len(v) for v in ops.values()) > BATCH_LIMIT:
+            raise ApiError(413, "woocommerce_rest_request_entity_too_large",
+                           f"Unable to accept more than {BATCH_LIMIT} items for this request.")
+        out: dict[str, list[Any]] = {"create": [], "update": [], "delete": []}
+        for item in ops["create"]:
+            try:
+                if not isinstance(item, dict):
+                    raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): create")
+                out["create"].append(self.write_create(coll.name, item))
+            except ApiError as exc:
+                out["create"].append(exc.batch_item(0))
+        out["update"] = [self._batch_update(coll, item) for item in ops["update"]]
+        out["delete"] = [self._batch_delete(coll, rid) for rid in ops["delete"]]
+        return Response.json({k: v for k, v in out.items() if ops[k]})

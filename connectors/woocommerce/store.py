@@ -174,8 +174,7 @@ class WooStore(RecordSimulator):
             raise ApiError(400, "rest_missing_callback_param", "Missing parameter(s): email", params=["email"])
         if resource == "customers" and not creating and "email" in body and not _is_email(body["email"]):
             # the v2/v3 schema's `format: email` (UNCONFIRMED: API_FACTS_WRITES §A.3)
-            raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): email",
-                           params={"email": "Invalid email address."})
+            raise ApiError.invalid_param("email", "Invalid email address.")
 
     def write_create(self, resource: str, item: dict[str, Any]) -> dict[str, Any]:
         """create_item: refuse an `id`, run the data layer's checks, save, return the saved record."""
@@ -258,8 +257,7 @@ class WooStore(RecordSimulator):
             raise ApiError(400, "woocommerce_rest_invalid_customer_id", "Customer ID is invalid.")
         for line in fields.get("line_items") or []:
             if not isinstance(line, dict):
-                raise ApiError(400, "rest_invalid_param", "Invalid parameter(s): line_items",
-                               params={"line_items": "line_items[0] is not of type object."})
+                raise ApiError.invalid_param("line_items", "line_items[0] is not of type object.")
             known = current is not None and line.get("id") in {i.get("id") for i in current.get("line_items") or []}
             if not known and not (line.get("product_id") or line.get("sku") or line.get("variation_id")):
                 raise ApiError(400, "woocommerce_rest_required_product_reference", "Product ID or SKU is required.")
