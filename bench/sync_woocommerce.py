@@ -9,6 +9,9 @@ Figures printed, each limit measured in the same run (bench/limits.py), freshd g
   limits  fetch only (the daemon's own connector, nothing stored), bulk upsert (COPY + one
           INSERT … ON CONFLICT, one transaction), per-page upsert (100 rows and a commit per page)
   freshd  initial sync records/s (job started_at -> finished_at), peak RSS of the daemon (VmHWM)
+  freshd  its share of the binding limit (the slower of fetch only and bulk upsert: it cannot outrun
+          either), and the CPU each process spent per 1,000 records: daemon, simulator and PostgreSQL
+          during freshd's sync, against the clients, simulator and PostgreSQL of the limits
   freshd  no-op incremental sync of the unchanged connection: seconds, and the daemon's CPU time
           for it (/proc/PID/stat from `freshctl sync` to the job's end, waited for in the database)
   freshd  full re-sync records/s without and with a `freshctl watch` subscriber (progress cost)
@@ -130,6 +133,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds so far of every PostgreSQL process on the machine (server and backends), by pid."""
+    seen = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if (proc / "comm").read_text().strip() == "postgres":
+                    seen[int(proc.name)] = cpu_seconds(int(proc.name))
+    return seen
+
+
+def postgres_cpu_since(before: dict[int, float]) -> float:
+    """PostgreSQL's CPU seconds since `before` (a backend that ended in between is not counted)."""
+    return sum(now - before.get(pid, 0.0) for pid, now in postgres_cpu().items())
+
+
 def wait_job_in_db(db: str, job_id: int, timeout: float = 300.0) -> None:
     """Until the job is final, asking the database (not the daemon, whose CPU is being measured)."""
     deadline = time.monotonic() + timeout
@@ -171,9 +190,12 @@ def bench_freshd(db: str, base_url: str, records: int, work: Path, *, quick: boo
             time.sleep(0.1)
         jobs = freshctl(sock, "jobs", "--connection", "bench")["jobs"]
         sim_cpu, sim_wall = cpu_seconds(simulator_pid) if simulator_pid else 0.0, time.perf_counter()
+        pg_before, daemon_before = postgres_cpu(), cpu_seconds(daemon.pid)
         initial = wait_job(sock, jobs[0]["id"])
         sim_busy = ((cpu_seconds(simulator_pid) - sim_cpu) / (time.perf_counter() - sim_wall)
                     if simulator_pid else float("nan"))
+        pg_sync_cpu, daemon_sync_cpu = postgres_cpu_since(pg_before), cpu_seconds(daemon.pid) - daemon_before
+        sim_sync_cpu = cpu_seconds(simulator_pid) - sim_cpu if simulator_pid else float("nan")
         assert initial["status"] == "completed", initial
         initial_cpu = cpu_seconds(daemon.pid)  # the daemon's start and its initial sync
         if spy is not None:
@@ -200,6 +222,7 @@ def bench_freshd(db: str, base_url: str, records: int, work: Path, *, quick: boo
             return {"records_per_s": records / seconds(initial), "initial_s": seconds(initial),
                     "simulator_busy": sim_busy,
                     "initial_cpu_s": initial_cpu, "lead_in_s": lead_in, "tail_s": tail,
+                    "sync_cpu": (daemon_sync_cpu, sim_sync_cpu, pg_sync_cpu),
                     "noop_incremental_s": seconds(incremental), "noop_incremental_cpu_s": noop_cpu,
                     "peak_rss_mb": rss}
         # progress reporting cost: the same full sync without, then with, a watcher attached
@@ -227,6 +250,7 @@ def bench_freshd(db: str, base_url: str, records: int, work: Path, *, quick: boo
         "records_per_s": records / seconds(initial),
         "initial_s": seconds(initial),
         "initial_cpu_s": initial_cpu,
+        "sync_cpu": (daemon_sync_cpu, sim_sync_cpu, pg_sync_cpu),
         "simulator_busy": sim_busy,
         "lead_in_s": lead_in,
         "tail_s": tail,
@@ -314,11 +338,14 @@ def main() -> int:
               + (f", {args.latency * 1000:.0f} ms added to every response" if args.latency else ""), flush=True)
         sim_cpu = cpu_seconds(simulator.pid)
         fetch_s, fetched = limits.fetch(base_url, CREDS)
-        sim_busy_fetch = (cpu_seconds(simulator.pid) - sim_cpu) / fetch_s
+        sim_fetch_cpu = cpu_seconds(simulator.pid) - sim_cpu
+        sim_busy_fetch = sim_fetch_cpu / fetch_s
         assert fetched == args.records, f"fetched {fetched} of {args.records}"
         shaped = limits.customers(args.records)
         with fresh_database(server) as db:
+            pg_before, own_before = postgres_cpu(), time.process_time()
             bulk_s = limits.bulk_upsert(db, shaped)
+            bulk_cpu = (time.process_time() - own_before, postgres_cpu_since(pg_before))
         with fresh_database(server) as db:
             paged_s = limits.per_page_upsert(db, shaped)
         del shaped
@@ -341,6 +368,19 @@ def main() -> int:
         print(f"  the simulator's CPU, in cores: {sim_busy_fetch:.2f} during the fetch limit,"
               f" {result['simulator_busy']:.2f} during freshd's initial sync (load average {os.getloadavg()[0]:.1f})",
               flush=True)
+        # what the machine had to give: freshd cannot outrun the slower of fetching and storing, and
+        # on one machine its simulator, the daemon and PostgreSQL share the cores that each limit had
+        binding = min(ceilings["fetch only (4 concurrent)"], ceilings["bulk upsert (one transaction)"])
+        print(f"  binding limit (the slower of fetch only and bulk upsert) {binding:,.0f} records/s:"
+              f" freshd = {rate / binding:.0%} of it", flush=True)
+        per = 1000 / args.records * 1000  # ms of CPU per 1,000 records
+        daemon_cpu, sim_cpu_sync, pg_cpu = result["sync_cpu"]
+        print(f"  CPU per 1,000 records, ms: freshd's sync: daemon {daemon_cpu * per:.0f}, simulator"
+              f" {sim_cpu_sync * per:.0f}, PostgreSQL {pg_cpu * per:.0f} (together {os.cpu_count()} cores x"
+              f" {result['initial_s']:.1f} s offered {os.cpu_count() * result['initial_s'] * per:.0f}, used"
+              f" {(daemon_cpu + sim_cpu_sync + pg_cpu) * per:.0f}); fetch limit: client"
+              f" {getattr(limits.fetch, 'cpu_seconds', float('nan')) * per:.0f}, simulator {sim_fetch_cpu * per:.0f};"
+              f" bulk limit: client {bulk_cpu[0] * per:.0f}, PostgreSQL {bulk_cpu[1] * per:.0f}", flush=True)
         if args.latency:
             print(f"with {args.latency * 1000:.0f} ms per response: freshd = "
                   f"{rate / ceilings['fetch only (4 concurrent)']:.0%} of the 4-concurrent fetch limit"
