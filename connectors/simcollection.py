@@ -34,6 +34,7 @@ class Collection:
         self.by_modified: list[tuple[str, int]] = []  # ascending (stamp, id)
         self.stamps: dict[int, str] = {}
         self.next_id = 1
+        self.version = 0  # bumped by every put and remove: what a cached listing was computed from
 
     def encode(self, record: dict[str, Any]) -> Any:
         """What `docs` keeps of a record (the record itself; WooCommerce keeps its JSON)."""
@@ -44,6 +45,7 @@ class Collection:
 
     def put(self, record: dict[str, Any]) -> None:
         rid = int(record["id"])
+        self.version += 1
         if rid in self.docs:
             self.by_modified.remove((self.stamps[rid], rid))
         else:
@@ -54,6 +56,7 @@ class Collection:
         self.next_id = max(self.next_id, rid + 1)
 
     def remove(self, rid: int) -> None:
+        self.version += 1
         self.by_modified.remove((self.stamps.pop(rid), rid))
         self.ids.remove(rid)
         del self.docs[rid]

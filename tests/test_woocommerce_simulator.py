@@ -42,6 +42,28 @@ async def test_pagination_headers_and_links(sim: tuple[WooCommerceSimulator, str
     assert 'rel="next"' in links and 'rel="prev"' in links and "page=3" in links
 
 
+async def test_a_listing_changed_between_two_pages_is_served_as_it_is_now_not_as_cached(
+    sim: tuple[WooCommerceSimulator, str],
+) -> None:
+    """The simulator computes a listing's ids once per state of the table: a record created, changed
+    or deleted between two pages must show in the next page, as WooCommerce's next query would."""
+    simulator, base = sim
+    async with httpx.AsyncClient(auth=(KEY, SECRET)) as client:
+        async def ids(**params: object) -> tuple[list[int], str]:
+            r = await client.get(f"{base}/customers", params={"per_page": 100, "orderby": "id", **params})
+            return [c["id"] for c in r.json()], r.headers["x-wp-total"]
+
+        assert (await ids(page=1))[1] == "250"
+        simulator.delete("customers", 5)
+        first, total = await ids(page=1)
+        assert total == "249" and 5 not in first and first[4] == 6
+        created = simulator.create("customers", first_name="Aaron", last_name="Aardvark", role="customer")
+        assert (await ids(page=3))[0][-1] == created["id"]
+        simulator.update("customers", 7, role="subscriber")  # no longer listed under the default role
+        assert 7 not in (await ids(page=1))[0]
+        assert 7 in (await ids(page=1, role="all"))[0]
+
+
 async def test_per_page_over_100_is_rest_invalid_param(sim: tuple[WooCommerceSimulator, str]) -> None:
     _, base = sim
     async with httpx.AsyncClient(auth=(KEY, SECRET)) as client:

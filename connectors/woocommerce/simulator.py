@@ -67,6 +67,7 @@ class WooCommerceSimulator(WooStore):
         super().__init__(seed, clock)
         self.read_only_key = False  # the key's permissions are `read` (API_FACTS_WRITES §A.7)
         self.collections = {name: WooCollection(name) for name in RESOURCES}
+        self._matching: dict[tuple[Any, ...], list[int]] = {}  # a listing's ids by its filters (see _list)
         rng = self.fake.rng
         spec: dict[str, tuple[str, str, Callable[[int], dict[str, Any]]]] = {  # mutate, corrupt, churn
             "customers": ("first_name", "last_name", lambda _: {"first_name": self.fake.person()[0]}),
@@ -188,54 +189,24 @@ class WooCommerceSimulator(WooStore):
         if orderby not in valid:
             raise ApiError.invalid_param("orderby", f"orderby is not one of {', '.join(valid)}.")
         include = php.ids("include")
-        exclude = set(php.ids("exclude") or [])
-
-        ids: list[int]
+        exclude = frozenset(php.ids("exclude") or [])
         gmt = (php.text("dates_are_gmt") or "").lower() in ("1", "true")
-        after = before = None
-        if not customers:
-            bounds = {name: php.date(name, gmt=gmt) for name in ("modified_after", "modified_before", "after",
-                                                                 "before")}
-            after, before = bounds.get("modified_after"), bounds.get("modified_before")
-            if orderby == "modified" or after or before:
-                ids = coll.modified_between(after, before)
-                if orderby != "modified":
-                    ids.sort()
-            else:
-                ids = list(coll.by_id)
-            if created_after := bounds.get("after"):
-                ids = [i for i in ids if orjson.loads(coll.docs[i])["date_created_gmt"] > created_after]
-            if created_before := bounds.get("before"):
-                ids = [i for i in ids if orjson.loads(coll.docs[i])["date_created_gmt"] < created_before]
-        else:
-            ids = list(coll.by_id)
-            if orderby == "name":
-                ids.sort(key=lambda i: (coll.sort_names[i], i))
-        if include is not None:
-            wanted = set(include)
-            ids = [i for i in include if i in coll.docs] if orderby == "include" else \
-                [i for i in ids if i in wanted]
-        if exclude:
-            ids = [i for i in ids if i not in exclude]
-        statuses = php.items("status")  # an array argument: status[]=a&status[]=b or status=a,b
-        if not customers and statuses and "any" not in statuses:
-            allowed = set(statuses)
-            ids = [i for i in ids if coll.statuses[i] in allowed]
-        # orders default to "any": trashed orders are listed too
-        if customers:  # `role` defaults to customer; `all` lists every user (API_FACTS_WRITES §A.2)
-            role = php.text("role") or "customer"
-            if role != "all":
-                ids = [i for i in ids if coll.roles.get(i) == role]
-            if (email := php.text("email")) is not None:  # exact, not a search
-                ids = [i for i in ids if i == coll.holder(email)] if email else ids
-        elif coll.name == "products" and (skus := php.text("sku")):  # comma list, exact, IN (§A.1)
-            wanted_skus = {coll.holder(part.strip()) for part in skus.split(",") if part.strip()}
-            ids = [i for i in ids if i in wanted_skus]
-        if search := (php.text("search") or "").lower():
-            ids = [i for i in ids if search in coll.docs[i].decode().lower()]
-        if order == "desc" and orderby != "include":
-            ids.reverse()
-
+        bounds = {} if customers else {name: php.date(name, gmt=gmt) for name in (
+            "modified_after", "modified_before", "after", "before")}
+        statuses = tuple(php.items("status") or ())  # an array argument: status[]=a&status[]=b or status=a,b
+        # what selects and orders the rows; every page of one listing asks the same, so the matching
+        # ids are computed once per state of the table, not once per page (a 100k-row table scanned
+        # for each page made the simulator, not the client, the bottleneck of a fast listing)
+        key = (coll.name, coll.version, order, orderby, tuple(include) if include is not None else None, exclude,
+               tuple(sorted(bounds.items())), statuses, php.text("role"), php.text("email"), php.text("sku"),
+               php.text("search"))
+        ids = self._matching.get(key)
+        if ids is None:
+            if len(self._matching) >= 16:
+                self._matching.clear()
+            ids = self._matching[key] = self._select(coll, php, customers=customers, order=order, orderby=orderby,
+                                                     include=include, exclude=exclude, bounds=bounds,
+                                                     statuses=statuses)
         total = len(ids)
         pages = page_count(total, per_page)
         start = offset if offset >= 0 else (page - 1) * per_page
@@ -258,6 +229,52 @@ class WooCommerceSimulator(WooStore):
         # WordPress rebuilds the links' query from the parsed $_GET (each key once), then sets `page`
         headers += link_header(request, php.link_query(), page, pages, ("first", "prev", "next", "last"))
         return Response(200, body, headers)
+
+    def _select(self, coll: WooCollection, php: PhpInput, *, customers: bool, order: str, orderby: str,
+                include: list[int] | None, exclude: frozenset[int], bounds: dict[str, Any],
+                statuses: tuple[str, ...]) -> list[int]:
+        """The ids a listing matches, in its order (every page of it slices this)."""
+        ids: list[int]
+        if not customers:
+            after, before = bounds.get("modified_after"), bounds.get("modified_before")
+            if orderby == "modified" or after or before:
+                ids = coll.modified_between(after, before)
+                if orderby != "modified":
+                    ids.sort()
+            else:
+                ids = list(coll.by_id)
+            if created_after := bounds.get("after"):
+                ids = [i for i in ids if orjson.loads(coll.docs[i])["date_created_gmt"] > created_after]
+            if created_before := bounds.get("before"):
+                ids = [i for i in ids if orjson.loads(coll.docs[i])["date_created_gmt"] < created_before]
+        else:
+            ids = list(coll.by_id)
+            if orderby == "name":
+                ids.sort(key=lambda i: (coll.sort_names[i], i))
+        if include is not None:
+            wanted = set(include)
+            ids = [i for i in include if i in coll.docs] if orderby == "include" else \
+                [i for i in ids if i in wanted]
+        if exclude:
+            ids = [i for i in ids if i not in exclude]
+        if not customers and statuses and "any" not in statuses:
+            allowed = set(statuses)
+            ids = [i for i in ids if coll.statuses[i] in allowed]
+        # orders default to "any": trashed orders are listed too
+        if customers:  # `role` defaults to customer; `all` lists every user (API_FACTS_WRITES §A.2)
+            role = php.text("role") or "customer"
+            if role != "all":
+                ids = [i for i in ids if coll.roles.get(i) == role]
+            if (email := php.text("email")) is not None:  # exact, not a search
+                ids = [i for i in ids if i == coll.holder(email)] if email else ids
+        elif coll.name == "products" and (skus := php.text("sku")):  # comma list, exact, IN (§A.1)
+            wanted_skus = {coll.holder(part.strip()) for part in skus.split(",") if part.strip()}
+            ids = [i for i in ids if i in wanted_skus]
+        if search := (php.text("search") or "").lower():
+            ids = [i for i in ids if search in coll.docs[i].decode().lower()]
+        if order == "desc" and orderby != "include":
+            ids.reverse()
+        return ids
 
     def _record_id(self, request: Request, coll: WooCollection, *, method: str = "GET") -> int:
         """The route's id, or the controller's "invalid id" error for this method (§A.2): products and
