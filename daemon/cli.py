@@ -32,6 +32,9 @@ MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 
+SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while another waits for it (default 0.005)
+
+
 def limit_malloc_arenas() -> None:
     """glibc gives each thread that allocates its own memory arena (up to 8 per core), and keeps
     them: the worker threads that encode pages and run the database calls each held one.  Two
@@ -53,6 +56,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from freshd.logs import configure_logging
 
     limit_malloc_arenas()  # before any thread starts
+    # The worker threads that commit batches wait on the database, then for the GIL while the trio
+    # thread and the encoder parse and encode: each of a commit's round trips waited up to the 5 ms
+    # default.  At 1 ms a 900-record commit beside a busy thread took 30-32 ms instead of 66-69 ms
+    # (the same quiet: 22 ms), and a 100k initial sync ran 4 % faster (3 alternating pairs).
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
     config = _load(args.config)
     if config.database_url is None:
