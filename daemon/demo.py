@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import trio
 
+from freshd.errors import StartupError
 from freshd.paths import default_socket_path, default_state_dir
 
 DEMO_CREDENTIALS = {"consumer_key": "ck_demo", "consumer_secret": "cs_demo"}
@@ -241,11 +243,56 @@ async def _two_way_scene(socket: Path, ports: dict[str, int]) -> None:
                 await trio.sleep(PAIR_INTERVAL)
 
 
+DEMO_MARKER = ".freshd-demo"  # in a state directory the demo made (and may start anew)
+
+
+def fresh_state(state_dir: Path) -> None:
+    """The demo's state directory, emptied for a new run.
+
+    The simulators keep their records in memory and start each run anew (same seeds), so a
+    database kept from the last run would hold its cursors, and the records its two-way sync
+    wrote into simulators that no longer have them: the next full listing would find them gone
+    (and hold their deletions).  Only a directory the demo made is emptied, and never while a
+    demo still runs on it; anything else is refused, changing nothing."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    entries = list(state_dir.iterdir())
+    ours = (state_dir / DEMO_MARKER).exists() or (state_dir / "demo.toml").exists()  # or an older demo's
+    if entries and not ours:
+        raise StartupError(f"{state_dir} is not empty and is not a demo's state directory: the demo starts "
+                           f"anew each run and will not empty it; pass --state-dir a new or empty directory")
+    pid = _running_postgres(state_dir / "postgres" / "postmaster.pid")
+    if pid is not None:
+        raise StartupError(f"a demo is running on {state_dir} (its PostgreSQL is process {pid}): "
+                           f"stop it first, or pass --state-dir another directory")
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (state_dir / DEMO_MARKER).write_text("made by `freshd demo`, which empties it at each start\n",
+                                         encoding="utf-8")
+
+
+def _running_postgres(pid_file: Path) -> int | None:
+    """The process PostgreSQL's pid file names, if it is alive (a stale file names none)."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        return pid
+    return pid
+
+
 def run_demo(*, records: int = 2000, state_dir: Path | None = None) -> int:
     from freshd.logs import configure_logging
 
     state_dir = state_dir or default_state_dir() / "demo"
-    state_dir.mkdir(parents=True, exist_ok=True)
+    fresh_state(state_dir)
     configure_logging("info", "auto")
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(_demo, records, state_dir)
