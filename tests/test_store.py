@@ -142,6 +142,22 @@ async def test_a_pipelined_batch_commit_whose_lease_moved_writes_nothing(databas
         assert await store.call(records.load_cursors, cid) == {"customers": {"page": 2}}
 
 
+async def test_a_segment_larger_than_one_upsert_counts_and_writes_every_chunk(database_url: str) -> None:
+    """A segment's rows go out UPSERT_ROWS at a time: the counts are the sum over its statements."""
+    size = records.UPSERT_ROWS * 2 + 7
+    async with open_store(database_url) as store:
+        cid = await add_connection(store)
+        first = [{"id": i, "v": 1} for i in range(size)]
+        (result,) = await store.call(records.write_pages, records.encode_pages(
+            [page(cid, first[:100]), page(cid, first[100:], {"page": 1})]))
+        assert (result.inserted, result.updated, result.unchanged) == (size, 0, 0)
+        again = [{"id": i, "v": 2 if i % 50 == 0 else 1} for i in range(size)]
+        (result,) = await store.call(records.write_pages, records.encode_pages([page(cid, again, {"page": 2})]))
+        changed = len(range(0, size, 50))
+        assert (result.inserted, result.updated, result.unchanged) == (0, changed, size - changed)
+        assert await store.call(records.count_records) == {cid: size}
+
+
 async def test_one_live_job_per_connection(database_url: str) -> None:
     async with open_store(database_url) as store:
         cid = await add_connection(store)

@@ -68,6 +68,7 @@ def _dumper(array: type[PackedArray], array_oid: int) -> type[Dumper]:
 for _array, _oid in ((TextArray, 1009), (JsonbArray, 3807), (ByteaArray, 1001)):
     psycopg.adapters.register_dumper(_array, _dumper(_array, _oid))
 
+UPSERT_ROWS = 100  # rows one upsert statement carries (see Segment.chunks)
 _ARRAY_HEADER = struct.Struct("!iiIii")  # ndim, has-null flag, element type; then the one dimension, lower bound
 _LEN = struct.Struct("!i")
 _JSONB = b"\x01"  # jsonb's binary format: a version byte, then the text
@@ -151,10 +152,9 @@ class Segment:
     received: int  # records the pages carried (duplicates included)
     rows: int  # distinct ids staged (the last version of an id wins)
     deleted: Sequence[str]
-    # the staged rows, as the upsert's three array parameters
-    eids: TextArray
-    payloads: JsonbArray
-    hashes: ByteaArray
+    # the staged rows, as the array parameters of its upserts (ids, payloads, hashes), UPSERT_ROWS
+    # at most each: a statement's parameters are copied whole into the connection's send buffer
+    chunks: Sequence[tuple[TextArray, JsonbArray, ByteaArray]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,11 +180,12 @@ def encode_pages(pages: Sequence[PageWrite]) -> EncodedPages:
 
     def close(deleted: Sequence[str]) -> None:
         nonlocal staged, received
-        rows = staged.values()
-        segments.append(Segment(touch, received, len(staged), deleted,
-                                pack(TextArray, [eid.encode() for eid in staged]),
-                                pack(JsonbArray, [_JSONB + r.payload_json.encode() for r in rows]),
-                                pack(ByteaArray, [r.content_hash for r in rows])))
+        rows = list(staged.values())
+        chunks = [rows[i:i + UPSERT_ROWS] for i in range(0, len(rows), UPSERT_ROWS)]
+        segments.append(Segment(touch, received, len(staged), deleted, [
+            (pack(TextArray, [r.external_id.encode() for r in chunk]),
+             pack(JsonbArray, [_JSONB + r.payload_json.encode() for r in chunk]),
+             pack(ByteaArray, [r.content_hash for r in chunk])) for chunk in chunks]))
         staged, received = {}, 0
 
     for page in pages:
@@ -211,34 +212,34 @@ def write_pages(conn: Connection, batch: EncodedPages) -> list[WriteResult]:
     With change events off nothing is read back before the cursor is saved, so in a pipeline
     (`pipelined`) every statement goes out together; with them on, each segment's changed rows
     are read as it is written (its outbox rows must precede the next segment's)."""
-    written: list[tuple[Segment, Cursor | None, int, int, int]] = []  # counts known now (events on)
+    written: list[tuple[Segment, list[Cursor], int, int, int]] = []  # counts known now (events on)
     for segment in batch.segments:
-        upsert: Cursor | None = None
+        upserts: list[Cursor] = []
         inserted = updated = 0
-        if segment.rows:
+        for eids, payloads, hashes in segment.chunks:
             params = {"cid": batch.connection_id, "entity": batch.entity, "touch": segment.touch,
-                      "eids": segment.eids, "payloads": segment.payloads, "hashes": segment.hashes}
+                      "eids": eids, "payloads": payloads, "hashes": hashes}
             if batch.events:
                 rows = conn.execute(_UPSERT_CHANGES, params).fetchall()
                 changed = [(str(row["external_id"]), bool(row["inserted"]), int(str(row["version"])))
                            for row in rows]
                 outbox.record_changes(conn, batch.connection_id, batch.entity, changed)
-                inserted = sum(1 for c in changed if c[1])
-                updated = len(changed) - inserted
+                created = sum(1 for c in changed if c[1])
+                inserted, updated = inserted + created, updated + len(changed) - created
             else:
-                upsert = conn.execute(_UPSERT_COUNTS, params)  # read below: queued in a pipeline
+                upserts.append(conn.execute(_UPSERT_COUNTS, params))  # read below: queued in a pipeline
         deleted = len(tombstone(conn, batch.connection_id, batch.entity, segment.deleted, events=batch.events)) \
             if segment.deleted else 0
-        written.append((segment, upsert, inserted, updated, deleted))
+        written.append((segment, upserts, inserted, updated, deleted))
     if batch.checkpoint is not None:
         save_cursor(conn, batch.connection_id, batch.entity, batch.checkpoint)
     results = []
-    for segment, upsert, known_inserted, known_updated, deleted in written:
+    for segment, upserts, known_inserted, known_updated, deleted in written:
         inserted, updated = known_inserted, known_updated
-        if upsert is not None:
+        for upsert in upserts:
             row = upsert.fetchone()
             assert row is not None
-            inserted, updated = int(str(row["inserted"])), int(str(row["updated"]))
+            inserted, updated = inserted + int(str(row["inserted"])), updated + int(str(row["updated"]))
         results.append(WriteResult(inserted, updated, segment.received - inserted - updated, deleted, batch.entity))
     return results
 
