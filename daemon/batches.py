@@ -1,5 +1,5 @@
 """A batch of pages on its way to the store: each record encoded as the database takes it (canonical
-JSON and its hash, then binary COPY data), what a full listing has shown so far (the evidence checked
+JSON and its hash, then the upserts' array parameters), what a full listing has shown so far (the evidence checked
 before deletions are inferred), and what a committed batch changed.  Pure: the sync engine's writer
 (freshd.sync) encodes on a worker thread and commits."""
 
@@ -102,7 +102,7 @@ def encode_batch(stream: StreamSpec, batch: list[tuple[Page, trio.Event | None]]
             connection_id, stream.name, encoded, page.deleted, page.checkpoint,
             touch_seen=page.full_listing, events=events,
         ))
-    # what waits for the commit is the COPY data, not the decoded records (bounded memory)
+    # what waits for the commit is the packed arrays, not the decoded records (bounded memory)
     return Staged([dataclasses.replace(page, records=()) for page, _ in batch], [event for _, event in batch],
                    sum(len(page.records) for page, _ in batch), sum(len(w.records) for w in writes),
                    writes if dry_run else [], failures, total,
