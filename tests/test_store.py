@@ -202,6 +202,61 @@ async def test_unreachable_database_is_store_unavailable() -> None:
             pass
 
 
+async def test_a_pipelined_commit_behind_a_held_lock_ends_at_the_limit_or_deadline_and_writes_nothing(
+    database_url: str,
+) -> None:
+    """In a pipeline the statements wait together: a lock held on the job's row (its progress is
+    the last write) still ends the call at lock_timeout, or at the caller's deadline, with nothing
+    committed, and the store's next pipelined commit goes through."""
+    from freshd.errors import StoreTimeout
+
+    async with open_store(database_url, statement_timeout=5.0, lock_timeout=0.5) as store:
+        cid = await add_connection(store)
+        job, _ = await store.call(jobs.create_job, cid, JobKind.INITIAL, "add")
+        batch = records.encode_pages([page(cid, [{"id": 1}, {"id": 2}], {"page": 1})])
+        commit = dict(job_id=job.id, max_share=0.5, confirmed=False, progress=lambda *_: {"saved": True})
+        with psycopg.connect(database_url, options="-c search_path=freshd,public") as holder:
+            holder.execute("SELECT id FROM sync_jobs WHERE id = %s FOR UPDATE", (job.id,))
+            with trio.fail_after(5), pytest.raises(StoreTimeout, match=r"did not grant a lock within 0.5 s"):
+                await store.call(records.commit_pages, batch, **commit)
+            holder.execute("SET lock_timeout = 0")
+            with pytest.raises(trio.TooSlowError), trio.fail_after(0.3):
+                async with open_store(database_url, statement_timeout=5.0, lock_timeout=5.0) as patient:
+                    await patient.call(records.commit_pages, batch, **commit)
+            holder.rollback()
+        assert await store.call(records.count_records) == {}
+        assert await store.call(records.load_cursors, cid) == {}
+        results, _ = await store.call(records.commit_pages, batch, **commit)
+        assert [(r.inserted, r.unchanged) for r in results] == [(2, 0)]
+        assert await store.call(records.load_cursors, cid) == {"customers": {"page": 1}}
+
+
+async def test_a_process_stopped_inside_a_transaction_past_the_idle_limit_gets_an_outage_not_a_crash(
+    database_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGSTOP (or a frozen VM) inside a store call: the server ends the idle session, and the
+    call's COMMIT failed with IdleInTransactionSessionTimeout, which no caller handled: a zombie
+    member woke up and its daemon exited.  It is StoreUnavailable now, and the next call works."""
+    import time
+
+    from freshd.store import db
+
+    monkeypatch.setattr(db, "IDLE_IN_TRANSACTION", 0.3)
+    async with open_store(database_url) as store:
+        cid = await add_connection(store)
+
+        def stalls_mid_transaction(conn):  # type: ignore[no-untyped-def]
+            conn.execute("SELECT 1")
+            time.sleep(1.0)  # stopped: the server's idle-in-transaction timer runs out
+            records.save_cursor(conn, cid, "customers", {"page": 9})
+
+        with pytest.raises(StoreUnavailable, match="idle in a transaction"):
+            await store.call(stalls_mid_transaction)
+        assert await store.call(records.load_cursors, cid) == {}
+        await store.call(records.save_cursor, cid, "customers", {"page": 1})
+        assert await store.call(records.load_cursors, cid) == {"customers": {"page": 1}}
+
+
 async def test_a_statement_behind_a_lock_held_forever_is_a_store_timeout_naming_the_limit(database_url: str) -> None:
     from freshd.errors import StoreTimeout
 

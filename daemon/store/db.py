@@ -295,6 +295,15 @@ class Store:
                 conn.close()
             call.error = StoreUnavailable(f"database unavailable: {_one_line(exc)}")
             call.error.__cause__ = exc
+        except psycopg.errors.IdleInTransactionSessionTimeout as exc:
+            # the server ended the session: this process stood still inside a transaction (stopped,
+            # frozen) past IDLE_IN_TRANSACTION.  Nothing was committed and the connection is gone: an
+            # outage of this call, which a retry on a new connection settles (or finds the lease lost)
+            if conn is not None:
+                conn.close()
+            call.error = StoreUnavailable(f"the database ended the session, idle in a transaction for over "
+                                          f"{IDLE_IN_TRANSACTION:g} s (was the process stopped?): {_one_line(exc)}")
+            call.error.__cause__ = exc
         except BaseException as exc:
             # A statement error leaves the transaction rolled back; the connection is reusable
             # unless it broke (then `_release` closes it and the next call reconnects).
