@@ -32,6 +32,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -285,11 +286,23 @@ print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def dlt_python() -> str | None:
-    """A Python that can import dlt: this one, or bench/.venv-dlt's if someone made it."""
+    """A Python that can import dlt: this one, or bench/.venv-dlt's, made here on first use (dlt's
+    own dependencies stay out of freshd's environment).  None, saying why, if it cannot be made."""
     if importlib.util.find_spec("dlt") is not None:
         return sys.executable
-    venv = ROOT / "bench" / ".venv-dlt" / "bin" / "python"
-    return str(venv) if venv.exists() else None
+    venv = ROOT / "bench" / ".venv-dlt"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"dlt: creating {venv} (pip install 'dlt[postgres]', once)", flush=True)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+            subprocess.run([str(python), "-m", "pip", "install", "--quiet", "dlt[postgres]"], check=True,
+                           timeout=900, stdout=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError) as exc:
+            print(f"dlt: could not install it ({exc}); skipped", flush=True)
+            shutil.rmtree(venv, ignore_errors=True)  # half made: the next run tries again
+            return None
+    return str(python)
 
 
 def bench_dlt(python: str, db: str, base_url: str, records: int, work: Path) -> dict[str, float]:
@@ -395,7 +408,7 @@ def main() -> int:
               f"{result['add_to_first_records_s']:.3f} s", flush=True)
         python = None if args.skip_dlt else dlt_python()
         if python is None:
-            print("dlt: skipped" + ("" if args.skip_dlt else " (not importable here: pip install 'dlt[postgres]')"),
+            print("dlt: skipped" + ("" if args.skip_dlt else " (see above)"),
                   flush=True)
         else:
             with fresh_database(server) as db:
