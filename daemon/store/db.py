@@ -84,7 +84,7 @@ class Fence:
 def send_fence_check(conn: Connection, fence: Fence) -> Cursor:
     """First statement of every fenced transaction.  FOR SHARE: a take-over (which bumps the epoch)
     waits for this transaction, so the write lands before it or not at all.  In a pipeline its
-    answer is read with the first results (`check_fence`), before anything commits."""
+    answer is read with the first results (`fence_held`), before anything commits."""
     return conn.execute(
         "SELECT 1 FROM leases WHERE connection_id = %s AND owner = %s AND epoch = %s FOR SHARE",
         (fence.connection_id, fence.member, fence.epoch),
