@@ -262,8 +262,9 @@ def fresh_state(state_dir: Path) -> None:
                            f"anew each run and will not empty it; pass --state-dir a new or empty directory")
     pid = _running_postgres(state_dir / "postgres" / "postmaster.pid")
     if pid is not None:
-        raise StartupError(f"a demo is running on {state_dir} (its PostgreSQL is process {pid}): "
-                           f"stop it first, or pass --state-dir another directory")
+        raise StartupError(f"a demo is running on {state_dir} (its PostgreSQL is process {pid}): stop it first, "
+                           f"or pass --state-dir another directory; if no demo runs, that server outlived "
+                           f"one (a killed demo): stop it with `kill {pid}`")
     for entry in entries:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
