@@ -312,6 +312,14 @@ class Supervisor:
                         handle.wake = None
                         # pick up what the store knows now (last success, error)
                         handle.row = replace(handle.row, last_success_at=actor.last_success_at)
+        except* Fenced as fenced:
+            # stopped abruptly (its lease lost) while a write was refused: the scope strips the
+            # Cancelled from the actor's group and leaves the Fenced, which is no crash either
+            log.warning("actor.fenced", connection=handle.row.name, error=str(fenced.exceptions[0]))
+        except* Exception as failed:
+            # anything else left when a stopping actor's Cancelled is stripped: the actor is gone
+            # all the same; the daemon and every other actor must not go with it
+            log.error("actor.failed_while_stopping", connection=handle.row.name, exc_info=failed)
         finally:
             handle.done.set()
 

@@ -49,6 +49,11 @@ class Cluster:
             [sys.executable, "-m", "freshd.cli", "run", "--config", str(self.config)],
             env={**env, "FRESHD_MEMBER_NAME": name}, stdout=log, stderr=log)
 
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        """The end of a member's log, for an assertion about how it ended."""
+        text = (self.tmp / f"{name}.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
     async def ctl(self, name: str, *args: str) -> Any:
         result = await trio.to_thread.run_sync(functools.partial(
             subprocess.run, [sys.executable, "-m", "freshd.ctl", "--socket", str(self.tmp / f"{name}.sock"),
@@ -252,7 +257,7 @@ async def test_zombie_daemon_writes_nothing_after_its_leases_were_taken(cluster:
                  " SELECT 1 FROM (SELECT owner FROM lease_audit a WHERE a.connection_id = w.connection_id"
                  " AND a.at <= w.at ORDER BY a.at DESC LIMIT 1) held WHERE held.owner LIKE 'm2#%%')", taken_at)
     assert late == [(0,)], "the zombie wrote rows under leases it no longer held"
-    assert zombie.poll() is None  # it lives on, as a member again
+    assert zombie.poll() is None, cluster.log_tail("m2")  # it lives on, as a member again
     for sim in cluster.sims:
         sim.app.faults.latency = 0
     await wait_for(lambda: jobs_done(cluster), 90, "every job completed")

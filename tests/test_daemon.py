@@ -294,6 +294,36 @@ async def test_a_crashing_actor_is_restarted_and_others_keep_syncing(
     assert sock.is_socket()
 
 
+async def test_an_actor_stopped_for_a_lost_lease_while_its_write_was_fenced_does_not_crash_the_daemon(
+    nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SIGSTOPped cluster member woke up past its leases: its actors were cancelled while a job's
+    final write was refused by the fence.  The actor's nursery raised [Cancelled, Fenced], the
+    supervisor's scope stripped the Cancelled, and the bare Fenced ended the whole daemon (exit 1)."""
+    from freshd.actor import ConnectionActor
+    from freshd.errors import Fenced
+
+    running_actor = trio.Event()
+
+    async def fenced_when_stopped(self: ConnectionActor) -> None:
+        async with trio.open_nursery() as inner:  # an actor's shape: a job task beside its loop
+            inner.start_soon(trio.sleep_forever)
+            running_actor.set()
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise Fenced("member m#1 no longer holds connection 1's lease (epoch 1): write refused")
+
+    monkeypatch.setattr(ConnectionActor, "run", fenced_when_stopped)
+    running = await start_daemon(nursery, tmp_path, database_url, connection_block("eu", simulators[0][1]))
+    with trio.fail_after(10):
+        await running_actor.wait()
+        await running.daemon.supervisor.stop("eu", abrupt=True)  # what a lost lease does
+    assert "eu" not in running.daemon.supervisor.names()
+    assert [c["name"] for c in (await running.ctl_json("status"))["connections"]] == ["eu"]  # still answering
+
+
 async def test_pause_resume_and_cancel_through_freshctl(
     nursery: trio.Nursery, tmp_path: Path, database_url: str, simulators: list[tuple[WooCommerceSimulator, str]],
 ) -> None:
