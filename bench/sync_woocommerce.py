@@ -331,6 +331,8 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
                         help="added by the simulator to every provider response (e.g. 0.02)")
     args = parser.parse_args()
+    if args.profile and not (BIN / "py-spy").exists():
+        parser.error(f"--profile needs py-spy in {BIN} ({BIN / 'python'} -m pip install py-spy)")
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     sim_args = [str(BIN / "freshd"), "simulate", "woocommerce", "--port", str(port), "--records",
