@@ -48,7 +48,6 @@ from freshd.connectors.amazon_sp.api import (
     SPOptions,
     StaleNextToken,
     classify,
-    iso,
     payload,
     restarting,
     utcnow,
@@ -57,7 +56,7 @@ from freshd.connectors.amazon_sp.auth import access_token_header, classify_lwa, 
 from freshd.connectors.amazon_sp.finances import FINANCES_PATH, event_record, finance_pass
 from freshd.connectors.amazon_sp.reports import REPORTS_PATH, Reimbursements
 from freshd.connectors.base import ConnectionSettings, Connector, Page, SyncContext, SyncMode
-from freshd.connectors.cursors import due, moment
+from freshd.connectors.cursors import due, iso, moment
 from freshd.connectors.http import classify_http
 from freshd.connectors.listing import Fetch, Fetched, run_listing
 from freshd.connectors.pagination import LoopGuard

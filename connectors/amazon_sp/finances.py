@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from freshd.connectors.amazon_sp.api import Once, Options, digest, iso, payload, restarting, utcnow
+from freshd.connectors.amazon_sp.api import Once, Options, digest, payload, restarting, utcnow
 from freshd.connectors.base import Page, SyncContext, SyncMode
-from freshd.connectors.cursors import moment
+from freshd.connectors.cursors import iso, moment
 from freshd.connectors.http import ProviderClient
 from freshd.connectors.pagination import LoopGuard
 from freshd.connectors.paginators import CursorPager, CursorPaging, PageRead
