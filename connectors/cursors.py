@@ -96,6 +96,11 @@ def _like(original: str, when: datetime) -> str:
     return when.astimezone(UTC).replace(tzinfo=None).isoformat(sep, spec)
 
 
+def iso(when: datetime) -> str:
+    """`when` in UTC as ISO 8601 to the second with a `Z` (the generic REST API's and SP-API's dates)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def format_cursor(value: Any, fmt: str, lookback: float) -> str:
     """The checkpointed cursor as the filter parameter sends it: `fmt` is raw (as the records have
     it), iso8601 (UTC, Z), epoch, epoch_ms or a strftime pattern (UTC); minus `lookback` seconds
@@ -114,7 +119,7 @@ def format_cursor(value: Any, fmt: str, lookback: float) -> str:
         case "raw":
             return _like(str(value), when)
         case "iso8601":
-            return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return iso(when)
         case "epoch":
             return str(int(when.timestamp()))
         case "epoch_ms":
@@ -132,7 +137,7 @@ def stamp(when: datetime, incremental: Incremental | None, sample: Any) -> Any:
         return _like(sample, when)
     if (isinstance(sample, int | float) and not isinstance(sample, bool)) or fmt in ("epoch", "epoch_ms"):
         return int(when.timestamp() * (1000 if fmt == "epoch_ms" or (_number(sample) or 0) > 1e11 else 1))
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(when)
 
 
 def due(stamp: Any, interval: float) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from freshd.connectors.cursors import iso
 from freshd.connectors.simulator import FakeData, Request
 
 __all__ = ["Collection", "Entity", "RecordSimulator", "iso", "link_header", "page_count", "random_churn",
@@ -85,11 +86,6 @@ def seed_times(rng: random.Random, count: int, now: datetime, *, history: timede
     for i in range(count):
         created = start + step * i
         yield created, min(created + timedelta(seconds=rng.randint(0, int(drift.total_seconds()))), latest)
-
-
-def iso(moment: datetime) -> str:
-    """`moment` in UTC as ISO 8601 to the second with a `Z` (the generic REST API's and SP-API's dates)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def page_count(total: int, size: int) -> int:

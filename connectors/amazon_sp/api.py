@@ -51,10 +51,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 # --- options -------------------------------------------------------------------------------------
 
 
@@ -139,10 +135,9 @@ class Options(SPOptions):
             problems.errors.extend(exc.errors if isinstance(exc, ConfigErrors) else [exc])
         region = str(settings.options.get("region") or "")
         base_url = (settings.base_url or REGIONS.get(region, "")).rstrip("/")
-        host = re.match(r"https://sellingpartnerapi-(na|eu|fe)\.amazon\.com$", base_url)
         if not base_url and not region:  # an unknown region is the engine's to report
             problems.add("base_url (the SP-API host) or options.region is required", where=where)
-        elif region in REGIONS and host and host.group(1) != region:
+        elif region in REGIONS and base_url in REGIONS.values() and base_url != REGIONS[region]:
             problems.add(f"base_url {base_url} is not the {region} endpoint", where=f"{where}: options.region")
         problems.check()
         assert declared is not None  # else problems.check() raised

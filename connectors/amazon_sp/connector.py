@@ -48,7 +48,6 @@ from freshd.connectors.amazon_sp.api import (
     SPOptions,
     StaleNextToken,
     classify,
-    iso,
     payload,
     restarting,
     utcnow,
@@ -57,7 +56,7 @@ from freshd.connectors.amazon_sp.auth import access_token_header, classify_lwa, 
 from freshd.connectors.amazon_sp.finances import FINANCES_PATH, event_record, finance_pass
 from freshd.connectors.amazon_sp.reports import REPORTS_PATH, Reimbursements
 from freshd.connectors.base import ConnectionSettings, Connector, Page, SyncContext, SyncMode
-from freshd.connectors.cursors import due, moment
+from freshd.connectors.cursors import due, iso, moment
 from freshd.connectors.http import classify_http
 from freshd.connectors.listing import Fetch, Fetched, run_listing
 from freshd.connectors.pagination import LoopGuard
@@ -152,7 +151,6 @@ class _InventoryRun:
     def __init__(self, ctx: SyncContext, state: dict[str, Any], mode: SyncMode, marketplaces: Sequence[str],
                  full_interval: float) -> None:
         self.ctx, self.mode = ctx, mode
-        now = utcnow()
         self.markets: dict[str, dict[str, Any]] = dict(state.get("marketplaces") or {})
         self.full_at = state.get("full_at")
         run = state.get("run")
@@ -161,7 +159,7 @@ class _InventoryRun:
             self.full, self.started, self.done = bool(run["full"]), str(run["started"]), list(run["done"])
         else:
             self.full = mode is SyncMode.FULL or due(self.full_at, full_interval)
-            self.started, self.done = iso(now), []
+            self.started, self.done = iso(utcnow()), []
             # a new run: no marketplace resumes a listing the last one left
             self.markets = {m: {k: v for k, v in s.items() if k != "listing"} for m, s in self.markets.items()}
         self.pending = [m for m in marketplaces if m not in self.done]
@@ -194,16 +192,14 @@ class _InventoryRun:
             # a listing without records cannot have shifted; the records rule applies to the whole
             self.whole = self.whole and (page.listing_complete or self.current_records == 0)
             final = marketplace == self.pending[-1]
-        checkpoint: dict[str, Any] = {"marketplaces": dict(self.markets), "full_at": self.full_at}
-        if final:
-            if self.full and not self.resumed and self.whole:
-                checkpoint["full_at"] = self.started
-        else:
+        whole_run = final and self.full and not self.resumed and self.whole  # its start is the new full_at
+        checkpoint: dict[str, Any] = {"marketplaces": dict(self.markets),
+                                      "full_at": self.started if whole_run else self.full_at}
+        if not final:
             checkpoint["run"] = {"mode": self.mode.value, "full": self.full, "started": self.started,
                                  "done": list(self.done)}
-        complete = final and self.full and not self.resumed and self.whole and self.records > 0
         await self.ctx.emit(replace(page, records=self.once.fresh(page.records), checkpoint=checkpoint,
-                                    listing_complete=complete))
+                                    listing_complete=whole_run and self.records > 0))
 
     async def known_versions(self, entity: str, field: str) -> dict[str, str]:
         return await self.ctx.known_versions(entity, field)
@@ -314,10 +310,8 @@ class AmazonSPConnector(Connector):
         for marketplace, skus in by_marketplace.items():
             for start in range(0, len(skus), 50):
                 chunk = skus[start:start + 50]
-                body, _ = await self.client.get_json(
-                    INVENTORY_PATH, params={**inventory_params(marketplace), "sellerSkus": ",".join(chunk)},
-                    limit=INVENTORY_OP)
-                records, failures = inventory_records(marketplace, payload(body, INVENTORY_OP))
-                found = {r["sellerSku"] for r in records}
-                await ctx.emit(Page(INVENTORY.name, records, None, failures=failures,
+                fetched = await self._inventory_page(marketplace)(Ask(None, {"sellerSkus": ",".join(chunk)}),
+                                                                  inventory_params(marketplace))
+                found = {r["sellerSku"] for r in fetched.items}
+                await ctx.emit(Page(INVENTORY.name, fetched.items, None, failures=fetched.failures,
                                     deleted=[inventory_id(marketplace, s) for s in chunk if s not in found]))

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from freshd.connectors.amazon_sp.api import Once, Options, digest, iso, payload, restarting, utcnow
+from freshd.connectors.amazon_sp.api import Once, Options, digest, payload, restarting, utcnow
 from freshd.connectors.base import Page, SyncContext, SyncMode
-from freshd.connectors.cursors import moment
+from freshd.connectors.cursors import iso, moment
 from freshd.connectors.http import ProviderClient
 from freshd.connectors.pagination import LoopGuard
 from freshd.connectors.paginators import CursorPager, CursorPaging, PageRead
@@ -110,12 +110,11 @@ async def finance_pass(
     entity: str,
     records: Callable[[FinancialEvent], list[dict[str, Any]]],
     wrap: Callable[[dict[str, Any]], dict[str, Any]],
-) -> dict[str, Any]:
+) -> None:
     """Financial events from the watermark (minus the lookback) to now - 3 min, in <= 180-day windows.
 
     Each page goes to `entity` as the `records` of its events (those this run already emitted
-    unchanged left out); `wrap` turns this pass's state into the stream's checkpoint.  Returns the
-    pass's final state.
+    unchanged left out); `wrap` turns this pass's state into the stream's checkpoint.
     """
     sub = sub or {}
     end = utcnow() - POSTED_BEFORE_SAFETY
@@ -126,7 +125,7 @@ async def finance_pass(
     final = {"phase": "done", "posted_after": iso(end) if spans else watermark or iso(end)}
     if not spans:
         await ctx.emit(Page(entity, [], wrap(final)))
-        return final
+        return
     once = Once()
     for index, (after, before) in enumerate(spans):
         ended = final if index == len(spans) - 1 else {"phase": "windows", "mode": mode.value,
@@ -137,4 +136,3 @@ async def finance_pass(
             await ctx.emit(Page(entity, fresh, wrap(ended) if last else None))
 
         await read_window(client, after, before, on_page)
-    return final

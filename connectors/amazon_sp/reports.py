@@ -19,10 +19,10 @@ from typing import Any
 
 import trio
 
-from freshd.connectors.amazon_sp.api import Options, iso, utcnow
+from freshd.connectors.amazon_sp.api import Options, utcnow
 from freshd.connectors.amazon_sp.finances import finance_pass, reimbursement_event_records
 from freshd.connectors.base import Page, SyncContext, SyncMode
-from freshd.connectors.cursors import due
+from freshd.connectors.cursors import due, iso
 from freshd.connectors.http import ProviderClient
 from freshd.errors import PermanentError, ProviderError, TransientError
 
