@@ -35,8 +35,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import structlog
-
 from freshd.connectors.base import ConnectionSettings, Connector, Page, Problems, SyncContext, SyncMode
 from freshd.connectors.cursors import due
 from freshd.connectors.errors import ErrorTable, classify_with
@@ -48,8 +46,6 @@ from freshd.connectors.streams import Incremental, Listing, StreamSpec, columns
 from freshd.errors import ConfigError, ConfigErrors, PermanentError, ReauthRequired, TransientError
 from freshd.policies.gate import ConnectionPolicies
 from freshd.policies.tokens import Token
-
-log = structlog.get_logger(__name__)
 
 PAGE_SIZE = 1000
 TOKEN_LIFETIME = 36000.0
@@ -335,10 +331,6 @@ class OrionConnector(Connector):
             await super().fetch_items(stream, ids, ctx)
             return
         await fetch_by_id(self.stream(stream.name), ids, ctx, self.client)
-
-
-def _id(row: Any) -> Any:
-    return row.get("id") if isinstance(row, dict) else None
 
 
 def _aum_record(client_id: int, day: str, point: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -109,14 +109,6 @@ TRANSACTIONS = StreamSpec("transactions", "users/me/transactions", cursor_field=
     soft_delete=SoftDelete("deleted", keep=False)), columns=columns(
     "id:integer", "account_id=id_account:integer", "type", "date:timestamptz", "value_date=vdate:timestamptz",
     "value:numeric", "wording", "coming:boolean", "active:boolean", "last_update:timestamptz"))
-
-
-def _parse(text: str) -> datetime:
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
-
-
-def _fmt(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(TIME_FORMAT)
 
 
 # --- sync -----------------------------------------------------------------------------------------------
