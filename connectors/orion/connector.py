@@ -43,7 +43,7 @@ from freshd.connectors.pagination import fetch_in_order
 from freshd.connectors.paginators import OffsetPaging
 from freshd.connectors.schema import rules
 from freshd.connectors.streams import Incremental, Listing, StreamSpec, columns
-from freshd.errors import ConfigError, ConfigErrors, PermanentError, ReauthRequired, TransientError
+from freshd.errors import PermanentError, ReauthRequired, TransientError
 from freshd.policies.gate import ConnectionPolicies
 from freshd.policies.tokens import Token
 
@@ -172,12 +172,8 @@ class OrionConnector(Connector):
             problems.add("client_id and client_secret go together (partner apps)", where=where)
         if creds.get("refresh_token") and not creds.get("client_id"):
             problems.add("a refresh_token needs the partner client_id and client_secret", where=where)
-        try:
+        with problems.collect():
             cls.read_options(settings)
-        except ConfigErrors as exc:
-            problems.errors.extend(exc.errors)
-        except ConfigError as exc:
-            problems.errors.append(exc)
         problems.check()
 
     async def aclose(self) -> None:
