@@ -248,8 +248,11 @@ class Connector(ABC):
         """
         raise NotImplementedError
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release the connector's HTTP client."""
+    async def aclose(self) -> None:
+        """Release the connector's HTTP client (`self.client`, when it has one)."""
+        client: ProviderClient | None = getattr(self, "client", None)
+        if client is not None:
+            await client.aclose()
 
 
 providers = registry.providers  # the registered provider names, sorted

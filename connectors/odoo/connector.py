@@ -300,9 +300,6 @@ class OdooConnector(OdooWrites, Connector):
             _credentials(settings, options)
         problems.check()
 
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
     # -- calls ----------------------------------------------------------------------------------------
 
     async def _rpc(self, service: str, method: str, args: list[Any], *,

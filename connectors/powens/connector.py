@@ -142,9 +142,6 @@ class PowensConnector(Connector):
                                   status=error.status, code=error.code)
         return error
 
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
     async def probe(self) -> None:
         await self.client.get_json(CONNECTIONS.path)
 
