@@ -153,7 +153,7 @@ class PowensConnector(Connector):
         elif stream.name == ACCOUNTS.name:
             await self._sync_accounts(ctx)
         elif stream.name == TRANSACTIONS.name:
-            await self._sync_transactions(state or {}, mode, ctx)
+            await run_listing(self.transactions, upgrade_checkpoint(state), mode, ctx, self.client)
         else:
             raise PermanentError(f"powens has no stream {stream.name!r}")
 
@@ -199,9 +199,6 @@ class PowensConnector(Connector):
                             listing_complete=True))
 
     # -- transactions: incremental by last_update ----------------------------------------------------
-
-    async def _sync_transactions(self, state: dict[str, Any], mode: SyncMode, ctx: SyncContext) -> None:
-        await run_listing(self.transactions, upgrade_checkpoint(state), mode, ctx, self.client)
 
     async def fetch_items(self, stream: StreamSpec, ids: Sequence[str], ctx: SyncContext) -> None:
         """`freshctl retry` for transactions: by id; gone or deleted ones become tombstones."""
