@@ -154,9 +154,8 @@ class OrionConnector(Connector):
                                             lookback=options.accounts_lookback) for s in (CLIENTS, ACCOUNTS))
         base = settings.base_url.rstrip("/") + "/"
         creds = settings.credentials
-        partner = {"client_id": creds["client_id"], "client_secret": creds["client_secret"]} \
+        self._partner = {"client_id": creds["client_id"], "client_secret": creds["client_secret"]} \
             if creds.get("client_id") else {}
-        self._partner = partner
         self.client = self.http_client(base + "v1/", classify=classify, token_header=session_header, max_connections=4)
         self.auth = self.http_client(base, classify=classify_token, max_connections=1)
 
@@ -273,12 +272,9 @@ class OrionConnector(Connector):
         ctx.set_total(AUM_HISTORY.name, len(todo) * max(days, 1), estimated=True)
         full = bool(plan["full"])
         complete = full and not resume  # only a pull read whole in this run may infer deletions
+        full_at = plan["pulled_at"] if complete else state.get("full_at")
         done: dict[str, Any] = {"phase": "done", "origin": plan["origin"], "through": plan["end"],
-                                "pulled_at": plan["pulled_at"]}
-        if complete:
-            done["full_at"] = plan["pulled_at"]
-        elif state.get("full_at"):
-            done["full_at"] = state["full_at"]
+                                "pulled_at": plan["pulled_at"], **({"full_at": full_at} if full_at else {})}
         if not todo:
             await ctx.emit(Page(AUM_HISTORY.name, [], done, full_listing=full, listing_complete=complete))
             return
@@ -355,7 +351,4 @@ def upgrade_checkpoint(state: dict[str, Any] | None) -> dict[str, Any]:
     if not state or "phase" not in state or "through" in state or "plan" in state or "origin" in state:
         return state or {}
     cursor = state.get("since") if state.get("phase") == "done" else state.get("listing_since")
-    upgraded: dict[str, Any] = {"cursor": cursor} if cursor else {}
-    if state.get("full_at"):
-        upgraded["full_at"] = state["full_at"]
-    return upgraded
+    return {key: value for key, value in (("cursor", cursor), ("full_at", state.get("full_at"))) if value}
