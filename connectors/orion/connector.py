@@ -106,6 +106,7 @@ _DATES = ("created_at=createdDate:timestamptz", "edited_at=editedDate:timestampt
 # bare arrays paged with $top/$skip until a short page; pages overlap by one row, so rows that come or go
 # mid-listing are noticed (nothing is inferred from such a listing and the cursor stays)
 _PAGING = OffsetPaging(offset_param="$skip", limit_param="$top", limit=PAGE_SIZE, verify_overlap=True)
+_PLAIN = replace(_PAGING, offset_param="skip", limit_param="top")  # option paging = "plain"
 CLIENTS = StreamSpec("clients", "Portfolio/Clients", cursor_field="editedDate", listing=Listing(_PAGING),
                      columns=columns(
     "id:integer", "name", "first_name=firstName", "last_name=lastName", "email", "is_active=isActive:boolean",
@@ -149,8 +150,8 @@ class OrionConnector(Connector):
         self.validate_settings(settings)
         super().__init__(settings, policies=policies)
         options = self.options
-        plain = options.paging == "plain"  # top/skip instead of OData's $top/$skip
-        self.clients, self.accounts = (tune(_plain(s) if plain else s, page_size=options.page_size,
+        self.paging = _PLAIN if options.paging == "plain" else _PAGING  # top/skip instead of OData's $top/$skip
+        self.clients, self.accounts = (tune(s, paginator=self.paging, page_size=options.page_size,
                                             lookback=options.accounts_lookback) for s in (CLIENTS, ACCOUNTS))
         base = settings.base_url.rstrip("/") + "/"
         creds = settings.credentials
@@ -212,9 +213,7 @@ class OrionConnector(Connector):
         return Token(body["access_token"], time.time() + lifetime, body.get("refresh_token") or None)
 
     async def probe(self) -> None:
-        paging = self.clients.listing.paginator if self.clients.listing else _PAGING
-        assert isinstance(paging, OffsetPaging)
-        await self.client.get_json(CLIENTS.path, params={paging.limit_param: 1, paging.offset_param: 0})
+        await self.client.get_json(CLIENTS.path, params={self.paging.limit_param: 1, self.paging.offset_param: 0})
 
     # -- listing ----------------------------------------------------------------------------------------
 
@@ -331,13 +330,6 @@ def _aum_record(client_id: int, day: str, point: dict[str, Any]) -> dict[str, An
     grouping = point.get("grouping")
     suffix = f":{grouping}" if grouping not in (None, 0, "0") else ""
     return {**point, "id": f"{client_id}:{day}{suffix}", "entityId": point.get("id"), "clientId": client_id}
-
-
-def _plain(stream: StreamSpec) -> StreamSpec:
-    """The stream paged with top/skip (option paging = "plain") instead of OData's $top/$skip."""
-    assert stream.listing is not None
-    return replace(stream, listing=replace(stream.listing, paginator=replace(_PAGING, offset_param="skip",
-                                                                                 limit_param="top")))
 
 
 def upgrade_checkpoint(state: dict[str, Any] | None) -> dict[str, Any]:
