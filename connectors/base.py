@@ -14,7 +14,8 @@ writing), and it is where pause and cancel take effect: at a page boundary.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -247,8 +248,11 @@ class Connector(ABC):
         """
         raise NotImplementedError
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release the connector's HTTP client."""
+    async def aclose(self) -> None:
+        """Release the connector's HTTP client (`self.client`, when it has one)."""
+        client: ProviderClient | None = getattr(self, "client", None)
+        if client is not None:
+            await client.aclose()
 
 
 providers = registry.providers  # the registered provider names, sorted
@@ -273,6 +277,16 @@ class Problems:
     def add(self, message: str, *, where: str | None = None) -> None:
         self.errors.append(ConfigError(message, where=where))
 
+    @contextmanager
+    def collect(self) -> Iterator[None]:
+        """Record a ConfigError (or each of ConfigErrors) raised inside, and go on."""
+        try:
+            yield
+        except ConfigErrors as exc:
+            self.errors.extend(exc.errors)
+        except ConfigError as exc:
+            self.errors.append(exc)
+
     def check(self) -> None:
         if len(self.errors) == 1:
             raise self.errors[0]
@@ -290,33 +304,24 @@ def check_settings(settings: ConnectionSettings) -> None:
     """Everything that can be checked before a connection is stored, all at once: raises ConfigError
     naming the option (ConfigErrors, one message, when there are several problems)."""
     cls = connector_class(settings.provider)  # an unknown provider: nothing else can be checked
-    errors: list[ConfigError] = []
+    problems = Problems()
     missing = missing_credentials(cls, settings.credentials)
     if missing:
         def say(key: str) -> str:
             return " (or ".join(key.split("|")) + ")" * key.count("|")
 
-        errors.append(ConfigError(f"missing credential(s): {', '.join(map(say, missing))} ({cls.provider} needs "
-                                  f"{', '.join(map(say, cls.required_credentials))})", where="credentials"))
-    try:
+        problems.add(f"missing credential(s): {', '.join(map(say, missing))} ({cls.provider} needs "
+                     f"{', '.join(map(say, cls.required_credentials))})", where="credentials")
+    with problems.collect():
         limits_for(cls.rate_limits, settings.options)
-    except ConfigError as exc:
-        errors.append(exc)
     concurrency = settings.options.get("page_concurrency")
     if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
                                     or not 1 <= concurrency <= 32):
-        errors.append(ConfigError(f"option page_concurrency must be an integer from 1 to 32, got {concurrency!r}",
-                                  where=f"connection {settings.name}"))
+        problems.add(f"option page_concurrency must be an integer from 1 to 32, got {concurrency!r}",
+                     where=f"connection {settings.name}")
     # the provider's own checks, with the missing credentials stood in for (already reported above),
     # so its option errors show too
     stand_in = {key.split("|")[0]: "-" for key in missing}
-    try:
+    with problems.collect():
         cls.validate_settings(replace(settings, credentials={**settings.credentials, **stand_in}))
-    except ConfigErrors as exc:
-        errors.extend(exc.errors)
-    except ConfigError as exc:
-        errors.append(exc)
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        raise ConfigErrors(errors)
+    problems.check()

@@ -43,7 +43,7 @@ from freshd.connectors.base import Page, StreamSpec, SyncContext, SyncMode
 from freshd.connectors.cursors import cursor_value, earlier, format_cursor, later, moment, stamp
 from freshd.connectors.http import ProviderClient
 from freshd.connectors.pagination import LoopGuard, fetch_in_order
-from freshd.connectors.paginators import Ask, OffsetPaging, PageNumberPager, PageRead, start_pager
+from freshd.connectors.paginators import Ask, OffsetPaging, PageNumberPager, PageRead, PaginatorConfig, start_pager
 from freshd.connectors.schema import dig
 from freshd.connectors.streams import Listing
 from freshd.errors import PermanentError
@@ -338,12 +338,14 @@ class _Run:
         return newest
 
 
-def tune(stream: StreamSpec, *, page_size: int | None = None, lookback: float | None = None) -> StreamSpec:
-    """The declared stream with a connection's options applied: its page size and cursor lookback."""
+def tune(stream: StreamSpec, *, page_size: int | None = None, lookback: float | None = None,
+         paginator: PaginatorConfig | None = None) -> StreamSpec:
+    """The declared stream with a connection's options applied: its page size and cursor lookback,
+    and the `paginator` it chose (Orion's paging = "plain")."""
     listing = stream.listing
     if listing is None:
         return stream
-    paginator = listing.paginator
+    paginator = paginator or listing.paginator
     if page_size is not None:
         size_field = "limit" if isinstance(paginator, OffsetPaging) else "size"
         if hasattr(paginator, size_field):

@@ -68,7 +68,6 @@ from freshd.connectors.schema import rules
 from freshd.connectors.streams import Incremental, Listing, StreamSpec, columns
 from freshd.errors import (
     ConfigError,
-    ConfigErrors,
     ProviderError,
     ReauthRequired,
     TransientError,
@@ -295,18 +294,11 @@ class OdooConnector(OdooWrites, Connector):
     def validate_settings(cls, settings: ConnectionSettings) -> None:
         problems = Problems()
         options: OdooOptions | None = None
-        try:
+        with problems.collect():
             options = cls.read_options(settings)
-        except ConfigError as exc:
-            problems.errors.extend(exc.errors if isinstance(exc, ConfigErrors) else [exc])
-        try:
+        with problems.collect():
             _credentials(settings, options)
-        except ConfigError as exc:
-            problems.errors.append(exc)
         problems.check()
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
     # -- calls ----------------------------------------------------------------------------------------
 

@@ -35,8 +35,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import structlog
-
 from freshd.connectors.base import ConnectionSettings, Connector, Page, Problems, SyncContext, SyncMode
 from freshd.connectors.cursors import due
 from freshd.connectors.errors import ErrorTable, classify_with
@@ -45,11 +43,9 @@ from freshd.connectors.pagination import fetch_in_order
 from freshd.connectors.paginators import OffsetPaging
 from freshd.connectors.schema import rules
 from freshd.connectors.streams import Incremental, Listing, StreamSpec, columns
-from freshd.errors import ConfigError, ConfigErrors, PermanentError, ReauthRequired, TransientError
+from freshd.errors import PermanentError, ReauthRequired, TransientError
 from freshd.policies.gate import ConnectionPolicies
 from freshd.policies.tokens import Token
-
-log = structlog.get_logger(__name__)
 
 PAGE_SIZE = 1000
 TOKEN_LIFETIME = 36000.0
@@ -110,6 +106,7 @@ _DATES = ("created_at=createdDate:timestamptz", "edited_at=editedDate:timestampt
 # bare arrays paged with $top/$skip until a short page; pages overlap by one row, so rows that come or go
 # mid-listing are noticed (nothing is inferred from such a listing and the cursor stays)
 _PAGING = OffsetPaging(offset_param="$skip", limit_param="$top", limit=PAGE_SIZE, verify_overlap=True)
+_PLAIN = replace(_PAGING, offset_param="skip", limit_param="top")  # option paging = "plain"
 CLIENTS = StreamSpec("clients", "Portfolio/Clients", cursor_field="editedDate", listing=Listing(_PAGING),
                      columns=columns(
     "id:integer", "name", "first_name=firstName", "last_name=lastName", "email", "is_active=isActive:boolean",
@@ -153,14 +150,13 @@ class OrionConnector(Connector):
         self.validate_settings(settings)
         super().__init__(settings, policies=policies)
         options = self.options
-        plain = options.paging == "plain"  # top/skip instead of OData's $top/$skip
-        self.clients, self.accounts = (tune(_plain(s) if plain else s, page_size=options.page_size,
+        self.paging = _PLAIN if options.paging == "plain" else _PAGING  # top/skip instead of OData's $top/$skip
+        self.clients, self.accounts = (tune(s, paginator=self.paging, page_size=options.page_size,
                                             lookback=options.accounts_lookback) for s in (CLIENTS, ACCOUNTS))
         base = settings.base_url.rstrip("/") + "/"
         creds = settings.credentials
-        partner = {"client_id": creds["client_id"], "client_secret": creds["client_secret"]} \
+        self._partner = {"client_id": creds["client_id"], "client_secret": creds["client_secret"]} \
             if creds.get("client_id") else {}
-        self._partner = partner
         self.client = self.http_client(base + "v1/", classify=classify, token_header=session_header, max_connections=4)
         self.auth = self.http_client(base, classify=classify_token, max_connections=1)
 
@@ -176,12 +172,8 @@ class OrionConnector(Connector):
             problems.add("client_id and client_secret go together (partner apps)", where=where)
         if creds.get("refresh_token") and not creds.get("client_id"):
             problems.add("a refresh_token needs the partner client_id and client_secret", where=where)
-        try:
+        with problems.collect():
             cls.read_options(settings)
-        except ConfigErrors as exc:
-            problems.errors.extend(exc.errors)
-        except ConfigError as exc:
-            problems.errors.append(exc)
         problems.check()
 
     async def aclose(self) -> None:
@@ -221,9 +213,7 @@ class OrionConnector(Connector):
         return Token(body["access_token"], time.time() + lifetime, body.get("refresh_token") or None)
 
     async def probe(self) -> None:
-        paging = self.clients.listing.paginator if self.clients.listing else _PAGING
-        assert isinstance(paging, OffsetPaging)
-        await self.client.get_json(CLIENTS.path, params={paging.limit_param: 1, paging.offset_param: 0})
+        await self.client.get_json(CLIENTS.path, params={self.paging.limit_param: 1, self.paging.offset_param: 0})
 
     # -- listing ----------------------------------------------------------------------------------------
 
@@ -281,12 +271,9 @@ class OrionConnector(Connector):
         ctx.set_total(AUM_HISTORY.name, len(todo) * max(days, 1), estimated=True)
         full = bool(plan["full"])
         complete = full and not resume  # only a pull read whole in this run may infer deletions
+        full_at = plan["pulled_at"] if complete else state.get("full_at")
         done: dict[str, Any] = {"phase": "done", "origin": plan["origin"], "through": plan["end"],
-                                "pulled_at": plan["pulled_at"]}
-        if complete:
-            done["full_at"] = plan["pulled_at"]
-        elif state.get("full_at"):
-            done["full_at"] = state["full_at"]
+                                "pulled_at": plan["pulled_at"], **({"full_at": full_at} if full_at else {})}
         if not todo:
             await ctx.emit(Page(AUM_HISTORY.name, [], done, full_listing=full, listing_complete=complete))
             return
@@ -337,23 +324,12 @@ class OrionConnector(Connector):
         await fetch_by_id(self.stream(stream.name), ids, ctx, self.client)
 
 
-def _id(row: Any) -> Any:
-    return row.get("id") if isinstance(row, dict) else None
-
-
 def _aum_record(client_id: int, day: str, point: dict[str, Any]) -> dict[str, Any]:
     """One point per client and day (and grouping, if Orion ever sends one other than 0): the id says
     which.  Orion's own `id` is the entity's, kept as `entityId`."""
     grouping = point.get("grouping")
     suffix = f":{grouping}" if grouping not in (None, 0, "0") else ""
     return {**point, "id": f"{client_id}:{day}{suffix}", "entityId": point.get("id"), "clientId": client_id}
-
-
-def _plain(stream: StreamSpec) -> StreamSpec:
-    """The stream paged with top/skip (option paging = "plain") instead of OData's $top/$skip."""
-    assert stream.listing is not None
-    return replace(stream, listing=replace(stream.listing, paginator=replace(_PAGING, offset_param="skip",
-                                                                                 limit_param="top")))
 
 
 def upgrade_checkpoint(state: dict[str, Any] | None) -> dict[str, Any]:
@@ -367,7 +343,4 @@ def upgrade_checkpoint(state: dict[str, Any] | None) -> dict[str, Any]:
     if not state or "phase" not in state or "through" in state or "plan" in state or "origin" in state:
         return state or {}
     cursor = state.get("since") if state.get("phase") == "done" else state.get("listing_since")
-    upgraded: dict[str, Any] = {"cursor": cursor} if cursor else {}
-    if state.get("full_at"):
-        upgraded["full_at"] = state["full_at"]
-    return upgraded
+    return {key: value for key, value in (("cursor", cursor), ("full_at", state.get("full_at"))) if value}

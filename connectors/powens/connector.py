@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -111,14 +111,6 @@ TRANSACTIONS = StreamSpec("transactions", "users/me/transactions", cursor_field=
     "value:numeric", "wording", "coming:boolean", "active:boolean", "last_update:timestamptz"))
 
 
-def _parse(text: str) -> datetime:
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
-
-
-def _fmt(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(TIME_FORMAT)
-
-
 # --- sync -----------------------------------------------------------------------------------------------
 
 
@@ -150,9 +142,6 @@ class PowensConnector(Connector):
                                   status=error.status, code=error.code)
         return error
 
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
     async def probe(self) -> None:
         await self.client.get_json(CONNECTIONS.path)
 
@@ -164,7 +153,7 @@ class PowensConnector(Connector):
         elif stream.name == ACCOUNTS.name:
             await self._sync_accounts(ctx)
         elif stream.name == TRANSACTIONS.name:
-            await self._sync_transactions(state or {}, mode, ctx)
+            await run_listing(self.transactions, upgrade_checkpoint(state), mode, ctx, self.client)
         else:
             raise PermanentError(f"powens has no stream {stream.name!r}")
 
@@ -210,9 +199,6 @@ class PowensConnector(Connector):
                             listing_complete=True))
 
     # -- transactions: incremental by last_update ----------------------------------------------------
-
-    async def _sync_transactions(self, state: dict[str, Any], mode: SyncMode, ctx: SyncContext) -> None:
-        await run_listing(self.transactions, upgrade_checkpoint(state), mode, ctx, self.client)
 
     async def fetch_items(self, stream: StreamSpec, ids: Sequence[str], ctx: SyncContext) -> None:
         """`freshctl retry` for transactions: by id; gone or deleted ones become tombstones."""

@@ -297,9 +297,6 @@ class WooCommerceConnector(WooCommerceWrites, Connector):
     async def probe(self) -> None:
         await self.client.get_json("customers", params={"per_page": 1, "_fields": "id"})
 
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
     async def _list(self, stream: StreamSpec, params: Mapping[str, str | int]) -> _Listing:
         body, response = await self.client.get_json(stream.path, params={"per_page": PER_PAGE, **params})
         if not isinstance(body, list):
