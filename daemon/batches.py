@@ -1,11 +1,12 @@
-"""A batch of pages on its way to the store: each record encoded as the database takes it (its
-JSON, then the upserts' array parameters), what a full listing has shown so far (the evidence checked
+"""A batch of pages on its way to the store: each record encoded as the database takes it (canonical
+JSON and its hash, then the upserts' array parameters), what a full listing has shown so far (the evidence checked
 before deletions are inferred), and what a committed batch changed.  Pure: the sync engine's writer
 (freshd.sync) encodes on a worker thread and commits."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,18 +24,17 @@ _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def encode_record(stream: StreamSpec, record: Any) -> records.EncodedRecord:
-    """The record's JSON as jsonb takes it.  Neither sorted nor hashed here: the database compares
-    jsonb values (key order does not count) and hashes what it writes (freshd.store.records)."""
+    """Canonical JSON (sorted keys) and its hash: equal content, equal hash, no rewrite."""
     if not isinstance(record, dict):
         raise ValueError(f"record is a {type(record).__name__}, not an object")
     key = record.get(stream.primary_key)
     if key is None or key == "":
         raise ValueError(f"record has no {stream.primary_key!r}")
-    data = orjson.dumps(record)
+    data = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
     if b"\\u0000" in data and _NUL_ESCAPE.search(data):
         # PostgreSQL's jsonb cannot hold NUL: left in, it would fail the whole page, not just this item
         raise ValueError("record contains a NUL character (\\u0000), which PostgreSQL cannot store")
-    return records.EncodedRecord(str(key), records.JSONB_VERSION + data)  # an exact-size copy, not orjson's buffer
+    return records.EncodedRecord(str(key), data.decode(), hashlib.blake2b(data, digest_size=16).digest())
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ Per entity, two tasks in one nursery:
 * The writer commits records, tombstones, the connector's checkpoint, failed
   items and the job's progress in ONE transaction (records.commit_pages); when
   it falls behind it groups the pages already waiting into one transaction
-  (group commit).  The next batch is encoded (JSON, the upserts' array
-  parameters) on a worker thread while the previous one commits,
+  (group commit).  The next batch is encoded (canonical JSON, hashes, the
+  upserts' array parameters) on a worker thread while the previous one commits,
   and a batch's transaction is one pipeline: two round trips to the server.
 * Pause and cancel take effect in the writer, between two commits: the cursor
   is saved, nothing half-written.  Pause blocks the writer, and the bounded
@@ -323,7 +323,7 @@ class JobRunner:
         processed_at_start: int,
     ) -> None:
         """Two stages: `stage` groups the pages waiting into a batch and encodes it on a worker thread
-        (JSON, the upserts' arrays) while the previous batch commits; this loop commits
+        (canonical JSON, hashes, the upserts' arrays) while the previous batch commits; this loop commits
         the batches in order, one transaction each, with a page boundary after each commit."""
         evidence = ListingEvidence(stream.name, listing_started)
         send_staged, receive_staged = trio.open_memory_channel[Staged](0)

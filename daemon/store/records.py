@@ -7,13 +7,11 @@ crash the cursor never points past data that is not stored, nor behind data
 that is (the upsert makes any replayed page a no-op).
 
 The write path is set-based: ``encode_pages`` (off the trio thread) packs
-each segment's ids and payloads as two binary arrays; ``write_pages``
+each segment's ids, payloads and hashes as three binary arrays; ``write_pages``
 runs one upsert per segment over them (``unnest``).  Being plain parameters,
 not a COPY, they let the whole batch's transaction be pipelined (`pipelined`):
 two round trips to the server, whatever it holds.  Unchanged records are not rewritten:
-the upsert compares the stored payload with the new one in SQL (jsonb equality: key order and
-spacing do not count), and PostgreSQL computes the content hash of what it writes, so the
-daemon, whose one thread under the GIL sets the pace, neither sorts keys nor hashes.  With change events on it returns
+the upsert compares a content hash in SQL.  With change events on it returns
 each created or changed row (its outbox row is written in the same
 transaction); with them off, only counts.
 """
@@ -33,7 +31,7 @@ from psycopg.types.json import Jsonb
 from freshd.store import jobs, outbox
 from freshd.store.db import Connection, Cursor, pipelined
 
-# A segment's rows reach the database as two binary arrays (see `encode_pages`), passed as they
+# A segment's rows reach the database as three binary arrays (see `encode_pages`), passed as they
 # are: no per-row parameters, no staging table, nothing that keeps the transaction from a pipeline.
 
 
@@ -51,6 +49,10 @@ class JsonbArray(PackedArray):
     ELEMENT_OID = 3802  # jsonb
 
 
+class ByteaArray(PackedArray):
+    ELEMENT_OID = 17  # bytea
+
+
 def _dumper(array: type[PackedArray], array_oid: int) -> type[Dumper]:
     class PackedDumper(Dumper):
         format = Format.BINARY
@@ -63,13 +65,13 @@ def _dumper(array: type[PackedArray], array_oid: int) -> type[Dumper]:
     return PackedDumper
 
 
-for _array, _oid in ((TextArray, 1009), (JsonbArray, 3807)):
+for _array, _oid in ((TextArray, 1009), (JsonbArray, 3807), (ByteaArray, 1001)):
     psycopg.adapters.register_dumper(_array, _dumper(_array, _oid))
 
 UPSERT_ROWS = 100  # rows one upsert statement carries (see Segment.chunks)
 _ARRAY_HEADER = struct.Struct("!iiIii")  # ndim, has-null flag, element type; then the one dimension, lower bound
 _LEN = struct.Struct("!i")
-JSONB_VERSION = b"\x01"  # jsonb's binary format: a version byte, then the text
+_JSONB = b"\x01"  # jsonb's binary format: a version byte, then the text
 
 
 A = TypeVar("A", bound=PackedArray)
@@ -82,25 +84,23 @@ def pack(array: type[A], items: Sequence[bytes]) -> A:
                            *(length(len(item)) + item for item in items)]))
 
 
-# Unchanged rows are skipped in SQL (payload compare): not rewritten, same version and changed_at.
-# A full listing (touch) still refreshes last_seen_at, which reconciliation reads.  The content
-# hash is of the payload's jsonb text (canonical: jsonb orders keys itself), computed by the server;
-# rows written by earlier versions keep the hash those computed until they change (nothing compares it).
+# Unchanged rows are skipped in SQL (content hash compare): not rewritten, same version and changed_at.
+# A full listing (touch) still refreshes last_seen_at, which reconciliation reads.
 _UPSERT = """
 WITH up AS (
     INSERT INTO records AS r (connection_id, entity, external_id, payload, content_hash)
-    SELECT %(cid)s, %(entity)s, t.eid, t.payload, decode(md5(t.payload::text), 'hex')
-    FROM unnest(%(eids)s::text[], %(payloads)s::jsonb[]) AS t (eid, payload)
+    SELECT %(cid)s, %(entity)s, t.eid, t.payload, t.h
+    FROM unnest(%(eids)s::text[], %(payloads)s::jsonb[], %(hashes)s::bytea[]) AS t (eid, payload, h)
     ON CONFLICT (connection_id, entity, external_id) DO UPDATE
         SET payload = excluded.payload,
             content_hash = excluded.content_hash,
             last_seen_at = now(),
             deleted_at = NULL,
-            version = CASE WHEN r.payload <> excluded.payload OR r.deleted_at IS NOT NULL
+            version = CASE WHEN r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL
                            THEN r.version + 1 ELSE r.version END,
-            changed_at = CASE WHEN r.payload <> excluded.payload OR r.deleted_at IS NOT NULL
+            changed_at = CASE WHEN r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL
                               THEN now() ELSE r.changed_at END
-        WHERE r.payload <> excluded.payload OR r.deleted_at IS NOT NULL OR %(touch)s
+        WHERE r.content_hash <> excluded.content_hash OR r.deleted_at IS NOT NULL OR %(touch)s
     RETURNING r.external_id, r.version, (xmax = 0) AS inserted, r.changed_at = now() AS changed
 )
 """
@@ -113,11 +113,11 @@ _UPSERT_CHANGES = _UPSERT + "SELECT external_id, version, inserted FROM up WHERE
 
 @dataclass(frozen=True, slots=True)
 class EncodedRecord:
-    """A record ready for the database: its id and its JSON (as jsonb's binary input: a version byte
-    before the text)."""
+    """A record ready for the database: its id, canonical JSON text and content hash."""
 
     external_id: str
-    payload: bytes
+    payload_json: str
+    content_hash: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +152,9 @@ class Segment:
     received: int  # records the pages carried (duplicates included)
     rows: int  # distinct ids staged (the last version of an id wins)
     deleted: Sequence[str]
-    # the staged rows, as the array parameters of its upserts (ids, payloads), UPSERT_ROWS at most
-    # each: a statement's parameters are copied whole into the connection's send buffer
-    chunks: Sequence[tuple[TextArray, JsonbArray]]
+    # the staged rows, as the array parameters of its upserts (ids, payloads, hashes), UPSERT_ROWS
+    # at most each: a statement's parameters are copied whole into the connection's send buffer
+    chunks: Sequence[tuple[TextArray, JsonbArray, ByteaArray]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +184,8 @@ def encode_pages(pages: Sequence[PageWrite]) -> EncodedPages:
         chunks = [rows[i:i + UPSERT_ROWS] for i in range(0, len(rows), UPSERT_ROWS)]
         segments.append(Segment(touch, received, len(staged), deleted, [
             (pack(TextArray, [r.external_id.encode() for r in chunk]),
-             pack(JsonbArray, [r.payload for r in chunk])) for chunk in chunks]))
+             pack(JsonbArray, [_JSONB + r.payload_json.encode() for r in chunk]),
+             pack(ByteaArray, [r.content_hash for r in chunk])) for chunk in chunks]))
         staged, received = {}, 0
 
     for page in pages:
@@ -215,9 +216,9 @@ def write_pages(conn: Connection, batch: EncodedPages) -> list[WriteResult]:
     for segment in batch.segments:
         upserts: list[Cursor] = []
         inserted = updated = 0
-        for eids, payloads in segment.chunks:
+        for eids, payloads, hashes in segment.chunks:
             params = {"cid": batch.connection_id, "entity": batch.entity, "touch": segment.touch,
-                      "eids": eids, "payloads": payloads}
+                      "eids": eids, "payloads": payloads, "hashes": hashes}
             if batch.events:
                 rows = conn.execute(_UPSERT_CHANGES, params).fetchall()
                 changed = [(str(row["external_id"]), bool(row["inserted"]), int(str(row["version"])))
@@ -302,14 +303,16 @@ def classify_page(conn: Connection, page: PageWrite) -> WriteResult:
     inserted = updated = deleted = 0
     if unique:
         rows = conn.execute(
-            "SELECT t.eid, r.external_id IS NULL AS new, r.deleted_at IS NOT NULL OR r.payload <> t.payload AS changed"
-            " FROM unnest(%s::text[], %s::jsonb[]) AS t (eid, payload) LEFT JOIN records r"
-            " ON r.connection_id = %s AND r.entity = %s AND r.external_id = t.eid",
-            (pack(TextArray, [eid.encode() for eid in unique]), pack(JsonbArray, [r.payload for r in unique.values()]),
-             page.connection_id, page.entity),
+            "SELECT external_id, content_hash, deleted_at IS NOT NULL AS gone FROM records"
+            " WHERE connection_id = %s AND entity = %s AND external_id = ANY(%s)",
+            (page.connection_id, page.entity, list(unique)),
         ).fetchall()
-        inserted = sum(1 for row in rows if row["new"])
-        updated = sum(1 for row in rows if not row["new"] and row["changed"])
+        stored = {str(row["external_id"]): (bytes(row["content_hash"]), bool(row["gone"])) for row in rows}  # type: ignore[call-overload]
+        for eid, record in unique.items():
+            if eid not in stored:
+                inserted += 1
+            elif stored[eid][1] or stored[eid][0] != record.content_hash:
+                updated += 1
     if page.deleted:
         row = conn.execute(
             "SELECT count(*) AS n FROM records WHERE connection_id = %s AND entity = %s"
