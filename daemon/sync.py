@@ -343,6 +343,7 @@ class JobRunner:
                             except (trio.WouldBlock, trio.EndOfChannel):
                                 break
                             size += len(batch[-1][0].records)
+                        del first  # the batch's pages are let go by the encoder (`_encode`), not here
                         staged = await trio.to_thread.run_sync(self._encode, stream, batch, limiter=self._encoder)
                         await send_staged.send(staged)
                 except trio.BrokenResourceError:
@@ -417,7 +418,12 @@ class JobRunner:
         await self._boundary()
 
     def _encode(self, stream: StreamSpec, batch: list[tuple[Page, trio.Event | None]]) -> Staged:
-        return encode_batch(stream, batch, self.connection_id, events=self.events, dry_run=self.dry_run)
+        """On the encoder's thread; the pages' parsed records (tens of thousands of small objects a
+        batch) are freed here as well, not on the trio thread that fetches the next pages."""
+        try:
+            return encode_batch(stream, batch, self.connection_id, events=self.events, dry_run=self.dry_run)
+        finally:
+            batch.clear()
 
     def _progress_after(self, results: list[records.WriteResult],
                         checks: list[records.Reconciliation]) -> dict[str, Any]:
