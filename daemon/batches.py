@@ -17,7 +17,7 @@ import trio
 
 from freshd.connectors.base import Page, StreamSpec
 from freshd.progress import EntityProgress
-from freshd.store import jobs, records
+from freshd.store import deletions, jobs, records
 
 # a JSON \u0000 escape: preceded by an even number of backslashes (an odd run would be literal text)
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -109,7 +109,7 @@ def encode_batch(stream: StreamSpec, batch: list[tuple[Page, trio.Event | None]]
                    None if dry_run else records.encode_pages(writes))
 
 
-def deltas(results: list[records.WriteResult], checks: list[records.Reconciliation],
+def deltas(results: list[records.WriteResult], checks: list[deletions.Reconciliation],
            entities: Mapping[str, EntityProgress]) -> dict[str, dict[str, int]]:
     """Created, changed and deleted per entity of the job (`entities`) in a committed batch."""
     out: dict[str, dict[str, int]] = {}
@@ -126,8 +126,8 @@ def deltas(results: list[records.WriteResult], checks: list[records.Reconciliati
 
 def commit_dry(conn: Any, writes: list[records.PageWrite], failures: list[tuple[str, str | None, str]],
                checks: list[records.Check], evidence: ListingEvidence, *, connection_id: int, job_id: int,
-               progress_after: Callable[[list[records.WriteResult], list[records.Reconciliation]], dict[str, Any]],
-               ) -> tuple[list[records.WriteResult], list[records.Reconciliation]]:
+               progress_after: Callable[[list[records.WriteResult], list[deletions.Reconciliation]], dict[str, Any]],
+               ) -> tuple[list[records.WriteResult], list[deletions.Reconciliation]]:
     """A dry run's commit: what the pages would create, change and delete, counted against the
     store and written nowhere but the job's own row (progress, failed items)."""
     results = [records.classify_page(conn, page) for page in writes]
@@ -139,13 +139,13 @@ def commit_dry(conn: Any, writes: list[records.PageWrite], failures: list[tuple[
         if "seen_since" in args:  # nothing was touched: the ids this run saw are the evidence
             args = {"seen_ids": list(evidence.seen_ids), "expected": args.get("expected"),
                     "unstored": args.get("unstored", 0)}
-        done.append(records.count_reconcile(conn, connection_id, check.entity, **args))
+        done.append(deletions.count_reconcile(conn, connection_id, check.entity, **args))
     jobs.commit_failures(conn, job_id, failures)
     jobs.save_progress(conn, job_id, progress_after(results, done))
     return results, done
 
 
-def refusal(check: records.Reconciliation, max_delete_share: float, connection: str) -> str:
+def refusal(check: deletions.Reconciliation, max_delete_share: float, connection: str) -> str:
     """Why a reconciliation inferred no deletions, for the job's warnings (the job ends partial)."""
     if check.outcome == "incomplete":
         return (f"{check.entity}: listing incomplete, no deletions inferred (saw {check.seen} of "

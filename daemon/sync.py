@@ -35,7 +35,7 @@ from freshd.connection_state import MAX_DELETE_SHARE
 from freshd.connectors.base import Connector, Page, StreamSpec, SyncMode
 from freshd.errors import ProviderError, ReauthRequired
 from freshd.progress import ControlRequest, EntityProgress, JobControl, JobOutcome, JobProgress, limiter_rate
-from freshd.store import Store, activity, jobs, records
+from freshd.store import Store, activity, deletions, jobs, records
 from freshd.store.jobs import JobKind, JobRow, JobStatus
 
 log = structlog.get_logger(__name__)
@@ -418,28 +418,22 @@ class JobRunner:
         await self._boundary()
 
     def _encode(self, stream: StreamSpec, batch: list[tuple[Page, trio.Event | None]]) -> Staged:
-        """On the encoder's thread; the pages' parsed records (tens of thousands of small objects a
-        batch) are freed here as well, not on the trio thread that fetches the next pages."""
-        try:
+        try:  # on the encoder's thread, which also frees the pages' parsed records (not the trio thread)
             return encode_batch(stream, batch, self.connection_id, events=self.events, dry_run=self.dry_run)
         finally:
             batch.clear()
 
     def _progress_after(self, results: list[records.WriteResult],
-                        checks: list[records.Reconciliation]) -> dict[str, Any]:
+                        checks: list[deletions.Reconciliation]) -> dict[str, Any]:
         saved = self.progress.as_json()
-        for name, delta in self._deltas(results, checks).items():
+        for name, delta in deltas(results, checks, self.progress.entities).items():
             for key, value in delta.items():
                 saved[name][key] += value
         return saved
 
-    def _deltas(self, results: list[records.WriteResult],
-                checks: list[records.Reconciliation]) -> dict[str, dict[str, int]]:
-        return deltas(results, checks, self.progress.entities)
-
     def _count(self, progress: EntityProgress, results: list[records.WriteResult],
-               checks: list[records.Reconciliation]) -> None:
-        for name, delta in self._deltas(results, checks).items():
+               checks: list[deletions.Reconciliation]) -> None:
+        for name, delta in deltas(results, checks, self.progress.entities).items():
             p = self.progress.entities[name]
             p.created += delta["created"]
             p.changed += delta["changed"]
@@ -456,7 +450,7 @@ class JobRunner:
         if per_second is not None and self._pages:
             self.progress.rate_ceiling = per_second * self._page_records / self._pages
 
-    def _after_reconciliation(self, check: records.Reconciliation) -> None:
+    def _after_reconciliation(self, check: deletions.Reconciliation) -> None:
         """Log and count what a reconciliation did; anything short of 'applied' makes the job partial."""
         if check.outcome == "applied":
             if check.gone:

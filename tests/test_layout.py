@@ -150,3 +150,9 @@ def test_the_cycle_finder_sees_function_level_and_type_checking_imports() -> Non
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if "simulator" not in n.rsplit(".", 1)[-1]))
 def test_every_module_imports(name: str) -> None:
     importlib.import_module(name)
+
+
+def test_no_module_is_over_500_lines() -> None:
+    """A module past 500 lines holds more than one concern (issue 16): split it where the concerns part."""
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > 500}
+    assert long == {}, long
