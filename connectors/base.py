@@ -14,8 +14,8 @@ writing), and it is where pause and cancel take effect: at a page boundary.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -26,7 +26,7 @@ from freshd.connectors import registry
 from freshd.connectors.http import Classify, ProviderClient, TokenHeader, bearer, classify_http
 from freshd.connectors.schema import build
 from freshd.connectors.streams import COLUMN_TYPES, VIEW_COLUMNS, Column, StreamSpec, column_problem, columns
-from freshd.errors import ConfigError, ConfigErrors, PermanentError
+from freshd.errors import ConfigError, ConfigErrors, PermanentError, collecting
 from freshd.policies.gate import ConnectionPolicies, limits_for
 from freshd.policies.ratelimit import Rate
 from freshd.policies.tokens import Token
@@ -277,15 +277,9 @@ class Problems:
     def add(self, message: str, *, where: str | None = None) -> None:
         self.errors.append(ConfigError(message, where=where))
 
-    @contextmanager
-    def collect(self) -> Iterator[None]:
+    def collect(self) -> AbstractContextManager[None]:
         """Record a ConfigError (or each of ConfigErrors) raised inside, and go on."""
-        try:
-            yield
-        except ConfigErrors as exc:
-            self.errors.extend(exc.errors)
-        except ConfigError as exc:
-            self.errors.append(exc)
+        return collecting(self.errors)
 
     def check(self) -> None:
         if len(self.errors) == 1:

@@ -15,12 +15,12 @@ import dataclasses
 import difflib
 import re
 import typing
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from freshd.errors import ConfigError, ConfigErrors
+from freshd.errors import ConfigError, ConfigErrors, collecting
 
 # -- parsing helpers -----------------------------------------------------------------------------------
 
@@ -163,15 +163,9 @@ class Reader:
         self.where = where
         self.errors: list[ConfigError] = [] if errors is None else errors  # shared by the whole file
 
-    @contextlib.contextmanager
-    def collect(self) -> Iterator[None]:
+    def collect(self) -> contextlib.AbstractContextManager[None]:
         """Record a ConfigError (or each of ConfigErrors) raised inside, and go on."""
-        try:
-            yield
-        except ConfigErrors as exc:
-            self.errors.extend(exc.errors)
-        except ConfigError as exc:
-            self.errors.append(exc)
+        return collecting(self.errors)
 
     def child(self, data: Mapping[str, Any], prefix: str) -> Reader:
         return Reader(data, prefix, self.where, self.errors)

@@ -28,6 +28,9 @@ connector translates its provider's errors into them in exactly one place
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class FreshdError(Exception):
     """Base of every error freshd raises on purpose."""
@@ -47,6 +50,18 @@ class ConfigErrors(ConfigError):
     def __init__(self, errors: list[ConfigError], *, where: str | None = None) -> None:
         self.errors = errors
         super().__init__(f"{len(errors)} problems: " + "; ".join(str(e) for e in errors), where=where)
+
+
+@contextmanager
+def collecting(errors: list[ConfigError]) -> Iterator[None]:
+    """Record a ConfigError (or each of ConfigErrors) raised inside into `errors`, and go on: every
+    problem of a file or a connection is reported at once."""
+    try:
+        yield
+    except ConfigErrors as exc:
+        errors.extend(exc.errors)
+    except ConfigError as exc:
+        errors.append(exc)
 
 
 class StoreUnavailable(FreshdError):
