@@ -25,7 +25,6 @@ hold the daemon past its stop deadline.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import math
@@ -105,6 +104,31 @@ def fence_held(sent: Cursor, fence: Fence) -> None:
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _pipelined_transaction(conn: Connection, fence: Fence | None, fn: Callable[..., T],
+                           args: tuple[object, ...], kwargs: dict[str, object]) -> T:
+    """`fn`'s transaction as one pipeline: BEGIN goes out with its first statements, COMMIT with its
+    last, and the server is waited for where `fn` reads a result and once at the end.  (psycopg's
+    `transaction()` inside a pipeline syncs at BEGIN and at each level it nests: five round trips a
+    batch instead of two, each one a wait for the GIL behind the threads that parse and encode.)
+    On any error, whatever the pipeline sent is rolled back once it has been answered."""
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")  # ours to send (an autocommit connection): psycopg's would wait for its answer
+            sent = send_fence_check(conn, fence) if fence is not None else None
+            result = fn(conn, *args, **kwargs)
+            if fence is not None and sent is not None:
+                fence_held(sent, fence)  # answered with fn's first results; nothing committed yet
+            conn.execute("COMMIT")  # answered as the pipeline ends (a failed COMMIT raises there)
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                conn.close()  # neither committed nor rolled back: the next call opens a new connection
+        raise
+    return result
 
 
 def pipelined(fn: F) -> F:
@@ -261,7 +285,10 @@ class Store:
         options = (f"-c search_path=freshd,public -c statement_timeout={round(self.statement_timeout * 1000)}"
                    f" -c lock_timeout={round(self.lock_timeout * 1000)}"
                    f" -c idle_in_transaction_session_timeout={round(IDLE_IN_TRANSACTION * 1000)}")
-        return psycopg.connect(self.url, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT, options=options)
+        # autocommit: every call brackets its own transaction (`transaction()`, or BEGIN and COMMIT
+        # sent in a pipeline), so nothing is ever left open by an implicit BEGIN
+        return psycopg.connect(self.url, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT, options=options,
+                               autocommit=True)
 
     def _run(
         self,
@@ -276,15 +303,13 @@ class Store:
             if conn is None or conn.closed or conn.broken:
                 conn = call.conn = self._connect()
             started = time.perf_counter()
-            pipeline = bool(getattr(fn, "__freshd_pipelined__", False))
-            with conn.pipeline() if pipeline else contextlib.nullcontext(), conn.transaction():
-                fence = self._fence
-                sent = send_fence_check(conn, fence) if fence is not None else None
-                if fence is not None and sent is not None and not pipeline:
-                    fence_held(sent, fence)
-                call.result = fn(conn, *args, **kwargs)
-                if fence is not None and sent is not None and pipeline:
-                    fence_held(sent, fence)  # answered with fn's first results; nothing committed yet
+            if getattr(fn, "__freshd_pipelined__", False):
+                call.result = _pipelined_transaction(conn, self._fence, fn, args, kwargs)
+            else:
+                with conn.transaction():
+                    if self._fence is not None:
+                        check_fence(conn, self._fence)
+                    call.result = fn(conn, *args, **kwargs)
             metrics.db_write_seconds.observe(time.perf_counter() - started)
         except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
             # the server stopped the statement; the transaction rolled back, the connection is fine
