@@ -197,6 +197,31 @@ async def test_a_batch_commit_refused_midway_commits_nothing_and_its_connection_
         assert query(database_url, "SELECT count(*) FROM failed_items WHERE job_id = %s", job.id) == [(1,)]
 
 
+async def test_a_refused_batch_whose_rollback_fails_closes_its_connection_and_the_next_call_reconnects(
+    database_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Neither committed nor rolled back, a connection must not serve the next call (it would run
+    inside the failed transaction): it is closed, and the next call opens a new one."""
+    async with open_store(database_url, max_connections=1) as store:
+        cid = await add_connection(store)
+        job, _ = await store.call(jobs.create_job, cid, JobKind.INITIAL, "add")
+        batch = records.encode_pages([page(cid, [{"id": 1}], {"page": 1})])
+        commit = dict(failures=[("customers", "3", "bad")], max_share=0.5, confirmed=False,
+                      progress=lambda *_: {"saved": True})
+        (first,) = store._idle
+
+        def rollback_fails(self):  # type: ignore[no-untyped-def]
+            raise psycopg.OperationalError("the server went away mid-rollback")
+
+        monkeypatch.setattr(psycopg.Connection, "rollback", rollback_fails)
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            await store.call(records.commit_pages, batch, job_id=job.id + 1000, **commit)
+        monkeypatch.undo()
+        assert first.closed and store._idle == []
+        results, _ = await store.call(records.commit_pages, batch, job_id=job.id, **commit)
+        assert [r.inserted for r in results] == [1]
+
+
 async def test_a_segment_larger_than_one_upsert_counts_and_writes_every_chunk(database_url: str) -> None:
     """A segment's rows go out UPSERT_ROWS at a time: the counts are the sum over its statements."""
     size = records.UPSERT_ROWS * 2 + 7

@@ -245,7 +245,9 @@ class Store:
         conn = call.conn
         if conn is None or conn.closed:
             return
-        if conn.broken or call.cancel_requested or self._closed:
+        # and one left inside a transaction (no call should leave one) is closed, not handed to the next call
+        if conn.broken or call.cancel_requested or self._closed \
+                or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.close()
         else:
             self._idle.append(conn)
