@@ -6,6 +6,10 @@
     freshd_sync_duration_seconds{provider}                histogram  1 s .. 4 h
     freshd_provider_requests_total{provider,status_class} counter  "2xx", "4xx", "5xx", "error"
     freshd_db_write_seconds                               histogram  1 ms .. 5 s
+    freshd_sync_writer_seconds_total{provider,state}      counter  a sync's writer: committing batches, or
+                                                                   waiting for pages (fetched, encoded); the
+                                                                   committing share near 1: PostgreSQL sets the
+                                                                   pace, near 0: the provider (or its limit)
     freshd_connections{provider,state}                    gauge    at scrape time, from the snapshot
     freshd_oldest_successful_sync_age_seconds{provider}   gauge    at scrape time, from the snapshot
     freshd_store_up                                       gauge    1 when PostgreSQL answers
@@ -137,6 +141,7 @@ __all__ = [
     "store_up",
     "sync_duration_seconds",
     "sync_jobs_total",
+    "sync_writer_seconds_total",
     "token_refreshes_total",
 ]
 
@@ -166,6 +171,10 @@ provider_requests_total = Counter(
 db_write_seconds = Histogram(
     "freshd_db_write_seconds", "Time of one store transaction.", registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+sync_writer_seconds_total = Counter(
+    "freshd_sync_writer_seconds_total", "Time sync writers spent committing batches or waiting for pages.",
+    ["provider", "state"], registry=REGISTRY,
 )
 store_up = Gauge("freshd_store_up", "1 when the store (PostgreSQL) answers, else 0.", registry=REGISTRY)
 build_info = Gauge(

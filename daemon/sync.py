@@ -351,12 +351,20 @@ class JobRunner:
                 except Exception as exc:  # the batches staged before it are still committed
                     staging = exc
 
+        # what sets the pace: the writer committing (the store) or waiting for pages (the provider)
+        committing = metrics.sync_writer_seconds_total.labels(self.connector.provider, "committing")
+        waiting = metrics.sync_writer_seconds_total.labels(self.connector.provider, "waiting")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stage)
             try:
                 async with receive_staged:
+                    idle_since = time.monotonic()
                     async for staged in receive_staged:
+                        started = time.monotonic()
+                        waiting.inc(started - idle_since)
                         await self._commit_staged(stream, staged, progress, evidence, processed_at_start)
+                        idle_since = time.monotonic()
+                        committing.inc(idle_since - started)
             except Exception as exc:
                 failure = exc
             nursery.cancel_scope.cancel()

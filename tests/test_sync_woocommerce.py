@@ -84,6 +84,25 @@ async def test_full_then_incremental_sync_counts(rig: Rig) -> None:
     assert runner.progress.entities["orders"].processed <= 2  # the 1 s window overlap may re-read
 
 
+async def test_the_writer_reports_how_long_it_committed_and_how_long_it_waited_for_pages(rig: Rig) -> None:
+    """freshd_sync_writer_seconds_total says whether the store or the provider sets a sync's pace:
+    both shares are counted, and together they fit inside the job's own duration."""
+    from freshd import metrics
+
+    def seconds(state: str) -> float:
+        return float(metrics.sync_writer_seconds_total.labels("woocommerce", state)._value.get())
+
+    before = {state: seconds(state) for state in ("committing", "waiting")}
+    started = trio.current_time()
+    with trio.fail_after(60):
+        outcome, _ = await rig.sync(JobKind.INITIAL, batch=100)
+    took = trio.current_time() - started
+    assert outcome.status is JobStatus.COMPLETED, outcome.error
+    spent = {state: seconds(state) - before[state] for state in before}
+    assert spent["committing"] > 0 and spent["waiting"] > 0
+    assert spent["committing"] + spent["waiting"] <= took
+
+
 async def test_mutations_show_up_after_the_next_incremental_sync(rig: Rig) -> None:
     with trio.fail_after(60):
         await rig.sync(JobKind.INITIAL)
