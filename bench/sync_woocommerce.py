@@ -9,6 +9,8 @@ Figures printed, each limit measured in the same run (bench/limits.py), freshd g
   limits  fetch only (the daemon's own connector, nothing stored), bulk upsert (COPY + one
           INSERT … ON CONFLICT, one transaction), per-page upsert (100 rows and a commit per page)
   freshd  initial sync records/s (job started_at -> finished_at), peak RSS of the daemon (VmHWM)
+  freshd  the share of the sync its writer spent committing batches (the rest it waited for pages:
+          freshd_sync_writer_seconds_total), which says whether PostgreSQL or fetching set the pace
   freshd  its share of the binding limit (the slower of fetch only and bulk upsert: it cannot outrun
           either), and the CPU each process spent per 1,000 records: daemon, simulator and PostgreSQL
           during freshd's sync, against the clients, simulator and PostgreSQL of the limits
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -162,6 +165,19 @@ def wait_job_in_db(db: str, job_id: int, timeout: float = 300.0) -> None:
     raise TimeoutError(f"job {job_id} did not finish")
 
 
+def writer_seconds(url: str) -> dict[str, float]:
+    """freshd_sync_writer_seconds_total by state (committing, waiting), scraped from the daemon."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("freshd_sync_writer_seconds_total{"):
+            labels, value = line.rsplit(" ", 1)
+            state = labels.split('state="', 1)[1].split('"', 1)[0]
+            found[state] = found.get(state, 0.0) + float(value)
+    return found
+
+
 def seconds(job: dict) -> float:  # type: ignore[type-arg]
     start = datetime.fromisoformat(job["started_at"].replace("Z", "+00:00"))
     end = datetime.fromisoformat(job["finished_at"].replace("Z", "+00:00"))
@@ -172,9 +188,11 @@ def bench_freshd(db: str, base_url: str, records: int, work: Path, *, quick: boo
                  profile: str | None = None, simulator_pid: int | None = None) -> dict[str, float]:
     sock = work / "admin.sock"
     config = work / "freshd.toml"
+    metrics_address = f"127.0.0.1:{free_port()}"  # scraped for the writer's split: committing or waiting
+    metrics_url = f"http://{metrics_address}/metrics"
     config.write_text(
         f'database_url = "{db}"\nstate_dir = "{work}"\n'
-        f'[admin]\nsocket = "{sock}"\n[metrics]\nenabled = false\n[log]\nlevel = "warning"\n'
+        f'[admin]\nsocket = "{sock}"\n[metrics]\naddress = "{metrics_address}"\n[log]\nlevel = "warning"\n'
         f'[schedule]\nscheduled_sync = false\n'
         f'[[connections]]\nname = "bench"\nprovider = "woocommerce"\nbase_url = "{base_url}"\n'
         f'credentials = {{ consumer_key = "{CREDS["consumer_key"]}", '
@@ -192,7 +210,9 @@ def bench_freshd(db: str, base_url: str, records: int, work: Path, *, quick: boo
         jobs = freshctl(sock, "jobs", "--connection", "bench")["jobs"]
         sim_cpu, sim_wall = cpu_seconds(simulator_pid) if simulator_pid else 0.0, time.perf_counter()
         pg_before, daemon_before = postgres_cpu(), cpu_seconds(daemon.pid)
+        writer_before = writer_seconds(metrics_url)
         initial = wait_job(sock, jobs[0]["id"])
+        writer = {state: spent - writer_before.get(state, 0.0) for state, spent in writer_seconds(metrics_url).items()}
         sim_busy = ((cpu_seconds(simulator_pid) - sim_cpu) / (time.perf_counter() - sim_wall)
                     if simulator_pid else float("nan"))
         pg_sync_cpu, daemon_sync_cpu = postgres_cpu_since(pg_before), cpu_seconds(daemon.pid) - daemon_before
@@ -222,7 +242,7 @@ def bench_freshd(db: str, base_url: str, records: int, work: Path, *, quick: boo
         if quick:
             return {"records_per_s": records / seconds(initial), "initial_s": seconds(initial),
                     "simulator_busy": sim_busy,
-                    "initial_cpu_s": initial_cpu, "lead_in_s": lead_in, "tail_s": tail,
+                    "initial_cpu_s": initial_cpu, "lead_in_s": lead_in, "tail_s": tail, "writer": writer,
                     "sync_cpu": (daemon_sync_cpu, sim_sync_cpu, pg_sync_cpu),
                     "noop_incremental_s": seconds(incremental), "noop_incremental_cpu_s": noop_cpu,
                     "peak_rss_mb": rss}
@@ -254,6 +274,7 @@ def bench_freshd(db: str, base_url: str, records: int, work: Path, *, quick: boo
         "sync_cpu": (daemon_sync_cpu, sim_sync_cpu, pg_sync_cpu),
         "simulator_busy": sim_busy,
         "lead_in_s": lead_in,
+        "writer": writer,
         "tail_s": tail,
         "noop_incremental_s": seconds(incremental),
         "noop_incremental_cpu_s": noop_cpu,
@@ -380,6 +401,10 @@ def main() -> int:
         print(f"  fetch limit's client CPU {getattr(limits.fetch, 'cpu_seconds', float('nan')):.1f} s;"
               f" daemon CPU {result['initial_cpu_s']:.1f} s (its start included); job start -> first batch stored"
               f" {result['lead_in_s']:.2f} s, last batch stored -> job end {result['tail_s']:.2f} s", flush=True)
+        writer = result["writer"]
+        busy = writer.get("committing", 0.0) / max(sum(writer.values()), 1e-9)
+        print(f"  the sync's writer committed {busy:.0%} of its time and waited for pages the rest"
+              f" (so {'its commits' if busy > 0.5 else 'fetching'} set the pace)", flush=True)
         print(f"  the simulator's CPU, in cores: {sim_busy_fetch:.2f} during the fetch limit,"
               f" {result['simulator_busy']:.2f} during freshd's initial sync (load average {os.getloadavg()[0]:.1f})",
               flush=True)
