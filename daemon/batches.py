@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 import trio
 
+from freshd import metrics
 from freshd.connectors.base import Page, StreamSpec
 from freshd.progress import EntityProgress
 from freshd.store import deletions, jobs, records
@@ -49,6 +51,21 @@ class Staged:
     failures: list[tuple[str, str | None, str]]
     total: int | None  # the provider's own count, if a page gave it
     encoded: records.EncodedPages | None  # None in a dry run (nothing is written)
+
+
+class WriterPace:
+    """A sync writer's time, committing batches or waiting for pages, as
+    freshd_sync_writer_seconds_total counts it: which of the store and the provider sets the pace."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.since = time.monotonic()
+
+    def spent(self, state: str) -> None:
+        """The time since the last mark went to `state` ("committing" or "waiting")."""
+        now = time.monotonic()
+        metrics.sync_writer_seconds_total.labels(self.provider, state).inc(now - self.since)
+        self.since = now
 
 
 class ListingEvidence:

@@ -30,7 +30,7 @@ import structlog
 import trio
 
 from freshd import metrics
-from freshd.batches import ListingEvidence, Staged, commit_dry, deltas, encode_batch, refusal
+from freshd.batches import ListingEvidence, Staged, WriterPace, commit_dry, deltas, encode_batch, refusal
 from freshd.connection_state import MAX_DELETE_SHARE
 from freshd.connectors.base import Connector, Page, StreamSpec, SyncMode
 from freshd.errors import ProviderError, ReauthRequired
@@ -351,20 +351,15 @@ class JobRunner:
                 except Exception as exc:  # the batches staged before it are still committed
                     staging = exc
 
-        # what sets the pace: the writer committing (the store) or waiting for pages (the provider)
-        committing = metrics.sync_writer_seconds_total.labels(self.connector.provider, "committing")
-        waiting = metrics.sync_writer_seconds_total.labels(self.connector.provider, "waiting")
+        pace = WriterPace(self.connector.provider)  # committing (the store) or waiting for pages (the provider)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stage)
             try:
                 async with receive_staged:
-                    idle_since = time.monotonic()
                     async for staged in receive_staged:
-                        started = time.monotonic()
-                        waiting.inc(started - idle_since)
+                        pace.spent("waiting")
                         await self._commit_staged(stream, staged, progress, evidence, processed_at_start)
-                        idle_since = time.monotonic()
-                        committing.inc(idle_since - started)
+                        pace.spent("committing")
             except Exception as exc:
                 failure = exc
             nursery.cancel_scope.cancel()
@@ -442,10 +437,8 @@ class JobRunner:
     def _count(self, progress: EntityProgress, results: list[records.WriteResult],
                checks: list[deletions.Reconciliation]) -> None:
         for name, delta in deltas(results, checks, self.progress.entities).items():
-            p = self.progress.entities[name]
-            p.created += delta["created"]
-            p.changed += delta["changed"]
-            p.deleted += delta["deleted"]
+            for key, value in delta.items():  # created, changed, deleted
+                setattr(self.progress.entities[name], key, getattr(self.progress.entities[name], key) + value)
 
     def _update_job_rate(self, now: float) -> None:
         """The job's observed rate (this run, all entities), and the rate limiter's ceiling on it:
