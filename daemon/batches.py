@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,59 @@ class Staged:
     failures: list[tuple[str, str | None, str]]
     total: int | None  # the provider's own count, if a page gave it
     encoded: records.EncodedPages | None  # None in a dry run (nothing is written)
+
+
+Pages = list[tuple[Page, trio.Event | None]]  # pages, each with the event set once it is committed
+
+
+def take_waiting(receive: trio.MemoryReceiveChannel[tuple[Page, trio.Event | None]], batch: Pages,
+                 room: int) -> Pages:
+    """`batch` and the pages waiting behind it, up to `room` records."""
+    size = sum(len(page.records) for page, _ in batch)
+    while size < room:
+        try:
+            batch.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+        size += len(batch[-1][0].records)
+    return batch
+
+
+async def stage_batches(receive: trio.MemoryReceiveChannel[tuple[Page, trio.Event | None]],
+                        send: trio.MemorySendChannel[Staged], encode: Callable[[Pages], Awaitable[Staged]], *,
+                        max_records: int, merge_while_busy: bool) -> None:
+    """The writer's first stage: the pages waiting, grouped into batches of up to `max_records`,
+    encoded (`encode`, on the encoder's thread) and handed to the committer in order.  While the
+    committer is still busy with the previous batch, the pages fetched since join this one: fewer,
+    larger commits when the store sets the pace (a dry run's batches are never merged)."""
+    async for first in receive:
+        batch = take_waiting(receive, [first], max_records)
+        del first  # the batch's pages are let go by the encoder, not here
+        staged = await encode(batch)
+        while merge_while_busy and staged.size < max_records:
+            try:
+                send.send_nowait(staged)  # the committer is free: it takes this batch now
+                break
+            except trio.WouldBlock:
+                more = take_waiting(receive, [], max_records - staged.size)
+            if not more:
+                await send.send(staged)
+                break
+            staged = merge(staged, await encode(more))
+        else:
+            await send.send(staged)
+
+
+def merge(first: Staged, then: Staged) -> Staged:
+    """Two staged batches of one entity as one transaction: `first`'s pages, then `then`'s (segments
+    in order: writing them one after the other does what two commits would)."""
+    assert first.encoded is not None and then.encoded is not None, "a dry run's batches are not merged"
+    checkpoint = then.encoded.checkpoint if then.encoded.checkpoint is not None else first.encoded.checkpoint
+    return Staged([*first.pages, *then.pages], [*first.committed, *then.committed], first.size + then.size,
+                  first.stored + then.stored, [], [*first.failures, *then.failures],
+                  then.total if then.total is not None else first.total,
+                  dataclasses.replace(first.encoded, segments=[*first.encoded.segments, *then.encoded.segments],
+                                      checkpoint=checkpoint))
 
 
 class WriterPace:

@@ -30,7 +30,7 @@ import structlog
 import trio
 
 from freshd import metrics
-from freshd.batches import ListingEvidence, Staged, WriterPace, commit_dry, deltas, encode_batch, refusal
+from freshd.batches import ListingEvidence, Staged, WriterPace, commit_dry, deltas, encode_batch, refusal, stage_batches
 from freshd.connection_state import MAX_DELETE_SHARE
 from freshd.connectors.base import Connector, Page, StreamSpec, SyncMode
 from freshd.errors import ProviderError, ReauthRequired
@@ -330,22 +330,15 @@ class JobRunner:
         failure: Exception | None = None  # the committer's: it wins over the stage's
         staging: Exception | None = None
 
+        async def encode(batch: list[tuple[Page, trio.Event | None]]) -> Staged:
+            return await trio.to_thread.run_sync(self._encode, stream, batch, limiter=self._encoder)
+
         async def stage() -> None:
             nonlocal staging
             async with receive, send_staged:
                 try:
-                    async for first in receive:
-                        batch = [first]
-                        size = len(first[0].records)
-                        while size < self.max_batch_records:
-                            try:
-                                batch.append(receive.receive_nowait())
-                            except (trio.WouldBlock, trio.EndOfChannel):
-                                break
-                            size += len(batch[-1][0].records)
-                        del first  # the batch's pages are let go by the encoder (`_encode`), not here
-                        staged = await trio.to_thread.run_sync(self._encode, stream, batch, limiter=self._encoder)
-                        await send_staged.send(staged)
+                    await stage_batches(receive, send_staged, encode, max_records=self.max_batch_records,
+                                        merge_while_busy=not self.dry_run)
                 except trio.BrokenResourceError:
                     pass  # the committer stopped (cancel, pause, an error): it says why
                 except Exception as exc:  # the batches staged before it are still committed
