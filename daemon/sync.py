@@ -310,8 +310,10 @@ class JobRunner:
         if failure is not None:
             raise failure
         progress.state = "done"
-        if progress.estimated:  # finished: the count is known now
-            progress.total, progress.estimated = progress.processed + progress.failed + progress.skipped, False
+        seen = progress.processed + progress.failed + progress.skipped
+        # finished: the count is known now (a guess), or grew while the listing ran (a count taken at its start)
+        if progress.estimated or (progress.total is not None and seen > progress.total):
+            progress.total, progress.estimated = seen, False
         self._notify()
 
     async def _write(
@@ -367,7 +369,8 @@ class JobRunner:
         stored = staged.stored
         # counted before the commit, so the progress it saves includes this batch
         before = (progress.processed, progress.failed, progress.total, progress.estimated)
-        progress.processed += stored
+        # an item listed as deleted, or asked for by id and gone, was gone through too: as a tombstone
+        progress.processed += stored + sum(len(page.deleted) for page in batch)
         progress.failed += len(staged.failures)
         if staged.total is not None:
             progress.total, progress.estimated = staged.total, False  # the provider's own count

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -15,7 +16,10 @@ from freshd.connectors.odoo.simulator import OdooSimulator
 from freshd.connectors.paginators import KeysetPaging
 from freshd.connectors.simulator import serve_asgi
 from freshd.errors import ConfigError, ConfigErrors, PermanentError, RateLimited, ReauthRequired, TransientError
-from freshd.store.jobs import JobKind, JobStatus
+from freshd.progress import JobControl, JobProgress
+from freshd.store import jobs
+from freshd.store.jobs import JobKind, JobRow, JobStatus
+from freshd.sync import JobRunner
 from tests.rig import CollectPages, Rig, open_rig
 
 CREDS = {"database": "acme", "username": "api@acme.example", "api_key": "0d1f2e3c4b5a69788796"}
@@ -73,6 +77,36 @@ async def test_both_transports_sync_everything_and_pick_up_changes(database_url:
         assert paths and all(p.startswith("/json/2/") for p in paths)
     else:
         assert paths == {"/jsonrpc"}
+
+
+async def test_a_record_created_while_its_listing_runs_raises_the_finished_total_instead_of_passing_it(
+    database_url: str,
+) -> None:
+    # the demo showed `sale_orders 2001/2000` for a completed job: Odoo's count is taken as the
+    # listing starts, and an order written in the second the listing's window closes at is listed too
+    frozen = datetime.now(UTC).replace(microsecond=0)
+    sim = OdooSimulator(records=120, seed=3, credentials=CREDS, clock=lambda: frozen)
+    created: list[Any] = []
+
+    def create_one_order_midway(job: JobRow, progress: JobProgress) -> None:
+        orders = progress.entities["sale_orders"]
+        if not created and orders.state == "running" and orders.total is not None:  # counted, being listed
+            created.append(sim.entities["sale_orders"].create())
+
+    async with open_rig(database_url, sim, settings_fn()) as rig:
+        job, _ = await rig.store.call(jobs.create_job, rig.connection_id, JobKind.INITIAL, "test")
+        connector = rig.connector()
+        try:
+            runner = JobRunner(rig.store, connector, rig.connection_id, job, JobControl(),
+                               on_progress=create_one_order_midway)
+            with trio.fail_after(30):
+                outcome = await runner.run()
+        finally:
+            await connector.aclose()
+        assert outcome.status is JobStatus.COMPLETED, outcome.error
+        assert created and rig.live("sale_orders") == 121
+        orders = runner.progress.entities["sale_orders"]
+        assert (orders.processed, orders.total, orders.estimated) == (121, 121, False)
 
 
 async def test_a_record_modified_mid_listing_is_not_skipped(nursery: trio.Nursery) -> None:

@@ -430,7 +430,7 @@ async def test_incremental_sends_the_cursor_and_stores_changes_and_soft_deletes(
     asked = {path: params for path, params in sim.app.requests}
     assert asked["/api/v1/page/contacts"]["updated_since"] == since
     assert re.fullmatch(r"\d{10}", asked["/api/v1/cursor/deals"]["updated_since"])  # epoch seconds
-    assert runner.progress.entities["contacts"].processed == 3 + reread  # only what changed
+    assert runner.progress.entities["contacts"].processed == 3 + reread + 1  # only what changed (+1 tombstoned)
     assert runner.progress.entities["deals"].processed == 1
     assert query(db.database_url, "SELECT payload->>'first_name' FROM records WHERE connection_id = %s"
                  " AND entity = 'contacts' AND external_id = '3'", cid) == [("Zelda",)]
