@@ -57,6 +57,14 @@ BIN = Path(sys.executable).parent
 CREDS = {"consumer_key": "ck_bench", "consumer_secret": "cs_bench"}
 
 
+def compile_like_an_install() -> None:
+    """freshd's modules compiled to bytecode, as `pip install` leaves a deployed daemon: an editable
+    install under PYTHONDONTWRITEBYTECODE=1 (this workplace sets it) would compile them at every
+    start, which no deployed daemon does (0.1-0.3 s of a start-up on this machine)."""
+    subprocess.run([str(BIN / "python"), "-m", "compileall", "-q", str(ROOT / "daemon"), str(ROOT / "connectors")],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -354,6 +362,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.profile and not (BIN / "py-spy").exists():
         parser.error(f"--profile needs py-spy in {BIN} ({BIN / 'python'} -m pip install py-spy)")
+    compile_like_an_install()
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     sim_args = [str(BIN / "freshd"), "simulate", "woocommerce", "--port", str(port), "--records",
