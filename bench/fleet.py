@@ -34,7 +34,16 @@ from pathlib import Path
 
 import psycopg
 
-from sync_woocommerce import BIN, CREDS, compile_like_an_install, free_port, fresh_database, process, server_url, wait_port
+from sync_woocommerce import (
+    BIN,
+    CREDS,
+    compile_like_an_install,
+    free_port,
+    fresh_database,
+    process,
+    server_url,
+    wait_port,
+)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
