@@ -139,25 +139,28 @@ def wait_job(sock: Path, job_id: int, timeout: float = 900.0) -> dict:  # type: 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """The process's CPU time so far (utime + stime), all threads."""
+def cpu_seconds(pid: int, *, ended_children: bool = False) -> float:
+    """The process's CPU time so far (utime + stime), all threads; with `ended_children`, plus
+    that of its children that have ended (cutime + cstime: reaped, they are in no other count)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(int(f) for f in fields[11:15 if ended_children else 13]) / CLK_TCK
 
 
 def postgres_cpu() -> dict[int, float]:
-    """CPU seconds so far of every PostgreSQL process on the machine (server and backends), by pid."""
+    """CPU seconds so far of every PostgreSQL process on the machine (server and backends), by pid;
+    the server's includes its ended backends' (the bulk limit's connection ends before it is read)."""
     seen = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             with contextlib.suppress(OSError, ValueError, IndexError):
                 if (proc / "comm").read_text().strip() == "postgres":
-                    seen[int(proc.name)] = cpu_seconds(int(proc.name))
+                    seen[int(proc.name)] = cpu_seconds(int(proc.name), ended_children=True)
     return seen
 
 
 def postgres_cpu_since(before: dict[int, float]) -> float:
-    """PostgreSQL's CPU seconds since `before` (a backend that ended in between is not counted)."""
+    """PostgreSQL's CPU seconds since `before` (a backend that ended in between counts in its
+    server's, whole: one that began before `before` is over-counted by what it had used by then)."""
     return sum(now - before.get(pid, 0.0) for pid, now in postgres_cpu().items())
 
 
