@@ -20,10 +20,15 @@ Figures printed, each limit measured in the same run (bench/limits.py), freshd g
   freshd  seconds from `freshctl connections add` to the first records stored
   dlt     records/s (wall time of pipeline.run), peak RSS of its process, if `dlt` is importable
 
+With --pairs N, N more pairs follow: the bulk limit and freshd's initial sync, one right after the
+other (in turn in either order), each ratio printed and their median: on a machine whose speed
+drifts the spread says what one ratio cannot.
+
 With --latency 0.02 the simulator adds 20 ms to every provider response (its latency fault), for the
 fetch limit and freshd alike: freshd's initial sync is then compared with the 4-concurrent fetch limit.
 
-Usage: .venv/bin/python bench/sync_woocommerce.py [--records 100000] [--skip-dlt] [--latency SECONDS]
+Usage: .venv/bin/python bench/sync_woocommerce.py [--records 100000] [--skip-dlt] [--quick] [--pairs N]
+       [--latency SECONDS]
 Database: $FRESHD_BENCH_DATABASE_URL, else the local server on 127.0.0.1:5432, else an embedded one.
 """
 
@@ -37,6 +42,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -352,6 +358,28 @@ def bench_dlt(python: str, db: str, base_url: str, records: int, work: Path) -> 
     return {"records_per_s": records / elapsed, "seconds": elapsed, "peak_rss_mb": rss}
 
 
+def paired_ratios(server: str, base_url: str, records: int, work: Path, pairs: int) -> None:
+    """freshd's initial sync against the bulk limit measured beside it, `pairs` times (in turn
+    before and after it, so a drift in the machine's speed does not favour either): the spread and
+    the median say more than one ratio on a machine whose speed drifts."""
+    shaped = limits.customers(records)
+    ratios = []
+    for number in range(1, pairs + 1):
+        state = work / f"pair-{number}"
+        state.mkdir(mode=0o700)  # the daemon's own state dir: its admin socket refuses one others may enter
+        rate = bulk = 0.0
+        for measure in ("bulk", "freshd") if number % 2 else ("freshd", "bulk"):
+            with fresh_database(server) as db:
+                if measure == "bulk":
+                    bulk = records / limits.bulk_upsert(db, shaped)
+                else:
+                    rate = bench_freshd(db, base_url, records, state, quick=True)["records_per_s"]
+        ratios.append(rate / bulk)
+        print(f"pair {number}: bulk upsert {bulk:,.0f} records/s, freshd {rate:,.0f}: {ratios[-1]:.0%}", flush=True)
+    print(f"freshd / bulk upsert over {pairs} pair(s): median {statistics.median(ratios):.0%}"
+          f" (from {min(ratios):.0%} to {max(ratios):.0%})", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=100_000)
@@ -362,7 +390,12 @@ def main() -> int:
                         " (if installed), collapsed stacks into FILE")
     parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
                         help="added by the simulator to every provider response (e.g. 0.02)")
+    parser.add_argument("--pairs", type=int, default=0, metavar="N",
+                        help="then N more pairs of the bulk limit and freshd's initial sync (in turn in either order)"
+                             " and the median of their ratios (a machine's speed can change from minute to minute)")
     args = parser.parse_args()
+    if args.pairs < 0:
+        parser.error("--pairs must be 0 or more")
     if args.profile and not (BIN / "py-spy").exists():
         parser.error(f"--profile needs py-spy in {BIN} ({BIN / 'python'} -m pip install py-spy)")
     compile_like_an_install()
@@ -439,6 +472,8 @@ def main() -> int:
                   " (target >= 90 %)", flush=True)
         print(f"freshd no-op incremental sync: {result['noop_incremental_s']:.3f} s, "
               f"{result['noop_incremental_cpu_s'] * 1000:.0f} ms of daemon CPU (target <= 50 ms)", flush=True)
+        if args.pairs:
+            paired_ratios(server, base_url, args.records, work, args.pairs)
         if args.quick:
             return 0
         print(f"freshd full re-sync: {result['full_unwatched_per_s']:,.0f} records/s unwatched, "
